@@ -1,0 +1,247 @@
+//! Accounts, keys and credit grants: the operations behind `/v1/account/*` and the CLI.
+
+use std::sync::Arc;
+
+use crate::auth::{self, Authenticator};
+use crate::billing::Credits;
+use crate::store::{
+    Account, AccountId, DailyUsage, KeyId, KeyKind, KeyPatch, KeyRecord, NewKey, Store,
+    StoreError,
+};
+
+/// A new inference key as asked for by `POST /v1/account/keys`.
+#[derive(Debug, Clone, Default)]
+pub struct NewInferenceKey {
+    pub name: String,
+    pub credit_limit: Option<Credits>,
+    pub expires_at: Option<i64>,
+    pub rate_limit_rpm: Option<i64>,
+}
+
+/// The account service.
+#[derive(Clone)]
+pub struct Accounts {
+    store: Arc<dyn Store>,
+    auth: Authenticator,
+}
+
+impl Accounts {
+    pub fn new(store: Arc<dyn Store>, auth: Authenticator) -> Self {
+        Accounts { store, auth }
+    }
+
+    /// Creates an inference key; returns it with its plaintext (shown once).
+    pub async fn create_inference_key(
+        &self,
+        account: AccountId,
+        new: NewInferenceKey,
+    ) -> Result<(KeyRecord, String), StoreError> {
+        self.create_key(account, KeyKind::Inference, new).await
+    }
+
+    /// Creates a provisioning key for an account (operator command line).
+    pub async fn create_provisioning_key(
+        &self,
+        account: AccountId,
+        name: &str,
+    ) -> Result<(KeyRecord, String), StoreError> {
+        let new = NewInferenceKey {
+            name: name.to_string(),
+            ..NewInferenceKey::default()
+        };
+        self.create_key(account, KeyKind::Provisioning, new).await
+    }
+
+    async fn create_key(
+        &self,
+        account: AccountId,
+        kind: KeyKind,
+        new: NewInferenceKey,
+    ) -> Result<(KeyRecord, String), StoreError> {
+        let minted = auth::mint(kind);
+        let record = self
+            .store
+            .create_key(NewKey {
+                account_id: account,
+                kind,
+                name: new.name,
+                key_hash: minted.hash,
+                hint: minted.hint,
+                created_at: crate::now(),
+                expires_at: new.expires_at,
+                credit_limit: new.credit_limit,
+                rate_limit_rpm: new.rate_limit_rpm,
+            })
+            .await?;
+        Ok((record, minted.plaintext))
+    }
+
+    pub async fn list_keys(
+        &self,
+        account: AccountId,
+        kind: KeyKind,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.store.list_keys(account, kind).await
+    }
+
+    pub async fn get_key(
+        &self,
+        account: AccountId,
+        id: KeyId,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.store.get_key(account, KeyKind::Inference, id).await
+    }
+
+    /// Applies a patch; the change is seen by this process's next request at once.
+    pub async fn update_key(
+        &self,
+        account: AccountId,
+        id: KeyId,
+        patch: &KeyPatch,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let updated = self
+            .store
+            .update_key(account, id, patch, crate::now())
+            .await?;
+        if let Some(key) = &updated {
+            self.auth.refresh(key);
+        }
+        Ok(updated)
+    }
+
+    /// Deletes an inference key of the account; it stops working at once.
+    pub async fn delete_key(&self, account: AccountId, id: KeyId) -> Result<bool, StoreError> {
+        let deleted = self
+            .store
+            .delete_key(Some(account), KeyKind::Inference, id, crate::now())
+            .await?;
+        if deleted {
+            self.auth.invalidate(id);
+        }
+        Ok(deleted)
+    }
+
+    /// Revokes a provisioning key (operator command line).
+    pub async fn revoke_provisioning_key(&self, id: KeyId) -> Result<bool, StoreError> {
+        self.store
+            .delete_key(None, KeyKind::Provisioning, id, crate::now())
+            .await
+    }
+
+    pub async fn account(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
+        self.store.account(id).await
+    }
+
+    /// Finds an account by numeric id or by name.
+    pub async fn find_account(&self, id_or_name: &str) -> Result<Option<Account>, StoreError> {
+        if let Ok(id) = id_or_name.parse::<i64>() {
+            if let Some(account) = self.store.account(AccountId(id)).await? {
+                return Ok(Some(account));
+            }
+        }
+        self.store.account_by_name(id_or_name).await
+    }
+
+    pub async fn create_account(&self, name: &str) -> Result<Account, StoreError> {
+        self.store.create_account(name, crate::now()).await
+    }
+
+    pub async fn list_accounts(&self) -> Result<Vec<Account>, StoreError> {
+        self.store.list_accounts().await
+    }
+
+    pub async fn grant_credits(
+        &self,
+        account: AccountId,
+        amount: Credits,
+        note: Option<&str>,
+    ) -> Result<i64, StoreError> {
+        self.store
+            .grant_credits(account, amount, note, crate::now())
+            .await
+    }
+
+    /// Activity of the last `days` days (today included), from the daily roll-up.
+    pub async fn activity(&self, account: AccountId, days: u32) -> Result<Activity, StoreError> {
+        let today = time::OffsetDateTime::now_utc().date();
+        let first = today - time::Duration::days(i64::from(days) - 1);
+        let rows = self.store.daily_usage(account, &first.to_string()).await?;
+        Ok(Activity::from_rows(days, &rows))
+    }
+}
+
+/// Totals of one group of usage.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub requests: i64,
+    pub cost: Credits,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+}
+
+impl Totals {
+    fn add(&mut self, row: &DailyUsage) {
+        self.requests += row.requests;
+        self.cost = self.cost.saturating_add(row.cost);
+        self.input_tokens += row.input_tokens;
+        self.output_tokens += row.output_tokens;
+    }
+}
+
+/// The roll-ups behind `GET /v1/account/activity`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activity {
+    pub period_days: u32,
+    pub total: Totals,
+    /// Per day, oldest first, only days with usage.
+    pub daily: Vec<(String, Totals)>,
+    /// Per model, most expensive first.
+    pub models: Vec<(String, Totals)>,
+    /// Per key, most expensive first.
+    pub keys: Vec<(KeyId, String, Totals)>,
+}
+
+impl Activity {
+    fn from_rows(period_days: u32, rows: &[DailyUsage]) -> Activity {
+        let mut total = Totals::default();
+        let mut daily: Vec<(String, Totals)> = Vec::new();
+        let mut models: Vec<(String, Totals)> = Vec::new();
+        let mut keys: Vec<(KeyId, String, Totals)> = Vec::new();
+        for row in rows {
+            total.add(row);
+            match daily.last_mut() {
+                Some((day, t)) if *day == row.day => t.add(row),
+                _ => {
+                    let mut t = Totals::default();
+                    t.add(row);
+                    daily.push((row.day.clone(), t));
+                }
+            }
+            match models.iter_mut().find(|(m, _)| *m == row.model) {
+                Some((_, t)) => t.add(row),
+                None => {
+                    let mut t = Totals::default();
+                    t.add(row);
+                    models.push((row.model.clone(), t));
+                }
+            }
+            match keys.iter_mut().find(|(id, _, _)| *id == row.key_id) {
+                Some((_, _, t)) => t.add(row),
+                None => {
+                    let mut t = Totals::default();
+                    t.add(row);
+                    keys.push((row.key_id, row.key_name.clone(), t));
+                }
+            }
+        }
+        models.sort_by(|a, b| b.1.cost.cmp(&a.1.cost).then_with(|| a.0.cmp(&b.0)));
+        keys.sort_by(|a, b| b.2.cost.cmp(&a.2.cost).then_with(|| a.0.cmp(&b.0)));
+        Activity {
+            period_days,
+            total,
+            daily,
+            models,
+            keys,
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Money, prices, the cost of a usage, and the meter that reserves and settles it.
+
+pub mod meter;
+pub mod money;
+pub mod price;
+
+pub use money::Credits;
+pub use price::{Pricing, UnitPrice, Usage};

@@ -1,0 +1,165 @@
+//! The one API error: each failure maps here to a status, a `type`, a stable `code`
+//! and a body in the shape of the API in use (OpenAI, or Anthropic for `/v1/messages`).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::auth::{AuthError, AuthFailure};
+use crate::store::StoreError;
+
+/// An error answered to a client.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub param: Option<String>,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            param: None,
+            retry_after: None,
+        }
+    }
+
+    /// 400 about one field.
+    pub fn invalid_field(param: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            param: Some(param.to_string()),
+            ..Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("Request body is larger than the limit of {limit} bytes."),
+        )
+    }
+
+    /// 500: the detail goes to the log, never to the client.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "Internal server error. The details were logged; please retry or report it.",
+        )
+    }
+
+    /// The OpenAI-style `type` of the status.
+    pub fn openai_type(&self) -> &'static str {
+        match self.status.as_u16() {
+            400 | 405 | 415 | 422 => "invalid_request_error",
+            401 => "authentication_error",
+            402 => "insufficient_quota",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_exceeded",
+            502..=504 => "upstream_error",
+            _ => "server_error",
+        }
+    }
+
+    /// The Anthropic-style `type` of the status.
+    pub fn anthropic_type(&self) -> &'static str {
+        match self.status.as_u16() {
+            400 | 405 | 415 | 422 => "invalid_request_error",
+            401 => "authentication_error",
+            402 => "billing_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 | 529 => "overloaded_error",
+            _ => "api_error",
+        }
+    }
+
+    /// The OpenAI-shaped body.
+    pub fn openai_body(&self) -> serde_json::Value {
+        json!({"error": {
+            "type": self.openai_type(),
+            "message": self.message,
+            "code": self.code,
+            "param": self.param,
+        }})
+    }
+
+    /// The Anthropic-shaped body.
+    pub fn anthropic_body(&self) -> serde_json::Value {
+        json!({"type": "error", "error": {"type": self.anthropic_type(), "message": self.message}})
+    }
+
+    fn respond(&self, body: serde_json::Value) -> Response {
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+
+    /// The response in Anthropic's shape (for `/v1/messages`).
+    pub fn into_anthropic_response(self) -> Response {
+        self.respond(self.anthropic_body())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.respond(self.openai_body())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let code = match e {
+            AuthError::MissingInference | AuthError::MissingProvisioning => "missing_api_key",
+            AuthError::MalformedHeader | AuthError::ProvisioningViaApiKeyHeader => {
+                "malformed_authorization"
+            }
+            AuthError::UnknownInference | AuthError::UnknownProvisioning => "invalid_api_key",
+            AuthError::ProvisioningKeyOnInference | AuthError::InferenceKeyOnAccount => {
+                "wrong_key_kind"
+            }
+            AuthError::Disabled(_) => "key_disabled",
+            AuthError::Expired(_) => "key_expired",
+            AuthError::Deleted | AuthError::Revoked => "key_deleted",
+        };
+        ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::internal(e)
+    }
+}
+
+impl From<AuthFailure> for ApiError {
+    fn from(e: AuthFailure) -> Self {
+        match e {
+            AuthFailure::Refused(e) => e.into(),
+            AuthFailure::Store(e) => e.into(),
+        }
+    }
+}

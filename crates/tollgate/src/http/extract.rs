@@ -1,0 +1,68 @@
+//! Reading request bodies: a size limit that answers 413, and JSON parsing whose
+//! failures are 400s in the API's own shape.
+
+use axum::body::Body;
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+
+/// Reads a whole body up to `limit` bytes.
+pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit");
+        if too_large {
+            ApiError::too_large(limit)
+        } else {
+            ApiError::bad_request("body_read_failed", "The request body could not be read.")
+        }
+    })
+}
+
+/// Parses a body that must be a JSON object.
+pub fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "The request body is empty; send a JSON object.",
+        ));
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::bad_request(
+            "invalid_json",
+            "The request body must be a JSON object.",
+        )),
+        Err(e) => Err(ApiError::bad_request(
+            "invalid_json",
+            format!("The request body is not valid JSON: {e}."),
+        )),
+    }
+}
+
+/// Refuses fields other than `allowed`, naming the first unknown one.
+pub fn only_fields(map: &Map<String, Value>, allowed: &[&str]) -> Result<(), ApiError> {
+    match map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(unknown) => Err(ApiError::invalid_field(
+            unknown,
+            format!(
+                "Unknown field '{unknown}'. Allowed fields: {}.",
+                allowed.join(", ")
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The JSON type of a value, for messages.
+pub fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

@@ -1,0 +1,126 @@
+//! HTTP: the router, request ids and access logs, and the handlers of each surface.
+
+pub mod account;
+pub mod error;
+pub mod extract;
+pub mod public;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+
+use crate::accounts::Accounts;
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::store::{KeyId, KeyRecord, Store};
+use error::ApiError;
+
+/// Everything a handler may need, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub auth: Authenticator,
+    pub accounts: Accounts,
+}
+
+impl AppState {
+    pub fn new(config: Arc<Config>, store: Arc<dyn Store>) -> Self {
+        let auth = Authenticator::new(store.clone());
+        let accounts = Accounts::new(store.clone(), auth.clone());
+        AppState {
+            config,
+            store,
+            auth,
+            accounts,
+        }
+    }
+
+    /// A key's settings changed here: other parts that keep copies follow.
+    pub async fn on_key_changed(&self, _key: &KeyRecord) {}
+
+    /// A key was deleted here.
+    pub async fn on_key_deleted(&self, _id: KeyId) {}
+}
+
+/// The request id of the request being served.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub Arc<str>);
+
+/// The whole application router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(public::healthz))
+        .route("/readyz", get(public::readyz))
+        .route("/v1/models", get(public::models))
+        .route("/v1/startups", get(public::startups))
+        .route("/v1/key", get(account::own_key))
+        .route(
+            "/v1/account/keys",
+            get(account::list_keys).post(account::create_key),
+        )
+        .route(
+            "/v1/account/keys/{id}",
+            get(account::get_key)
+                .patch(account::update_key)
+                .delete(account::delete_key),
+        )
+        .route("/v1/account/balance", get(account::balance))
+        .route("/v1/account/activity", get(account::activity))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(request_id_and_log))
+        .with_state(state)
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::not_found(
+        "route_not_found",
+        format!(
+            "No route for {} {}. See the API reference for the endpoints.",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} is not allowed on {}.",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+/// Gives every request an id (answered in `x-request-id`) and logs one line per request:
+/// method, path, status and latency, never headers (they carry keys).
+async fn request_id_and_log(mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id: Arc<str> = format!("req_{}", uuid::Uuid::now_v7().simple()).into();
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let mut response = next.run(request).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    tracing::info!(
+        request_id = %id,
+        %method,
+        path = %path,
+        status = response.status().as_u16(),
+        latency_us = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    response
+}

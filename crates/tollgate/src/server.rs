@@ -1,0 +1,90 @@
+//! Start-up: open the store, bootstrap a first provisioning key, bind and serve.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::http::{router, AppState};
+use crate::store;
+
+/// A running server.
+pub struct Server {
+    pub state: AppState,
+    listener: TcpListener,
+}
+
+/// What the first start on an empty database created.
+#[derive(Debug)]
+pub struct Bootstrap {
+    pub account_name: String,
+    pub key_file: PathBuf,
+}
+
+impl Server {
+    /// Opens the store (applying migrations) and binds the listen address.
+    pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        let store = store::open(&config.database_url).await?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        let state = AppState::new(Arc::new(config), store);
+        Ok(Server { state, listener })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// On a database with no account at all, creates a `default` account and a
+    /// provisioning key, written to a file only its owner can read.
+    pub async fn bootstrap(&self) -> anyhow::Result<Option<Bootstrap>> {
+        let accounts = &self.state.accounts;
+        if !accounts.list_accounts().await?.is_empty() {
+            return Ok(None);
+        }
+        let account = accounts.create_account("default").await?;
+        let (_, plaintext) = accounts
+            .create_provisioning_key(account.id, "initial")
+            .await?;
+        let dir = &self.state.config.data_dir;
+        std::fs::create_dir_all(dir)?;
+        let key_file = dir.join("provisioning-key.txt");
+        write_private(&key_file, &format!("{plaintext}\n"))?;
+        Ok(Some(Bootstrap {
+            account_name: account.name,
+            key_file,
+        }))
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = router(self.state.clone());
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)
+}

@@ -1,0 +1,232 @@
+//! Persistence behind the `Store` trait: accounts, grants, keys and the usage ledger.
+//! One implementation per database, chosen by the URL scheme.
+
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::billing::Credits;
+
+pub use sqlite::SqliteStore;
+
+/// An account's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccountId(pub i64);
+
+/// A key's id (both kinds share one sequence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(pub i64);
+
+/// The two kinds of key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyKind {
+    Inference,
+    Provisioning,
+}
+
+impl KeyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Inference => "inference",
+            KeyKind::Provisioning => "provisioning",
+        }
+    }
+
+    fn parse(text: &str) -> Option<KeyKind> {
+        match text {
+            "inference" => Some(KeyKind::Inference),
+            "provisioning" => Some(KeyKind::Provisioning),
+            _ => None,
+        }
+    }
+}
+
+/// Failures of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("cannot open database: {0}")]
+    Open(String),
+}
+
+/// An account with its running totals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub id: AccountId,
+    pub name: String,
+    pub created_at: i64,
+    /// Sum of all credit grants.
+    pub granted: Credits,
+    /// Sum of all charges in the usage ledger.
+    pub charged: Credits,
+}
+
+impl Account {
+    /// Grants minus charges.
+    pub fn balance(&self) -> Credits {
+        self.granted.saturating_sub(self.charged)
+    }
+}
+
+/// A key as stored: never the plaintext, only its hash and a hint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: KeyId,
+    pub account_id: AccountId,
+    pub kind: KeyKind,
+    pub name: String,
+    pub hint: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub expires_at: Option<i64>,
+    pub is_enabled: bool,
+    pub credit_limit: Option<Credits>,
+    pub usage: Credits,
+    pub last_used_at: Option<i64>,
+    pub deleted_at: Option<i64>,
+    pub rate_limit_rpm: Option<i64>,
+}
+
+/// What is needed to insert a key.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub account_id: AccountId,
+    pub kind: KeyKind,
+    pub name: String,
+    pub key_hash: String,
+    pub hint: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub credit_limit: Option<Credits>,
+    pub rate_limit_rpm: Option<i64>,
+}
+
+/// A partial update: `None` leaves a field alone; `Some(None)` clears a nullable one.
+#[derive(Debug, Clone, Default)]
+pub struct KeyPatch {
+    pub name: Option<String>,
+    pub is_enabled: Option<bool>,
+    pub credit_limit: Option<Option<Credits>>,
+    pub expires_at: Option<Option<i64>>,
+    pub rate_limit_rpm: Option<Option<i64>>,
+}
+
+/// One metered request, the unit of the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRecord {
+    pub request_id: String,
+    pub account_id: AccountId,
+    pub key_id: KeyId,
+    pub model: String,
+    pub endpoint: String,
+    pub input_tokens: i64,
+    pub cached_input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost: Credits,
+    pub status: i64,
+    pub latency_ms: i64,
+    pub created_at: i64,
+}
+
+/// One row of the daily roll-up: a day, a key and a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DailyUsage {
+    pub day: String,
+    pub key_id: KeyId,
+    pub key_name: String,
+    pub model: String,
+    pub requests: i64,
+    pub cost: Credits,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+}
+
+/// The persistence operations the rest of the program needs.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies pending migrations.
+    async fn migrate(&self) -> Result<(), StoreError>;
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn create_account(&self, name: &str, now: i64) -> Result<Account, StoreError>;
+    async fn list_accounts(&self) -> Result<Vec<Account>, StoreError>;
+    async fn account(&self, id: AccountId) -> Result<Option<Account>, StoreError>;
+    async fn account_by_name(&self, name: &str) -> Result<Option<Account>, StoreError>;
+    /// Appends a grant (negative amounts are corrections); returns the grant id.
+    async fn grant_credits(
+        &self,
+        account: AccountId,
+        amount: Credits,
+        note: Option<&str>,
+        now: i64,
+    ) -> Result<i64, StoreError>;
+
+    async fn create_key(&self, key: NewKey) -> Result<KeyRecord, StoreError>;
+    /// Live (not deleted) keys of one kind of an account, oldest first.
+    async fn list_keys(
+        &self,
+        account: AccountId,
+        kind: KeyKind,
+    ) -> Result<Vec<KeyRecord>, StoreError>;
+    /// A live key of the account, or `None` (also for another account's key).
+    async fn get_key(
+        &self,
+        account: AccountId,
+        kind: KeyKind,
+        id: KeyId,
+    ) -> Result<Option<KeyRecord>, StoreError>;
+    async fn update_key(
+        &self,
+        account: AccountId,
+        id: KeyId,
+        patch: &KeyPatch,
+        now: i64,
+    ) -> Result<Option<KeyRecord>, StoreError>;
+    /// Marks a live key deleted; `account` restricts it to one account when given.
+    async fn delete_key(
+        &self,
+        account: Option<AccountId>,
+        kind: KeyKind,
+        id: KeyId,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+    /// Any key, deleted ones included, by the hash of its secret.
+    async fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Appends usage records in one transaction. A record whose request id is already
+    /// in the ledger is skipped, so a retried batch charges nothing twice.
+    /// Returns, per record, whether it was newly written.
+    async fn record_usage(&self, batch: &[UsageRecord]) -> Result<Vec<bool>, StoreError>;
+    /// Daily roll-up rows of an account from `since_day` (YYYY-MM-DD) on.
+    async fn daily_usage(
+        &self,
+        account: AccountId,
+        since_day: &str,
+    ) -> Result<Vec<DailyUsage>, StoreError>;
+    /// A usage record by request id.
+    async fn usage_record(&self, request_id: &str) -> Result<Option<UsageRecord>, StoreError>;
+}
+
+/// Opens the store named by a database URL and applies migrations.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        let store = SqliteStore::open(url).await?;
+        store.migrate().await?;
+        Ok(Arc::new(store))
+    } else {
+        Err(StoreError::Open(format!(
+            "unsupported database URL scheme in '{}'",
+            url.split(':').next().unwrap_or("")
+        )))
+    }
+}
