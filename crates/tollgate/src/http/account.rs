@@ -7,6 +7,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
@@ -25,32 +27,58 @@ const PATCH_FIELDS: &[&str] = &[
     "rate_limit_rpm",
 ];
 
-/// A decimal amount as a JSON number (the API shows `credit_limit` as a number).
-fn money_number(amount: Credits) -> Value {
-    serde_json::from_str::<serde_json::Number>(&amount.to_decimal_string(1))
-        .map(Value::Number)
-        .unwrap_or(Value::Null)
+/// The key object of API.md; never any key material beyond the hint, except `key`
+/// (the plaintext) in the answer to its creation.
+#[derive(Serialize)]
+pub struct KeyView {
+    id: i64,
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    created_at: String,
+    expires_at: Option<String>,
+    is_enabled: bool,
+    /// A JSON number written from the exact decimal.
+    credit_limit: Option<Box<RawValue>>,
+    usage: String,
+    limit_remaining: Option<String>,
+    last_used_at: Option<String>,
+    updated_at: String,
+    hint: String,
+    rate_limit_rpm: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'static str>,
 }
 
-/// The key object of API.md; never any key material beyond the hint.
-pub fn key_json(key: &KeyRecord) -> Value {
-    let remaining = key
-        .credit_limit
-        .map(|limit| limit.saturating_sub(key.usage).max(Credits::ZERO).to_string());
-    json!({
-        "id": key.id.0,
-        "name": key.name,
-        "created_at": crate::rfc3339(key.created_at),
-        "expires_at": key.expires_at.map(crate::rfc3339),
-        "is_enabled": key.is_enabled,
-        "credit_limit": key.credit_limit.map(money_number),
-        "usage": key.usage.to_string(),
-        "limit_remaining": remaining,
-        "last_used_at": key.last_used_at.map(crate::rfc3339),
-        "updated_at": crate::rfc3339(key.updated_at),
-        "hint": key.hint,
-        "rate_limit_rpm": key.rate_limit_rpm,
-    })
+/// An exact decimal written as a JSON number.
+pub fn decimal_number(text: String) -> Option<Box<RawValue>> {
+    RawValue::from_string(text).ok()
+}
+
+impl KeyView {
+    pub fn new(key: &KeyRecord) -> Self {
+        let remaining = key
+            .credit_limit
+            .map(|limit| limit.saturating_sub(key.usage).max(Credits::ZERO).to_string());
+        KeyView {
+            id: key.id.0,
+            name: key.name.clone(),
+            key: None,
+            created_at: crate::rfc3339(key.created_at),
+            expires_at: key.expires_at.map(crate::rfc3339),
+            is_enabled: key.is_enabled,
+            credit_limit: key
+                .credit_limit
+                .and_then(|c| decimal_number(c.to_decimal_string(1))),
+            usage: key.usage.to_string(),
+            limit_remaining: remaining,
+            last_used_at: key.last_used_at.map(crate::rfc3339),
+            updated_at: crate::rfc3339(key.updated_at),
+            hint: key.hint.clone(),
+            rate_limit_rpm: key.rate_limit_rpm,
+            message: None,
+        }
+    }
 }
 
 fn parse_name(value: &Value) -> Result<String, ApiError> {
@@ -191,15 +219,12 @@ pub async fn create_key(
         .accounts
         .create_inference_key(owner.account_id, new)
         .await?;
-    let mut body = key_json(&key);
-    if let Value::Object(map) = &mut body {
-        map.insert("key".into(), Value::String(plaintext));
-        map.insert(
-            "message".into(),
-            "Store this key securely. It will not be shown again.".into(),
-        );
-    }
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    let view = KeyView {
+        key: Some(plaintext),
+        message: Some("Store this key securely. It will not be shown again."),
+        ..KeyView::new(&key)
+    };
+    Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
 /// `GET /v1/account/keys`
@@ -212,7 +237,7 @@ pub async fn list_keys(
         .accounts
         .list_keys(owner.account_id, KeyKind::Inference)
         .await?;
-    Ok(Json(json!({"keys": keys.iter().map(key_json).collect::<Vec<_>>()})))
+    Ok(Json(json!({"keys": keys.iter().map(KeyView::new).collect::<Vec<_>>()})))
 }
 
 /// `GET /v1/account/keys/{id}`
@@ -220,7 +245,7 @@ pub async fn get_key(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<KeyView>, ApiError> {
     let owner = state.auth.provisioning(&headers).await?;
     let id = parse_key_id(&id)?;
     let key = state
@@ -228,7 +253,7 @@ pub async fn get_key(
         .get_key(owner.account_id, id)
         .await?
         .ok_or_else(|| key_not_found(id))?;
-    Ok(Json(key_json(&key)))
+    Ok(Json(KeyView::new(&key)))
 }
 
 /// `PATCH /v1/account/keys/{id}`: absent fields stay, `null` clears a nullable one.
@@ -237,7 +262,7 @@ pub async fn update_key(
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<KeyView>, ApiError> {
     let owner = state.auth.provisioning(&headers).await?;
     let id = parse_key_id(&id)?;
     let map = body_object(&state, body).await?;
@@ -265,7 +290,7 @@ pub async fn update_key(
         .await?
         .ok_or_else(|| key_not_found(id))?;
     state.on_key_changed(&key).await;
-    Ok(Json(key_json(&key)))
+    Ok(Json(KeyView::new(&key)))
 }
 
 /// `DELETE /v1/account/keys/{id}` → 204.
@@ -364,12 +389,12 @@ pub async fn activity(
 pub async fn own_key(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<KeyView>, ApiError> {
     let key = state.auth.inference(&headers).await?;
     let fresh = state
         .accounts
         .get_key(key.account_id, key.id)
         .await?
         .ok_or_else(|| ApiError::from(crate::auth::AuthError::Deleted))?;
-    Ok(Json(key_json(&fresh)))
+    Ok(Json(KeyView::new(&fresh)))
 }

@@ -2,23 +2,42 @@
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::AppState;
-use crate::billing::UnitPrice;
+use super::account::decimal_number;
 use crate::config::Model;
 
-fn price_number(price: UnitPrice) -> Value {
-    serde_json::from_str::<serde_json::Number>(&price.usd_per_unit())
-        .map(Value::Number)
-        .unwrap_or(Value::Null)
+/// Prices as exact decimal JSON numbers, in a fixed order.
+struct PricingView(Vec<(&'static str, Box<RawValue>)>);
+
+impl Serialize for PricingView {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
 }
 
-fn model_json(model: &Model) -> Value {
+#[derive(Serialize)]
+struct ModelView<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: i64,
+    owned_by: &'a str,
+    display_name: &'a str,
+    context_window: Option<u64>,
+    max_output_tokens: Option<u64>,
+    supported_endpoints: Vec<&'static str>,
+    pricing: PricingView,
+}
+
+fn model_view(model: &Model) -> ModelView<'_> {
     let p = &model.pricing;
-    let mut pricing = Map::new();
+    let mut pricing = Vec::new();
     for (name, price) in [
         ("per_input_token", p.input),
         ("per_cached_input_token", p.cached_input),
@@ -29,33 +48,38 @@ fn model_json(model: &Model) -> Value {
         ("per_audio_second", p.per_audio_second),
         ("per_character", p.per_character),
     ] {
-        if let Some(price) = price {
-            pricing.insert(name.into(), price_number(price));
+        if let Some(number) = price.and_then(|p| decimal_number(p.usd_per_unit())) {
+            pricing.push((name, number));
         }
     }
-    json!({
-        "id": model.id,
-        "object": "model",
-        "created": model.created,
-        "owned_by": model.owned_by,
-        "display_name": model.display_name,
-        "context_window": model.context_window,
-        "max_output_tokens": model.max_output_tokens,
-        "supported_endpoints": model.endpoints.iter().map(|e| e.name()).collect::<Vec<_>>(),
-        "pricing": pricing,
-    })
+    ModelView {
+        id: &model.id,
+        object: "model",
+        created: model.created,
+        owned_by: &model.owned_by,
+        display_name: &model.display_name,
+        context_window: model.context_window,
+        max_output_tokens: model.max_output_tokens,
+        supported_endpoints: model.endpoints.iter().map(|e| e.name()).collect(),
+        pricing: PricingView(pricing),
+    }
 }
 
 /// `GET /v1/models`: anonymous, or with an inference key (which must then be valid).
 pub async fn models(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     if headers.contains_key("authorization") || headers.contains_key("x-api-key") {
         state.auth.inference(&headers).await?;
     }
-    let data: Vec<Value> = state.config.models.iter().map(model_json).collect();
-    Ok(Json(json!({"object": "list", "data": data})))
+    #[derive(Serialize)]
+    struct List<'a> {
+        object: &'static str,
+        data: Vec<ModelView<'a>>,
+    }
+    let data = state.config.models.iter().map(model_view).collect();
+    Ok(Json(List { object: "list", data }).into_response())
 }
 
 /// `GET /v1/startups`: operator-configured public metadata.

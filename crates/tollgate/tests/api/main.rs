@@ -1,0 +1,7 @@
+//! Integration tests: each test starts its own server over HTTP on a fresh database.
+
+mod account;
+mod auth;
+mod helpers;
+mod input;
+mod public;
