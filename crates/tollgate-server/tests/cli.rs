@@ -1,0 +1,183 @@
+//! The `tollgate` binary as an operator uses it: the CLI commands, the first start,
+//! configuration errors, and logs that never contain a key.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn tollgate(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("TOLLGATE_CONFIG")
+        .env_remove("TOLLGATE_DATABASE_URL")
+        .env_remove("TOLLGATE_LISTEN")
+        .output()
+        .expect("run tollgate")
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).expect("utf-8")
+}
+
+#[test]
+fn operator_commands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    assert_eq!(stdout(&tollgate(d, &["migrate"])), "");
+    let id = stdout(&tollgate(d, &["accounts", "create", "acme"]));
+    assert_eq!(id.trim(), "1");
+    let duplicate = tollgate(d, &["accounts", "create", "acme"]);
+    assert!(!duplicate.status.success());
+    assert!(String::from_utf8_lossy(&duplicate.stderr).contains("already exists"));
+
+    let granted = stdout(&tollgate(d, &["credits", "grant", "acme", "12.34", "--note", "trial"]));
+    assert!(granted.contains("balance 12.34"), "{granted}");
+    stdout(&tollgate(d, &["credits", "grant", "1", "0.000000001"]));
+    let bad = tollgate(d, &["credits", "grant", "acme", "12.3456789999"]);
+    assert!(!bad.status.success());
+    let missing = tollgate(d, &["credits", "grant", "nobody", "1"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no account"));
+
+    let list: Value =
+        serde_json::from_str(&stdout(&tollgate(d, &["accounts", "list", "--json"]))).expect("json");
+    assert_eq!(list[0]["name"], "acme");
+    assert_eq!(list[0]["balance"], "12.340000001");
+    assert!(stdout(&tollgate(d, &["accounts", "list"])).contains("acme"));
+
+    let key = stdout(&tollgate(d, &["provisioning-keys", "create", "acme", "--name", "ops"]));
+    let key = key.trim_end_matches('\n');
+    assert!(key.starts_with("tg-prov-") && !key.contains(char::is_whitespace), "{key:?}");
+    let keys_json = stdout(&tollgate(d, &["provisioning-keys", "list", "acme", "--json"]));
+    assert!(!keys_json.contains(&key[8..]));
+    let keys: Value = serde_json::from_str(&keys_json).expect("json");
+    assert_eq!(keys[0]["name"], "ops");
+    let key_id = keys[0]["id"].as_i64().expect("id").to_string();
+    assert!(stdout(&tollgate(d, &["provisioning-keys", "revoke", &key_id])).contains("revoked"));
+    let again = tollgate(d, &["provisioning-keys", "revoke", &key_id]);
+    assert!(!again.status.success());
+    let keys: Value = serde_json::from_str(&stdout(&tollgate(
+        d,
+        &["provisioning-keys", "list", "acme", "--json"],
+    )))
+    .expect("json");
+    assert_eq!(keys, Value::Array(vec![]));
+}
+
+#[test]
+fn config_errors_name_the_key_and_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("tollgate.toml");
+    std::fs::write(&file, "listen = \"127.0.0.1:0\"\nmax_bodee = 3\n").expect("write");
+    let out = tollgate(dir.path(), &["serve", "--config", file.to_str().expect("path")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_bodee") && err.contains("tollgate.toml"), "{err}");
+
+    std::fs::write(&file, "[limits]\nmax_body_bytes = -5\n").expect("write");
+    let out = tollgate(dir.path(), &["migrate", "--config", file.to_str().expect("path")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("max_body_bytes"), "{err}");
+
+    let out = tollgate(dir.path(), &["serve", "--listen", "nowhere"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("listen"), "{err}");
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+/// First start on an empty database: a working provisioning key in a private file,
+/// and (at the most verbose log level) no key in the logs.
+#[tokio::test]
+async fn first_start_leaves_a_working_key_and_logs_no_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let log_path = dir.path().join("log.txt");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "trace")
+        .env_remove("TOLLGATE_CONFIG")
+        .env_remove("TOLLGATE_DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn");
+    let _running = Running(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let key_file = dir.path().join("tollgate-data/provisioning-key.txt");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).expect("file").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let prov = std::fs::read_to_string(&key_file).expect("key").trim().to_string();
+    let created: Value = client
+        .post(format!("{base}/v1/account/keys"))
+        .bearer_auth(&prov)
+        .json(&serde_json::json!({"name": "from the quick start"}))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let inference = created["key"].as_str().expect("key").to_string();
+    let me = client
+        .get(format!("{base}/v1/key"))
+        .header("x-api-key", &inference)
+        .send()
+        .await
+        .expect("key");
+    assert_eq!(me.status(), 200);
+    let wrong = client
+        .get(format!("{base}/v1/account/balance"))
+        .bearer_auth(&inference)
+        .send()
+        .await
+        .expect("balance");
+    assert_eq!(wrong.status(), 401);
+    drop(_running);
+
+    let logs = std::fs::read_to_string(&log_path).expect("log");
+    assert!(logs.contains("provisioning-key.txt"), "the log says where the key is");
+    assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "logs were verbose");
+    for secret in [&prov, &inference] {
+        let random = &secret[secret.rfind('-').expect("prefix") + 1..];
+        assert!(!logs.contains(random), "a key leaked into the logs");
+    }
+}
