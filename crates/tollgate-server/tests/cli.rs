@@ -38,7 +38,10 @@ fn operator_commands() {
     assert!(!duplicate.status.success());
     assert!(String::from_utf8_lossy(&duplicate.stderr).contains("already exists"));
 
-    let granted = stdout(&tollgate(d, &["credits", "grant", "acme", "12.34", "--note", "trial"]));
+    let granted = stdout(&tollgate(
+        d,
+        &["credits", "grant", "acme", "12.34", "--note", "trial"],
+    ));
     assert!(granted.contains("balance 12.34"), "{granted}");
     stdout(&tollgate(d, &["credits", "grant", "1", "0.000000001"]));
     let bad = tollgate(d, &["credits", "grant", "acme", "12.3456789999"]);
@@ -52,10 +55,19 @@ fn operator_commands() {
     assert_eq!(list[0]["balance"], "12.340000001");
     assert!(stdout(&tollgate(d, &["accounts", "list"])).contains("acme"));
 
-    let key = stdout(&tollgate(d, &["provisioning-keys", "create", "acme", "--name", "ops"]));
+    let key = stdout(&tollgate(
+        d,
+        &["provisioning-keys", "create", "acme", "--name", "ops"],
+    ));
     let key = key.trim_end_matches('\n');
-    assert!(key.starts_with("tg-prov-") && !key.contains(char::is_whitespace), "{key:?}");
-    let keys_json = stdout(&tollgate(d, &["provisioning-keys", "list", "acme", "--json"]));
+    assert!(
+        key.starts_with("tg-prov-") && !key.contains(char::is_whitespace),
+        "{key:?}"
+    );
+    let keys_json = stdout(&tollgate(
+        d,
+        &["provisioning-keys", "list", "acme", "--json"],
+    ));
     assert!(!keys_json.contains(&key[8..]));
     let keys: Value = serde_json::from_str(&keys_json).expect("json");
     assert_eq!(keys[0]["name"], "ops");
@@ -76,15 +88,27 @@ fn config_errors_name_the_key_and_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("tollgate.toml");
     std::fs::write(&file, "listen = \"127.0.0.1:0\"\nmax_bodee = 3\n").expect("write");
-    let out = tollgate(dir.path(), &["serve", "--config", file.to_str().expect("path")]);
+    let out = tollgate(
+        dir.path(),
+        &["serve", "--config", file.to_str().expect("path")],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("max_bodee") && err.contains("tollgate.toml"), "{err}");
+    assert!(
+        err.contains("max_bodee") && err.contains("tollgate.toml"),
+        "{err}"
+    );
 
     std::fs::write(&file, "[limits]\nmax_body_bytes = -5\n").expect("write");
-    let out = tollgate(dir.path(), &["migrate", "--config", file.to_str().expect("path")]);
+    let out = tollgate(
+        dir.path(),
+        &["migrate", "--config", file.to_str().expect("path")],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("max_body_bytes"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("max_body_bytes"),
+        "{err}"
+    );
 
     let out = tollgate(dir.path(), &["serve", "--listen", "nowhere"]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -142,10 +166,16 @@ async fn first_start_leaves_a_working_key_and_logs_no_secret() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&key_file).expect("file").permissions().mode();
+        let mode = std::fs::metadata(&key_file)
+            .expect("file")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    let prov = std::fs::read_to_string(&key_file).expect("key").trim().to_string();
+    let prov = std::fs::read_to_string(&key_file)
+        .expect("key")
+        .trim()
+        .to_string();
     let created: Value = client
         .post(format!("{base}/v1/account/keys"))
         .bearer_auth(&prov)
@@ -174,8 +204,14 @@ async fn first_start_leaves_a_working_key_and_logs_no_secret() {
     drop(_running);
 
     let logs = std::fs::read_to_string(&log_path).expect("log");
-    assert!(logs.contains("provisioning-key.txt"), "the log says where the key is");
-    assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "logs were verbose");
+    assert!(
+        logs.contains("provisioning-key.txt"),
+        "the log says where the key is"
+    );
+    assert!(
+        logs.contains("TRACE") || logs.contains("DEBUG"),
+        "logs were verbose"
+    );
     for secret in [&prov, &inference] {
         let random = &secret[secret.rfind('-').expect("prefix") + 1..];
         assert!(!logs.contains(random), "a key leaked into the logs");

@@ -5,8 +5,7 @@ use std::sync::Arc;
 use crate::auth::{self, Authenticator};
 use crate::billing::Credits;
 use crate::store::{
-    Account, AccountId, DailyUsage, KeyId, KeyKind, KeyPatch, KeyRecord, NewKey, Store,
-    StoreError,
+    Account, AccountId, DailyUsage, KeyId, KeyKind, KeyPatch, KeyRecord, NewKey, Store, StoreError,
 };
 
 /// A new inference key as asked for by `POST /v1/account/keys`.

@@ -92,7 +92,10 @@ enum Presented<'a> {
 fn presented(headers: &HeaderMap) -> Result<Option<Presented<'_>>, AuthError> {
     if let Some(value) = headers.get(axum::http::header::AUTHORIZATION) {
         let text = value.to_str().map_err(|_| AuthError::MalformedHeader)?;
-        let (scheme, token) = text.trim().split_once(' ').ok_or(AuthError::MalformedHeader)?;
+        let (scheme, token) = text
+            .trim()
+            .split_once(' ')
+            .ok_or(AuthError::MalformedHeader)?;
         let token = token.trim();
         if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
             return Err(AuthError::MalformedHeader);
@@ -100,7 +103,10 @@ fn presented(headers: &HeaderMap) -> Result<Option<Presented<'_>>, AuthError> {
         return Ok(Some(Presented::Bearer(token)));
     }
     if let Some(value) = headers.get("x-api-key") {
-        let token = value.to_str().map_err(|_| AuthError::UnknownInference)?.trim();
+        let token = value
+            .to_str()
+            .map_err(|_| AuthError::UnknownInference)?
+            .trim();
         if !token.is_empty() {
             return Ok(Some(Presented::ApiKeyHeader(token)));
         }
@@ -242,7 +248,9 @@ mod tests {
         assert_eq!(a.hash, hash_key(&a.plaintext));
         assert!(!a.hash.contains(&a.plaintext[INFERENCE_PREFIX.len()..]));
         assert!(a.hint.ends_with(&a.plaintext[a.plaintext.len() - 4..]));
-        assert!(mint(KeyKind::Provisioning).plaintext.starts_with(PROVISIONING_PREFIX));
+        assert!(mint(KeyKind::Provisioning)
+            .plaintext
+            .starts_with(PROVISIONING_PREFIX));
     }
 
     #[test]
@@ -252,7 +260,10 @@ mod tests {
         assert!(matches!(presented(&h), Ok(Some(Presented::Bearer("abc")))));
         let mut h = HeaderMap::new();
         h.insert("x-api-key", "abc".parse().expect("header"));
-        assert!(matches!(presented(&h), Ok(Some(Presented::ApiKeyHeader("abc")))));
+        assert!(matches!(
+            presented(&h),
+            Ok(Some(Presented::ApiKeyHeader("abc")))
+        ));
         let mut h = HeaderMap::new();
         h.insert("authorization", "Basic abc".parse().expect("header"));
         assert!(matches!(presented(&h), Err(AuthError::MalformedHeader)));

@@ -246,7 +246,9 @@ async fn operator(command: Command, accounts: &Accounts) -> anyhow::Result<()> {
         }
         Command::ProvisioningKeys(ProvisioningKeysCommand::List { account, json }) => {
             let account = find_account(accounts, &account).await?;
-            let keys = accounts.list_keys(account.id, KeyKind::Provisioning).await?;
+            let keys = accounts
+                .list_keys(account.id, KeyKind::Provisioning)
+                .await?;
             if json {
                 let rows: Vec<_> = keys
                     .iter()

@@ -536,11 +536,17 @@ url = "https://example.com"
         let c = Config::from_toml(GOOD, &Overrides::default(), &env).expect("valid");
         assert_eq!(c.listen.port(), 9999);
         assert_eq!(c.providers[0].base_url, "http://127.0.0.1:1/v1");
-        assert_eq!(c.providers[0].api_key.as_ref().map(Secret::expose), Some("secret"));
+        assert_eq!(
+            c.providers[0].api_key.as_ref().map(Secret::expose),
+            Some("secret")
+        );
         assert_eq!(format!("{:?}", c.providers[0].api_key), "Some(*****)");
         let m = c.model("m1").expect("model");
         assert_eq!(m.upstream_model, "m1");
-        assert_eq!(m.endpoints, vec![Endpoint::ChatCompletions, Endpoint::Embeddings]);
+        assert_eq!(
+            m.endpoints,
+            vec![Endpoint::ChatCompletions, Endpoint::Embeddings]
+        );
         assert_eq!(c.startups[0]["url"], "https://example.com");
         assert_eq!(c.database_url, "sqlite://tollgate-data/tollgate.db");
     }

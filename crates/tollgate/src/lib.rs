@@ -8,9 +8,12 @@ pub mod auth;
 pub mod billing;
 pub mod cli;
 pub mod config;
+pub mod gateway;
 pub mod http;
+pub mod providers;
 pub mod server;
 pub mod store;
+pub mod usage;
 
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;

@@ -8,11 +8,13 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::http::{router, AppState};
 use crate::store;
+use crate::usage::UsageWriter;
 
 /// A running server.
 pub struct Server {
     pub state: AppState,
     listener: TcpListener,
+    writer_task: tokio::task::JoinHandle<()>,
 }
 
 /// What the first start on an empty database created.
@@ -29,8 +31,13 @@ impl Server {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-        let state = AppState::new(Arc::new(config), store);
-        Ok(Server { state, listener })
+        let (writer, writer_task) = UsageWriter::start(store.clone());
+        let state = AppState::new(Arc::new(config), store, writer)?;
+        Ok(Server {
+            state,
+            listener,
+            writer_task,
+        })
     }
 
     /// The bound address (useful with port 0).
@@ -59,15 +66,40 @@ impl Server {
         }))
     }
 
-    /// Serves until `shutdown` resolves.
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish and the
+    /// usage writer drain.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let app = router(self.state.clone());
-        axum::serve(self.listener, app)
+        let Server {
+            state,
+            listener,
+            writer_task,
+        } = self;
+        let meter = state.meter.clone();
+        let refresher = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if let Err(e) = meter.refresh_grants().await {
+                    tracing::warn!(error = %e, "re-reading credit grants failed");
+                }
+            }
+        });
+        let app = router(state);
+        let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
+            .await;
+        refresher.abort();
+        // The router (and with it every writer handle) is gone: the writer drains and ends.
+        if tokio::time::timeout(std::time::Duration::from_secs(10), writer_task)
             .await
+            .is_err()
+        {
+            tracing::warn!("the usage writer did not drain within 10 s");
+        }
+        served
     }
 }
 

@@ -1,1 +1,242 @@
-//! The meter.
+//! The meter: reserve the worst-case cost before an upstream call, settle the actual
+//! cost after it and release the rest, so no key's credit limit and no account's
+//! balance is ever exceeded, however many requests race for the last cent.
+//!
+//! On one machine the meter's in-memory state is the authority for charges (every
+//! charge of the database goes through it), loaded lazily from the store; credit grants,
+//! which the operator's command line writes directly to the database, are re-read
+//! every second.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::Credits;
+use crate::store::{AccountId, KeyId, KeyKind, KeyRecord, Store, StoreError};
+
+/// Which budget refused a reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuotaError {
+    /// The key's `credit_limit` would be exceeded.
+    KeyLimit {
+        limit: Credits,
+        remaining: Credits,
+        needed: Credits,
+    },
+    /// The account's balance would be exceeded.
+    Balance { remaining: Credits, needed: Credits },
+}
+
+impl std::fmt::Display for QuotaError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QuotaError::KeyLimit { limit, remaining, needed } => write!(
+                f,
+                "This request could cost up to {needed} credits, but the key's credit limit of {limit} has {remaining} left (in-flight requests included). Raise credit_limit with PATCH /v1/account/keys/{{id}}, or lower max_tokens."
+            ),
+            QuotaError::Balance { remaining, needed } => write!(
+                f,
+                "This request could cost up to {needed} credits, but the account balance has {remaining} available (in-flight requests included). Add credits, or lower max_tokens."
+            ),
+        }
+    }
+}
+
+/// Failure of a reservation.
+#[derive(Debug, thiserror::Error)]
+pub enum ReserveError {
+    #[error("{0}")]
+    Quota(QuotaError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug)]
+struct KeyBudget {
+    usage: i64,
+    limit: Option<i64>,
+    reserved: i64,
+}
+
+#[derive(Debug)]
+struct AccountBudget {
+    granted: i64,
+    charged: i64,
+    reserved: i64,
+    keys: HashMap<KeyId, KeyBudget>,
+}
+
+/// The single-machine meter.
+pub struct Meter {
+    store: Arc<dyn Store>,
+    accounts: Mutex<HashMap<AccountId, AccountBudget>>,
+}
+
+/// Money held for one request until it is settled or released.
+#[derive(Debug)]
+pub struct Reservation {
+    pub account: AccountId,
+    pub key: KeyId,
+    pub amount: Credits,
+}
+
+impl Meter {
+    pub fn new(store: Arc<dyn Store>) -> Arc<Self> {
+        Arc::new(Meter {
+            store,
+            accounts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AccountId, AccountBudget>> {
+        // A panic while holding this lock cannot leave a half-updated budget (every
+        // update is a few integer additions), so a poisoned lock is still usable.
+        self.accounts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn ensure_loaded(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        let loaded = {
+            let accounts = self.lock();
+            accounts
+                .get(&key.account_id)
+                .map(|a| a.keys.contains_key(&key.id))
+        };
+        match loaded {
+            Some(true) => Ok(()),
+            Some(false) => {
+                let fresh = self
+                    .store
+                    .get_key(key.account_id, KeyKind::Inference, key.id)
+                    .await?;
+                let mut accounts = self.lock();
+                if let (Some(account), Some(fresh)) = (accounts.get_mut(&key.account_id), fresh) {
+                    account.keys.entry(key.id).or_insert(KeyBudget {
+                        usage: fresh.usage.nanos(),
+                        limit: fresh.credit_limit.map(Credits::nanos),
+                        reserved: 0,
+                    });
+                }
+                Ok(())
+            }
+            None => {
+                let account = self.store.account(key.account_id).await?;
+                let fresh = self
+                    .store
+                    .get_key(key.account_id, KeyKind::Inference, key.id)
+                    .await?;
+                let mut accounts = self.lock();
+                if let Some(account) = account {
+                    let entry = accounts.entry(key.account_id).or_insert(AccountBudget {
+                        granted: account.granted.nanos(),
+                        charged: account.charged.nanos(),
+                        reserved: 0,
+                        keys: HashMap::new(),
+                    });
+                    if let Some(fresh) = fresh {
+                        entry.keys.entry(key.id).or_insert(KeyBudget {
+                            usage: fresh.usage.nanos(),
+                            limit: fresh.credit_limit.map(Credits::nanos),
+                            reserved: 0,
+                        });
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Holds `amount` against the key's limit and the account's balance, or refuses.
+    pub async fn reserve(
+        &self,
+        key: &KeyRecord,
+        amount: Credits,
+    ) -> Result<Reservation, ReserveError> {
+        self.ensure_loaded(key).await?;
+        let mut accounts = self.lock();
+        let Some(account) = accounts.get_mut(&key.account_id) else {
+            return Err(StoreError::Corrupt("account of a live key is missing".into()).into());
+        };
+        let available = account.granted - account.charged - account.reserved;
+        let Some(budget) = account.keys.get_mut(&key.id) else {
+            return Err(StoreError::Corrupt("key vanished while loading".into()).into());
+        };
+        let needed = amount.nanos();
+        if let Some(limit) = budget.limit {
+            let remaining = limit - budget.usage - budget.reserved;
+            if needed > remaining {
+                return Err(ReserveError::Quota(QuotaError::KeyLimit {
+                    limit: Credits::from_nanos(limit),
+                    remaining: Credits::from_nanos(remaining.max(0)),
+                    needed: amount,
+                }));
+            }
+        }
+        if needed > available {
+            return Err(ReserveError::Quota(QuotaError::Balance {
+                remaining: Credits::from_nanos(available.max(0)),
+                needed: amount,
+            }));
+        }
+        budget.reserved += needed;
+        account.reserved += needed;
+        Ok(Reservation {
+            account: key.account_id,
+            key: key.id,
+            amount,
+        })
+    }
+
+    /// Replaces the reservation by the actual cost (which the caller then records).
+    pub fn settle(&self, reservation: Reservation, cost: Credits) {
+        let mut accounts = self.lock();
+        if let Some(account) = accounts.get_mut(&reservation.account) {
+            account.reserved -= reservation.amount.nanos();
+            account.charged += cost.nanos();
+            if let Some(budget) = account.keys.get_mut(&reservation.key) {
+                budget.reserved -= reservation.amount.nanos();
+                budget.usage += cost.nanos();
+            }
+        }
+    }
+
+    /// Gives a reservation back unused (the upstream call failed).
+    pub fn release(&self, reservation: Reservation) {
+        self.settle(reservation, Credits::ZERO);
+    }
+
+    /// Follows a key's new limit (after a PATCH).
+    pub fn key_changed(&self, key: &KeyRecord) {
+        let mut accounts = self.lock();
+        if let Some(budget) = accounts
+            .get_mut(&key.account_id)
+            .and_then(|a| a.keys.get_mut(&key.id))
+        {
+            budget.limit = key.credit_limit.map(Credits::nanos);
+        }
+    }
+
+    /// Re-reads the credit grants of every loaded account.
+    pub async fn refresh_grants(&self) -> Result<(), StoreError> {
+        let accounts = self.store.list_accounts().await?;
+        let mut loaded = self.lock();
+        for account in accounts {
+            if let Some(budget) = loaded.get_mut(&account.id) {
+                budget.granted = account.granted.nanos();
+            }
+        }
+        Ok(())
+    }
+
+    /// What a key has in flight and spent (for tests and diagnostics).
+    pub fn key_state(&self, account: AccountId, key: KeyId) -> Option<(Credits, Credits)> {
+        let accounts = self.lock();
+        accounts
+            .get(&account)
+            .and_then(|a| a.keys.get(&key))
+            .map(|k| {
+                (
+                    Credits::from_nanos(k.usage),
+                    Credits::from_nanos(k.reserved),
+                )
+            })
+    }
+}

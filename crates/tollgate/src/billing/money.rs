@@ -78,7 +78,9 @@ pub fn parse_decimal_nanos(text: &str, scale_digits: u32) -> Result<i128, MoneyE
     let text = text.trim();
     let (mantissa, exponent) = match text.find(['e', 'E']) {
         Some(pos) => {
-            let exp: i32 = text[pos + 1..].parse().map_err(|_| MoneyError::NotDecimal)?;
+            let exp: i32 = text[pos + 1..]
+                .parse()
+                .map_err(|_| MoneyError::NotDecimal)?;
             (&text[..pos], exp)
         }
         None => (text, 0),
@@ -183,6 +185,9 @@ mod tests {
         assert_eq!(Credits(1).to_string(), "0.000000001");
         assert_eq!(Credits(-2_000_000_000).to_string(), "-2.00");
         assert_eq!(Credits(25_000_000_000).to_decimal_string(1), "25.0");
-        assert_eq!(Credits(i64::MIN).to_decimal_string(0), "-9223372036.854775808");
+        assert_eq!(
+            Credits(i64::MIN).to_decimal_string(0),
+            "-9223372036.854775808"
+        );
     }
 }

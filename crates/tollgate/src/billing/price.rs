@@ -103,8 +103,14 @@ mod tests {
 
     #[test]
     fn prices_parse_exactly() {
-        assert_eq!(UnitPrice::per_million("0.40").map(UnitPrice::femtos), Ok(400_000_000));
-        assert_eq!(UnitPrice::per_unit("0.04").map(UnitPrice::femtos), Ok(40_000_000_000_000));
+        assert_eq!(
+            UnitPrice::per_million("0.40").map(UnitPrice::femtos),
+            Ok(400_000_000)
+        );
+        assert_eq!(
+            UnitPrice::per_unit("0.04").map(UnitPrice::femtos),
+            Ok(40_000_000_000_000)
+        );
         assert_eq!(
             UnitPrice::per_million("1.50").map(|p| p.usd_per_unit()),
             Ok("0.0000015".to_string())

@@ -57,9 +57,12 @@ pub fn decimal_number(text: String) -> Option<Box<RawValue>> {
 
 impl KeyView {
     pub fn new(key: &KeyRecord) -> Self {
-        let remaining = key
-            .credit_limit
-            .map(|limit| limit.saturating_sub(key.usage).max(Credits::ZERO).to_string());
+        let remaining = key.credit_limit.map(|limit| {
+            limit
+                .saturating_sub(key.usage)
+                .max(Credits::ZERO)
+                .to_string()
+        });
         KeyView {
             id: key.id.0,
             name: key.name.clone(),
@@ -211,9 +214,21 @@ pub async fn create_key(
     };
     let new = NewInferenceKey {
         name,
-        credit_limit: map.get("credit_limit").map(parse_credit_limit).transpose()?.flatten(),
-        expires_at: map.get("expires_at").map(parse_expires_at).transpose()?.flatten(),
-        rate_limit_rpm: map.get("rate_limit_rpm").map(parse_rate_limit).transpose()?.flatten(),
+        credit_limit: map
+            .get("credit_limit")
+            .map(parse_credit_limit)
+            .transpose()?
+            .flatten(),
+        expires_at: map
+            .get("expires_at")
+            .map(parse_expires_at)
+            .transpose()?
+            .flatten(),
+        rate_limit_rpm: map
+            .get("rate_limit_rpm")
+            .map(parse_rate_limit)
+            .transpose()?
+            .flatten(),
     };
     let (key, plaintext) = state
         .accounts
@@ -237,7 +252,9 @@ pub async fn list_keys(
         .accounts
         .list_keys(owner.account_id, KeyKind::Inference)
         .await?;
-    Ok(Json(json!({"keys": keys.iter().map(KeyView::new).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"keys": keys.iter().map(KeyView::new).collect::<Vec<_>>()}),
+    ))
 }
 
 /// `GET /v1/account/keys/{id}`
@@ -273,16 +290,25 @@ pub async fn update_key(
         Some(other) => {
             return Err(ApiError::invalid_field(
                 "is_enabled",
-                format!("'is_enabled' must be true or false, not {}.", type_name(other)),
+                format!(
+                    "'is_enabled' must be true or false, not {}.",
+                    type_name(other)
+                ),
             ))
         }
     };
     let patch = KeyPatch {
         name: map.get("name").map(parse_name).transpose()?,
         is_enabled,
-        credit_limit: map.get("credit_limit").map(parse_credit_limit).transpose()?,
+        credit_limit: map
+            .get("credit_limit")
+            .map(parse_credit_limit)
+            .transpose()?,
         expires_at: map.get("expires_at").map(parse_expires_at).transpose()?,
-        rate_limit_rpm: map.get("rate_limit_rpm").map(parse_rate_limit).transpose()?,
+        rate_limit_rpm: map
+            .get("rate_limit_rpm")
+            .map(parse_rate_limit)
+            .transpose()?,
     };
     let key = state
         .accounts

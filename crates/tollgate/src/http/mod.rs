@@ -3,6 +3,7 @@
 pub mod account;
 pub mod error;
 pub mod extract;
+pub mod inference;
 pub mod public;
 
 use std::sync::Arc;
@@ -12,13 +13,16 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 
 use crate::accounts::Accounts;
 use crate::auth::Authenticator;
-use crate::config::Config;
+use crate::billing::meter::Meter;
+use crate::config::{Config, Endpoint};
+use crate::gateway::Gateway;
 use crate::store::{KeyId, KeyRecord, Store};
+use crate::usage::UsageWriter;
 use error::ApiError;
 
 /// Everything a handler may need, cheap to clone.
@@ -28,22 +32,35 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub auth: Authenticator,
     pub accounts: Accounts,
+    pub meter: Arc<Meter>,
+    pub gateway: Arc<Gateway>,
 }
 
 impl AppState {
-    pub fn new(config: Arc<Config>, store: Arc<dyn Store>) -> Self {
+    /// Wires the parts together; `writer` is the running usage writer.
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        writer: UsageWriter,
+    ) -> Result<Self, reqwest::Error> {
         let auth = Authenticator::new(store.clone());
         let accounts = Accounts::new(store.clone(), auth.clone());
-        AppState {
+        let meter = Meter::new(store.clone());
+        let gateway = Arc::new(Gateway::new(config.clone(), meter.clone(), writer)?);
+        Ok(AppState {
             config,
             store,
             auth,
             accounts,
-        }
+            meter,
+            gateway,
+        })
     }
 
     /// A key's settings changed here: other parts that keep copies follow.
-    pub async fn on_key_changed(&self, _key: &KeyRecord) {}
+    pub async fn on_key_changed(&self, key: &KeyRecord) {
+        self.meter.key_changed(key);
+    }
 
     /// A key was deleted here.
     pub async fn on_key_deleted(&self, _id: KeyId) {}
@@ -55,7 +72,16 @@ pub struct RequestId(pub Arc<str>);
 
 /// The whole application router.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    for endpoint in Endpoint::ALL {
+        router = router.route(
+            &format!("/v1{}", endpoint.path()),
+            post(move |state, request_id, headers, body| {
+                inference::model_call(endpoint, state, request_id, headers, body)
+            }),
+        );
+    }
+    router
         .route("/healthz", get(public::healthz))
         .route("/readyz", get(public::readyz))
         .route("/v1/models", get(public::models))

@@ -8,9 +8,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use super::account::decimal_number;
 use super::error::ApiError;
 use super::AppState;
-use super::account::decimal_number;
 use crate::config::Model;
 
 /// Prices as exact decimal JSON numbers, in a fixed order.
@@ -79,7 +79,11 @@ pub async fn models(
         data: Vec<ModelView<'a>>,
     }
     let data = state.config.models.iter().map(model_view).collect();
-    Ok(Json(List { object: "list", data }).into_response())
+    Ok(Json(List {
+        object: "list",
+        data,
+    })
+    .into_response())
 }
 
 /// `GET /v1/startups`: operator-configured public metadata.

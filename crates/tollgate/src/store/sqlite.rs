@@ -63,7 +63,8 @@ fn key_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
     Ok(KeyRecord {
         id: KeyId(row.try_get("id")?),
         account_id: AccountId(row.try_get("account_id")?),
-        kind: KeyKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("key kind {kind}")))?,
+        kind: KeyKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("key kind {kind}")))?,
         name: row.try_get("name")?,
         hint: row.try_get("hint")?,
         created_at: row.try_get("created_at")?,
@@ -167,7 +168,9 @@ async fn insert_usage(
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations/sqlite").run(&self.pool).await?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -190,7 +193,9 @@ impl Store for SqliteStore {
                 granted: Credits::ZERO,
                 charged: Credits::ZERO,
             }),
-            Err(e) if unique_violation(&e) => Err(StoreError::Conflict(format!("account '{name}'"))),
+            Err(e) if unique_violation(&e) => {
+                Err(StoreError::Conflict(format!("account '{name}'")))
+            }
             Err(e) => Err(e.into()),
         }
     }

@@ -21,11 +21,24 @@ async fn account_endpoints_refuse_everything_but_a_bearer_provisioning_key() {
         let message = assert_error(response, 401, "authentication_error", "missing_api_key").await;
         assert!(message.contains("provisioning key"), "{message}");
         // An inference key instead of a provisioning key.
-        let message = assert_error(app.get(path, &inference).await, 401, "authentication_error", "wrong_key_kind").await;
-        assert!(message.contains("inference key") && message.contains("provisioning key"), "{message}");
+        let message = assert_error(
+            app.get(path, &inference).await,
+            401,
+            "authentication_error",
+            "wrong_key_kind",
+        )
+        .await;
+        assert!(
+            message.contains("inference key") && message.contains("provisioning key"),
+            "{message}"
+        );
         // Unknown.
         let message = assert_error(
-            app.get(path, "tg-prov-000000000000000000000000000000000000000000000000").await,
+            app.get(
+                path,
+                "tg-prov-000000000000000000000000000000000000000000000000",
+            )
+            .await,
             401,
             "authentication_error",
             "invalid_api_key",
@@ -40,7 +53,13 @@ async fn account_endpoints_refuse_everything_but_a_bearer_provisioning_key() {
             .send()
             .await
             .expect("request");
-        let message = assert_error(response, 401, "authentication_error", "malformed_authorization").await;
+        let message = assert_error(
+            response,
+            401,
+            "authentication_error",
+            "malformed_authorization",
+        )
+        .await;
         assert!(message.contains("Bearer"), "{message}");
         // Not a bearer scheme.
         let response = app
@@ -50,7 +69,13 @@ async fn account_endpoints_refuse_everything_but_a_bearer_provisioning_key() {
             .send()
             .await
             .expect("request");
-        assert_error(response, 401, "authentication_error", "malformed_authorization").await;
+        assert_error(
+            response,
+            401,
+            "authentication_error",
+            "malformed_authorization",
+        )
+        .await;
     }
     // No message echoes a secret.
     let response = app.get("/v1/account/keys", &inference).await;
@@ -71,9 +96,20 @@ async fn inference_endpoints_take_bearer_or_x_api_key_and_refuse_provisioning_ke
         .await
         .expect("request");
     assert_eq!(response.status(), 200);
-    let message = assert_error(app.get("/v1/key", &app.prov_key).await, 401, "authentication_error", "wrong_key_kind").await;
+    let message = assert_error(
+        app.get("/v1/key", &app.prov_key).await,
+        401,
+        "authentication_error",
+        "wrong_key_kind",
+    )
+    .await;
     assert!(message.contains("provisioning key"), "{message}");
-    let response = app.client.get(app.url("/v1/key")).send().await.expect("request");
+    let response = app
+        .client
+        .get(app.url("/v1/key"))
+        .send()
+        .await
+        .expect("request");
     let message = assert_error(response, 401, "authentication_error", "missing_api_key").await;
     assert!(message.contains("x-api-key"), "{message}");
     let message = assert_error(
@@ -97,8 +133,19 @@ async fn revoked_provisioning_keys_stop_at_once() {
         .list_keys(account, tollgate::store::KeyKind::Provisioning)
         .await
         .expect("list");
-    assert!(app.state.accounts.revoke_provisioning_key(keys[0].id).await.expect("revoke"));
-    let message = assert_error(app.get("/v1/account/balance", &key).await, 401, "authentication_error", "key_deleted").await;
+    assert!(app
+        .state
+        .accounts
+        .revoke_provisioning_key(keys[0].id)
+        .await
+        .expect("revoke"));
+    let message = assert_error(
+        app.get("/v1/account/balance", &key).await,
+        401,
+        "authentication_error",
+        "key_deleted",
+    )
+    .await;
     assert!(message.contains("revoked"), "{message}");
 }
 
@@ -118,7 +165,13 @@ async fn the_database_holds_only_hashes() {
     let haystack = String::from_utf8_lossy(&everything);
     for secret in [&key, &app.prov_key] {
         let random_part = &secret[secret.rfind('-').expect("prefix") + 1..];
-        assert!(!haystack.contains(random_part), "plaintext found in the database files");
-        assert!(haystack.contains(&tollgate::auth::hash_key(secret)), "hash not found");
+        assert!(
+            !haystack.contains(random_part),
+            "plaintext found in the database files"
+        );
+        assert!(
+            haystack.contains(&tollgate::auth::hash_key(secret)),
+            "hash not found"
+        );
     }
 }

@@ -41,7 +41,11 @@ pub async fn spawn_app_env(extra: &str, env: &dyn Fn(&str) -> Option<String>) ->
     );
     let config = Config::from_toml(&toml, &Overrides::default(), env).expect("config");
     let server = Server::bind(config).await.expect("bind");
-    let boot = server.bootstrap().await.expect("bootstrap").expect("fresh db");
+    let boot = server
+        .bootstrap()
+        .await
+        .expect("bootstrap")
+        .expect("fresh db");
     let prov_key = std::fs::read_to_string(&boot.key_file)
         .expect("key file")
         .trim()
@@ -150,7 +154,12 @@ impl TestApp {
 
     /// Creates another account with its own provisioning key.
     pub async fn new_account(&self, name: &str) -> (AccountId, String) {
-        let account = self.state.accounts.create_account(name).await.expect("account");
+        let account = self
+            .state
+            .accounts
+            .create_account(name)
+            .await
+            .expect("account");
         let (_, key) = self
             .state
             .accounts
@@ -167,7 +176,10 @@ pub async fn assert_error(response: Response, status: u16, kind: &str, code: &st
     let body: Value = response.json().await.expect("error body is JSON");
     assert_eq!(body["error"]["type"], kind, "type in {body}");
     assert_eq!(body["error"]["code"], code, "code in {body}");
-    let message = body["error"]["message"].as_str().expect("message").to_string();
+    let message = body["error"]["message"]
+        .as_str()
+        .expect("message")
+        .to_string();
     assert!(!message.is_empty());
     message
 }

@@ -7,7 +7,14 @@ use crate::helpers::{assert_error, spawn_app, spawn_app_with};
 #[tokio::test]
 async fn malformed_bodies_are_400() {
     let app = spawn_app().await;
-    for body in ["{", "not json", "[1,2]", "\"name\"", "", "{\"name\": \"x\",}"] {
+    for body in [
+        "{",
+        "not json",
+        "[1,2]",
+        "\"name\"",
+        "",
+        "{\"name\": \"x\",}",
+    ] {
         let response = app.post_raw("/v1/account/keys", &app.prov_key, body).await;
         let message = assert_error(response, 400, "invalid_request_error", "invalid_json").await;
         assert!(message.contains("JSON"), "{message}");
@@ -26,9 +33,15 @@ async fn wrong_types_and_values_name_the_field() {
         (json!({"name": null}), "name"),
         (json!({"name": "k", "credit_limit": -1}), "credit_limit"),
         (json!({"name": "k", "credit_limit": "25"}), "credit_limit"),
-        (json!({"name": "k", "credit_limit": 0.0000000001}), "credit_limit"),
+        (
+            json!({"name": "k", "credit_limit": 0.0000000001}),
+            "credit_limit",
+        ),
         (json!({"name": "k", "credit_limit": 1e300}), "credit_limit"),
-        (json!({"name": "k", "expires_at": "2001-01-01T00:00:00Z"}), "expires_at"),
+        (
+            json!({"name": "k", "expires_at": "2001-01-01T00:00:00Z"}),
+            "expires_at",
+        ),
         (json!({"name": "k", "expires_at": "tomorrow"}), "expires_at"),
         (json!({"name": "k", "expires_at": 12345}), "expires_at"),
         (json!({"name": "k", "rate_limit_rpm": 0}), "rate_limit_rpm"),
@@ -44,7 +57,11 @@ async fn wrong_types_and_values_name_the_field() {
     // 255 characters (not bytes) is fine, and so is a zero limit.
     let name = "é".repeat(255);
     let response = app
-        .post("/v1/account/keys", &app.prov_key, &json!({"name": name, "credit_limit": 0}))
+        .post(
+            "/v1/account/keys",
+            &app.prov_key,
+            &json!({"name": name, "credit_limit": 0}),
+        )
         .await;
     assert_eq!(response.status(), 201);
 
@@ -69,21 +86,52 @@ async fn wrong_types_and_values_name_the_field() {
 async fn non_integer_ids_are_400_and_unknown_ids_404() {
     let app = spawn_app().await;
     for id in ["abc", "1.5", "99999999999999999999999", "%20"] {
-        let response = app.get(&format!("/v1/account/keys/{id}"), &app.prov_key).await;
+        let response = app
+            .get(&format!("/v1/account/keys/{id}"), &app.prov_key)
+            .await;
         let message = assert_error(response, 400, "invalid_request_error", "invalid_field").await;
         assert!(message.contains("integer"), "{message}");
     }
-    assert_error(app.get("/v1/account/keys/424242", &app.prov_key).await, 404, "not_found_error", "key_not_found").await;
+    assert_error(
+        app.get("/v1/account/keys/424242", &app.prov_key).await,
+        404,
+        "not_found_error",
+        "key_not_found",
+    )
+    .await;
     // The provisioning key's own id is not an inference key of the account.
-    assert_error(app.get("/v1/account/keys/1", &app.prov_key).await, 404, "not_found_error", "key_not_found").await;
+    assert_error(
+        app.get("/v1/account/keys/1", &app.prov_key).await,
+        404,
+        "not_found_error",
+        "key_not_found",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn unknown_routes_and_methods() {
     let app = spawn_app().await;
-    assert_error(app.get("/v1/nope", &app.prov_key).await, 404, "not_found_error", "route_not_found").await;
-    assert_error(app.get("/", "x").await, 404, "not_found_error", "route_not_found").await;
-    let response = app.client.put(app.url("/v1/account/keys")).send().await.expect("request");
+    assert_error(
+        app.get("/v1/nope", &app.prov_key).await,
+        404,
+        "not_found_error",
+        "route_not_found",
+    )
+    .await;
+    assert_error(
+        app.get("/", "x").await,
+        404,
+        "not_found_error",
+        "route_not_found",
+    )
+    .await;
+    let response = app
+        .client
+        .put(app.url("/v1/account/keys"))
+        .send()
+        .await
+        .expect("request");
     assert_error(response, 405, "invalid_request_error", "method_not_allowed").await;
 }
 
@@ -113,7 +161,10 @@ async fn bodies_over_the_limit_are_413() {
         .expect("request");
     assert_error(response, 413, "request_too_large", "body_too_large").await;
     // The server is still fine.
-    assert_eq!(app.get("/v1/account/keys", &app.prov_key).await.status(), 200);
+    assert_eq!(
+        app.get("/v1/account/keys", &app.prov_key).await.status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -138,5 +189,8 @@ async fn huge_headers_and_odd_bytes_do_not_break_the_server() {
         .await
         .expect("request");
     assert_error(response, 400, "invalid_request_error", "invalid_json").await;
-    assert_eq!(app.get("/v1/account/keys", &app.prov_key).await.status(), 200);
+    assert_eq!(
+        app.get("/v1/account/keys", &app.prov_key).await.status(),
+        200
+    );
 }

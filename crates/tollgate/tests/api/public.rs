@@ -26,12 +26,20 @@ url = "https://example.com"
 #[tokio::test]
 async fn models_are_listed_anonymously_or_with_an_inference_key() {
     let app = spawn_app_env(CATALOG, &|_| None).await;
-    let anonymous = app.client.get(app.url("/v1/models")).send().await.expect("request");
+    let anonymous = app
+        .client
+        .get(app.url("/v1/models"))
+        .send()
+        .await
+        .expect("request");
     assert_eq!(anonymous.status(), 200);
     let raw = anonymous.text().await.expect("text");
     // Prices are written as exact decimals, not floats in exponent form.
     assert!(raw.contains(r#""per_input_token":0.0000015"#), "{raw}");
-    assert!(raw.contains(r#""per_cached_input_token":0.000000375"#), "{raw}");
+    assert!(
+        raw.contains(r#""per_cached_input_token":0.000000375"#),
+        "{raw}"
+    );
     let body: Value = serde_json::from_str(&raw).expect("json");
     assert_eq!(body["object"], "list");
     let model = &body["data"][0];
@@ -39,7 +47,10 @@ async fn models_are_listed_anonymously_or_with_an_inference_key() {
     assert_eq!(model["object"], "model");
     assert_eq!(model["owned_by"], "up");
     assert_eq!(model["context_window"], 1047576);
-    assert_eq!(model["supported_endpoints"], json!(["chat.completions", "responses"]));
+    assert_eq!(
+        model["supported_endpoints"],
+        json!(["chat.completions", "responses"])
+    );
     assert_eq!(model["pricing"]["per_input_token"], 0.0000015);
     assert_eq!(model["pricing"]["per_cached_input_token"], 0.000000375);
     assert_eq!(model["pricing"]["per_output_token"], 0.0000075);
@@ -48,7 +59,13 @@ async fn models_are_listed_anonymously_or_with_an_inference_key() {
     let authed = app.get("/v1/models", &key).await;
     assert_eq!(authed.status(), 200);
     // A bad key is refused rather than ignored.
-    assert_error(app.get("/v1/models", "tg-inf-bad").await, 401, "authentication_error", "invalid_api_key").await;
+    assert_error(
+        app.get("/v1/models", "tg-inf-bad").await,
+        401,
+        "authentication_error",
+        "invalid_api_key",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -72,13 +89,31 @@ async fn startups_are_public() {
 #[tokio::test]
 async fn health_and_request_ids() {
     let app = spawn_app().await;
-    let health = app.client.get(app.url("/healthz")).send().await.expect("request");
+    let health = app
+        .client
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .expect("request");
     assert_eq!(health.status(), 200);
-    let ready = app.client.get(app.url("/readyz")).send().await.expect("request");
+    let ready = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("request");
     assert_eq!(ready.status(), 200);
-    let id = ready.headers()["x-request-id"].to_str().expect("id").to_string();
+    let id = ready.headers()["x-request-id"]
+        .to_str()
+        .expect("id")
+        .to_string();
     assert!(id.starts_with("req_"));
-    let other = app.client.get(app.url("/nope")).send().await.expect("request");
+    let other = app
+        .client
+        .get(app.url("/nope"))
+        .send()
+        .await
+        .expect("request");
     assert!(other.headers().contains_key("x-request-id"));
     assert_ne!(other.headers()["x-request-id"].to_str().expect("id"), id);
 }
@@ -86,7 +121,9 @@ async fn health_and_request_ids() {
 #[tokio::test]
 async fn own_key_shows_limit_usage_and_remaining() {
     let app = spawn_app().await;
-    let (id, key) = app.create_key(json!({"name": "watcher", "credit_limit": 3})).await;
+    let (id, key) = app
+        .create_key(json!({"name": "watcher", "credit_limit": 3}))
+        .await;
     let body: Value = app.get("/v1/key", &key).await.json().await.expect("json");
     assert_eq!(body["id"], id);
     assert_eq!(body["credit_limit"], 3.0);

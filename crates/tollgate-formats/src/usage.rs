@@ -1,0 +1,616 @@
+//! Token usage as each provider reports it, read from whole responses and from streams in flight.
+//!
+//! All formats are normalised into one [`Usage`] whose `input_tokens` counts **every** input
+//! token, cached or not; the cached and cache-write parts are reported beside it, so a price can
+//! be computed as `(input - cached - cache_write) * input_price + cached * cached_price + ...`.
+//!
+//! | format | `input_tokens` | `cached_input_tokens` | `cache_write_tokens` | `output_tokens` |
+//! |---|---|---|---|---|
+//! | Chat Completions | `prompt_tokens` | `prompt_tokens_details.cached_tokens` | `prompt_tokens_details.cache_write_tokens` | `completion_tokens` |
+//! | Responses | `input_tokens` | `input_tokens_details.cached_tokens` | `input_tokens_details.cache_write_tokens` | `output_tokens` |
+//! | Anthropic Messages | `input_tokens + cache_read_input_tokens + cache_creation_input_tokens` | `cache_read_input_tokens` | `cache_creation_input_tokens` | `output_tokens` |
+//! | embeddings | `prompt_tokens` | 0 | 0 | 0 |
+//!
+//! Counts that are missing, negative or not numbers read as 0; sums saturate.
+
+use std::borrow::Cow;
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::sse::SseEvent;
+use crate::Format;
+
+/// Tokens used by one request, normalised across formats.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct Usage {
+    /// All input tokens, **including** the cached and cache-write ones.
+    pub input_tokens: u64,
+    /// The part of `input_tokens` read from the provider's prompt cache.
+    pub cached_input_tokens: u64,
+    /// The part of `input_tokens` written into the provider's prompt cache.
+    pub cache_write_tokens: u64,
+    /// Generated tokens, reasoning included.
+    pub output_tokens: u64,
+}
+
+impl Usage {
+    /// Input tokens that were neither read from nor written to a cache.
+    pub fn uncached_input_tokens(&self) -> u64 {
+        self.input_tokens
+            .saturating_sub(self.cached_input_tokens)
+            .saturating_sub(self.cache_write_tokens)
+    }
+
+    /// Input plus output tokens.
+    pub fn total_tokens(&self) -> u64 {
+        self.input_tokens.saturating_add(self.output_tokens)
+    }
+}
+
+/// Reads a token count: a non-negative integer (or integral float, as some servers send).
+pub(crate) fn count(value: Option<&Value>) -> Option<u64> {
+    let value = value?;
+    if let Some(n) = value.as_u64() {
+        return Some(n);
+    }
+    let f = value.as_f64()?;
+    (f.is_finite() && f >= 0.0).then_some(f as u64)
+}
+
+fn count_at(value: &Value, path: &[&str]) -> u64 {
+    let mut current = value;
+    for key in path {
+        match current.get(key) {
+            Some(next) => current = next,
+            None => return 0,
+        }
+    }
+    count(Some(current)).unwrap_or(0)
+}
+
+fn usage_object(response: &Value) -> Option<&Value> {
+    response.get("usage").filter(|usage| usage.is_object())
+}
+
+/// Reads a Chat Completions `usage` object (the object itself, not the response).
+pub fn from_chat_usage(usage: &Value) -> Usage {
+    Usage {
+        input_tokens: count_at(usage, &["prompt_tokens"]),
+        cached_input_tokens: count_at(usage, &["prompt_tokens_details", "cached_tokens"]),
+        cache_write_tokens: count_at(usage, &["prompt_tokens_details", "cache_write_tokens"]),
+        output_tokens: count_at(usage, &["completion_tokens"]),
+    }
+}
+
+/// Reads a Responses `usage` object (the object itself, not the response).
+pub fn from_responses_usage(usage: &Value) -> Usage {
+    Usage {
+        input_tokens: count_at(usage, &["input_tokens"]),
+        cached_input_tokens: count_at(usage, &["input_tokens_details", "cached_tokens"]),
+        cache_write_tokens: count_at(usage, &["input_tokens_details", "cache_write_tokens"]),
+        output_tokens: count_at(usage, &["output_tokens"]),
+    }
+}
+
+/// Reads an Anthropic `usage` object (the object itself, not the message).
+pub fn from_anthropic_usage(usage: &Value) -> Usage {
+    AnthropicCounts::default().merged(usage).to_usage()
+}
+
+/// Usage of a Chat Completions response; `None` when it carries no `usage` object.
+pub fn from_chat_response(response: &Value) -> Option<Usage> {
+    usage_object(response).map(from_chat_usage)
+}
+
+/// Usage of a Responses response; `None` when it carries no `usage` object.
+pub fn from_responses_response(response: &Value) -> Option<Usage> {
+    usage_object(response).map(from_responses_usage)
+}
+
+/// Usage of an Anthropic Messages response; `None` when it carries no `usage` object.
+pub fn from_anthropic_response(response: &Value) -> Option<Usage> {
+    usage_object(response).map(from_anthropic_usage)
+}
+
+/// Usage of an embeddings response (`prompt_tokens` only); `None` without a `usage` object.
+pub fn from_embeddings_response(response: &Value) -> Option<Usage> {
+    usage_object(response).map(|usage| Usage {
+        input_tokens: count_at(usage, &["prompt_tokens"]),
+        ..Usage::default()
+    })
+}
+
+/// Usage of a whole (non-streamed) response in `format`.
+pub fn from_response(format: Format, response: &Value) -> Option<Usage> {
+    match format {
+        Format::ChatCompletions => from_chat_response(response),
+        Format::Responses => from_responses_response(response),
+        Format::AnthropicMessages => from_anthropic_response(response),
+    }
+}
+
+/// Anthropic reports the parts of the input separately and repeats them, updated, in
+/// `message_delta`; a field absent from a later event keeps its earlier value.
+#[derive(Debug, Clone, Copy, Default)]
+struct AnthropicCounts {
+    input: u64,
+    cache_read: u64,
+    cache_creation: u64,
+    output: u64,
+}
+
+impl AnthropicCounts {
+    fn merged(mut self, usage: &Value) -> Self {
+        if let Some(n) = count(usage.get("input_tokens")) {
+            self.input = n;
+        }
+        if let Some(n) = count(usage.get("cache_read_input_tokens")) {
+            self.cache_read = n;
+        }
+        if let Some(n) = count(usage.get("cache_creation_input_tokens")) {
+            self.cache_creation = n;
+        }
+        if let Some(n) = count(usage.get("output_tokens")) {
+            self.output = n;
+        }
+        self
+    }
+
+    fn to_usage(self) -> Usage {
+        Usage {
+            input_tokens: self
+                .input
+                .saturating_add(self.cache_read)
+                .saturating_add(self.cache_creation),
+            cached_input_tokens: self.cache_read,
+            cache_write_tokens: self.cache_creation,
+            output_tokens: self.output,
+        }
+    }
+}
+
+/// Follows a streamed response of one format and keeps the latest usage it reported.
+///
+/// Feed it every upstream event, before any conversion. Chat Completions streams carry usage on
+/// the last chunk (when `stream_options.include_usage` was requested), Responses streams on the
+/// `response.completed`/`response.incomplete`/`response.failed` event, Anthropic streams in
+/// `message_start` and then, cumulatively, in `message_delta`.
+#[derive(Debug, Clone)]
+pub struct UsageTracker {
+    format: Format,
+    usage: Option<Usage>,
+    anthropic: AnthropicCounts,
+    final_seen: bool,
+    content_deltas: u64,
+}
+
+impl UsageTracker {
+    /// A tracker for an upstream stream in `format`.
+    pub fn new(format: Format) -> Self {
+        Self {
+            format,
+            usage: None,
+            anthropic: AnthropicCounts::default(),
+            final_seen: false,
+            content_deltas: 0,
+        }
+    }
+
+    /// Looks at one upstream event. Events that are not JSON (such as `[DONE]`) are ignored.
+    pub fn observe(&mut self, event: &SseEvent) {
+        if event.is_done() {
+            return;
+        }
+        if let Ok(value) = serde_json::from_str::<Value>(&event.data) {
+            self.observe_value(event.event.as_deref(), &value);
+        }
+    }
+
+    /// Like [`observe`](Self::observe), for an event whose data the caller already parsed.
+    pub fn observe_value(&mut self, event_name: Option<&str>, data: &Value) {
+        match self.format {
+            Format::ChatCompletions => self.observe_chat(data),
+            Format::Responses => self.observe_responses(event_name, data),
+            Format::AnthropicMessages => self.observe_anthropic(event_name, data),
+        }
+    }
+
+    fn observe_chat(&mut self, chunk: &Value) {
+        if let Some(usage) = usage_object(chunk) {
+            self.usage = Some(from_chat_usage(usage));
+            self.final_seen = true;
+        }
+        let Some(choices) = chunk.get("choices").and_then(Value::as_array) else {
+            return;
+        };
+        for choice in choices {
+            let Some(delta) = choice.get("delta") else {
+                continue;
+            };
+            for key in ["content", "refusal", "reasoning_content", "reasoning"] {
+                if non_empty_str(delta.get(key)) {
+                    self.content_deltas += 1;
+                }
+            }
+            if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
+                for call in calls {
+                    if non_empty_str(call.pointer("/function/arguments")) {
+                        self.content_deltas += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn observe_responses(&mut self, event_name: Option<&str>, data: &Value) {
+        let kind = data.get("type").and_then(Value::as_str).or(event_name);
+        let Some(kind) = kind else { return };
+        match kind {
+            "response.completed" | "response.incomplete" | "response.failed" => {
+                if let Some(usage) = data.get("response").and_then(usage_object) {
+                    self.usage = Some(from_responses_usage(usage));
+                    self.final_seen = true;
+                }
+            }
+            kind if kind.ends_with(".delta") => self.content_deltas += 1,
+            _ => {}
+        }
+    }
+
+    fn observe_anthropic(&mut self, event_name: Option<&str>, data: &Value) {
+        let kind = data.get("type").and_then(Value::as_str).or(event_name);
+        match kind {
+            Some("message_start") => {
+                if let Some(usage) = data.get("message").and_then(usage_object) {
+                    self.anthropic = self.anthropic.merged(usage);
+                    self.usage = Some(self.anthropic.to_usage());
+                }
+            }
+            Some("message_delta") => {
+                if let Some(usage) = usage_object(data) {
+                    self.anthropic = self.anthropic.merged(usage);
+                    self.usage = Some(self.anthropic.to_usage());
+                    self.final_seen = true;
+                }
+            }
+            Some("content_block_delta") => self.content_deltas += 1,
+            _ => {}
+        }
+    }
+
+    /// The latest usage the stream reported, if any yet. For Anthropic this exists from
+    /// `message_start` on, with a provisional output count until `message_delta`.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// Whether the stream delivered its final usage report (chat usage chunk, Responses terminal
+    /// event, Anthropic `message_delta`).
+    pub fn has_final_usage(&self) -> bool {
+        self.final_seen
+    }
+
+    /// How many content deltas (text, refusal, reasoning, tool-argument pieces) the stream has
+    /// carried: a rough output-token estimate for a stream cut before its usage arrived.
+    pub fn output_tokens_seen_so_far(&self) -> u64 {
+        self.content_deltas
+    }
+
+    /// The final usage if it arrived; otherwise the best estimate: what was reported so far
+    /// (Anthropic's `message_start` input counts) with the output raised to the number of
+    /// content deltas seen.
+    pub fn usage_or_estimate(&self) -> Usage {
+        let mut usage = self.usage.unwrap_or_default();
+        if !self.final_seen {
+            usage.output_tokens = usage.output_tokens.max(self.content_deltas);
+        }
+        usage
+    }
+}
+
+fn non_empty_str(value: Option<&Value>) -> bool {
+    value.and_then(Value::as_str).is_some_and(|s| !s.is_empty())
+}
+
+/// Whether a parsed Chat Completions chunk is the usage-only chunk sent at the end of a stream
+/// with `include_usage` (empty `choices`, `usage` object present).
+pub fn is_usage_only_chunk(chunk: &Value) -> bool {
+    let no_choices = match chunk.get("choices") {
+        None | Some(Value::Null) => true,
+        Some(Value::Array(choices)) => choices.is_empty(),
+        Some(_) => false,
+    };
+    no_choices && usage_object(chunk).is_some()
+}
+
+/// [`is_usage_only_chunk`] on raw event data; `false` when the data is not JSON.
+pub fn is_usage_only_chunk_data(data: &str) -> bool {
+    // Cheap pre-check: every chunk of a long stream passes through here.
+    data.contains("\"usage\"")
+        && serde_json::from_str::<Value>(data).is_ok_and(|chunk| is_usage_only_chunk(&chunk))
+}
+
+/// Removes the top-level `usage` key from a chunk's JSON text, keeping every other member
+/// byte for byte and in order. Returns the input unchanged (borrowed) when there is no such key
+/// or the text is not a JSON object.
+///
+/// Used when Tollgate asked the upstream for `include_usage` but the client did not: the real
+/// API then sends chunks without any `usage` key.
+pub fn strip_usage_field(data: &str) -> Cow<'_, str> {
+    if !data.contains("\"usage\"") {
+        return Cow::Borrowed(data);
+    }
+    let Ok(RawObject(members)) = serde_json::from_str::<RawObject<'_>>(data) else {
+        return Cow::Borrowed(data);
+    };
+    if !members.iter().any(|(key, _)| key == "usage") {
+        return Cow::Borrowed(data);
+    }
+    let mut out = String::with_capacity(data.len());
+    out.push('{');
+    let mut first = true;
+    for (key, value) in members.iter().filter(|(key, _)| key != "usage") {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        out.push_str(&Value::String(key.clone()).to_string());
+        out.push(':');
+        out.push_str(value.get());
+    }
+    out.push('}');
+    Cow::Owned(out)
+}
+
+/// A JSON object's members in document order, values kept as raw text.
+struct RawObject<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for RawObject<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = RawObject<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::new();
+                while let Some((key, value)) = map.next_entry::<String, &'de RawValue>()? {
+                    members.push((key, value));
+                }
+                Ok(RawObject(members))
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
+/// For a Chat Completions request: whether the client itself asked for usage in its stream
+/// (`stream_options.include_usage: true`).
+pub fn chat_request_wants_usage(request: &Value) -> bool {
+    request
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+/// For a streamed Chat Completions request about to go upstream: sets
+/// `stream_options.include_usage` to `true` so the stream can be metered, and returns whether the
+/// client had asked for it (if not, strip the usage chunk and `usage` keys on the way back).
+/// Requests that are not streamed are left as they are.
+pub fn ensure_chat_stream_usage(request: &mut Value) -> bool {
+    let wanted = chat_request_wants_usage(request);
+    let streaming = request.get("stream").and_then(Value::as_bool) == Some(true);
+    if let (true, Some(object)) = (streaming, request.as_object_mut()) {
+        let options = object
+            .entry("stream_options")
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        if !options.is_object() {
+            *options = Value::Object(serde_json::Map::new());
+        }
+        if let Some(options) = options.as_object_mut() {
+            options.insert("include_usage".to_owned(), Value::Bool(true));
+        }
+    }
+    wanted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(name: Option<&str>, data: Value) -> SseEvent {
+        SseEvent {
+            event: name.map(str::to_owned),
+            data: data.to_string(),
+        }
+    }
+
+    #[test]
+    fn chat_response_usage_with_cache() {
+        let response = json!({"usage": {"prompt_tokens": 1000, "completion_tokens": 10,
+            "prompt_tokens_details": {"cached_tokens": 300, "cache_write_tokens": 200}}});
+        assert_eq!(
+            from_chat_response(&response),
+            Some(Usage {
+                input_tokens: 1000,
+                cached_input_tokens: 300,
+                cache_write_tokens: 200,
+                output_tokens: 10
+            })
+        );
+        assert_eq!(from_chat_response(&json!({"usage": null})), None);
+    }
+
+    #[test]
+    fn anthropic_input_includes_cache_parts() {
+        let message = json!({"usage": {"input_tokens": 15, "cache_creation_input_tokens": 13,
+            "cache_read_input_tokens": 12, "output_tokens": 21}});
+        let usage = from_anthropic_response(&message).expect("usage");
+        assert_eq!(usage.input_tokens, 40);
+        assert_eq!(usage.cached_input_tokens, 12);
+        assert_eq!(usage.cache_write_tokens, 13);
+        assert_eq!(usage.output_tokens, 21);
+        assert_eq!(usage.uncached_input_tokens(), 15);
+    }
+
+    #[test]
+    fn responses_and_embeddings_usage() {
+        let response = json!({"usage": {"input_tokens": 30, "output_tokens": 5,
+            "input_tokens_details": {"cached_tokens": 4}}});
+        let usage = from_responses_response(&response).expect("usage");
+        assert_eq!((usage.input_tokens, usage.cached_input_tokens), (30, 4));
+        let embeddings = json!({"usage": {"prompt_tokens": 8, "total_tokens": 8}});
+        assert_eq!(
+            from_embeddings_response(&embeddings).map(|u| u.input_tokens),
+            Some(8)
+        );
+    }
+
+    #[test]
+    fn hostile_counts_read_as_zero() {
+        let response = json!({"usage": {"prompt_tokens": -5, "completion_tokens": "many",
+            "prompt_tokens_details": null}});
+        assert_eq!(from_chat_response(&response), Some(Usage::default()));
+        let float = json!({"usage": {"prompt_tokens": 12.0}});
+        assert_eq!(from_chat_response(&float).map(|u| u.input_tokens), Some(12));
+    }
+
+    #[test]
+    fn chat_tracker_reads_last_chunk() {
+        let mut tracker = UsageTracker::new(Format::ChatCompletions);
+        tracker.observe(&event(
+            None,
+            json!({"choices": [{"index": 0, "delta": {"content": "Hi"}}], "usage": null}),
+        ));
+        tracker.observe(&event(
+            None,
+            json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0,
+                "function": {"arguments": "{\"a\""}}]}}], "usage": null}),
+        ));
+        assert_eq!(tracker.usage(), None);
+        assert_eq!(tracker.output_tokens_seen_so_far(), 2);
+        assert_eq!(tracker.usage_or_estimate().output_tokens, 2);
+        tracker.observe(&event(
+            None,
+            json!({"choices": [], "usage": {"prompt_tokens": 18, "completion_tokens": 286}}),
+        ));
+        tracker.observe(&SseEvent {
+            event: None,
+            data: "[DONE]".into(),
+        });
+        assert!(tracker.has_final_usage());
+        assert_eq!(tracker.usage().map(|u| u.output_tokens), Some(286));
+    }
+
+    #[test]
+    fn responses_tracker_reads_terminal_event() {
+        let mut tracker = UsageTracker::new(Format::Responses);
+        tracker.observe(&event(
+            Some("response.output_text.delta"),
+            json!({"type": "response.output_text.delta", "delta": "Hello"}),
+        ));
+        tracker.observe(&event(
+            Some("response.incomplete"),
+            json!({"type": "response.incomplete", "response": {"usage": {"input_tokens": 12,
+                "output_tokens": 8, "input_tokens_details": {"cached_tokens": 2}}}}),
+        ));
+        assert_eq!(tracker.output_tokens_seen_so_far(), 1);
+        assert_eq!(
+            tracker.usage(),
+            Some(Usage {
+                input_tokens: 12,
+                cached_input_tokens: 2,
+                cache_write_tokens: 0,
+                output_tokens: 8
+            })
+        );
+    }
+
+    #[test]
+    fn anthropic_tracker_takes_latest_values() {
+        let mut tracker = UsageTracker::new(Format::AnthropicMessages);
+        tracker.observe(&event(
+            Some("message_start"),
+            json!({"type": "message_start", "message": {"usage": {"input_tokens": 15,
+                "cache_read_input_tokens": 100, "output_tokens": 1}}}),
+        ));
+        assert_eq!(tracker.usage().map(|u| u.input_tokens), Some(115));
+        assert!(!tracker.has_final_usage());
+        for _ in 0..3 {
+            tracker.observe(&event(
+                Some("content_block_delta"),
+                json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": "x"}}),
+            ));
+        }
+        assert_eq!(tracker.usage_or_estimate().output_tokens, 3);
+        tracker.observe(&event(
+            Some("message_delta"),
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                "usage": {"output_tokens": 21}}),
+        ));
+        assert_eq!(
+            tracker.usage(),
+            Some(Usage {
+                input_tokens: 115,
+                cached_input_tokens: 100,
+                cache_write_tokens: 0,
+                output_tokens: 21
+            })
+        );
+        assert!(tracker.has_final_usage());
+    }
+
+    #[test]
+    fn usage_only_chunk_detection() {
+        assert!(is_usage_only_chunk(
+            &json!({"choices": [], "usage": {"prompt_tokens": 1}})
+        ));
+        assert!(!is_usage_only_chunk(&json!({"choices": [], "usage": null})));
+        assert!(!is_usage_only_chunk(
+            &json!({"choices": [{"delta": {}}], "usage": {"prompt_tokens": 1}})
+        ));
+        assert!(is_usage_only_chunk_data(
+            r#"{"choices":[],"usage":{"prompt_tokens":1}}"#
+        ));
+        assert!(!is_usage_only_chunk_data("[DONE]"));
+    }
+
+    #[test]
+    fn strip_usage_keeps_order_and_bytes() {
+        let data = r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"a \"usage\""}}],"usage":null,"obfuscation":"x"}"#;
+        assert_eq!(
+            strip_usage_field(data),
+            r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"a \"usage\""}}],"obfuscation":"x"}"#
+        );
+        let untouched = r#"{"id":"c","choices":[{"delta":{"content":"\"usage\""}}]}"#;
+        assert!(matches!(strip_usage_field(untouched), Cow::Borrowed(_)));
+        assert!(matches!(
+            strip_usage_field("not json \"usage\""),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(strip_usage_field(r#"{"usage":null}"#), "{}");
+    }
+
+    #[test]
+    fn ensure_usage_sets_the_option_and_reports_the_clients_wish() {
+        let mut request = json!({"stream": true, "stream_options": {"include_obfuscation": false}});
+        assert!(!ensure_chat_stream_usage(&mut request));
+        assert_eq!(
+            request["stream_options"],
+            json!({"include_obfuscation": false, "include_usage": true})
+        );
+        let mut asked = json!({"stream": true, "stream_options": {"include_usage": true}});
+        assert!(ensure_chat_stream_usage(&mut asked));
+        let mut not_streaming = json!({"stream": false});
+        assert!(!ensure_chat_stream_usage(&mut not_streaming));
+        assert_eq!(not_streaming, json!({"stream": false}));
+    }
+}

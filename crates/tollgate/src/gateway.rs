@@ -1,0 +1,1225 @@
+//! The path of one model request: read just what is needed from the body, look the
+//! model up, reserve the worst-case cost, forward to the provider, read the usage in
+//! flight, settle the actual cost and record it — exactly once.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use tollgate_formats::sse::{self, SseDecoder, SseEvent};
+use tollgate_formats::usage as wire_usage;
+use tollgate_formats::{Format, UsageTracker};
+
+use crate::billing::meter::{Meter, Reservation, ReserveError};
+use crate::billing::{Credits, Usage};
+use crate::config::{Config, Endpoint, Model, Provider, ProviderKind};
+use crate::http::error::ApiError;
+use crate::providers::{self, UpstreamBody, Upstreams};
+use crate::store::{KeyRecord, UsageRecord};
+use crate::usage::UsageWriter;
+
+/// Header carrying the exact cost of a (non-streamed) request, in credits.
+pub const COST_HEADER: &str = "x-tollgate-cost";
+/// Largest upstream answer read whole (JSON answers; streams are not bounded).
+const MAX_UPSTREAM_BODY: usize = 256 << 20;
+/// Assumed audio tokens per second, to bound token-priced transcription.
+const AUDIO_TOKENS_PER_SECOND: u64 = 50;
+/// Fallback output bound when neither the request nor the catalog gives one.
+const DEFAULT_OUTPUT_BOUND: u64 = 4096;
+
+/// The gateway: catalog, meter, upstream clients and usage writer.
+pub struct Gateway {
+    config: Arc<Config>,
+    meter: Arc<Meter>,
+    writer: UsageWriter,
+    upstreams: Upstreams,
+}
+
+/// Who is calling, on which endpoint.
+pub struct Inbound {
+    pub endpoint: Endpoint,
+    pub key: Arc<KeyRecord>,
+    pub request_id: Arc<str>,
+    pub started: Instant,
+}
+
+/// The top-level members of a JSON request, values kept as raw text, in order.
+struct RawObject<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for RawObject<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = RawObject<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::new();
+                while let Some((key, value)) = map.next_entry::<String, &'de RawValue>()? {
+                    members.push((key, value));
+                }
+                Ok(RawObject(members))
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
+impl<'a> RawObject<'a> {
+    fn parse(body: &'a [u8]) -> Result<Self, ApiError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::bad_request(
+                "invalid_json",
+                "The request body is empty; send a JSON object.",
+            ));
+        }
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_json",
+                format!("The request body is not a valid JSON object: {e}."),
+            )
+        })
+    }
+
+    fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| *value)
+    }
+
+    fn string(&self, name: &str) -> Result<Option<String>, ApiError> {
+        self.typed(name, "a string")
+    }
+
+    fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        Ok(self
+            .typed::<Option<bool>>(name, "a boolean")?
+            .flatten()
+            .unwrap_or(false))
+    }
+
+    fn count(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        Ok(self
+            .typed::<Option<u64>>(name, "a whole number of 0 or more")?
+            .flatten())
+    }
+
+    fn typed<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        what: &str,
+    ) -> Result<Option<T>, ApiError> {
+        self.get(name)
+            .map(|raw| {
+                serde_json::from_str::<T>(raw.get())
+                    .map_err(|_| ApiError::invalid_field(name, format!("'{name}' must be {what}.")))
+            })
+            .transpose()
+    }
+
+    /// The object written back with some members replaced or added.
+    fn rewrite(&self, replace: &[(&str, String)]) -> Bytes {
+        let mut out = String::with_capacity(256);
+        out.push('{');
+        let mut first = true;
+        let mut push = |out: &mut String, key: &str, value: &str| {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push_str(&Value::String(key.to_string()).to_string());
+            out.push(':');
+            out.push_str(value);
+        };
+        for (key, value) in &self.0 {
+            match replace.iter().find(|(k, _)| k == key) {
+                Some((_, new)) => push(&mut out, key, new),
+                None => push(&mut out, key, value.get()),
+            }
+        }
+        for (key, value) in replace {
+            if self.get(key).is_none() {
+                push(&mut out, key, value);
+            }
+        }
+        out.push('}');
+        Bytes::from(out)
+    }
+}
+
+/// How a response's usage becomes billable quantities.
+#[derive(Debug, Clone, Copy)]
+enum Billing {
+    /// Token usage in a text-generation format.
+    Tokens(Format),
+    Embeddings,
+    Images {
+        n: u64,
+    },
+    Speech {
+        characters: u64,
+    },
+    Transcription,
+    Moderation,
+}
+
+/// One request's charge from reservation to record. Settling consumes it, so a
+/// request is charged at most once; dropping it unsettled releases the reservation.
+struct Settlement {
+    meter: Arc<Meter>,
+    writer: UsageWriter,
+    reservation: Option<Reservation>,
+    model: Model,
+    endpoint: Endpoint,
+    request_id: Arc<str>,
+    key: Arc<KeyRecord>,
+    started: Instant,
+}
+
+impl Settlement {
+    /// Charges `usage` (failed calls pass zero usage and a failure status), and waits
+    /// until the record is committed.
+    async fn settle(mut self, usage: Usage, status: u16) -> Credits {
+        let (cost, record) = self.charge(usage, status);
+        self.writer.record(record).await;
+        cost
+    }
+
+    /// Like `settle`, from a place that cannot wait (a dropped stream).
+    fn settle_detached(mut self, usage: Usage, status: u16) {
+        let (_, record) = self.charge(usage, status);
+        let writer = self.writer.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                writer.record(record).await;
+            });
+        }
+    }
+
+    fn charge(&mut self, usage: Usage, status: u16) -> (Credits, UsageRecord) {
+        let success = (200..300).contains(&status) || status == 499;
+        let cost = if success {
+            self.model.pricing.cost(&usage)
+        } else {
+            Credits::ZERO
+        };
+        if let Some(reservation) = self.reservation.take() {
+            self.meter.settle(reservation, cost);
+        }
+        let record = UsageRecord {
+            request_id: self.request_id.to_string(),
+            account_id: self.key.account_id,
+            key_id: self.key.id,
+            model: self.model.id.clone(),
+            endpoint: self.endpoint.name().to_string(),
+            input_tokens: saturating_i64(usage.input_tokens),
+            cached_input_tokens: saturating_i64(usage.cached_input_tokens),
+            output_tokens: saturating_i64(usage.output_tokens),
+            cost,
+            status: i64::from(status),
+            latency_ms: saturating_i64(self.started.elapsed().as_millis() as u64),
+            created_at: crate::now(),
+        };
+        (cost, record)
+    }
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        if let Some(reservation) = self.reservation.take() {
+            self.meter.release(reservation);
+        }
+    }
+}
+
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn tokens_usage(u: wire_usage::Usage) -> Usage {
+    Usage {
+        input_tokens: u.input_tokens,
+        cached_input_tokens: u.cached_input_tokens,
+        cache_write_tokens: u.cache_write_tokens,
+        output_tokens: u.output_tokens,
+        ..Usage::default()
+    }
+}
+
+/// Billable quantities of a whole JSON answer.
+fn usage_of(billing: Billing, answer: &Value) -> Usage {
+    let tokens = |u: Option<wire_usage::Usage>| u.map(tokens_usage).unwrap_or_default();
+    match billing {
+        Billing::Tokens(format) => tokens(wire_usage::from_response(format, answer)),
+        Billing::Embeddings => tokens(wire_usage::from_embeddings_response(answer)),
+        Billing::Images { n } => {
+            let mut usage = tokens(answer.get("usage").map(wire_usage::from_responses_usage));
+            let made = answer
+                .get("data")
+                .and_then(Value::as_array)
+                .map_or(n, |d| d.len() as u64);
+            usage.images = made;
+            usage
+        }
+        Billing::Speech { characters } => Usage {
+            characters,
+            ..Usage::default()
+        },
+        Billing::Transcription => match answer.get("usage") {
+            Some(u) if u.get("type").and_then(Value::as_str) == Some("duration") => Usage {
+                audio_seconds: u
+                    .get("seconds")
+                    .and_then(Value::as_f64)
+                    .map_or(0, |s| s.max(0.0).ceil() as u64),
+                ..Usage::default()
+            },
+            Some(u) => tokens_usage(wire_usage::from_responses_usage(u)),
+            None => Usage::default(),
+        },
+        Billing::Moderation => tokens(answer.get("usage").map(wire_usage::from_chat_usage)),
+    }
+}
+
+/// Whether an event ends a stream of `format` (the charge is committed before it is sent).
+fn is_terminal(format: Format, event: &SseEvent) -> bool {
+    match format {
+        Format::ChatCompletions => event.is_done(),
+        Format::Responses => {
+            matches!(
+                event.event.as_deref(),
+                Some("response.completed" | "response.incomplete" | "response.failed")
+            ) || event.data.starts_with("{\"type\":\"response.completed\"")
+        }
+        Format::AnthropicMessages => event.event.as_deref() == Some("message_stop"),
+    }
+}
+
+/// The in-stream error event of a client format.
+fn error_frame(format: Format, message: &str) -> Bytes {
+    match format {
+        Format::ChatCompletions => sse::encode_json(
+            None,
+            &serde_json::json!({"error": {"message": message, "type": "upstream_error",
+                                          "code": "upstream_stream_failed", "param": null}}),
+        ),
+        Format::Responses => sse::encode_json(
+            Some("error"),
+            &serde_json::json!({"type": "error", "code": "upstream_stream_failed",
+                                "message": message, "param": null}),
+        ),
+        Format::AnthropicMessages => sse::encode_json(
+            Some("error"),
+            &serde_json::json!({"type": "error",
+                                "error": {"type": "api_error", "message": message}}),
+        ),
+    }
+}
+
+/// What is done to each upstream event on its way to the client.
+enum Transform {
+    /// Same format: passed on; `strip_usage` removes the usage the client did not ask for.
+    Passthrough { strip_usage: bool },
+}
+
+impl Transform {
+    fn apply(&mut self, event: &SseEvent, out: &mut VecDeque<Bytes>) {
+        match self {
+            Transform::Passthrough { strip_usage } => {
+                if *strip_usage {
+                    if wire_usage::is_usage_only_chunk_data(&event.data) {
+                        return;
+                    }
+                    let data = wire_usage::strip_usage_field(&event.data);
+                    out.push_back(sse::encode(event.event.as_deref(), &data));
+                } else {
+                    out.push_back(sse::encode(event.event.as_deref(), &event.data));
+                }
+            }
+        }
+    }
+}
+
+type ByteStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
+
+/// Relays an upstream event stream to the client, frame by frame, reading usage as it
+/// passes. Dropped early (the client went away), it charges what was generated.
+struct Relay {
+    upstream: ByteStream,
+    decoder: SseDecoder,
+    tracker: UsageTracker,
+    upstream_format: Format,
+    client_format: Format,
+    transform: Transform,
+    out: VecDeque<Bytes>,
+    settlement: Option<Settlement>,
+    idle_timeout: Duration,
+    input_estimate: u64,
+    done: bool,
+}
+
+impl Relay {
+    async fn next_frame(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(frame) = self.out.pop_front() {
+                return Some(frame);
+            }
+            if self.done {
+                return None;
+            }
+            match tokio::time::timeout(self.idle_timeout, self.upstream.next()).await {
+                Ok(Some(Ok(chunk))) => match self.decoder.push(&chunk) {
+                    Ok(events) => {
+                        for event in events {
+                            self.handle(event).await;
+                        }
+                    }
+                    Err(e) => {
+                        self.fail(&format!("the provider's stream was unreadable ({e})"))
+                            .await
+                    }
+                },
+                Ok(Some(Err(_))) => self.fail("the provider's stream broke off").await,
+                Ok(None) => {
+                    if let Some(event) = self.decoder.finish() {
+                        self.handle(event).await;
+                    }
+                    if self.settlement.is_some() {
+                        if self.tracker.has_final_usage() {
+                            self.settle_success().await;
+                        } else {
+                            self.fail("the provider's stream ended early").await;
+                        }
+                    }
+                    self.done = true;
+                }
+                Err(_) => self.fail("the provider's stream stalled").await,
+            }
+        }
+    }
+
+    async fn handle(&mut self, event: SseEvent) {
+        if self.done {
+            return;
+        }
+        self.tracker.observe(&event);
+        if is_terminal(self.upstream_format, &event) && self.settlement.is_some() {
+            self.settle_success().await;
+        }
+        self.transform.apply(&event, &mut self.out);
+    }
+
+    async fn settle_success(&mut self) {
+        if let Some(settlement) = self.settlement.take() {
+            let usage = tokens_usage(self.tracker.usage_or_estimate());
+            settlement.settle(usage, 200).await;
+        }
+    }
+
+    async fn fail(&mut self, message: &str) {
+        tracing::warn!(message, "upstream stream failed");
+        if let Some(settlement) = self.settlement.take() {
+            settlement.settle(Usage::default(), 502).await;
+        }
+        self.out.push_back(error_frame(self.client_format, message));
+        self.done = true;
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // The client went away mid-stream: the upstream connection closes with this
+        // value, and the request pays for what was generated up to now.
+        if let Some(settlement) = self.settlement.take() {
+            let mut usage = tokens_usage(self.tracker.usage_or_estimate());
+            usage.input_tokens = usage.input_tokens.max(self.input_estimate);
+            settlement.settle_detached(usage, 499);
+        }
+    }
+}
+
+fn sse_response(relay: Relay, request_id: &str) -> Response {
+    let stream = futures_util::stream::unfold(relay, |mut relay| async move {
+        relay
+            .next_frame()
+            .await
+            .map(|frame| (Ok::<_, std::io::Error>(frame), relay))
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        headers.insert("x-request-id", value);
+    }
+    response
+}
+
+/// Relays a binary answer (speech audio), holding back only its last chunk until the
+/// charge is committed.
+fn binary_response(
+    upstream: reqwest::Response,
+    settlement: Settlement,
+    usage: Usage,
+    idle_timeout: Duration,
+) -> Response {
+    let content_type = upstream
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("application/octet-stream"));
+    struct State {
+        upstream: ByteStream,
+        held: Option<Bytes>,
+        settlement: Option<Settlement>,
+        usage: Usage,
+        idle_timeout: Duration,
+    }
+    impl Drop for State {
+        fn drop(&mut self) {
+            if let Some(settlement) = self.settlement.take() {
+                settlement.settle_detached(self.usage, 499);
+            }
+        }
+    }
+    let state = State {
+        upstream: Box::pin(upstream.bytes_stream()),
+        held: None,
+        settlement: Some(settlement),
+        usage,
+        idle_timeout,
+    };
+    let stream = futures_util::stream::unfold(state, |mut s| async move {
+        loop {
+            match tokio::time::timeout(s.idle_timeout, s.upstream.next()).await {
+                Ok(Some(Ok(chunk))) if chunk.is_empty() => continue,
+                Ok(Some(Ok(chunk))) => {
+                    if let Some(previous) = s.held.replace(chunk) {
+                        return Some((Ok(previous), s));
+                    }
+                }
+                Ok(None) => {
+                    let last = s.held.take()?;
+                    if let Some(settlement) = s.settlement.take() {
+                        settlement.settle(s.usage, 200).await;
+                    }
+                    return Some((Ok(last), s));
+                }
+                Ok(Some(Err(_))) | Err(_) => {
+                    if let Some(settlement) = s.settlement.take() {
+                        settlement.settle(Usage::default(), 502).await;
+                    }
+                    return Some((
+                        Err(std::io::Error::other(
+                            "the provider's audio stream broke off",
+                        )),
+                        s,
+                    ));
+                }
+            }
+        }
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, content_type);
+    response
+}
+
+impl Gateway {
+    pub fn new(
+        config: Arc<Config>,
+        meter: Arc<Meter>,
+        writer: UsageWriter,
+    ) -> Result<Self, reqwest::Error> {
+        let upstreams = Upstreams::new(&config)?;
+        Ok(Gateway {
+            config,
+            meter,
+            writer,
+            upstreams,
+        })
+    }
+
+    /// The catalog entry of a request's model, checked against the endpoint.
+    fn model_for(
+        &self,
+        endpoint: Endpoint,
+        model: Option<String>,
+    ) -> Result<(Model, &Provider), ApiError> {
+        let Some(id) = model else {
+            return Err(ApiError::invalid_field(
+                "model",
+                "'model' is required; GET /v1/models lists the models.",
+            ));
+        };
+        let model = self.config.model(&id).ok_or_else(|| ApiError {
+            code: "model_not_found",
+            ..ApiError::invalid_field(
+                "model",
+                format!("The model '{id}' does not exist here; GET /v1/models lists the models."),
+            )
+        })?;
+        if !model.endpoints.contains(&endpoint) {
+            return Err(ApiError {
+                code: "unsupported_endpoint",
+                ..ApiError::invalid_field(
+                    "model",
+                    format!(
+                        "The model '{id}' does not support {}; it supports: {}.",
+                        endpoint.path(),
+                        model
+                            .endpoints
+                            .iter()
+                            .map(|e| e.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            });
+        }
+        Ok((model.clone(), self.config.provider_of(model)))
+    }
+
+    async fn reserve(
+        &self,
+        inbound: &Inbound,
+        model: &Model,
+        worst: &Usage,
+    ) -> Result<Settlement, ApiError> {
+        let amount = model.pricing.cost(worst);
+        let reservation = self
+            .meter
+            .reserve(&inbound.key, amount)
+            .await
+            .map_err(|e| match e {
+                ReserveError::Quota(q) => ApiError::new(
+                    StatusCode::PAYMENT_REQUIRED,
+                    match q {
+                        crate::billing::meter::QuotaError::KeyLimit { .. } => {
+                            "credit_limit_exceeded"
+                        }
+                        crate::billing::meter::QuotaError::Balance { .. } => "insufficient_balance",
+                    },
+                    q.to_string(),
+                ),
+                ReserveError::Store(e) => ApiError::internal(e),
+            })?;
+        Ok(Settlement {
+            meter: self.meter.clone(),
+            writer: self.writer.clone(),
+            reservation: Some(reservation),
+            model: model.clone(),
+            endpoint: inbound.endpoint,
+            request_id: inbound.request_id.clone(),
+            key: inbound.key.clone(),
+            started: inbound.started,
+        })
+    }
+
+    /// A JSON model request (every endpoint but the multipart uploads).
+    pub async fn json_call(&self, inbound: Inbound, body: Bytes) -> Result<Response, ApiError> {
+        let request = RawObject::parse(&body)?;
+        let endpoint = inbound.endpoint;
+        let (model, provider) = self.model_for(endpoint, request.string("model")?)?;
+        let provider_index = model.provider;
+        let stream = request.flag("stream")?;
+        let client_format = match endpoint {
+            Endpoint::ChatCompletions => Some(Format::ChatCompletions),
+            Endpoint::Responses => Some(Format::Responses),
+            Endpoint::Messages => Some(Format::AnthropicMessages),
+            _ => None,
+        };
+        let upstream_format = match (client_format, provider.kind) {
+            (Some(Format::AnthropicMessages), ProviderKind::Anthropic) => {
+                Some(Format::AnthropicMessages)
+            }
+            (Some(format), ProviderKind::Openai) if format != Format::AnthropicMessages => {
+                Some(format)
+            }
+            (None, ProviderKind::Openai) => None,
+            _ => {
+                return Err(ApiError::invalid_field(
+                    "model",
+                    format!(
+                        "The model '{}' is served by a provider that does not speak {}.",
+                        model.id,
+                        endpoint.path()
+                    ),
+                ))
+            }
+        };
+
+        // The worst case: every byte of the body an input token, the most output allowed.
+        let input_bound = body.len() as u64;
+        let output_limit = match endpoint {
+            Endpoint::Responses => request.count("max_output_tokens")?,
+            Endpoint::ChatCompletions => request
+                .count("max_completion_tokens")?
+                .or(request.count("max_tokens")?),
+            _ => request.count("max_tokens")?,
+        };
+        let output_bound = output_limit
+            .or(model.max_output_tokens)
+            .unwrap_or(DEFAULT_OUTPUT_BOUND);
+        let choices = request.count("n")?.unwrap_or(1).max(1);
+        let (billing, worst) = match endpoint {
+            Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Messages => (
+                Billing::Tokens(upstream_format.unwrap_or(Format::ChatCompletions)),
+                Usage {
+                    input_tokens: input_bound,
+                    output_tokens: output_bound.saturating_mul(choices),
+                    ..Usage::default()
+                },
+            ),
+            Endpoint::Embeddings => (
+                Billing::Embeddings,
+                Usage {
+                    input_tokens: input_bound,
+                    ..Usage::default()
+                },
+            ),
+            Endpoint::ImagesGenerations => (
+                Billing::Images { n: choices },
+                Usage {
+                    input_tokens: input_bound,
+                    output_tokens: model.max_output_tokens.unwrap_or(0).saturating_mul(choices),
+                    images: choices,
+                    ..Usage::default()
+                },
+            ),
+            Endpoint::AudioSpeech => {
+                let characters = request
+                    .string("input")?
+                    .map_or(0, |text| text.chars().count() as u64);
+                (
+                    Billing::Speech { characters },
+                    Usage {
+                        characters,
+                        ..Usage::default()
+                    },
+                )
+            }
+            Endpoint::Moderations => (
+                Billing::Moderation,
+                Usage {
+                    input_tokens: input_bound,
+                    ..Usage::default()
+                },
+            ),
+            Endpoint::AudioTranscriptions | Endpoint::AudioTranslations => {
+                return Err(ApiError::bad_request(
+                    "invalid_content_type",
+                    "This endpoint takes multipart/form-data.",
+                ))
+            }
+        };
+
+        // What goes upstream: the body as it came, but for the model's upstream name
+        // and, on streamed chat, a request for usage in the stream.
+        let mut replace: Vec<(&str, String)> = Vec::new();
+        if model.upstream_model != model.id {
+            replace.push((
+                "model",
+                Value::String(model.upstream_model.clone()).to_string(),
+            ));
+        }
+        let mut strip_usage = false;
+        if stream && upstream_format == Some(Format::ChatCompletions) {
+            let options: Option<Value> = request.typed("stream_options", "an object")?;
+            let mut options = match options {
+                Some(Value::Object(map)) => map,
+                None | Some(Value::Null) => serde_json::Map::new(),
+                Some(_) => {
+                    return Err(ApiError::invalid_field(
+                        "stream_options",
+                        "'stream_options' must be an object.",
+                    ))
+                }
+            };
+            let wanted = options.get("include_usage").and_then(Value::as_bool) == Some(true);
+            if !wanted {
+                options.insert("include_usage".into(), Value::Bool(true));
+                replace.push(("stream_options", Value::Object(options).to_string()));
+                strip_usage = true;
+            }
+        }
+        let upstream_body = if replace.is_empty() {
+            body.clone()
+        } else {
+            request.rewrite(&replace)
+        };
+        let input_estimate = body.len() as u64 / 4;
+        drop(request);
+
+        let settlement = self.reserve(&inbound, &model, &worst).await?;
+        let upstream = self
+            .upstreams
+            .send(
+                provider_index,
+                provider,
+                endpoint.path(),
+                "application/json",
+                UpstreamBody::Bytes(upstream_body),
+                &[],
+            )
+            .await;
+        let upstream = match upstream {
+            Ok(upstream) => upstream,
+            Err(e) => {
+                settlement.settle(Usage::default(), e.status.as_u16()).await;
+                return Err(e);
+            }
+        };
+        let status = upstream.status();
+        if !status.is_success() {
+            return Err(self.upstream_refusal(upstream, provider, settlement).await);
+        }
+        let is_sse = upstream
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+
+        if is_sse {
+            let (Some(upstream_format), Some(client_format)) = (upstream_format, client_format)
+            else {
+                settlement.settle(Usage::default(), 502).await;
+                return Err(providers::malformed_upstream(
+                    provider,
+                    "an event stream where none was expected",
+                ));
+            };
+            let relay = Relay {
+                upstream: Box::pin(upstream.bytes_stream()),
+                decoder: SseDecoder::new(self.config.limits.max_stream_frame_bytes),
+                tracker: UsageTracker::new(upstream_format),
+                upstream_format,
+                client_format,
+                transform: Transform::Passthrough { strip_usage },
+                out: VecDeque::new(),
+                settlement: Some(settlement),
+                idle_timeout: provider.idle_timeout,
+                input_estimate,
+                done: false,
+            };
+            return Ok(sse_response(relay, &inbound.request_id));
+        }
+        if let Billing::Speech { .. } = billing {
+            let usage = usage_of(billing, &Value::Null);
+            return Ok(binary_response(
+                upstream,
+                settlement,
+                usage,
+                provider.idle_timeout,
+            ));
+        }
+        self.finish_json(upstream, provider, settlement, billing)
+            .await
+    }
+
+    /// Reads a whole JSON answer, charges it, and answers it as it came.
+    async fn finish_json(
+        &self,
+        upstream: reqwest::Response,
+        provider: &Provider,
+        settlement: Settlement,
+        billing: Billing,
+    ) -> Result<Response, ApiError> {
+        let content_type = upstream
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static("application/json"));
+        let bytes = match read_limited(upstream, MAX_UPSTREAM_BODY, provider.idle_timeout).await {
+            Ok(bytes) => bytes,
+            Err(what) => {
+                settlement.settle(Usage::default(), 502).await;
+                return Err(providers::malformed_upstream(provider, what));
+            }
+        };
+        let is_json = content_type
+            .to_str()
+            .is_ok_and(|v| v.starts_with("application/json"));
+        let answer: Value = if is_json {
+            match serde_json::from_slice(&bytes) {
+                Ok(answer) => answer,
+                Err(_) => {
+                    settlement.settle(Usage::default(), 502).await;
+                    return Err(providers::malformed_upstream(provider, "invalid JSON"));
+                }
+            }
+        } else {
+            Value::Null
+        };
+        let usage = usage_of(billing, &answer);
+        let cost = settlement.settle(usage, 200).await;
+        let mut response = Response::new(Body::from(bytes));
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, content_type);
+        if let Ok(value) = HeaderValue::from_str(&cost.to_string()) {
+            headers.insert(COST_HEADER, value);
+        }
+        Ok(response)
+    }
+
+    /// An upstream non-2xx answer: the call costs nothing; client errors pass through
+    /// as the provider wrote them, provider failures become 502.
+    async fn upstream_refusal(
+        &self,
+        upstream: reqwest::Response,
+        provider: &Provider,
+        settlement: Settlement,
+    ) -> ApiError {
+        let status = upstream.status().as_u16();
+        let retry_after = upstream
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let body = read_limited(upstream, 64 << 10, provider.idle_timeout)
+            .await
+            .unwrap_or_default();
+        settlement.settle(Usage::default(), status).await;
+        if (400..500).contains(&status) && status != 401 && status != 403 {
+            let message = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| {
+                    v.pointer("/error/message")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| format!("The provider refused the request (HTTP {status})."));
+            let mut error = ApiError::new(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                "upstream_refused",
+                message,
+            );
+            error.retry_after = retry_after;
+            return error;
+        }
+        if status == 401 || status == 403 {
+            tracing::error!(provider = %provider.name, status, "the provider refused Tollgate's credentials");
+        }
+        providers::upstream_status_error(provider, status)
+    }
+}
+
+/// Reads a whole upstream body, at most `limit` bytes.
+async fn read_limited(
+    upstream: reqwest::Response,
+    limit: usize,
+    idle_timeout: Duration,
+) -> Result<Bytes, &'static str> {
+    let mut stream = upstream.bytes_stream();
+    let mut buffer = bytes::BytesMut::new();
+    loop {
+        match tokio::time::timeout(idle_timeout, stream.next()).await {
+            Ok(Some(Ok(chunk))) => {
+                if buffer.len() + chunk.len() > limit {
+                    return Err("an answer too large");
+                }
+                buffer.extend_from_slice(&chunk);
+            }
+            Ok(Some(Err(_))) => return Err("the answer broke off"),
+            Ok(None) => return Ok(buffer.freeze()),
+            Err(_) => return Err("the answer stalled"),
+        }
+    }
+}
+
+/// Refuses a request with the answer in an error shape; for handlers.
+pub fn error_for(endpoint: Endpoint, error: ApiError) -> Response {
+    if endpoint == Endpoint::Messages {
+        error.into_anthropic_response()
+    } else {
+        error.into_response()
+    }
+}
+
+/// One form field read before the upload, re-encoded for the provider.
+struct FormPart {
+    name: String,
+    file_name: Option<String>,
+    content_type: Option<String>,
+    data: Bytes,
+}
+
+fn quote_header(text: &str) -> String {
+    text.replace('"', "%22").replace(['\r', '\n'], " ")
+}
+
+fn part_header(
+    boundary: &str,
+    name: &str,
+    file_name: Option<&str>,
+    content_type: Option<&str>,
+) -> String {
+    let mut head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"{}\"",
+        quote_header(name)
+    );
+    if let Some(file_name) = file_name {
+        head.push_str(&format!("; filename=\"{}\"", quote_header(file_name)));
+    }
+    head.push_str("\r\n");
+    if let Some(content_type) = content_type {
+        head.push_str(&format!("Content-Type: {}\r\n", quote_header(content_type)));
+    }
+    head.push_str("\r\n");
+    head
+}
+
+fn encode_part(boundary: &str, part: &FormPart) -> Bytes {
+    let mut out = part_header(
+        boundary,
+        &part.name,
+        part.file_name.as_deref(),
+        part.content_type.as_deref(),
+    )
+    .into_bytes();
+    out.extend_from_slice(&part.data);
+    out.extend_from_slice(b"\r\n");
+    Bytes::from(out)
+}
+
+/// Streams the rest of a multipart upload to the provider: the upload's chunks as they
+/// arrive, then the fields after it, then the closing boundary.
+enum UploadState {
+    File(multer::Multipart<'static>, Box<multer::Field<'static>>),
+    Rest(multer::Multipart<'static>),
+    Closing,
+    Done,
+}
+
+impl Gateway {
+    /// A multipart upload (transcriptions, translations), streamed through to the provider.
+    pub async fn multipart_call(
+        &self,
+        inbound: Inbound,
+        headers: &axum::http::HeaderMap,
+        body: Body,
+    ) -> Result<Response, ApiError> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let boundary = multer::parse_boundary(content_type).map_err(|_| {
+            ApiError::bad_request(
+                "invalid_content_type",
+                "This endpoint takes multipart/form-data with a boundary, a 'file' and a 'model' field.",
+            )
+        })?;
+        let limit = self.config.limits.max_upload_bytes;
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            return Err(ApiError::too_large(limit));
+        }
+        let over_limit = Arc::new(AtomicBool::new(false));
+        let flag = over_limit.clone();
+        let mut seen = 0usize;
+        let counted = body.into_data_stream().map(move |chunk| {
+            let chunk = chunk.map_err(std::io::Error::other)?;
+            seen += chunk.len();
+            if seen > limit {
+                flag.store(true, Ordering::Relaxed);
+                return Err(std::io::Error::other("upload over the limit"));
+            }
+            Ok::<_, std::io::Error>(chunk)
+        });
+        let mut multipart = multer::Multipart::new(counted, boundary);
+        let too_large = |e: multer::Error| {
+            if over_limit.load(Ordering::Relaxed) {
+                ApiError::too_large(limit)
+            } else {
+                ApiError::bad_request(
+                    "invalid_multipart",
+                    format!("The multipart body could not be read: {e}."),
+                )
+            }
+        };
+
+        // Fields before the upload are small and read whole; the model must be known
+        // before the upload can be streamed on (if it comes after, the upload is buffered).
+        let mut parts: Vec<FormPart> = Vec::new();
+        let mut model_id: Option<String> = None;
+        let mut upload: Option<multer::Field<'static>> = None;
+        while let Some(field) = multipart.next_field().await.map_err(too_large)? {
+            let name = field.name().unwrap_or("").to_string();
+            let file_name = field.file_name().map(str::to_string);
+            let content_type = field.content_type().map(|m| m.to_string());
+            if file_name.is_some() && model_id.is_some() {
+                upload = Some(field);
+                break;
+            }
+            let data = field.bytes().await.map_err(too_large)?;
+            if name == "model" && file_name.is_none() {
+                model_id = Some(
+                    String::from_utf8(data.to_vec())
+                        .map_err(|_| ApiError::invalid_field("model", "'model' must be text."))?,
+                );
+            }
+            parts.push(FormPart {
+                name,
+                file_name,
+                content_type,
+                data,
+            });
+        }
+        if upload.is_none() && !parts.iter().any(|p| p.file_name.is_some()) {
+            return Err(ApiError::invalid_field(
+                "file",
+                "A 'file' field with the audio is required.",
+            ));
+        }
+        let (model, provider) = self.model_for(inbound.endpoint, model_id)?;
+        if provider.kind != ProviderKind::Openai {
+            return Err(ApiError::invalid_field(
+                "model",
+                format!(
+                    "The model '{}' is served by a provider without {}.",
+                    model.id,
+                    inbound.endpoint.path()
+                ),
+            ));
+        }
+        for part in &mut parts {
+            if part.name == "model" && part.file_name.is_none() {
+                part.data = Bytes::from(model.upstream_model.clone());
+            }
+        }
+
+        // Worst case: audio at 8 kbit/s (1,000 bytes a second) for the whole body.
+        let seconds_bound = (declared.unwrap_or(limit) as u64).div_ceil(1000);
+        let worst = Usage {
+            audio_seconds: seconds_bound,
+            input_tokens: seconds_bound.saturating_mul(AUDIO_TOKENS_PER_SECOND),
+            output_tokens: model.max_output_tokens.unwrap_or(DEFAULT_OUTPUT_BOUND),
+            ..Usage::default()
+        };
+        let settlement = self.reserve(&inbound, &model, &worst).await?;
+
+        let boundary = format!("tollgate-{}", uuid::Uuid::new_v4().simple());
+        let mut prefix = Vec::new();
+        for part in &parts {
+            prefix.extend_from_slice(&encode_part(&boundary, part));
+        }
+        let state = match upload {
+            Some(field) => {
+                prefix.extend_from_slice(
+                    part_header(
+                        &boundary,
+                        field.name().unwrap_or("file"),
+                        field.file_name(),
+                        field.content_type().map(|m| m.to_string()).as_deref(),
+                    )
+                    .as_bytes(),
+                );
+                UploadState::File(multipart, Box::new(field))
+            }
+            None => UploadState::Closing,
+        };
+        let tail_boundary = boundary.clone();
+        let rest = futures_util::stream::unfold(state, move |state| {
+            let boundary = tail_boundary.clone();
+            async move {
+                match state {
+                    UploadState::File(multipart, mut field) => match field.chunk().await {
+                        Ok(Some(chunk)) => Some((Ok(chunk), UploadState::File(multipart, field))),
+                        Ok(None) => {
+                            drop(field);
+                            Some((
+                                Ok(Bytes::from_static(b"\r\n")),
+                                UploadState::Rest(multipart),
+                            ))
+                        }
+                        Err(e) => {
+                            Some((Err(std::io::Error::other(e.to_string())), UploadState::Done))
+                        }
+                    },
+                    UploadState::Rest(mut multipart) => match multipart.next_field().await {
+                        Ok(Some(field)) => {
+                            let part = FormPart {
+                                name: field.name().unwrap_or("").to_string(),
+                                file_name: field.file_name().map(str::to_string),
+                                content_type: field.content_type().map(|m| m.to_string()),
+                                data: Bytes::new(),
+                            };
+                            match field.bytes().await {
+                                Ok(data) => Some((
+                                    Ok(encode_part(&boundary, &FormPart { data, ..part })),
+                                    UploadState::Rest(multipart),
+                                )),
+                                Err(e) => Some((
+                                    Err(std::io::Error::other(e.to_string())),
+                                    UploadState::Done,
+                                )),
+                            }
+                        }
+                        Ok(None) => Some((Ok(Bytes::new()), UploadState::Closing)),
+                        Err(e) => {
+                            Some((Err(std::io::Error::other(e.to_string())), UploadState::Done))
+                        }
+                    },
+                    UploadState::Closing => Some((
+                        Ok(Bytes::from(format!("--{boundary}--\r\n"))),
+                        UploadState::Done,
+                    )),
+                    UploadState::Done => None,
+                }
+            }
+        });
+        let stream =
+            futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(prefix)) })
+                .chain(rest);
+        let upstream = self
+            .upstreams
+            .send(
+                model.provider,
+                provider,
+                inbound.endpoint.path(),
+                &format!("multipart/form-data; boundary={boundary}"),
+                UpstreamBody::Stream(reqwest::Body::wrap_stream(stream)),
+                &[],
+            )
+            .await;
+        let upstream = match upstream {
+            Ok(upstream) => upstream,
+            Err(e) => {
+                let status = e.status.as_u16();
+                settlement.settle(Usage::default(), status).await;
+                if over_limit.load(Ordering::Relaxed) {
+                    return Err(ApiError::too_large(limit));
+                }
+                return Err(e);
+            }
+        };
+        if !upstream.status().is_success() {
+            let error = self.upstream_refusal(upstream, provider, settlement).await;
+            if over_limit.load(Ordering::Relaxed) {
+                return Err(ApiError::too_large(limit));
+            }
+            return Err(error);
+        }
+        self.finish_json(upstream, provider, settlement, Billing::Transcription)
+            .await
+    }
+}

@@ -1,0 +1,55 @@
+//! Handlers of the model endpoints (inference key): thin shells over the gateway.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::Extension;
+
+use super::error::ApiError;
+use super::extract::read_body;
+use super::{AppState, RequestId};
+use crate::config::Endpoint;
+use crate::gateway::{error_for, Inbound};
+
+async fn call(
+    state: &AppState,
+    request_id: RequestId,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let key = state.auth.inference(headers).await?;
+    let inbound = Inbound {
+        endpoint,
+        key,
+        request_id: request_id.0,
+        started,
+    };
+    match endpoint {
+        Endpoint::AudioTranscriptions | Endpoint::AudioTranslations => {
+            state.gateway.multipart_call(inbound, headers, body).await
+        }
+        _ => {
+            let bytes = read_body(body, state.config.limits.max_body_bytes).await?;
+            state.gateway.json_call(inbound, bytes).await
+        }
+    }
+}
+
+/// A handler for one endpoint.
+pub async fn model_call(
+    endpoint: Endpoint,
+    State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match call(&state, request_id, endpoint, &headers, body).await {
+        Ok(response) => response,
+        Err(error) => error_for(endpoint, error),
+    }
+}
