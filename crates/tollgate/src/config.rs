@@ -97,6 +97,8 @@ struct FileProvider {
     first_byte_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
     anthropic_version: Option<String>,
+    #[serde(default)]
+    chat_only: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,6 +152,9 @@ pub struct Provider {
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
     pub anthropic_version: String,
+    /// An OpenAI-compatible server without the Responses API: `/v1/responses` is
+    /// translated to Chat Completions for it.
+    pub chat_only: bool,
 }
 
 /// The model endpoints a catalog entry may allow.
@@ -368,6 +373,7 @@ impl Config {
                 first_byte_timeout: ms(p.first_byte_timeout_ms, 120_000, "first_byte_timeout_ms")?,
                 idle_timeout: ms(p.idle_timeout_ms, 120_000, "idle_timeout_ms")?,
                 anthropic_version: p.anthropic_version.unwrap_or_else(|| "2023-06-01".into()),
+                chat_only: p.chat_only,
             });
         }
 

@@ -15,9 +15,10 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
+use tollgate_formats::conversion::{chat_to_messages, messages_to_chat, responses_to_chat};
 use tollgate_formats::sse::{self, SseDecoder, SseEvent};
 use tollgate_formats::usage as wire_usage;
-use tollgate_formats::{Format, UsageTracker};
+use tollgate_formats::{ConversionError, Format, StreamConverter, UsageTracker};
 
 use crate::billing::meter::{Meter, Reservation, ReserveError};
 use crate::billing::{Credits, Usage};
@@ -331,24 +332,49 @@ fn error_frame(format: Format, message: &str) -> Bytes {
 enum Transform {
     /// Same format: passed on; `strip_usage` removes the usage the client did not ask for.
     Passthrough { strip_usage: bool },
+    /// Another format: translated event by event.
+    Convert(Box<dyn StreamConverter + Send>),
 }
 
 impl Transform {
-    fn apply(&mut self, event: &SseEvent, out: &mut VecDeque<Bytes>) {
+    fn apply(&mut self, event: &SseEvent, out: &mut VecDeque<Bytes>) -> Result<(), String> {
         match self {
             Transform::Passthrough { strip_usage } => {
                 if *strip_usage {
                     if wire_usage::is_usage_only_chunk_data(&event.data) {
-                        return;
+                        return Ok(());
                     }
                     let data = wire_usage::strip_usage_field(&event.data);
                     out.push_back(sse::encode(event.event.as_deref(), &data));
                 } else {
                     out.push_back(sse::encode(event.event.as_deref(), &event.data));
                 }
+                Ok(())
+            }
+            Transform::Convert(converter) => {
+                let frames = converter.push(event).map_err(|e| e.to_string())?;
+                out.extend(frames);
+                Ok(())
             }
         }
     }
+
+    fn finish(&mut self, out: &mut VecDeque<Bytes>) {
+        if let Transform::Convert(converter) = self {
+            out.extend(converter.finish());
+        }
+    }
+}
+
+/// A translation between the client's format and the provider's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Translation {
+    /// `/v1/messages` to an OpenAI-compatible provider.
+    MessagesToChat,
+    /// `/v1/chat/completions` to an Anthropic provider.
+    ChatToMessages,
+    /// `/v1/responses` to a provider that only speaks Chat Completions.
+    ResponsesToChat,
 }
 
 type ByteStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
@@ -402,6 +428,9 @@ impl Relay {
                             self.fail("the provider's stream ended early").await;
                         }
                     }
+                    if !self.done {
+                        self.transform.finish(&mut self.out);
+                    }
                     self.done = true;
                 }
                 Err(_) => self.fail("the provider's stream stalled").await,
@@ -417,7 +446,12 @@ impl Relay {
         if is_terminal(self.upstream_format, &event) && self.settlement.is_some() {
             self.settle_success().await;
         }
-        self.transform.apply(&event, &mut self.out);
+        if let Err(message) = self.transform.apply(&event, &mut self.out) {
+            self.fail(&format!(
+                "the provider's stream could not be translated: {message}"
+            ))
+            .await;
+        }
     }
 
     async fn settle_success(&mut self) {
@@ -644,14 +678,24 @@ impl Gateway {
             Endpoint::Messages => Some(Format::AnthropicMessages),
             _ => None,
         };
-        let upstream_format = match (client_format, provider.kind) {
+        let (upstream_format, translation) = match (client_format, provider.kind) {
             (Some(Format::AnthropicMessages), ProviderKind::Anthropic) => {
-                Some(Format::AnthropicMessages)
+                (Some(Format::AnthropicMessages), None)
             }
-            (Some(format), ProviderKind::Openai) if format != Format::AnthropicMessages => {
-                Some(format)
-            }
-            (None, ProviderKind::Openai) => None,
+            (Some(Format::AnthropicMessages), ProviderKind::Openai) => (
+                Some(Format::ChatCompletions),
+                Some(Translation::MessagesToChat),
+            ),
+            (Some(Format::ChatCompletions), ProviderKind::Anthropic) => (
+                Some(Format::AnthropicMessages),
+                Some(Translation::ChatToMessages),
+            ),
+            (Some(Format::Responses), ProviderKind::Openai) if provider.chat_only => (
+                Some(Format::ChatCompletions),
+                Some(Translation::ResponsesToChat),
+            ),
+            (Some(format), ProviderKind::Openai) => (Some(format), None),
+            (None, ProviderKind::Openai) => (None, None),
             _ => {
                 return Err(ApiError::invalid_field(
                     "model",
@@ -758,10 +802,14 @@ impl Gateway {
                 strip_usage = true;
             }
         }
-        let upstream_body = if replace.is_empty() {
-            body.clone()
-        } else {
-            request.rewrite(&replace)
+        let translated = match translation {
+            None => None,
+            Some(translation) => Some(self.translate_request(translation, &body, &model)?),
+        };
+        let (upstream_body, upstream_path, original) = match translated {
+            Some((bytes, path, original)) => (bytes, path, Some(original)),
+            None if replace.is_empty() => (body.clone(), endpoint.path(), None),
+            None => (request.rewrite(&replace), endpoint.path(), None),
         };
         let input_estimate = body.len() as u64 / 4;
         drop(request);
@@ -772,7 +820,7 @@ impl Gateway {
             .send(
                 provider_index,
                 provider,
-                endpoint.path(),
+                upstream_path,
                 "application/json",
                 UpstreamBody::Bytes(upstream_body),
                 &[],
@@ -810,7 +858,12 @@ impl Gateway {
                 tracker: UsageTracker::new(upstream_format),
                 upstream_format,
                 client_format,
-                transform: Transform::Passthrough { strip_usage },
+                transform: match (translation, &original) {
+                    (Some(translation), Some(original)) => {
+                        Transform::Convert(stream_converter(translation, original, &model.id))
+                    }
+                    _ => Transform::Passthrough { strip_usage },
+                },
                 out: VecDeque::new(),
                 settlement: Some(settlement),
                 idle_timeout: provider.idle_timeout,
@@ -828,17 +881,57 @@ impl Gateway {
                 provider.idle_timeout,
             ));
         }
-        self.finish_json(upstream, provider, settlement, billing)
+        let convert = match (translation, &original) {
+            (Some(translation), Some(original)) => Some((translation, original, model.id.as_str())),
+            _ => None,
+        };
+        self.finish_json(upstream, provider, settlement, billing, convert)
             .await
     }
 
-    /// Reads a whole JSON answer, charges it, and answers it as it came.
+    /// Parses a client request and translates it for the provider: the upstream body,
+    /// the upstream path and the parsed original (the answer's translation needs it).
+    fn translate_request(
+        &self,
+        translation: Translation,
+        body: &[u8],
+        model: &Model,
+    ) -> Result<(Bytes, &'static str, Value), ApiError> {
+        let original: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_json",
+                format!("The request body is not valid JSON: {e}."),
+            )
+        })?;
+        let upstream = &model.upstream_model;
+        let converted = match translation {
+            Translation::MessagesToChat => messages_to_chat::convert_request(&original, upstream),
+            Translation::ChatToMessages => chat_to_messages::convert_request(
+                &original,
+                upstream,
+                model.max_output_tokens.unwrap_or(DEFAULT_OUTPUT_BOUND),
+            ),
+            Translation::ResponsesToChat => responses_to_chat::convert_request(&original, upstream),
+        }
+        .map_err(untranslatable)?;
+        let path = match translation {
+            Translation::MessagesToChat | Translation::ResponsesToChat => {
+                Endpoint::ChatCompletions.path()
+            }
+            Translation::ChatToMessages => Endpoint::Messages.path(),
+        };
+        let bytes = serde_json::to_vec(&converted).map_err(ApiError::internal)?;
+        Ok((Bytes::from(bytes), path, original))
+    }
+
+    /// Reads a whole JSON answer, charges it, and answers it (translated if needed).
     async fn finish_json(
         &self,
         upstream: reqwest::Response,
         provider: &Provider,
         settlement: Settlement,
         billing: Billing,
+        convert: Option<(Translation, &Value, &str)>,
     ) -> Result<Response, ApiError> {
         let content_type = upstream
             .headers()
@@ -865,6 +958,21 @@ impl Gateway {
             }
         } else {
             Value::Null
+        };
+        let bytes = match convert {
+            None => bytes,
+            Some((translation, original, public_model)) => {
+                match translate_answer(translation, &answer, original, public_model) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        settlement.settle(Usage::default(), 502).await;
+                        return Err(providers::malformed_upstream(
+                            provider,
+                            &format!("untranslatable ({e})"),
+                        ));
+                    }
+                }
+            }
         };
         let usage = usage_of(billing, &answer);
         let cost = settlement.settle(usage, 200).await;
@@ -916,6 +1024,57 @@ impl Gateway {
             tracing::error!(provider = %provider.name, status, "the provider refused Tollgate's credentials");
         }
         providers::upstream_status_error(provider, status)
+    }
+}
+
+/// A translation that cannot be made is the client's 400, naming the field.
+fn untranslatable(e: ConversionError) -> ApiError {
+    ApiError {
+        code: "untranslatable",
+        ..ApiError::invalid_field(&e.param, e.to_string())
+    }
+}
+
+fn translate_answer(
+    translation: Translation,
+    answer: &Value,
+    original: &Value,
+    public_model: &str,
+) -> Result<Bytes, ConversionError> {
+    let converted = match translation {
+        Translation::MessagesToChat => messages_to_chat::convert_response(answer, public_model)?,
+        Translation::ChatToMessages => chat_to_messages::convert_response(
+            answer,
+            public_model,
+            tollgate_formats::conversion::unix_now(),
+        )?,
+        Translation::ResponsesToChat => {
+            responses_to_chat::convert_response(answer, original, public_model)?
+        }
+    };
+    serde_json::to_vec(&converted)
+        .map(Bytes::from)
+        .map_err(|e| ConversionError::new("", e.to_string()))
+}
+
+fn stream_converter(
+    translation: Translation,
+    original: &Value,
+    public_model: &str,
+) -> Box<dyn StreamConverter + Send> {
+    match translation {
+        Translation::MessagesToChat => {
+            Box::new(messages_to_chat::ResponseStream::new(public_model))
+        }
+        Translation::ChatToMessages => Box::new(chat_to_messages::ResponseStream::new(
+            public_model,
+            tollgate_formats::conversion::unix_now(),
+            wire_usage::chat_request_wants_usage(original),
+        )),
+        Translation::ResponsesToChat => Box::new(responses_to_chat::ResponseStream::new(
+            original,
+            public_model,
+        )),
     }
 }
 
@@ -1219,7 +1378,7 @@ impl Gateway {
             }
             return Err(error);
         }
-        self.finish_json(upstream, provider, settlement, Billing::Transcription)
+        self.finish_json(upstream, provider, settlement, Billing::Transcription, None)
             .await
     }
 }

@@ -1,0 +1,146 @@
+//! `[[fake:key=value,flag]]` directives: fault injection and reply shaping, written in
+//! the request's own text so they survive a gateway that translates formats.
+
+use std::time::Duration;
+
+/// Largest `words=N` honoured, so a typo cannot exhaust memory.
+const MAX_WORDS: u64 = 100_000;
+
+/// The directives found in a request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Directives {
+    pub(crate) status: Option<u16>,
+    pub(crate) retry_after: Option<u64>,
+    pub(crate) reset: bool,
+    pub(crate) malformed: bool,
+    pub(crate) cut_after: Option<usize>,
+    pub(crate) error_after: Option<usize>,
+    pub(crate) first_byte: Option<Duration>,
+    pub(crate) chunk_delay: Option<Duration>,
+    pub(crate) words: Option<usize>,
+    pub(crate) tool: bool,
+    pub(crate) cached: u64,
+    pub(crate) cache_write: u64,
+    pub(crate) comments: bool,
+    pub(crate) flagged: bool,
+}
+
+const OPEN: &str = "[[fake:";
+const CLOSE: &str = "]]";
+
+impl Directives {
+    /// Parses every `[[fake:…]]` block of the texts; an unknown key or a bad value is
+    /// an error message for a 400.
+    pub(crate) fn parse<'a>(texts: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+        let mut d = Self::default();
+        for text in texts {
+            let mut rest = text;
+            while let Some(start) = rest.find(OPEN) {
+                let after = &rest[start + OPEN.len()..];
+                let Some(end) = after.find(CLOSE) else { break };
+                for item in after[..end].split(',') {
+                    d.apply(item.trim())?;
+                }
+                rest = &after[end + CLOSE.len()..];
+            }
+        }
+        Ok(d)
+    }
+
+    fn apply(&mut self, item: &str) -> Result<(), String> {
+        if item.is_empty() {
+            return Ok(());
+        }
+        let (key, value) = match item.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v.trim())),
+            None => (item, None),
+        };
+        match key {
+            "status" => {
+                let code = number(key, value)?;
+                if !(400..=599).contains(&code) {
+                    return Err(format!(
+                        "fake directive `status` must be 400..=599, got {code}"
+                    ));
+                }
+                self.status = u16::try_from(code).ok();
+            }
+            "retry_after" => self.retry_after = Some(number(key, value)?),
+            "reset" => self.reset = flag(key, value)?,
+            "malformed" => self.malformed = flag(key, value)?,
+            "cut_after" => self.cut_after = Some(count(key, value)?),
+            "error_after" => self.error_after = Some(count(key, value)?),
+            "first_byte_ms" => {
+                self.first_byte = Some(Duration::from_millis(number(key, value)?));
+            }
+            "chunk_ms" => self.chunk_delay = Some(Duration::from_millis(number(key, value)?)),
+            "words" => {
+                let n = number(key, value)?;
+                if n > MAX_WORDS {
+                    return Err(format!("fake directive `words` is at most {MAX_WORDS}"));
+                }
+                self.words = Some(n as usize);
+            }
+            "tool" => self.tool = flag(key, value)?,
+            "cached" => self.cached = number(key, value)?,
+            "cache_write" => self.cache_write = number(key, value)?,
+            "comments" => self.comments = flag(key, value)?,
+            "flagged" => self.flagged = flag(key, value)?,
+            other => return Err(format!("unknown fake directive `{other}`")),
+        }
+        Ok(())
+    }
+}
+
+fn number(key: &str, value: Option<&str>) -> Result<u64, String> {
+    let v = value.ok_or_else(|| format!("fake directive `{key}` needs a value"))?;
+    v.parse()
+        .map_err(|_| format!("fake directive `{key}` needs a whole number, got `{v}`"))
+}
+
+fn count(key: &str, value: Option<&str>) -> Result<usize, String> {
+    usize::try_from(number(key, value)?).map_err(|_| format!("fake directive `{key}` too large"))
+}
+
+fn flag(key: &str, value: Option<&str>) -> Result<bool, String> {
+    match value {
+        None | Some("true") | Some("1") => Ok(true),
+        Some("false") | Some("0") => Ok(false),
+        Some(v) => Err(format!("fake directive `{key}` is a flag, got `{v}`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_blocks_and_flags() {
+        let d = Directives::parse([
+            "hi [[fake:status=503, words=3]] there",
+            "[[fake:tool]][[fake:cut_after=2,chunk_ms=5]]",
+        ])
+        .expect("parses");
+        assert_eq!(d.status, Some(503));
+        assert_eq!(d.words, Some(3));
+        assert!(d.tool);
+        assert_eq!(d.cut_after, Some(2));
+        assert_eq!(d.chunk_delay, Some(Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn rejects_bad_input_without_panicking() {
+        assert!(Directives::parse(["[[fake:nope]]"]).is_err());
+        assert!(Directives::parse(["[[fake:status=200]]"]).is_err());
+        assert!(Directives::parse(["[[fake:words=x]]"]).is_err());
+        assert!(Directives::parse(["[[fake:words]]"]).is_err());
+        assert_eq!(
+            Directives::parse(["[[fake:status=500"]).expect("parses"),
+            Directives::default()
+        );
+        assert_eq!(
+            Directives::parse(["[[fake:]]"]).expect("parses"),
+            Directives::default()
+        );
+    }
+}

@@ -1,0 +1,170 @@
+//! Fast mode: answers serialized once at start, and a byte search instead of a JSON
+//! parse, so the fake is never the bottleneck of a benchmark.
+
+use std::sync::Arc;
+
+use axum::response::Response;
+use bytes::Bytes;
+
+use crate::chat::{self, StreamOpts};
+use crate::content::{self, PlanInput, Turn, Usage};
+use crate::http;
+use crate::responses::{self, Answer};
+use crate::stream::{self, Frame};
+use crate::{embeddings, messages, Shared};
+
+/// Words in every canned reply.
+const WORDS: usize = 8;
+/// Input tokens every canned answer reports.
+const INPUT_TOKENS: u64 = 20;
+
+/// The canned answers.
+pub(crate) struct Canned {
+    chat_json: Bytes,
+    chat_stream: Vec<Frame>,
+    chat_stream_usage: Vec<Frame>,
+    responses_json: Bytes,
+    responses_stream: Vec<Frame>,
+    embeddings_json: Bytes,
+    messages_json: Bytes,
+    messages_stream: Vec<Frame>,
+}
+
+fn turn(id: &str, model: &str) -> Turn {
+    let plan = content::plan(
+        PlanInput {
+            words: Some(WORDS),
+            ..PlanInput::default()
+        },
+        String::new,
+    );
+    let usage = Usage::new(INPUT_TOKENS, plan.output_tokens(), 0, 0);
+    Turn {
+        id: id.to_string(),
+        created: content::now(),
+        model: model.to_string(),
+        plan,
+        usage,
+    }
+}
+
+impl Canned {
+    pub(crate) fn build() -> Self {
+        let chat_turn = turn("chatcmpl-fastfastfastfastfastfastfast", "gpt-4o-mini");
+        let stream_opts = |include_usage| StreamOpts {
+            include_usage,
+            obfuscate: true,
+            malformed: false,
+            comments: false,
+        };
+        let answer = Answer {
+            turn: turn("resp_fast", "gpt-4o-mini"),
+            item_id: "msg_fast".into(),
+            echo: responses::Echo::default(),
+        };
+        let message_turn = turn("msg_01fastfastfastfastfast", "claude-haiku-4-5");
+        let vector = embeddings::vector(7, 1536);
+        Self {
+            chat_json: chat::render_completion(&chat_turn),
+            chat_stream: chat::render_chunks(&chat_turn, &stream_opts(false)),
+            chat_stream_usage: chat::render_chunks(&chat_turn, &stream_opts(true)),
+            responses_json: responses::render_response(&answer),
+            responses_stream: responses::render_events(&answer, true, false, false),
+            embeddings_json: embeddings::render(
+                "text-embedding-3-small",
+                &[vector],
+                false,
+                INPUT_TOKENS,
+            ),
+            messages_json: messages::render_message(&message_turn),
+            messages_stream: messages::render_events(&message_turn, false, false),
+        }
+    }
+}
+
+/// True when `"key"` is followed by `: true` somewhere in the body.
+fn json_true(body: &[u8], key: &str) -> bool {
+    let needle = format!("\"{key}\"");
+    let needle = needle.as_bytes();
+    let mut rest = body;
+    while let Some(pos) = rest.windows(needle.len()).position(|w| w == needle) {
+        rest = &rest[pos + needle.len()..];
+        let after = rest.trim_ascii_start();
+        if let Some(value) = after.strip_prefix(b":") {
+            if value.trim_ascii_start().starts_with(b"true") {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+async fn wait(s: &Shared) {
+    if !s.opts.latency.is_zero() {
+        tokio::time::sleep(s.opts.latency).await;
+    }
+}
+
+fn stream(s: &Arc<Shared>, frames: &[Frame]) -> Response {
+    http::sse_response(stream::body(
+        s.clone(),
+        frames.to_vec(),
+        s.opts.chunk_delay,
+        None,
+    ))
+}
+
+pub(crate) async fn chat(s: &Arc<Shared>, c: &Canned, body: &[u8]) -> Response {
+    wait(s).await;
+    if !json_true(body, "stream") {
+        return http::json_bytes(c.chat_json.clone());
+    }
+    if json_true(body, "include_usage") {
+        stream(s, &c.chat_stream_usage)
+    } else {
+        stream(s, &c.chat_stream)
+    }
+}
+
+pub(crate) async fn responses(s: &Arc<Shared>, c: &Canned, body: &[u8]) -> Response {
+    wait(s).await;
+    if json_true(body, "stream") {
+        stream(s, &c.responses_stream)
+    } else {
+        http::json_bytes(c.responses_json.clone())
+    }
+}
+
+pub(crate) async fn embeddings(s: &Arc<Shared>, c: &Canned) -> Response {
+    wait(s).await;
+    http::json_bytes(c.embeddings_json.clone())
+}
+
+pub(crate) async fn messages(s: &Arc<Shared>, c: &Canned, body: &[u8]) -> Response {
+    wait(s).await;
+    if json_true(body, "stream") {
+        stream(s, &c.messages_stream)
+    } else {
+        http::json_bytes(c.messages_json.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_true;
+
+    #[test]
+    fn finds_true_flags_only() {
+        assert!(json_true(br#"{"stream": true}"#, "stream"));
+        assert!(json_true(
+            br#"{"stream_options":{"include_usage" :true},"stream":true}"#,
+            "include_usage"
+        ));
+        assert!(!json_true(
+            br#"{"stream_options":{"include_usage":true}}"#,
+            "stream"
+        ));
+        assert!(!json_true(br#"{"stream":false}"#, "stream"));
+        assert!(!json_true(b"", "stream"));
+    }
+}

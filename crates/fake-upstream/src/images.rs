@@ -1,0 +1,175 @@
+//! `POST /v1/images/generations`: a tiny valid PNG, with gpt-image-1 style usage.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::Response;
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::content;
+use crate::error::{self, Flavor};
+use crate::http::{self, Ctx};
+use crate::Shared;
+
+/// A 1×1 transparent PNG.
+pub(crate) const PNG_B64: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
+
+pub(crate) async fn handle(State(s): State<Arc<Shared>>, ctx: Ctx, body: Bytes) -> Response {
+    match run(&s, &ctx, &body).await {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn bad(message: &str, param: &str) -> Response {
+    error::bad_request(Flavor::OpenAi, message, Some(param))
+}
+
+/// Output tokens of one gpt-image-1 image, by quality and size.
+fn image_tokens(quality: &str, size: &str) -> u64 {
+    let row = match quality {
+        "low" => [272, 408, 400],
+        "high" => [4160, 6240, 6208],
+        _ => [1056, 1584, 1568],
+    };
+    match size {
+        "1024x1536" => row[1],
+        "1536x1024" => row[2],
+        _ => row[0],
+    }
+}
+
+fn valid_size(size: &str) -> bool {
+    size == "auto"
+        || size.split_once('x').is_some_and(|(w, h)| {
+            w.parse::<u32>().is_ok_and(|w| w > 0) && h.parse::<u32>().is_ok_and(|h| h > 0)
+        })
+}
+
+async fn run(s: &Arc<Shared>, ctx: &Ctx, body: &Bytes) -> Result<Response, Response> {
+    http::check_openai_key(s, ctx)?;
+    let req = http::parse_json(Flavor::OpenAi, body)?;
+    let model = req
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("dall-e-2");
+    let Some(prompt) = req.get("prompt").and_then(Value::as_str) else {
+        return Err(bad("Missing required parameter: 'prompt'.", "prompt"));
+    };
+    let dirs = http::directives(Flavor::OpenAi, [prompt])?;
+    let n = match req.get("n") {
+        None | Some(Value::Null) => 1,
+        Some(v) => match v.as_u64() {
+            Some(n @ 1..=10) => n,
+            _ => return Err(bad("Invalid value for 'n': must be 1..=10.", "n")),
+        },
+    };
+    let size = req
+        .get("size")
+        .and_then(Value::as_str)
+        .unwrap_or("1024x1024");
+    if !valid_size(size) {
+        return Err(bad("Invalid value for 'size'.", "size"));
+    }
+    let gpt_image = model.starts_with("gpt-image");
+    let b64 = match req.get("response_format").and_then(Value::as_str) {
+        None => gpt_image,
+        Some("b64_json") => true,
+        Some("url") => false,
+        Some(_) => {
+            return Err(bad(
+                "Invalid value for 'response_format': must be 'url' or 'b64_json'.",
+                "response_format",
+            ))
+        }
+    };
+    if let Some(r) = http::prelude(s, ctx, &dirs, Flavor::OpenAi).await {
+        return Ok(r);
+    }
+    if dirs.malformed {
+        return Ok(http::malformed());
+    }
+    let data = (0..n)
+        .map(|i| Image {
+            url: (!b64).then(|| format!("https://fake-upstream.invalid/images/img-{i}.png")),
+            b64_json: b64.then_some(PNG_B64),
+            revised_prompt: model.starts_with("dall-e-3").then_some(prompt),
+        })
+        .collect();
+    let body = if gpt_image {
+        let quality = req
+            .get("quality")
+            .and_then(Value::as_str)
+            .filter(|q| matches!(*q, "low" | "medium" | "high"))
+            .unwrap_or("medium");
+        let size = if size == "auto" { "1024x1024" } else { size };
+        let input = content::count_words(prompt);
+        let output = image_tokens(quality, size) * n;
+        http::pretty(&GptImages {
+            created: content::now(),
+            background: "opaque",
+            data,
+            output_format: "png",
+            quality,
+            size,
+            usage: ImageUsage {
+                input_tokens: input,
+                input_tokens_details: InputDetails {
+                    image_tokens: 0,
+                    text_tokens: input,
+                },
+                output_tokens: output,
+                total_tokens: input + output,
+            },
+        })
+    } else {
+        http::pretty(&Images {
+            created: content::now(),
+            data,
+        })
+    };
+    Ok(http::json_bytes(body))
+}
+
+#[derive(Serialize)]
+struct Images<'a> {
+    created: u64,
+    data: Vec<Image<'a>>,
+}
+
+#[derive(Serialize)]
+struct GptImages<'a> {
+    created: u64,
+    background: &'static str,
+    data: Vec<Image<'a>>,
+    output_format: &'static str,
+    quality: &'a str,
+    size: &'a str,
+    usage: ImageUsage,
+}
+
+#[derive(Serialize)]
+struct Image<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    b64_json: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revised_prompt: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct ImageUsage {
+    input_tokens: u64,
+    input_tokens_details: InputDetails,
+    output_tokens: u64,
+    total_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct InputDetails {
+    image_tokens: u64,
+    text_tokens: u64,
+}

@@ -1,0 +1,300 @@
+//! An honest fake OpenAI + Anthropic upstream provider, for tests and benchmarks.
+//!
+//! It speaks the real wire formats (field order, `usage: null` on every chunk when
+//! `stream_options.include_usage` is set, `obfuscation`, `event:` names, Responses
+//! sequence numbers, Anthropic `message_start` … `message_stop` with `ping`), answers
+//! deterministically, and injects faults on request.
+//!
+//! # Endpoints (all under `/v1`)
+//! OpenAI: `POST /chat/completions`, `/responses`, `/embeddings`, `/images/generations`,
+//! `/audio/speech`, `/audio/transcriptions`, `/audio/translations`, `/moderations`,
+//! `GET /models`. Anthropic: `POST /messages` (needs `anthropic-version` and `x-api-key`;
+//! `GET /models` answers in Anthropic's shape when `anthropic-version` is sent).
+//! Outside fast mode, JSON requests get the provider's request id header
+//! (`x-request-id` for OpenAI, `request-id` for Anthropic).
+//!
+//! # Content
+//! A text reply is `words` words (default 12) cycled from a fixed list, starting with
+//! `Hello from the fake upstream, a café of deterministic words for tests that count
+//! every token.`; one stream chunk per word (the first without, the others with a leading
+//! space). `max_tokens` / `max_completion_tokens` / `max_output_tokens` cap it, and a cap
+//! that bites gives `finish_reason: "length"`, `stop_reason: "max_tokens"`, or Responses
+//! `status: "incomplete"`. A stop sequence (`stop`, `stop_sequences`) equal to a whole word
+//! of the reply ends it before that word (`stop_reason: "stop_sequence"`).
+//!
+//! With the `tool` directive and at least one tool in the request, the reply is a call
+//! of the first tool. Its arguments are a JSON object with one value per property of the
+//! tool's schema (sorted by name: enum → first value, string → `"Paris"`, integer → `3`,
+//! number → `21.5`, boolean → `true`, array → `[]`, object → `{}`), or
+//! `{"location":"Paris"}` when the schema has no `properties`; streamed in fragments of
+//! 8 characters. When the last message is a tool result (OpenAI `role: "tool"`, Responses
+//! `function_call_output`, Anthropic `tool_result` block), the reply is text.
+//!
+//! # Usage formulas
+//! - `words(s)` = number of whitespace-separated words in `s`.
+//! - Chat / Responses / Messages input tokens `T` = Σ over messages of
+//!   (4 + words of the message's text). The system prompt (OpenAI `system`/`developer`
+//!   message, Responses `instructions`, Anthropic `system`) counts as one message. An
+//!   Anthropic `tool_result` block counts as its own message (as OpenAI's `tool` message
+//!   does); other blocks of one Anthropic message count as one message. Text is every
+//!   `text` string of the content (string content, text parts, tool-result content);
+//!   tool-call arguments, images and tool definitions count nothing. Responses `input`
+//!   given as a string is one message.
+//! - Output tokens = words generated; for a tool call, the number of argument fragments
+//!   (`ceil(chars(arguments) / 8)`).
+//! - `cached=N` reports `C = min(N, T)` cached tokens, `cache_write=W` reports
+//!   `Wc = min(W, T - C)` (Anthropic only). OpenAI `prompt_tokens` = `T` (cached
+//!   included); Anthropic `input_tokens` = `T - C - Wc`, `cache_read_input_tokens` = `C`,
+//!   `cache_creation_input_tokens` = `Wc`. So every format adds up to the same `T`.
+//! - Embeddings: Σ words of each string input (at least 1 each) + length of each token
+//!   array. Images: input tokens = words of the prompt; output tokens per image as
+//!   gpt-image-1 (by quality low/medium/high × size, e.g. 1024x1024 medium = 1056).
+//! - Speech: `1024 + 64 × chars(input)` bytes, streamed in 1024-byte chunks.
+//! - Transcriptions / translations: `seconds = ceil(file bytes / 16000)`.
+//!
+//! # Directives
+//! Written in the text of the last user message that has text (Responses/embeddings/
+//! moderations/speech: `input`; images and audio uploads: `prompt`) as
+//! `[[fake:key=value,key2=value2,flag]]`; several blocks merge. Unknown keys are a 400.
+//! - `status=N` (400..=599): that status with an error body in the provider's shape
+//!   (`retry_after=S` adds a `retry-after` header);
+//! - `reset`: the TCP connection is reset before any response byte;
+//! - `malformed`: 200 with a body that is not JSON (streams: one `data:` line of broken
+//!   JSON after the first content chunk, the stream then ends normally);
+//! - `cut_after=N`: stream N content chunks, then abort the connection (no end, no usage);
+//! - `error_after=N`: stream N content chunks, then the provider's in-stream error event,
+//!   then end (speech audio has no error event: it is cut like `cut_after`);
+//! - `first_byte_ms=N`, `chunk_ms=N`: override [`Options::latency`] / [`Options::chunk_delay`];
+//! - `words=N`, `tool`, `cached=N`, `cache_write=N`: shape the reply (see above);
+//! - `comments`: put an SSE `: keep-alive` comment line before every content event;
+//! - `flagged` (moderations): the input is flagged for harassment.
+//!
+//! # Fast mode
+//! [`Options::fast`] answers chat, Responses, embeddings and messages with bytes built
+//! once at start; only `"stream": true` and `"include_usage": true` are looked for in the
+//! body (a byte search), and requests are counted but not recorded in
+//! [`FakeUpstream::received`]. Other endpoints behave as usual.
+
+// Handlers return finished error responses through `?`; that path is cold, so the size
+// of `Response` in `Err` does not matter.
+#![allow(clippy::result_large_err)]
+
+mod audio;
+mod chat;
+mod conn;
+mod content;
+mod directives;
+mod embeddings;
+mod error;
+mod fast;
+mod http;
+mod images;
+mod messages;
+mod misc;
+mod responses;
+mod stream;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// How the fake upstream behaves.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Delay before the response headers (first byte).
+    pub latency: Duration,
+    /// Delay between stream chunks.
+    pub chunk_delay: Duration,
+    /// Pre-serialized canned answers and minimal parsing, for benchmarks.
+    pub fast: bool,
+    /// When set, OpenAI endpoints require `Authorization: Bearer <key>`.
+    pub openai_api_key: Option<String>,
+    /// When set, `/v1/messages` requires `x-api-key: <key>` (otherwise any `x-api-key`).
+    pub anthropic_api_key: Option<String>,
+}
+
+/// Counters since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Every request received, including rejected ones.
+    pub requests: u64,
+    /// Streamed response bodies begun (SSE streams and speech audio).
+    pub streams_started: u64,
+    /// Streams whose final chunk was handed to the connection.
+    pub streams_completed: u64,
+    /// Streams dropped before their final chunk: the client went away.
+    pub streams_cancelled: u64,
+    /// Streams ended early on purpose by `cut_after` or `error_after`.
+    pub streams_aborted: u64,
+}
+
+/// One request as the fake received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// HTTP method, e.g. `POST`.
+    pub method: String,
+    /// Request path, e.g. `/v1/chat/completions`.
+    pub path: String,
+    /// Query string without `?`, if any.
+    pub query: Option<String>,
+    /// Headers in arrival order, names lowercased.
+    pub headers: Vec<(String, String)>,
+    /// Raw body; empty for multipart uploads (see `body_len`).
+    pub body: Bytes,
+    /// Body size in bytes (for multipart: the bytes the handler consumed).
+    pub body_len: u64,
+}
+
+impl Received {
+    /// The first value of a header, by lowercase name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body parsed as JSON, if it is JSON.
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+/// State shared by the handlers of one fake upstream.
+pub(crate) struct Shared {
+    pub(crate) opts: Options,
+    pub(crate) counters: Counters,
+    received: Mutex<Vec<Received>>,
+    next_id: AtomicU64,
+    pub(crate) canned: Option<fast::Canned>,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) requests: AtomicU64,
+    pub(crate) streams_started: AtomicU64,
+    pub(crate) streams_completed: AtomicU64,
+    pub(crate) streams_cancelled: AtomicU64,
+    pub(crate) streams_aborted: AtomicU64,
+}
+
+impl Shared {
+    fn new(opts: Options) -> Self {
+        let canned = opts.fast.then(fast::Canned::build);
+        Self {
+            opts,
+            counters: Counters::default(),
+            received: Mutex::new(Vec::new()),
+            // Ids differ between runs, so nothing downstream sees one twice.
+            next_id: AtomicU64::new(id_seed()),
+            canned,
+        }
+    }
+
+    /// A fresh id: `prefix` then `len` base-62 characters, unique per server.
+    pub(crate) fn id(&self, prefix: &str, len: usize) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        content::alnum_id(prefix, n, len)
+    }
+
+    fn received_lock(&self) -> MutexGuard<'_, Vec<Received>> {
+        // A panic while holding this lock cannot leave the Vec inconsistent.
+        self.received.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn record(&self, r: Received) {
+        self.received_lock().push(r);
+    }
+
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn id_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    content::mix(nanos ^ u64::from(std::process::id()).rotate_left(32))
+}
+
+/// A running fake upstream; it stops accepting connections when dropped.
+pub struct FakeUpstream {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+/// Starts a fake upstream on `127.0.0.1:0`.
+pub async fn start(opts: Options) -> anyhow::Result<FakeUpstream> {
+    start_on(SocketAddr::from(([127, 0, 0, 1], 0)), opts).await
+}
+
+/// Starts a fake upstream on the given address.
+pub async fn start_on(listen: SocketAddr, opts: Options) -> anyhow::Result<FakeUpstream> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let shared = Arc::new(Shared::new(opts));
+    let app =
+        http::router(shared.clone()).into_make_service_with_connect_info::<conn::ConnHandle>();
+    let listener = conn::KillableListener::new(listener);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "fake upstream server stopped");
+        }
+    });
+    tracing::info!(%addr, "fake upstream listening");
+    Ok(FakeUpstream { addr, shared, task })
+}
+
+impl FakeUpstream {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT/v1`, the base URL an OpenAI client wants.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT`, the base URL an Anthropic client wants.
+    pub fn root_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            requests: get(&c.requests),
+            streams_started: get(&c.streams_started),
+            streams_completed: get(&c.streams_completed),
+            streams_cancelled: get(&c.streams_cancelled),
+            streams_aborted: get(&c.streams_aborted),
+        }
+    }
+
+    /// Every request received so far (not recorded in fast mode).
+    pub fn received(&self) -> Vec<Received> {
+        self.shared.received_lock().clone()
+    }
+
+    /// Forgets the recorded requests (counters are kept).
+    pub fn clear_received(&self) {
+        self.shared.received_lock().clear();
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,92 @@
+//! Integration tests: a real fake upstream on loopback, called over HTTP.
+
+mod anthropic;
+mod chat;
+mod faults;
+mod other;
+mod responses;
+
+use std::time::Duration;
+
+use fake_upstream::{FakeUpstream, Options, Stats};
+use serde_json::Value;
+
+/// A fresh fake upstream with default options.
+pub async fn spawn() -> anyhow::Result<FakeUpstream> {
+    spawn_with(Options::default()).await
+}
+
+pub async fn spawn_with(opts: Options) -> anyhow::Result<FakeUpstream> {
+    fake_upstream::start(opts).await
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// POSTs JSON to `path` under the base URL.
+pub async fn post(up: &FakeUpstream, path: &str, body: Value) -> anyhow::Result<reqwest::Response> {
+    Ok(client()
+        .post(format!("{}{path}", up.base_url()))
+        .json(&body)
+        .send()
+        .await?)
+}
+
+/// POSTs to `/messages` with Anthropic's headers.
+pub async fn post_anthropic(up: &FakeUpstream, body: Value) -> anyhow::Result<reqwest::Response> {
+    Ok(client()
+        .post(format!("{}/messages", up.base_url()))
+        .header("x-api-key", "sk-ant-test")
+        .header("anthropic-version", "2023-06-01")
+        .json(&body)
+        .send()
+        .await?)
+}
+
+/// A chat request whose only user message is `text`.
+pub fn chat_request(text: &str) -> Value {
+    serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]})
+}
+
+/// SSE events as (event name, data).
+pub fn sse_events(raw: &str) -> Vec<(Option<String>, String)> {
+    raw.split("\n\n")
+        .filter_map(|block| {
+            let mut event = None;
+            let mut data = None;
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    event = Some(v.to_string());
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data = Some(v.to_string());
+                }
+            }
+            data.map(|d| (event, d))
+        })
+        .collect()
+}
+
+/// Parses the data of each event as JSON (all must be JSON).
+pub fn json_events(raw: &str) -> anyhow::Result<Vec<Value>> {
+    sse_events(raw)
+        .into_iter()
+        .filter(|(_, d)| d != "[DONE]")
+        .map(|(_, d)| Ok(serde_json::from_str(&d)?))
+        .collect()
+}
+
+/// Waits until the stats satisfy `pred`, or fails after 5 s.
+pub async fn wait_for_stats(
+    up: &FakeUpstream,
+    pred: impl Fn(&Stats) -> bool,
+) -> anyhow::Result<Stats> {
+    for _ in 0..250 {
+        let s = up.stats();
+        if pred(&s) {
+            return Ok(s);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("stats never matched: {:?}", up.stats())
+}
