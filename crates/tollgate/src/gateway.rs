@@ -442,6 +442,10 @@ impl Relay {
         if self.done {
             return;
         }
+        if !event.is_done() && serde_json::from_str::<serde::de::IgnoredAny>(&event.data).is_err() {
+            self.fail("the provider sent a malformed event").await;
+            return;
+        }
         self.tracker.observe(&event);
         if is_terminal(self.upstream_format, &event) && self.settlement.is_some() {
             self.settle_success().await;

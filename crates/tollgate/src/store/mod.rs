@@ -1,6 +1,7 @@
 //! Persistence behind the `Store` trait: accounts, grants, keys and the usage ledger.
 //! One implementation per database, chosen by the URL scheme.
 
+mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use async_trait::async_trait;
 
 use crate::billing::Credits;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// An account's id.
@@ -221,6 +223,10 @@ pub trait Store: Send + Sync + 'static {
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         let store = SqliteStore::open(url).await?;
+        store.migrate().await?;
+        Ok(Arc::new(store))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = PgStore::open(url).await?;
         store.migrate().await?;
         Ok(Arc::new(store))
     } else {

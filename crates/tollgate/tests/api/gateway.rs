@@ -1,0 +1,922 @@
+//! The gateway and the meter against the fake upstream: every endpoint forwarded,
+//! streams relayed, every request charged exactly once, faults not charged.
+
+use std::time::Duration;
+
+use fake_upstream::{FakeUpstream, Options};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use sqlx::Row;
+
+use crate::helpers::{assert_error, spawn_app_env, TestApp};
+
+/// Prices in nano-dollars per million tokens (i.e. femto-dollars per token), per unit
+/// prices in femto-dollars: written here independently of the gateway's parser.
+pub struct Prices {
+    pub input: i128,
+    pub cached: i128,
+    pub output: i128,
+}
+
+pub const GPT: Prices = Prices {
+    input: 400_000_000,
+    cached: 100_000_000,
+    output: 1_600_000_000,
+};
+#[allow(dead_code)]
+pub const CLAUDE: Prices = Prices {
+    input: 3_000_000_000,
+    cached: 300_000_000,
+    output: 15_000_000_000,
+};
+
+/// Exact cost in nano-dollars, rounded up once per request.
+pub fn cost(p: &Prices, input: i128, cached: i128, output: i128) -> i64 {
+    let femtos = (input - cached) * p.input + cached * p.cached + output * p.output;
+    ((femtos + 999_999) / 1_000_000) as i64
+}
+
+pub fn catalog(upstream: &FakeUpstream) -> String {
+    format!(
+        r#"
+[[providers]]
+name = "openai"
+kind = "openai"
+base_url = "{base}"
+api_key_env = "UP_OPENAI"
+
+[[providers]]
+name = "anthropic"
+kind = "anthropic"
+base_url = "{base}"
+api_key_env = "UP_ANTHROPIC"
+
+[[providers]]
+name = "chat-only"
+kind = "openai"
+base_url = "{base}"
+api_key_env = "UP_OPENAI"
+chat_only = true
+
+[[models]]
+id = "gpt-test"
+provider = "openai"
+endpoints = ["chat.completions", "responses", "messages"]
+max_output_tokens = 1000
+pricing = {{ input = "0.40", cached_input = "0.10", output = "1.60" }}
+
+[[models]]
+id = "gpt-renamed"
+provider = "openai"
+upstream_model = "gpt-upstream-name"
+endpoints = ["chat.completions"]
+max_output_tokens = 1000
+pricing = {{ input = "0.40", cached_input = "0.10", output = "1.60" }}
+
+[[models]]
+id = "claude-test"
+provider = "anthropic"
+endpoints = ["messages", "chat.completions"]
+max_output_tokens = 1000
+pricing = {{ input = "3.00", cached_input = "0.30", output = "15.00" }}
+
+[[models]]
+id = "chat-only-test"
+provider = "chat-only"
+endpoints = ["responses", "chat.completions"]
+max_output_tokens = 1000
+pricing = {{ input = "0.40", cached_input = "0.10", output = "1.60" }}
+
+[[models]]
+id = "embed-test"
+provider = "openai"
+endpoints = ["embeddings"]
+pricing = {{ input = "0.02" }}
+
+[[models]]
+id = "image-test"
+provider = "openai"
+endpoints = ["images.generations"]
+pricing = {{ per_image = "0.04" }}
+
+[[models]]
+id = "tts-test"
+provider = "openai"
+endpoints = ["audio.speech"]
+pricing = {{ per_character = "0.000015" }}
+
+[[models]]
+id = "whisper-test"
+provider = "openai"
+endpoints = ["audio.transcriptions", "audio.translations"]
+pricing = {{ per_audio_second = "0.0001" }}
+
+[[models]]
+id = "moderation-test"
+provider = "openai"
+endpoints = ["moderations"]
+pricing = {{ per_request = "0.0002" }}
+"#,
+        base = upstream.base_url()
+    )
+}
+
+pub async fn setup_with(options: Options) -> (TestApp, FakeUpstream, String) {
+    let upstream = fake_upstream::start(Options {
+        openai_api_key: Some("up-openai-secret".into()),
+        anthropic_api_key: Some("up-anthropic-secret".into()),
+        ..options
+    })
+    .await
+    .expect("fake upstream");
+    let env = |name: &str| match name {
+        "UP_OPENAI" => Some("up-openai-secret".to_string()),
+        "UP_ANTHROPIC" => Some("up-anthropic-secret".to_string()),
+        _ => None,
+    };
+    let app = spawn_app_env(&catalog(&upstream), &env).await;
+    app.grant("100").await;
+    let key = app.inference_key().await;
+    (app, upstream, key)
+}
+
+pub async fn setup() -> (TestApp, FakeUpstream, String) {
+    setup_with(Options::default()).await
+}
+
+pub fn chat(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 100})
+}
+
+/// All usage records of the test's database.
+pub async fn ledger(app: &TestApp) -> Vec<(String, i64, i64, i64, i64, i64)> {
+    let url = format!("sqlite://{}", app.dir.path().join("tollgate.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("db");
+    let rows = sqlx::query(
+        "SELECT request_id, input_tokens, cached_input_tokens, output_tokens, cost, status FROM usage_records ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("rows");
+    rows.iter()
+        .map(|r| {
+            (
+                r.get::<String, _>(0),
+                r.get::<i64, _>(1),
+                r.get::<i64, _>(2),
+                r.get::<i64, _>(3),
+                r.get::<i64, _>(4),
+                r.get::<i64, _>(5),
+            )
+        })
+        .collect()
+}
+
+pub fn nanos(text: &str) -> i64 {
+    text.parse::<tollgate::billing::Credits>()
+        .expect("decimal")
+        .nanos()
+}
+
+async fn post(app: &TestApp, key: &str, path: &str, body: &Value) -> reqwest::Response {
+    app.post(path, key, body).await
+}
+
+#[tokio::test]
+async fn chat_is_forwarded_and_charged_exactly() {
+    let (app, upstream, key) = setup().await;
+    let response = post(
+        &app,
+        &key,
+        "/v1/chat/completions",
+        &chat("gpt-test", "Say hello to the gateway"),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .expect("id")
+        .to_string();
+    let charged = response.headers()["x-tollgate-cost"]
+        .to_str()
+        .expect("cost")
+        .to_string();
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["object"], "chat.completion");
+    let input = body["usage"]["prompt_tokens"].as_i64().expect("usage");
+    let output = body["usage"]["completion_tokens"].as_i64().expect("usage");
+    // 4 per message + 5 words; 12 words answered.
+    assert_eq!((input, output), (9, 12));
+    let expected = cost(&GPT, input.into(), 0, output.into());
+    assert_eq!(nanos(&charged), expected);
+
+    // The upstream saw the provider's key, never the client's.
+    let seen = upstream.received();
+    let last = seen.last().expect("received");
+    assert_eq!(
+        last.header("authorization"),
+        Some("Bearer up-openai-secret")
+    );
+    assert!(!String::from_utf8_lossy(&last.body).contains(&key));
+
+    let ledger = ledger(&app).await;
+    assert_eq!(ledger, vec![(request_id, 9, 0, 12, expected, 200)]);
+    let key_view: Value = app.get("/v1/key", &key).await.json().await.expect("json");
+    assert_eq!(nanos(key_view["usage"].as_str().expect("usage")), expected);
+    let balance: Value = app
+        .get("/v1/account/balance", &app.prov_key)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        nanos(balance["balance"].as_str().expect("balance")),
+        100_000_000_000 - expected
+    );
+}
+
+#[tokio::test]
+async fn unknown_fields_pass_through_untouched_and_models_are_renamed() {
+    let (app, upstream, key) = setup().await;
+    let raw = r#"{"model":"gpt-renamed","messages":[{"role":"user","content":"hi"}],"max_tokens":20,"x_custom":{"deep":[1,2.50,"z"]},"temperature":0.7}"#;
+    let response = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(raw)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let seen = upstream.received();
+    let body = String::from_utf8(seen.last().expect("received").body.to_vec()).expect("utf-8");
+    assert_eq!(body, raw.replace("gpt-renamed", "gpt-upstream-name"));
+
+    // Without any change needed, the body goes upstream byte for byte.
+    let raw = r#"{ "model" : "gpt-test", "messages":[{"role":"user","content":"hi"}], "max_tokens": 20, "odd":  1e3 }"#;
+    app.client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(raw)
+        .send()
+        .await
+        .expect("request");
+    let seen = upstream.received();
+    assert_eq!(seen.last().expect("received").body, raw.as_bytes());
+}
+
+#[tokio::test]
+async fn streams_are_relayed_and_usage_is_stripped_unless_asked() {
+    let (app, upstream, key) = setup().await;
+    let mut body = chat("gpt-test", "stream please [[fake:words=5]]");
+    body["stream"] = json!(true);
+    let response = post(&app, &key, "/v1/chat/completions", &body).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .expect("ct")
+        .starts_with("text/event-stream"));
+    let text = response.text().await.expect("text");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(
+        !text.contains("\"usage\""),
+        "usage leaked to a client that did not ask: {text}"
+    );
+    let chunks = text.matches("chat.completion.chunk").count();
+    assert!(chunks >= 5, "{text}");
+    // The gateway asked the upstream for usage anyway.
+    let sent = upstream
+        .received()
+        .last()
+        .expect("received")
+        .json()
+        .expect("json");
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+    let ledger = ledger(&app).await;
+    assert_eq!(ledger[0].3, 5);
+    assert_eq!(ledger[0].4, cost(&GPT, ledger[0].1.into(), 0, 5));
+
+    body["stream_options"] = json!({"include_usage": true});
+    let text = post(&app, &key, "/v1/chat/completions", &body)
+        .await
+        .text()
+        .await
+        .expect("text");
+    assert!(text.contains("\"usage\":{\"prompt_tokens\""), "{text}");
+    assert!(text.contains("\"usage\":null"), "{text}");
+}
+
+#[tokio::test]
+async fn every_endpoint_is_forwarded_and_metered() {
+    let (app, _upstream, key) = setup().await;
+    let mut expected_total = 0i64;
+
+    let r = post(
+        &app,
+        &key,
+        "/v1/responses",
+        &json!({"model": "gpt-test", "input": "Say hello.", "max_output_tokens": 50}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let c = nanos(r.headers()["x-tollgate-cost"].to_str().expect("cost"));
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["object"], "response");
+    let (i, o) = (
+        body["usage"]["input_tokens"].as_i64().expect("i"),
+        body["usage"]["output_tokens"].as_i64().expect("o"),
+    );
+    assert_eq!(c, cost(&GPT, i.into(), 0, o.into()));
+    expected_total += c;
+
+    let r = post(
+        &app,
+        &key,
+        "/v1/embeddings",
+        &json!({"model": "embed-test", "input": ["one two", "three"]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let c = nanos(r.headers()["x-tollgate-cost"].to_str().expect("cost"));
+    let body: Value = r.json().await.expect("json");
+    let tokens = body["usage"]["prompt_tokens"].as_i64().expect("tokens");
+    assert_eq!(tokens, 3);
+    assert_eq!(
+        c,
+        ((tokens as i128 * 20_000_000 + 999_999) / 1_000_000) as i64
+    );
+    expected_total += c;
+
+    let r = post(
+        &app,
+        &key,
+        "/v1/images/generations",
+        &json!({"model": "image-test", "prompt": "a cat", "n": 2}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let c = nanos(r.headers()["x-tollgate-cost"].to_str().expect("cost"));
+    assert_eq!(c, 80_000_000);
+    expected_total += c;
+
+    let r = post(
+        &app,
+        &key,
+        "/v1/moderations",
+        &json!({"model": "moderation-test", "input": "hello"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let c = nanos(r.headers()["x-tollgate-cost"].to_str().expect("cost"));
+    assert_eq!(c, 200_000);
+    expected_total += c;
+
+    let input = "Read this aloud";
+    let r = post(
+        &app,
+        &key,
+        "/v1/audio/speech",
+        &json!({"model": "tts-test", "input": input, "voice": "alloy"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let audio = r.bytes().await.expect("audio");
+    assert_eq!(audio.len(), 1024 + 64 * input.chars().count());
+    expected_total += 15 * input.chars().count() as i64 * 1000; // 0.000015 USD = 15,000 nanos per char
+
+    // Multipart upload, streamed through: 40,000 bytes -> 3 seconds.
+    for path in ["/v1/audio/transcriptions", "/v1/audio/translations"] {
+        let form = reqwest::multipart::Form::new()
+            .text("model", "whisper-test")
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(vec![7u8; 40_000])
+                    .file_name("a.wav")
+                    .mime_str("audio/wav")
+                    .expect("mime"),
+            )
+            .text("response_format", "json");
+        let r = app
+            .client
+            .post(app.url(path))
+            .bearer_auth(&key)
+            .multipart(form)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 200, "{path}");
+        let c = nanos(r.headers()["x-tollgate-cost"].to_str().expect("cost"));
+        assert_eq!(c, 300_000, "{path}");
+        let body: Value = r.json().await.expect("json");
+        assert!(body["text"].is_string());
+        expected_total += c;
+    }
+
+    // Give the speech stream's detached bookkeeping no chance to matter: it commits
+    // before its last bytes are sent.
+    let ledger = ledger(&app).await;
+    assert_eq!(ledger.len(), 7);
+    assert!(ledger.iter().all(|r| r.5 == 200));
+    assert_eq!(ledger.iter().map(|r| r.4).sum::<i64>(), expected_total);
+    let activity: Value = app
+        .get("/v1/account/activity?days=1", &app.prov_key)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(activity["total_stats"]["total_requests"], 7);
+    assert_eq!(
+        nanos(
+            activity["total_stats"]["total_cost"]
+                .as_str()
+                .expect("cost")
+        ),
+        expected_total
+    );
+    let key_view: Value = app.get("/v1/key", &key).await.json().await.expect("json");
+    assert_eq!(
+        nanos(key_view["usage"].as_str().expect("usage")),
+        expected_total
+    );
+}
+
+#[tokio::test]
+async fn concurrent_requests_never_overspend_the_credit_limit() {
+    let (app, _upstream, _) = setup().await;
+    let body = chat("gpt-test", "race [[fake:first_byte_ms=400]]");
+    let body_len = serde_json::to_vec(&body).expect("json").len() as i128;
+    // Worst case: every body byte an input token, max_tokens output tokens.
+    let worst = cost(&GPT, body_len, 0, 100);
+    let limit = 10 * worst;
+    let limit_text = tollgate::billing::Credits::from_nanos(limit).to_decimal_string(1);
+    let created: Value = app
+        .client
+        .post(app.url("/v1/account/keys"))
+        .bearer_auth(&app.prov_key)
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"name":"racer","credit_limit":{limit_text}}}"#))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let key = created["key"].as_str().expect("key").to_string();
+
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let client = app.client.clone();
+            let url = app.url("/v1/chat/completions");
+            let key = key.clone();
+            let body = body.clone();
+            tokio::spawn(async move {
+                let r = client
+                    .post(url)
+                    .bearer_auth(key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("request");
+                let status = r.status().as_u16();
+                let text = r.text().await.expect("body");
+                (status, text)
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut refused = 0;
+    for task in tasks {
+        let (status, text) = task.await.expect("task");
+        match status {
+            200 => ok += 1,
+            402 => {
+                refused += 1;
+                assert!(
+                    text.contains("credit_limit_exceeded") && text.contains("credit limit"),
+                    "{text}"
+                );
+            }
+            other => panic!("unexpected status {other}: {text}"),
+        }
+    }
+    assert!(ok <= 10, "{ok} succeeded");
+    assert_eq!(ok + refused, 100);
+    assert_eq!(
+        ok, 10,
+        "exactly the affordable number should get through when all race at once"
+    );
+    let ledger = ledger(&app).await;
+    let total: i64 = ledger.iter().map(|r| r.4).sum();
+    assert!(total <= limit);
+    assert_eq!(ledger.len(), ok);
+    let key_view: Value = app.get("/v1/key", &key).await.json().await.expect("json");
+    assert_eq!(nanos(key_view["usage"].as_str().expect("usage")), total);
+    let activity: Value = app
+        .get("/v1/account/activity?days=1", &app.prov_key)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        nanos(
+            activity["total_stats"]["total_cost"]
+                .as_str()
+                .expect("cost")
+        ),
+        total
+    );
+}
+
+#[tokio::test]
+async fn quota_refusals_say_which_limit_and_what_remains() {
+    let (app, upstream, _) = setup().await;
+    let (_, key) = app
+        .create_key(json!({"name": "tiny", "credit_limit": 0.000001}))
+        .await;
+    let before = upstream.stats().requests;
+    let message = assert_error(
+        post(&app, &key, "/v1/chat/completions", &chat("gpt-test", "hi")).await,
+        402,
+        "insufficient_quota",
+        "credit_limit_exceeded",
+    )
+    .await;
+    assert!(
+        message.contains("0.000001") && message.contains("left"),
+        "{message}"
+    );
+    assert_eq!(
+        upstream.stats().requests,
+        before,
+        "refused before any upstream call"
+    );
+
+    let (other, other_prov) = app.new_account("poor").await;
+    let _ = other;
+    let response = app
+        .post("/v1/account/keys", &other_prov, &json!({"name": "k"}))
+        .await;
+    let poor_key = response.json::<Value>().await.expect("json")["key"]
+        .as_str()
+        .expect("key")
+        .to_string();
+    let message = assert_error(
+        post(
+            &app,
+            &poor_key,
+            "/v1/chat/completions",
+            &chat("gpt-test", "hi"),
+        )
+        .await,
+        402,
+        "insufficient_quota",
+        "insufficient_balance",
+    )
+    .await;
+    assert!(message.contains("balance"), "{message}");
+}
+
+#[tokio::test]
+async fn client_disconnect_mid_stream_pays_for_what_was_generated_once() {
+    let (app, upstream, key) = setup().await;
+    let mut body = chat("gpt-test", "long story [[fake:words=60,chunk_ms=40]]");
+    body["stream"] = json!(true);
+    let response = post(&app, &key, "/v1/chat/completions", &body).await;
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .expect("id")
+        .to_string();
+    let mut stream = response.bytes_stream();
+    let mut seen = String::new();
+    while seen.matches("chat.completion.chunk").count() < 4 {
+        let chunk = stream.next().await.expect("chunk").expect("bytes");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(stream);
+    // The charge is recorded once, as a client-closed request.
+    let mut record = None;
+    for _ in 0..100 {
+        record = app
+            .state
+            .store
+            .usage_record(&request_id)
+            .await
+            .expect("store");
+        if record.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let record = record.expect("a usage record for the disconnected request");
+    assert_eq!(record.status, 499);
+    assert!(
+        record.output_tokens >= 3 && record.output_tokens < 60,
+        "{record:?}"
+    );
+    assert!(record.input_tokens > 0);
+    assert_eq!(
+        record.cost.nanos(),
+        cost(
+            &GPT,
+            record.input_tokens.into(),
+            0,
+            record.output_tokens.into()
+        )
+    );
+    // The upstream request was stopped.
+    for _ in 0..100 {
+        if upstream.stats().streams_cancelled >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(upstream.stats().streams_cancelled, 1);
+    assert_eq!(upstream.stats().streams_completed, 0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ledger = ledger(&app).await;
+    assert_eq!(ledger.len(), 1);
+    let key_view: Value = app.get("/v1/key", &key).await.json().await.expect("json");
+    assert_eq!(
+        nanos(key_view["usage"].as_str().expect("usage")),
+        record.cost.nanos()
+    );
+}
+
+#[tokio::test]
+async fn upstream_faults_are_not_charged() {
+    let (app, _upstream, key) = setup().await;
+    for (directive, status, code) in [
+        ("[[fake:status=500]]", 502, "upstream_error"),
+        ("[[fake:status=503]]", 502, "upstream_error"),
+        ("[[fake:reset]]", 502, "upstream_error"),
+        ("[[fake:malformed]]", 502, "upstream_malformed"),
+    ] {
+        let response = post(
+            &app,
+            &key,
+            "/v1/chat/completions",
+            &chat("gpt-test", &format!("fail {directive}")),
+        )
+        .await;
+        let message = assert_error(response, status, "upstream_error", code).await;
+        assert!(!message.contains("up-openai-secret"));
+    }
+    // A client error from the provider is passed on, also not charged.
+    let response = post(
+        &app,
+        &key,
+        "/v1/chat/completions",
+        &chat("gpt-test", "bad [[fake:status=400]]"),
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+    let ledger = ledger(&app).await;
+    assert_eq!(ledger.len(), 5);
+    assert!(ledger.iter().all(|r| r.4 == 0), "{ledger:?}");
+    let key_view: Value = app.get("/v1/key", &key).await.json().await.expect("json");
+    assert_eq!(key_view["usage"], "0.00");
+}
+
+#[tokio::test]
+async fn a_stream_broken_by_the_upstream_ends_with_an_error_event_and_costs_nothing() {
+    let (app, _upstream, key) = setup().await;
+    for directive in [
+        "[[fake:cut_after=3]]",
+        "[[fake:error_after=2]]",
+        "[[fake:malformed]]",
+    ] {
+        let mut body = chat("gpt-test", &format!("story {directive}"));
+        body["stream"] = json!(true);
+        let response = post(&app, &key, "/v1/chat/completions", &body).await;
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.expect("text");
+        assert!(
+            text.contains("upstream_stream_failed") || text.contains("\"error\""),
+            "{directive}: {text}"
+        );
+        assert!(!text.contains("[DONE]"), "{directive}: {text}");
+    }
+    let ledger = ledger(&app).await;
+    assert_eq!(ledger.len(), 3);
+    assert!(ledger.iter().all(|r| r.4 == 0 && r.5 == 502), "{ledger:?}");
+}
+
+#[tokio::test]
+async fn an_upstream_error_before_the_first_byte_is_a_real_status_on_streams() {
+    let (app, _upstream, key) = setup().await;
+    let mut body = chat("gpt-test", "x [[fake:status=503]]");
+    body["stream"] = json!(true);
+    assert_error(
+        post(&app, &key, "/v1/chat/completions", &body).await,
+        502,
+        "upstream_error",
+        "upstream_error",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn bad_model_requests_are_clear_400s() {
+    let (app, _upstream, key) = setup().await;
+    let cases = [
+        (json!({"messages": []}), "model"),
+        (json!({"model": 5}), "model"),
+        (json!({"model": "nope"}), "model"),
+        (json!({"model": "embed-test", "messages": []}), "model"),
+        (json!({"model": "gpt-test", "stream": "yes"}), "stream"),
+        (json!({"model": "gpt-test", "max_tokens": -1}), "max_tokens"),
+        (
+            json!({"model": "gpt-test", "max_tokens": "10"}),
+            "max_tokens",
+        ),
+    ];
+    for (body, param) in cases {
+        let response = post(&app, &key, "/v1/chat/completions", &body).await;
+        assert_eq!(response.status(), 400, "{body}");
+        let error: Value = response.json().await.expect("json");
+        assert_eq!(error["error"]["param"], param, "{body}: {error}");
+    }
+    let r = post(
+        &app,
+        &key,
+        "/v1/chat/completions",
+        &json!({"model": "nope"}),
+    )
+    .await;
+    let message = assert_error(r, 400, "invalid_request_error", "model_not_found").await;
+    assert!(message.contains("/v1/models"));
+    for raw in ["{", "[]", "", "null"] {
+        let response = app.post_raw("/v1/chat/completions", &key, raw).await;
+        assert_error(response, 400, "invalid_request_error", "invalid_json").await;
+    }
+    // Wrong auth comes first, in the OpenAI shape.
+    let response = app
+        .post_raw("/v1/chat/completions", "tg-inf-nope", "{")
+        .await;
+    assert_error(response, 401, "authentication_error", "invalid_api_key").await;
+    let response = app
+        .post_raw("/v1/chat/completions", &app.prov_key, "{")
+        .await;
+    assert_error(response, 401, "authentication_error", "wrong_key_kind").await;
+    let ledger = ledger(&app).await;
+    assert!(ledger.is_empty());
+}
+
+#[tokio::test]
+async fn messages_errors_are_in_anthropic_shape() {
+    let (app, _upstream, key) = setup().await;
+    let response = app
+        .client
+        .post(app.url("/v1/messages"))
+        .header("x-api-key", "tg-inf-wrong")
+        .header("anthropic-version", "2023-06-01")
+        .json(&json!({"model": "claude-test", "max_tokens": 10, "messages": []}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "authentication_error");
+    let response = app
+        .client
+        .post(app.url("/v1/messages"))
+        .header("x-api-key", &key)
+        .json(&json!({"model": "nope", "max_tokens": 10, "messages": []}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+}
+
+#[tokio::test]
+async fn deleted_keys_stop_at_once_on_model_endpoints() {
+    let (app, _upstream, _) = setup().await;
+    let (id, key) = app.create_key(json!({"name": "short-lived"})).await;
+    assert_eq!(
+        post(&app, &key, "/v1/chat/completions", &chat("gpt-test", "hi"))
+            .await
+            .status(),
+        200
+    );
+    app.patch(
+        &format!("/v1/account/keys/{id}"),
+        &app.prov_key,
+        &json!({"is_enabled": false}),
+    )
+    .await;
+    assert_error(
+        post(&app, &key, "/v1/chat/completions", &chat("gpt-test", "hi")).await,
+        401,
+        "authentication_error",
+        "key_disabled",
+    )
+    .await;
+    app.patch(
+        &format!("/v1/account/keys/{id}"),
+        &app.prov_key,
+        &json!({"is_enabled": true}),
+    )
+    .await;
+    assert_eq!(
+        post(&app, &key, "/v1/chat/completions", &chat("gpt-test", "hi"))
+            .await
+            .status(),
+        200
+    );
+    app.delete(&format!("/v1/account/keys/{id}"), &app.prov_key)
+        .await;
+    assert_error(
+        post(&app, &key, "/v1/chat/completions", &chat("gpt-test", "hi")).await,
+        401,
+        "authentication_error",
+        "key_deleted",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_lowered_credit_limit_applies_to_the_next_request() {
+    let (app, _upstream, _) = setup().await;
+    let (id, key) = app
+        .create_key(json!({"name": "k", "credit_limit": 1}))
+        .await;
+    assert_eq!(
+        post(&app, &key, "/v1/chat/completions", &chat("gpt-test", "hi"))
+            .await
+            .status(),
+        200
+    );
+    app.patch(
+        &format!("/v1/account/keys/{id}"),
+        &app.prov_key,
+        &json!({"credit_limit": 0}),
+    )
+    .await;
+    assert_eq!(
+        post(&app, &key, "/v1/chat/completions", &chat("gpt-test", "hi"))
+            .await
+            .status(),
+        402
+    );
+    app.patch(
+        &format!("/v1/account/keys/{id}"),
+        &app.prov_key,
+        &json!({"credit_limit": null}),
+    )
+    .await;
+    assert_eq!(
+        post(&app, &key, "/v1/chat/completions", &chat("gpt-test", "hi"))
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn grants_made_outside_the_server_are_seen_within_seconds() {
+    let (app, _upstream, _) = setup().await;
+    let (_, poor_prov) = app.new_account("later-rich").await;
+    let response = app
+        .post("/v1/account/keys", &poor_prov, &json!({"name": "k"}))
+        .await;
+    let key = response.json::<Value>().await.expect("json")["key"]
+        .as_str()
+        .expect("key")
+        .to_string();
+    assert_eq!(
+        post(&app, &key, "/v1/chat/completions", &chat("gpt-test", "hi"))
+            .await
+            .status(),
+        402
+    );
+    let account = app
+        .state
+        .accounts
+        .find_account("later-rich")
+        .await
+        .expect("store")
+        .expect("account");
+    // Written straight to the database, as `tollgate credits grant` does from another process.
+    app.state
+        .store
+        .grant_credits(account.id, "5".parse().expect("amount"), None, 0)
+        .await
+        .expect("grant");
+    let mut status = 0;
+    for _ in 0..40 {
+        status = post(&app, &key, "/v1/chat/completions", &chat("gpt-test", "hi"))
+            .await
+            .status()
+            .as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200);
+}
