@@ -2,6 +2,7 @@
 //! through an in-memory identity cache with invalidation.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use axum::http::HeaderMap;
@@ -120,6 +121,7 @@ fn presented(headers: &HeaderMap) -> Result<Option<Presented<'_>>, AuthError> {
 pub struct Authenticator {
     store: Arc<dyn Store>,
     cache: Arc<RwLock<HashMap<String, Arc<KeyRecord>>>>,
+    caching: Arc<AtomicBool>,
 }
 
 impl Authenticator {
@@ -127,7 +129,13 @@ impl Authenticator {
         Authenticator {
             store,
             cache: Arc::new(RwLock::new(HashMap::new())),
+            caching: Arc::new(AtomicBool::new(true)),
         }
+    }
+
+    /// Turns the identity cache on or off (off while the invalidation bus is down).
+    pub fn set_caching(&self, on: bool) {
+        self.caching.store(on, Ordering::SeqCst);
     }
 
     /// The inference key of a model request (bearer or x-api-key).
@@ -140,7 +148,12 @@ impl Authenticator {
             return Err(AuthError::ProvisioningKeyOnInference.into());
         }
         let hash = hash_key(token);
-        let cached = self.cache.read().ok().and_then(|c| c.get(&hash).cloned());
+        let caching = self.caching.load(Ordering::SeqCst);
+        let cached = if caching {
+            self.cache.read().ok().and_then(|c| c.get(&hash).cloned())
+        } else {
+            None
+        };
         let key = match cached {
             Some(key) => key,
             None => {
@@ -150,7 +163,7 @@ impl Authenticator {
                     .await?
                     .ok_or(AuthError::UnknownInference)?;
                 let key = Arc::new(key);
-                if key.kind == KeyKind::Inference {
+                if caching && key.kind == KeyKind::Inference {
                     if let Ok(mut c) = self.cache.write() {
                         c.insert(hash, key.clone());
                     }

@@ -71,6 +71,8 @@ struct FileConfig {
     #[serde(default)]
     limits: FileLimits,
     #[serde(default)]
+    cluster: FileCluster,
+    #[serde(default)]
     providers: Vec<FileProvider>,
     #[serde(default)]
     models: Vec<FileModel>,
@@ -84,6 +86,12 @@ struct FileLimits {
     max_body_bytes: Option<usize>,
     max_upload_bytes: Option<usize>,
     max_stream_frame_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileCluster {
+    reservation_lease_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -254,6 +262,8 @@ pub struct Config {
     pub redis_url: Option<String>,
     pub data_dir: PathBuf,
     pub limits: Limits,
+    /// How long a replica's reservation survives without renewal (cluster mode).
+    pub reservation_lease: Duration,
     pub providers: Vec<Provider>,
     pub models: Vec<Model>,
     model_index: HashMap<String, usize>,
@@ -330,6 +340,17 @@ impl Config {
                 .ok_or_else(|| err("limits.max_upload_bytes", "must be above 0".into()))?,
             max_stream_frame_bytes: positive(file.limits.max_stream_frame_bytes, 4 << 20)
                 .ok_or_else(|| err("limits.max_stream_frame_bytes", "must be above 0".into()))?,
+        };
+
+        let reservation_lease = match file.cluster.reservation_lease_ms {
+            Some(ms) if ms < 1000 => {
+                return Err(err(
+                    "cluster.reservation_lease_ms",
+                    "must be at least 1000".into(),
+                ))
+            }
+            Some(ms) => Duration::from_millis(ms),
+            None => Duration::from_secs(30),
         };
 
         let mut providers = Vec::new();
@@ -475,6 +496,7 @@ impl Config {
             redis_url,
             data_dir,
             limits,
+            reservation_lease,
             providers,
             models,
             model_index,

@@ -194,31 +194,37 @@ impl Settlement {
     /// until the record is committed.
     async fn settle(mut self, usage: Usage, status: u16) -> Credits {
         let (cost, record) = self.charge(usage, status);
+        if let Some(reservation) = self.reservation.take() {
+            self.meter.settle(reservation, cost).await;
+        }
         self.writer.record(record).await;
         cost
     }
 
     /// Like `settle`, from a place that cannot wait (a dropped stream).
     fn settle_detached(mut self, usage: Usage, status: u16) {
-        let (_, record) = self.charge(usage, status);
+        let (cost, record) = self.charge(usage, status);
+        let reservation = self.reservation.take();
+        let meter = self.meter.clone();
         let writer = self.writer.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
+                if let Some(reservation) = reservation {
+                    meter.settle(reservation, cost).await;
+                }
                 writer.record(record).await;
             });
         }
     }
 
-    fn charge(&mut self, usage: Usage, status: u16) -> (Credits, UsageRecord) {
+    /// The cost of `usage` and its ledger record (nothing is charged for failures).
+    fn charge(&self, usage: Usage, status: u16) -> (Credits, UsageRecord) {
         let success = (200..300).contains(&status) || status == 499;
         let cost = if success {
             self.model.pricing.cost(&usage)
         } else {
             Credits::ZERO
         };
-        if let Some(reservation) = self.reservation.take() {
-            self.meter.settle(reservation, cost);
-        }
         let record = UsageRecord {
             request_id: self.request_id.to_string(),
             account_id: self.key.account_id,
@@ -240,7 +246,7 @@ impl Settlement {
 impl Drop for Settlement {
     fn drop(&mut self) {
         if let Some(reservation) = self.reservation.take() {
-            self.meter.release(reservation);
+            self.meter.release_detached(reservation);
         }
     }
 }
@@ -642,7 +648,7 @@ impl Gateway {
         let amount = model.pricing.cost(worst);
         let reservation = self
             .meter
-            .reserve(&inbound.key, amount)
+            .reserve(&inbound.key, amount, &inbound.request_id)
             .await
             .map_err(|e| match e {
                 ReserveError::Quota(q) => ApiError::new(
@@ -656,6 +662,14 @@ impl Gateway {
                     q.to_string(),
                 ),
                 ReserveError::Store(e) => ApiError::internal(e),
+                ReserveError::Unavailable(reason) => {
+                    tracing::error!(%reason, "metering unavailable; refusing the request");
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "metering_unavailable",
+                        "Metering is temporarily unavailable, so the request was refused rather than risk overspending. Retry shortly.",
+                    )
+                }
             })?;
         Ok(Settlement {
             meter: self.meter.clone(),

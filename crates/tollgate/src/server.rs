@@ -2,9 +2,12 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::billing::meter::Meter;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::http::{router, AppState};
 use crate::store;
@@ -31,8 +34,16 @@ impl Server {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        let cluster = match &config.redis_url {
+            Some(url) => Some(
+                Cluster::connect(url)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot reach redis: {e}"))?,
+            ),
+            None => None,
+        };
         let (writer, writer_task) = UsageWriter::start(store.clone());
-        let state = AppState::new(Arc::new(config), store, writer)?;
+        let state = AppState::new(Arc::new(config), store, writer, cluster)?;
         Ok(Server {
             state,
             listener,
@@ -77,21 +88,14 @@ impl Server {
             listener,
             writer_task,
         } = self;
-        let meter = state.meter.clone();
-        let refresher = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                if let Err(e) = meter.refresh_grants().await {
-                    tracing::warn!(error = %e, "re-reading credit grants failed");
-                }
-            }
-        });
+        let background = background_tasks(&state);
         let app = router(state);
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
-        refresher.abort();
+        for task in background {
+            task.abort();
+        }
         // The router (and with it every writer handle) is gone: the writer drains and ends.
         if tokio::time::timeout(std::time::Duration::from_secs(10), writer_task)
             .await
@@ -101,6 +105,44 @@ impl Server {
         }
         served
     }
+}
+
+/// Grant refresh, and in cluster mode lease renewal and the invalidation listener.
+fn background_tasks(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let meter = state.meter.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if let Err(e) = meter.refresh_grants().await {
+                tracing::warn!(error = %e, "re-reading credit grants failed");
+            }
+        }
+    }));
+    if let Meter::Shared(_) = &*state.meter {
+        let meter = state.meter.clone();
+        let every = state.config.reservation_lease / 3;
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                if let Meter::Shared(shared) = &*meter {
+                    if let Err(e) = shared.renew_leases().await {
+                        tracing::warn!(error = %e, "renewing reservation leases failed");
+                    }
+                }
+            }
+        }));
+    }
+    if let Some(cluster) = &state.cluster {
+        tasks.push(tokio::spawn(
+            cluster
+                .clone()
+                .run_invalidation_listener(state.auth.clone()),
+        ));
+    }
+    tasks
 }
 
 #[cfg(unix)]

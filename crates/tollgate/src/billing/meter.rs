@@ -2,10 +2,11 @@
 //! cost after it and release the rest, so no key's credit limit and no account's
 //! balance is ever exceeded, however many requests race for the last cent.
 //!
-//! On one machine the meter's in-memory state is the authority for charges (every
-//! charge of the database goes through it), loaded lazily from the store; credit grants,
-//! which the operator's command line writes directly to the database, are re-read
-//! every second.
+//! On one machine (`LocalBudgets`) the meter's in-memory state is the authority for
+//! charges (every charge of the database goes through it), loaded lazily from the store;
+//! credit grants, which the operator's command line writes directly to the database, are
+//! re-read every second. With several replicas the budgets live in Redis
+//! (`cluster::SharedBudgets`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -48,6 +49,9 @@ pub enum ReserveError {
     Quota(QuotaError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The shared budget store cannot be reached: refuse rather than overspend.
+    #[error("metering unavailable: {0}")]
+    Unavailable(String),
 }
 
 #[derive(Debug)]
@@ -65,8 +69,8 @@ struct AccountBudget {
     keys: HashMap<KeyId, KeyBudget>,
 }
 
-/// The single-machine meter.
-pub struct Meter {
+/// The single-machine budgets.
+pub struct LocalBudgets {
     store: Arc<dyn Store>,
     accounts: Mutex<HashMap<AccountId, AccountBudget>>,
 }
@@ -74,17 +78,19 @@ pub struct Meter {
 /// Money held for one request until it is settled or released.
 #[derive(Debug)]
 pub struct Reservation {
+    /// The request id.
+    pub id: String,
     pub account: AccountId,
     pub key: KeyId,
     pub amount: Credits,
 }
 
-impl Meter {
-    pub fn new(store: Arc<dyn Store>) -> Arc<Self> {
-        Arc::new(Meter {
+impl LocalBudgets {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        LocalBudgets {
             store,
             accounts: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AccountId, AccountBudget>> {
@@ -149,6 +155,7 @@ impl Meter {
         &self,
         key: &KeyRecord,
         amount: Credits,
+        id: &str,
     ) -> Result<Reservation, ReserveError> {
         self.ensure_loaded(key).await?;
         let mut accounts = self.lock();
@@ -179,6 +186,7 @@ impl Meter {
         budget.reserved += needed;
         account.reserved += needed;
         Ok(Reservation {
+            id: id.to_string(),
             account: key.account_id,
             key: key.id,
             amount,
@@ -196,11 +204,6 @@ impl Meter {
                 budget.usage += cost.nanos();
             }
         }
-    }
-
-    /// Gives a reservation back unused (the upstream call failed).
-    pub fn release(&self, reservation: Reservation) {
-        self.settle(reservation, Credits::ZERO);
     }
 
     /// Follows a key's new limit (after a PATCH).
@@ -226,6 +229,13 @@ impl Meter {
         Ok(())
     }
 
+    /// Forgets a deleted key.
+    pub fn key_deleted(&self, account: AccountId, id: KeyId) {
+        if let Some(a) = self.lock().get_mut(&account) {
+            a.keys.remove(&id);
+        }
+    }
+
     /// What a key has in flight and spent (for tests and diagnostics).
     pub fn key_state(&self, account: AccountId, key: KeyId) -> Option<(Credits, Credits)> {
         let accounts = self.lock();
@@ -238,5 +248,79 @@ impl Meter {
                     Credits::from_nanos(k.reserved),
                 )
             })
+    }
+}
+
+/// The meter of this process: local budgets on one machine, shared ones in a cluster.
+pub enum Meter {
+    Local(LocalBudgets),
+    Shared(crate::cluster::SharedBudgets),
+}
+
+impl Meter {
+    /// Holds `amount` for request `id` against the key's limit and the account's balance.
+    pub async fn reserve(
+        &self,
+        key: &KeyRecord,
+        amount: Credits,
+        id: &str,
+    ) -> Result<Reservation, ReserveError> {
+        match self {
+            Meter::Local(m) => m.reserve(key, amount, id).await,
+            Meter::Shared(m) => m.reserve(key, amount, id).await,
+        }
+    }
+
+    /// Replaces a reservation by the actual cost.
+    pub async fn settle(&self, reservation: Reservation, cost: Credits) {
+        match self {
+            Meter::Local(m) => m.settle(reservation, cost),
+            Meter::Shared(m) => m.settle(reservation, cost).await,
+        }
+    }
+
+    /// Gives a reservation back from a place that cannot wait.
+    pub fn release_detached(self: &Arc<Self>, reservation: Reservation) {
+        match &**self {
+            Meter::Local(m) => m.settle(reservation, Credits::ZERO),
+            Meter::Shared(_) => {
+                let meter = self.clone();
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    handle.spawn(async move { meter.settle(reservation, Credits::ZERO).await });
+                }
+            }
+        }
+    }
+
+    /// Follows a key's new settings.
+    pub async fn key_changed(&self, key: &KeyRecord) {
+        match self {
+            Meter::Local(m) => m.key_changed(key),
+            Meter::Shared(m) => {
+                if let Err(e) = m.key_changed(key).await {
+                    tracing::error!(error = %e, "could not update a key's shared budget");
+                }
+            }
+        }
+    }
+
+    /// Forgets a deleted key.
+    pub async fn key_deleted(&self, account: AccountId, id: KeyId) {
+        match self {
+            Meter::Local(m) => m.key_deleted(account, id),
+            Meter::Shared(m) => {
+                if let Err(e) = m.key_deleted(id).await {
+                    tracing::error!(error = %e, "could not drop a key's shared budget");
+                }
+            }
+        }
+    }
+
+    /// Re-reads credit grants from the database.
+    pub async fn refresh_grants(&self) -> Result<(), ReserveError> {
+        match self {
+            Meter::Local(m) => Ok(m.refresh_grants().await?),
+            Meter::Shared(m) => m.refresh_grants().await,
+        }
     }
 }

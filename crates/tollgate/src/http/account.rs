@@ -330,7 +330,7 @@ pub async fn delete_key(
     if !state.accounts.delete_key(owner.account_id, id).await? {
         return Err(key_not_found(id));
     }
-    state.on_key_deleted(id).await;
+    state.on_key_deleted(owner.account_id, id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -23,6 +23,7 @@ async fn call(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let key = state.auth.inference(headers).await?;
+    state.limiter.check(&key, &request_id.0).await?;
     let inbound = Inbound {
         endpoint,
         key,

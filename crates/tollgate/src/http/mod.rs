@@ -18,10 +18,12 @@ use axum::Router;
 
 use crate::accounts::Accounts;
 use crate::auth::Authenticator;
-use crate::billing::meter::Meter;
+use crate::billing::meter::{LocalBudgets, Meter};
+use crate::cluster::{Cluster, SharedBudgets, SharedRateLimiter};
 use crate::config::{Config, Endpoint};
 use crate::gateway::Gateway;
-use crate::store::{KeyId, KeyRecord, Store};
+use crate::ratelimit::RateLimiter;
+use crate::store::{AccountId, KeyId, KeyRecord, Store};
 use crate::usage::UsageWriter;
 use error::ApiError;
 
@@ -34,6 +36,8 @@ pub struct AppState {
     pub accounts: Accounts,
     pub meter: Arc<Meter>,
     pub gateway: Arc<Gateway>,
+    pub limiter: Arc<RateLimiter>,
+    pub cluster: Option<Cluster>,
 }
 
 impl AppState {
@@ -42,10 +46,27 @@ impl AppState {
         config: Arc<Config>,
         store: Arc<dyn Store>,
         writer: UsageWriter,
+        cluster: Option<Cluster>,
     ) -> Result<Self, reqwest::Error> {
         let auth = Authenticator::new(store.clone());
         let accounts = Accounts::new(store.clone(), auth.clone());
-        let meter = Meter::new(store.clone());
+        // In a cluster the cache waits for the invalidation bus to be listening.
+        auth.set_caching(cluster.is_none());
+        let (meter, limiter) = match &cluster {
+            Some(cluster) => (
+                Meter::Shared(SharedBudgets::new(
+                    cluster.clone(),
+                    store.clone(),
+                    config.reservation_lease,
+                )),
+                RateLimiter::Shared(SharedRateLimiter::new(cluster.clone())),
+            ),
+            None => (
+                Meter::Local(LocalBudgets::new(store.clone())),
+                RateLimiter::local(),
+            ),
+        };
+        let meter = Arc::new(meter);
         let gateway = Arc::new(Gateway::new(config.clone(), meter.clone(), writer)?);
         Ok(AppState {
             config,
@@ -54,16 +75,30 @@ impl AppState {
             accounts,
             meter,
             gateway,
+            limiter: Arc::new(limiter),
+            cluster,
         })
     }
 
-    /// A key's settings changed here: other parts that keep copies follow.
+    /// A key's settings changed here: other parts and other replicas follow.
     pub async fn on_key_changed(&self, key: &KeyRecord) {
-        self.meter.key_changed(key);
+        self.meter.key_changed(key).await;
+        self.publish_invalidation(key.id).await;
     }
 
-    /// A key was deleted here.
-    pub async fn on_key_deleted(&self, _id: KeyId) {}
+    /// A key was deleted here: it stops working everywhere.
+    pub async fn on_key_deleted(&self, account: AccountId, id: KeyId) {
+        self.meter.key_deleted(account, id).await;
+        self.publish_invalidation(id).await;
+    }
+
+    async fn publish_invalidation(&self, id: KeyId) {
+        if let Some(cluster) = &self.cluster {
+            if let Err(e) = cluster.publish_invalidation(id).await {
+                tracing::error!(error = %e, key = id.0, "could not publish a key invalidation");
+            }
+        }
+    }
 }
 
 /// The request id of the request being served.

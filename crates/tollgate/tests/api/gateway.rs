@@ -920,3 +920,49 @@ async fn grants_made_outside_the_server_are_seen_within_seconds() {
     }
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after() {
+    let (app, upstream, _) = setup().await;
+    let (id, key) = app
+        .create_key(json!({"name": "slow", "rate_limit_rpm": 3}))
+        .await;
+    for _ in 0..3 {
+        assert_eq!(
+            post(&app, &key, "/v1/chat/completions", &chat("gpt-test", "hi"))
+                .await
+                .status(),
+            200
+        );
+    }
+    let before = upstream.stats().requests;
+    let response = post(&app, &key, "/v1/chat/completions", &chat("gpt-test", "hi")).await;
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .expect("header")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&retry_after));
+    assert_error(response, 429, "rate_limit_exceeded", "rate_limited").await;
+    assert_eq!(upstream.stats().requests, before);
+    // Shown on the key, and lifted with PATCH.
+    let view: Value = app
+        .get(&format!("/v1/account/keys/{id}"), &app.prov_key)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(view["rate_limit_rpm"], 3);
+    app.patch(
+        &format!("/v1/account/keys/{id}"),
+        &app.prov_key,
+        &json!({"rate_limit_rpm": null}),
+    )
+    .await;
+    assert_eq!(
+        post(&app, &key, "/v1/chat/completions", &chat("gpt-test", "hi"))
+            .await
+            .status(),
+        200
+    );
+}
