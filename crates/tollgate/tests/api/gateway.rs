@@ -23,7 +23,6 @@ pub const GPT: Prices = Prices {
     cached: 100_000_000,
     output: 1_600_000_000,
 };
-#[allow(dead_code)]
 pub const CLAUDE: Prices = Prices {
     input: 3_000_000_000,
     cached: 300_000_000,

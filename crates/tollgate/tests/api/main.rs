@@ -6,3 +6,4 @@ mod gateway;
 mod helpers;
 mod input;
 mod public;
+mod translation;
