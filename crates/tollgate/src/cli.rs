@@ -105,12 +105,13 @@ enum ProvisioningKeysCommand {
 }
 
 impl GlobalArgs {
-    fn overrides(&self, listen: Option<String>) -> Overrides {
+    fn overrides(&self, listen: Option<String>, serving: bool) -> Overrides {
         Overrides {
             config_file: self.config.clone(),
             listen,
             database_url: self.database_url.clone(),
             redis_url: self.redis_url.clone(),
+            without_provider_secrets: !serving,
         }
     }
 }
@@ -128,9 +129,11 @@ pub fn init_logging() {
 /// Runs the command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { listen } => serve(Config::load(&cli.global.overrides(listen))?).await,
+        Command::Serve { listen } => {
+            serve(Config::load(&cli.global.overrides(listen, true))?).await
+        }
         command => {
-            let config = Config::load(&cli.global.overrides(None))?;
+            let config = Config::load(&cli.global.overrides(None, false))?;
             let store = store::open(&config.database_url)
                 .await
                 .with_context(|| "cannot open the database")?;

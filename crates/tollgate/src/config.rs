@@ -59,6 +59,8 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub database_url: Option<String>,
     pub redis_url: Option<String>,
+    /// Operator commands do not call providers: a missing provider secret is no error.
+    pub without_provider_secrets: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -371,14 +373,15 @@ impl Config {
                     format!("'{}' is not an http(s) URL", p.base_url),
                 ));
             }
-            let api_key = match &p.api_key_env {
-                Some(var) => Some(Secret::new(env(var).ok_or_else(|| {
+            let api_key = match (&p.api_key_env, overrides.without_provider_secrets) {
+                (Some(var), false) => Some(Secret::new(env(var).ok_or_else(|| {
                     err(
                         &key("api_key_env"),
                         format!("environment variable {var} is not set"),
                     )
                 })?)),
-                None => None,
+                (Some(var), true) => env(var).map(Secret::new),
+                (None, _) => None,
             };
             let ms = |v: Option<u64>, default: u64, field: &str| match v {
                 Some(0) => Err(err(&key(field), "must be above 0".into())),

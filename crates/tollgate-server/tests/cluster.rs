@@ -1,0 +1,777 @@
+//! Cluster mode: three `tollgate` replicas on loopback sharing the machine's PostgreSQL
+//! and Redis, in front of the fake upstream. Each test gets a fresh PostgreSQL database
+//! and its own Redis database number.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fake_upstream::{FakeUpstream, Options};
+use serde_json::{json, Value};
+use sqlx::{Connection, Row};
+
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn pg_admin_url() -> String {
+    std::env::var("TOLLGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| PG_ADMIN.to_string())
+}
+
+/// A fresh database on the test server; dropped at the end.
+struct Database {
+    name: String,
+    url: String,
+}
+
+impl Database {
+    async fn create() -> Database {
+        let admin = pg_admin_url();
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("PostgreSQL must run on 127.0.0.1:5432 (see .ci/run)");
+        let name = format!("tollgate_cluster_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create database");
+        let base = admin
+            .rsplit_once('/')
+            .map_or(admin.as_str(), |(b, _)| b)
+            .to_string();
+        Database {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    async fn pool(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.url).await.expect("connect")
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let admin = pg_admin_url();
+        // Best effort, in a thread of its own: the test's runtime may be gone.
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(async move {
+                    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                        let _ =
+                            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                                .execute(&mut conn)
+                                .await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+struct Replica {
+    child: Child,
+    base: String,
+    log: PathBuf,
+}
+
+impl Replica {
+    fn kill9(&mut self) {
+        // SIGKILL: the process gets no chance to finish anything.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+struct Cluster {
+    replicas: Vec<Replica>,
+    client: reqwest::Client,
+    prov_key: String,
+    config: PathBuf,
+    dir: tempfile::TempDir,
+    redis_url: String,
+    db: Database,
+    _upstream: FakeUpstream,
+}
+
+async fn wait_ready(base: &str, log: &Path) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "replica at {base} did not start: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn start_replica(dir: &Path, config: &Path, index: usize) -> Replica {
+    let port = free_port();
+    let home = dir.join(format!("replica-{index}"));
+    std::fs::create_dir_all(&home).expect("dir");
+    let log = home.join("log.txt");
+    let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args([
+            "serve",
+            "--config",
+            config.to_str().expect("path"),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .current_dir(&home)
+        .env("RUST_LOG", "warn")
+        .env("UP_KEY", "up-secret")
+        .env_remove("TOLLGATE_DATABASE_URL")
+        .env_remove("TOLLGATE_REDIS_URL")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn replica");
+    Replica {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        log,
+    }
+}
+
+async fn start_cluster(redis_db: u32, lease_ms: u64, upstream_latency_ms: u64) -> Cluster {
+    let upstream = fake_upstream::start(Options {
+        latency: Duration::from_millis(upstream_latency_ms),
+        openai_api_key: Some("up-secret".into()),
+        ..Options::default()
+    })
+    .await
+    .expect("fake upstream");
+    let db = Database::create().await;
+    let redis_url = format!("redis://127.0.0.1:6379/{redis_db}");
+    let redis = redis::Client::open(redis_url.as_str()).expect("redis url");
+    let mut conn = redis
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis must run on 127.0.0.1:6379");
+    let _: () = redis::cmd("FLUSHDB")
+        .query_async(&mut conn)
+        .await
+        .expect("flush");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("tollgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+database_url = "{db}"
+redis_url = "{redis_url}"
+
+[cluster]
+reservation_lease_ms = {lease_ms}
+
+[[providers]]
+name = "up"
+kind = "openai"
+base_url = "{base}"
+api_key_env = "UP_KEY"
+
+[[models]]
+id = "gpt-test"
+provider = "up"
+endpoints = ["chat.completions"]
+max_output_tokens = 1000
+pricing = {{ input = "0.40", cached_input = "0.10", output = "1.60" }}
+"#,
+            db = db.url,
+            base = upstream.base_url()
+        ),
+    )
+    .expect("config");
+    // The first replica bootstraps the empty database; the others start on it.
+    let first = start_replica(dir.path(), &config, 0);
+    wait_ready(&first.base, &first.log).await;
+    let mut replicas = vec![first];
+    for i in 1..3 {
+        replicas.push(start_replica(dir.path(), &config, i));
+    }
+    for r in &replicas[1..] {
+        wait_ready(&r.base, &r.log).await;
+    }
+    let prov_key = std::fs::read_to_string(
+        dir.path()
+            .join("replica-0/tollgate-data/provisioning-key.txt"),
+    )
+    .expect("bootstrap key")
+    .trim()
+    .to_string();
+    let granted = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args([
+            "credits",
+            "grant",
+            "default",
+            "100",
+            "--config",
+            config.to_str().expect("path"),
+        ])
+        .output()
+        .expect("grant");
+    assert!(
+        granted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&granted.stderr)
+    );
+    Cluster {
+        replicas,
+        client: reqwest::Client::new(),
+        prov_key,
+        config,
+        dir,
+        redis_url,
+        db,
+        _upstream: upstream,
+    }
+}
+
+impl Cluster {
+    async fn create_key(&self, replica: usize, body: Value) -> (i64, String) {
+        let response = self
+            .client
+            .post(format!("{}/v1/account/keys", self.replicas[replica].base))
+            .bearer_auth(&self.prov_key)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(response.status(), 201);
+        let body: Value = response.json().await.expect("json");
+        (
+            body["id"].as_i64().expect("id"),
+            body["key"].as_str().expect("key").to_string(),
+        )
+    }
+
+    /// Sum of the ledger's charges, per the database.
+    async fn ledger(&self) -> (i64, i64, Vec<(String, i64, i64)>) {
+        let pool = self.db.pool().await;
+        let rows = sqlx::query("SELECT request_id, cost, status FROM usage_records ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .expect("ledger");
+        let records: Vec<(String, i64, i64)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<String, _>(0),
+                    r.get::<i64, _>(1),
+                    r.get::<i64, _>(2),
+                )
+            })
+            .collect();
+        let total = records.iter().map(|r| r.1).sum();
+        let charged: i64 = sqlx::query("SELECT charged FROM accounts WHERE name = 'default'")
+            .fetch_one(&pool)
+            .await
+            .expect("account")
+            .get(0);
+        (total, charged, records)
+    }
+}
+
+fn chat(text: &str) -> Value {
+    json!({"model": "gpt-test", "max_tokens": 100, "messages": [{"role": "user", "content": text}]})
+}
+
+fn nanos(text: &str) -> i64 {
+    text.parse::<tollgate::billing::Credits>()
+        .expect("decimal")
+        .nanos()
+}
+
+#[tokio::test]
+async fn a_deleted_key_is_refused_by_every_replica_within_a_second() {
+    let cluster = start_cluster(11, 30_000, 0).await;
+    let (id, key) = cluster.create_key(0, json!({"name": "doomed"})).await;
+    // Every replica has the key's identity cached.
+    for r in &cluster.replicas {
+        for _ in 0..3 {
+            let s = cluster
+                .client
+                .get(format!("{}/v1/models", r.base))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .expect("models");
+            assert_eq!(s.status(), 200);
+        }
+    }
+    let deleted_at = Instant::now();
+    let response = cluster
+        .client
+        .delete(format!("{}/v1/account/keys/{id}", cluster.replicas[0].base))
+        .bearer_auth(&cluster.prov_key)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(response.status(), 204);
+    for (i, r) in cluster.replicas.iter().enumerate().skip(1) {
+        loop {
+            let status = cluster
+                .client
+                .get(format!("{}/v1/models", r.base))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .expect("models")
+                .status();
+            if status == 401 {
+                break;
+            }
+            assert!(
+                deleted_at.elapsed() < Duration::from_secs(1),
+                "replica {i} still accepts the deleted key"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        eprintln!(
+            "replica {i} refused the deleted key {} ms after the delete",
+            deleted_at.elapsed().as_millis()
+        );
+    }
+    // A disable through replica 1 reaches replica 2 as well.
+    let (id, key) = cluster.create_key(0, json!({"name": "paused"})).await;
+    let url = format!("{}/v1/models", cluster.replicas[2].base);
+    assert_eq!(
+        cluster
+            .client
+            .get(&url)
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("models")
+            .status(),
+        200
+    );
+    let at = Instant::now();
+    cluster
+        .client
+        .patch(format!("{}/v1/account/keys/{id}", cluster.replicas[1].base))
+        .bearer_auth(&cluster.prov_key)
+        .json(&json!({"is_enabled": false}))
+        .send()
+        .await
+        .expect("patch");
+    while cluster
+        .client
+        .get(&url)
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("models")
+        .status()
+        != 401
+    {
+        assert!(
+            at.elapsed() < Duration::from_secs(1),
+            "the disabled key still works on replica 2"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!(
+        "replica 2 refused the disabled key {} ms after the change",
+        at.elapsed().as_millis()
+    );
+}
+
+#[tokio::test]
+async fn concurrent_requests_across_replicas_never_overspend() {
+    let cluster = start_cluster(12, 30_000, 500).await;
+    let body = chat("race across replicas");
+    let body_len = serde_json::to_vec(&body).expect("json").len() as i128;
+    // Worst case per request: every body byte an input token, 100 output tokens.
+    let worst = ((body_len * 400_000_000 + 100 * 1_600_000_000 + 999_999) / 1_000_000) as i64;
+    let limit = 20 * worst;
+    let limit_text = tollgate::billing::Credits::from_nanos(limit).to_decimal_string(1);
+    let (_, key) = cluster
+        .create_key(
+            0,
+            serde_json::from_str(&format!(r#"{{"name":"race","credit_limit":{limit_text}}}"#))
+                .expect("json"),
+        )
+        .await;
+    let tasks: Vec<_> = (0..300)
+        .map(|i| {
+            let client = cluster.client.clone();
+            let url = format!("{}/v1/chat/completions", cluster.replicas[i % 3].base);
+            let key = key.clone();
+            let body = body.clone();
+            tokio::spawn(async move {
+                let r = client
+                    .post(url)
+                    .bearer_auth(key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("request");
+                let status = r.status().as_u16();
+                let cost = r
+                    .headers()
+                    .get("x-tollgate-cost")
+                    .map(|v| v.to_str().expect("cost").to_string());
+                let _ = r.bytes().await;
+                (status, cost)
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut delivered = 0i64;
+    for task in tasks {
+        let (status, cost) = task.await.expect("task");
+        match status {
+            200 => {
+                ok += 1;
+                delivered += nanos(&cost.expect("cost header"));
+            }
+            402 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    eprintln!("{ok} of 300 requests succeeded against a limit of 20 worst cases");
+    assert!(ok <= 20 && ok >= 1);
+    let (total, charged, records) = cluster.ledger().await;
+    assert!(total <= limit, "charged {total} > limit {limit}");
+    assert_eq!(total, delivered);
+    assert_eq!(charged, total);
+    assert_eq!(records.len(), ok);
+    let view: Value = cluster
+        .client
+        .get(format!("{}/v1/key", cluster.replicas[1].base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("key")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(nanos(view["usage"].as_str().expect("usage")), total);
+    let balance: Value = cluster
+        .client
+        .get(format!("{}/v1/account/balance", cluster.replicas[2].base))
+        .bearer_auth(&cluster.prov_key)
+        .send()
+        .await
+        .expect("balance")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        nanos(balance["balance"].as_str().expect("balance")),
+        100_000_000_000 - total
+    );
+}
+
+#[tokio::test]
+async fn a_rate_limit_holds_across_replicas() {
+    let cluster = start_cluster(13, 30_000, 0).await;
+    let (_, key) = cluster
+        .create_key(0, json!({"name": "limited", "rate_limit_rpm": 10}))
+        .await;
+    let mut ok = 0;
+    let mut limited = 0;
+    for i in 0..30 {
+        let r = cluster
+            .client
+            .post(format!(
+                "{}/v1/chat/completions",
+                cluster.replicas[i % 3].base
+            ))
+            .bearer_auth(&key)
+            .json(&chat("hi"))
+            .send()
+            .await
+            .expect("request");
+        match r.status().as_u16() {
+            200 => ok += 1,
+            429 => {
+                assert!(r.headers().contains_key("retry-after"));
+                limited += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((ok, limited), (10, 20));
+}
+
+#[tokio::test]
+async fn kill_9_of_a_replica_under_load_loses_no_delivered_charge_and_leaks_no_reservation() {
+    let lease_ms = 5_000;
+    let mut cluster = start_cluster(14, lease_ms, 300).await;
+    let (_, key) = cluster.create_key(0, json!({"name": "load"})).await;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..240)
+        .map(|i| {
+            let client = cluster.client.clone();
+            let url = format!("{}/v1/chat/completions", cluster.replicas[i % 3].base);
+            let key = key.clone();
+            tokio::spawn(async move {
+                // Spread over ~1.2 s so the kill lands in the middle of the load.
+                tokio::time::sleep(Duration::from_millis((i as u64 % 40) * 30)).await;
+                let r = client
+                    .post(url)
+                    .bearer_auth(key)
+                    .json(&chat("load [[fake:words=20]]"))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let id = r
+                            .headers()
+                            .get("x-request-id")
+                            .map(|v| v.to_str().expect("id").to_string());
+                        let cost = r
+                            .headers()
+                            .get("x-tollgate-cost")
+                            .map(|v| v.to_str().expect("cost").to_string());
+                        match r.bytes().await {
+                            Ok(body)
+                                if status == 200
+                                    && serde_json::from_slice::<Value>(&body).is_ok() =>
+                            {
+                                Some((id, cost))
+                            }
+                            _ => None,
+                        }
+                    }
+                    Err(_) => None,
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    cluster.replicas[1].kill9();
+    eprintln!("killed replica 1 at {} ms", started.elapsed().as_millis());
+    let mut delivered = Vec::new();
+    for task in tasks {
+        if let Some((Some(id), Some(cost))) = task.await.expect("task") {
+            delivered.push((id, nanos(&cost)));
+        }
+    }
+    // Everything the living replicas started is settled; what is still held belongs to
+    // the dead one.
+    let redis = redis::Client::open(cluster.redis_url.as_str()).expect("redis");
+    let mut conn = redis
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let orphans: i64 = redis::cmd("ZCARD")
+        .arg("tg1:r:1")
+        .query_async(&mut conn)
+        .await
+        .expect("zcard");
+    eprintln!(
+        "{orphans} reservations of the killed replica still held {} ms after the start",
+        started.elapsed().as_millis()
+    );
+    assert!(orphans > 0, "the killed replica had requests in flight");
+    let (_, charged, records) = cluster.ledger().await;
+    eprintln!(
+        "{} responses delivered, {} usage records",
+        delivered.len(),
+        records.len()
+    );
+    assert!(
+        delivered.len() >= 100,
+        "most requests should have been served"
+    );
+    for (id, cost) in &delivered {
+        let matching: Vec<_> = records.iter().filter(|r| &r.0 == id).collect();
+        assert_eq!(
+            matching.len(),
+            1,
+            "request {id} must be charged exactly once"
+        );
+        assert_eq!(
+            matching[0].1, *cost,
+            "request {id} charged what its header said"
+        );
+    }
+    assert_eq!(
+        charged,
+        records.iter().map(|r| r.1).sum::<i64>(),
+        "derived total equals the ledger"
+    );
+
+    // The dead replica's reservations run out with their lease, and the next
+    // reservation on the account gives them back.
+    tokio::time::sleep(Duration::from_millis(lease_ms + 500)).await;
+    let after_kill = started.elapsed();
+    let r = cluster
+        .client
+        .post(format!("{}/v1/chat/completions", cluster.replicas[0].base))
+        .bearer_auth(&key)
+        .json(&chat("after"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    let held: i64 = redis::cmd("ZCARD")
+        .arg("tg1:r:1")
+        .query_async(&mut conn)
+        .await
+        .expect("zcard");
+    let reserved: i64 = redis::cmd("HGET")
+        .arg("tg1:a:1")
+        .arg("reserved")
+        .query_async(&mut conn)
+        .await
+        .expect("hget");
+    assert_eq!(
+        (held, reserved),
+        (0, 0),
+        "no reservation outlives its lease"
+    );
+    eprintln!(
+        "all reservations released {} ms after the start",
+        after_kill.as_millis()
+    );
+    let _ = (&cluster.config, &cluster.dir);
+}
+
+/// Redis going away: requests are refused (503) rather than metered without a shared
+/// budget, and service resumes by itself when Redis is back.
+#[tokio::test]
+async fn without_redis_requests_are_refused_and_service_recovers_by_itself() {
+    let port = free_port();
+    let spawn_redis = || {
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed")
+    };
+    let mut redis = spawn_redis();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let upstream = fake_upstream::start(Options {
+        openai_api_key: Some("up-secret".into()),
+        ..Options::default()
+    })
+    .await
+    .expect("fake upstream");
+    let db = Database::create().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("tollgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "database_url = \"{}\"\nredis_url = \"redis://127.0.0.1:{port}\"\n[[providers]]\nname = \"up\"\nkind = \"openai\"\nbase_url = \"{}\"\napi_key_env = \"UP_KEY\"\n[[models]]\nid = \"gpt-test\"\nprovider = \"up\"\nmax_output_tokens = 100\npricing = {{ input = \"0.40\", output = \"1.60\" }}\n",
+            db.url,
+            upstream.base_url()
+        ),
+    )
+    .expect("config");
+    let replica = start_replica(dir.path(), &config, 0);
+    wait_ready(&replica.base, &replica.log).await;
+    let prov = std::fs::read_to_string(
+        dir.path()
+            .join("replica-0/tollgate-data/provisioning-key.txt"),
+    )
+    .expect("key");
+    let client = reqwest::Client::new();
+    let output = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args([
+            "credits",
+            "grant",
+            "default",
+            "10",
+            "--config",
+            config.to_str().expect("path"),
+        ])
+        .output()
+        .expect("grant");
+    assert!(output.status.success());
+    let created: Value = client
+        .post(format!("{}/v1/account/keys", replica.base))
+        .bearer_auth(prov.trim())
+        .json(&json!({"name": "k"}))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let key = created["key"].as_str().expect("key").to_string();
+    let call = || async {
+        client
+            .post(format!("{}/v1/chat/completions", replica.base))
+            .bearer_auth(&key)
+            .json(&chat("hi"))
+            .send()
+            .await
+            .expect("request")
+    };
+    assert_eq!(call().await.status(), 200);
+
+    let _ = redis.kill();
+    let _ = redis.wait();
+    let refused = call().await;
+    assert_eq!(refused.status(), 503);
+    let body: Value = refused.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "metering_unavailable");
+    let records_before: i64 = sqlx::query("SELECT COUNT(*) FROM usage_records WHERE cost > 0")
+        .fetch_one(&db.pool().await)
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(records_before, 1, "nothing was served without a budget");
+
+    redis = spawn_redis();
+    let back = Instant::now();
+    loop {
+        let status = call().await.status();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(15),
+            "no recovery without a restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "served again {} ms after redis came back",
+        back.elapsed().as_millis()
+    );
+    let _ = redis.kill();
+    let _ = redis.wait();
+}
