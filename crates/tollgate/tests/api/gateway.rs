@@ -965,3 +965,103 @@ async fn rate_limits_answer_429_with_retry_after() {
         200
     );
 }
+
+#[tokio::test]
+async fn hostile_bodies_never_make_a_server_error() {
+    let (app, _upstream, key) = setup().await;
+    let bodies: Vec<String> = vec![
+        "{}".into(),
+        r#"{"model":null}"#.into(),
+        r#"{"model":"gpt-test","messages":"nope","max_tokens":10}"#.into(),
+        r#"{"model":"gpt-test","messages":[{"role":5}],"max_tokens":10}"#.into(),
+        r#"{"model":"gpt-test","n":0,"max_tokens":10,"messages":[]}"#.into(),
+        r#"{"model":"gpt-test","n":18446744073709551615,"max_tokens":18446744073709551615,"messages":[]}"#.into(),
+        r#"{"model":"gpt-test","stream":true,"stream_options":"x","messages":[]}"#.into(),
+        r#"{"model":"gpt-test","stream":true,"stream_options":null,"messages":[],"max_tokens":5}"#.into(),
+        r#"{"model":"claude-test","messages":[{"role":"user","content":[{"type":"mystery"}]}]}"#.into(),
+        r#"{"model":"gpt-test","model":"claude-test","messages":[],"max_tokens":5}"#.into(),
+        format!(r#"{{"model":"gpt-test","messages":[{{"role":"user","content":"{}"}}],"max_tokens":5}}"#, "\\u0000".repeat(50)),
+        "[".repeat(10_000),
+        "\"\u{feff}\"".into(),
+    ];
+    for path in ["/v1/chat/completions", "/v1/responses", "/v1/messages", "/v1/embeddings", "/v1/images/generations",
+                 "/v1/audio/speech", "/v1/moderations"] {
+        for body in &bodies {
+            let response = app
+                .client
+                .post(app.url(path))
+                .bearer_auth(&key)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await
+                .expect("the server answers");
+            let status = response.status().as_u16();
+            let text = response.text().await.expect("body");
+            assert!(status < 500 || status == 502, "{path} {body:.80} -> {status} {text}");
+            assert!(!text.contains("up-openai-secret") && !text.contains(&key[7..]), "secret in {text}");
+        }
+    }
+    // Multipart endpoints with broken forms.
+    for content_type in ["multipart/form-data", "multipart/form-data; boundary=x", "application/json", "text/plain"] {
+        let response = app
+            .client
+            .post(app.url("/v1/audio/transcriptions"))
+            .bearer_auth(&key)
+            .header("content-type", content_type)
+            .body("--x\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-test\r\n--x\r\nbroken")
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(response.status(), 400, "{content_type}");
+    }
+    // Upload over the limit.
+    let form = reqwest::multipart::Form::new()
+        .text("model", "whisper-test")
+        .part("file", reqwest::multipart::Part::bytes(vec![0u8; 27 << 20]).file_name("big.wav"));
+    let response = app.client.post(app.url("/v1/audio/transcriptions")).bearer_auth(&key).multipart(form).send().await.expect("answer");
+    assert_eq!(response.status(), 413);
+    // Still serving.
+    assert_eq!(app.post("/v1/chat/completions", &key, &chat("gpt-test", "hi")).await.status(), 200);
+}
+
+#[tokio::test]
+async fn oversized_headers_are_refused_and_the_server_keeps_serving() {
+    let (app, _upstream, key) = setup().await;
+    let mut request = app.client.get(app.url("/v1/models"));
+    for i in 0..200 {
+        request = request.header(format!("x-filler-{i}"), "y".repeat(100));
+    }
+    match request.send().await {
+        Ok(response) => assert_eq!(response.status(), 431),
+        Err(e) => assert!(e.is_request() || e.is_connect() || e.is_body(), "{e}"),
+    }
+    let huge = app.client.get(app.url("/v1/models")).header("x-huge", "z".repeat(1 << 20)).send().await;
+    if let Ok(response) = huge {
+        assert!(response.status().is_client_error());
+    }
+    assert_eq!(app.post("/v1/chat/completions", &key, &chat("gpt-test", "hi")).await.status(), 200);
+}
+
+#[tokio::test]
+async fn streams_are_not_buffered() {
+    let (app, _upstream, key) = setup().await;
+    let mut body = chat("gpt-test", "slowly [[fake:words=4,chunk_ms=300]]");
+    body["stream"] = json!(true);
+    let started = std::time::Instant::now();
+    let response = post(&app, &key, "/v1/chat/completions", &body).await;
+    let mut stream = response.bytes_stream();
+    let mut text = String::new();
+    let mut first_content = None;
+    while let Some(chunk) = stream.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+        if first_content.is_none() && text.contains("\"content\":\"Hello\"") {
+            first_content = Some(started.elapsed());
+        }
+    }
+    let total = started.elapsed();
+    let first = first_content.expect("content arrived");
+    assert!(total >= Duration::from_millis(900), "{total:?}");
+    assert!(first < Duration::from_millis(600), "first chunk after {first:?} of {total:?}: buffered");
+    assert!(text.ends_with("data: [DONE]\n\n"));
+}
