@@ -136,14 +136,30 @@ fn free_port() -> u16 {
 #[tokio::test]
 async fn first_start_leaves_a_working_key_and_logs_no_secret() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let upstream = fake_upstream::start(fake_upstream::Options {
+        openai_api_key: Some("up-provider-secret-4242".into()),
+        ..fake_upstream::Options::default()
+    })
+    .await
+    .expect("fake upstream");
+    let config = dir.path().join("tollgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[providers]]\nname = \"up\"\nkind = \"openai\"\nbase_url = \"{}\"\napi_key_env = \"UP_KEY\"\n\n[[models]]\nid = \"m\"\nprovider = \"up\"\npricing = {{ input = \"1\", output = \"1\" }}\n",
+            upstream.base_url()
+        ),
+    )
+    .expect("config");
     let port = free_port();
     let log_path = dir.path().join("log.txt");
     let log = std::fs::File::create(&log_path).expect("log");
     let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .current_dir(dir.path())
+        .env("TOLLGATE_CONFIG", &config)
+        .env("UP_KEY", "up-provider-secret-4242")
         .env("RUST_LOG", "trace")
-        .env_remove("TOLLGATE_CONFIG")
         .env_remove("TOLLGATE_DATABASE_URL")
         .stdout(Stdio::null())
         .stderr(log)
@@ -201,6 +217,48 @@ async fn first_start_leaves_a_working_key_and_logs_no_secret() {
         .await
         .expect("balance");
     assert_eq!(wrong.status(), 401);
+    // A model call (refused for want of credits, then served) and a provider failure.
+    let chat = |text: &str| {
+        serde_json::json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": text}]})
+    };
+    let refused = client
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(&inference)
+        .json(&chat("hi"))
+        .send()
+        .await
+        .expect("chat");
+    assert_eq!(refused.status(), 402);
+    let granted = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["credits", "grant", "default", "5", "--config", config.to_str().expect("path")])
+        .current_dir(dir.path())
+        .output()
+        .expect("grant");
+    assert!(granted.status.success());
+    let mut served = 0;
+    for _ in 0..40 {
+        let r = client
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(&inference)
+            .json(&chat("hi"))
+            .send()
+            .await
+            .expect("chat");
+        if r.status() == 200 {
+            served += 1;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(served, 1);
+    let failed = client
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(&inference)
+        .json(&chat("[[fake:status=401]]"))
+        .send()
+        .await
+        .expect("chat");
+    assert_eq!(failed.status(), 502);
     drop(_running);
 
     let logs = std::fs::read_to_string(&log_path).expect("log");
@@ -216,4 +274,5 @@ async fn first_start_leaves_a_working_key_and_logs_no_secret() {
         let random = &secret[secret.rfind('-').expect("prefix") + 1..];
         assert!(!logs.contains(random), "a key leaked into the logs");
     }
+    assert!(!logs.contains("up-provider-secret-4242"), "a provider secret leaked into the logs");
 }
