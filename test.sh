@@ -3,6 +3,6 @@
 # Python client tests with the official openai and anthropic SDKs against the real binary.
 set -euo pipefail
 cd "$(dirname "$0")"
-cargo build --workspace --all-targets
-cargo test --workspace
+cargo build --all-targets
+cargo test
 tests/python/run.sh

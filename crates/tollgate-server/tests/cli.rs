@@ -218,9 +218,7 @@ async fn first_start_leaves_a_working_key_and_logs_no_secret() {
         .expect("balance");
     assert_eq!(wrong.status(), 401);
     // A model call (refused for want of credits, then served) and a provider failure.
-    let chat = |text: &str| {
-        serde_json::json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": text}]})
-    };
+    let chat = |text: &str| serde_json::json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": text}]});
     let refused = client
         .post(format!("{base}/v1/chat/completions"))
         .bearer_auth(&inference)
@@ -230,7 +228,14 @@ async fn first_start_leaves_a_working_key_and_logs_no_secret() {
         .expect("chat");
     assert_eq!(refused.status(), 402);
     let granted = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["credits", "grant", "default", "5", "--config", config.to_str().expect("path")])
+        .args([
+            "credits",
+            "grant",
+            "default",
+            "5",
+            "--config",
+            config.to_str().expect("path"),
+        ])
         .current_dir(dir.path())
         .output()
         .expect("grant");
@@ -274,5 +279,8 @@ async fn first_start_leaves_a_working_key_and_logs_no_secret() {
         let random = &secret[secret.rfind('-').expect("prefix") + 1..];
         assert!(!logs.contains(random), "a key leaked into the logs");
     }
-    assert!(!logs.contains("up-provider-secret-4242"), "a provider secret leaked into the logs");
+    assert!(
+        !logs.contains("up-provider-secret-4242"),
+        "a provider secret leaked into the logs"
+    );
 }

@@ -457,7 +457,7 @@ async fn concurrent_requests_across_replicas_never_overspend() {
         }
     }
     eprintln!("{ok} of 300 requests succeeded against a limit of 20 worst cases");
-    assert!(ok <= 20 && ok >= 1);
+    assert!((1..=20).contains(&ok));
     let (total, charged, records) = cluster.ledger().await;
     assert!(total <= limit, "charged {total} > limit {limit}");
     assert_eq!(total, delivered);

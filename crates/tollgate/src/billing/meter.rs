@@ -254,7 +254,7 @@ impl LocalBudgets {
 /// The meter of this process: local budgets on one machine, shared ones in a cluster.
 pub enum Meter {
     Local(LocalBudgets),
-    Shared(crate::cluster::SharedBudgets),
+    Shared(Box<crate::cluster::SharedBudgets>),
 }
 
 impl Meter {

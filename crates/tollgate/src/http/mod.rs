@@ -54,11 +54,11 @@ impl AppState {
         auth.set_caching(cluster.is_none());
         let (meter, limiter) = match &cluster {
             Some(cluster) => (
-                Meter::Shared(SharedBudgets::new(
+                Meter::Shared(Box::new(SharedBudgets::new(
                     cluster.clone(),
                     store.clone(),
                     config.reservation_lease,
-                )),
+                ))),
                 RateLimiter::Shared(SharedRateLimiter::new(cluster.clone())),
             ),
             None => (

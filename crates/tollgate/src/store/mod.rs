@@ -60,6 +60,31 @@ pub enum StoreError {
     Open(String),
 }
 
+impl StoreError {
+    /// Whether retrying may succeed (lost connection, busy or locked database, a
+    /// serialization failure or deadlock), as opposed to a record the database refuses.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Protocol(_) => true,
+                sqlx::Error::Database(db) => matches!(
+                    db.code().as_deref(),
+                    // PostgreSQL: serialization failure, deadlock, shutdown, connection errors.
+                    Some("40001" | "40P01" | "57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006")
+                    // SQLite: busy, locked.
+                    | Some("5" | "6" | "261" | "262" | "517")
+                ),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
 /// An account with its running totals.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
@@ -217,6 +242,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<DailyUsage>, StoreError>;
     /// A usage record by request id.
     async fn usage_record(&self, request_id: &str) -> Result<Option<UsageRecord>, StoreError>;
+}
+
+/// The UTC day (YYYY-MM-DD) of a unix time.
+pub(crate) fn day_of(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .map(|t| t.date().to_string())
+        .unwrap_or_else(|_| "1970-01-01".to_string())
 }
 
 /// Opens the store named by a database URL and applies migrations.

@@ -95,13 +95,6 @@ fn unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
-/// The UTC day (YYYY-MM-DD) of a unix time.
-pub(crate) fn day_of(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .map(|t| t.date().to_string())
-        .unwrap_or_else(|_| "1970-01-01".to_string())
-}
-
 async fn insert_usage(
     tx: &mut Transaction<'_, Sqlite>,
     r: &UsageRecord,

@@ -984,8 +984,15 @@ async fn hostile_bodies_never_make_a_server_error() {
         "[".repeat(10_000),
         "\"\u{feff}\"".into(),
     ];
-    for path in ["/v1/chat/completions", "/v1/responses", "/v1/messages", "/v1/embeddings", "/v1/images/generations",
-                 "/v1/audio/speech", "/v1/moderations"] {
+    for path in [
+        "/v1/chat/completions",
+        "/v1/responses",
+        "/v1/messages",
+        "/v1/embeddings",
+        "/v1/images/generations",
+        "/v1/audio/speech",
+        "/v1/moderations",
+    ] {
         for body in &bodies {
             let response = app
                 .client
@@ -998,12 +1005,23 @@ async fn hostile_bodies_never_make_a_server_error() {
                 .expect("the server answers");
             let status = response.status().as_u16();
             let text = response.text().await.expect("body");
-            assert!(status < 500 || status == 502, "{path} {body:.80} -> {status} {text}");
-            assert!(!text.contains("up-openai-secret") && !text.contains(&key[7..]), "secret in {text}");
+            assert!(
+                status < 500 || status == 502,
+                "{path} {body:.80} -> {status} {text}"
+            );
+            assert!(
+                !text.contains("up-openai-secret") && !text.contains(&key[7..]),
+                "secret in {text}"
+            );
         }
     }
     // Multipart endpoints with broken forms.
-    for content_type in ["multipart/form-data", "multipart/form-data; boundary=x", "application/json", "text/plain"] {
+    for content_type in [
+        "multipart/form-data",
+        "multipart/form-data; boundary=x",
+        "application/json",
+        "text/plain",
+    ] {
         let response = app
             .client
             .post(app.url("/v1/audio/transcriptions"))
@@ -1018,11 +1036,26 @@ async fn hostile_bodies_never_make_a_server_error() {
     // Upload over the limit.
     let form = reqwest::multipart::Form::new()
         .text("model", "whisper-test")
-        .part("file", reqwest::multipart::Part::bytes(vec![0u8; 27 << 20]).file_name("big.wav"));
-    let response = app.client.post(app.url("/v1/audio/transcriptions")).bearer_auth(&key).multipart(form).send().await.expect("answer");
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(vec![0u8; 27 << 20]).file_name("big.wav"),
+        );
+    let response = app
+        .client
+        .post(app.url("/v1/audio/transcriptions"))
+        .bearer_auth(&key)
+        .multipart(form)
+        .send()
+        .await
+        .expect("answer");
     assert_eq!(response.status(), 413);
     // Still serving.
-    assert_eq!(app.post("/v1/chat/completions", &key, &chat("gpt-test", "hi")).await.status(), 200);
+    assert_eq!(
+        app.post("/v1/chat/completions", &key, &chat("gpt-test", "hi"))
+            .await
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -1036,11 +1069,21 @@ async fn oversized_headers_are_refused_and_the_server_keeps_serving() {
         Ok(response) => assert_eq!(response.status(), 431),
         Err(e) => assert!(e.is_request() || e.is_connect() || e.is_body(), "{e}"),
     }
-    let huge = app.client.get(app.url("/v1/models")).header("x-huge", "z".repeat(1 << 20)).send().await;
+    let huge = app
+        .client
+        .get(app.url("/v1/models"))
+        .header("x-huge", "z".repeat(1 << 20))
+        .send()
+        .await;
     if let Ok(response) = huge {
         assert!(response.status().is_client_error());
     }
-    assert_eq!(app.post("/v1/chat/completions", &key, &chat("gpt-test", "hi")).await.status(), 200);
+    assert_eq!(
+        app.post("/v1/chat/completions", &key, &chat("gpt-test", "hi"))
+            .await
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -1062,6 +1105,9 @@ async fn streams_are_not_buffered() {
     let total = started.elapsed();
     let first = first_content.expect("content arrived");
     assert!(total >= Duration::from_millis(900), "{total:?}");
-    assert!(first < Duration::from_millis(600), "first chunk after {first:?} of {total:?}: buffered");
+    assert!(
+        first < Duration::from_millis(600),
+        "first chunk after {first:?} of {total:?}: buffered"
+    );
     assert!(text.ends_with("data: [DONE]\n\n"));
 }

@@ -1,0 +1,99 @@
+//! One suite of store tests, written once against `Arc<dyn Store>` and run against every
+//! backend: SQLite on a temporary file and PostgreSQL in a fresh database per test
+//! (`TOLLGATE_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`).
+//!
+//! Each case becomes one test per backend, e.g. `sqlite::usage::largest_batch` and
+//! `postgres::usage::largest_batch`; filter with `cargo test --test store_suite postgres::`.
+
+// A crate root's modules live beside it, so point into the suite's own folder.
+#[path = "store_suite/accounts.rs"]
+mod accounts;
+#[path = "store_suite/concurrency.rs"]
+mod concurrency;
+#[path = "store_suite/harness.rs"]
+mod harness;
+#[path = "store_suite/keys.rs"]
+mod keys;
+#[path = "store_suite/replicas.rs"]
+mod replicas;
+#[path = "store_suite/usage.rs"]
+mod usage;
+
+/// Declares every case once per backend; `postgres_only` cases concern replicas sharing
+/// one database, which only PostgreSQL supports.
+macro_rules! store_cases {
+    (
+        both { $($module:ident: [$($case:ident),* $(,)?]),* $(,)? }
+        postgres_only { $($pg_module:ident: [$($pg_case:ident),* $(,)?]),* $(,)? }
+    ) => {
+        mod sqlite {
+            $(mod $module {
+                $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    crate::harness::run_sqlite(crate::$module::$case).await;
+                })*
+            })*
+        }
+        mod postgres {
+            $(mod $module {
+                $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    crate::harness::run_postgres(crate::$module::$case).await;
+                })*
+            })*
+            $(mod $pg_module {
+                $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $pg_case() {
+                    crate::harness::run_postgres(crate::$pg_module::$pg_case).await;
+                })*
+            })*
+        }
+    };
+}
+
+store_cases! {
+    both {
+        accounts: [
+            create_list_and_lookup,
+            duplicate_name_conflicts,
+            grants_sum_and_balance,
+        ],
+        keys: [
+            create_list_and_get,
+            duplicate_hash_conflicts,
+            update_absent_vs_null,
+            update_is_account_and_kind_scoped,
+            delete_is_account_and_kind_scoped,
+            key_by_hash_includes_deleted_keys,
+        ],
+        usage: [
+            idempotent_within_and_across_batches,
+            counters_equal_ledger_sums,
+            daily_usage_since_day,
+            usage_record_lookup,
+            largest_batch,
+        ],
+        concurrency: [
+            concurrent_writers_are_exact,
+            two_replicas_charge_each_request_once,
+        ],
+    }
+    postgres_only {
+        replicas: [replicas_start_at_once],
+    }
+}
+
+/// An unreachable PostgreSQL is an error within the acquire timeout, not a hang.
+#[tokio::test]
+async fn postgres_unreachable_is_an_error() {
+    let started = std::time::Instant::now();
+    // Port 1 on loopback refuses connections.
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        tollgate::store::open("postgres://postgres@127.0.0.1:1/nothing"),
+    )
+    .await
+    .expect("store::open hung on an unreachable database");
+    assert!(result.is_err(), "opening an unreachable database succeeded");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+}
