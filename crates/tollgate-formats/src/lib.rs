@@ -55,7 +55,7 @@ pub mod usage;
 
 pub use conversion::{ConversionError, StreamConverter};
 pub use sse::{SseDecoder, SseError, SseEvent};
-pub use usage::{Usage, UsageTracker};
+pub use usage::{RawObject, Usage, UsageTracker};
 
 /// An API format for text generation, as spoken by a client or an upstream provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

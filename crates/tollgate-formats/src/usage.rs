@@ -345,30 +345,61 @@ pub fn strip_usage_field(data: &str) -> Cow<'_, str> {
     if !data.contains("\"usage\"") {
         return Cow::Borrowed(data);
     }
-    let Ok(RawObject(members)) = serde_json::from_str::<RawObject<'_>>(data) else {
+    let Ok(object) = serde_json::from_str::<RawObject<'_>>(data) else {
         return Cow::Borrowed(data);
     };
-    if !members.iter().any(|(key, _)| key == "usage") {
+    if object.get("usage").is_none() {
         return Cow::Borrowed(data);
     }
-    let mut out = String::with_capacity(data.len());
-    out.push('{');
-    let mut first = true;
-    for (key, value) in members.iter().filter(|(key, _)| key != "usage") {
-        if !first {
-            out.push(',');
-        }
-        first = false;
-        out.push_str(&Value::String(key.clone()).to_string());
-        out.push(':');
-        out.push_str(value.get());
-    }
-    out.push('}');
-    Cow::Owned(out)
+    Cow::Owned(object.rewrite(&[], &["usage"]))
 }
 
-/// A JSON object's members in document order, values kept as raw text.
-struct RawObject<'a>(Vec<(String, &'a RawValue)>);
+/// A JSON object's top-level members in document order, values kept as raw text, so
+/// an object can be read cheaply and written back with every untouched member byte for byte.
+#[derive(Debug)]
+pub struct RawObject<'a>(pub Vec<(String, &'a RawValue)>);
+
+impl<'a> RawObject<'a> {
+    /// The raw value of a member (the last one, if the name repeats).
+    pub fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| *value)
+    }
+
+    /// The object as JSON text with the members of `replace` set to new raw JSON values
+    /// (added at the end if absent) and the members of `remove` left out.
+    pub fn rewrite(&self, replace: &[(&str, String)], remove: &[&str]) -> String {
+        let mut out = String::with_capacity(256);
+        out.push('{');
+        let push = |out: &mut String, key: &str, value: &str| {
+            if out.len() > 1 {
+                out.push(',');
+            }
+            out.push_str(&Value::String(key.to_string()).to_string());
+            out.push(':');
+            out.push_str(value);
+        };
+        for (key, value) in &self.0 {
+            if remove.contains(&key.as_str()) {
+                continue;
+            }
+            match replace.iter().find(|(k, _)| k == key) {
+                Some((_, new)) => push(&mut out, key, new),
+                None => push(&mut out, key, value.get()),
+            }
+        }
+        for (key, value) in replace {
+            if self.get(key).is_none() {
+                push(&mut out, key, value);
+            }
+        }
+        out.push('}');
+        out
+    }
+}
 
 impl<'de> Deserialize<'de> for RawObject<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

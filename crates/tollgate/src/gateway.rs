@@ -11,14 +11,11 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use serde::de::{Deserializer, MapAccess, Visitor};
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::Value;
 use tollgate_formats::conversion::{chat_to_messages, messages_to_chat, responses_to_chat};
 use tollgate_formats::sse::{self, SseDecoder, SseEvent};
 use tollgate_formats::usage as wire_usage;
-use tollgate_formats::{ConversionError, Format, StreamConverter, UsageTracker};
+use tollgate_formats::{ConversionError, Format, RawObject, StreamConverter, UsageTracker};
 
 use crate::billing::meter::{Meter, Reservation, ReserveError};
 use crate::billing::{Credits, Usage};
@@ -53,30 +50,11 @@ pub struct Inbound {
     pub started: Instant,
 }
 
-/// The top-level members of a JSON request, values kept as raw text, in order.
-struct RawObject<'a>(Vec<(String, &'a RawValue)>);
+/// The top-level members of a client's JSON request; only what the gateway needs is
+/// parsed, the rest stays raw text.
+struct RequestFields<'a>(RawObject<'a>);
 
-impl<'de> Deserialize<'de> for RawObject<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ObjectVisitor;
-        impl<'de> Visitor<'de> for ObjectVisitor {
-            type Value = RawObject<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut members = Vec::new();
-                while let Some((key, value)) = map.next_entry::<String, &'de RawValue>()? {
-                    members.push((key, value));
-                }
-                Ok(RawObject(members))
-            }
-        }
-        deserializer.deserialize_map(ObjectVisitor)
-    }
-}
-
-impl<'a> RawObject<'a> {
+impl<'a> RequestFields<'a> {
     fn parse(body: &'a [u8]) -> Result<Self, ApiError> {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::bad_request(
@@ -84,20 +62,14 @@ impl<'a> RawObject<'a> {
                 "The request body is empty; send a JSON object.",
             ));
         }
-        serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_request(
-                "invalid_json",
-                format!("The request body is not a valid JSON object: {e}."),
-            )
-        })
-    }
-
-    fn get(&self, name: &str) -> Option<&'a RawValue> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| *value)
+        serde_json::from_slice(body)
+            .map(RequestFields)
+            .map_err(|e| {
+                ApiError::bad_request(
+                    "invalid_json",
+                    format!("The request body is not a valid JSON object: {e}."),
+                )
+            })
     }
 
     fn string(&self, name: &str) -> Result<Option<String>, ApiError> {
@@ -122,41 +94,13 @@ impl<'a> RawObject<'a> {
         name: &str,
         what: &str,
     ) -> Result<Option<T>, ApiError> {
-        self.get(name)
+        self.0
+            .get(name)
             .map(|raw| {
                 serde_json::from_str::<T>(raw.get())
                     .map_err(|_| ApiError::invalid_field(name, format!("'{name}' must be {what}.")))
             })
             .transpose()
-    }
-
-    /// The object written back with some members replaced or added.
-    fn rewrite(&self, replace: &[(&str, String)]) -> Bytes {
-        let mut out = String::with_capacity(256);
-        out.push('{');
-        let mut first = true;
-        let mut push = |out: &mut String, key: &str, value: &str| {
-            if !first {
-                out.push(',');
-            }
-            first = false;
-            out.push_str(&Value::String(key.to_string()).to_string());
-            out.push(':');
-            out.push_str(value);
-        };
-        for (key, value) in &self.0 {
-            match replace.iter().find(|(k, _)| k == key) {
-                Some((_, new)) => push(&mut out, key, new),
-                None => push(&mut out, key, value.get()),
-            }
-        }
-        for (key, value) in replace {
-            if self.get(key).is_none() {
-                push(&mut out, key, value);
-            }
-        }
-        out.push('}');
-        Bytes::from(out)
     }
 }
 
@@ -685,7 +629,7 @@ impl Gateway {
 
     /// A JSON model request (every endpoint but the multipart uploads).
     pub async fn json_call(&self, inbound: Inbound, body: Bytes) -> Result<Response, ApiError> {
-        let request = RawObject::parse(&body)?;
+        let request = RequestFields::parse(&body)?;
         let endpoint = inbound.endpoint;
         let (model, provider) = self.model_for(endpoint, request.string("model")?)?;
         let provider_index = model.provider;
@@ -827,7 +771,11 @@ impl Gateway {
         let (upstream_body, upstream_path, original) = match translated {
             Some((bytes, path, original)) => (bytes, path, Some(original)),
             None if replace.is_empty() => (body.clone(), endpoint.path(), None),
-            None => (request.rewrite(&replace), endpoint.path(), None),
+            None => (
+                Bytes::from(request.0.rewrite(&replace, &[])),
+                endpoint.path(),
+                None,
+            ),
         };
         let input_estimate = body.len() as u64 / 4;
         drop(request);
