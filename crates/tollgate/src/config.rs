@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -267,7 +268,7 @@ pub struct Config {
     /// How long a replica's reservation survives without renewal (cluster mode).
     pub reservation_lease: Duration,
     pub providers: Vec<Provider>,
-    pub models: Vec<Model>,
+    pub models: Vec<Arc<Model>>,
     model_index: HashMap<String, usize>,
     /// `GET /v1/startups` entries, served as they are.
     pub startups: Vec<serde_json::Value>,
@@ -471,7 +472,7 @@ impl Config {
                 per_character: per_unit(&pr.per_character, "per_character")?,
             };
             model_index.insert(m.id.clone(), models.len());
-            models.push(Model {
+            models.push(Arc::new(Model {
                 upstream_model: m.upstream_model.unwrap_or_else(|| m.id.clone()),
                 display_name: m.display_name.unwrap_or_else(|| m.id.clone()),
                 owned_by: m
@@ -484,7 +485,7 @@ impl Config {
                 context_window: m.context_window,
                 max_output_tokens: m.max_output_tokens,
                 pricing,
-            });
+            }));
         }
 
         let startups = file
@@ -508,7 +509,7 @@ impl Config {
     }
 
     /// The catalog entry for a public model id.
-    pub fn model(&self, id: &str) -> Option<&Model> {
+    pub fn model(&self, id: &str) -> Option<&Arc<Model>> {
         self.model_index.get(id).map(|&i| &self.models[i])
     }
 

@@ -126,7 +126,7 @@ struct Settlement {
     meter: Arc<Meter>,
     writer: UsageWriter,
     reservation: Option<Reservation>,
-    model: Model,
+    model: Arc<Model>,
     endpoint: Endpoint,
     request_id: Arc<str>,
     key: Arc<KeyRecord>,
@@ -548,7 +548,7 @@ impl Gateway {
         &self,
         endpoint: Endpoint,
         model: Option<String>,
-    ) -> Result<(Model, &Provider), ApiError> {
+    ) -> Result<(Arc<Model>, &Provider), ApiError> {
         let Some(id) = model else {
             return Err(ApiError::invalid_field(
                 "model",
@@ -586,7 +586,7 @@ impl Gateway {
     async fn reserve(
         &self,
         inbound: &Inbound,
-        model: &Model,
+        model: &Arc<Model>,
         worst: &Usage,
     ) -> Result<Settlement, ApiError> {
         let amount = model.pricing.cost(worst);

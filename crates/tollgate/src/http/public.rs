@@ -78,7 +78,7 @@ pub async fn models(
         object: &'static str,
         data: Vec<ModelView<'a>>,
     }
-    let data = state.config.models.iter().map(model_view).collect();
+    let data = state.config.models.iter().map(|m| model_view(m)).collect();
     Ok(Json(List {
         object: "list",
         data,
