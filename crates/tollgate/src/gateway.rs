@@ -410,9 +410,20 @@ impl Relay {
 
     async fn settle_success(&mut self) {
         if let Some(settlement) = self.settlement.take() {
-            let usage = tokens_usage(self.tracker.usage_or_estimate());
+            let usage = self.usage_so_far();
             settlement.settle(usage, 200).await;
         }
+    }
+
+    /// The usage the stream reported; where it reported none (a server that ignores
+    /// `include_usage`, or a stream cut short), an estimate: output at least the content
+    /// deltas relayed, input a quarter of the request's bytes unless the stream gave it.
+    fn usage_so_far(&self) -> Usage {
+        let mut usage = tokens_usage(self.tracker.usage_or_estimate());
+        if !self.tracker.has_final_usage() && usage.input_tokens == 0 {
+            usage.input_tokens = self.input_estimate;
+        }
+        usage
     }
 
     async fn fail(&mut self, message: &str) {
@@ -430,8 +441,7 @@ impl Drop for Relay {
         // The client went away mid-stream: the upstream connection closes with this
         // value, and the request pays for what was generated up to now.
         if let Some(settlement) = self.settlement.take() {
-            let mut usage = tokens_usage(self.tracker.usage_or_estimate());
-            usage.input_tokens = usage.input_tokens.max(self.input_estimate);
+            let usage = self.usage_so_far();
             settlement.settle_detached(usage, 499);
         }
     }
