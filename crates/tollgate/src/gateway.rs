@@ -411,7 +411,10 @@ impl Relay {
     async fn settle_success(&mut self) {
         if let Some(settlement) = self.settlement.take() {
             let usage = self.usage_so_far();
-            settlement.settle(usage, 200).await;
+            // Boxed here and in `fail`: settling (meter, and in a cluster Redis, then
+            // the ledger) is a large future that runs once per stream; inlined, its
+            // space would sit in the state of every open stream while it waits.
+            Box::pin(settlement.settle(usage, 200)).await;
         }
     }
 
@@ -429,7 +432,7 @@ impl Relay {
     async fn fail(&mut self, message: &str) {
         tracing::warn!(message, "upstream stream failed");
         if let Some(settlement) = self.settlement.take() {
-            settlement.settle(Usage::default(), 502).await;
+            Box::pin(settlement.settle(Usage::default(), 502)).await;
         }
         self.out.push_back(error_frame(self.client_format, message));
         self.done = true;
@@ -925,7 +928,22 @@ impl Gateway {
             .to_str()
             .is_ok_and(|v| v.starts_with("application/json"));
         let answer: Value = if is_json {
-            match serde_json::from_slice(&bytes) {
+            // Billing reads `usage` alone (images also count `data`), so an answer that is
+            // passed on as it is gets checked but not built into a tree: an embeddings
+            // answer is mostly numbers that would each be parsed and allocated.
+            let view = match (convert, billing) {
+                (None, Billing::Images { .. }) | (Some(_), _) => None,
+                (None, _) => serde_json::from_slice::<RawObject>(&bytes).ok().map(|o| {
+                    o.get("usage")
+                        .and_then(|u| serde_json::from_str::<Value>(u.get()).ok())
+                        .map(|u| serde_json::json!({ "usage": u }))
+                        .unwrap_or(Value::Null)
+                }),
+            };
+            match view
+                .map(Ok)
+                .unwrap_or_else(|| serde_json::from_slice(&bytes))
+            {
                 Ok(answer) => answer,
                 Err(_) => {
                     settlement.settle(Usage::default(), 502).await;

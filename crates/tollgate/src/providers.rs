@@ -6,12 +6,15 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use bytes::Bytes;
 
-use crate::config::{Config, Provider, ProviderKind};
+use crate::config::{Config, Endpoint, Provider, ProviderKind};
 use crate::http::error::ApiError;
 
 /// Clients for every configured provider, in the order of `Config::providers`.
 pub struct Upstreams {
     clients: Vec<reqwest::Client>,
+    /// Per provider, the URL of every endpoint path, parsed once: parsing a URL (with
+    /// its IDNA host check) on every request showed in profiles.
+    urls: Vec<Vec<(&'static str, reqwest::Url)>>,
 }
 
 /// The body of an upstream request.
@@ -33,10 +36,27 @@ impl Upstreams {
                     .pool_idle_timeout(Duration::from_secs(90))
                     .pool_max_idle_per_host(1024)
                     .tcp_nodelay(true)
+                    // A provider's API does not redirect, and following one would turn a
+                    // POST into a GET; without the redirect layer, reqwest also stops
+                    // re-parsing every request's URL (seen in profiles).
+                    .redirect(reqwest::redirect::Policy::none())
                     .build()
             })
             .collect::<Result<_, _>>()?;
-        Ok(Upstreams { clients })
+        let urls = config
+            .providers
+            .iter()
+            .map(|p| {
+                Endpoint::ALL
+                    .iter()
+                    .filter_map(|e| {
+                        let url = reqwest::Url::parse(&format!("{}{}", p.base_url, e.path()));
+                        url.ok().map(|url| (e.path(), url))
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(Upstreams { clients, urls })
     }
 
     /// Sends a request to a provider and waits for the response headers (within the
@@ -55,6 +75,11 @@ impl Upstreams {
             .clients
             .get(index)
             .ok_or_else(|| ApiError::internal("no client for provider"))?;
+        let parsed = self
+            .urls
+            .get(index)
+            .and_then(|urls| urls.iter().find(|(p, _)| *p == path))
+            .map(|(_, url)| url);
         let url = format!("{}{}", provider.base_url, path);
         let attempts = match body {
             UpstreamBody::Bytes(_) => 2,
@@ -71,10 +96,12 @@ impl Upstreams {
                 },
                 None => return Err(ApiError::internal("upload body reused")),
             };
-            let mut request = client
-                .post(&url)
-                .header(reqwest::header::CONTENT_TYPE, content_type)
-                .body(payload);
+            let mut request = match parsed {
+                Some(url) => client.post(url.clone()),
+                None => client.post(&url),
+            }
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(payload);
             request = match provider.kind {
                 ProviderKind::Openai => match &provider.api_key {
                     Some(key) => request.bearer_auth(key.expose()),
