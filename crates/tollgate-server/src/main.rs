@@ -4,7 +4,7 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tollgate::cli::init_logging();
+    let _logs = tollgate::cli::init_logging();
     let cli = tollgate::cli::Cli::parse();
     match tollgate::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
 //! Accounts, keys and credit grants: the operations behind `/v1/account/*` and the CLI.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::auth::{self, Authenticator};
@@ -204,8 +205,8 @@ impl Activity {
     fn from_rows(period_days: u32, rows: &[DailyUsage]) -> Activity {
         let mut total = Totals::default();
         let mut daily: Vec<(String, Totals)> = Vec::new();
-        let mut models: Vec<(String, Totals)> = Vec::new();
-        let mut keys: Vec<(KeyId, String, Totals)> = Vec::new();
+        let mut by_model: HashMap<&str, Totals> = HashMap::new();
+        let mut by_key: HashMap<KeyId, (&str, Totals)> = HashMap::new();
         for row in rows {
             total.add(row);
             match daily.last_mut() {
@@ -216,23 +217,21 @@ impl Activity {
                     daily.push((row.day.clone(), t));
                 }
             }
-            match models.iter_mut().find(|(m, _)| *m == row.model) {
-                Some((_, t)) => t.add(row),
-                None => {
-                    let mut t = Totals::default();
-                    t.add(row);
-                    models.push((row.model.clone(), t));
-                }
-            }
-            match keys.iter_mut().find(|(id, _, _)| *id == row.key_id) {
-                Some((_, _, t)) => t.add(row),
-                None => {
-                    let mut t = Totals::default();
-                    t.add(row);
-                    keys.push((row.key_id, row.key_name.clone(), t));
-                }
-            }
+            by_model.entry(row.model.as_str()).or_default().add(row);
+            by_key
+                .entry(row.key_id)
+                .or_insert_with(|| (row.key_name.as_str(), Totals::default()))
+                .1
+                .add(row);
         }
+        let mut models: Vec<(String, Totals)> = by_model
+            .into_iter()
+            .map(|(model, t)| (model.to_string(), t))
+            .collect();
+        let mut keys: Vec<(KeyId, String, Totals)> = by_key
+            .into_iter()
+            .map(|(id, (name, t))| (id, name.to_string(), t))
+            .collect();
         models.sort_by(|a, b| b.1.cost.cmp(&a.1.cost).then_with(|| a.0.cmp(&b.0)));
         keys.sort_by(|a, b| b.2.cost.cmp(&a.2.cost).then_with(|| a.0.cmp(&b.0)));
         Activity {

@@ -116,14 +116,18 @@ impl GlobalArgs {
     }
 }
 
-/// Sets up logging to stderr; `RUST_LOG` picks the level (default `info`).
-pub fn init_logging() {
+/// Sets up logging to stderr; `RUST_LOG` picks the level (default `info`). Lines are
+/// written by a thread of their own, so a slow stderr (a file on a busy disk) never
+/// blocks a request; keep the returned guard alive until exit, it flushes what is queued.
+pub fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .try_init();
+    guard
 }
 
 /// Runs the command line.

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::billing::meter::Meter;
@@ -90,6 +91,13 @@ impl Server {
         } = self;
         let background = background_tasks(&state);
         let app = router(state);
+        // Streams are many small writes: without TCP_NODELAY, Nagle's algorithm holds each
+        // one until the client's delayed ACK (~40 ms).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
