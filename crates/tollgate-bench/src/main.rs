@@ -32,7 +32,7 @@ enum Command {
     UsageWriter(writer::WriterArgs),
     /// Insert many usage rows into a ledger, keeping the roll-up and totals consistent.
     SeedActivity(seed::SeedArgs),
-    /// Where the time of `/v1/account/activity` goes: the store's query, then the roll-up.
+    /// Where the time of `/v1/account/activity` goes: the store's grouped query, then the rest.
     ActivityBreakdown(seed::BreakdownArgs),
 }
 

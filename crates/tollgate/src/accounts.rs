@@ -1,13 +1,16 @@
 //! Accounts, keys and credit grants: the operations behind `/v1/account/*` and the CLI.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::auth::{self, Authenticator};
 use crate::billing::Credits;
 use crate::store::{
-    Account, AccountId, DailyUsage, KeyId, KeyKind, KeyPatch, KeyRecord, NewKey, Store, StoreError,
+    Account, AccountId, ActivityRollup, KeyId, KeyKind, KeyPatch, KeyRecord, NewKey, Store,
+    StoreError,
 };
+
+/// Totals of one group of usage.
+pub use crate::store::UsageTotals as Totals;
 
 /// A new inference key as asked for by `POST /v1/account/keys`.
 #[derive(Debug, Clone, Default)]
@@ -165,26 +168,8 @@ impl Accounts {
     pub async fn activity(&self, account: AccountId, days: u32) -> Result<Activity, StoreError> {
         let today = time::OffsetDateTime::now_utc().date();
         let first = today - time::Duration::days(i64::from(days) - 1);
-        let rows = self.store.daily_usage(account, &first.to_string()).await?;
-        Ok(Activity::from_rows(days, &rows))
-    }
-}
-
-/// Totals of one group of usage.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Totals {
-    pub requests: i64,
-    pub cost: Credits,
-    pub input_tokens: i64,
-    pub output_tokens: i64,
-}
-
-impl Totals {
-    fn add(&mut self, row: &DailyUsage) {
-        self.requests += row.requests;
-        self.cost = self.cost.saturating_add(row.cost);
-        self.input_tokens += row.input_tokens;
-        self.output_tokens += row.output_tokens;
+        let rollup = self.store.activity(account, &first.to_string()).await?;
+        Ok(Activity::new(days, rollup))
     }
 }
 
@@ -195,51 +180,30 @@ pub struct Activity {
     pub total: Totals,
     /// Per day, oldest first, only days with usage.
     pub daily: Vec<(String, Totals)>,
-    /// Per model, most expensive first.
+    /// Per model, most expensive first, ties by name.
     pub models: Vec<(String, Totals)>,
-    /// Per key, most expensive first.
+    /// Per key with its name, most expensive first, ties by id.
     pub keys: Vec<(KeyId, String, Totals)>,
 }
 
 impl Activity {
-    fn from_rows(period_days: u32, rows: &[DailyUsage]) -> Activity {
-        let mut total = Totals::default();
-        let mut daily: Vec<(String, Totals)> = Vec::new();
-        let mut by_model: HashMap<&str, Totals> = HashMap::new();
-        let mut by_key: HashMap<KeyId, (&str, Totals)> = HashMap::new();
-        for row in rows {
-            total.add(row);
-            match daily.last_mut() {
-                Some((day, t)) if *day == row.day => t.add(row),
-                _ => {
-                    let mut t = Totals::default();
-                    t.add(row);
-                    daily.push((row.day.clone(), t));
-                }
-            }
-            by_model.entry(row.model.as_str()).or_default().add(row);
-            by_key
-                .entry(row.key_id)
-                .or_insert_with(|| (row.key_name.as_str(), Totals::default()))
-                .1
-                .add(row);
-        }
-        let mut models: Vec<(String, Totals)> = by_model
-            .into_iter()
-            .map(|(model, t)| (model.to_string(), t))
-            .collect();
-        let mut keys: Vec<(KeyId, String, Totals)> = by_key
-            .into_iter()
-            .map(|(id, (name, t))| (id, name.to_string(), t))
-            .collect();
-        models.sort_by(|a, b| b.1.cost.cmp(&a.1.cost).then_with(|| a.0.cmp(&b.0)));
-        keys.sort_by(|a, b| b.2.cost.cmp(&a.2.cost).then_with(|| a.0.cmp(&b.0)));
+    /// The store's roll-ups plus their total, the sum of the days.
+    fn new(period_days: u32, rollup: ActivityRollup) -> Activity {
+        let total = rollup
+            .days
+            .iter()
+            .fold(Totals::default(), |sum, (_, day)| Totals {
+                requests: sum.requests + day.requests,
+                cost: sum.cost.saturating_add(day.cost),
+                input_tokens: sum.input_tokens + day.input_tokens,
+                output_tokens: sum.output_tokens + day.output_tokens,
+            });
         Activity {
             period_days,
             total,
-            daily,
-            models,
-            keys,
+            daily: rollup.days,
+            models: rollup.models,
+            keys: rollup.keys,
         }
     }
 }

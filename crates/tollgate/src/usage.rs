@@ -1,10 +1,15 @@
 //! The usage writer: appends usage records to the ledger in batches (group commit).
 //! A caller waits until its record is committed, so a response is only finished once
 //! its charge is durable, while many requests share one transaction.
+//!
+//! The writer runs on a thread of its own (the runtime's blocking pool), so a store with
+//! a synchronous ledger connection commits a batch on it directly: a record crosses
+//! threads once to get there and once when its caller is woken.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{Store, StoreError, UsageRecord};
@@ -24,10 +29,11 @@ pub struct UsageWriter {
 }
 
 impl UsageWriter {
-    /// Starts the writer task. It ends once every handle is dropped and the queue is drained.
+    /// Starts the writer. It ends once every handle is dropped and the queue is drained.
     pub fn start(store: Arc<dyn Store>) -> (UsageWriter, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(write_loop(store, rx));
+        let rt = Handle::current();
+        let task = tokio::task::spawn_blocking(move || write_loop(store.as_ref(), &rt, rx));
         (UsageWriter { tx }, task)
     }
 
@@ -45,14 +51,18 @@ impl UsageWriter {
 
 /// Writes records, retrying transient failures with backoff until they pass; returns
 /// the first permanent failure.
-async fn write_with_retries(store: &dyn Store, records: &[UsageRecord]) -> Result<(), StoreError> {
+fn write_with_retries(
+    store: &dyn Store,
+    rt: &Handle,
+    records: &[UsageRecord],
+) -> Result<(), StoreError> {
     let mut backoff = Duration::from_millis(10);
     loop {
-        match store.record_usage(records).await {
+        match store.record_usage_blocking(rt, records) {
             Ok(_) => return Ok(()),
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, batch = records.len(), "writing usage failed; retrying");
-                tokio::time::sleep(backoff).await;
+                std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err(e) => return Err(e),
@@ -60,10 +70,10 @@ async fn write_with_retries(store: &dyn Store, records: &[UsageRecord]) -> Resul
     }
 }
 
-async fn write_loop(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+fn write_loop(store: &dyn Store, rt: &Handle, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let mut batch: Vec<Pending> = Vec::new();
     let mut records: Vec<UsageRecord> = Vec::new();
-    while let Some(first) = rx.recv().await {
+    while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -75,14 +85,12 @@ async fn write_loop(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Pendi
         records.extend(batch.iter().map(|p| p.record.clone()));
         // Records are idempotent by request id, so retrying a batch whose commit may or
         // may not have happened charges nothing twice.
-        if let Err(e) = write_with_retries(store.as_ref(), &records).await {
+        if let Err(e) = write_with_retries(store, rt, &records) {
             // The database refuses something in the batch: write the records one by one
             // so one bad record cannot hold back every other charge.
             tracing::error!(error = %e, batch = records.len(), "a usage batch was refused; writing its records one by one");
             for record in &records {
-                if let Err(e) =
-                    write_with_retries(store.as_ref(), std::slice::from_ref(record)).await
-                {
+                if let Err(e) = write_with_retries(store, rt, std::slice::from_ref(record)) {
                     tracing::error!(
                         error = %e,
                         request_id = %record.request_id,

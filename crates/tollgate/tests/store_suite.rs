@@ -14,6 +14,8 @@ mod concurrency;
 mod harness;
 #[path = "store_suite/keys.rs"]
 mod keys;
+#[path = "store_suite/migrations.rs"]
+mod migrations;
 #[path = "store_suite/replicas.rs"]
 mod replicas;
 #[path = "store_suite/usage.rs"]
@@ -69,14 +71,16 @@ store_cases! {
         usage: [
             idempotent_within_and_across_batches,
             counters_equal_ledger_sums,
-            daily_usage_since_day,
+            activity_groups_since_day,
             usage_record_lookup,
             largest_batch,
         ],
         concurrency: [
             concurrent_writers_are_exact,
             two_replicas_charge_each_request_once,
+            activity_is_consistent_under_writes,
         ],
+        migrations: [upgrade_keeps_the_daily_rollup],
     }
     postgres_only {
         replicas: [replicas_start_at_once],

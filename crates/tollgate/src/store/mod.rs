@@ -52,6 +52,8 @@ pub enum StoreError {
     Conflict(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Ledger(#[from] rusqlite::Error),
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("corrupt row: {0}")]
@@ -80,6 +82,14 @@ impl StoreError {
                 ),
                 _ => false,
             },
+            StoreError::Ledger(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::SystemIoFailure
+                    | rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::CannotOpen
+            ),
             _ => false,
         }
     }
@@ -164,17 +174,66 @@ pub struct UsageRecord {
     pub created_at: i64,
 }
 
-/// One row of the daily roll-up: a day, a key and a model.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DailyUsage {
-    pub day: String,
-    pub key_id: KeyId,
-    pub key_name: String,
-    pub model: String,
+/// The sums of one group of the daily roll-up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageTotals {
     pub requests: i64,
     pub cost: Credits,
     pub input_tokens: i64,
     pub output_tokens: i64,
+}
+
+/// An account's daily roll-up over a period, grouped three ways by the database.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActivityRollup {
+    /// Per day (YYYY-MM-DD), oldest first; only days with usage.
+    pub days: Vec<(String, UsageTotals)>,
+    /// Per model, most expensive first, ties by name (byte order).
+    pub models: Vec<(String, UsageTotals)>,
+    /// Per key with its current name, most expensive first, ties by id. A deleted key
+    /// keeps its name; a key without a row in `api_keys` has an empty one.
+    pub keys: Vec<(KeyId, String, UsageTotals)>,
+}
+
+impl ActivityRollup {
+    /// Files one row of a store's activity query, in the order the query returns them:
+    /// `grouping` is 0 for a day, 1 for a model and 2 for a key (`label` is then its name).
+    fn push(
+        &mut self,
+        grouping: i64,
+        label: String,
+        key_id: Option<i64>,
+        totals: UsageTotals,
+    ) -> Result<(), StoreError> {
+        match (grouping, key_id) {
+            (0, _) => self.days.push((label, totals)),
+            (1, _) => self.models.push((label, totals)),
+            (2, Some(id)) => self.keys.push((KeyId(id), label, totals)),
+            _ => {
+                return Err(StoreError::Corrupt(format!(
+                    "activity row of grouping {grouping}, key {key_id:?}"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the keys add up to the days, in requests, cost and tokens. They do when both
+    /// were read from one snapshot; of two snapshots, the later one holds more requests if
+    /// the account used anything in between.
+    fn keys_add_up_to_days(&self) -> bool {
+        fn sum<'a>(groups: impl Iterator<Item = &'a UsageTotals>) -> [i128; 4] {
+            groups.fold([0; 4], |s, t| {
+                [
+                    s[0] + i128::from(t.requests),
+                    s[1] + i128::from(t.cost.nanos()),
+                    s[2] + i128::from(t.input_tokens),
+                    s[3] + i128::from(t.output_tokens),
+                ]
+            })
+        }
+        sum(self.days.iter().map(|(_, t)| t)) == sum(self.keys.iter().map(|(_, _, t)| t))
+    }
 }
 
 /// The persistence operations the rest of the program needs.
@@ -234,12 +293,23 @@ pub trait Store: Send + Sync + 'static {
     /// in the ledger is skipped, so a retried batch charges nothing twice.
     /// Returns, per record, whether it was newly written.
     async fn record_usage(&self, batch: &[UsageRecord]) -> Result<Vec<bool>, StoreError>;
-    /// Daily roll-up rows of an account from `since_day` (YYYY-MM-DD) on.
-    async fn daily_usage(
+    /// `record_usage` on a thread that may block (the usage writer's). A store whose
+    /// ledger connection is synchronous writes on the calling thread, without handing
+    /// the batch to another thread and back; others run `record_usage` on `rt`.
+    fn record_usage_blocking(
+        &self,
+        rt: &tokio::runtime::Handle,
+        batch: &[UsageRecord],
+    ) -> Result<Vec<bool>, StoreError> {
+        rt.block_on(self.record_usage(batch))
+    }
+    /// An account's daily roll-up from `since_day` (YYYY-MM-DD) on, grouped per day, per
+    /// model and per key (orders in [`ActivityRollup`]).
+    async fn activity(
         &self,
         account: AccountId,
         since_day: &str,
-    ) -> Result<Vec<DailyUsage>, StoreError>;
+    ) -> Result<ActivityRollup, StoreError>;
     /// A usage record by request id.
     async fn usage_record(&self, request_id: &str) -> Result<Option<UsageRecord>, StoreError>;
 }

@@ -33,6 +33,26 @@ const ACCOUNT_SELECT: &str = "SELECT a.id, a.name, a.created_at, a.charged, \
 const USAGE_COLUMNS: &str = "request_id, account_id, key_id, model, endpoint, input_tokens, \
      cached_input_tokens, output_tokens, cost, status, latency_ms, created_at";
 
+/// `Store::activity` in one statement: one index-only scan of the account's days (the
+/// primary key carries the sums, migration 0002), grouped three ways at once by hash, and
+/// key names joined to the key groups only. Columns as in the SQLite store: `grouped_by`
+/// (0 day, 1 model, 2 key), `label` (the day, model or key name), `key_id`, the four sums.
+/// Labels sort in byte order (`COLLATE "C"`), as Rust compares strings.
+const ACTIVITY_QUERY: &str = "\
+    WITH grouped AS (\
+      SELECT CASE WHEN GROUPING(day) = 0 THEN 0 WHEN GROUPING(model) = 0 THEN 1 ELSE 2 END \
+          AS grouped_by, \
+        day, model, key_id, SUM(requests)::BIGINT AS requests, SUM(cost)::BIGINT AS cost, \
+        SUM(input_tokens)::BIGINT AS input_tokens, SUM(output_tokens)::BIGINT AS output_tokens \
+      FROM usage_daily WHERE account_id = $1 AND day >= $2 \
+      GROUP BY GROUPING SETS ((day), (model), (key_id))) \
+    SELECT g.grouped_by::BIGINT AS grouped_by, \
+      COALESCE(g.day, g.model, k.name, '') AS label, g.key_id, \
+      g.requests, g.cost, g.input_tokens, g.output_tokens \
+    FROM grouped g LEFT JOIN api_keys k ON k.id = g.key_id AND g.grouped_by = 2 \
+    ORDER BY g.grouped_by, CASE WHEN g.grouped_by = 0 THEN 0 ELSE g.cost END DESC, g.key_id, \
+      COALESCE(g.day, g.model, k.name, '') COLLATE \"C\"";
+
 impl PgStore {
     /// Connects to the database of a `postgres://` or `postgresql://` URL.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
@@ -552,36 +572,31 @@ impl Store for PgStore {
             .collect())
     }
 
-    async fn daily_usage(
+    async fn activity(
         &self,
         account: AccountId,
         since_day: &str,
-    ) -> Result<Vec<DailyUsage>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT d.day, d.key_id, COALESCE(k.name, '') AS key_name, d.model, d.requests, d.cost, \
-             d.input_tokens, d.output_tokens \
-             FROM usage_daily d LEFT JOIN api_keys k ON k.id = d.key_id \
-             WHERE d.account_id = $1 AND d.day >= $2 \
-             ORDER BY d.day, d.key_id, d.model COLLATE \"C\"",
-        )
-        .bind(account.0)
-        .bind(since_day)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(DailyUsage {
-                    day: row.try_get("day")?,
-                    key_id: KeyId(row.try_get("key_id")?),
-                    key_name: row.try_get("key_name")?,
-                    model: row.try_get("model")?,
+    ) -> Result<ActivityRollup, StoreError> {
+        let rows = sqlx::query(ACTIVITY_QUERY)
+            .bind(account.0)
+            .bind(since_day)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut rollup = ActivityRollup::default();
+        for row in &rows {
+            rollup.push(
+                row.try_get("grouped_by")?,
+                row.try_get("label")?,
+                row.try_get("key_id")?,
+                UsageTotals {
                     requests: row.try_get("requests")?,
                     cost: Credits::from_nanos(row.try_get("cost")?),
                     input_tokens: row.try_get("input_tokens")?,
                     output_tokens: row.try_get("output_tokens")?,
-                })
-            })
-            .collect()
+                },
+            )?;
+        }
+        Ok(rollup)
     }
 
     async fn usage_record(&self, request_id: &str) -> Result<Option<UsageRecord>, StoreError> {

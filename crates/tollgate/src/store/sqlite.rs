@@ -1,17 +1,17 @@
 //! The embedded SQLite store (WAL mode), the default.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::Row;
 
 use super::*;
 use crate::billing::Credits;
@@ -20,9 +20,8 @@ use crate::billing::Credits;
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// One connection kept for usage batches: the ledger's pages stay in its cache
-    /// (another connection's write would make SQLite drop a connection's whole cache).
-    ledger: SqlitePool,
+    /// The connection that writes usage batches (see [`Ledger`]).
+    ledger: Arc<Mutex<Ledger>>,
     /// Dropped with the last handle; the checkpoint task then ends.
     _alive: Arc<()>,
 }
@@ -33,6 +32,76 @@ const KEY_COLUMNS: &str = "id, account_id, kind, name, hint, created_at, updated
 const ACCOUNT_SELECT: &str = "SELECT a.id, a.name, a.created_at, a.charged, \
      COALESCE((SELECT SUM(g.amount) FROM credit_grants g WHERE g.account_id = a.id), 0) AS granted \
      FROM accounts a";
+
+/// The per-day and per-model roll-ups of `Store::activity`. One range of the table, which is
+/// clustered by (account_id, day, model, key_id) (migration 0002), is read in order and
+/// grouped per (day, model) with no sort and no lookup; days and models are then summed
+/// from those few groups. Columns: `grouped_by` (0 day, 1 model), `label` (the day or the
+/// model), the four sums, and `sort_cost` (the cost; 0 for days, which sort by date).
+const DAYS_AND_MODELS_QUERY: &str = "\
+    WITH day_model AS MATERIALIZED (\
+      SELECT day, model, SUM(requests) AS requests, SUM(cost) AS cost, \
+        SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens \
+      FROM usage_daily WHERE account_id = $1 AND day >= $2 GROUP BY day, model) \
+    SELECT 0 AS grouped_by, day AS label, SUM(requests) AS requests, SUM(cost) AS cost, \
+      SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens, 0 AS sort_cost \
+    FROM day_model GROUP BY day \
+    UNION ALL \
+    SELECT 1, model, SUM(requests), SUM(cost), SUM(input_tokens), SUM(output_tokens), \
+      SUM(cost) \
+    FROM day_model GROUP BY model \
+    ORDER BY grouped_by, sort_cost DESC, label";
+
+/// The per-key roll-up of `Store::activity`, with the keys' names. The covering index
+/// `usage_daily_by_key` (migration 0002) is read in key order, with no sort and no table
+/// lookup; it holds the account's earlier days too, which the scan skips as it goes.
+/// Left to itself, SQLite 3.46 prefers the primary key's narrower range of days and sorts
+/// every row by key (60,000 rows: 43 instead of 26 ms), hence `INDEXED BY`.
+const KEYS_QUERY: &str = "\
+    SELECT b.key_id, COALESCE(k.name, '') AS name, b.requests, b.cost, b.input_tokens, \
+      b.output_tokens \
+    FROM (\
+      SELECT key_id, SUM(requests) AS requests, SUM(cost) AS cost, \
+        SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens \
+      FROM usage_daily INDEXED BY usage_daily_by_key \
+      WHERE account_id = $1 AND day >= $2 GROUP BY key_id) AS b \
+    LEFT JOIN api_keys k ON k.id = b.key_id \
+    ORDER BY b.cost DESC, b.key_id";
+
+/// The sums of a row of an activity query.
+fn totals_from_row(row: &SqliteRow) -> Result<UsageTotals, StoreError> {
+    Ok(UsageTotals {
+        requests: row.try_get("requests")?,
+        cost: Credits::from_nanos(row.try_get("cost")?),
+        input_tokens: row.try_get("input_tokens")?,
+        output_tokens: row.try_get("output_tokens")?,
+    })
+}
+
+/// Builds `Store::activity`'s answer from the rows of its two queries.
+fn activity_from_rows(
+    days_and_models: &[SqliteRow],
+    keys: &[SqliteRow],
+) -> Result<ActivityRollup, StoreError> {
+    let mut rollup = ActivityRollup::default();
+    for row in days_and_models {
+        rollup.push(
+            row.try_get("grouped_by")?,
+            row.try_get("label")?,
+            None,
+            totals_from_row(row)?,
+        )?;
+    }
+    for row in keys {
+        rollup.push(
+            2,
+            row.try_get("name")?,
+            Some(row.try_get("key_id")?),
+            totals_from_row(row)?,
+        )?;
+    }
+    Ok(rollup)
+}
 
 impl SqliteStore {
     /// Opens (creating if missing) the database file of a `sqlite://PATH` URL.
@@ -63,12 +132,8 @@ impl SqliteStore {
             .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
-        let ledger = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .test_before_acquire(false)
-            .connect_with(options)
-            .await?;
+        // Opened after the pool, which has created the file and put it in WAL mode.
+        let ledger = Arc::new(Mutex::new(Ledger::open(options.get_filename())?));
         let alive = Arc::new(());
         tokio::spawn(checkpoint_loop(pool.clone(), Arc::downgrade(&alive)));
         Ok(SqliteStore {
@@ -163,13 +228,14 @@ fn unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
-/// Rows per multi-row statement: far below SQLite's limit of 32,766 bound values.
-const ROWS_PER_STATEMENT: usize = 256;
-
-/// A statement text is cached (prepared once per connection) only for the few small
-/// batch sizes that recur; larger ones vary in length and would crowd the cache.
-fn cacheable(records: usize) -> bool {
-    records <= 4
+/// Appends a batch through the ledger connection, waiting for it if another thread
+/// holds it.
+fn append_locked(ledger: &Mutex<Ledger>, batch: &[UsageRecord]) -> Result<Vec<bool>, StoreError> {
+    // A panic cannot leave a transaction open: dropping it rolls it back.
+    let mut ledger = ledger
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    Ok(ledger.append(batch)?)
 }
 
 /// What a set of new ledger records adds to the counters derived from the ledger.
@@ -207,136 +273,101 @@ impl<'a> Derived<'a> {
         }
         d
     }
+}
 
-    /// The statements that add these totals, `;`-separated (none when empty).
-    fn push_statements<'q>(&'q self, q: &mut QueryBuilder<'q, Sqlite>) {
-        if self.accounts.is_empty() {
-            return;
+/// The connection that appends usage batches, driven directly (rusqlite) by the thread
+/// that writes them. sqlx runs each SQLite connection on a worker thread of its own, so
+/// a batch written through it crosses threads twice more; here the usage writer's
+/// thread runs the transaction itself, with every statement prepared once.
+/// It is the only connection that writes the ledger, so the ledger's pages stay in its
+/// cache (another connection's write would make SQLite drop a connection's whole cache).
+struct Ledger {
+    conn: rusqlite::Connection,
+}
+
+impl Ledger {
+    fn open(path: &Path) -> Result<Ledger, StoreError> {
+        let conn = rusqlite::Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        // The same settings as the pool's connections (see `SqliteStore::open`); the
+        // pool has already put the file in WAL mode.
+        conn.execute_batch(
+            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;",
+        )?;
+        Ok(Ledger { conn })
+    }
+
+    /// Appends a batch in one transaction, skipping request ids already in the ledger.
+    fn append(&mut self, batch: &[UsageRecord]) -> Result<Vec<bool>, rusqlite::Error> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut written = Vec::with_capacity(batch.len());
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO usage_records (request_id, account_id, key_id, model, endpoint, \
+                 input_tokens, cached_input_tokens, output_tokens, cost, status, latency_ms, \
+                 created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+                 ON CONFLICT (request_id) DO NOTHING",
+            )?;
+            for r in batch {
+                let rows = insert.execute(rusqlite::params![
+                    r.request_id,
+                    r.account_id.0,
+                    r.key_id.0,
+                    r.model,
+                    r.endpoint,
+                    r.input_tokens,
+                    r.cached_input_tokens,
+                    r.output_tokens,
+                    r.cost.nanos(),
+                    r.status,
+                    r.latency_ms,
+                    r.created_at,
+                ])?;
+                written.push(rows == 1);
+            }
         }
-        q.push("UPDATE accounts SET charged = charged + v.column2 FROM (");
-        q.push_values(&self.accounts, |mut row, (id, cost)| {
-            row.push_bind(*id).push_bind(*cost);
-        });
-        q.push(") AS v WHERE accounts.id = v.column1;");
-        q.push(
-            "UPDATE api_keys SET usage = usage + v.column2, \
-             last_used_at = MAX(COALESCE(last_used_at, 0), v.column3) FROM (",
+        let derived = Derived::of(
+            batch
+                .iter()
+                .zip(&written)
+                .filter(|(_, w)| **w)
+                .map(|(r, _)| r),
         );
-        q.push_values(&self.keys, |mut row, (id, (cost, last))| {
-            row.push_bind(*id).push_bind(*cost).push_bind(*last);
-        });
-        q.push(") AS v WHERE api_keys.id = v.column1;");
-        let rows: Vec<_> = self.daily.iter().collect();
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            q.push(
+        {
+            let mut account =
+                tx.prepare_cached("UPDATE accounts SET charged = charged + ?2 WHERE id = ?1")?;
+            for (id, cost) in &derived.accounts {
+                account.execute((id, cost))?;
+            }
+            let mut key = tx.prepare_cached(
+                "UPDATE api_keys SET usage = usage + ?2, \
+                 last_used_at = MAX(COALESCE(last_used_at, 0), ?3) WHERE id = ?1",
+            )?;
+            for (id, (cost, last)) in &derived.keys {
+                key.execute((id, cost, last))?;
+            }
+            let mut daily = tx.prepare_cached(
                 "INSERT INTO usage_daily (account_id, day, key_id, model, requests, cost, \
-                 input_tokens, output_tokens) ",
-            );
-            q.push_values(chunk, |mut row, ((account, day, key, model), sums)| {
-                row.push_bind(*account)
-                    .push_bind(day.as_str())
-                    .push_bind(*key)
-                    .push_bind(*model)
-                    .push_bind(sums[0])
-                    .push_bind(sums[1])
-                    .push_bind(sums[2])
-                    .push_bind(sums[3]);
-            });
-            q.push(
-                " ON CONFLICT (account_id, day, key_id, model) DO UPDATE SET \
+                 input_tokens, output_tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                 ON CONFLICT (account_id, day, key_id, model) DO UPDATE SET \
                  requests = requests + excluded.requests, cost = cost + excluded.cost, \
                  input_tokens = input_tokens + excluded.input_tokens, \
-                 output_tokens = output_tokens + excluded.output_tokens;",
-            );
+                 output_tokens = output_tokens + excluded.output_tokens",
+            )?;
+            for ((account, day, key, model), sums) in &derived.daily {
+                daily.execute(rusqlite::params![
+                    account, day, key, model, sums[0], sums[1], sums[2], sums[3]
+                ])?;
+            }
         }
+        tx.commit()?;
+        Ok(written)
     }
-}
-
-/// Multi-row inserts of a batch into the ledger. With `skip_known`, a request id already
-/// in the ledger (or earlier in the batch) is skipped and each insert reports the ids it
-/// newly wrote; without, such an id fails the insert (a unique violation).
-fn push_inserts<'q>(q: &mut QueryBuilder<'q, Sqlite>, batch: &'q [UsageRecord], skip_known: bool) {
-    for chunk in batch.chunks(ROWS_PER_STATEMENT) {
-        q.push(
-            "INSERT INTO usage_records (request_id, account_id, key_id, model, endpoint, \
-             input_tokens, cached_input_tokens, output_tokens, cost, status, latency_ms, created_at) ",
-        );
-        q.push_values(chunk, |mut row, r| {
-            row.push_bind(&r.request_id)
-                .push_bind(r.account_id.0)
-                .push_bind(r.key_id.0)
-                .push_bind(&r.model)
-                .push_bind(&r.endpoint)
-                .push_bind(r.input_tokens)
-                .push_bind(r.cached_input_tokens)
-                .push_bind(r.output_tokens)
-                .push_bind(r.cost.nanos())
-                .push_bind(r.status)
-                .push_bind(r.latency_ms)
-                .push_bind(r.created_at);
-        });
-        if skip_known {
-            q.push(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id");
-        }
-        q.push(";");
-    }
-}
-
-/// Appends a batch of new request ids in one round trip to the connection's worker
-/// thread: `BEGIN`, the inserts, the counter updates and `COMMIT` as one multi-statement
-/// query. A request id already in the ledger (a retried batch) fails it with a unique
-/// violation; on any failure the caller must roll the connection's transaction back.
-async fn append_new_usage(
-    conn: &mut SqliteConnection,
-    batch: &[UsageRecord],
-) -> Result<(), sqlx::Error> {
-    let derived = Derived::of(batch.iter());
-    let mut q = QueryBuilder::<Sqlite>::new("BEGIN;");
-    push_inserts(&mut q, batch, false);
-    derived.push_statements(&mut q);
-    q.push("COMMIT;");
-    q.build()
-        .persistent(cacheable(batch.len()))
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-/// Appends any batch: the inserts first, then the counter updates of the records they
-/// newly wrote (two round trips).
-async fn append_usage(
-    tx: &mut Transaction<'_, Sqlite>,
-    batch: &[UsageRecord],
-) -> Result<Vec<bool>, StoreError> {
-    let mut q = QueryBuilder::<Sqlite>::new("");
-    push_inserts(&mut q, batch, true);
-    let ids: Vec<String> = q
-        .build_query_scalar()
-        .persistent(cacheable(batch.len()))
-        .fetch_all(&mut **tx)
-        .await?;
-    let mut inserted: HashSet<String> = ids.into_iter().collect();
-    // The first occurrence of an inserted id is the one the insert kept.
-    let written: Vec<bool> = batch
-        .iter()
-        .map(|r| inserted.remove(&r.request_id))
-        .collect();
-    let derived = Derived::of(
-        batch
-            .iter()
-            .zip(&written)
-            .filter(|(_, w)| **w)
-            .map(|(r, _)| r),
-    );
-    let mut q = QueryBuilder::<Sqlite>::new("");
-    derived.push_statements(&mut q);
-    if !derived.accounts.is_empty() {
-        q.build()
-            .persistent(cacheable(batch.len()))
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(written)
 }
 
 #[async_trait]
@@ -554,59 +585,44 @@ impl Store for SqliteStore {
     }
 
     async fn record_usage(&self, batch: &[UsageRecord]) -> Result<Vec<bool>, StoreError> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut distinct = HashSet::with_capacity(batch.len());
-        if batch.iter().all(|r| distinct.insert(r.request_id.as_str())) {
-            let mut conn = self.ledger.acquire().await?;
-            match append_new_usage(&mut conn, batch).await {
-                Ok(()) => return Ok(vec![true; batch.len()]),
-                Err(e) => {
-                    // The failed statement left the transaction open (or none was begun).
-                    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                    if !unique_violation(&e) {
-                        return Err(e.into());
-                    }
-                    // Some request id is in the ledger already: the exact path below.
-                }
-            }
-        }
-        let mut tx = self.ledger.begin().await?;
-        let written = append_usage(&mut tx, batch).await?;
-        tx.commit().await?;
-        Ok(written)
+        let ledger = self.ledger.clone();
+        let batch = batch.to_vec();
+        tokio::task::spawn_blocking(move || append_locked(&ledger, &batch))
+            .await
+            .map_err(|e| StoreError::Open(format!("usage writer thread: {e}")))?
     }
 
-    async fn daily_usage(
+    fn record_usage_blocking(
+        &self,
+        _rt: &tokio::runtime::Handle,
+        batch: &[UsageRecord],
+    ) -> Result<Vec<bool>, StoreError> {
+        append_locked(&self.ledger, batch)
+    }
+
+    async fn activity(
         &self,
         account: AccountId,
         since_day: &str,
-    ) -> Result<Vec<DailyUsage>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT d.day, d.key_id, COALESCE(k.name, '') AS key_name, d.model, d.requests, d.cost, \
-             d.input_tokens, d.output_tokens \
-             FROM usage_daily d LEFT JOIN api_keys k ON k.id = d.key_id \
-             WHERE d.account_id = $1 AND d.day >= $2 ORDER BY d.day, d.key_id, d.model",
-        )
-        .bind(account.0)
-        .bind(since_day)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(DailyUsage {
-                    day: row.try_get("day")?,
-                    key_id: KeyId(row.try_get("key_id")?),
-                    key_name: row.try_get("key_name")?,
-                    model: row.try_get("model")?,
-                    requests: row.try_get("requests")?,
-                    cost: Credits::from_nanos(row.try_get("cost")?),
-                    input_tokens: row.try_get("input_tokens")?,
-                    output_tokens: row.try_get("output_tokens")?,
-                })
-            })
-            .collect()
+    ) -> Result<ActivityRollup, StoreError> {
+        let query = |sql| sqlx::query(sql).bind(account.0).bind(since_day);
+        // The two scans take about as long each, so they run at once, on two connections.
+        // Each reads its own snapshot: they differ only if a usage batch of the account
+        // committed in between, and then the keys do not add up to the days.
+        let (days_and_models, keys) = tokio::try_join!(
+            query(DAYS_AND_MODELS_QUERY).fetch_all(&self.pool),
+            query(KEYS_QUERY).fetch_all(&self.pool),
+        )?;
+        let rollup = activity_from_rows(&days_and_models, &keys)?;
+        if rollup.keys_add_up_to_days() {
+            return Ok(rollup);
+        }
+        // Both again, one after the other in one transaction: one snapshot.
+        let mut tx = self.pool.begin().await?;
+        let days_and_models = query(DAYS_AND_MODELS_QUERY).fetch_all(&mut *tx).await?;
+        let keys = query(KEYS_QUERY).fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        activity_from_rows(&days_and_models, &keys)
     }
 
     async fn usage_record(&self, request_id: &str) -> Result<Option<UsageRecord>, StoreError> {

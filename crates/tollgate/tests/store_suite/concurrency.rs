@@ -6,7 +6,7 @@ use std::sync::Arc;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use tollgate::store::{AccountId, KeyId, Store, UsageRecord};
+use tollgate::store::{AccountId, KeyId, Store, UsageRecord, UsageTotals};
 
 use crate::harness::*;
 
@@ -75,7 +75,7 @@ pub async fn concurrent_writers_are_exact(db: TestDb) {
         ledger.extend(task.await.expect("writer task"));
     }
     assert_eq!(ledger.len(), 1600);
-    assert_counters_match(&store, &accounts, &ledger).await;
+    assert_counters_match(&db, &store, &accounts, &ledger).await;
 }
 
 /// Two replicas on one database write overlapping batches in opposite orders, as after a
@@ -124,6 +124,56 @@ pub async fn two_replicas_charge_each_request_once(db: TestDb) {
     );
 
     // Both replicas see the same, exact totals.
-    assert_counters_match(&replica_a, &accounts, &all).await;
-    assert_counters_match(&replica_b, &accounts, &all).await;
+    assert_counters_match(&db, &replica_a, &accounts, &all).await;
+    assert_counters_match(&db, &replica_b, &accounts, &all).await;
+}
+
+/// While usage batches commit, each `Store::activity` answer is of one moment: its keys
+/// and its models add up to its days.
+pub async fn activity_is_consistent_under_writes(db: TestDb) {
+    let store = db.open().await;
+    let (accounts, keys) = accounts_and_keys(&store).await;
+    let writer = {
+        let store = store.clone();
+        let ledger = records("live", 3000, &keys);
+        tokio::spawn(async move {
+            for batch in ledger.chunks(5) {
+                store.record_usage(batch).await.expect("record");
+            }
+        })
+    };
+    let mut reads = 0;
+    let mut last_requests = 0;
+    while !writer.is_finished() {
+        let activity = store
+            .activity(accounts[0], "0000-00-00")
+            .await
+            .expect("activity");
+        let sum = |totals: Vec<&UsageTotals>| {
+            totals.iter().fold((0, 0, 0, 0), |s, t| {
+                (
+                    s.0 + t.requests,
+                    s.1 + t.cost.nanos(),
+                    s.2 + t.input_tokens,
+                    s.3 + t.output_tokens,
+                )
+            })
+        };
+        let days = sum(activity.days.iter().map(|(_, t)| t).collect());
+        assert_eq!(
+            sum(activity.models.iter().map(|(_, t)| t).collect()),
+            days,
+            "models against days, read {reads}"
+        );
+        assert_eq!(
+            sum(activity.keys.iter().map(|(_, _, t)| t).collect()),
+            days,
+            "keys against days, read {reads}"
+        );
+        assert!(days.0 >= last_requests, "activity went back in time");
+        last_requests = days.0;
+        reads += 1;
+    }
+    writer.await.expect("writer task");
+    assert!(reads > 10, "only {reads} reads while writing");
 }

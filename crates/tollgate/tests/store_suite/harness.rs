@@ -2,13 +2,17 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
 use tollgate::billing::Credits;
-use tollgate::store::{self, Account, AccountId, KeyId, KeyKind, NewKey, Store, UsageRecord};
+use tollgate::store::{
+    self, Account, AccountId, ActivityRollup, KeyId, KeyKind, NewKey, Store, UsageRecord,
+    UsageTotals,
+};
 
 /// Where the PostgreSQL tests connect to create their databases.
 const POSTGRES_URL_VAR: &str = "TOLLGATE_TEST_POSTGRES_URL";
@@ -194,18 +198,155 @@ pub fn day(unix: i64) -> String {
 }
 
 /// A daily roll-up row's identity within an account: (day, key, model).
-type DailyKey = (String, KeyId, String);
+pub type DailyKey = (String, KeyId, String);
 /// A daily roll-up row's sums: (requests, cost, input tokens, output tokens).
-type DailyTotals = (i64, i64, i64, i64);
+pub type DailyTotals = (i64, i64, i64, i64);
+
+/// Applies the migrations up to `version` only, as a database last opened by an older
+/// Tollgate would have them; `TestDb::open` then applies the rest.
+pub async fn migrate_up_to(db: &TestDb, version: i64) {
+    let backend = if db.url.starts_with("sqlite:") {
+        "sqlite"
+    } else {
+        "postgres"
+    };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(backend);
+    let mut migrator = sqlx::migrate::Migrator::new(dir)
+        .await
+        .expect("migrations folder");
+    let older: Vec<_> = migrator
+        .migrations
+        .iter()
+        .filter(|m| m.version <= version)
+        .cloned()
+        .collect();
+    assert!(!older.is_empty(), "no migration up to {version}");
+    migrator.migrations = older.into();
+    if backend == "sqlite" {
+        let options = sqlx::sqlite::SqliteConnectOptions::from_str(&db.url)
+            .expect("sqlite URL")
+            .create_if_missing(true);
+        let mut conn = SqliteConnection::connect_with(&options)
+            .await
+            .expect("connect");
+        migrator.run_direct(&mut conn).await.expect("migrate");
+    } else {
+        let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+        migrator.run_direct(&mut conn).await.expect("migrate");
+    }
+}
+
+/// Runs one statement on the test database beside the store, e.g. to set up a row the
+/// store's API cannot write.
+pub async fn execute_sql(db: &TestDb, sql: &str) {
+    if db.url.starts_with("sqlite:") {
+        let mut conn = SqliteConnection::connect(&db.url).await.expect("connect");
+        conn.execute(sql).await.expect(sql);
+    } else {
+        let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+        conn.execute(sql).await.expect(sql);
+    }
+}
+
+/// The daily roll-up rows of an account as stored, in (day, key, model) order, read with
+/// SQL: the store hands them out only grouped.
+pub async fn stored_daily_rows(db: &TestDb, account: AccountId) -> Vec<(DailyKey, DailyTotals)> {
+    type Row = (String, i64, String, i64, i64, i64, i64);
+    const SQL: &str = "SELECT day, key_id, model, requests, cost, input_tokens, output_tokens \
+         FROM usage_daily WHERE account_id = $1";
+    let rows: Vec<Row> = if db.url.starts_with("sqlite:") {
+        let mut conn = SqliteConnection::connect(&db.url).await.expect("connect");
+        sqlx::query_as(SQL)
+            .bind(account.0)
+            .fetch_all(&mut conn)
+            .await
+    } else {
+        let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+        sqlx::query_as(SQL)
+            .bind(account.0)
+            .fetch_all(&mut conn)
+            .await
+    }
+    .expect("usage_daily rows");
+    let mut rows: Vec<_> = rows
+        .into_iter()
+        .map(|(day, key, model, requests, cost, input, output)| {
+            ((day, KeyId(key), model), (requests, cost, input, output))
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// The sums of some usage records.
+pub fn totals_of<'a>(records: impl IntoIterator<Item = &'a UsageRecord>) -> UsageTotals {
+    let mut t = UsageTotals::default();
+    for r in records {
+        t.requests += 1;
+        t.cost = nanos(t.cost.nanos() + r.cost.nanos());
+        t.input_tokens += r.input_tokens;
+        t.output_tokens += r.output_tokens;
+    }
+    t
+}
+
+/// What `Store::activity` must return for an account from `since_day` on, computed from
+/// the records in the ledger: groups summed in Rust and put in the documented orders
+/// (days oldest first; models and keys most expensive first, ties by name and by id).
+/// Keys are named from `names`, "" when missing.
+pub fn expected_activity(
+    ledger: &[UsageRecord],
+    account: AccountId,
+    since_day: &str,
+    names: &std::collections::HashMap<KeyId, String>,
+) -> ActivityRollup {
+    use std::collections::BTreeMap;
+
+    let mut days: BTreeMap<String, Vec<&UsageRecord>> = BTreeMap::new();
+    let mut models: BTreeMap<&str, Vec<&UsageRecord>> = BTreeMap::new();
+    let mut keys: BTreeMap<KeyId, Vec<&UsageRecord>> = BTreeMap::new();
+    for r in ledger
+        .iter()
+        .filter(|r| r.account_id == account && day(r.created_at).as_str() >= since_day)
+    {
+        days.entry(day(r.created_at)).or_default().push(r);
+        models.entry(r.model.as_str()).or_default().push(r);
+        keys.entry(r.key_id).or_default().push(r);
+    }
+    let mut models: Vec<(String, UsageTotals)> = models
+        .into_iter()
+        .map(|(model, rs)| (model.to_string(), totals_of(rs)))
+        .collect();
+    models.sort_by(|a, b| b.1.cost.cmp(&a.1.cost).then_with(|| a.0.cmp(&b.0)));
+    let mut keys: Vec<(KeyId, String, UsageTotals)> = keys
+        .into_iter()
+        .map(|(id, rs)| {
+            let name = names.get(&id).cloned().unwrap_or_default();
+            (id, name, totals_of(rs))
+        })
+        .collect();
+    keys.sort_by(|a, b| b.2.cost.cmp(&a.2.cost).then_with(|| a.0.cmp(&b.0)));
+    ActivityRollup {
+        days: days
+            .into_iter()
+            .map(|(day, rs)| (day, totals_of(rs)))
+            .collect(),
+        models,
+        keys,
+    }
+}
 
 /// Asserts that every derived counter equals what the ledger implies: `ledger` holds the
 /// records that must be in the store (each request id once), for the given accounts.
 pub async fn assert_counters_match(
+    db: &TestDb,
     store: &Arc<dyn Store>,
     accounts: &[AccountId],
     ledger: &[UsageRecord],
 ) {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, HashMap};
 
     for record in ledger {
         assert_eq!(
@@ -251,11 +392,11 @@ pub async fn assert_counters_match(
             row.2 += r.input_tokens;
             row.3 += r.output_tokens;
         }
-        for key in store
+        let live_keys = store
             .list_keys(account_id, KeyKind::Inference)
             .await
-            .expect("list_keys")
-        {
+            .expect("list_keys");
+        for key in &live_keys {
             let (usage, last_used) = by_key.get(&key.id).copied().unwrap_or((0, i64::MIN));
             assert_eq!(key.usage, nanos(usage), "usage of key {}", key.id.0);
             let last_used = (last_used != i64::MIN).then_some(last_used);
@@ -265,22 +406,21 @@ pub async fn assert_counters_match(
                 key.id.0
             );
         }
-        let actual: Vec<_> = store
-            .daily_usage(account_id, "0000-00-00")
-            .await
-            .expect("daily_usage")
-            .into_iter()
-            .map(|d| {
-                (
-                    (d.day, d.key_id, d.model),
-                    (d.requests, d.cost.nanos(), d.input_tokens, d.output_tokens),
-                )
-            })
-            .collect();
         let expected: Vec<_> = daily.into_iter().collect();
         assert_eq!(
-            actual, expected,
+            stored_daily_rows(db, account_id).await,
+            expected,
             "daily roll-up of account {}",
+            account_id.0
+        );
+        let names: HashMap<KeyId, String> = live_keys.into_iter().map(|k| (k.id, k.name)).collect();
+        assert_eq!(
+            store
+                .activity(account_id, "0000-00-00")
+                .await
+                .expect("activity"),
+            expected_activity(ledger, account_id, "0000-00-00", &names),
+            "activity of account {}",
             account_id.0
         );
     }

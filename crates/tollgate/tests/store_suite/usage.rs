@@ -1,10 +1,10 @@
 //! The usage ledger: idempotent appends and the counters derived from it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tollgate::store::{DailyUsage, UsageRecord};
+use tollgate::store::{ActivityRollup, KeyId, UsageRecord};
 
 use crate::harness::*;
 
@@ -48,7 +48,7 @@ pub async fn idempotent_within_and_across_batches(db: TestDb) {
         vec![false, false, false]
     );
 
-    assert_counters_match(&store, &[acme.id], &[r1, r2, r3]).await;
+    assert_counters_match(&db, &store, &[acme.id], &[r1, r2, r3]).await;
 }
 
 pub async fn counters_equal_ledger_sums(db: TestDb) {
@@ -103,94 +103,137 @@ pub async fn counters_equal_ledger_sums(db: TestDb) {
         assert_eq!(store.record_usage(&batch).await.expect("record"), expected);
     }
     assert!(ledger.len() > 300, "{} distinct records", ledger.len());
-    assert_counters_match(&store, &[acme.id, other.id, idle.id], &ledger).await;
+    assert_counters_match(&db, &store, &[acme.id, other.id, idle.id], &ledger).await;
 }
 
-pub async fn daily_usage_since_day(db: TestDb) {
+/// `Store::activity`: the roll-ups per day, model and key from a day on, their orders
+/// (ties included), other accounts left out, and the names of renamed, deleted and
+/// unknown keys.
+pub async fn activity_groups_since_day(db: TestDb) {
     let store = db.open().await;
     let acme = account(&store, "acme").await;
     let other = account(&store, "other").await;
-    let k1 = inference_key(&store, acme.id, "first").await;
-    let k2 = inference_key(&store, acme.id, "second").await;
-    let ko = inference_key(&store, other.id, "theirs").await;
+    // Created in this order, so `zed` has the lowest id.
+    let zed = inference_key(&store, acme.id, "zed").await;
+    let ann = inference_key(&store, acme.id, "ann").await;
+    let bob = inference_key(&store, acme.id, "bob").await;
+    let theirs = inference_key(&store, other.id, "theirs").await;
 
-    store
-        .record_usage(&[
-            record("d0-a", acme.id, k1, "m1", 10, T0),
-            record("d0-b", acme.id, k1, "m1", 20, T0 + DAY - 1),
-            record("d1-a", acme.id, k1, "m2", 30, T0 + DAY),
-            record("d1-b", acme.id, k2, "m1", 40, T0 + DAY + 5),
-            record("d2-a", acme.id, k2, "m1", 50, T0 + 2 * DAY),
-            record("d1-o", other.id, ko, "m1", 60, T0 + DAY),
-        ])
-        .await
-        .expect("record");
-
-    let row = |day: &str, key, name: &str, model: &str, requests, cost: i64, inputs, outputs| {
-        DailyUsage {
-            day: day.into(),
-            key_id: key,
-            key_name: name.into(),
-            model: model.into(),
-            requests,
-            cost: nanos(cost),
-            input_tokens: inputs,
-            output_tokens: outputs,
-        }
-    };
-    // Tokens follow from the costs (see `record`): input = cost % 1000 + 1, output = cost % 100 + 2.
-    let all = vec![
-        row("2026-01-01", k1, "first", "m1", 2, 30, 11 + 21, 12 + 22),
-        row("2026-01-02", k1, "first", "m2", 1, 30, 31, 32),
-        row("2026-01-02", k2, "second", "m1", 1, 40, 41, 42),
-        row("2026-01-03", k2, "second", "m1", 1, 50, 51, 52),
+    let ledger = vec![
+        // 2025-12-31
+        record("old", acme.id, bob, "gpt", 1_000, T0 - 1),
+        // 2026-01-01
+        record("a1", acme.id, zed, "gpt", 10, T0),
+        record("a2", acme.id, zed, "gpt", 25, T0 + DAY - 1),
+        record("a3", acme.id, ann, "Zeta", 30, T0 + 5),
+        // 2026-01-02
+        record("b1", acme.id, ann, "alpha", 50, T0 + DAY),
+        record("b2", acme.id, bob, "gpt", 5, T0 + DAY + 1),
+        // 2026-01-03: nothing. 2026-01-04:
+        record("d1", acme.id, bob, "alpha", 5, T0 + 3 * DAY),
+        record("d2", acme.id, bob, "Zeta", 25, T0 + 3 * DAY + 7),
+        // Another account, on the same days and models.
+        record("o1", other.id, theirs, "gpt", 60, T0 + DAY),
+        record("o2", other.id, theirs, "Zeta", 70, T0 + 3 * DAY),
     ];
     assert_eq!(
-        store
-            .daily_usage(acme.id, "2026-01-01")
-            .await
-            .expect("daily"),
-        all
+        store.record_usage(&ledger).await.expect("record"),
+        vec![true; ledger.len()]
     );
+    let r = |id: &str| {
+        ledger
+            .iter()
+            .find(|r| r.request_id == id)
+            .expect("a record of the ledger")
+    };
+    let sum = |ids: &[&str]| totals_of(ids.iter().map(|id| r(id)));
+
+    // Spelled out once. Days with usage only, oldest first. Models "Zeta" and "alpha" both
+    // cost 55: byte order puts "Zeta" first. Keys `zed` and `bob` both cost 35: the lower
+    // id, `zed`, comes first.
+    let from_jan_1 = ActivityRollup {
+        days: vec![
+            ("2026-01-01".into(), sum(&["a1", "a2", "a3"])),
+            ("2026-01-02".into(), sum(&["b1", "b2"])),
+            ("2026-01-04".into(), sum(&["d1", "d2"])),
+        ],
+        models: vec![
+            ("Zeta".into(), sum(&["a3", "d2"])),
+            ("alpha".into(), sum(&["b1", "d1"])),
+            ("gpt".into(), sum(&["a1", "a2", "b2"])),
+        ],
+        keys: vec![
+            (ann, "ann".into(), sum(&["a3", "b1"])),
+            (zed, "zed".into(), sum(&["a1", "a2"])),
+            (bob, "bob".into(), sum(&["b2", "d1", "d2"])),
+        ],
+    };
+    assert_eq!(from_jan_1.models[0].1.cost, from_jan_1.models[1].1.cost);
+    assert_eq!(from_jan_1.keys[1].2.cost, from_jan_1.keys[2].2.cost);
     assert_eq!(
         store
-            .daily_usage(acme.id, "2025-06-30")
+            .activity(acme.id, "2026-01-01")
             .await
-            .expect("daily"),
-        all
-    );
-    assert_eq!(
-        store
-            .daily_usage(acme.id, "2026-01-02")
-            .await
-            .expect("daily"),
-        all[1..].to_vec()
-    );
-    assert_eq!(
-        store
-            .daily_usage(acme.id, "2026-01-03")
-            .await
-            .expect("daily"),
-        all[3..].to_vec()
-    );
-    assert!(store
-        .daily_usage(acme.id, "2026-01-04")
-        .await
-        .expect("daily")
-        .is_empty());
-    assert_eq!(
-        store
-            .daily_usage(other.id, "2026-01-01")
-            .await
-            .expect("daily"),
-        vec![row("2026-01-02", ko, "theirs", "m1", 1, 60, 61, 62)]
+            .expect("activity"),
+        from_jan_1
     );
 
-    // A renamed key shows its current name; a deleted key keeps its rows.
+    let mut names: HashMap<KeyId, String> = [(zed, "zed"), (ann, "ann"), (bob, "bob")]
+        .into_iter()
+        .map(|(id, name)| (id, name.to_string()))
+        .collect();
+    names.insert(theirs, "theirs".into());
+    for since in [
+        "2025-06-30",
+        "2025-12-31",
+        "2026-01-02",
+        "2026-01-03",
+        "2026-01-04",
+    ] {
+        let expected = expected_activity(&ledger, acme.id, since, &names);
+        assert!(!expected.days.is_empty());
+        assert_eq!(
+            store.activity(acme.id, since).await.expect("activity"),
+            expected,
+            "activity since {since}"
+        );
+    }
+    assert_eq!(
+        store
+            .activity(acme.id, "2026-01-05")
+            .await
+            .expect("activity"),
+        ActivityRollup::default()
+    );
+    assert_eq!(
+        store
+            .activity(other.id, "2026-01-01")
+            .await
+            .expect("activity"),
+        ActivityRollup {
+            days: vec![
+                ("2026-01-02".into(), sum(&["o1"])),
+                ("2026-01-04".into(), sum(&["o2"])),
+            ],
+            models: vec![("Zeta".into(), sum(&["o2"])), ("gpt".into(), sum(&["o1"]))],
+            keys: vec![(theirs, "theirs".into(), sum(&["o1", "o2"]))],
+        }
+    );
+    let idle = account(&store, "idle").await;
+    assert_eq!(
+        store
+            .activity(idle.id, "0000-00-00")
+            .await
+            .expect("activity"),
+        ActivityRollup::default()
+    );
+
+    // A renamed key shows its current name; a deleted key keeps its usage and its name;
+    // a key without a row in `api_keys` has an empty name.
     store
         .update_key(
             acme.id,
-            k2,
+            ann,
             &tollgate::store::KeyPatch {
                 name: Some("renamed".into()),
                 ..Default::default()
@@ -200,23 +243,41 @@ pub async fn daily_usage_since_day(db: TestDb) {
         .await
         .expect("update")
         .expect("found");
-    store
+    assert!(store
         .delete_key(
             Some(acme.id),
             tollgate::store::KeyKind::Inference,
-            k2,
+            ann,
             T0 + 3 * DAY,
         )
         .await
-        .expect("delete");
-    let names: Vec<String> = store
-        .daily_usage(acme.id, "2026-01-03")
+        .expect("delete"));
+    execute_sql(
+        &db,
+        &format!(
+            "INSERT INTO usage_daily (account_id, day, key_id, model, requests, cost, \
+             input_tokens, output_tokens) VALUES ({}, '2026-01-04', 999999, 'gpt', 1, 1, 1, 1)",
+            acme.id.0
+        ),
+    )
+    .await;
+    let keys: Vec<(KeyId, String)> = store
+        .activity(acme.id, "2026-01-01")
         .await
-        .expect("daily")
+        .expect("activity")
+        .keys
         .into_iter()
-        .map(|d| d.key_name)
+        .map(|(id, name, _)| (id, name))
         .collect();
-    assert_eq!(names, vec!["renamed".to_string()]);
+    assert_eq!(
+        keys,
+        vec![
+            (ann, "renamed".to_string()),
+            (zed, "zed".to_string()),
+            (bob, "bob".to_string()),
+            (KeyId(999_999), String::new()),
+        ]
+    );
 }
 
 pub async fn usage_record_lookup(db: TestDb) {
@@ -288,5 +349,5 @@ pub async fn largest_batch(db: TestDb) {
     );
     let backend = db.url().split(':').next().unwrap_or_default();
     eprintln!("{backend}: one batch of 1024 new records written in {elapsed:?}");
-    assert_counters_match(&store, &[acme.id, other.id], &batch).await;
+    assert_counters_match(&db, &store, &[acme.id, other.id], &batch).await;
 }
