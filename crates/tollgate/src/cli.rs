@@ -1,6 +1,7 @@
 //! The command line: `tollgate serve`, `migrate`, and the operator commands.
 #![allow(clippy::print_stdout)] // the operator commands print their results on stdout
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -126,11 +127,14 @@ pub fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     const LOG_QUEUE_LINES: usize = 8_192;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The log thread writes every line queued meanwhile, then flushes: under load, one
+    // write to stderr carries many lines instead of one system call each.
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(LOG_QUEUE_LINES)
-        .finish(std::io::stderr());
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(writer)
         .try_init();
     guard
