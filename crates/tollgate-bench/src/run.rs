@@ -978,7 +978,14 @@ impl Bench {
                 "N producers each queue a record and wait for its group commit (as the gateway does before answering); {} s per row; every settled record is then counted in the ledger.",
                 self.lengths.writer
             ),
-            &["database", "producers", "settled records/s", "records", "found in ledger"],
+            &[
+                "database",
+                "producers",
+                "settled records/s",
+                "records per commit",
+                "records",
+                "found in ledger",
+            ],
         );
         let mut best_sqlite: f64 = 0.0;
         for url in urls {
@@ -997,6 +1004,7 @@ impl Bench {
                     vec![
                         r.producers.to_string(),
                         num(Some(r.per_second()), 0),
+                        num(Some(r.settled as f64 / r.commits.max(1) as f64), 1),
                         num(Some(r.settled as f64), 0),
                         num(Some(r.in_ledger as f64), 0),
                     ],

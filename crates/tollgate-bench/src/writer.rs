@@ -34,6 +34,8 @@ pub struct WriterResult {
     pub settled: u64,
     pub seconds: f64,
     pub in_ledger: u64,
+    /// Transactions the writer committed.
+    pub commits: u64,
 }
 
 impl WriterResult {
@@ -46,12 +48,13 @@ impl fmt::Display for WriterResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "usage writer ({}), {} producers: {:.0} settled records/s ({} in {:.1} s; {} found in the ledger)",
+            "usage writer ({}), {} producers: {:.0} settled records/s ({} in {:.1} s, {} commits; {} found in the ledger)",
             self.database,
             self.producers,
             self.per_second(),
             self.settled,
             self.seconds,
+            self.commits,
             self.in_ledger
         )
     }
@@ -98,7 +101,7 @@ pub async fn bench(args: &WriterArgs) -> anyhow::Result<Vec<WriterResult>> {
     let mut results = Vec::new();
     for (run, &producers) in args.producers.iter().enumerate() {
         let prefix = format!("req_wb{tag}r{run}_");
-        let (settled, seconds) = one_run(
+        let (settled, seconds, commits) = one_run(
             store.clone(),
             producers,
             Duration::from_secs_f64(args.seconds),
@@ -114,6 +117,7 @@ pub async fn bench(args: &WriterArgs) -> anyhow::Result<Vec<WriterResult>> {
             settled,
             seconds,
             in_ledger,
+            commits,
         });
     }
     Ok(results)
@@ -126,7 +130,7 @@ async fn one_run(
     prefix: &str,
     account: tollgate::store::AccountId,
     keys: &[KeyId],
-) -> (u64, f64) {
+) -> (u64, f64, u64) {
     let (writer, task) = UsageWriter::start(store);
     let sequence = Arc::new(AtomicU64::new(0));
     let settled = Arc::new(AtomicU64::new(0));
@@ -141,6 +145,9 @@ async fn one_run(
         let keys = keys.to_vec();
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
+                // As the gateway does when it admits a request: the writer then knows
+                // a record is on its way.
+                let coming = writer.coming();
                 let n = sequence.fetch_add(1, Ordering::Relaxed);
                 let record = UsageRecord {
                     // Time-ordered, like the gateway's UUIDv7 request ids.
@@ -157,7 +164,7 @@ async fn one_run(
                     latency_ms: 1,
                     created_at: tollgate::now(),
                 };
-                if writer.record(record).await {
+                if coming.record(record).await {
                     settled.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -167,9 +174,10 @@ async fn one_run(
         let _ = t.await;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let commits = writer.commits();
     drop(writer);
     let _ = task.await;
-    (settled.load(Ordering::Relaxed), seconds)
+    (settled.load(Ordering::Relaxed), seconds, commits)
 }
 
 async fn count_records(url: &str, prefix: &str) -> anyhow::Result<u64> {

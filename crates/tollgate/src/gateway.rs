@@ -23,7 +23,7 @@ use crate::config::{Config, Endpoint, Model, Provider, ProviderKind};
 use crate::http::error::ApiError;
 use crate::providers::{self, UpstreamBody, Upstreams};
 use crate::store::{KeyRecord, UsageRecord};
-use crate::usage::UsageWriter;
+use crate::usage::{Coming, UsageWriter};
 
 /// Header carrying the exact cost of a (non-streamed) request, in credits.
 pub const COST_HEADER: &str = "x-tollgate-cost";
@@ -124,7 +124,8 @@ enum Billing {
 /// request is charged at most once; dropping it unsettled releases the reservation.
 struct Settlement {
     meter: Arc<Meter>,
-    writer: UsageWriter,
+    /// Taken with the reservation: tells the usage writer a record is on its way.
+    coming: Option<Coming>,
     reservation: Option<Reservation>,
     model: Arc<Model>,
     endpoint: Endpoint,
@@ -141,7 +142,9 @@ impl Settlement {
         if let Some(reservation) = self.reservation.take() {
             self.meter.settle(reservation, cost).await;
         }
-        self.writer.record(record).await;
+        if let Some(coming) = self.coming.take() {
+            coming.record(record).await;
+        }
         cost
     }
 
@@ -150,13 +153,15 @@ impl Settlement {
         let (cost, record) = self.charge(usage, status);
         let reservation = self.reservation.take();
         let meter = self.meter.clone();
-        let writer = self.writer.clone();
+        let coming = self.coming.take();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 if let Some(reservation) = reservation {
                     meter.settle(reservation, cost).await;
                 }
-                writer.record(record).await;
+                if let Some(coming) = coming {
+                    coming.record(record).await;
+                }
             });
         }
     }
@@ -630,7 +635,7 @@ impl Gateway {
             })?;
         Ok(Settlement {
             meter: self.meter.clone(),
-            writer: self.writer.clone(),
+            coming: Some(self.writer.coming()),
             reservation: Some(reservation),
             model: model.clone(),
             endpoint: inbound.endpoint,

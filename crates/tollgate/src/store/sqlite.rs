@@ -123,7 +123,9 @@ impl SqliteStore {
         // Checkpoints run in the background (below), not in whichever commit crosses
         // 1,000 WAL pages: that commit would copy and fsync the database file while
         // every request of its batch waits for it.
-        let options = options.pragma("wal_autocheckpoint", "0");
+        let options = options
+            .pragma("wal_autocheckpoint", "0")
+            .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string());
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .min_connections(1)
@@ -156,6 +158,13 @@ impl SqliteStore {
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 /// WAL frames (pages) above which a checkpoint also restarts the WAL.
 const RESTART_WAL_FRAMES: i64 = 8192;
+/// The size the WAL file is cut back to when it starts over (SQLite's
+/// `journal_size_limit`). Without it the file keeps the size of its longest run between
+/// two restarts, for good: under load that was gigabytes, mostly pages no longer cached,
+/// so appending a frame (4,120 bytes, not a whole page) first read the page from disk.
+/// 128 MB is more than 5 s at 1,000 req/s write, so a steady load does not cut the file
+/// and grow it again at every restart; only a burst does.
+const WAL_SIZE_LIMIT: i64 = 128 * 1024 * 1024;
 
 /// Copies committed WAL frames into the database file without blocking writers (a
 /// passive checkpoint), so commits never wait for the copy or the fsync of the database
@@ -171,24 +180,24 @@ async fn checkpoint_loop(pool: SqlitePool, alive: std::sync::Weak<()>) {
         if alive.strong_count() == 0 || pool.is_closed() {
             return;
         }
-        // (busy, frames in the WAL, frames copied)
-        let passive = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
-            .fetch_one(&pool)
-            .await;
-        let result = match passive {
-            Ok((_, frames, _)) if frames > RESTART_WAL_FRAMES => {
-                sqlx::query("PRAGMA wal_checkpoint(RESTART)")
-                    .execute(&pool)
-                    .await
-                    .map(|_| ())
-            }
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
+        if let Err(e) = checkpoint(&pool).await {
             tracing::warn!(error = %e, "SQLite checkpoint failed");
         }
     }
+}
+
+/// One round of `checkpoint_loop`.
+async fn checkpoint(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    // (busy, frames in the WAL, frames copied)
+    let (_, frames, _) = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+        .fetch_one(pool)
+        .await?;
+    if frames > RESTART_WAL_FRAMES {
+        sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
 }
 
 fn key_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
@@ -297,6 +306,7 @@ impl Ledger {
         conn.execute_batch(
             "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;",
         )?;
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
         Ok(Ledger { conn })
     }
 
@@ -650,5 +660,72 @@ impl Store for SqliteStore {
             })
         })
         .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::billing::Credits;
+    use crate::store::{KeyKind, NewKey};
+
+    #[tokio::test]
+    async fn a_restarted_wal_is_cut_back_to_the_size_limit() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("t.db");
+        let store = SqliteStore::open(&format!("sqlite://{}", path.display()))
+            .await
+            .expect("open");
+        store.migrate().await.expect("migrate");
+        let account = store.create_account("a", 0).await.expect("account");
+        let key = store
+            .create_key(NewKey {
+                account_id: account.id,
+                kind: KeyKind::Inference,
+                name: "k".into(),
+                key_hash: "h".into(),
+                hint: "h".into(),
+                created_at: 0,
+                expires_at: None,
+                credit_limit: None,
+                rate_limit_rpm: None,
+            })
+            .await
+            .expect("key");
+        let record = |i: usize| UsageRecord {
+            request_id: format!("r{i}"),
+            account_id: account.id,
+            key_id: key.id,
+            model: "m".into(),
+            endpoint: "chat.completions".into(),
+            input_tokens: 1,
+            cached_input_tokens: 0,
+            output_tokens: 1,
+            cost: Credits::from_nanos(1),
+            status: 200,
+            latency_ms: 1,
+            created_at: 1_700_000_000,
+        };
+        let wal = path.with_extension("db-wal");
+        let wal_size = || std::fs::metadata(&wal).expect("wal").len();
+        // One record per commit, as at a low request rate: the WAL grows past the limit.
+        let mut written = 0;
+        while wal_size() <= WAL_SIZE_LIMIT as u64 {
+            append_locked(&store.ledger, &[record(written)]).expect("append");
+            written += 1;
+        }
+        checkpoint(&store.pool).await.expect("checkpoint");
+        append_locked(&store.ledger, &[record(written)]).expect("append");
+        assert!(
+            wal_size() <= WAL_SIZE_LIMIT as u64,
+            "the WAL is still {} bytes",
+            wal_size()
+        );
+        let account = store
+            .account(account.id)
+            .await
+            .expect("read")
+            .expect("account");
+        assert_eq!(account.charged.nanos(), written as i64 + 1);
     }
 }
