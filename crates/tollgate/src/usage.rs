@@ -19,10 +19,11 @@ use crate::store::{Store, StoreError, UsageRecord};
 /// Largest batch written in one transaction.
 const MAX_BATCH: usize = 1024;
 /// Above this many records per second, a batch stays open `LINGER` before it commits.
-/// Every commit writes each page it touched (eight, for one record: the ledger row, its
-/// two indexes, the counters of the account, the key and the day) whatever the batch
-/// size, so under load, commits of one or two records each wrote 16 KB of WAL per
-/// request; a batch that waits for its neighbours writes those pages once for many.
+/// Every commit writes each page it touched (seven on SQLite for one record: the ledger
+/// row, its request-id index, the id sequence, the counters of the account and the key,
+/// the day's roll-up and its index) whatever the batch size, so under load, commits of
+/// one or two records each wrote 16 KB of WAL per request; a batch that waits for its
+/// neighbours writes those pages once for many.
 /// Below the rate (1,000 req/s is far below it) a record commits as soon as it arrives.
 const BUSY_RATE: u64 = 5_000;
 /// How long a batch stays open under load, at most: it closes sooner when no record is
