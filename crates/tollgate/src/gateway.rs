@@ -941,7 +941,7 @@ impl Gateway {
                 (None, _) => serde_json::from_slice::<RawObject>(&bytes).ok().map(|o| {
                     o.get("usage")
                         .and_then(|u| serde_json::from_str::<Value>(u.get()).ok())
-                        .map(|u| serde_json::json!({ "usage": u }))
+                        .map(|u| Value::Object(serde_json::Map::from_iter([("usage".into(), u)])))
                         .unwrap_or(Value::Null)
                 }),
             };
