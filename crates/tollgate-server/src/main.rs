@@ -2,13 +2,15 @@
 
 use clap::Parser;
 
-fn main() -> std::process::ExitCode {
-    limit_malloc_arenas();
-    serve()
-}
+/// jemalloc rather than the system allocator: at capacity glibc's malloc and free took
+/// about a fifth of the gateway's CPU; with jemalloc, CPU per request fell by about a
+/// quarter (docs/benchmarks.md, docs/decisions.md).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
-async fn serve() -> std::process::ExitCode {
+async fn main() -> std::process::ExitCode {
     let _logs = tollgate::cli::init_logging();
     let cli = tollgate::cli::Cli::parse();
     match tollgate::cli::run(cli).await {
@@ -19,22 +21,3 @@ async fn serve() -> std::process::ExitCode {
         }
     }
 }
-
-/// glibc gives each thread that allocates an arena of its own, up to 8 per core, and
-/// memory freed in one arena cannot serve another, so a server whose connections hop
-/// between threads keeps a little more of each arena than it uses. One arena per core
-/// (as many as tokio has worker threads) keeps the contention the same and cut the
-/// memory of 2,000 open streams by 3.5 MB (docs/benchmarks.md).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn limit_malloc_arenas() {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let arenas = i32::try_from(cores).unwrap_or(i32::MAX);
-    // SAFETY: mallopt only sets an allocator parameter, and runs before any other
-    // thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, arenas);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn limit_malloc_arenas() {}
