@@ -18,7 +18,7 @@ use crate::store::{Store, StoreError, UsageRecord};
 
 /// Largest batch written in one transaction.
 const MAX_BATCH: usize = 1024;
-/// Above this many records per second, a batch stays open `LINGER` before it commits.
+/// Above this many records per second, a batch may stay open up to `LINGER`.
 /// Every commit writes each page it touched (seven on SQLite for one record: the ledger
 /// row, its request-id index, the id sequence, the counters of the account and the key,
 /// the day's roll-up and its index) whatever the batch size, so under load, commits of
@@ -163,8 +163,9 @@ impl Rate {
         }
     }
 
-    /// Whether the last window saw `BUSY_RATE` or more, and the current one is not
-    /// already quieter (a burst that ended does not keep batches waiting).
+    /// Whether the last whole window saw `BUSY_RATE` or more. A window that has stayed
+    /// open for two windows' time (no batch since) counts as quiet, so a burst that
+    /// ended does not keep the next batch waiting.
     fn busy(&self) -> bool {
         let elapsed = self.window_start.elapsed();
         if elapsed >= RATE_WINDOW * 2 {
