@@ -240,7 +240,7 @@ fn write_loop(
 mod tests {
     use super::*;
     use crate::billing::Credits;
-    use crate::store::{AccountId, KeyId, KeyKind, NewKey, SqliteStore};
+    use crate::store::{AccountId, KeyId};
 
     fn record(id: &str, account: AccountId, key: KeyId, cost: i64) -> UsageRecord {
         UsageRecord {
@@ -260,25 +260,8 @@ mod tests {
     }
 
     async fn store_with_key(dir: &std::path::Path) -> (Arc<dyn Store>, AccountId, KeyId) {
-        let url = format!("sqlite://{}", dir.join("t.db").display());
-        let store = SqliteStore::open(&url).await.expect("open");
-        store.migrate().await.expect("migrate");
-        let account = store.create_account("a", 0).await.expect("account");
-        let key = store
-            .create_key(NewKey {
-                account_id: account.id,
-                kind: KeyKind::Inference,
-                name: "k".into(),
-                key_hash: "h".into(),
-                hint: "h".into(),
-                created_at: 0,
-                expires_at: None,
-                credit_limit: None,
-                rate_limit_rpm: None,
-            })
-            .await
-            .expect("key");
-        (Arc::new(store), account.id, key.id)
+        let (store, account, key) = crate::store::test_store_with_key(dir).await;
+        (Arc::new(store), account, key)
     }
 
     /// Sends `count` records at an even `interval` from a thread of their own (open loop:

@@ -11,6 +11,8 @@ use async_trait::async_trait;
 use crate::billing::Credits;
 
 pub use postgres::PgStore;
+#[cfg(test)]
+pub(crate) use sqlite::test_store_with_key;
 pub use sqlite::SqliteStore;
 
 /// An account's id.

@@ -664,39 +664,47 @@ impl Store for SqliteStore {
     }
 }
 
+/// For unit tests: a migrated store in `dir` with one account and one inference key.
+#[cfg(test)]
+pub(crate) async fn test_store_with_key(
+    dir: &std::path::Path,
+) -> (SqliteStore, AccountId, crate::store::KeyId) {
+    use crate::store::{KeyKind, NewKey};
+    let url = format!("sqlite://{}", dir.join("t.db").display());
+    let store = SqliteStore::open(&url).await.expect("open");
+    store.migrate().await.expect("migrate");
+    let account = store.create_account("a", 0).await.expect("account");
+    let key = store
+        .create_key(NewKey {
+            account_id: account.id,
+            kind: KeyKind::Inference,
+            name: "k".into(),
+            key_hash: "h".into(),
+            hint: "h".into(),
+            created_at: 0,
+            expires_at: None,
+            credit_limit: None,
+            rate_limit_rpm: None,
+        })
+        .await
+        .expect("key");
+    (store, account.id, key.id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::billing::Credits;
-    use crate::store::{KeyKind, NewKey};
 
     #[tokio::test]
     async fn a_restarted_wal_is_cut_back_to_the_size_limit() {
         let dir = tempfile::tempdir().expect("dir");
+        let (store, account, key) = test_store_with_key(dir.path()).await;
         let path = dir.path().join("t.db");
-        let store = SqliteStore::open(&format!("sqlite://{}", path.display()))
-            .await
-            .expect("open");
-        store.migrate().await.expect("migrate");
-        let account = store.create_account("a", 0).await.expect("account");
-        let key = store
-            .create_key(NewKey {
-                account_id: account.id,
-                kind: KeyKind::Inference,
-                name: "k".into(),
-                key_hash: "h".into(),
-                hint: "h".into(),
-                created_at: 0,
-                expires_at: None,
-                credit_limit: None,
-                rate_limit_rpm: None,
-            })
-            .await
-            .expect("key");
         let record = |i: usize| UsageRecord {
             request_id: format!("r{i}"),
-            account_id: account.id,
-            key_id: key.id,
+            account_id: account,
+            key_id: key,
             model: "m".into(),
             endpoint: "chat.completions".into(),
             input_tokens: 1,
@@ -723,7 +731,7 @@ mod tests {
             wal_size()
         );
         let account = store
-            .account(account.id)
+            .account(account)
             .await
             .expect("read")
             .expect("account");
