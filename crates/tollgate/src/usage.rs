@@ -239,25 +239,8 @@ fn write_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::billing::Credits;
+    use crate::store::test_record as record;
     use crate::store::{AccountId, KeyId};
-
-    fn record(id: &str, account: AccountId, key: KeyId, cost: i64) -> UsageRecord {
-        UsageRecord {
-            request_id: id.to_string(),
-            account_id: account,
-            key_id: key,
-            model: "m".into(),
-            endpoint: "chat.completions".into(),
-            input_tokens: 1,
-            cached_input_tokens: 0,
-            output_tokens: 1,
-            cost: Credits::from_nanos(cost),
-            status: 200,
-            latency_ms: 1,
-            created_at: 1_700_000_000,
-        }
-    }
 
     async fn store_with_key(dir: &std::path::Path) -> (Arc<dyn Store>, AccountId, KeyId) {
         let (store, account, key) = crate::store::test_store_with_key(dir).await;

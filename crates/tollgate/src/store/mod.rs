@@ -11,9 +11,9 @@ use async_trait::async_trait;
 use crate::billing::Credits;
 
 pub use postgres::PgStore;
-#[cfg(test)]
-pub(crate) use sqlite::test_store_with_key;
 pub use sqlite::SqliteStore;
+#[cfg(test)]
+pub(crate) use sqlite::{test_record, test_store_with_key};
 
 /// An account's id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

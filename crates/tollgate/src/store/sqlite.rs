@@ -664,6 +664,30 @@ impl Store for SqliteStore {
     }
 }
 
+/// For unit tests: a usage record of one token in and out, costing `cost` nanocredits.
+#[cfg(test)]
+pub(crate) fn test_record(
+    id: &str,
+    account: AccountId,
+    key: crate::store::KeyId,
+    cost: i64,
+) -> UsageRecord {
+    UsageRecord {
+        request_id: id.to_string(),
+        account_id: account,
+        key_id: key,
+        model: "m".into(),
+        endpoint: "chat.completions".into(),
+        input_tokens: 1,
+        cached_input_tokens: 0,
+        output_tokens: 1,
+        cost: Credits::from_nanos(cost),
+        status: 200,
+        latency_ms: 1,
+        created_at: 1_700_000_000,
+    }
+}
+
 /// For unit tests: a migrated store in `dir` with one account and one inference key.
 #[cfg(test)]
 pub(crate) async fn test_store_with_key(
@@ -694,27 +718,13 @@ pub(crate) async fn test_store_with_key(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::billing::Credits;
 
     #[tokio::test]
     async fn a_restarted_wal_is_cut_back_to_the_size_limit() {
         let dir = tempfile::tempdir().expect("dir");
         let (store, account, key) = test_store_with_key(dir.path()).await;
         let path = dir.path().join("t.db");
-        let record = |i: usize| UsageRecord {
-            request_id: format!("r{i}"),
-            account_id: account,
-            key_id: key,
-            model: "m".into(),
-            endpoint: "chat.completions".into(),
-            input_tokens: 1,
-            cached_input_tokens: 0,
-            output_tokens: 1,
-            cost: Credits::from_nanos(1),
-            status: 200,
-            latency_ms: 1,
-            created_at: 1_700_000_000,
-        };
+        let record = |i: usize| test_record(&format!("r{i}"), account, key, 1);
         let wal = path.with_extension("db-wal");
         let wal_size = || std::fs::metadata(&wal).expect("wal").len();
         // One record per commit, as at a low request rate: the WAL grows past the limit.
