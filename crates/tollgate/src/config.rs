@@ -366,9 +366,10 @@ impl Config {
                 return Err(err(&key("name"), format!("'{}' is used twice", p.name)));
             }
             let base_url = p.base_url.trim_end_matches('/').to_string();
-            if reqwest::Url::parse(&base_url).is_err()
-                || !(base_url.starts_with("http://") || base_url.starts_with("https://"))
-            {
+            let uri = base_url.parse::<axum::http::Uri>();
+            if !uri.is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+            }) {
                 return Err(err(
                     &key("base_url"),
                     format!("'{}' is not an http(s) URL", p.base_url),

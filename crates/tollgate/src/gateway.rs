@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use serde_json::Value;
 use tollgate_formats::conversion::{chat_to_messages, messages_to_chat, responses_to_chat};
 use tollgate_formats::sse::{self, SseDecoder, SseEvent};
@@ -21,7 +21,7 @@ use crate::billing::meter::{Meter, Reservation, ReserveError};
 use crate::billing::{Credits, Usage};
 use crate::config::{Config, Endpoint, Model, Provider, ProviderKind};
 use crate::http::error::ApiError;
-use crate::providers::{self, UpstreamBody, Upstreams};
+use crate::providers::{self, UpstreamBody, UpstreamChunks, UpstreamResponse, Upstreams};
 use crate::store::{KeyRecord, UsageRecord};
 use crate::usage::{Coming, UsageWriter};
 
@@ -332,12 +332,10 @@ enum Translation {
     ResponsesToChat,
 }
 
-type ByteStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
-
 /// Relays an upstream event stream to the client, frame by frame, reading usage as it
 /// passes. Dropped early (the client went away), it charges what was generated.
 struct Relay {
-    upstream: ByteStream,
+    upstream: UpstreamChunks,
     decoder: SseDecoder,
     tracker: UsageTracker,
     upstream_format: Format,
@@ -478,7 +476,7 @@ fn sse_response(relay: Relay, request_id: &str) -> Response {
 /// Relays a binary answer (speech audio), holding back only its last chunk until the
 /// charge is committed.
 fn binary_response(
-    upstream: reqwest::Response,
+    upstream: UpstreamResponse,
     settlement: Settlement,
     usage: Usage,
     idle_timeout: Duration,
@@ -489,7 +487,7 @@ fn binary_response(
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_static("application/octet-stream"));
     struct State {
-        upstream: ByteStream,
+        upstream: UpstreamChunks,
         held: Option<Bytes>,
         settlement: Option<Settlement>,
         usage: Usage,
@@ -503,7 +501,7 @@ fn binary_response(
         }
     }
     let state = State {
-        upstream: Box::pin(upstream.bytes_stream()),
+        upstream: providers::chunks(upstream),
         held: None,
         settlement: Some(settlement),
         usage,
@@ -547,18 +545,13 @@ fn binary_response(
 }
 
 impl Gateway {
-    pub fn new(
-        config: Arc<Config>,
-        meter: Arc<Meter>,
-        writer: UsageWriter,
-    ) -> Result<Self, reqwest::Error> {
-        let upstreams = Upstreams::new(&config)?;
-        Ok(Gateway {
+    pub fn new(config: Arc<Config>, meter: Arc<Meter>, writer: UsageWriter) -> Self {
+        Gateway {
+            upstreams: Upstreams::new(&config),
             config,
             meter,
             writer,
-            upstreams,
-        })
+        }
     }
 
     /// The catalog entry of a request's model, checked against the endpoint.
@@ -837,7 +830,7 @@ impl Gateway {
                 ));
             };
             let relay = Relay {
-                upstream: Box::pin(upstream.bytes_stream()),
+                upstream: providers::chunks(upstream),
                 decoder: SseDecoder::new(self.config.limits.max_stream_frame_bytes),
                 tracker: UsageTracker::new(upstream_format),
                 upstream_format,
@@ -911,7 +904,7 @@ impl Gateway {
     /// Reads a whole JSON answer, charges it, and answers it (translated if needed).
     async fn finish_json(
         &self,
-        upstream: reqwest::Response,
+        upstream: UpstreamResponse,
         provider: &Provider,
         settlement: Settlement,
         billing: Billing,
@@ -988,7 +981,7 @@ impl Gateway {
     /// as the provider wrote them, provider failures become 502.
     async fn upstream_refusal(
         &self,
-        upstream: reqwest::Response,
+        upstream: UpstreamResponse,
         provider: &Provider,
         settlement: Settlement,
     ) -> ApiError {
@@ -1079,11 +1072,11 @@ fn stream_converter(
 
 /// Reads a whole upstream body, at most `limit` bytes.
 async fn read_limited(
-    upstream: reqwest::Response,
+    upstream: UpstreamResponse,
     limit: usize,
     idle_timeout: Duration,
 ) -> Result<Bytes, &'static str> {
-    let mut stream = upstream.bytes_stream();
+    let mut stream = providers::chunks(upstream);
     let mut buffer = bytes::BytesMut::new();
     loop {
         match tokio::time::timeout(idle_timeout, stream.next()).await {
@@ -1355,7 +1348,7 @@ impl Gateway {
                 provider,
                 inbound.endpoint.path(),
                 &format!("multipart/form-data; boundary={boundary}"),
-                UpstreamBody::Stream(reqwest::Body::wrap_stream(stream)),
+                UpstreamBody::stream(stream),
                 &[],
             )
             .await;

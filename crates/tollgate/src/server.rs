@@ -44,7 +44,7 @@ impl Server {
             None => None,
         };
         let (writer, writer_task) = UsageWriter::start(store.clone());
-        let state = AppState::new(Arc::new(config), store, writer, cluster)?;
+        let state = AppState::new(Arc::new(config), store, writer, cluster);
         Ok(Server {
             state,
             listener,

@@ -47,7 +47,7 @@ impl AppState {
         store: Arc<dyn Store>,
         writer: UsageWriter,
         cluster: Option<Cluster>,
-    ) -> Result<Self, reqwest::Error> {
+    ) -> Self {
         let auth = Authenticator::new(store.clone());
         let accounts = Accounts::new(store.clone(), auth.clone());
         // In a cluster the cache waits for the invalidation bus to be listening.
@@ -67,8 +67,8 @@ impl AppState {
             ),
         };
         let meter = Arc::new(meter);
-        let gateway = Arc::new(Gateway::new(config.clone(), meter.clone(), writer)?);
-        Ok(AppState {
+        let gateway = Arc::new(Gateway::new(config.clone(), meter.clone(), writer));
+        AppState {
             config,
             store,
             auth,
@@ -77,7 +77,7 @@ impl AppState {
             gateway,
             limiter: Arc::new(limiter),
             cluster,
-        })
+        }
     }
 
     /// A key's settings changed here: other parts and other replicas follow.

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sqlx::Row;
 
-use crate::helpers::{assert_error, spawn_app_env, TestApp};
+use crate::helpers::{assert_error, spawn_app_env, spawn_app_with, TestApp};
 
 /// Prices in nano-dollars per million tokens (i.e. femto-dollars per token), per unit
 /// prices in femto-dollars: written here independently of the gateway's parser.
@@ -676,6 +676,62 @@ async fn upstream_faults_are_not_charged() {
     assert!(ledger.iter().all(|r| r.4 == 0), "{ledger:?}");
     let key_view: Value = app.get("/v1/key", &key).await.json().await.expect("json");
     assert_eq!(key_view["usage"], "0.00");
+}
+
+#[tokio::test]
+async fn unreachable_and_silent_providers_are_clear_errors_and_cost_nothing() {
+    let upstream = fake_upstream::start(Options::default())
+        .await
+        .expect("fake upstream");
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let app = spawn_app_with(&format!(
+        r#"
+[[providers]]
+name = "gone"
+kind = "openai"
+base_url = "http://127.0.0.1:{closed_port}/v1"
+
+[[providers]]
+name = "slow"
+kind = "openai"
+base_url = "{base}"
+first_byte_timeout_ms = 200
+
+[[models]]
+id = "gone-test"
+provider = "gone"
+endpoints = ["chat.completions"]
+pricing = {{ input = "1", output = "1" }}
+
+[[models]]
+id = "slow-test"
+provider = "slow"
+endpoints = ["chat.completions"]
+pricing = {{ input = "1", output = "1" }}
+"#,
+        base = upstream.base_url()
+    ))
+    .await;
+    app.grant("100").await;
+    let key = app.inference_key().await;
+
+    let response = post(&app, &key, "/v1/chat/completions", &chat("gone-test", "hi")).await;
+    let message = assert_error(response, 502, "upstream_error", "upstream_unreachable").await;
+    assert!(message.contains("'gone'"), "{message}");
+
+    let started = std::time::Instant::now();
+    let body = chat("slow-test", "late [[fake:first_byte_ms=3000]]");
+    let response = post(&app, &key, "/v1/chat/completions", &body).await;
+    assert_error(response, 504, "upstream_error", "upstream_timeout").await;
+    // Two attempts of 200 ms each, not the provider's 3 s.
+    assert!(started.elapsed() < Duration::from_millis(2500));
+
+    let ledger = ledger(&app).await;
+    assert_eq!(ledger.len(), 2, "{ledger:?}");
+    assert!(ledger.iter().all(|r| r.4 == 0), "{ledger:?}");
 }
 
 #[tokio::test]
