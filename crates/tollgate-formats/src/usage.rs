@@ -357,7 +357,7 @@ pub fn strip_usage_field(data: &str) -> Cow<'_, str> {
 /// A JSON object's top-level members in document order, values kept as raw text, so
 /// an object can be read cheaply and written back with every untouched member byte for byte.
 #[derive(Debug)]
-pub struct RawObject<'a>(pub Vec<(String, &'a RawValue)>);
+pub struct RawObject<'a>(pub Vec<(Cow<'a, str>, &'a RawValue)>);
 
 impl<'a> RawObject<'a> {
     /// The raw value of a member (the last one, if the name repeats).
@@ -383,7 +383,7 @@ impl<'a> RawObject<'a> {
             out.push_str(value);
         };
         for (key, value) in &self.0 {
-            if remove.contains(&key.as_str()) {
+            if remove.contains(&key.as_ref()) {
                 continue;
             }
             match replace.iter().find(|(k, _)| k == key) {
@@ -411,13 +411,38 @@ impl<'de> Deserialize<'de> for RawObject<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut members = Vec::new();
-                while let Some((key, value)) = map.next_entry::<String, &'de RawValue>()? {
+                while let Some((Key(key), value)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
                     members.push((key, value));
                 }
                 Ok(RawObject(members))
             }
         }
         deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
+/// A member name, borrowed from the text unless it holds escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
     }
 }
 

@@ -56,19 +56,24 @@ impl Credits {
 
     /// Shown with at least `min_decimals` decimals and no trailing zeros beyond them.
     pub fn to_decimal_string(self, min_decimals: usize) -> String {
-        let sign = if self.0 < 0 { "-" } else { "" };
+        use std::fmt::Write;
         let abs = self.0.unsigned_abs();
         let whole = abs / NANOS_PER_CREDIT as u64;
-        let frac = abs % NANOS_PER_CREDIT as u64;
-        let mut frac_digits = format!("{frac:09}");
-        while frac_digits.len() > min_decimals && frac_digits.ends_with('0') {
-            frac_digits.pop();
+        let mut frac = abs % NANOS_PER_CREDIT as u64;
+        let mut decimals = 9;
+        while decimals > min_decimals && frac.is_multiple_of(10) {
+            frac /= 10;
+            decimals -= 1;
         }
-        if frac_digits.is_empty() {
-            format!("{sign}{whole}")
-        } else {
-            format!("{sign}{whole}.{frac_digits}")
+        let mut text = String::with_capacity(24);
+        if self.0 < 0 {
+            text.push('-');
         }
+        let _ = write!(text, "{whole}");
+        if decimals > 0 {
+            let _ = write!(text, ".{frac:0decimals$}");
+        }
+        text
     }
 }
 
@@ -185,6 +190,8 @@ mod tests {
         assert_eq!(Credits(1).to_string(), "0.000000001");
         assert_eq!(Credits(-2_000_000_000).to_string(), "-2.00");
         assert_eq!(Credits(25_000_000_000).to_decimal_string(1), "25.0");
+        assert_eq!(Credits(3_000_000_000).to_decimal_string(0), "3");
+        assert_eq!(Credits(-1_230_000_000).to_decimal_string(0), "-1.23");
         assert_eq!(
             Credits(i64::MIN).to_decimal_string(0),
             "-9223372036.854775808"

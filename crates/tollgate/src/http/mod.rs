@@ -27,9 +27,12 @@ use crate::store::{AccountId, KeyId, KeyRecord, Store};
 use crate::usage::UsageWriter;
 use error::ApiError;
 
-/// Everything a handler may need, cheap to clone.
+/// Everything a handler may need, behind one `Arc`: every request clones it.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Parts>);
+
+/// The parts of [`AppState`].
+pub struct Parts {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
     pub auth: Authenticator,
@@ -68,7 +71,7 @@ impl AppState {
         };
         let meter = Arc::new(meter);
         let gateway = Arc::new(Gateway::new(config.clone(), meter.clone(), writer));
-        AppState {
+        AppState(Arc::new(Parts {
             config,
             store,
             auth,
@@ -77,7 +80,7 @@ impl AppState {
             gateway,
             limiter: Arc::new(limiter),
             cluster,
-        }
+        }))
     }
 
     /// A key's settings changed here: other parts and other replicas follow.
@@ -98,6 +101,14 @@ impl AppState {
                 tracing::error!(error = %e, key = id.0, "could not publish a key invalidation");
             }
         }
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Parts;
+
+    fn deref(&self) -> &Parts {
+        &self.0
     }
 }
 
