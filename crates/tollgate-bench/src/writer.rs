@@ -109,7 +109,7 @@ pub async fn bench(args: &WriterArgs) -> anyhow::Result<Vec<WriterResult>> {
             account.id,
             &keys,
         )
-        .await;
+        .await?;
         let in_ledger = count_records(&args.database_url, &prefix).await?;
         results.push(WriterResult {
             database: database_kind(&args.database_url),
@@ -130,8 +130,8 @@ async fn one_run(
     prefix: &str,
     account: tollgate::store::AccountId,
     keys: &[KeyId],
-) -> (u64, f64, u64) {
-    let (writer, task) = UsageWriter::start(store);
+) -> anyhow::Result<(u64, f64, u64)> {
+    let (writer, task) = UsageWriter::start(store).await?;
     let sequence = Arc::new(AtomicU64::new(0));
     let settled = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -173,11 +173,14 @@ async fn one_run(
     for t in tasks {
         let _ = t.await;
     }
+    // On SQLite a record is settled once it is in the journal: the run ends when the
+    // ledger has committed them all.
+    writer.flushed().await;
     let seconds = started.elapsed().as_secs_f64();
     let commits = writer.commits();
     drop(writer);
     let _ = task.await;
-    (settled.load(Ordering::Relaxed), seconds, commits)
+    Ok((settled.load(Ordering::Relaxed), seconds, commits))
 }
 
 async fn count_records(url: &str, prefix: &str) -> anyhow::Result<u64> {

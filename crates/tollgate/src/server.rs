@@ -43,7 +43,7 @@ impl Server {
             ),
             None => None,
         };
-        let (writer, writer_task) = UsageWriter::start(store.clone());
+        let (writer, writer_task) = UsageWriter::start(store.clone()).await?;
         let state = AppState::new(Arc::new(config), store, writer, cluster);
         Ok(Server {
             state,

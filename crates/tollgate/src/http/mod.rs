@@ -9,7 +9,7 @@ pub mod public;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -41,6 +41,7 @@ pub struct Parts {
     pub gateway: Arc<Gateway>,
     pub limiter: Arc<RateLimiter>,
     pub cluster: Option<Cluster>,
+    pub writer: UsageWriter,
 }
 
 impl AppState {
@@ -70,7 +71,7 @@ impl AppState {
             ),
         };
         let meter = Arc::new(meter);
-        let gateway = Arc::new(Gateway::new(config.clone(), meter.clone(), writer));
+        let gateway = Arc::new(Gateway::new(config.clone(), meter.clone(), writer.clone()));
         AppState(Arc::new(Parts {
             config,
             store,
@@ -80,6 +81,7 @@ impl AppState {
             gateway,
             limiter: Arc::new(limiter),
             cluster,
+            writer,
         }))
     }
 
@@ -127,11 +129,10 @@ pub fn router(state: AppState) -> Router {
             }),
         );
     }
-    router
-        .route("/healthz", get(public::healthz))
-        .route("/readyz", get(public::readyz))
-        .route("/v1/models", get(public::models))
-        .route("/v1/startups", get(public::startups))
+    // What the ledger says (usage, balance, activity) is read after the usage writer has
+    // committed every record handed to it so far: a client that got its answer sees its
+    // charge there, although on SQLite the answer did not wait for the commit.
+    let account = Router::new()
         .route("/v1/key", get(account::own_key))
         .route(
             "/v1/account/keys",
@@ -145,10 +146,29 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/account/balance", get(account::balance))
         .route("/v1/account/activity", get(account::activity))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            ledger_committed_first,
+        ));
+    router
+        .route("/healthz", get(public::healthz))
+        .route("/readyz", get(public::readyz))
+        .route("/v1/models", get(public::models))
+        .route("/v1/startups", get(public::startups))
+        .merge(account)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(request_id_and_log))
         .with_state(state)
+}
+
+async fn ledger_committed_first(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    state.writer.flushed().await;
+    next.run(request).await
 }
 
 async fn not_found(request: Request) -> ApiError {

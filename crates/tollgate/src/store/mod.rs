@@ -305,6 +305,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<bool>, StoreError> {
         rt.block_on(self.record_usage(batch))
     }
+    /// The ledger file whose usage journal (see [`crate::usage::Journal`]) may stand in
+    /// for a commit while a response waits: SQLite's database file, on this machine.
+    /// `None` (PostgreSQL, or SQLite in memory) makes every response wait for its commit.
+    fn usage_journal_ledger(&self) -> Option<std::path::PathBuf> {
+        None
+    }
     /// An account's daily roll-up from `since_day` (YYYY-MM-DD) on, grouped per day, per
     /// model and per key (orders in [`ActivityRollup`]).
     async fn activity(

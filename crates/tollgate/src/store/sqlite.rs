@@ -22,6 +22,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// The connection that writes usage batches (see [`Ledger`]).
     ledger: Arc<Mutex<Ledger>>,
+    /// The database file (`None` in memory).
+    file: Option<std::path::PathBuf>,
     /// Dropped with the last handle; the checkpoint task then ends.
     _alive: Arc<()>,
 }
@@ -137,11 +139,14 @@ impl SqliteStore {
             .await?;
         // Opened after the pool, which has created the file and put it in WAL mode.
         let ledger = Arc::new(Mutex::new(Ledger::open(options.get_filename())?));
+        let file = Path::new(options.get_filename());
+        let file = file.is_file().then(|| file.to_path_buf());
         let alive = Arc::new(());
         tokio::spawn(checkpoint_loop(pool.clone(), Arc::downgrade(&alive)));
         Ok(SqliteStore {
             pool,
             ledger,
+            file,
             _alive: alive,
         })
     }
@@ -618,6 +623,10 @@ impl Store for SqliteStore {
         batch: &[UsageRecord],
     ) -> Result<Vec<bool>, StoreError> {
         append_locked(&self.ledger, batch)
+    }
+
+    fn usage_journal_ledger(&self) -> Option<std::path::PathBuf> {
+        self.file.clone()
     }
 
     async fn activity(

@@ -147,8 +147,10 @@ pub fn chat(model: &str, text: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 100})
 }
 
-/// All usage records of the test's database.
+/// All usage records of the test's database, once the usage writer has committed every
+/// record handed to it (on SQLite a response waits only for the usage journal).
 pub async fn ledger(app: &TestApp) -> Vec<(String, i64, i64, i64, i64, i64)> {
+    app.state.writer.flushed().await;
     let url = format!("sqlite://{}", app.dir.path().join("tollgate.db").display());
     let pool = sqlx::SqlitePool::connect(&url).await.expect("db");
     let rows = sqlx::query(
