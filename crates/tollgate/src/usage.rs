@@ -1,9 +1,11 @@
 //! The usage writer: appends usage records to the ledger in batches (group commit).
 //! A response is only finished once its charge is safe from a crash of this process:
-//! - on SQLite, once the record is in the usage journal ([`Journal`]): one `write` of a
-//!   file next to the database, while the writer commits the records behind it;
-//! - on PostgreSQL, once its batch is committed (a replica's journal would be lost with
-//!   its machine), while many requests share one transaction.
+//! - on SQLite below `BUSY_RATE`, once the record is in the usage journal ([`Journal`]):
+//!   one `write` of a file next to the database, while the writer commits the records
+//!   behind it;
+//! - otherwise once its batch is committed: on PostgreSQL always (a replica's journal
+//!   would be lost with its machine), and under load on SQLite too, where many requests
+//!   share each commit and waiting for it costs less CPU than a `write` per record.
 //!
 //! Under load a batch stays open a little while records are still arriving (see
 //! `BUSY_RATE`). The writer runs on a thread of its own (the runtime's blocking pool), so
@@ -11,7 +13,7 @@
 
 mod journal;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +37,10 @@ const MAX_BACKLOG: u64 = 10_000;
 /// the day's roll-up and its index) whatever the batch size, so under load, commits of
 /// one or two records each wrote 16 KB of WAL per request; a batch that waits for its
 /// neighbours writes those pages once for many.
-/// Below the rate (1,000 req/s is far below it) a record commits as soon as it arrives.
+/// Below the rate (1,000 req/s is far below it) a record commits as soon as it arrives,
+/// or goes to the journal. Above it, records skip the journal: at capacity, a `write` per
+/// record on the requests' threads and a wake-up per response instead of one per batch
+/// cost 10-12 µs of CPU per request (17,260 req/s instead of 19,582, docs/benchmarks.md).
 const BUSY_RATE: u64 = 5_000;
 /// How long a batch stays open under load, at most: it closes sooner when no record is
 /// on its way ([`Coming`]) or a step of `LINGER_STEP` brings none.
@@ -65,6 +70,8 @@ pub struct UsageWriter {
     commits: Arc<AtomicU64>,
     /// Records on their way (see [`Coming`]).
     coming: Arc<AtomicU64>,
+    /// Whether records arrive at `BUSY_RATE` or more (they then skip the journal).
+    busy: Arc<AtomicBool>,
     /// Records handed to the writer so far.
     sent: Arc<AtomicU64>,
     /// Records the writer has committed (or given up on) so far.
@@ -140,13 +147,19 @@ impl UsageWriter {
             journal: journal.clone(),
             commits: Arc::new(AtomicU64::new(0)),
             coming: Arc::new(AtomicU64::new(0)),
+            busy: Arc::new(AtomicBool::new(false)),
             sent: Arc::new(AtomicU64::new(0)),
             finished,
         };
-        let counters = (writer.commits.clone(), writer.coming.clone());
+        let counters = (
+            writer.commits.clone(),
+            writer.coming.clone(),
+            writer.busy.clone(),
+        );
         let task = tokio::task::spawn_blocking(move || {
             let ends = Ends {
                 commits: &counters.0,
+                busy: &counters.2,
                 finished: &finished_tx,
                 journal: journal.as_deref(),
             };
@@ -170,12 +183,12 @@ impl UsageWriter {
     }
 
     /// Hands a record to the writer and waits until it is safe: in the journal if the
-    /// store has one (if writing it there fails, until it is committed), committed
-    /// otherwise. Returns `false` only if the writer is gone (shutting down) and the
+    /// store has one and the writer is not busy (if writing it there fails, until it is
+    /// committed), committed otherwise. Returns `false` only if the writer is gone (shutting down) and the
     /// record is in no journal, in which case it was not written.
     pub async fn record(&self, record: UsageRecord) -> bool {
         let record = match &self.journal {
-            Some(journal) if self.backlog() < MAX_BACKLOG => {
+            Some(journal) if !self.busy.load(Ordering::Relaxed) && self.backlog() < MAX_BACKLOG => {
                 match self.journal_and_send(journal, record) {
                     None => return true,
                     Some(record) => record,
@@ -337,6 +350,7 @@ fn write_batch(store: &dyn Store, rt: &Handle, records: &[UsageRecord]) {
 /// Where the writer reports what it has done.
 struct Ends<'a> {
     commits: &'a AtomicU64,
+    busy: &'a AtomicBool,
     finished: &'a watch::Sender<u64>,
     journal: Option<&'a Journal>,
 }
@@ -373,6 +387,8 @@ fn write_loop(
             }
         }
         rate.add(batch.len(), Instant::now());
+        ends.busy
+            .store(rate.busy(Instant::now()), Ordering::Relaxed);
         records.clear();
         records.extend(batch.iter().map(|p| p.record.clone()));
         write_batch(store, rt, &records);
@@ -494,6 +510,29 @@ mod tests {
             .expect("read")
             .expect("account");
         assert_eq!(account.charged.nanos(), 4_000);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_load_records_share_commits_instead_of_the_journal() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, account, key) = store_with_key(dir.path()).await;
+        let (writer, _task) = UsageWriter::start(store.clone()).await.expect("start");
+        let frame = Frame::of(&record("50µs-1000", account, key, 1)).0.len() as u64;
+        // 20,000 records/s: once the writer has counted a window of them (20 ms, about
+        // 400 records), the rest wait for shared commits and skip the journal.
+        trickle(&writer, account, key, 4_000, Duration::from_micros(50)).await;
+        writer.flushed().await;
+        let journaled = writer.journal().expect("journal").sizes()[0] / frame;
+        assert!(
+            journaled <= 1_500,
+            "{journaled} of 4,000 records went to the journal"
+        );
+        assert!(
+            writer.commits() * 4 <= 4_000,
+            "{} commits",
+            writer.commits()
+        );
+        assert_eq!(charged(&store, account).await, 4_000);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
