@@ -1027,7 +1027,7 @@ impl Bench {
         let mut t = Table::new(
             "Usage write path alone (UsageWriter over store::open)",
             format!(
-                "N producers each queue a record and wait for its group commit (as the gateway does before answering); {} s per row; every settled record is then counted in the ledger.",
+                "N producers each queue a record and wait until it is safe, as the gateway does before answering: for its group commit (on SQLite the first records of a run go to the usage journal instead, until the writer sees the load); {} s per row, ending once the ledger has committed every record; every settled record is then counted in the ledger.",
                 self.lengths.writer
             ),
             &[
