@@ -134,18 +134,18 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// First start on an empty database: a working provisioning key in a private file,
-/// and (at the most verbose log level) no key in the logs.
-#[tokio::test]
-async fn first_start_leaves_a_working_key_and_logs_no_secret() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// The provider key the fake upstream wants: it must never reach a log.
+const UPSTREAM_SECRET: &str = "up-provider-secret-4242";
+
+/// A fake upstream and a `tollgate.toml` in `dir` with one model on it.
+async fn upstream_and_config(dir: &Path) -> (fake_upstream::FakeUpstream, std::path::PathBuf) {
     let upstream = fake_upstream::start(fake_upstream::Options {
-        openai_api_key: Some("up-provider-secret-4242".into()),
+        openai_api_key: Some(UPSTREAM_SECRET.into()),
         ..fake_upstream::Options::default()
     })
     .await
     .expect("fake upstream");
-    let config = dir.path().join("tollgate.toml");
+    let config = dir.join("tollgate.toml");
     std::fs::write(
         &config,
         format!(
@@ -154,33 +154,58 @@ async fn first_start_leaves_a_working_key_and_logs_no_secret() {
         ),
     )
     .expect("config");
-    let port = free_port();
-    let log_path = dir.path().join("log.txt");
+    (upstream, config)
+}
+
+/// `tollgate serve` in `dir` with its `tollgate.toml`, logging to `dir/log_name`, once
+/// it answers `/readyz`.
+async fn serve(dir: &Path, port: u16, log_name: &str, rust_log: &str) -> Running {
+    let log_path = dir.join(log_name);
     let log = std::fs::File::create(&log_path).expect("log");
     let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .current_dir(dir.path())
-        .env("TOLLGATE_CONFIG", &config)
-        .env("UP_KEY", "up-provider-secret-4242")
-        .env("RUST_LOG", "trace")
+        .current_dir(dir)
+        .env("TOLLGATE_CONFIG", dir.join("tollgate.toml"))
+        .env("UP_KEY", UPSTREAM_SECRET)
+        .env("RUST_LOG", rust_log)
         .env_remove("TOLLGATE_DATABASE_URL")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .expect("spawn");
-    let _running = Running(child);
-    let base = format!("http://127.0.0.1:{port}");
+    let running = Running(child);
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+        {
             if r.status() == 200 {
-                break;
+                return running;
             }
         }
-        assert!(Instant::now() < deadline, "server did not start");
+        assert!(
+            Instant::now() < deadline,
+            "server did not start: {}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// First start on an empty database: a working provisioning key in a private file,
+/// and (at the most verbose log level) no key in the logs.
+#[tokio::test]
+async fn first_start_leaves_a_working_key_and_logs_no_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_upstream, config) = upstream_and_config(dir.path()).await;
+    let port = free_port();
+    let log_path = dir.path().join("log.txt");
+    let _running = serve(dir.path(), port, "log.txt", "trace").await;
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
     let key_file = dir.path().join("tollgate-data/provisioning-key.txt");
     #[cfg(unix)]
     {
@@ -283,45 +308,9 @@ async fn first_start_leaves_a_working_key_and_logs_no_secret() {
         assert!(!logs.contains(random), "a key leaked into the logs");
     }
     assert!(
-        !logs.contains("up-provider-secret-4242"),
+        !logs.contains(UPSTREAM_SECRET),
         "a provider secret leaked into the logs"
     );
-}
-
-async fn serve(dir: &Path, port: u16, log_name: &str) -> Running {
-    let log_path = dir.join(log_name);
-    let log = std::fs::File::create(&log_path).expect("log");
-    let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .current_dir(dir)
-        .env("TOLLGATE_CONFIG", dir.join("tollgate.toml"))
-        .env("UP_KEY", "up-secret")
-        .env("RUST_LOG", "info")
-        .env_remove("TOLLGATE_DATABASE_URL")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn");
-    let running = Running(child);
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(r) = client
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-        {
-            if r.status() == 200 {
-                return running;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server did not start: {}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn nanos(text: &str) -> i64 {
@@ -333,31 +322,15 @@ fn nanos(text: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_before_the_ledger_commits_loses_no_delivered_charge() {
     let dir = tempfile::tempdir().expect("dir");
-    let upstream = fake_upstream::start(fake_upstream::Options {
-        openai_api_key: Some("up-secret".into()),
-        ..fake_upstream::Options::default()
-    })
-    .await
-    .expect("fake upstream");
-    std::fs::write(
-        dir.path().join("tollgate.toml"),
-        format!(
-            "[[providers]]\nname = \"up\"\nkind = \"openai\"\nbase_url = \"{}\"\napi_key_env = \"UP_KEY\"\n\n[[models]]\nid = \"m\"\nprovider = \"up\"\npricing = {{ input = \"1\", output = \"2\" }}\n",
-            upstream.base_url()
-        ),
-    )
-    .expect("config");
+    let (_upstream, config) = upstream_and_config(dir.path()).await;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let server = serve(dir.path(), port, "first.log").await;
-    let grant = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["credits", "grant", "default", "100"])
-        .current_dir(dir.path())
-        .env("TOLLGATE_CONFIG", dir.path().join("tollgate.toml"))
-        .env_remove("TOLLGATE_DATABASE_URL")
-        .output()
-        .expect("grant");
-    assert!(grant.status.success(), "{grant:?}");
+    let server = serve(dir.path(), port, "first.log", "info").await;
+    let config = config.to_str().expect("path");
+    stdout(&tollgate(
+        dir.path(),
+        &["credits", "grant", "default", "100", "--config", config],
+    ));
     let prov = std::fs::read_to_string(dir.path().join("tollgate-data/provisioning-key.txt"))
         .expect("provisioning key");
     let client = reqwest::Client::new();
@@ -420,7 +393,7 @@ async fn kill_9_before_the_ledger_commits_loses_no_delivered_charge() {
     assert!(before.is_empty(), "nothing was committed before the kill");
 
     // The next start writes the journal's records to the ledger, each once.
-    let _server = serve(dir.path(), port, "second.log").await;
+    let _server = serve(dir.path(), port, "second.log", "info").await;
     let after = sqlx::query(IN_LEDGER)
         .fetch_all(&mut blocker)
         .await
