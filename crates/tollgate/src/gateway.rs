@@ -17,10 +17,10 @@ use tollgate_formats::sse::{self, SseDecoder, SseEvent};
 use tollgate_formats::usage as wire_usage;
 use tollgate_formats::{ConversionError, Format, RawObject, StreamConverter, UsageTracker};
 
-use crate::billing::meter::{Meter, Reservation, ReserveError};
+use crate::billing::meter::{Meter, Reservation};
 use crate::billing::{Credits, Usage};
 use crate::config::{Config, Endpoint, Model, Provider, ProviderKind};
-use crate::http::error::ApiError;
+use crate::error::ApiError;
 use crate::providers::{self, UpstreamBody, UpstreamChunks, UpstreamResponse, Upstreams};
 use crate::store::{KeyRecord, UsageRecord};
 use crate::usage::{Coming, UsageWriter};
@@ -604,28 +604,7 @@ impl Gateway {
         let reservation = self
             .meter
             .reserve(&inbound.key, amount, &inbound.request_id)
-            .await
-            .map_err(|e| match e {
-                ReserveError::Quota(q) => ApiError::new(
-                    StatusCode::PAYMENT_REQUIRED,
-                    match q {
-                        crate::billing::meter::QuotaError::KeyLimit { .. } => {
-                            "credit_limit_exceeded"
-                        }
-                        crate::billing::meter::QuotaError::Balance { .. } => "insufficient_balance",
-                    },
-                    q.to_string(),
-                ),
-                ReserveError::Store(e) => ApiError::internal(e),
-                ReserveError::Unavailable(reason) => {
-                    tracing::error!(%reason, "metering unavailable; refusing the request");
-                    ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "metering_unavailable",
-                        "Metering is temporarily unavailable, so the request was refused rather than risk overspending. Retry shortly.",
-                    )
-                }
-            })?;
+            .await?;
         Ok(Settlement {
             meter: self.meter.clone(),
             coming: Some(self.writer.coming()),

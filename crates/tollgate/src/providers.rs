@@ -16,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{Config, Endpoint, Provider, ProviderKind};
-use crate::http::error::ApiError;
+use crate::error::ApiError;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type RequestBody = Either<Full<Bytes>, UnsyncBoxBody<Bytes, BoxError>>;

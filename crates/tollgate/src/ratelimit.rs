@@ -5,10 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
-
 use crate::cluster::SharedRateLimiter;
-use crate::http::error::ApiError;
 use crate::store::{KeyId, KeyRecord};
 
 const WINDOW: Duration = Duration::from_secs(60);
@@ -19,16 +16,20 @@ pub enum RateLimiter {
     Shared(SharedRateLimiter),
 }
 
-fn limited(wait: Duration) -> ApiError {
-    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-    ApiError {
-        retry_after: Some(seconds),
-        ..ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("This key's rate limit (requests per minute) is reached; retry in {seconds} s, or raise rate_limit_rpm with PATCH /v1/account/keys/{{id}}."),
-        )
-    }
+/// A request the rate limiter refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RateLimitError {
+    /// The key's limit is reached; the request may be retried after the wait.
+    #[error("This key's rate limit (requests per minute) is reached; retry in {} s, or raise rate_limit_rpm with PATCH /v1/account/keys/{{id}}.", retry_after_seconds(*.0))]
+    Limited(Duration),
+    /// The shared limiter cannot be reached: refuse rather than let the key through.
+    #[error("Rate limiting is temporarily unavailable; retry shortly.")]
+    Unavailable,
+}
+
+/// Whole seconds to wait, at least one (for `Retry-After`).
+pub fn retry_after_seconds(wait: Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
 }
 
 impl RateLimiter {
@@ -37,7 +38,7 @@ impl RateLimiter {
     }
 
     /// Counts one request of `key`, or refuses it with 429 and `Retry-After`.
-    pub async fn check(&self, key: &KeyRecord, request_id: &str) -> Result<(), ApiError> {
+    pub async fn check(&self, key: &KeyRecord, request_id: &str) -> Result<(), RateLimitError> {
         let Some(per_minute) = key.rate_limit_rpm else {
             return Ok(());
         };
@@ -54,7 +55,9 @@ impl RateLimiter {
                 }
                 if times.len() as i64 >= per_minute {
                     let oldest = times.front().copied().unwrap_or(now);
-                    return Err(limited(WINDOW.saturating_sub(now.duration_since(oldest))));
+                    return Err(RateLimitError::Limited(
+                        WINDOW.saturating_sub(now.duration_since(oldest)),
+                    ));
                 }
                 times.push_back(now);
                 Ok(())
@@ -62,14 +65,10 @@ impl RateLimiter {
             RateLimiter::Shared(shared) => match shared.check(key.id, per_minute, request_id).await
             {
                 Ok(None) => Ok(()),
-                Ok(Some(wait)) => Err(limited(wait)),
+                Ok(Some(wait)) => Err(RateLimitError::Limited(wait)),
                 Err(e) => {
                     tracing::error!(error = %e, "rate limiter unavailable; refusing the request");
-                    Err(ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "rate_limiter_unavailable",
-                        "Rate limiting is temporarily unavailable; retry shortly.",
-                    ))
+                    Err(RateLimitError::Unavailable)
                 }
             },
         }

@@ -11,11 +11,11 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use super::error::ApiError;
 use super::extract::{json_object, only_fields, read_body, type_name};
 use super::AppState;
 use crate::accounts::{Activity, NewInferenceKey, Totals};
 use crate::billing::Credits;
+use crate::error::ApiError;
 use crate::store::{KeyId, KeyKind, KeyPatch, KeyRecord};
 
 const CREATE_FIELDS: &[&str] = &["name", "credit_limit", "expires_at", "rate_limit_rpm"];

@@ -4,7 +4,7 @@
 use axum::body::Body;
 use serde_json::{Map, Value};
 
-use super::error::ApiError;
+use crate::error::ApiError;
 
 /// Reads a whole body up to `limit` bytes.
 pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {

@@ -8,10 +8,10 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Extension;
 
-use super::error::ApiError;
 use super::extract::read_body;
 use super::{AppState, RequestId};
 use crate::config::Endpoint;
+use crate::error::ApiError;
 use crate::gateway::{error_for, Inbound};
 
 async fn call(

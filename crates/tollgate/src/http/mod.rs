@@ -1,7 +1,6 @@
 //! HTTP: the router, request ids and access logs, and the handlers of each surface.
 
 pub mod account;
-pub mod error;
 pub mod extract;
 pub mod inference;
 pub mod public;
@@ -21,11 +20,11 @@ use crate::auth::Authenticator;
 use crate::billing::meter::{LocalBudgets, Meter};
 use crate::cluster::{Cluster, SharedBudgets, SharedRateLimiter};
 use crate::config::{Config, Endpoint};
+use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::ratelimit::RateLimiter;
 use crate::store::{AccountId, KeyId, KeyRecord, Store};
 use crate::usage::UsageWriter;
-use error::ApiError;
 
 /// Everything a handler may need, behind one `Arc`: every request clones it.
 #[derive(Clone)]

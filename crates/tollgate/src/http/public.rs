@@ -9,9 +9,9 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::account::decimal_number;
-use super::error::ApiError;
 use super::AppState;
 use crate::config::Model;
+use crate::error::ApiError;
 
 /// Prices as exact decimal JSON numbers, in a fixed order.
 struct PricingView(Vec<(&'static str, Box<RawValue>)>);

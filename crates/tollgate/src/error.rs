@@ -1,11 +1,14 @@
-//! The one API error: each failure maps here to a status, a `type`, a stable `code`
-//! and a body in the shape of the API in use (OpenAI, or Anthropic for `/v1/messages`).
+//! The one API error: each domain's typed error is lifted here, in one place, into a
+//! status, a `type`, a stable `code` and a body in the shape of the API in use (OpenAI,
+//! or Anthropic for `/v1/messages`).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::auth::{AuthError, AuthFailure};
+use crate::billing::meter::{QuotaError, ReserveError};
+use crate::ratelimit::{retry_after_seconds, RateLimitError};
 use crate::store::StoreError;
 
 /// An error answered to a client.
@@ -160,6 +163,48 @@ impl From<AuthFailure> for ApiError {
         match e {
             AuthFailure::Refused(e) => e.into(),
             AuthFailure::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<RateLimitError> for ApiError {
+    fn from(e: RateLimitError) -> Self {
+        match e {
+            RateLimitError::Limited(wait) => ApiError {
+                retry_after: Some(retry_after_seconds(wait)),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
+            },
+            RateLimitError::Unavailable => {
+                tracing::error!("rate limiter unavailable; refusing the request");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "rate_limiter_unavailable",
+                    e.to_string(),
+                )
+            }
+        }
+    }
+}
+
+impl From<ReserveError> for ApiError {
+    fn from(e: ReserveError) -> Self {
+        match e {
+            ReserveError::Quota(q) => {
+                let code = match q {
+                    QuotaError::KeyLimit { .. } => "credit_limit_exceeded",
+                    QuotaError::Balance { .. } => "insufficient_balance",
+                };
+                ApiError::new(StatusCode::PAYMENT_REQUIRED, code, q.to_string())
+            }
+            ReserveError::Store(e) => ApiError::internal(e),
+            ReserveError::Unavailable(reason) => {
+                tracing::error!(%reason, "metering unavailable; refusing the request");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "metering_unavailable",
+                    "Metering is temporarily unavailable, so the request was refused rather than risk overspending. Retry shortly.",
+                )
+            }
         }
     }
 }
