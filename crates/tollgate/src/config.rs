@@ -230,13 +230,23 @@ impl Endpoint {
     }
 }
 
+/// One place a model is served: a provider and the model's name there.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    /// Unique over the whole catalog: indexes per-deployment state (URLs, health).
+    pub id: usize,
+    /// Index into `Config::providers`.
+    pub provider: usize,
+    /// The model's name at the provider.
+    pub upstream_model: String,
+}
+
 /// One model of the catalog.
 #[derive(Debug, Clone)]
 pub struct Model {
     pub id: String,
-    /// Index into `Config::providers`.
-    pub provider: usize,
-    pub upstream_model: String,
+    /// Where the model is served.
+    pub deployments: Vec<Deployment>,
     pub endpoints: Vec<Endpoint>,
     pub display_name: String,
     pub owned_by: String,
@@ -405,6 +415,7 @@ impl Config {
 
         let mut models = Vec::new();
         let mut model_index = HashMap::new();
+        let mut deployment_count = 0;
         for (i, m) in file.models.into_iter().enumerate() {
             let key = |field: &str| format!("models[{i}].{field}");
             if m.id.is_empty() || m.id.len() > 255 {
@@ -473,15 +484,20 @@ impl Config {
                 per_character: per_unit(&pr.per_character, "per_character")?,
             };
             model_index.insert(m.id.clone(), models.len());
-            models.push(Arc::new(Model {
+            let deployments = vec![Deployment {
+                id: deployment_count,
+                provider,
                 upstream_model: m.upstream_model.unwrap_or_else(|| m.id.clone()),
+            }];
+            deployment_count += deployments.len();
+            models.push(Arc::new(Model {
+                deployments,
                 display_name: m.display_name.unwrap_or_else(|| m.id.clone()),
                 owned_by: m
                     .owned_by
                     .unwrap_or_else(|| providers[provider].name.clone()),
                 created: m.created.unwrap_or(0),
                 id: m.id,
-                provider,
                 endpoints,
                 context_window: m.context_window,
                 max_output_tokens: m.max_output_tokens,
@@ -512,11 +528,6 @@ impl Config {
     /// The catalog entry for a public model id.
     pub fn model(&self, id: &str) -> Option<&Arc<Model>> {
         self.model_index.get(id).map(|&i| &self.models[i])
-    }
-
-    /// The provider serving a model.
-    pub fn provider_of(&self, model: &Model) -> &Provider {
-        &self.providers[model.provider]
     }
 }
 
@@ -575,7 +586,7 @@ url = "https://example.com"
         );
         assert_eq!(format!("{:?}", c.providers[0].api_key), "Some(*****)");
         let m = c.model("m1").expect("model");
-        assert_eq!(m.upstream_model, "m1");
+        assert_eq!(m.deployments[0].upstream_model, "m1");
         assert_eq!(
             m.endpoints,
             vec![Endpoint::ChatCompletions, Endpoint::Embeddings]

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use crate::auth::{AuthError, AuthFailure};
 use crate::billing::meter::{QuotaError, ReserveError};
+use crate::providers::{StatusClass, UpstreamError};
 use crate::ratelimit::{retry_after_seconds, RateLimitError};
 use crate::store::StoreError;
 
@@ -204,6 +205,50 @@ impl From<ReserveError> for ApiError {
                     "metering_unavailable",
                     "Metering is temporarily unavailable, so the request was refused rather than risk overspending. Retry shortly.",
                 )
+            }
+        }
+    }
+}
+
+impl From<UpstreamError> for ApiError {
+    fn from(e: UpstreamError) -> Self {
+        let message = e.to_string();
+        match e {
+            UpstreamError::Connect {
+                timed_out: false, ..
+            } => ApiError::new(StatusCode::BAD_GATEWAY, "upstream_unreachable", message),
+            UpstreamError::Connect { .. } | UpstreamError::FirstByteTimeout { .. } => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", message)
+            }
+            UpstreamError::Broken { .. } => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", message)
+            }
+            UpstreamError::Malformed { .. } => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "upstream_malformed", message)
+            }
+            // The client's own fault, or the provider's rate limit: the provider's
+            // answer goes back as it came (its message, its status, its Retry-After).
+            UpstreamError::Status {
+                status,
+                class: StatusClass::ClientFault | StatusClass::RateLimited,
+                retry_after,
+                message: provider_message,
+                ..
+            } => ApiError {
+                retry_after: retry_after.map(|d| d.as_secs()),
+                ..ApiError::new(
+                    status,
+                    "upstream_refused",
+                    provider_message.unwrap_or_else(|| {
+                        format!(
+                            "The provider refused the request (HTTP {}).",
+                            status.as_u16()
+                        )
+                    }),
+                )
+            },
+            UpstreamError::Status { .. } => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", message)
             }
         }
     }

@@ -41,6 +41,7 @@ use super::{
     parse_data_url, parse_event, present, required_str, upstream_error_message, ConversionError,
     Map, StreamConverter,
 };
+use crate::frames::StreamFailure;
 use crate::sse::{self, SseEvent};
 use crate::usage::{self, UsageTracker};
 use crate::Format;
@@ -784,9 +785,6 @@ impl StreamConverter for ResponseStream {
 
     fn error_frame(&mut self, message: &str) -> Bytes {
         self.done = true;
-        frame(
-            None,
-            &json!({"error": {"message": message, "type": "server_error", "param": null, "code": null}}),
-        )
+        crate::frames::error_frame(Format::ChatCompletions, StreamFailure::Upstream, message)
     }
 }

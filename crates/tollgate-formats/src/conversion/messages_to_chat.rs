@@ -39,8 +39,10 @@ use super::{
     chat_finish_to_anthropic, err, field_path, frame, id_suffix, index_path, parse_event, present,
     required_str, upstream_error_message, ConversionError, Map, StreamConverter,
 };
+use crate::frames::StreamFailure;
 use crate::sse::SseEvent;
 use crate::usage::{self, Usage};
+use crate::Format;
 
 /// Converts an Anthropic Messages request into a Chat Completions request for `upstream_model`.
 pub fn convert_request(request: &Value, upstream_model: &str) -> Result<Value, ConversionError> {
@@ -703,9 +705,6 @@ impl StreamConverter for ResponseStream {
 
     fn error_frame(&mut self, message: &str) -> Bytes {
         self.done = true;
-        frame(
-            Some("error"),
-            &json!({"type": "error", "error": {"type": "api_error", "message": message}}),
-        )
+        crate::frames::error_frame(Format::AnthropicMessages, StreamFailure::Upstream, message)
     }
 }

@@ -43,8 +43,10 @@ use super::{
     id_suffix, index_path, parse_event, present, required_str, responses_usage_json,
     upstream_error_message, ConversionError, Map, StreamConverter,
 };
+use crate::frames::StreamFailure;
 use crate::sse::SseEvent;
 use crate::usage::{self, Usage};
+use crate::Format;
 
 /// Converts a Responses request into a Chat Completions request for `upstream_model`.
 pub fn convert_request(request: &Value, upstream_model: &str) -> Result<Value, ConversionError> {
@@ -1006,11 +1008,6 @@ impl StreamConverter for ResponseStream {
 
     fn error_frame(&mut self, message: &str) -> Bytes {
         self.done = true;
-        let usage = self.usage.map_or(Value::Null, |u| {
-            responses_usage_json(&u, self.reasoning_tokens)
-        });
-        let mut response = self.response("failed", usage);
-        response["error"] = json!({"code": "server_error", "message": message});
-        self.event("response.failed", json!({"response": response}))
+        crate::frames::error_frame(Format::Responses, StreamFailure::Upstream, message)
     }
 }

@@ -1,0 +1,159 @@
+//! Planning a request's route: the catalog entry of its model, the deployment that serves
+//! it, the wire format spoken there and the translation it needs, and the upstream body.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::Value;
+use tollgate_formats::Format;
+
+use super::estimate::DEFAULT_OUTPUT_BOUND;
+use super::request::RequestFields;
+use super::translate::Translation;
+use crate::config::{Config, Deployment, Endpoint, Model};
+use crate::error::ApiError;
+use crate::providers::{Upstreams, Wire};
+
+/// The format a client speaks on an endpoint (text generation only).
+pub(super) fn client_format(endpoint: Endpoint) -> Option<Format> {
+    match endpoint {
+        Endpoint::ChatCompletions => Some(Format::ChatCompletions),
+        Endpoint::Responses => Some(Format::Responses),
+        Endpoint::Messages => Some(Format::AnthropicMessages),
+        _ => None,
+    }
+}
+
+/// The catalog entry of a request's model, checked against the endpoint.
+pub(super) fn model_for(
+    config: &Config,
+    endpoint: Endpoint,
+    model: Option<String>,
+) -> Result<Arc<Model>, ApiError> {
+    let Some(id) = model else {
+        return Err(ApiError::invalid_field(
+            "model",
+            "'model' is required; GET /v1/models lists the models.",
+        ));
+    };
+    let model = config.model(&id).ok_or_else(|| ApiError {
+        code: "model_not_found",
+        ..ApiError::invalid_field(
+            "model",
+            format!("The model '{id}' does not exist here; GET /v1/models lists the models."),
+        )
+    })?;
+    if !model.endpoints.contains(&endpoint) {
+        return Err(ApiError {
+            code: "unsupported_endpoint",
+            ..ApiError::invalid_field(
+                "model",
+                format!(
+                    "The model '{id}' does not support {}; it supports: {}.",
+                    endpoint.path(),
+                    model
+                        .endpoints
+                        .iter()
+                        .map(|e| e.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        });
+    }
+    Ok(model.clone())
+}
+
+/// One upstream request, ready to send: where, in which format, with which body.
+pub(super) struct Prepared {
+    pub(super) model: Arc<Model>,
+    /// Index into `model.deployments`.
+    pub(super) deployment: usize,
+    pub(super) wire: Wire,
+    pub(super) client_format: Option<Format>,
+    pub(super) translation: Option<Translation>,
+    /// The client did not ask for the usage the gateway asked the provider to stream.
+    pub(super) strip_usage: bool,
+    pub(super) body: Bytes,
+    /// The client's request, parsed, when the answer must be translated.
+    pub(super) original: Option<Value>,
+}
+
+impl Prepared {
+    /// The deployment this request goes to.
+    pub(super) fn deployment(&self) -> &Deployment {
+        &self.model.deployments[self.deployment]
+    }
+}
+
+/// Prepares the upstream request of `model`'s deployment `deployment`.
+pub(super) fn prepare(
+    upstreams: &Upstreams,
+    endpoint: Endpoint,
+    model: &Arc<Model>,
+    deployment: usize,
+    request: &RequestFields<'_>,
+    stream: bool,
+    body: &Bytes,
+) -> Result<Prepared, ApiError> {
+    let target = &model.deployments[deployment];
+    let provider = upstreams.provider(target);
+    let client_format = client_format(endpoint);
+    let cannot = || {
+        ApiError::invalid_field(
+            "model",
+            format!(
+                "The model '{}' is served by a provider that does not speak {}.",
+                model.id,
+                endpoint.path()
+            ),
+        )
+    };
+    let wire = provider.adapter.wire(endpoint).ok_or_else(cannot)?;
+    let translation = match (client_format, wire.format) {
+        (Some(client), Some(upstream)) => {
+            Translation::between(client, upstream).map_err(|()| cannot())?
+        }
+        (None, None) => None,
+        _ => return Err(cannot()),
+    };
+    let mut prepared = Prepared {
+        model: model.clone(),
+        deployment,
+        wire,
+        client_format,
+        translation,
+        strip_usage: false,
+        body: body.clone(),
+        original: None,
+    };
+    if let Some(translation) = translation {
+        let (bytes, original) =
+            translation.request(body, model, &target.upstream_model, DEFAULT_OUTPUT_BOUND)?;
+        prepared.body = bytes;
+        prepared.original = Some(original);
+        return Ok(prepared);
+    }
+    // The body as it came, but for the model's upstream name and, on streamed chat, a
+    // request for usage in the stream.
+    let mut replace: Vec<(&str, String)> = Vec::new();
+    if target.upstream_model != model.id {
+        replace.push((
+            "model",
+            Value::String(target.upstream_model.clone()).to_string(),
+        ));
+    }
+    if stream && wire.format == Some(Format::ChatCompletions) {
+        let mut options = request.stream_options()?;
+        let wanted = options.get("include_usage").and_then(Value::as_bool) == Some(true);
+        if !wanted {
+            options.insert("include_usage".into(), Value::Bool(true));
+            replace.push(("stream_options", Value::Object(options).to_string()));
+            prepared.strip_usage = true;
+        }
+    }
+    if !replace.is_empty() {
+        prepared.body = Bytes::from(request.0.rewrite(&replace, &[]));
+    }
+    Ok(prepared)
+}

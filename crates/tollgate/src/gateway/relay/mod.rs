@@ -1,0 +1,106 @@
+//! Relaying the provider's answer to the client, by kind: an event stream, a binary body
+//! (speech audio) or a whole JSON answer.
+
+pub(super) mod binary;
+pub(super) mod json;
+pub(super) mod sse;
+
+use std::collections::VecDeque;
+
+use axum::http::header;
+use axum::response::Response;
+use tollgate_formats::UsageTracker;
+
+use super::measure::Billing;
+use super::plan::Prepared;
+use super::settlement::Settlement;
+use crate::billing::Usage;
+use crate::providers::{self, UpstreamError, UpstreamResponse, Upstreams};
+use json::Convert;
+use sse::{Relay, Transform};
+
+/// What the relay needs besides the answer.
+pub(super) struct Answering<'a> {
+    pub(super) upstreams: &'a Upstreams,
+    pub(super) prepared: &'a Prepared,
+    pub(super) billing: Billing,
+    pub(super) request_id: &'a str,
+    pub(super) max_frame_bytes: usize,
+    /// Input tokens assumed for a stream that reports none.
+    pub(super) input_estimate: u64,
+}
+
+/// Relays a 2xx answer to the client, charging it once.
+pub(super) async fn respond(
+    upstream: UpstreamResponse,
+    settlement: Settlement,
+    a: Answering<'_>,
+) -> Result<Response, UpstreamError> {
+    let prepared = a.prepared;
+    let provider = a.upstreams.provider(prepared.deployment());
+    let idle_timeout = provider.config.idle_timeout;
+    let is_sse = upstream
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if is_sse {
+        let (Some(upstream_format), Some(client_format)) =
+            (prepared.wire.format, prepared.client_format)
+        else {
+            settlement.settle(Usage::default(), 502).await;
+            return Err(UpstreamError::malformed(
+                &provider.config.name,
+                "an event stream where none was expected",
+            ));
+        };
+        let transform = match (prepared.translation, &prepared.original) {
+            (Some(translation), Some(original)) => {
+                Transform::Convert(translation.stream(original, &prepared.model.id))
+            }
+            _ => Transform::Passthrough {
+                strip_usage: prepared.strip_usage,
+            },
+        };
+        let relay = Relay {
+            upstream: providers::chunks(upstream),
+            decoder: provider.adapter.stream_decoder(a.max_frame_bytes),
+            tracker: UsageTracker::new(upstream_format),
+            upstream_format,
+            client_format,
+            transform,
+            out: VecDeque::new(),
+            settlement: Some(settlement),
+            idle_timeout,
+            input_estimate: a.input_estimate,
+            done: false,
+        };
+        return Ok(sse::sse_response(relay, a.request_id));
+    }
+    if let Billing::Speech { .. } = a.billing {
+        let usage = a.billing.usage_of(&serde_json::Value::Null);
+        return Ok(binary::binary_response(
+            upstream,
+            settlement,
+            usage,
+            idle_timeout,
+        ));
+    }
+    let convert = match (prepared.translation, &prepared.original) {
+        (Some(translation), Some(original)) => Some(Convert {
+            translation,
+            original,
+            public_model: &prepared.model.id,
+        }),
+        _ => None,
+    };
+    json::finish(
+        upstream,
+        &provider.config.name,
+        idle_timeout,
+        settlement,
+        a.billing,
+        convert,
+    )
+    .await
+}

@@ -1,0 +1,219 @@
+//! Relaying an upstream event stream to the client, frame by frame, passed through or
+//! translated, reading the usage as it passes; the charge is safe before the terminal
+//! event is sent, and a client that goes away pays for what was generated.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tollgate_formats::frames::{self, StreamFailure};
+use tollgate_formats::sse::{self, SseDecoder, SseEvent};
+use tollgate_formats::usage as wire_usage;
+use tollgate_formats::{Format, StreamConverter, UsageTracker};
+
+use crate::billing::Usage;
+use crate::gateway::measure::tokens_usage;
+use crate::gateway::settlement::Settlement;
+use crate::providers::UpstreamChunks;
+
+/// Whether an event ends a stream of `format` (the charge is committed before it is sent).
+fn is_terminal(format: Format, event: &SseEvent) -> bool {
+    match format {
+        Format::ChatCompletions => event.is_done(),
+        Format::Responses => {
+            matches!(
+                event.event.as_deref(),
+                Some("response.completed" | "response.incomplete" | "response.failed")
+            ) || event.data.starts_with("{\"type\":\"response.completed\"")
+        }
+        Format::AnthropicMessages => event.event.as_deref() == Some("message_stop"),
+    }
+}
+
+/// What is done to each upstream event on its way to the client.
+pub(super) enum Transform {
+    /// Same format: passed on; `strip_usage` removes the usage the client did not ask for.
+    Passthrough { strip_usage: bool },
+    /// Another format: translated event by event.
+    Convert(Box<dyn StreamConverter + Send>),
+}
+
+impl Transform {
+    fn apply(&mut self, event: &SseEvent, out: &mut VecDeque<Bytes>) -> Result<(), String> {
+        match self {
+            Transform::Passthrough { strip_usage } => {
+                if *strip_usage {
+                    if wire_usage::is_usage_only_chunk_data(&event.data) {
+                        return Ok(());
+                    }
+                    let data = wire_usage::strip_usage_field(&event.data);
+                    out.push_back(sse::encode(event.event.as_deref(), &data));
+                } else {
+                    out.push_back(sse::encode(event.event.as_deref(), &event.data));
+                }
+                Ok(())
+            }
+            Transform::Convert(converter) => {
+                let frames = converter.push(event).map_err(|e| e.to_string())?;
+                out.extend(frames);
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(&mut self, out: &mut VecDeque<Bytes>) {
+        if let Transform::Convert(converter) = self {
+            out.extend(converter.finish());
+        }
+    }
+}
+
+/// Relays an upstream event stream to the client, frame by frame, reading usage as it
+/// passes. Dropped early (the client went away), it charges what was generated.
+pub(super) struct Relay {
+    pub(super) upstream: UpstreamChunks,
+    pub(super) decoder: SseDecoder,
+    pub(super) tracker: UsageTracker,
+    pub(super) upstream_format: Format,
+    pub(super) client_format: Format,
+    pub(super) transform: Transform,
+    pub(super) out: VecDeque<Bytes>,
+    pub(super) settlement: Option<Settlement>,
+    pub(super) idle_timeout: Duration,
+    pub(super) input_estimate: u64,
+    pub(super) done: bool,
+}
+
+impl Relay {
+    async fn next_frame(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(frame) = self.out.pop_front() {
+                return Some(frame);
+            }
+            if self.done {
+                return None;
+            }
+            match tokio::time::timeout(self.idle_timeout, self.upstream.next()).await {
+                Ok(Some(Ok(chunk))) => match self.decoder.push(&chunk) {
+                    Ok(events) => {
+                        for event in events {
+                            self.handle(event).await;
+                        }
+                    }
+                    Err(e) => {
+                        self.fail(&format!("the provider's stream was unreadable ({e})"))
+                            .await
+                    }
+                },
+                Ok(Some(Err(_))) => self.fail("the provider's stream broke off").await,
+                Ok(None) => {
+                    if let Some(event) = self.decoder.finish() {
+                        self.handle(event).await;
+                    }
+                    if self.settlement.is_some() {
+                        if self.tracker.has_final_usage() {
+                            self.settle_success().await;
+                        } else {
+                            self.fail("the provider's stream ended early").await;
+                        }
+                    }
+                    if !self.done {
+                        self.transform.finish(&mut self.out);
+                    }
+                    self.done = true;
+                }
+                Err(_) => self.fail("the provider's stream stalled").await,
+            }
+        }
+    }
+
+    async fn handle(&mut self, event: SseEvent) {
+        if self.done {
+            return;
+        }
+        if !event.is_done() && serde_json::from_str::<serde::de::IgnoredAny>(&event.data).is_err() {
+            self.fail("the provider sent a malformed event").await;
+            return;
+        }
+        self.tracker.observe(&event);
+        if is_terminal(self.upstream_format, &event) && self.settlement.is_some() {
+            self.settle_success().await;
+        }
+        if let Err(message) = self.transform.apply(&event, &mut self.out) {
+            self.fail(&format!(
+                "the provider's stream could not be translated: {message}"
+            ))
+            .await;
+        }
+    }
+
+    async fn settle_success(&mut self) {
+        if let Some(settlement) = self.settlement.take() {
+            let usage = self.usage_so_far();
+            // Boxed here and in `fail`: settling (meter, and in a cluster Redis, then
+            // the ledger) is a large future that runs once per stream; inlined, its
+            // space would sit in the state of every open stream while it waits.
+            Box::pin(settlement.settle(usage, 200)).await;
+        }
+    }
+
+    /// The usage the stream reported; where it reported none (a server that ignores
+    /// `include_usage`, or a stream cut short), an estimate: output at least the content
+    /// deltas relayed, input a quarter of the request's bytes unless the stream gave it.
+    fn usage_so_far(&self) -> Usage {
+        let mut usage = tokens_usage(self.tracker.usage_or_estimate());
+        if !self.tracker.has_final_usage() && usage.input_tokens == 0 {
+            usage.input_tokens = self.input_estimate;
+        }
+        usage
+    }
+
+    async fn fail(&mut self, message: &str) {
+        tracing::warn!(message, "upstream stream failed");
+        if let Some(settlement) = self.settlement.take() {
+            Box::pin(settlement.settle(Usage::default(), 502)).await;
+        }
+        self.out.push_back(frames::error_frame(
+            self.client_format,
+            StreamFailure::Upstream,
+            message,
+        ));
+        self.done = true;
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // The client went away mid-stream: the upstream connection closes with this
+        // value, and the request pays for what was generated up to now.
+        if let Some(settlement) = self.settlement.take() {
+            let usage = self.usage_so_far();
+            settlement.settle_detached(usage, 499);
+        }
+    }
+}
+
+/// The streamed response relaying `relay`.
+pub(super) fn sse_response(relay: Relay, request_id: &str) -> Response {
+    let stream = futures_util::stream::unfold(relay, |mut relay| async move {
+        relay
+            .next_frame()
+            .await
+            .map(|frame| (Ok::<_, std::io::Error>(frame), relay))
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        headers.insert("x-request-id", value);
+    }
+    response
+}

@@ -1,0 +1,94 @@
+//! One request's charge from reservation to ledger record. Settling consumes it, so a
+//! request is charged at most once; dropping it unsettled releases the reservation.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::billing::meter::{Meter, Reservation};
+use crate::billing::{Credits, Usage};
+use crate::config::{Endpoint, Model};
+use crate::store::{KeyRecord, UsageRecord};
+use crate::usage::Coming;
+
+/// One request's charge, reserved and not yet settled.
+pub(super) struct Settlement {
+    pub(super) meter: Arc<Meter>,
+    /// Taken with the reservation: tells the usage writer a record is on its way.
+    pub(super) coming: Option<Coming>,
+    pub(super) reservation: Option<Reservation>,
+    pub(super) model: Arc<Model>,
+    pub(super) endpoint: Endpoint,
+    pub(super) request_id: Arc<str>,
+    pub(super) key: Arc<KeyRecord>,
+    pub(super) started: Instant,
+}
+
+impl Settlement {
+    /// Charges `usage` (failed calls pass zero usage and a failure status), and waits
+    /// until the record is safe.
+    pub(super) async fn settle(mut self, usage: Usage, status: u16) -> Credits {
+        let (cost, record) = self.charge(usage, status);
+        if let Some(reservation) = self.reservation.take() {
+            self.meter.settle(reservation, cost).await;
+        }
+        if let Some(coming) = self.coming.take() {
+            coming.record(record).await;
+        }
+        cost
+    }
+
+    /// Like `settle`, from a place that cannot wait (a dropped stream).
+    pub(super) fn settle_detached(mut self, usage: Usage, status: u16) {
+        let (cost, record) = self.charge(usage, status);
+        let reservation = self.reservation.take();
+        let meter = self.meter.clone();
+        let coming = self.coming.take();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Some(reservation) = reservation {
+                    meter.settle(reservation, cost).await;
+                }
+                if let Some(coming) = coming {
+                    coming.record(record).await;
+                }
+            });
+        }
+    }
+
+    /// The cost of `usage` and its ledger record (nothing is charged for failures).
+    fn charge(&self, usage: Usage, status: u16) -> (Credits, UsageRecord) {
+        let success = (200..300).contains(&status) || status == 499;
+        let cost = if success {
+            self.model.pricing.cost(&usage)
+        } else {
+            Credits::ZERO
+        };
+        let record = UsageRecord {
+            request_id: self.request_id.to_string(),
+            account_id: self.key.account_id,
+            key_id: self.key.id,
+            model: self.model.id.clone(),
+            endpoint: self.endpoint.name().to_string(),
+            input_tokens: saturating_i64(usage.input_tokens),
+            cached_input_tokens: saturating_i64(usage.cached_input_tokens),
+            output_tokens: saturating_i64(usage.output_tokens),
+            cost,
+            status: i64::from(status),
+            latency_ms: saturating_i64(self.started.elapsed().as_millis() as u64),
+            created_at: crate::now(),
+        };
+        (cost, record)
+    }
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        if let Some(reservation) = self.reservation.take() {
+            self.meter.release_detached(reservation);
+        }
+    }
+}
+
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
