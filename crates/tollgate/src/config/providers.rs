@@ -1,0 +1,107 @@
+//! The `[[providers]]` section: where each upstream provider is and how to reach it.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ConfigError, Overrides, Secret};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileProvider {
+    name: String,
+    kind: ProviderKind,
+    base_url: String,
+    api_key_env: Option<String>,
+    connect_timeout_ms: Option<u64>,
+    first_byte_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    anthropic_version: Option<String>,
+    #[serde(default)]
+    chat_only: bool,
+}
+
+/// The wire format an upstream provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI and every OpenAI-compatible server.
+    Openai,
+    /// Anthropic's native Messages API.
+    Anthropic,
+}
+
+/// One upstream provider.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Base URL without a trailing slash, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    pub api_key: Option<Secret>,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub anthropic_version: String,
+    /// An OpenAI-compatible server without the Responses API: `/v1/responses` is
+    /// translated to Chat Completions for it.
+    pub chat_only: bool,
+}
+
+/// Validates the providers of the file.
+pub(super) fn parse(
+    file: Vec<FileProvider>,
+    origin: &str,
+    overrides: &Overrides,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<Provider>, ConfigError> {
+    let err = |key: &str, msg: String| ConfigError::at(origin, key, msg);
+    let mut providers = Vec::new();
+    for (i, p) in file.into_iter().enumerate() {
+        let key = |field: &str| format!("providers[{i}].{field}");
+        if p.name.is_empty() {
+            return Err(err(&key("name"), "must not be empty".into()));
+        }
+        if providers.iter().any(|q: &Provider| q.name == p.name) {
+            return Err(err(&key("name"), format!("'{}' is used twice", p.name)));
+        }
+        let base_url = p.base_url.trim_end_matches('/').to_string();
+        let uri = base_url.parse::<axum::http::Uri>();
+        if !uri.is_ok_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+        }) {
+            return Err(err(
+                &key("base_url"),
+                format!("'{}' is not an http(s) URL", p.base_url),
+            ));
+        }
+        let api_key = match (&p.api_key_env, overrides.without_provider_secrets) {
+            (Some(var), false) => Some(Secret::new(env(var).ok_or_else(|| {
+                err(
+                    &key("api_key_env"),
+                    format!("environment variable {var} is not set"),
+                )
+            })?)),
+            (Some(var), true) => env(var).map(Secret::new),
+            (None, _) => None,
+        };
+        let ms = |v: Option<u64>, default: u64, field: &str| match v {
+            Some(0) => Err(err(&key(field), "must be above 0".into())),
+            Some(v) => Ok(Duration::from_millis(v)),
+            None => Ok(Duration::from_millis(default)),
+        };
+        providers.push(Provider {
+            name: p.name,
+            kind: p.kind,
+            base_url,
+            api_key,
+            connect_timeout: ms(p.connect_timeout_ms, 5_000, "connect_timeout_ms")?,
+            first_byte_timeout: ms(p.first_byte_timeout_ms, 120_000, "first_byte_timeout_ms")?,
+            idle_timeout: ms(p.idle_timeout_ms, 120_000, "idle_timeout_ms")?,
+            anthropic_version: p.anthropic_version.unwrap_or_else(|| "2023-06-01".into()),
+            chat_only: p.chat_only,
+        });
+    }
+
+    Ok(providers)
+}
