@@ -10,6 +10,7 @@ use crate::auth::{AuthError, AuthFailure};
 use crate::billing::meter::{QuotaError, ReserveError};
 use crate::providers::{StatusClass, UpstreamError};
 use crate::ratelimit::{retry_after_seconds, RateLimitError};
+use crate::routing::NoDeployment;
 use crate::store::StoreError;
 
 /// An error answered to a client.
@@ -20,6 +21,8 @@ pub struct ApiError {
     pub message: String,
     pub param: Option<String>,
     pub retry_after: Option<u64>,
+    /// Upstream attempts made before the failure, when any (`x-tollgate-attempts`).
+    pub attempts: Option<u32>,
 }
 
 impl ApiError {
@@ -30,6 +33,15 @@ impl ApiError {
             message: message.into(),
             param: None,
             retry_after: None,
+            attempts: None,
+        }
+    }
+
+    /// The same error, saying how many upstream attempts were made.
+    pub fn with_attempts(self, attempts: u32) -> Self {
+        ApiError {
+            attempts: (attempts > 0).then_some(attempts),
+            ..self
         }
     }
 
@@ -118,6 +130,11 @@ impl ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(attempts) = self.attempts {
+            response
+                .headers_mut()
+                .insert("x-tollgate-attempts", HeaderValue::from(attempts));
         }
         response
     }
@@ -217,7 +234,9 @@ impl From<UpstreamError> for ApiError {
             UpstreamError::Connect {
                 timed_out: false, ..
             } => ApiError::new(StatusCode::BAD_GATEWAY, "upstream_unreachable", message),
-            UpstreamError::Connect { .. } | UpstreamError::FirstByteTimeout { .. } => {
+            UpstreamError::Connect { .. }
+            | UpstreamError::FirstByteTimeout { .. }
+            | UpstreamError::Deadline { .. } => {
                 ApiError::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", message)
             }
             UpstreamError::Broken { .. } => {
@@ -250,6 +269,19 @@ impl From<UpstreamError> for ApiError {
             UpstreamError::Status { .. } => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", message)
             }
+        }
+    }
+}
+
+impl From<NoDeployment> for ApiError {
+    fn from(e: NoDeployment) -> Self {
+        ApiError {
+            retry_after: Some(retry_after_seconds(e.retry_after)),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_healthy_deployment",
+                e.to_string(),
+            )
         }
     }
 }

@@ -1,43 +1,109 @@
-//! Sending a prepared request upstream: an answer with a 2xx status, or the attempt's
-//! typed failure (a non-2xx answer is read, at most 64 KB, and classified by the adapter).
+//! Trying a request's route: each target in turn until one answers with a 2xx status,
+//! within the request's deadline, with a short jittered pause between attempts. A
+//! failure that is the client's own fault, or a first-byte timeout (unless
+//! `retry_on_timeout`), ends the tries; a non-2xx answer is read (at most 64 KB) and
+//! classified by the provider's adapter. Every outcome is reported to the router.
+
+use std::time::Duration;
 
 use axum::http::StatusCode;
+use rand::Rng;
+use tokio::time::Instant;
 
 use super::plan::Prepared;
 use super::relay::json::read_limited;
+use super::settlement::Settlement;
+use crate::config::Deployment;
+use crate::error::ApiError;
 use crate::providers::{UpstreamBody, UpstreamError, UpstreamResponse, Upstreams};
+use crate::routing::{Router, Target};
 
 /// Most of an error body read to classify it.
 const MAX_ERROR_BODY: usize = 64 << 10;
 
-/// Sends `prepared` once; a connection failure or a provider failure before any answer
-/// is tried once more (the body is buffered, so it can be sent again).
-pub(super) async fn send(
+/// Why no target answered.
+pub(super) enum Unanswered {
+    /// The last attempt's failure.
+    Upstream(UpstreamError),
+    /// No target could even be prepared (the first one's reason).
+    Request(ApiError),
+}
+
+/// Tries the targets in order (the first one already prepared) until one answers;
+/// `settlement` learns of every attempt.
+pub(super) async fn first_answer(
     upstreams: &Upstreams,
-    prepared: &Prepared,
-) -> Result<UpstreamResponse, UpstreamError> {
-    let mut last = None;
-    for _ in 0..2 {
-        match send_once(upstreams, prepared).await {
-            Ok(response) => return Ok(response),
-            Err(e) if worth_retrying(&e) => last = Some(e),
-            Err(e) => return Err(e),
+    router: &Router,
+    targets: &[Target],
+    first: Prepared,
+    prepare: impl Fn(&Target) -> Result<Prepared, ApiError>,
+    settlement: &mut Settlement,
+) -> Result<(UpstreamResponse, Prepared), Unanswered> {
+    let settings = router.settings();
+    let deadline = Instant::now() + settings.request_timeout;
+    let mut next = Some(first);
+    let mut last: Option<UpstreamError> = None;
+    for (i, target) in targets.iter().enumerate() {
+        let prepared = match next.take().map(Ok).unwrap_or_else(|| prepare(target)) {
+            Ok(prepared) => prepared,
+            // This target cannot take the request (say, a field its format lacks):
+            // another may.
+            Err(e) if last.is_some() || i + 1 < targets.len() => {
+                tracing::debug!(model = %target.model.id, error = %e.message, "target skipped");
+                continue;
+            }
+            Err(e) => return Err(Unanswered::Request(e)),
+        };
+        if settlement.attempts > 0 {
+            let pause = backoff(settings.backoff, settlement.attempts);
+            if Instant::now() + pause >= deadline {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+        }
+        let deployment = prepared.deployment();
+        let provider = upstreams.provider(deployment);
+        settlement.attempted(prepared.model(), provider.name.clone());
+        let outcome = match tokio::time::timeout_at(deadline, send(upstreams, &prepared)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(UpstreamError::Deadline {
+                seconds: settings.request_timeout.as_secs(),
+            }),
+        };
+        match outcome {
+            Ok(response) => {
+                router.succeeded(deployment);
+                return Ok((response, prepared));
+            }
+            Err(e) => {
+                router.failed(deployment, &e);
+                let again = e.retryable(settings.retry_on_timeout);
+                last = Some(e);
+                if !again {
+                    break;
+                }
+            }
         }
     }
-    Err(last.unwrap_or_else(|| UpstreamError::malformed("", "no attempt")))
+    Err(Unanswered::Upstream(last.unwrap_or(
+        UpstreamError::Deadline {
+            seconds: settings.request_timeout.as_secs(),
+        },
+    )))
 }
 
-/// A failure the same provider may not repeat: no connection, a broken one, no first
-/// byte, or a gateway error of its own (502-504).
-fn worth_retrying(e: &UpstreamError) -> bool {
-    match e {
-        UpstreamError::Status { status, .. } => matches!(status.as_u16(), 502..=504),
-        UpstreamError::Malformed { .. } => false,
-        _ => true,
+/// The pause before attempt `n + 1`: `base` doubled per attempt, with full jitter.
+fn backoff(base: Duration, attempts: u32) -> Duration {
+    let ceiling = base.saturating_mul(1 << attempts.min(6));
+    let millis = ceiling.as_millis() as u64;
+    if millis == 0 {
+        return Duration::ZERO;
     }
+    Duration::from_millis(rand::thread_rng().gen_range(millis / 2..=millis))
 }
 
-async fn send_once(
+/// Sends a prepared request once.
+async fn send(
     upstreams: &Upstreams,
     prepared: &Prepared,
 ) -> Result<UpstreamResponse, UpstreamError> {
@@ -59,7 +125,7 @@ async fn send_once(
 /// Reads and classifies a non-2xx answer.
 pub(super) async fn refusal(
     upstreams: &Upstreams,
-    deployment: &crate::config::Deployment,
+    deployment: &Deployment,
     response: UpstreamResponse,
 ) -> UpstreamError {
     let provider = upstreams.provider(deployment);
@@ -69,7 +135,7 @@ pub(super) async fn refusal(
         .await
         .unwrap_or_default();
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-        tracing::error!(provider = %provider.config.name, status = status.as_u16(), "the provider refused Tollgate's credentials");
+        tracing::error!(provider = %provider.config.name, status = status.as_u16(), "the provider refused Tollgate's credentials; check its api_key_env");
     }
     provider
         .adapter

@@ -27,22 +27,32 @@ mod translate;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
 use crate::billing::meter::Meter;
-use crate::billing::Usage;
+use crate::billing::{Credits, Usage};
 use crate::config::{Config, Endpoint, Model};
 use crate::error::ApiError;
-use crate::providers::Upstreams;
+use crate::providers::{ProviderClient, Upstreams};
+use crate::routing::{Router, Target};
 use crate::store::KeyRecord;
 use crate::usage::UsageWriter;
+use attempt::Unanswered;
+use plan::Prepared;
 use relay::Answering;
 use request::RequestFields;
 use settlement::Settlement;
 
 /// Header carrying the exact cost of a (non-streamed) request, in credits.
 pub const COST_HEADER: &str = "x-tollgate-cost";
+/// Header naming the model that served a request (its public id).
+pub const MODEL_HEADER: &str = "x-tollgate-model";
+/// Header naming the provider that served a request.
+pub const PROVIDER_HEADER: &str = "x-tollgate-provider";
+/// Header counting the upstream attempts a request made.
+pub const ATTEMPTS_HEADER: &str = "x-tollgate-attempts";
 
 /// The gateway: catalog, meter, upstream clients and usage writer.
 pub struct Gateway {
@@ -50,6 +60,7 @@ pub struct Gateway {
     meter: Arc<Meter>,
     writer: UsageWriter,
     upstreams: Upstreams,
+    router: Router,
 }
 
 /// Who is calling, on which endpoint.
@@ -64,6 +75,7 @@ impl Gateway {
     pub fn new(config: Arc<Config>, meter: Arc<Meter>, writer: UsageWriter) -> Self {
         Gateway {
             upstreams: Upstreams::new(&config),
+            router: Router::new(&config),
             config,
             meter,
             writer,
@@ -76,27 +88,46 @@ impl Gateway {
         let request = RequestFields::parse(&body)?;
         let model = plan::model_for(&self.config, endpoint, request.string("model")?)?;
         let stream = request.flag("stream")?;
-        let prepared = plan::prepare(
-            &self.upstreams,
-            endpoint,
-            &model,
-            0,
-            &request,
-            stream,
-            &body,
-        )?;
-        let (billing, worst) =
-            estimate::worst_case(endpoint, &request, body.len(), &model, prepared.wire.format)?;
-        drop(request);
+        let targets = self.router.route(&self.config, &model, endpoint)?;
+        let prepare = |target: &Target| {
+            plan::prepare(
+                &self.upstreams,
+                endpoint,
+                target,
+                &model,
+                &request,
+                stream,
+                &body,
+            )
+        };
+        let first = prepare(&targets[0])?;
+        let worst = estimate::most_expensive(endpoint, &request, body.len(), &targets)?;
 
-        let settlement = self.reserve(&inbound, &model, &worst).await?;
-        let upstream = match attempt::send(&self.upstreams, &prepared).await {
-            Ok(upstream) => upstream,
-            Err(e) => {
-                settlement.settle(Usage::default(), e.ledger_status()).await;
-                return Err(e.into());
+        let mut settlement = self.reserve(&inbound, &model, worst).await?;
+        let tried = attempt::first_answer(
+            &self.upstreams,
+            &self.router,
+            &targets,
+            first,
+            prepare,
+            &mut settlement,
+        )
+        .await;
+        let (upstream, prepared) = match tried {
+            Ok(answered) => answered,
+            Err(unanswered) => {
+                let (status, error) = match unanswered {
+                    Unanswered::Upstream(e) => (e.ledger_status(), ApiError::from(e)),
+                    Unanswered::Request(e) => (e.status.as_u16(), e),
+                };
+                let attempts = settlement.attempts;
+                settlement.settle(Usage::default(), status).await;
+                return Err(error.with_attempts(attempts));
             }
         };
+        let billing = estimate::billing(endpoint, &request, prepared.wire.format)?;
+        drop(request);
+        let served = served_headers(&prepared, &self.upstreams, settlement.attempts);
         let answering = Answering {
             upstreams: &self.upstreams,
             prepared: &prepared,
@@ -105,7 +136,9 @@ impl Gateway {
             max_frame_bytes: self.config.limits.max_stream_frame_bytes,
             input_estimate: body.len() as u64 / 4,
         };
-        Ok(relay::respond(upstream, settlement, answering).await?)
+        let mut response = relay::respond(upstream, settlement, answering).await?;
+        response.headers_mut().extend(served);
+        Ok(response)
     }
 
     /// Reserves the worst case of a request against its key and account.
@@ -113,9 +146,8 @@ impl Gateway {
         &self,
         inbound: &Inbound,
         model: &Arc<Model>,
-        worst: &Usage,
+        amount: Credits,
     ) -> Result<Settlement, ApiError> {
-        let amount = model.pricing.cost(worst);
         let reservation = self
             .meter
             .reserve(&inbound.key, amount, &inbound.request_id)
@@ -125,12 +157,38 @@ impl Gateway {
             coming: Some(self.writer.coming()),
             reservation: Some(reservation),
             model: model.clone(),
+            requested: model.clone(),
+            provider: None,
+            attempts: 0,
             endpoint: inbound.endpoint,
             request_id: inbound.request_id.clone(),
             key: inbound.key.clone(),
             started: inbound.started,
         })
     }
+}
+
+/// The headers that say what served a request.
+fn served_headers(prepared: &Prepared, upstreams: &Upstreams, attempts: u32) -> HeaderMap {
+    served_headers_of(
+        prepared.model(),
+        upstreams.provider(prepared.deployment()),
+        attempts,
+    )
+}
+
+fn served_headers_of(model: &Model, provider: &ProviderClient, attempts: u32) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in [
+        (MODEL_HEADER, model.id.as_str()),
+        (PROVIDER_HEADER, &provider.name),
+        (ATTEMPTS_HEADER, &attempts.to_string()),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
+    }
+    headers
 }
 
 /// Refuses a request with the answer in an error shape; for handlers.

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::measure::Billing;
-use super::{attempt, estimate, plan, relay, Gateway, Inbound};
+use super::{attempt, estimate, plan, relay, served_headers_of, Gateway, Inbound};
 use crate::billing::Usage;
 use crate::error::ApiError;
 use crate::providers::UpstreamBody;
@@ -156,7 +156,11 @@ impl Gateway {
             ));
         }
         let model = plan::model_for(&self.config, inbound.endpoint, model_id)?;
-        let deployment = &model.deployments[0];
+        // An upload is streamed through once: it goes to the first target of the route
+        // (weights, health and cooldowns apply) and is not tried again elsewhere.
+        let targets = self.router.route(&self.config, &model, inbound.endpoint)?;
+        let target = &targets[0];
+        let deployment = target.deployment();
         let wire = self
             .upstreams
             .provider(deployment)
@@ -167,7 +171,7 @@ impl Gateway {
                 "model",
                 format!(
                     "The model '{}' is served by a provider without {}.",
-                    model.id,
+                    target.model.id,
                     inbound.endpoint.path()
                 ),
             ));
@@ -178,8 +182,11 @@ impl Gateway {
             }
         }
 
-        let worst = estimate::upload_worst_case(declared.unwrap_or(limit), &model);
-        let settlement = self.reserve(&inbound, &model, &worst).await?;
+        let worst = estimate::upload_worst_case(declared.unwrap_or(limit), &target.model);
+        let amount = target.model.pricing.cost(&worst);
+        let mut settlement = self.reserve(&inbound, &model, amount).await?;
+        let provider = self.upstreams.provider(deployment);
+        settlement.attempted(&target.model, provider.name.clone());
 
         let boundary = format!("tollgate-{}", uuid::Uuid::new_v4().simple());
         let mut prefix = Vec::new();
@@ -268,6 +275,10 @@ impl Gateway {
             Ok(refused) => Err(attempt::refusal(&self.upstreams, deployment, refused).await),
             Err(e) => Err(e),
         };
+        match &sent {
+            Ok(_) => self.router.succeeded(deployment),
+            Err(e) => self.router.failed(deployment, e),
+        }
         let upstream = match sent {
             Ok(upstream) => upstream,
             Err(e) => {
@@ -278,16 +289,18 @@ impl Gateway {
                 return Err(e.into());
             }
         };
-        let provider = self.upstreams.provider(deployment);
-        let answered = relay::json::finish(
+        let headers = served_headers_of(&target.model, provider, 1);
+        let mut answered = relay::json::finish(
             upstream,
             &provider.config.name,
             provider.config.idle_timeout,
             settlement,
             Billing::Transcription,
             None,
+            None,
         )
         .await?;
+        answered.headers_mut().extend(headers);
         Ok(answered)
     }
 }

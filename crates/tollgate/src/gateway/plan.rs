@@ -13,6 +13,7 @@ use super::translate::Translation;
 use crate::config::{Config, Deployment, Endpoint, Model};
 use crate::error::ApiError;
 use crate::providers::{Upstreams, Wire};
+use crate::routing::Target;
 
 /// The format a client speaks on an endpoint (text generation only).
 pub(super) fn client_format(endpoint: Endpoint) -> Option<Format> {
@@ -66,9 +67,7 @@ pub(super) fn model_for(
 
 /// One upstream request, ready to send: where, in which format, with which body.
 pub(super) struct Prepared {
-    pub(super) model: Arc<Model>,
-    /// Index into `model.deployments`.
-    pub(super) deployment: usize,
+    pub(super) target: Target,
     pub(super) wire: Wire,
     pub(super) client_format: Option<Format>,
     pub(super) translation: Option<Translation>,
@@ -77,27 +76,37 @@ pub(super) struct Prepared {
     pub(super) body: Bytes,
     /// The client's request, parsed, when the answer must be translated.
     pub(super) original: Option<Value>,
+    /// The public id to put where the provider's answer names its own model (passed-on
+    /// answers only; translated ones are written with it).
+    pub(super) rename: Option<String>,
 }
 
 impl Prepared {
     /// The deployment this request goes to.
     pub(super) fn deployment(&self) -> &Deployment {
-        &self.model.deployments[self.deployment]
+        self.target.deployment()
+    }
+
+    /// The model this request is served by.
+    pub(super) fn model(&self) -> &Arc<Model> {
+        &self.target.model
     }
 }
 
-/// Prepares the upstream request of `model`'s deployment `deployment`.
+/// Prepares the upstream request of one target of the route of a request for
+/// `requested`.
 pub(super) fn prepare(
     upstreams: &Upstreams,
     endpoint: Endpoint,
-    model: &Arc<Model>,
-    deployment: usize,
+    target: &Target,
+    requested: &Model,
     request: &RequestFields<'_>,
     stream: bool,
     body: &Bytes,
 ) -> Result<Prepared, ApiError> {
-    let target = &model.deployments[deployment];
-    let provider = upstreams.provider(target);
+    let model = &target.model;
+    let deployment = target.deployment();
+    let provider = upstreams.provider(deployment);
     let client_format = client_format(endpoint);
     let cannot = || {
         ApiError::invalid_field(
@@ -117,19 +126,24 @@ pub(super) fn prepare(
         (None, None) => None,
         _ => return Err(cannot()),
     };
+    let renamed = deployment.upstream_model != model.id || model.id != requested.id;
     let mut prepared = Prepared {
-        model: model.clone(),
-        deployment,
+        target: target.clone(),
         wire,
         client_format,
         translation,
         strip_usage: false,
         body: body.clone(),
         original: None,
+        rename: renamed.then(|| model.id.clone()),
     };
     if let Some(translation) = translation {
-        let (bytes, original) =
-            translation.request(body, model, &target.upstream_model, DEFAULT_OUTPUT_BOUND)?;
+        let (bytes, original) = translation.request(
+            body,
+            model,
+            &deployment.upstream_model,
+            DEFAULT_OUTPUT_BOUND,
+        )?;
         prepared.body = bytes;
         prepared.original = Some(original);
         return Ok(prepared);
@@ -137,10 +151,10 @@ pub(super) fn prepare(
     // The body as it came, but for the model's upstream name and, on streamed chat, a
     // request for usage in the stream.
     let mut replace: Vec<(&str, String)> = Vec::new();
-    if target.upstream_model != model.id {
+    if deployment.upstream_model != model.id {
         replace.push((
             "model",
-            Value::String(target.upstream_model.clone()).to_string(),
+            Value::String(deployment.upstream_model.clone()).to_string(),
         ));
     }
     if stream && wire.format == Some(Format::ChatCompletions) {

@@ -16,7 +16,14 @@ pub(super) struct Settlement {
     /// Taken with the reservation: tells the usage writer a record is on its way.
     pub(super) coming: Option<Coming>,
     pub(super) reservation: Option<Reservation>,
+    /// The model priced: the one asked for until another serves (a fallback).
     pub(super) model: Arc<Model>,
+    /// The model the client asked for.
+    pub(super) requested: Arc<Model>,
+    /// The provider that served, or was tried last.
+    pub(super) provider: Option<Arc<str>>,
+    /// Upstream attempts made.
+    pub(super) attempts: u32,
     pub(super) endpoint: Endpoint,
     pub(super) request_id: Arc<str>,
     pub(super) key: Arc<KeyRecord>,
@@ -24,6 +31,13 @@ pub(super) struct Settlement {
 }
 
 impl Settlement {
+    /// Records an attempt on `provider` for `model` (priced if it serves).
+    pub(super) fn attempted(&mut self, model: &Arc<Model>, provider: Arc<str>) {
+        self.model = model.clone();
+        self.provider = Some(provider);
+        self.attempts += 1;
+    }
+
     /// Charges `usage` (failed calls pass zero usage and a failure status), and waits
     /// until the record is safe.
     pub(super) async fn settle(mut self, usage: Usage, status: u16) -> Credits {
@@ -58,16 +72,18 @@ impl Settlement {
     /// The cost of `usage` and its ledger record (nothing is charged for failures).
     fn charge(&self, usage: Usage, status: u16) -> (Credits, UsageRecord) {
         let success = (200..300).contains(&status) || status == 499;
-        let cost = if success {
-            self.model.pricing.cost(&usage)
+        // A success is priced and recorded at the model that served; a failure costs
+        // nothing and is recorded at the model asked for.
+        let (model, cost) = if success {
+            (&self.model, self.model.pricing.cost(&usage))
         } else {
-            Credits::ZERO
+            (&self.requested, Credits::ZERO)
         };
         let record = UsageRecord {
             request_id: self.request_id.to_string(),
             account_id: self.key.account_id,
             key_id: self.key.id,
-            model: self.model.id.clone(),
+            model: model.id.clone(),
             endpoint: self.endpoint.name().to_string(),
             input_tokens: saturating_i64(usage.input_tokens),
             cached_input_tokens: saturating_i64(usage.cached_input_tokens),

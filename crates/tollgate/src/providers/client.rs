@@ -35,7 +35,7 @@ pub struct ProviderClient {
     pub adapter: Box<dyn Adapter>,
     client: Client<HttpsConnector<HttpConnector>, RequestBody>,
     headers: Vec<(HeaderName, HeaderValue)>,
-    name: Arc<str>,
+    pub name: Arc<str>,
 }
 
 /// Clients for every configured provider (in the order of `Config::providers`) and the

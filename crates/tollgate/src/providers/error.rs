@@ -60,6 +60,9 @@ pub enum UpstreamError {
     /// A 2xx answer that could not be read.
     #[error("The provider '{provider}' sent a malformed answer: {what}.")]
     Malformed { provider: Arc<str>, what: String },
+    /// The request's deadline (`[routing] request_timeout_ms`) ran out before any answer.
+    #[error("No provider answered within the request's deadline of {seconds} s.")]
+    Deadline { seconds: u64 },
 }
 
 impl UpstreamError {
@@ -98,7 +101,8 @@ impl UpstreamError {
             UpstreamError::Connect {
                 timed_out: true, ..
             }
-            | UpstreamError::FirstByteTimeout { .. } => 504,
+            | UpstreamError::FirstByteTimeout { .. }
+            | UpstreamError::Deadline { .. } => 504,
             UpstreamError::Status { status, .. } => status.as_u16(),
             _ => 502,
         }
@@ -111,6 +115,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Connect { .. } | UpstreamError::Broken { .. } => true,
             UpstreamError::FirstByteTimeout { .. } => after_timeout,
+            UpstreamError::Deadline { .. } => false,
             UpstreamError::Status { class, .. } => *class != StatusClass::ClientFault,
             UpstreamError::Malformed { .. } => false,
         }

@@ -12,7 +12,9 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde_json::Value;
 use tollgate_formats::{Format, SseDecoder};
 
-pub use client::{chunks, UpstreamBody, UpstreamChunks, UpstreamResponse, Upstreams};
+pub use client::{
+    chunks, ProviderClient, UpstreamBody, UpstreamChunks, UpstreamResponse, Upstreams,
+};
 pub use error::{StatusClass, UpstreamError};
 
 use crate::config::{Endpoint, Provider, ProviderKind};

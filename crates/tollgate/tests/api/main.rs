@@ -6,4 +6,5 @@ mod gateway;
 mod helpers;
 mod input;
 mod public;
+mod routing;
 mod translation;

@@ -9,7 +9,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
-use tollgate_formats::RawObject;
+use tollgate_formats::{model_name, RawObject};
 
 use crate::billing::Usage;
 use crate::gateway::measure::Billing;
@@ -36,6 +36,7 @@ pub(in crate::gateway) async fn finish(
     settlement: Settlement,
     billing: Billing,
     convert: Option<Convert<'_>>,
+    rename: Option<&str>,
 ) -> Result<Response, UpstreamError> {
     let content_type = upstream
         .headers()
@@ -79,6 +80,14 @@ pub(in crate::gateway) async fn finish(
         Value::Null
     };
     let bytes = match convert {
+        None if is_json => match rename.and_then(|name| {
+            std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|text| model_name::rename(text, name))
+        }) {
+            Some(renamed) => Bytes::from(renamed),
+            None => bytes,
+        },
         None => bytes,
         Some(c) => match c.translation.answer(&answer, c.original, c.public_model) {
             Ok(bytes) => bytes,

@@ -56,10 +56,11 @@ pub(super) async fn respond(
         };
         let transform = match (prepared.translation, &prepared.original) {
             (Some(translation), Some(original)) => {
-                Transform::Convert(translation.stream(original, &prepared.model.id))
+                Transform::Convert(translation.stream(original, &prepared.model().id))
             }
             _ => Transform::Passthrough {
                 strip_usage: prepared.strip_usage,
+                rename: prepared.rename.clone(),
             },
         };
         let relay = Relay {
@@ -90,7 +91,7 @@ pub(super) async fn respond(
         (Some(translation), Some(original)) => Some(Convert {
             translation,
             original,
-            public_model: &prepared.model.id,
+            public_model: &prepared.model().id,
         }),
         _ => None,
     };
@@ -101,6 +102,7 @@ pub(super) async fn respond(
         settlement,
         a.billing,
         convert,
+        prepared.rename.as_deref(),
     )
     .await
 }

@@ -2,6 +2,7 @@
 //! translated, reading the usage as it passes; the charge is safe before the terminal
 //! event is sent, and a client that goes away pays for what was generated.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tollgate_formats::frames::{self, StreamFailure};
+use tollgate_formats::model_name;
 use tollgate_formats::sse::{self, SseDecoder, SseEvent};
 use tollgate_formats::usage as wire_usage;
 use tollgate_formats::{Format, StreamConverter, UsageTracker};
@@ -36,8 +38,12 @@ fn is_terminal(format: Format, event: &SseEvent) -> bool {
 
 /// What is done to each upstream event on its way to the client.
 pub(super) enum Transform {
-    /// Same format: passed on; `strip_usage` removes the usage the client did not ask for.
-    Passthrough { strip_usage: bool },
+    /// Same format: passed on; `strip_usage` removes the usage the client did not ask
+    /// for, `rename` puts the model's public id where the provider named its own.
+    Passthrough {
+        strip_usage: bool,
+        rename: Option<String>,
+    },
     /// Another format: translated event by event.
     Convert(Box<dyn StreamConverter + Send>),
 }
@@ -45,16 +51,23 @@ pub(super) enum Transform {
 impl Transform {
     fn apply(&mut self, event: &SseEvent, out: &mut VecDeque<Bytes>) -> Result<(), String> {
         match self {
-            Transform::Passthrough { strip_usage } => {
-                if *strip_usage {
-                    if wire_usage::is_usage_only_chunk_data(&event.data) {
-                        return Ok(());
-                    }
-                    let data = wire_usage::strip_usage_field(&event.data);
-                    out.push_back(sse::encode(event.event.as_deref(), &data));
-                } else {
-                    out.push_back(sse::encode(event.event.as_deref(), &event.data));
+            Transform::Passthrough {
+                strip_usage,
+                rename,
+            } => {
+                if *strip_usage && wire_usage::is_usage_only_chunk_data(&event.data) {
+                    return Ok(());
                 }
+                let mut data = if *strip_usage {
+                    wire_usage::strip_usage_field(&event.data)
+                } else {
+                    Cow::Borrowed(event.data.as_str())
+                };
+                if let Some(renamed) = rename.as_deref().and_then(|n| model_name::rename(&data, n))
+                {
+                    data = Cow::Owned(renamed);
+                }
+                out.push_back(sse::encode(event.event.as_deref(), &data));
                 Ok(())
             }
             Transform::Convert(converter) => {
