@@ -65,6 +65,15 @@ MODELS: dict[str, dict] = {
         "endpoints": ["moderations"],
         "pricing": {"per_request": "0.00000012345"},
     },
+    # Its only deployment is down (nothing listens there): every request is served by
+    # its fallback, a model of another provider and format, at the fallback's price.
+    "gpt-4.1-down": {
+        "provider": "down",
+        "endpoints": ["chat.completions"],
+        "fallbacks": ["claude-sonnet-4-5"],
+        "max_output_tokens": 8192,
+        "pricing": {"input": "0.40", "cached_input": "0.10", "output": "1.60"},
+    },
     "chat-only-model": {
         "provider": "chatonly",
         "upstream_model": "gpt-4o-mini",
@@ -245,6 +254,11 @@ def config_toml(fake_addr: str) -> str:
         'api_key_env = "FAKE_OPENAI_KEY"',
         "chat_only = true",
         "",
+        "[[providers]]",
+        'name = "down"',
+        'kind = "openai"',
+        'base_url = "http://127.0.0.1:1/v1"',
+        "",
     ]
     for model_id, m in MODELS.items():
         out.append("[[models]]")
@@ -253,6 +267,8 @@ def config_toml(fake_addr: str) -> str:
         if "upstream_model" in m:
             out.append(f'upstream_model = "{m["upstream_model"]}"')
         out.append("endpoints = [" + ", ".join(f'"{e}"' for e in m["endpoints"]) + "]")
+        if "fallbacks" in m:
+            out.append("fallbacks = [" + ", ".join(f'"{f}"' for f in m["fallbacks"]) + "]")
         for k in ("context_window", "max_output_tokens"):
             if k in m:
                 out.append(f"{k} = {m[k]}")

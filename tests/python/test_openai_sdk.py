@@ -422,6 +422,28 @@ def test_chat_tool_call_round_trip_anthropic(client, ledger):
         chat_input_tokens([SYSTEM, TOOL_QUESTION]) + 4 + (4 + gwlib.words(TOOL_RESULT_TEXT)))
 
 
+def test_streamed_chat_fails_over_to_a_fallback_of_another_format(client, ledger):
+    """gpt-4.1-down's only deployment refuses connections; its fallback is Claude (a
+    Messages provider): the stream is translated, names the model that served and is
+    charged at its price."""
+    messages = [SYSTEM, {"role": "user", "content": "Fail over, please."}]
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4.1-down", messages=messages, max_tokens=256, stream=True,
+        stream_options={"include_usage": True})
+    assert raw.headers["x-tollgate-model"] == "claude-sonnet-4-5"
+    assert raw.headers["x-tollgate-provider"] == "anthropic"
+    assert int(raw.headers["x-tollgate-attempts"]) >= 2
+    chunks = list(raw.parse())
+    usage = chunks[-1].usage
+    assert usage is not None, "no usage in the last chunk"
+    ledger.add("chat streamed via a fallback (claude)", "claude-sonnet-4-5",
+               **chat_usage(usage))
+    assert all(c.model == "claude-sonnet-4-5" for c in chunks)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == EXPECTED_TEXT
+    assert usage.prompt_tokens == chat_input_tokens(messages)
+
+
 def test_chat_tool_call_round_trip_anthropic_streamed(client, ledger):
     messages = [SYSTEM, TOOL_QUESTION]
     stream = client.chat.completions.create(
