@@ -275,8 +275,19 @@ pub(crate) async fn prelude(
             futures_util::stream::once(async { Err::<Bytes, _>(std::io::Error::other("reset")) });
         return Some(Body::from_stream(failing).into_response());
     }
+    let echo = dirs.echo_headers.then(|| echo_headers(&ctx.headers));
     dirs.status
-        .map(|code| error::injected(flavor, code, dirs.retry_after))
+        .map(|code| error::injected(flavor, code, dirs.retry_after, echo.as_deref()))
+}
+
+/// The request's headers as `name: value` pairs, verbatim (secrets included), the way
+/// some providers quote the request in a validation error.
+fn echo_headers(headers: &HeaderMap) -> String {
+    headers
+        .iter()
+        .map(|(n, v)| format!("{}: {}", n.as_str(), String::from_utf8_lossy(v.as_bytes())))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A 200 whose body claims to be JSON and is not.
@@ -349,8 +360,24 @@ pub(crate) fn sse_stream(
     error_event: impl FnOnce() -> Bytes,
 ) -> Response {
     let fault = fault(dirs, error_event);
-    let delay = dirs.chunk_delay.unwrap_or(s.opts.chunk_delay);
+    let delay = dirs.chunk_delay(s.opts.chunk_delay);
     sse_response(stream::body(s.clone(), frames, delay, fault))
+}
+
+/// An endless SSE stream: the frames before the first content chunk, then content
+/// chunks from `next` for ever (the `endless` directive).
+pub(crate) fn sse_endless(
+    s: &Arc<Shared>,
+    dirs: &Directives,
+    frames: Vec<stream::Frame>,
+    next: stream::ContentGen,
+) -> Response {
+    let prefix = frames
+        .into_iter()
+        .take_while(|f| f.part != stream::Part::Content)
+        .collect();
+    let delay = dirs.chunk_delay(s.opts.chunk_delay);
+    sse_response(stream::endless(s.clone(), prefix, next, delay))
 }
 
 /// The stream fault the directives ask for.
@@ -361,7 +388,7 @@ pub(crate) fn fault(
     match (dirs.cut_after, dirs.error_after) {
         (Some(n), _) => Some(stream::Fault::CutAfter(n)),
         (None, Some(n)) => Some(stream::Fault::ErrorAfter(n, error_event())),
-        (None, None) => None,
+        (None, None) => dirs.no_terminator.then_some(stream::Fault::NoTerminator),
     }
 }
 

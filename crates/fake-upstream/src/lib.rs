@@ -41,7 +41,7 @@
 //!   tool-call arguments, images and tool definitions count nothing. Responses `input`
 //!   given as a string is one message.
 //! - Output tokens = words generated; for a tool call, the number of argument fragments
-//!   (`ceil(chars(arguments) / 8)`).
+//!   (`ceil(chars(arguments) / 8)`); plus `ceil(N / 4)` with `pad_bytes=N`.
 //! - `cached=N` reports `C = min(N, T)` cached tokens, `cache_write=W` reports
 //!   `Wc = min(W, T - C)` (Anthropic only). OpenAI `prompt_tokens` = `T` (cached
 //!   included); Anthropic `input_tokens` = `T - C - Wc`, `cache_read_input_tokens` = `C`,
@@ -58,16 +58,56 @@
 //! `[[fake:key=value,key2=value2,flag]]`; several blocks merge. Unknown keys are a 400.
 //! - `status=N` (400..=599): that status with an error body in the provider's shape
 //!   (`retry_after=S` adds a `retry-after` header);
+//! - `echo_headers` (with `status=N` only): the error's message ends with
+//!   `Request headers: name: value, name: value…`, every request header verbatim,
+//!   `authorization` and `x-api-key` included, as some providers quote the request in
+//!   validation errors (a gateway must scrub its secrets);
 //! - `reset`: the TCP connection is reset before any response byte;
 //! - `malformed`: 200 with a body that is not JSON (streams: one `data:` line of broken
 //!   JSON after the first content chunk, the stream then ends normally);
-//! - `cut_after=N`: stream N content chunks, then abort the connection (no end, no usage);
-//! - `error_after=N`: stream N content chunks, then the provider's in-stream error event,
-//!   then end (speech audio has no error event: it is cut like `cut_after`);
 //! - `first_byte_ms=N`, `chunk_ms=N`: override [`Options::latency`] / [`Options::chunk_delay`];
 //! - `words=N`, `tool`, `cached=N`, `cache_write=N`: shape the reply (see above);
 //! - `comments`: put an SSE `: keep-alive` comment line before every content event;
 //! - `flagged` (moderations): the input is flagged for harassment.
+//!
+//! Misbehaving providers (chat completions, Responses and Messages, streamed or not
+//! unless said otherwise):
+//! - `no_usage`: the answer reports no usage at all. JSON: no `usage` member. Chat
+//!   streams: no usage chunk even with `include_usage` (the other chunks keep their
+//!   `"usage": null`). Responses streams: `response.completed` without `usage`.
+//!   Messages streams: `message_start` and `message_delta` without `usage`.
+//! - `wrong_type`: a success is served as `content-type: text/plain; charset=utf-8`,
+//!   the body (JSON or the SSE stream) unchanged.
+//! - `no_terminator`: a stream sends all its content, then closes cleanly without its
+//!   terminal events and final usage: chat ends after the finish chunk (no usage chunk,
+//!   no `[DONE]`), Responses after `response.output_item.done` (no
+//!   `response.completed`), Messages after `content_block_stop` (no `message_delta`,
+//!   no `message_stop`). Counted in [`Stats::streams_aborted`].
+//! - `cut_after=N`: stream N content chunks, then abort the connection (no end, no
+//!   usage; Messages keeps `message_start`'s initial usage, as a real cut would);
+//! - `error_after=N`: stream N content chunks, then the provider's in-stream error
+//!   event (chat: `data: {"error": …}`, Responses: `event: error` with the next
+//!   sequence number, Messages: `event: error` `overloaded_error`), then end (speech
+//!   audio has no error event: it is cut like `cut_after`);
+//! - `ignore_max_tokens`: the reply has `words` words whatever `max_tokens`,
+//!   `max_completion_tokens` or `max_output_tokens` say, and reports them all as output.
+//! - `report_input=N`, `report_output=N` (any `u64`, e.g. `1000000000000000000`): the
+//!   input / output tokens the usage reports, whatever was generated (totals saturate).
+//!   `cached` then reports at most `N` cached tokens.
+//! - `endless`: a stream that never ends: after the events that open the reply, one
+//!   text content chunk (the reply's words, cycling) every `chunk_ms` (default
+//!   [`Options::chunk_delay`], at least 1 ms) until the client goes away (counted in
+//!   [`Stats::streams_cancelled`]); Responses sequence numbers keep counting. A
+//!   non-streamed answer with `endless` is a 200 JSON body that never finishes: its
+//!   opening up to the reply's text, then 1 KiB of ` pad pad…` every `chunk_ms`. Both
+//!   run in constant memory.
+//! - `pad_bytes=N` (non-streamed only, at most 2 GiB; a streamed request with it is a
+//!   400): the reply's text is followed by `N` bytes of ` pad pad pad…` (the last unit
+//!   cut to fit), written in 64 KiB chunks so the fake never holds them; the rest of
+//!   the JSON, with its usage, follows as usual (usage after the content, as the real
+//!   APIs put it). Output tokens reported = words generated + `ceil(N / 4)`.
+//! - `trickle_ms=N`: the whole answer (JSON bodies, streams, errors) is written at most
+//!   16 bytes at a time, N ms apart (each write is one HTTP chunk).
 //!
 //! # Fast mode
 //! [`Options::fast`] answers chat, Responses, embeddings and messages with bytes built
@@ -90,9 +130,11 @@ mod fast;
 mod http;
 mod images;
 mod messages;
+mod misbehave;
 mod misc;
 mod responses;
 mod stream;
+mod tier;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -129,7 +171,7 @@ pub struct Stats {
     pub streams_completed: u64,
     /// Streams dropped before their final chunk: the client went away.
     pub streams_cancelled: u64,
-    /// Streams ended early on purpose by `cut_after` or `error_after`.
+    /// Streams ended early on purpose by `cut_after`, `error_after` or `no_terminator`.
     pub streams_aborted: u64,
 }
 
