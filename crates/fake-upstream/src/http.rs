@@ -21,7 +21,10 @@ use serde_json::Value;
 use crate::conn::ConnHandle;
 use crate::directives::Directives;
 use crate::error::{self, Flavor};
-use crate::{audio, chat, embeddings, images, messages, misc, responses, stream, Received, Shared};
+use crate::{
+    audio, chat, embeddings, images, messages, misc, responses, stream, transcribe, Received,
+    Shared,
+};
 
 pub(crate) type AppState = State<Arc<Shared>>;
 
@@ -33,8 +36,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/embeddings", post(embeddings::handle))
         .route("/v1/images/generations", post(images::handle))
         .route("/v1/audio/speech", post(audio::speech))
-        .route("/v1/audio/transcriptions", post(audio::transcriptions))
-        .route("/v1/audio/translations", post(audio::translations))
+        .route("/v1/audio/transcriptions", post(transcribe::transcriptions))
+        .route("/v1/audio/translations", post(transcribe::translations))
         .route("/v1/moderations", post(misc::moderations))
         .route("/v1/models", get(misc::models))
         .route("/v1/messages", post(messages::handle))

@@ -50,7 +50,32 @@
 //!   array. Images: input tokens = words of the prompt; output tokens per image as
 //!   gpt-image-1 (by quality low/medium/high × size, e.g. 1024x1024 medium = 1056).
 //! - Speech: `1024 + 64 × chars(input)` bytes, streamed in 1024-byte chunks.
-//! - Transcriptions / translations: `seconds = ceil(file bytes / 16000)`.
+//! - Transcriptions / translations: `seconds = ceil(file bytes / 16000)` for models
+//!   billed by duration; for `gpt-4o*` models billed by tokens: `audio_tokens =
+//!   ceil(file bytes / 1000)` (≈ 16 per second, near the ≈ 1,000 per minute OpenAI's
+//!   $0.006/min estimate for gpt-4o-transcribe implies), `text_tokens` = words of the
+//!   `prompt`, `input_tokens` = text + audio, `output_tokens` = words of the text.
+//!
+//! # Transcriptions and translations
+//! `whisper-1`, and any model not starting with `gpt-4o`, is billed by duration and
+//! ignores `stream`: `json` (default) = `{"text", "usage": {"type": "duration",
+//! "seconds"}}`; `text` = the text and `\n`; `srt` / `vtt` = one cue per 8 words, the
+//! cues spread evenly so the last ends at the duration (both `text/plain`);
+//! `verbose_json` = `{"task", "language", "duration", "text", "segments": [{"id",
+//! "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob",
+//! "compression_ratio", "no_speech_prob"}], "usage"}` (translations: `task`
+//! `translate`, `language` `english`). `gpt-4o-transcribe` / `gpt-4o-mini-transcribe`
+//! (any `gpt-4o*` model) are billed by tokens: `json` = `{"text", "usage": {"type":
+//! "tokens", "input_tokens", "input_token_details": {"text_tokens", "audio_tokens"},
+//! "output_tokens", "total_tokens"}}`, `text` as above; `verbose_json`, `srt` and `vtt`
+//! are OpenAI's 400 (`response_format '…' is not compatible with model '…'. Use 'json'
+//! or 'text' instead.`, code `unsupported_value`); on `/translations` they are a 400
+//! (whisper-1 only; the message is the fake's own). With `stream=true` they answer
+//! SSE data lines (no `event:`, no `[DONE]`): one `{"type": "transcript.text.delta",
+//! "delta"}` per word, then `{"type": "transcript.text.done", "text", "usage"}`.
+//! Directives come from the `prompt`; `no_usage` drops the usage, `report_*` set token
+//! usage, the stream directives (`cut_after`, `no_terminator`, `endless`…) apply to the
+//! transcription stream.
 //!
 //! # Directives
 //! Written in the text of the last user message that has text (Responses/embeddings/
@@ -135,6 +160,7 @@ mod misc;
 mod responses;
 mod stream;
 mod tier;
+mod transcribe;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -7,6 +7,7 @@ mod formats;
 mod misbehave;
 mod other;
 mod responses;
+mod transcribe;
 
 use std::time::Duration;
 
