@@ -77,6 +77,36 @@
 //! usage, the stream directives (`cut_after`, `no_terminator`, `endless`…) apply to the
 //! transcription stream.
 //!
+//! # Stateful and priced features
+//! Answered as the real APIs answer them, so tests can show a gateway refusing or
+//! pricing them:
+//! - Responses `"background": true`: the non-streamed answer is `status: "queued"`,
+//!   `background: true`, `output: []`, `usage: null`; streamed, `response.created`
+//!   says `queued` and the stream then runs as usual with `background: true`.
+//! - `service_tier` (chat, Responses) is echoed in the answer's `service_tier` (every
+//!   chunk too): absent or `auto` → `default`; `default`, `flex`, `scale`, `priority`
+//!   kept; another value is OpenAI's 400 (`param: service_tier`). Anthropic's
+//!   `service_tier` shows in `usage.service_tier`: `auto` → `priority` (as for an
+//!   organisation with Priority Tier capacity), `standard_only` or absent →
+//!   `standard`; another value is a 400.
+//! - Hosted tools on Responses: for each hosted tool type in `tools` (`web_search`,
+//!   `web_search_preview` and dated versions, `file_search`, `code_interpreter`,
+//!   `image_generation`), in order of first appearance, the output starts with one
+//!   completed call item (`web_search_call` with `action: {type: search, query}`,
+//!   `file_search_call` with `queries` and `results: null`, `code_interpreter_call`
+//!   with `code`, `container_id` and `outputs: null`, `image_generation_call` with a
+//!   base64 PNG `result`, `size`, `quality`, `output_format`…), then the reply. Streamed,
+//!   each call is `output_item.added`, `response.<type>.in_progress`, `.searching` /
+//!   `.interpreting` / `.generating`, `.completed`, `output_item.done`, and the reply's
+//!   `output_index` follows the calls. Hosted calls add no tokens (OpenAI bills them
+//!   per call).
+//! - Anthropic's web search server tool (`tools` with a `type` starting `web_search_`,
+//!   e.g. `web_search_20250305`): the content starts with a `server_tool_use` block
+//!   (`name: web_search`, `input: {query}`) and its `web_search_tool_result` block (one
+//!   `web_search_result`), then the reply (block index 2 when streamed), and
+//!   `usage.server_tool_use` is `{"web_search_requests": 1}` (in `message_delta` when
+//!   streamed).
+//!
 //! # Directives
 //! Written in the text of the last user message that has text (Responses/embeddings/
 //! moderations/speech: `input`; images and audio uploads: `prompt`) as

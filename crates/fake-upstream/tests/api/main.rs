@@ -6,6 +6,7 @@ mod faults;
 mod formats;
 mod misbehave;
 mod other;
+mod priced;
 mod responses;
 mod transcribe;
 
