@@ -22,15 +22,16 @@ use crate::conn::ConnHandle;
 use crate::directives::Directives;
 use crate::error::{self, Flavor};
 use crate::{
-    audio, chat, embeddings, images, messages, misc, responses, stream, transcribe, Received,
-    Shared,
+    audio, chat, control, embeddings, faults, images, messages, misc, responses, stream,
+    transcribe, Received, Shared,
 };
 
 pub(crate) type AppState = State<Arc<Shared>>;
 
-/// All routes, with request recording.
+/// All routes: the model routes (counted, recorded, faulted) and the `/__fake`
+/// control routes (none of that).
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let model = Router::new()
         .route("/v1/chat/completions", post(chat::handle))
         .route("/v1/responses", post(responses::handle))
         .route("/v1/embeddings", post(embeddings::handle))
@@ -42,7 +43,18 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/models", get(misc::models))
         .route("/v1/messages", post(messages::handle))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(shared.clone(), record))
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            faults::apply,
+        ))
+        .layer(middleware::from_fn_with_state(shared.clone(), record));
+    Router::new()
+        .route(
+            "/__fake/faults",
+            post(control::set_fault).delete(control::clear_faults),
+        )
+        .route("/__fake/stats", get(control::stats))
+        .merge(model)
         .layer(DefaultBodyLimit::disable())
         .with_state(shared)
 }
@@ -52,9 +64,9 @@ async fn not_found(req: Request) -> Response {
     error::openai(StatusCode::NOT_FOUND, &message, None, None)
 }
 
-/// Counts every request and, outside fast mode, records it.
+/// Counts every model request and, outside fast mode, records it.
 async fn record(State(s): AppState, req: Request, next: Next) -> Response {
-    Shared::bump(&s.counters.requests);
+    s.counters.request(req.uri().path());
     if s.opts.fast {
         return next.run(req).await;
     }

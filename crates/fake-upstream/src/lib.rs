@@ -164,11 +164,52 @@
 //! - `trickle_ms=N`: the whole answer (JSON bodies, streams, errors) is written at most
 //!   16 bytes at a time, N ms apart (each write is one HTTP chunk).
 //!
+//! # Faults on command
+//! For routing tests with several fakes, a fault applies to whole requests whatever
+//! their text, for the next N model requests or for a while ([`FakeUpstream::faults`]):
+//! ```no_run
+//! # use std::time::Duration;
+//! # use fake_upstream::{Fault, Options};
+//! # async fn demo() -> anyhow::Result<()> {
+//! let up = fake_upstream::start(Options::default()).await?;
+//! up.faults().next(3, Fault::Status { status: 429, retry_after: Some(2) }).await?;
+//! up.faults().for_duration(Duration::from_secs(5), Fault::Refuse).await?;
+//! up.faults().clear().await?;
+//! # Ok(()) }
+//! ```
+//! - [`Fault::Status`]: that status with the provider's error body (Anthropic's on
+//!   `/v1/messages`), `retry-after` when set;
+//! - [`Fault::Reset`]: a TCP reset before any response byte;
+//! - [`Fault::FirstByte`]: the answer starts that much later;
+//! - [`Fault::Refuse`]: connection refused: the listener is closed (open connections
+//!   are reset, as when a host dies) and re-bound on the same port when the time is
+//!   up or on [`Faults::clear`]. Only with [`Faults::for_duration`] (`next` refuses it:
+//!   refused connections never reach the fake to be counted). [`FakeUpstream::stop`]
+//!   and [`FakeUpstream::restart`] do the same by hand.
+//!
+//! One fault at a time: a new one replaces the one in force. Faulted requests are
+//! counted in [`Stats::requests`] and [`Stats::faulted`], and recorded in
+//! [`FakeUpstream::received`], so a test can tell how many attempts reached each
+//! instance; [`FakeUpstream::requests_by_endpoint`] splits them per path.
+//!
+//! The same over HTTP, for a fake in another process (e.g. the `fake-upstream`
+//! binary). These `/__fake` paths are never counted, recorded or faulted:
+//! - `POST /__fake/faults` with `{"fault": "status", "status": 503, "retry_after": 2,
+//!   "count": 3}`, `{"fault": "reset", "for_ms": 5000}` or `{"fault": "first_byte",
+//!   "ms": 1000, "count": 1}` (exactly one of `count` and `for_ms`; a bad request is a
+//!   400 `{"error": "…"}`). `refuse` is a 400: a refusing fake could not be reached to
+//!   end it.
+//! - `DELETE /__fake/faults`: ends the fault in force.
+//! - `GET /__fake/stats`: `{"requests", "faulted", "streams_started",
+//!   "streams_completed", "streams_cancelled", "streams_aborted", "endpoints":
+//!   {"/v1/chat/completions": N, …}}`.
+//!
 //! # Fast mode
 //! [`Options::fast`] answers chat, Responses, embeddings and messages with bytes built
 //! once at start; only `"stream": true` and `"include_usage": true` are looked for in the
 //! body (a byte search), and requests are counted but not recorded in
-//! [`FakeUpstream::received`]. Other endpoints behave as usual.
+//! [`FakeUpstream::received`]. Other endpoints behave as usual. Faults work in fast
+//! mode too; directives do not (the text is not read).
 
 // Handlers return finished error responses through `?`; that path is cold, so the size
 // of `Response` in `Err` does not matter.
@@ -178,28 +219,34 @@ mod audio;
 mod chat;
 mod conn;
 mod content;
+mod control;
 mod directives;
 mod embeddings;
 mod error;
 mod fast;
+mod faults;
 mod http;
 mod images;
 mod messages;
 mod misbehave;
 mod misc;
 mod responses;
+mod server;
+mod shared;
 mod stream;
 mod tier;
 mod transcribe;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+
+pub use faults::{Fault, Faults};
+use server::Server;
+pub(crate) use shared::Shared;
 
 /// How the fake upstream behaves.
 #[derive(Debug, Clone, Default)]
@@ -219,8 +266,12 @@ pub struct Options {
 /// Counters since start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Every request received, including rejected ones.
+    /// Every model request received (every path under `/v1`), including rejected and
+    /// faulted ones; never the `/__fake` control paths.
     pub requests: u64,
+    /// Requests answered by a [`Fault`] (set with [`FakeUpstream::faults`] or
+    /// `POST /__fake/faults`), included in `requests`.
+    pub faulted: u64,
     /// Streamed response bodies begun (SSE streams and speech audio).
     pub streams_started: u64,
     /// Streams whose final chunk was handed to the connection.
@@ -263,70 +314,11 @@ impl Received {
     }
 }
 
-/// State shared by the handlers of one fake upstream.
-pub(crate) struct Shared {
-    pub(crate) opts: Options,
-    pub(crate) counters: Counters,
-    received: Mutex<Vec<Received>>,
-    next_id: AtomicU64,
-    pub(crate) canned: Option<fast::Canned>,
-}
-
-#[derive(Default)]
-pub(crate) struct Counters {
-    pub(crate) requests: AtomicU64,
-    pub(crate) streams_started: AtomicU64,
-    pub(crate) streams_completed: AtomicU64,
-    pub(crate) streams_cancelled: AtomicU64,
-    pub(crate) streams_aborted: AtomicU64,
-}
-
-impl Shared {
-    fn new(opts: Options) -> Self {
-        let canned = opts.fast.then(fast::Canned::build);
-        Self {
-            opts,
-            counters: Counters::default(),
-            received: Mutex::new(Vec::new()),
-            // Ids differ between runs, so nothing downstream sees one twice.
-            next_id: AtomicU64::new(id_seed()),
-            canned,
-        }
-    }
-
-    /// A fresh id: `prefix` then `len` base-62 characters, unique per server.
-    pub(crate) fn id(&self, prefix: &str, len: usize) -> String {
-        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        content::alnum_id(prefix, n, len)
-    }
-
-    fn received_lock(&self) -> MutexGuard<'_, Vec<Received>> {
-        // A panic while holding this lock cannot leave the Vec inconsistent.
-        self.received.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn record(&self, r: Received) {
-        self.received_lock().push(r);
-    }
-
-    pub(crate) fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-fn id_seed() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    content::mix(nanos ^ u64::from(std::process::id()).rotate_left(32))
-}
-
 /// A running fake upstream; it stops accepting connections when dropped.
 pub struct FakeUpstream {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    task: JoinHandle<()>,
+    server: Arc<Server>,
 }
 
 /// Starts a fake upstream on `127.0.0.1:0`.
@@ -336,23 +328,20 @@ pub async fn start(opts: Options) -> anyhow::Result<FakeUpstream> {
 
 /// Starts a fake upstream on the given address.
 pub async fn start_on(listen: SocketAddr, opts: Options) -> anyhow::Result<FakeUpstream> {
-    let listener = TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
     let shared = Arc::new(Shared::new(opts));
-    let app =
-        http::router(shared.clone()).into_make_service_with_connect_info::<conn::ConnHandle>();
-    let listener = conn::KillableListener::new(listener);
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "fake upstream server stopped");
-        }
-    });
+    let server = Server::bind(listen, shared.clone()).await?;
+    let addr = server.addr;
     tracing::info!(%addr, "fake upstream listening");
-    Ok(FakeUpstream { addr, shared, task })
+    Ok(FakeUpstream {
+        addr,
+        shared,
+        server,
+    })
 }
 
 impl FakeUpstream {
-    /// The bound address.
+    /// The bound address (kept across [`stop`](Self::stop) and
+    /// [`restart`](Self::restart)).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -369,15 +358,13 @@ impl FakeUpstream {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
-        let c = &self.shared.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        Stats {
-            requests: get(&c.requests),
-            streams_started: get(&c.streams_started),
-            streams_completed: get(&c.streams_completed),
-            streams_cancelled: get(&c.streams_cancelled),
-            streams_aborted: get(&c.streams_aborted),
-        }
+        self.shared.stats()
+    }
+
+    /// Model requests received per path (`/v1/chat/completions`…; unknown paths under
+    /// `other`), only the paths that got some.
+    pub fn requests_by_endpoint(&self) -> BTreeMap<String, u64> {
+        self.shared.counters.by_endpoint()
     }
 
     /// Every request received so far (not recorded in fast mode).
@@ -389,10 +376,30 @@ impl FakeUpstream {
     pub fn clear_received(&self) {
         self.shared.received_lock().clear();
     }
+
+    /// Sets and clears [`Fault`]s on this fake.
+    pub fn faults(&self) -> Faults {
+        Faults::new(self.server.clone())
+    }
+
+    /// Stops listening: the port refuses connections and open connections are reset,
+    /// until [`restart`](Self::restart). Cancels a timed `Fault::Refuse`.
+    pub async fn stop(&self) {
+        self.server.stop().await;
+        self.server
+            .refusing
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Listens again on the same port (does nothing when listening). Fails when the
+    /// port was taken by another socket in the meantime.
+    pub async fn restart(&self) -> anyhow::Result<()> {
+        self.server.restart().await
+    }
 }
 
 impl Drop for FakeUpstream {
     fn drop(&mut self) {
-        self.task.abort();
+        self.server.close();
     }
 }

@@ -2,6 +2,7 @@
 
 mod anthropic;
 mod chat;
+mod control;
 mod faults;
 mod formats;
 mod misbehave;
