@@ -1,41 +1,89 @@
-//! Connections a handler can reset: the `reset` directive needs the client to see a
-//! connection error and no HTTP status at all.
+//! Connections a handler can reset: the `reset` directive and fault need the client to
+//! see a connection error and no HTTP status at all, and stopping the listener kills
+//! the open connections as a crashed host would.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
+#[derive(Debug, Default)]
+pub(crate) struct ConnState {
+    killed: AtomicBool,
+    /// The connection's task, woken by `kill` so an idle connection dies at once.
+    waker: AtomicWaker,
+}
+
 /// A handle on one connection, given to handlers through `ConnectInfo`.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct ConnHandle(Arc<AtomicBool>);
+pub(crate) struct ConnHandle(Arc<ConnState>);
 
 impl ConnHandle {
     /// Every later read or write on the connection fails, so the server drops it; the
     /// socket closes with zero linger, which sends a TCP RST.
     pub(crate) fn kill(&self) {
-        self.0.store(true, Ordering::Release);
+        self.0.killed.store(true, Ordering::Release);
+        self.0.waker.wake();
     }
 
     fn killed(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0.killed.load(Ordering::Acquire)
+    }
+}
+
+/// The open connections of one fake, so that stopping it can kill them.
+#[derive(Default)]
+pub(crate) struct Conns(Mutex<ConnList>);
+
+#[derive(Default)]
+struct ConnList {
+    live: Vec<Weak<ConnState>>,
+    /// Length after the last pruning; the list is pruned when it doubles.
+    pruned: usize,
+}
+
+impl Conns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConnList> {
+        // A panic while holding this lock cannot leave the list inconsistent.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, handle: &ConnHandle) {
+        let mut list = self.lock();
+        if list.live.len() >= 2 * list.pruned.max(32) {
+            list.live.retain(|w| w.strong_count() > 0);
+            list.pruned = list.live.len();
+        }
+        list.live.push(Arc::downgrade(&handle.0));
+    }
+
+    /// Kills every open connection.
+    pub(crate) fn kill_all(&self) {
+        let live = std::mem::take(&mut self.lock().live);
+        for state in live.iter().filter_map(Weak::upgrade) {
+            ConnHandle(state).kill();
+        }
     }
 }
 
 /// A TCP listener whose connections carry a [`ConnHandle`].
-pub(crate) struct KillableListener(TcpListener);
+pub(crate) struct KillableListener {
+    inner: TcpListener,
+    conns: Arc<Conns>,
+}
 
 impl KillableListener {
-    pub(crate) fn new(inner: TcpListener) -> Self {
-        Self(inner)
+    pub(crate) fn new(inner: TcpListener, conns: Arc<Conns>) -> Self {
+        Self { inner, conns }
     }
 }
 
@@ -45,13 +93,12 @@ impl Listener for KillableListener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
-            match self.0.accept().await {
+            match self.inner.accept().await {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    let io = KillableIo {
-                        stream,
-                        handle: ConnHandle::default(),
-                    };
+                    let handle = ConnHandle::default();
+                    self.conns.add(&handle);
+                    let io = KillableIo { stream, handle };
                     return (io, addr);
                 }
                 Err(e) => {
@@ -72,7 +119,7 @@ impl Listener for KillableListener {
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr()
+        self.inner.local_addr()
     }
 }
 
@@ -89,7 +136,8 @@ pub(crate) struct KillableIo {
 }
 
 impl KillableIo {
-    fn check(&self) -> io::Result<()> {
+    fn check(&self, cx: &Context<'_>) -> io::Result<()> {
+        self.handle.0.waker.register(cx.waker());
         if self.handle.killed() {
             let _ = self.stream.set_zero_linger();
             return Err(io::Error::new(
@@ -107,7 +155,7 @@ impl AsyncRead for KillableIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.check()?;
+        self.check(cx)?;
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -118,7 +166,7 @@ impl AsyncWrite for KillableIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.check()?;
+        self.check(cx)?;
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -127,7 +175,7 @@ impl AsyncWrite for KillableIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.check()?;
+        self.check(cx)?;
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
@@ -136,12 +184,12 @@ impl AsyncWrite for KillableIo {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.check()?;
+        self.check(cx)?;
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.check()?;
+        self.check(cx)?;
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }

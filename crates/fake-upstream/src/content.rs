@@ -167,15 +167,21 @@ pub(crate) fn plan(input: PlanInput<'_>, call_id: impl FnOnce() -> String) -> Pl
             finish = Finish::StopSequence((*s).to_string());
             break;
         }
-        chunks.push(if i == 0 {
-            word.to_string()
-        } else {
-            format!(" {word}")
-        });
+        chunks.push(word_chunk(i as u64));
     }
     Plan {
         reply: Reply::Text(chunks),
         finish,
+    }
+}
+
+/// The `i`-th streamed word of a text reply: the first bare, the others after a space.
+pub(crate) fn word_chunk(i: u64) -> String {
+    let word = WORDS[(i % WORDS.len() as u64) as usize];
+    if i == 0 {
+        word.to_string()
+    } else {
+        format!(" {word}")
     }
 }
 
@@ -267,6 +273,11 @@ impl Usage {
     pub(crate) fn uncached(&self) -> u64 {
         self.input - self.cache_read - self.cache_write
     }
+
+    /// Input plus output, saturating (a `report_*` directive may be absurd).
+    pub(crate) fn total(&self) -> u64 {
+        self.input.saturating_add(self.output)
+    }
 }
 
 /// One answer: ids, reply and usage.
@@ -276,7 +287,10 @@ pub(crate) struct Turn {
     pub(crate) created: u64,
     pub(crate) model: String,
     pub(crate) plan: Plan,
-    pub(crate) usage: Usage,
+    /// The usage the answer reports; `None` with the `no_usage` directive.
+    pub(crate) usage: Option<Usage>,
+    /// The service tier the answer reports (`default`, `priority`, `standard`…).
+    pub(crate) tier: &'static str,
 }
 
 /// Seconds since the Unix epoch.

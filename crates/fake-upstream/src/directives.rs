@@ -3,8 +3,12 @@
 
 use std::time::Duration;
 
+use crate::content::Usage;
+
 /// Largest `words=N` honoured, so a typo cannot exhaust memory.
 const MAX_WORDS: u64 = 100_000;
+/// Largest `pad_bytes=N`: 2 GiB.
+pub(crate) const MAX_PAD_BYTES: u64 = 2 << 30;
 
 /// The directives found in a request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,6 +27,16 @@ pub(crate) struct Directives {
     pub(crate) cache_write: u64,
     pub(crate) comments: bool,
     pub(crate) flagged: bool,
+    pub(crate) no_usage: bool,
+    pub(crate) wrong_type: bool,
+    pub(crate) no_terminator: bool,
+    pub(crate) ignore_max_tokens: bool,
+    pub(crate) report_input: Option<u64>,
+    pub(crate) report_output: Option<u64>,
+    pub(crate) endless: bool,
+    pub(crate) pad_bytes: Option<u64>,
+    pub(crate) echo_headers: bool,
+    pub(crate) trickle: Option<Duration>,
 }
 
 const OPEN: &str = "[[fake:";
@@ -44,7 +58,40 @@ impl Directives {
                 rest = &after[end + CLOSE.len()..];
             }
         }
+        if d.echo_headers && d.status.is_none() {
+            return Err("fake directive `echo_headers` needs `status=N`".into());
+        }
         Ok(d)
+    }
+
+    /// The output cap the reply obeys: none with `ignore_max_tokens`.
+    pub(crate) fn max_tokens(&self, requested: Option<u64>) -> Option<u64> {
+        requested.filter(|_| !self.ignore_max_tokens)
+    }
+
+    /// Output tokens the `pad_bytes` padding adds: `ceil(N / 4)`.
+    pub(crate) fn pad_tokens(&self) -> u64 {
+        self.pad_bytes.unwrap_or(0).div_ceil(4)
+    }
+
+    /// The usage the answer reports: `None` with `no_usage`, else what was generated
+    /// (plus the padding), overridden by `report_input` / `report_output`.
+    pub(crate) fn usage(&self, input: u64, output: u64, cache_write: u64) -> Option<Usage> {
+        if self.no_usage {
+            return None;
+        }
+        let output = output.saturating_add(self.pad_tokens());
+        Some(Usage::new(
+            self.report_input.unwrap_or(input),
+            self.report_output.unwrap_or(output),
+            self.cached,
+            cache_write,
+        ))
+    }
+
+    /// The pause between stream chunks: the directive's, else the configured one.
+    pub(crate) fn chunk_delay(&self, configured: Duration) -> Duration {
+        self.chunk_delay.unwrap_or(configured)
     }
 
     fn apply(&mut self, item: &str) -> Result<(), String> {
@@ -86,6 +133,24 @@ impl Directives {
             "cache_write" => self.cache_write = number(key, value)?,
             "comments" => self.comments = flag(key, value)?,
             "flagged" => self.flagged = flag(key, value)?,
+            "no_usage" => self.no_usage = flag(key, value)?,
+            "wrong_type" => self.wrong_type = flag(key, value)?,
+            "no_terminator" => self.no_terminator = flag(key, value)?,
+            "ignore_max_tokens" => self.ignore_max_tokens = flag(key, value)?,
+            "report_input" => self.report_input = Some(number(key, value)?),
+            "report_output" => self.report_output = Some(number(key, value)?),
+            "endless" => self.endless = flag(key, value)?,
+            "pad_bytes" => {
+                let n = number(key, value)?;
+                if n > MAX_PAD_BYTES {
+                    return Err(format!(
+                        "fake directive `pad_bytes` is at most {MAX_PAD_BYTES}"
+                    ));
+                }
+                self.pad_bytes = Some(n);
+            }
+            "echo_headers" => self.echo_headers = flag(key, value)?,
+            "trickle_ms" => self.trickle = Some(Duration::from_millis(number(key, value)?)),
             other => return Err(format!("unknown fake directive `{other}`")),
         }
         Ok(())
@@ -126,6 +191,36 @@ mod tests {
         assert!(d.tool);
         assert_eq!(d.cut_after, Some(2));
         assert_eq!(d.chunk_delay, Some(Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn misbehaviour_flags_and_reported_usage() {
+        let d = Directives::parse([
+            "[[fake:no_usage,wrong_type,no_terminator,ignore_max_tokens,endless,trickle_ms=3]]",
+        ])
+        .expect("parses");
+        assert!(d.no_usage && d.wrong_type && d.no_terminator && d.endless);
+        assert_eq!(d.max_tokens(Some(5)), None);
+        assert_eq!(d.usage(10, 3, 0), None);
+        assert_eq!(d.trickle, Some(Duration::from_millis(3)));
+
+        let d = Directives::parse(["[[fake:report_input=1000000000000000000,pad_bytes=9]]"])
+            .expect("parses");
+        let u = d.usage(10, 3, 0).expect("usage");
+        assert_eq!((u.input, u.output), (1_000_000_000_000_000_000, 3 + 3));
+        let d = Directives::parse(["[[fake:report_output=18446744073709551615]]"]).expect("ok");
+        let u = d.usage(u64::MAX, 3, 0).expect("usage");
+        assert_eq!(u.total(), u64::MAX);
+        assert_eq!(d.max_tokens(Some(5)), Some(5));
+    }
+
+    #[test]
+    fn misbehaviour_limits() {
+        assert!(Directives::parse(["[[fake:pad_bytes=2147483648]]"]).is_ok());
+        assert!(Directives::parse(["[[fake:pad_bytes=2147483649]]"]).is_err());
+        assert!(Directives::parse(["[[fake:echo_headers]]"]).is_err());
+        assert!(Directives::parse(["[[fake:echo_headers,status=400]]"]).is_ok());
+        assert!(Directives::parse(["[[fake:report_input=-1]]"]).is_err());
     }
 
     #[test]

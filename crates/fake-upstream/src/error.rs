@@ -148,15 +148,29 @@ pub(crate) fn bad_request(flavor: Flavor, message: &str, param: Option<&str>) ->
     }
 }
 
-/// The response for a `status=N` directive.
-pub(crate) fn injected(flavor: Flavor, status: u16, retry_after: Option<u64>) -> Response {
+/// The response for a `status=N` directive (or a status fault); `echo`, when set, is
+/// quoted in the message as some providers quote the request.
+pub(crate) fn injected(
+    flavor: Flavor,
+    status: u16,
+    retry_after: Option<u64>,
+    echo: Option<&str>,
+) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let base = match flavor {
+        Flavor::OpenAi => openai_message(status),
+        Flavor::Anthropic => anthropic_message(status),
+    };
+    let message = match echo {
+        Some(headers) => format!("{base} Request headers: {headers}"),
+        None => base.to_string(),
+    };
     let mut resp = match flavor {
         Flavor::OpenAi => {
             let code_field = (status == 429).then_some("rate_limit_exceeded");
-            openai(code, openai_message(status), None, code_field)
+            openai(code, &message, None, code_field)
         }
-        Flavor::Anthropic => anthropic(code, anthropic_message(status)),
+        Flavor::Anthropic => anthropic(code, &message),
     };
     if let Some(secs) = retry_after {
         resp.headers_mut()

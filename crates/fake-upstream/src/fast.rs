@@ -30,7 +30,7 @@ pub(crate) struct Canned {
     messages_stream: Vec<Frame>,
 }
 
-fn turn(id: &str, model: &str) -> Turn {
+fn turn(id: &str, model: &str, tier: &'static str) -> Turn {
     let plan = content::plan(
         PlanInput {
             words: Some(WORDS),
@@ -44,13 +44,18 @@ fn turn(id: &str, model: &str) -> Turn {
         created: content::now(),
         model: model.to_string(),
         plan,
-        usage,
+        usage: Some(usage),
+        tier,
     }
 }
 
 impl Canned {
     pub(crate) fn build() -> Self {
-        let chat_turn = turn("chatcmpl-fastfastfastfastfastfastfast", "gpt-4o-mini");
+        let chat_turn = turn(
+            "chatcmpl-fastfastfastfastfastfastfast",
+            "gpt-4o-mini",
+            "default",
+        );
         let stream_opts = |include_usage| StreamOpts {
             include_usage,
             obfuscate: true,
@@ -58,26 +63,36 @@ impl Canned {
             comments: false,
         };
         let answer = Answer {
-            turn: turn("resp_fast", "gpt-4o-mini"),
+            turn: turn("resp_fast", "gpt-4o-mini", "default"),
             item_id: "msg_fast".into(),
             echo: responses::Echo::default(),
+            hosted: Vec::new(),
+            background: false,
         };
-        let message_turn = turn("msg_01fastfastfastfastfast", "claude-haiku-4-5");
+        let message = messages::Answer {
+            turn: turn("msg_01fastfastfastfastfast", "claude-haiku-4-5", "standard"),
+            search: None,
+        };
+        let event_opts = responses::EventOpts {
+            obfuscate: true,
+            malformed: false,
+            comments: false,
+        };
         let vector = embeddings::vector(7, 1536);
         Self {
             chat_json: chat::render_completion(&chat_turn),
             chat_stream: chat::render_chunks(&chat_turn, &stream_opts(false)),
             chat_stream_usage: chat::render_chunks(&chat_turn, &stream_opts(true)),
             responses_json: responses::render_response(&answer),
-            responses_stream: responses::render_events(&answer, true, false, false),
+            responses_stream: responses::render_events(&answer, &event_opts),
             embeddings_json: embeddings::render(
                 "text-embedding-3-small",
                 &[vector],
                 false,
                 INPUT_TOKENS,
             ),
-            messages_json: messages::render_message(&message_turn),
-            messages_stream: messages::render_events(&message_turn, false, false),
+            messages_json: messages::render_message(&message),
+            messages_stream: messages::render_events(&message, false, false),
         }
     }
 }

@@ -21,25 +21,40 @@ use serde_json::Value;
 use crate::conn::ConnHandle;
 use crate::directives::Directives;
 use crate::error::{self, Flavor};
-use crate::{audio, chat, embeddings, images, messages, misc, responses, stream, Received, Shared};
+use crate::{
+    audio, chat, control, embeddings, faults, images, messages, misc, responses, stream,
+    transcribe, Received, Shared,
+};
 
 pub(crate) type AppState = State<Arc<Shared>>;
 
-/// All routes, with request recording.
+/// All routes: the model routes (counted, recorded, faulted) and the `/__fake`
+/// control routes (none of that).
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let model = Router::new()
         .route("/v1/chat/completions", post(chat::handle))
         .route("/v1/responses", post(responses::handle))
         .route("/v1/embeddings", post(embeddings::handle))
         .route("/v1/images/generations", post(images::handle))
         .route("/v1/audio/speech", post(audio::speech))
-        .route("/v1/audio/transcriptions", post(audio::transcriptions))
-        .route("/v1/audio/translations", post(audio::translations))
+        .route("/v1/audio/transcriptions", post(transcribe::transcriptions))
+        .route("/v1/audio/translations", post(transcribe::translations))
         .route("/v1/moderations", post(misc::moderations))
         .route("/v1/models", get(misc::models))
         .route("/v1/messages", post(messages::handle))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(shared.clone(), record))
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            faults::apply,
+        ))
+        .layer(middleware::from_fn_with_state(shared.clone(), record));
+    Router::new()
+        .route(
+            "/__fake/faults",
+            post(control::set_fault).delete(control::clear_faults),
+        )
+        .route("/__fake/stats", get(control::stats))
+        .merge(model)
         .layer(DefaultBodyLimit::disable())
         .with_state(shared)
 }
@@ -49,9 +64,9 @@ async fn not_found(req: Request) -> Response {
     error::openai(StatusCode::NOT_FOUND, &message, None, None)
 }
 
-/// Counts every request and, outside fast mode, records it.
+/// Counts every model request and, outside fast mode, records it.
 async fn record(State(s): AppState, req: Request, next: Next) -> Response {
-    Shared::bump(&s.counters.requests);
+    s.counters.request(req.uri().path());
     if s.opts.fast {
         return next.run(req).await;
     }
@@ -275,8 +290,19 @@ pub(crate) async fn prelude(
             futures_util::stream::once(async { Err::<Bytes, _>(std::io::Error::other("reset")) });
         return Some(Body::from_stream(failing).into_response());
     }
+    let echo = dirs.echo_headers.then(|| echo_headers(&ctx.headers));
     dirs.status
-        .map(|code| error::injected(flavor, code, dirs.retry_after))
+        .map(|code| error::injected(flavor, code, dirs.retry_after, echo.as_deref()))
+}
+
+/// The request's headers as `name: value` pairs, verbatim (secrets included), the way
+/// some providers quote the request in a validation error.
+fn echo_headers(headers: &HeaderMap) -> String {
+    headers
+        .iter()
+        .map(|(n, v)| format!("{}: {}", n.as_str(), String::from_utf8_lossy(v.as_bytes())))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A 200 whose body claims to be JSON and is not.
@@ -349,8 +375,24 @@ pub(crate) fn sse_stream(
     error_event: impl FnOnce() -> Bytes,
 ) -> Response {
     let fault = fault(dirs, error_event);
-    let delay = dirs.chunk_delay.unwrap_or(s.opts.chunk_delay);
+    let delay = dirs.chunk_delay(s.opts.chunk_delay);
     sse_response(stream::body(s.clone(), frames, delay, fault))
+}
+
+/// An endless SSE stream: the frames before the first content chunk, then content
+/// chunks from `next` for ever (the `endless` directive).
+pub(crate) fn sse_endless(
+    s: &Arc<Shared>,
+    dirs: &Directives,
+    frames: Vec<stream::Frame>,
+    next: stream::ContentGen,
+) -> Response {
+    let prefix = frames
+        .into_iter()
+        .take_while(|f| f.part != stream::Part::Content)
+        .collect();
+    let delay = dirs.chunk_delay(s.opts.chunk_delay);
+    sse_response(stream::endless(s.clone(), prefix, next, delay))
 }
 
 /// The stream fault the directives ask for.
@@ -361,7 +403,7 @@ pub(crate) fn fault(
     match (dirs.cut_after, dirs.error_after) {
         (Some(n), _) => Some(stream::Fault::CutAfter(n)),
         (None, Some(n)) => Some(stream::Fault::ErrorAfter(n, error_event())),
-        (None, None) => None,
+        (None, None) => dirs.no_terminator.then_some(stream::Fault::NoTerminator),
     }
 }
 

@@ -1,5 +1,6 @@
 //! `fake-upstream`: runs the fake OpenAI + Anthropic upstream until interrupted and
-//! prints its bound address on stdout once it is ready.
+//! prints its bound address on stdout once it is ready. Faults are set over HTTP on
+//! `/__fake/faults` and counters read on `/__fake/stats` (see the library docs).
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -13,6 +13,8 @@ use crate::Shared;
 
 /// Pause before a cut, so the chunks before it reach the client.
 const FLUSH_PAUSE: Duration = Duration::from_millis(20);
+/// Shortest pause between the chunks of an endless stream.
+const MIN_ENDLESS_DELAY: Duration = Duration::from_millis(1);
 
 /// What a frame is, for `cut_after` / `error_after`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,8 +23,13 @@ pub(crate) enum Part {
     Aside,
     /// One content chunk: a word, an argument fragment, a slice of audio.
     Content,
-    /// Structure after the content (finish, usage, end marker).
+    /// Structure after the content that is not the stream's end (finish reason,
+    /// closing of blocks).
     Tail,
+    /// The stream's terminal events and final usage (`[DONE]`, the usage chunk,
+    /// `response.completed`, `message_delta`, `message_stop`): what `no_terminator`
+    /// leaves out.
+    Final,
 }
 
 /// One write of a stream.
@@ -53,6 +60,13 @@ impl Frame {
             bytes: bytes.into(),
         }
     }
+
+    pub(crate) fn terminal(bytes: impl Into<Bytes>) -> Self {
+        Self {
+            part: Part::Final,
+            bytes: bytes.into(),
+        }
+    }
 }
 
 /// A fault injected after some content chunks.
@@ -62,6 +76,8 @@ pub(crate) enum Fault {
     CutAfter(usize),
     /// Send this error event after N content chunks, then end.
     ErrorAfter(usize, Bytes),
+    /// Send everything but the terminal frames, then end cleanly.
+    NoTerminator,
 }
 
 enum Step {
@@ -80,6 +96,10 @@ fn steps(frames: Vec<Frame>, fault: Option<Fault>) -> (Vec<Step>, bool) {
     let total = frames.iter().filter(|f| f.part == Part::Content).count();
     let n = match &fault {
         Fault::CutAfter(n) | Fault::ErrorAfter(n, _) => (*n).min(total),
+        Fault::NoTerminator => {
+            let kept = frames.into_iter().filter(|f| f.part != Part::Final);
+            return (kept.map(|f| Step::Send(f.bytes)).collect(), true);
+        }
     };
     let mut out = Vec::with_capacity(frames.len() + 1);
     let mut seen = 0;
@@ -95,6 +115,7 @@ fn steps(frames: Vec<Frame>, fault: Option<Fault>) -> (Vec<Step>, bool) {
     match fault {
         Fault::CutAfter(_) => out.push(Step::Abort),
         Fault::ErrorAfter(_, event) => out.push(Step::Send(event)),
+        Fault::NoTerminator => {}
     }
     (out, true)
 }
@@ -159,6 +180,41 @@ pub(crate) fn body(
     Body::from_stream(s)
 }
 
+/// Makes the `i`-th content chunk of an endless stream.
+pub(crate) type ContentGen = Box<dyn FnMut(u64) -> Bytes + Send>;
+
+/// A stream that never ends: the `prefix` frames, then a content chunk from `next`
+/// every `delay` (at least 1 ms) until the client goes away. Nothing is kept between
+/// chunks, so it runs in constant memory.
+pub(crate) fn endless(
+    shared: Arc<Shared>,
+    prefix: Vec<Frame>,
+    next: ContentGen,
+    delay: Duration,
+) -> Body {
+    Shared::bump(&shared.counters.streams_started);
+    let delay = delay.max(MIN_ENDLESS_DELAY);
+    let guard = Guard {
+        shared,
+        done: false,
+    };
+    let state = (prefix.into_iter(), next, 0u64, guard, true);
+    let s = stream::unfold(
+        state,
+        move |(mut prefix, mut next, i, guard, first)| async move {
+            if !first {
+                tokio::time::sleep(delay).await;
+            }
+            let (bytes, i) = match prefix.next() {
+                Some(f) => (f.bytes, i),
+                None => (next(i), i + 1),
+            };
+            Some((Ok::<_, io::Error>(bytes), (prefix, next, i, guard, false)))
+        },
+    );
+    Body::from_stream(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +227,7 @@ mod tests {
             Frame::content("2"),
             Frame::content("3"),
             Frame::tail("t"),
+            Frame::terminal("z"),
         ]
     }
 
@@ -186,11 +243,15 @@ mod tests {
 
     #[test]
     fn cut_and_error_positions() {
-        assert_eq!(sent(&steps(frames(), None).0), "a1m23t");
+        assert_eq!(sent(&steps(frames(), None).0), "a1m23tz");
         assert_eq!(sent(&steps(frames(), Some(Fault::CutAfter(0))).0), "a!");
         assert_eq!(sent(&steps(frames(), Some(Fault::CutAfter(1))).0), "a1m!");
         assert_eq!(sent(&steps(frames(), Some(Fault::CutAfter(9))).0), "a1m23!");
         let e = Fault::ErrorAfter(2, Bytes::from("E"));
         assert_eq!(sent(&steps(frames(), Some(e)).0), "a1m2E");
+        assert_eq!(
+            sent(&steps(frames(), Some(Fault::NoTerminator)).0),
+            "a1m23t"
+        );
     }
 }

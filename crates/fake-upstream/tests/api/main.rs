@@ -2,9 +2,14 @@
 
 mod anthropic;
 mod chat;
+mod control;
 mod faults;
+mod formats;
+mod misbehave;
 mod other;
+mod priced;
 mod responses;
+mod transcribe;
 
 use std::time::Duration;
 
@@ -89,4 +94,61 @@ pub async fn wait_for_stats(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     anyhow::bail!("stats never matched: {:?}", up.stats())
+}
+
+/// Sends one raw HTTP/1.1 request (`Connection: close`) and returns every byte of the
+/// response, chunked framing included.
+pub async fn raw_http(
+    up: &FakeUpstream,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> anyhow::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(up.addr()).await?;
+    let mut req = format!(
+        "POST /v1{path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n",
+        up.addr(),
+        body.len()
+    );
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    conn.write_all(req.as_bytes()).await?;
+    let mut out = Vec::new();
+    conn.read_to_end(&mut out).await?;
+    Ok(out)
+}
+
+fn split_at_crlf(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = b.windows(2).position(|w| w == b"\r\n")?;
+    Some((&b[..at], &b[at + 2..]))
+}
+
+/// The head of a raw response, the sizes of its body's chunks, and the body.
+pub fn dechunk(raw: &[u8]) -> anyhow::Result<(String, Vec<usize>, String)> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no header end"))?;
+    let head = String::from_utf8(raw[..end].to_vec())?;
+    let mut rest = &raw[end + 4..];
+    let mut sizes = Vec::new();
+    let mut body = Vec::new();
+    loop {
+        let (line, after) = split_at_crlf(rest).ok_or_else(|| anyhow::anyhow!("no size line"))?;
+        let size = usize::from_str_radix(std::str::from_utf8(line)?.trim(), 16)?;
+        if size == 0 {
+            break;
+        }
+        body.extend_from_slice(after.get(..size).ok_or_else(|| anyhow::anyhow!("short"))?);
+        sizes.push(size);
+        rest = after
+            .get(size + 2..)
+            .ok_or_else(|| anyhow::anyhow!("no chunk end"))?;
+    }
+    Ok((head, sizes, String::from_utf8(body)?))
 }
