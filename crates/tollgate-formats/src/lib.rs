@@ -9,6 +9,7 @@
 //! - [`usage`]: token usage read from whole responses and, in flight, from streams.
 //! - [`conversion`]: translation of requests, responses and streams between formats.
 //! - [`frames`]: the in-stream error event of each client format.
+//! - [`hosted`]: calls of hosted tools (charged per call) counted in an answer.
 //! - [`model_name`]: the model an answer names, replaced by the one the client knows.
 //!
 //! Inputs are treated as hostile: nothing in this crate panics on bad input; it returns an error
@@ -53,6 +54,7 @@
 
 pub mod conversion;
 pub mod frames;
+pub mod hosted;
 pub mod model_name;
 pub mod sse;
 pub mod usage;

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use crate::hosted::HostedCalls;
 use crate::sse::SseEvent;
 use crate::Format;
 
@@ -187,6 +188,7 @@ pub struct UsageTracker {
     anthropic: AnthropicCounts,
     final_seen: bool,
     content_deltas: u64,
+    hosted: HostedCalls,
 }
 
 impl UsageTracker {
@@ -198,6 +200,7 @@ impl UsageTracker {
             anthropic: AnthropicCounts::default(),
             final_seen: false,
             content_deltas: 0,
+            hosted: HostedCalls::default(),
         }
     }
 
@@ -257,6 +260,11 @@ impl UsageTracker {
                     self.final_seen = true;
                 }
             }
+            "response.output_item.done" => {
+                if let Some(item) = data.get("item") {
+                    self.hosted.count_responses_item(item);
+                }
+            }
             kind if kind.ends_with(".delta") => self.content_deltas += 1,
             _ => {}
         }
@@ -279,8 +287,18 @@ impl UsageTracker {
                 }
             }
             Some("content_block_delta") => self.content_deltas += 1,
+            Some("content_block_start") => {
+                if let Some(block) = data.get("content_block") {
+                    self.hosted.count_anthropic_block(block);
+                }
+            }
             _ => {}
         }
+    }
+
+    /// The hosted-tool calls the stream has shown so far.
+    pub fn hosted_calls(&self) -> HostedCalls {
+        self.hosted
     }
 
     /// The latest usage the stream reported, if any yet. For Anthropic this exists from

@@ -5,4 +5,4 @@ pub mod money;
 pub mod price;
 
 pub use money::Credits;
-pub use price::{Pricing, UnitPrice, Usage};
+pub use price::{HostedTool, Pricing, UnitPrice, Usage};

@@ -49,6 +49,39 @@ impl UnitPrice {
     }
 }
 
+/// A hosted tool whose provider charges per call, on top of the tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostedTool {
+    WebSearch,
+    FileSearch,
+    CodeInterpreter,
+    ImageGeneration,
+}
+
+impl HostedTool {
+    pub const ALL: [HostedTool; 4] = [
+        HostedTool::WebSearch,
+        HostedTool::FileSearch,
+        HostedTool::CodeInterpreter,
+        HostedTool::ImageGeneration,
+    ];
+
+    /// The name of its price in the catalog (`pricing.web_search` ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            HostedTool::WebSearch => "web_search",
+            HostedTool::FileSearch => "file_search",
+            HostedTool::CodeInterpreter => "code_interpreter",
+            HostedTool::ImageGeneration => "image_generation",
+        }
+    }
+
+    /// Its position in per-tool arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// What a model charges, per endpoint kind. Absent prices are not charged.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pricing {
@@ -60,6 +93,8 @@ pub struct Pricing {
     pub per_request: Option<UnitPrice>,
     pub per_audio_second: Option<UnitPrice>,
     pub per_character: Option<UnitPrice>,
+    /// Per call of each hosted tool, by [`HostedTool::index`].
+    pub tool_calls: [Option<UnitPrice>; 4],
 }
 
 /// Billable quantities of one request. `input_tokens` counts all input tokens,
@@ -73,6 +108,8 @@ pub struct Usage {
     pub images: u64,
     pub audio_seconds: u64,
     pub characters: u64,
+    /// Calls of each hosted tool, by [`HostedTool::index`].
+    pub tool_calls: [u64; 4],
 }
 
 impl Pricing {
@@ -91,6 +128,12 @@ impl Pricing {
             + i128::from(usage.images) * price(self.per_image)
             + i128::from(usage.audio_seconds) * price(self.per_audio_second)
             + i128::from(usage.characters) * price(self.per_character)
+            + usage
+                .tool_calls
+                .iter()
+                .zip(self.tool_calls)
+                .map(|(calls, fee)| i128::from(*calls) * price(fee))
+                .sum::<i128>()
             + price(self.per_request);
         let nanos = (femtos + FEMTOS_PER_NANO - 1) / FEMTOS_PER_NANO;
         Credits::from_nanos(i64::try_from(nanos).unwrap_or(i64::MAX))

@@ -1,14 +1,15 @@
 //! The `[[models]]` section: the catalog of models, their endpoints, prices, deployments
 //! (where each is served) and fallbacks.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::pricing::{self, FilePricing, FileTierPricing};
 use super::providers::Provider;
 use super::ConfigError;
-use crate::billing::{Pricing, UnitPrice};
+use crate::billing::Pricing;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,19 +30,11 @@ pub(super) struct FileModel {
     max_output_tokens: Option<u64>,
     #[serde(default)]
     pricing: FilePricing,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct FilePricing {
-    input: Option<String>,
-    cached_input: Option<String>,
-    cache_write: Option<String>,
-    output: Option<String>,
-    per_image: Option<String>,
-    per_request: Option<String>,
-    per_audio_second: Option<String>,
-    per_character: Option<String>,
+    #[serde(default)]
+    service_tiers: BTreeMap<String, FileTierPricing>,
+    /// Served at no charge: the only way to serve a model without complete prices.
+    #[serde(default)]
+    free: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,6 +138,19 @@ pub struct Model {
     pub context_window: Option<u64>,
     pub max_output_tokens: Option<u64>,
     pub pricing: Pricing,
+    /// Prices per service tier other than the standard one (`priority`, `flex` ...).
+    pub service_tiers: Vec<(String, Pricing)>,
+    /// Served at no charge (the catalog says `free = true`).
+    pub free: bool,
+}
+
+impl Model {
+    /// The prices of a service tier (the standard ones for `None` or a tier the model
+    /// does not price).
+    pub fn pricing_for(&self, tier: Option<&str>) -> &Pricing {
+        tier.and_then(|tier| self.service_tiers.iter().find(|(name, _)| name == tier))
+            .map_or(&self.pricing, |(_, pricing)| pricing)
+    }
 }
 
 /// Validates the catalog: every model, its deployments on known providers, and its
@@ -240,33 +246,23 @@ pub(super) fn parse(
                 Endpoint::Messages,
             ],
         };
-        let per_m = |v: &Option<String>, field: &str| {
-            v.as_deref()
-                .map(|t| {
-                    UnitPrice::per_million(t)
-                        .map_err(|e| err(&key(&format!("pricing.{field}")), format!("'{t}': {e}")))
-                })
-                .transpose()
-        };
-        let per_unit = |v: &Option<String>, field: &str| {
-            v.as_deref()
-                .map(|t| {
-                    UnitPrice::per_unit(t)
-                        .map_err(|e| err(&key(&format!("pricing.{field}")), format!("'{t}': {e}")))
-                })
-                .transpose()
-        };
-        let pr = &m.pricing;
-        let pricing = Pricing {
-            input: per_m(&pr.input, "input")?,
-            cached_input: per_m(&pr.cached_input, "cached_input")?,
-            cache_write: per_m(&pr.cache_write, "cache_write")?,
-            output: per_m(&pr.output, "output")?,
-            per_image: per_unit(&pr.per_image, "per_image")?,
-            per_request: per_unit(&pr.per_request, "per_request")?,
-            per_audio_second: per_unit(&pr.per_audio_second, "per_audio_second")?,
-            per_character: per_unit(&pr.per_character, "per_character")?,
-        };
+        let priced = |(field, message): (String, String)| err(&key(&field), message);
+        let pricing = pricing::parse(&m.pricing).map_err(priced)?;
+        let service_tiers = pricing::parse_tiers(&m.service_tiers, &pricing).map_err(priced)?;
+        if !m.free {
+            for endpoint in &endpoints {
+                if let Some(needed) = pricing::missing(*endpoint, &pricing) {
+                    return Err(err(
+                        &key("pricing"),
+                        format!(
+                            "the model '{}' serves {} but has no price for it: give {needed}, or set `free = true` to serve it at no charge",
+                            m.id,
+                            endpoint.name()
+                        ),
+                    ));
+                }
+            }
+        }
         model_index.insert(m.id.clone(), models.len());
         deployment_count += deployments.len();
         models.push(Arc::new(Model {
@@ -282,6 +278,8 @@ pub(super) fn parse(
             context_window: m.context_window,
             max_output_tokens: m.max_output_tokens,
             pricing,
+            service_tiers,
+            free: m.free,
         }));
     }
 

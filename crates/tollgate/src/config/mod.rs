@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod catalog;
+mod pricing;
 mod providers;
 mod routing;
 
@@ -370,6 +371,7 @@ base_url = "http://127.0.0.1:2/v1"
 id = "m1"
 endpoints = ["chat.completions"]
 fallbacks = ["m2"]
+pricing = { input = "1", output = "2" }
 [[models.deployments]]
 provider = "a"
 weight = 3
@@ -381,6 +383,7 @@ priority = 1
 id = "m2"
 provider = "b"
 upstream_model = "claude"
+free = true
 "#;
 
     #[test]
@@ -427,6 +430,19 @@ upstream_model = "claude"
         assert!(error_of(&bad_provider).contains("models[0].deployments[0].provider"));
         let zero_weight = ROUTED.replace("weight = 3", "weight = 0");
         assert!(error_of(&zero_weight).contains("deployments[0].weight"));
+        let unpriced = GOOD.replace(
+            "pricing = { input = \"0.40\", output = \"1.60\" }",
+            "pricing = { input = \"0.40\" }",
+        );
+        let message = error_of(&unpriced);
+        assert!(
+            message.contains("models[0].pricing") && message.contains("'m1'"),
+            "{message}"
+        );
+        assert!(
+            message.contains("chat.completions") && message.contains("free = true"),
+            "{message}"
+        );
         let none = "[[models]]\nid = 'x'";
         assert!(error_of(none).contains("models[0].provider"));
         assert!(error_of("[routing]\nmax_attempts = 0").contains("routing.max_attempts"));

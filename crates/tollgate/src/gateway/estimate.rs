@@ -1,13 +1,14 @@
 //! The worst case of a request, reserved before the upstream call: what it could cost at
 //! most, from what the request says and what the catalog knows of the model.
 
-use tollgate_formats::Format;
-
-use super::measure::Billing;
-use super::request::RequestFields;
 use std::sync::Arc;
 
-use crate::billing::{Credits, Usage};
+use tollgate_formats::Format;
+
+use super::demands::{self, Demands};
+use super::measure::{Billing, Hosted};
+use super::request::RequestFields;
+use crate::billing::{Credits, HostedTool, Pricing, Usage};
 use crate::config::{Endpoint, Model};
 use crate::error::ApiError;
 use crate::routing::Target;
@@ -17,26 +18,36 @@ pub(super) const DEFAULT_OUTPUT_BOUND: u64 = 4096;
 /// Assumed audio tokens per second, to bound token-priced transcription.
 pub(super) const AUDIO_TOKENS_PER_SECOND: u64 = 50;
 
-/// What a JSON request could cost at most on `model`.
+/// What a JSON request could cost at most on `model`, at `pricing`.
 pub(super) fn worst_case(
     endpoint: Endpoint,
     request: &RequestFields<'_>,
     body_len: usize,
     model: &Model,
+    demands: &Demands,
+    pricing: &Pricing,
 ) -> Result<Usage, ApiError> {
     // Every byte of the body an input token, the most output allowed.
     let input_bound = body_len as u64;
-    let output_bound = request
-        .output_limit(endpoint)?
-        .or(model.max_output_tokens)
-        .unwrap_or(DEFAULT_OUTPUT_BOUND);
+    let output_bound = demands::output_bound(demands, model);
     let choices = request.count("n")?.unwrap_or(1).max(1);
     Ok(match endpoint {
-        Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Messages => Usage {
-            input_tokens: input_bound,
-            output_tokens: output_bound.saturating_mul(choices),
-            ..Usage::default()
-        },
+        Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Messages => {
+            let mut usage = Usage {
+                input_tokens: input_bound,
+                output_tokens: output_bound.saturating_mul(choices),
+                ..Usage::default()
+            };
+            // Every hosted call on the dearest of the tools offered.
+            let dearest = demands
+                .hosted
+                .iter()
+                .max_by_key(|t| pricing.tool_calls[t.index()].map_or(0, |p| p.femtos()));
+            if let Some(tool) = dearest {
+                usage.tool_calls[tool.index()] = demands.hosted_calls;
+            }
+            usage
+        }
         Endpoint::Embeddings | Endpoint::Moderations => Usage {
             input_tokens: input_bound,
             ..Usage::default()
@@ -62,6 +73,7 @@ pub(super) fn most_expensive(
     request: &RequestFields<'_>,
     body_len: usize,
     targets: &[Target],
+    demands: &Demands,
 ) -> Result<Credits, ApiError> {
     let mut most = Credits::ZERO;
     for (i, target) in targets.iter().enumerate() {
@@ -71,8 +83,9 @@ pub(super) fn most_expensive(
         {
             continue;
         }
-        let worst = worst_case(endpoint, request, body_len, &target.model)?;
-        most = most.max(target.model.pricing.cost(&worst));
+        let pricing = demands::pricing(demands, &target.model)?;
+        let worst = worst_case(endpoint, request, body_len, &target.model, demands, pricing)?;
+        most = most.max(pricing.cost(&worst));
     }
     Ok(most)
 }
@@ -82,11 +95,19 @@ pub(super) fn billing(
     endpoint: Endpoint,
     request: &RequestFields<'_>,
     upstream_format: Option<Format>,
+    demands: &Demands,
 ) -> Result<Billing, ApiError> {
     Ok(match endpoint {
-        Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Messages => {
-            Billing::Tokens(upstream_format.unwrap_or(Format::ChatCompletions))
-        }
+        Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Messages => Billing::Tokens {
+            format: upstream_format.unwrap_or(Format::ChatCompletions),
+            hosted: if demands.hosted.is_empty() {
+                Hosted::None
+            } else if endpoint == Endpoint::ChatCompletions {
+                Hosted::PerRequest(HostedTool::WebSearch)
+            } else {
+                Hosted::Counted
+            },
+        },
         Endpoint::Embeddings => Billing::Embeddings,
         Endpoint::Moderations => Billing::Moderation,
         Endpoint::ImagesGenerations => Billing::Images {

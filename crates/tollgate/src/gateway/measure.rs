@@ -4,13 +4,29 @@ use serde_json::Value;
 use tollgate_formats::usage as wire_usage;
 use tollgate_formats::Format;
 
-use crate::billing::Usage;
+use tollgate_formats::hosted::HostedCalls;
+
+use crate::billing::{HostedTool, Usage};
+
+/// How the hosted-tool calls of an answer are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Hosted {
+    /// The request offered no hosted tool.
+    None,
+    /// Counted in the answer's output items (Responses) or content blocks (Messages).
+    Counted,
+    /// One call per answered request (Chat Completions search models).
+    PerRequest(HostedTool),
+}
 
 /// How a response's usage becomes billable quantities.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Billing {
     /// Token usage in a text-generation format (the provider's).
-    Tokens(Format),
+    Tokens {
+        format: Format,
+        hosted: Hosted,
+    },
     Embeddings,
     Images {
         n: u64,
@@ -33,12 +49,46 @@ pub(super) fn tokens_usage(u: wire_usage::Usage) -> Usage {
     }
 }
 
+impl Hosted {
+    /// Billable calls per tool, from the calls an answer showed.
+    pub(super) fn calls(self, seen: HostedCalls) -> [u64; 4] {
+        let mut calls = [0; 4];
+        match self {
+            Hosted::None => {}
+            Hosted::PerRequest(tool) => calls[tool.index()] = 1,
+            Hosted::Counted => {
+                calls[HostedTool::WebSearch.index()] = seen.web_search;
+                calls[HostedTool::FileSearch.index()] = seen.file_search;
+                calls[HostedTool::CodeInterpreter.index()] = seen.code_interpreter;
+                calls[HostedTool::ImageGeneration.index()] = seen.image_generation;
+            }
+        }
+        calls
+    }
+}
+
 impl Billing {
+    /// Whether measuring needs the whole answer (not only its `usage`).
+    pub(super) fn reads_whole_answer(self) -> bool {
+        matches!(
+            self,
+            Billing::Images { .. }
+                | Billing::Tokens {
+                    hosted: Hosted::Counted,
+                    ..
+                }
+        )
+    }
+
     /// Billable quantities of a whole JSON answer.
     pub(super) fn usage_of(self, answer: &Value) -> Usage {
         let tokens = |u: Option<wire_usage::Usage>| u.map(tokens_usage).unwrap_or_default();
         match self {
-            Billing::Tokens(format) => tokens(wire_usage::from_response(format, answer)),
+            Billing::Tokens { format, hosted } => {
+                let mut usage = tokens(wire_usage::from_response(format, answer));
+                usage.tool_calls = hosted.calls(HostedCalls::in_answer(answer));
+                usage
+            }
             Billing::Embeddings => tokens(wire_usage::from_embeddings_response(answer)),
             Billing::Images { n } => {
                 let mut usage = tokens(answer.get("usage").map(wire_usage::from_responses_usage));

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `request` | the top-level members of the client's JSON, the rest left raw |
 //! | `plan` | the model, its deployment, the wire format there, the translation, the upstream body |
+//! | `demands` | what the request asks beyond tokens (tier, hosted tools, output limit); refusals of what cannot be priced |
 //! | `estimate` | the worst case reserved before the call |
 //! | `settlement` | the reservation until it is settled and recorded, exactly once |
 //! | `attempt` | one upstream call and its classified failure |
@@ -15,6 +16,7 @@
 //! | `multipart` | audio uploads, streamed through |
 
 mod attempt;
+mod demands;
 mod estimate;
 mod measure;
 mod multipart;
@@ -88,22 +90,25 @@ impl Gateway {
         let request = RequestFields::parse(&body)?;
         let model = plan::model_for(&self.config, endpoint, request.string("model")?)?;
         let stream = request.flag("stream")?;
-        let targets = self.router.route(&self.config, &model, endpoint)?;
-        let prepare = |target: &Target| {
-            plan::prepare(
-                &self.upstreams,
-                endpoint,
-                target,
-                &model,
-                &request,
-                stream,
-                &body,
-            )
+        let demands = demands::read(endpoint, &request)?;
+        demands::pricing(&demands, &model)?;
+        let mut targets = self.router.route(&self.config, &model, endpoint)?;
+        // A fallback that cannot price what the request asks is no target for it.
+        targets.retain(|t| demands::pricing(&demands, &t.model).is_ok());
+        let asked = plan::Asked {
+            endpoint,
+            model: &model,
+            request: &request,
+            demands: &demands,
+            stream,
+            body: &body,
         };
+        let prepare = |target: &Target| plan::prepare(&self.upstreams, target, &asked);
         let first = prepare(&targets[0])?;
-        let worst = estimate::most_expensive(endpoint, &request, body.len(), &targets)?;
+        let worst = estimate::most_expensive(endpoint, &request, body.len(), &targets, &demands)?;
 
         let mut settlement = self.reserve(&inbound, &model, worst).await?;
+        settlement.tier = demands.tier.clone();
         let tried = attempt::first_answer(
             &self.upstreams,
             &self.router,
@@ -125,7 +130,7 @@ impl Gateway {
                 return Err(error.with_attempts(attempts));
             }
         };
-        let billing = estimate::billing(endpoint, &request, prepared.wire.format)?;
+        let billing = estimate::billing(endpoint, &request, prepared.wire.format, &demands)?;
         drop(request);
         let served = served_headers(&prepared, &self.upstreams, settlement.attempts);
         let answering = Answering {
@@ -160,6 +165,7 @@ impl Gateway {
             requested: model.clone(),
             provider: None,
             attempts: 0,
+            tier: None,
             endpoint: inbound.endpoint,
             request_id: inbound.request_id.clone(),
             key: inbound.key.clone(),

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use tollgate_formats::Format;
 
-use super::estimate::DEFAULT_OUTPUT_BOUND;
+use super::demands::{self, Demands, DEFAULT_HOSTED_CALLS};
 use super::request::RequestFields;
 use super::translate::Translation;
 use crate::config::{Config, Deployment, Endpoint, Model};
@@ -93,17 +93,31 @@ impl Prepared {
     }
 }
 
-/// Prepares the upstream request of one target of the route of a request for
-/// `requested`.
+/// What the client asked, as every target's upstream request is prepared from it.
+pub(super) struct Asked<'a> {
+    pub(super) endpoint: Endpoint,
+    /// The model asked for.
+    pub(super) model: &'a Model,
+    pub(super) request: &'a RequestFields<'a>,
+    pub(super) demands: &'a Demands,
+    pub(super) stream: bool,
+    pub(super) body: &'a Bytes,
+}
+
+/// Prepares the upstream request of one target of a request's route.
 pub(super) fn prepare(
     upstreams: &Upstreams,
-    endpoint: Endpoint,
     target: &Target,
-    requested: &Model,
-    request: &RequestFields<'_>,
-    stream: bool,
-    body: &Bytes,
+    asked: &Asked<'_>,
 ) -> Result<Prepared, ApiError> {
+    let Asked {
+        endpoint,
+        model: requested,
+        request,
+        demands,
+        stream,
+        body,
+    } = *asked;
     let model = &target.model;
     let deployment = target.deployment();
     let provider = upstreams.provider(deployment);
@@ -137,25 +151,54 @@ pub(super) fn prepare(
         original: None,
         rename: renamed.then(|| model.id.clone()),
     };
+    let bound = demands::output_bound(demands, model);
     if let Some(translation) = translation {
-        let (bytes, original) = translation.request(
-            body,
-            model,
-            &deployment.upstream_model,
-            DEFAULT_OUTPUT_BOUND,
-        )?;
-        prepared.body = bytes;
+        let (mut converted, original) =
+            translation.request(body, &deployment.upstream_model, bound)?;
+        // Every upstream request carries an output bound (the converters keep the
+        // client's own); hosted tools are refused by the converters.
+        if let (Some(Format::ChatCompletions), Value::Object(map)) = (wire.format, &mut converted) {
+            if !map.contains_key("max_completion_tokens") && !map.contains_key("max_tokens") {
+                map.insert("max_completion_tokens".into(), bound.into());
+            }
+        }
+        let bytes = serde_json::to_vec(&converted).map_err(ApiError::internal)?;
+        prepared.body = Bytes::from(bytes);
         prepared.original = Some(original);
         return Ok(prepared);
     }
-    // The body as it came, but for the model's upstream name and, on streamed chat, a
-    // request for usage in the stream.
+    // The body as it came, but for the model's upstream name, the output bound when the
+    // client gave none, a bound on hosted-tool calls when it gave none, and on streamed
+    // chat a request for usage in the stream.
     let mut replace: Vec<(&str, String)> = Vec::new();
     if deployment.upstream_model != model.id {
         replace.push((
             "model",
             Value::String(deployment.upstream_model.clone()).to_string(),
         ));
+    }
+    if demands.output_limit.is_none() {
+        match wire.format {
+            Some(Format::ChatCompletions) => {
+                replace.push(("max_completion_tokens", bound.to_string()))
+            }
+            Some(Format::Responses) => replace.push(("max_output_tokens", bound.to_string())),
+            Some(Format::AnthropicMessages) => replace.push(("max_tokens", bound.to_string())),
+            None => {}
+        }
+    }
+    if demands.bound_hosted_calls {
+        match wire.format {
+            Some(Format::Responses) => {
+                replace.push(("max_tool_calls", DEFAULT_HOSTED_CALLS.to_string()))
+            }
+            Some(Format::AnthropicMessages) => {
+                if let Some(tools) = bounded_server_tools(request)? {
+                    replace.push(("tools", tools));
+                }
+            }
+            _ => {}
+        }
     }
     if stream && wire.format == Some(Format::ChatCompletions) {
         let mut options = request.stream_options()?;
@@ -170,4 +213,27 @@ pub(super) fn prepare(
         prepared.body = Bytes::from(request.0.rewrite(&replace, &[]));
     }
     Ok(prepared)
+}
+
+/// The `tools` of an Anthropic request with a `max_uses` bound on every server tool
+/// that lacks one (so the hosted calls reserved for cannot be exceeded); `None` when
+/// none lacks it.
+fn bounded_server_tools(request: &RequestFields<'_>) -> Result<Option<String>, ApiError> {
+    let Some(mut tools) = request.typed::<Vec<Value>>("tools", "an array of tools")? else {
+        return Ok(None);
+    };
+    let mut changed = false;
+    for tool in &mut tools {
+        let server = tool
+            .get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.starts_with("web_search_") || t.starts_with("code_execution_"));
+        if let (true, Value::Object(map)) = (server, tool) {
+            if !map.contains_key("max_uses") {
+                map.insert("max_uses".into(), DEFAULT_HOSTED_CALLS.into());
+                changed = true;
+            }
+        }
+    }
+    Ok(changed.then(|| Value::Array(tools).to_string()))
 }

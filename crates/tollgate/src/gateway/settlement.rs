@@ -24,6 +24,8 @@ pub(super) struct Settlement {
     pub(super) provider: Option<Arc<str>>,
     /// Upstream attempts made.
     pub(super) attempts: u32,
+    /// The service tier priced, when not the standard one.
+    pub(super) tier: Option<String>,
     pub(super) endpoint: Endpoint,
     pub(super) request_id: Arc<str>,
     pub(super) key: Arc<KeyRecord>,
@@ -75,9 +77,22 @@ impl Settlement {
         // A success is priced and recorded at the model that served; a failure costs
         // nothing and is recorded at the model asked for.
         let (model, cost) = if success {
-            (&self.model, self.model.pricing.cost(&usage))
+            (
+                &self.model,
+                self.model.pricing_for(self.tier.as_deref()).cost(&usage),
+            )
         } else {
             (&self.requested, Credits::ZERO)
+        };
+        // Never more than was reserved: a provider that reports more than the worst case
+        // (it ignored the output limit, or reports absurd usage) cannot take a key or an
+        // account past its limit. The excess is the operator's loss, logged.
+        let reserved = self.reservation.as_ref().map_or(cost, |r| r.amount);
+        let cost = if cost > reserved {
+            tracing::warn!(request_id = %self.request_id, model = %model.id, reported = %cost, reserved = %reserved, "usage above the reservation; charged the reservation, the rest is the operator's loss");
+            reserved
+        } else {
+            cost
         };
         let record = UsageRecord {
             request_id: self.request_id.to_string(),

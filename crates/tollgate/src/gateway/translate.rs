@@ -7,7 +7,6 @@ use tollgate_formats::conversion::{chat_to_messages, messages_to_chat, responses
 use tollgate_formats::usage as wire_usage;
 use tollgate_formats::{ConversionError, Format, StreamConverter};
 
-use crate::config::Model;
 use crate::error::ApiError;
 
 /// A translation between the client's format and the provider's.
@@ -43,10 +42,9 @@ impl Translation {
     pub(super) fn request(
         self,
         body: &[u8],
-        model: &Model,
         upstream_model: &str,
-        default_output_bound: u64,
-    ) -> Result<(Bytes, Value), ApiError> {
+        output_bound: u64,
+    ) -> Result<(Value, Value), ApiError> {
         let original: Value = serde_json::from_slice(body).map_err(|e| {
             ApiError::bad_request(
                 "invalid_json",
@@ -57,18 +55,15 @@ impl Translation {
             Translation::MessagesToChat => {
                 messages_to_chat::convert_request(&original, upstream_model)
             }
-            Translation::ChatToMessages => chat_to_messages::convert_request(
-                &original,
-                upstream_model,
-                model.max_output_tokens.unwrap_or(default_output_bound),
-            ),
+            Translation::ChatToMessages => {
+                chat_to_messages::convert_request(&original, upstream_model, output_bound)
+            }
             Translation::ResponsesToChat => {
                 responses_to_chat::convert_request(&original, upstream_model)
             }
         }
         .map_err(untranslatable)?;
-        let bytes = serde_json::to_vec(&converted).map_err(ApiError::internal)?;
-        Ok((Bytes::from(bytes), original))
+        Ok((converted, original))
     }
 
     /// Translates a whole answer back to the client's format.

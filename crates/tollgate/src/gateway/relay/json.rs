@@ -57,9 +57,10 @@ pub(in crate::gateway) async fn finish(
         // Billing reads `usage` alone (images also count `data`), so an answer that is
         // passed on as it is gets checked but not built into a tree: an embeddings
         // answer is mostly numbers that would each be parsed and allocated.
-        let view = match (&convert, billing) {
-            (None, Billing::Images { .. }) | (Some(_), _) => None,
-            (None, _) => serde_json::from_slice::<RawObject>(&bytes).ok().map(|o| {
+        let view = match &convert {
+            Some(_) => None,
+            None if billing.reads_whole_answer() => None,
+            None => serde_json::from_slice::<RawObject>(&bytes).ok().map(|o| {
                 o.get("usage")
                     .and_then(|u| serde_json::from_str::<Value>(u.get()).ok())
                     .map(|u| Value::Object(serde_json::Map::from_iter([("usage".into(), u)])))

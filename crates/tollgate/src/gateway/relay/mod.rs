@@ -11,7 +11,7 @@ use axum::http::header;
 use axum::response::Response;
 use tollgate_formats::UsageTracker;
 
-use super::measure::Billing;
+use super::measure::{Billing, Hosted};
 use super::plan::Prepared;
 use super::settlement::Settlement;
 use crate::billing::Usage;
@@ -74,6 +74,10 @@ pub(super) async fn respond(
             settlement: Some(settlement),
             idle_timeout,
             input_estimate: a.input_estimate,
+            hosted: match a.billing {
+                Billing::Tokens { hosted, .. } => hosted,
+                _ => Hosted::None,
+            },
             done: false,
         };
         return Ok(sse::sse_response(relay, a.request_id));

@@ -18,7 +18,7 @@ use tollgate_formats::usage as wire_usage;
 use tollgate_formats::{Format, StreamConverter, UsageTracker};
 
 use crate::billing::Usage;
-use crate::gateway::measure::tokens_usage;
+use crate::gateway::measure::{tokens_usage, Hosted};
 use crate::gateway::settlement::Settlement;
 use crate::providers::UpstreamChunks;
 
@@ -98,6 +98,8 @@ pub(super) struct Relay {
     pub(super) settlement: Option<Settlement>,
     pub(super) idle_timeout: Duration,
     pub(super) input_estimate: u64,
+    /// How hosted-tool calls are billed.
+    pub(super) hosted: Hosted,
     pub(super) done: bool,
 }
 
@@ -182,6 +184,7 @@ impl Relay {
         if !self.tracker.has_final_usage() && usage.input_tokens == 0 {
             usage.input_tokens = self.input_estimate;
         }
+        usage.tool_calls = self.hosted.calls(self.tracker.hosted_calls());
         usage
     }
 
