@@ -6,5 +6,6 @@ mod gateway;
 mod helpers;
 mod input;
 mod money;
+mod overflow;
 mod public;
 mod translation;
