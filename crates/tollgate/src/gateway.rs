@@ -40,6 +40,8 @@ pub struct Gateway {
     meter: Arc<Meter>,
     writer: UsageWriter,
     upstreams: Upstreams,
+    /// Takes provider secrets out of upstream error text.
+    scrubber: crate::secrets::Scrubber,
 }
 
 /// Who is calling, on which endpoint.
@@ -548,6 +550,7 @@ impl Gateway {
     pub fn new(config: Arc<Config>, meter: Arc<Meter>, writer: UsageWriter) -> Self {
         Gateway {
             upstreams: Upstreams::new(&config),
+            scrubber: crate::secrets::Scrubber::for_providers(&config.providers),
             config,
             meter,
             writer,
@@ -982,6 +985,7 @@ impl Gateway {
                         .and_then(Value::as_str)
                         .map(str::to_string)
                 })
+                .map(|message| self.scrubber.scrub(&message).into_owned())
                 .unwrap_or_else(|| format!("The provider refused the request (HTTP {status})."));
             let mut error = ApiError::new(
                 StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),

@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod http;
 pub mod providers;
 pub mod ratelimit;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod usage;

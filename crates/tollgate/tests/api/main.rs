@@ -8,4 +8,5 @@ mod input;
 mod money;
 mod overflow;
 mod public;
+mod secrets;
 mod translation;
