@@ -54,9 +54,10 @@ impl ActivityRollup {
     }
 }
 
-/// Logs a row that holds what the code never writes (a money column an older version let
-/// overflow into a REAL, say), once per row and process: the row is read as well as it
-/// can be, and an account endpoint that shows it keeps answering.
+/// Logs a row whose counters cannot be read as they are (a money column an older version
+/// let overflow into a REAL, or sums past the 64-bit limit), once per row and process:
+/// the row is read as well as it can be, and an account endpoint that shows it keeps
+/// answering without filling the log at every request.
 pub(super) fn report_corrupt(table: &str, id: i64, column: &str, found: &str) {
     use std::collections::HashSet;
     use std::sync::{Mutex, OnceLock};
@@ -80,7 +81,7 @@ pub(super) fn report_corrupt(table: &str, id: i64, column: &str, found: &str) {
         id,
         column,
         found,
-        "corrupt row: a counter that must be a 64-bit integer is not; it is read as the nearest one and mended by the next charge"
+        "ledger counter out of range: read as the nearest 64-bit integer, held at the limit (a counter that is not an integer is mended by its next charge)"
     );
 }
 
@@ -117,4 +118,46 @@ pub(super) fn integer(
 /// Whether SQLite refused a query because a `SUM` went past the 64-bit limit.
 pub(super) fn sum_overflowed(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.message().contains("integer overflow"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::report_corrupt;
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lines").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_corrupt_row_is_reported_once() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..3 {
+                report_corrupt("accounts", -17, "charged", "REAL 2e19");
+            }
+            report_corrupt("api_keys", -17, "usage", "REAL 2e19");
+        });
+        let text = String::from_utf8(lines.0.lock().expect("lines").clone()).expect("utf-8");
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(
+            text.contains("table=\"accounts\"") || text.contains("table=accounts"),
+            "{text}"
+        );
+    }
 }
