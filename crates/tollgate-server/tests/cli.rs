@@ -86,6 +86,165 @@ fn operator_commands() {
     assert_eq!(keys, Value::Array(vec![]));
 }
 
+/// The command's failure message (it must fail).
+fn refused(output: &Output) -> String {
+    assert!(
+        !output.status.success(),
+        "succeeded: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stderr).to_string()
+}
+
+fn balance_of(dir: &Path, account: &str) -> String {
+    let list: Value =
+        serde_json::from_str(&stdout(&tollgate(dir, &["accounts", "list", "--json"])))
+            .expect("json");
+    let row = list
+        .as_array()
+        .expect("accounts")
+        .iter()
+        .find(|a| a["name"] == account)
+        .expect("account listed");
+    row["balance"].as_str().expect("balance").to_string()
+}
+
+/// A grant only adds; a correction is an adjustment with a note, which never takes the
+/// balance below zero; amounts are exact and bounded.
+#[tokio::test]
+async fn grants_only_add_and_adjustments_never_overdraw() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    stdout(&tollgate(d, &["accounts", "create", "acme"]));
+    stdout(&tollgate(d, &["credits", "grant", "acme", "10"]));
+
+    for args in [
+        &["credits", "grant", "acme", "--", "-5"][..],
+        &["credits", "grant", "acme", "-5"],
+        &["credits", "grant", "acme", "-0.000000001"],
+    ] {
+        let err = refused(&tollgate(d, args));
+        assert!(
+            err.contains("more than zero") && err.contains("credits adjust"),
+            "{err}"
+        );
+    }
+    assert!(refused(&tollgate(d, &["credits", "grant", "acme", "0"])).contains("more than zero"));
+    let err = refused(&tollgate(d, &["credits", "grant", "acme", "0.0000000001"]));
+    assert!(err.contains("9 decimal places"), "{err}");
+    let err = refused(&tollgate(
+        d,
+        &["credits", "grant", "acme", "1000000000.000000001"],
+    ));
+    assert!(err.contains("too large"), "{err}");
+    assert_eq!(balance_of(d, "acme"), "10.00");
+
+    // Exact to the last digit, never through a float.
+    let granted = stdout(&tollgate(
+        d,
+        &["credits", "grant", "acme", "12345678.123456789"],
+    ));
+    assert!(granted.contains("balance 12345688.123456789"), "{granted}");
+
+    // An adjustment needs its note.
+    let err = refused(&tollgate(d, &["credits", "adjust", "acme", "-2.5"]));
+    assert!(err.contains("--note"), "{err}");
+    let err = refused(&tollgate(
+        d,
+        &["credits", "adjust", "acme", "-2.5", "--note", "  "],
+    ));
+    assert!(err.contains("note"), "{err}");
+    let err = refused(&tollgate(
+        d,
+        &["credits", "adjust", "acme", "0", "--note", "nothing"],
+    ));
+    assert!(err.contains("zero"), "{err}");
+    let adjusted = stdout(&tollgate(
+        d,
+        &[
+            "credits",
+            "adjust",
+            "acme",
+            "-2.5",
+            "--note",
+            "refund of a double grant",
+        ],
+    ));
+    assert!(
+        adjusted.contains("by -2.50") && adjusted.contains("balance 12345685.623456789"),
+        "{adjusted}"
+    );
+    // Past zero: refused, saying what the balance is; nothing changes.
+    let err = refused(&tollgate(
+        d,
+        &[
+            "credits",
+            "adjust",
+            "acme",
+            "--note",
+            "too much",
+            "--",
+            "-12345685.62345679",
+        ],
+    ));
+    assert!(
+        err.contains("below zero") && err.contains("12345685.623456789"),
+        "{err}"
+    );
+    assert_eq!(balance_of(d, "acme"), "12345685.623456789");
+    // Down to exactly zero is allowed; a positive adjustment too.
+    stdout(&tollgate(
+        d,
+        &[
+            "credits",
+            "adjust",
+            "acme",
+            "-12345685.623456789",
+            "--note",
+            "closing",
+        ],
+    ));
+    assert_eq!(balance_of(d, "acme"), "0.00");
+    stdout(&tollgate(
+        d,
+        &[
+            "credits",
+            "adjust",
+            "1",
+            "0.000000001",
+            "--note",
+            "goodwill",
+        ],
+    ));
+    assert_eq!(balance_of(d, "acme"), "0.000000001");
+
+    // Grants add up to at most 10^9 credits.
+    let err = refused(&tollgate(d, &["credits", "grant", "acme", "1000000000"]));
+    assert!(err.contains("more than 1000000000"), "{err}");
+
+    // Each adjustment is kept with its note, as an exact amount.
+    let url = format!("sqlite://{}", d.join("tollgate-data/tollgate.db").display());
+    let mut db = sqlx::SqliteConnection::connect(&url).await.expect("open");
+    let rows = sqlx::query("SELECT amount, note FROM credit_grants ORDER BY id")
+        .fetch_all(&mut db)
+        .await
+        .expect("grants");
+    let grants: Vec<(i64, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.get("amount"), r.get("note")))
+        .collect();
+    assert_eq!(
+        grants,
+        vec![
+            (10_000_000_000, None),
+            (12_345_678_123_456_789, None),
+            (-2_500_000_000, Some("refund of a double grant".to_string())),
+            (-12_345_685_623_456_789, Some("closing".to_string())),
+            (1, Some("goodwill".to_string())),
+        ]
+    );
+}
+
 #[test]
 fn config_errors_name_the_key_and_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -21,6 +21,19 @@ pub struct NewInferenceKey {
     pub rate_limit_rpm: Option<i64>,
 }
 
+/// Why credits were not granted or adjusted.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    #[error("a grant must be more than zero; a correction is an adjustment with a note (`tollgate credits adjust ACCOUNT AMOUNT --note TEXT`)")]
+    NotPositive,
+    #[error("an adjustment must not be zero")]
+    Zero,
+    #[error("an adjustment needs a note saying why")]
+    NoNote,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// The account service.
 #[derive(Clone)]
 pub struct Accounts {
@@ -153,15 +166,42 @@ impl Accounts {
         self.store.list_accounts().await
     }
 
+    /// Adds credits to an account: a grant is more than zero. Returns the grant's id.
     pub async fn grant_credits(
         &self,
         account: AccountId,
         amount: Credits,
         note: Option<&str>,
-    ) -> Result<i64, StoreError> {
-        self.store
+    ) -> Result<i64, GrantError> {
+        if amount <= Credits::ZERO {
+            return Err(GrantError::NotPositive);
+        }
+        Ok(self
+            .store
             .grant_credits(account, amount, note, crate::now())
-            .await
+            .await?)
+    }
+
+    /// Corrects an account's credits by `amount`, which may be negative, with a note
+    /// saying why (kept with it in the grants). It never takes the balance as the ledger
+    /// has it below zero; requests in flight on a running server are not in the ledger
+    /// yet, and may still take it below zero by what they are then charged.
+    pub async fn adjust_credits(
+        &self,
+        account: AccountId,
+        amount: Credits,
+        note: &str,
+    ) -> Result<i64, GrantError> {
+        if amount == Credits::ZERO {
+            return Err(GrantError::Zero);
+        }
+        if note.trim().is_empty() {
+            return Err(GrantError::NoNote);
+        }
+        Ok(self
+            .store
+            .grant_credits(account, amount, Some(note), crate::now())
+            .await?)
     }
 
     /// Activity of the last `days` days (today included), from the daily roll-up.
@@ -192,12 +232,7 @@ impl Activity {
         let total = rollup
             .days
             .iter()
-            .fold(Totals::default(), |sum, (_, day)| Totals {
-                requests: sum.requests + day.requests,
-                cost: sum.cost.saturating_add(day.cost),
-                input_tokens: sum.input_tokens + day.input_tokens,
-                output_tokens: sum.output_tokens + day.output_tokens,
-            });
+            .fold(Totals::default(), |sum, (_, day)| sum.saturating_add(day));
         Activity {
             period_days,
             total,

@@ -8,12 +8,12 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use crate::accounts::Accounts;
+use crate::accounts::{Accounts, GrantError};
 use crate::auth::Authenticator;
 use crate::billing::Credits;
 use crate::config::{Config, Overrides};
 use crate::server::Server;
-use crate::store::{self, Account, KeyId, KeyKind};
+use crate::store::{self, Account, KeyId, KeyKind, StoreError};
 
 /// Tollgate: a self-hosted AI API gateway with exact metering.
 #[derive(Debug, Parser)]
@@ -51,7 +51,7 @@ enum Command {
     /// Manage accounts.
     #[command(subcommand)]
     Accounts(AccountsCommand),
-    /// Grant credits to an account.
+    /// Grant credits to an account, or correct its credits.
     #[command(subcommand)]
     Credits(CreditsCommand),
     /// Manage provisioning keys.
@@ -76,12 +76,24 @@ enum CreditsCommand {
     Grant {
         /// Account id or name.
         account: String,
-        /// Amount in credits (1 credit = 1 USD), exact decimal.
+        /// Amount in credits (1 credit = 1 USD), exact decimal, more than zero.
         #[arg(allow_hyphen_values = true)]
         amount: String,
         /// A note kept with the grant.
         #[arg(long)]
         note: Option<String>,
+    },
+    /// Correct an account's credits by a positive or negative amount, with a note saying
+    /// why. Refused if it would take the balance below zero.
+    Adjust {
+        /// Account id or name.
+        account: String,
+        /// Amount in credits, exact decimal, e.g. `-5` or `2.50` (negative allowed).
+        #[arg(allow_hyphen_values = true)]
+        amount: String,
+        /// Why (required); kept with the adjustment.
+        #[arg(long)]
+        note: String,
     },
 }
 
@@ -199,6 +211,24 @@ async fn find_account(accounts: &Accounts, id_or_name: &str) -> anyhow::Result<A
     }
 }
 
+/// An AMOUNT argument, read exactly (never through a float).
+fn parse_amount(text: &str) -> anyhow::Result<Credits> {
+    Credits::parse_amount(text).map_err(|e| anyhow::anyhow!("AMOUNT '{text}': {e}"))
+}
+
+/// A refused grant or adjustment, said in the operator's terms.
+fn refused(what: &str, amount: Credits, account: &Account, e: GrantError) -> anyhow::Error {
+    anyhow::anyhow!(
+        "cannot {what} {amount} for account {} ({}): {}",
+        account.id.0,
+        account.name,
+        match e {
+            GrantError::Store(StoreError::Grant(why)) => why.to_string(),
+            other => other.to_string(),
+        }
+    )
+}
+
 async fn operator(command: Command, accounts: &Accounts) -> anyhow::Result<()> {
     match command {
         Command::Serve { .. } | Command::Migrate => {}
@@ -238,19 +268,37 @@ async fn operator(command: Command, accounts: &Accounts) -> anyhow::Result<()> {
             amount,
             note,
         }) => {
-            let amount: Credits = amount
-                .parse()
-                .map_err(|e| anyhow::anyhow!("AMOUNT '{amount}': {e}"))?;
-            if amount == Credits::ZERO {
-                bail!("AMOUNT must not be zero");
+            let amount = parse_amount(&amount)?;
+            if amount <= Credits::ZERO {
+                bail!("AMOUNT {amount}: {}", GrantError::NotPositive);
             }
             let account = find_account(accounts, &account).await?;
             accounts
                 .grant_credits(account.id, amount, note.as_deref())
-                .await?;
+                .await
+                .map_err(|e| refused("grant", amount, &account, e))?;
             let after = find_account(accounts, &account.id.0.to_string()).await?;
             println!(
                 "granted {amount} to account {} ({}); balance {}",
+                after.id.0,
+                after.name,
+                after.balance()
+            );
+        }
+        Command::Credits(CreditsCommand::Adjust {
+            account,
+            amount,
+            note,
+        }) => {
+            let amount = parse_amount(&amount)?;
+            let account = find_account(accounts, &account).await?;
+            accounts
+                .adjust_credits(account.id, amount, &note)
+                .await
+                .map_err(|e| refused("adjust", amount, &account, e))?;
+            let after = find_account(accounts, &account.id.0.to_string()).await?;
+            println!(
+                "adjusted account {} ({}) by {amount}; balance {}",
                 after.id.0,
                 after.name,
                 after.balance()

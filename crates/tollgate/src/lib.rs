@@ -15,6 +15,7 @@ pub mod http;
 pub mod providers;
 pub mod ratelimit;
 pub mod routing;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod usage;

@@ -16,6 +16,8 @@ mod harness;
 mod keys;
 #[path = "store_suite/migrations.rs"]
 mod migrations;
+#[path = "store_suite/overflow.rs"]
+mod overflow;
 #[path = "store_suite/replicas.rs"]
 mod replicas;
 #[path = "store_suite/usage.rs"]
@@ -59,6 +61,8 @@ store_cases! {
             create_list_and_lookup,
             duplicate_name_conflicts,
             grants_sum_and_balance,
+            grants_are_bounded,
+            concurrent_corrections_never_overdraw,
         ],
         keys: [
             create_list_and_get,
@@ -81,6 +85,7 @@ store_cases! {
             activity_is_consistent_under_writes,
         ],
         migrations: [upgrade_keeps_the_daily_rollup],
+        overflow: [absurd_usage_is_held_at_the_limit],
     }
     postgres_only {
         replicas: [replicas_start_at_once],

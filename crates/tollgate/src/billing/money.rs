@@ -17,12 +17,17 @@ pub enum MoneyError {
     NotDecimal,
     #[error("more than 9 decimal places (the smallest unit is 0.000000001)")]
     TooPrecise,
-    #[error("too large")]
+    #[error("too large (the most is 1000000000 credits)")]
     TooLarge,
 }
 
 impl Credits {
     pub const ZERO: Credits = Credits(0);
+    /// The largest amount accepted from outside (a key's `credit_limit`, a grant, an
+    /// adjustment) and the most an account's grants may add up to: 10^9 credits, that is
+    /// 10^18 nano-credits, about a ninth of `i64::MAX`. Sums of such amounts (grants, a
+    /// limit plus a usage) then never overflow the ledger's 64-bit integer columns.
+    pub const MAX_AMOUNT: Credits = Credits(1_000_000_000 * NANOS_PER_CREDIT);
 
     /// From a raw count of nano-dollars.
     pub const fn from_nanos(nanos: i64) -> Self {
@@ -34,24 +39,39 @@ impl Credits {
         self.0
     }
 
+    /// The sum, or `None` if it does not fit.
     pub fn checked_add(self, other: Credits) -> Option<Credits> {
         self.0.checked_add(other.0).map(Credits)
     }
 
+    /// The difference, or `None` if it does not fit.
     pub fn checked_sub(self, other: Credits) -> Option<Credits> {
         self.0.checked_sub(other.0).map(Credits)
     }
 
+    /// The sum, held at the largest or smallest amount instead of overflowing.
     pub fn saturating_add(self, other: Credits) -> Credits {
         Credits(self.0.saturating_add(other.0))
     }
 
+    /// The difference, held at the largest or smallest amount instead of overflowing.
     pub fn saturating_sub(self, other: Credits) -> Credits {
         Credits(self.0.saturating_sub(other.0))
     }
 
+    /// Whether the amount is below zero.
     pub fn is_negative(self) -> bool {
         self.0 < 0
+    }
+
+    /// Reads an amount given from outside (the API, the command line) exactly: at most
+    /// 9 decimal places and at most [`Credits::MAX_AMOUNT`] either side of zero.
+    pub fn parse_amount(text: &str) -> Result<Credits, MoneyError> {
+        let amount: Credits = text.parse()?;
+        if amount.0.unsigned_abs() > Credits::MAX_AMOUNT.0.unsigned_abs() {
+            return Err(MoneyError::TooLarge);
+        }
+        Ok(amount)
     }
 
     /// Shown with at least `min_decimals` decimals and no trailing zeros beyond them.
@@ -77,60 +97,70 @@ impl Credits {
     }
 }
 
-/// Parses a plain decimal such as `12`, `12.5`, `-0.000000001` or `1e-3` exactly.
-/// Exponent notation is accepted because JSON numbers may use it.
+/// Parses a plain decimal such as `12`, `12.5`, `-0.000000001` or `1e-3` exactly, scaled
+/// by 10^`scale_digits`, with integer arithmetic only (never a float). Exponent notation
+/// is accepted because JSON numbers may use it. Zeros that do not change the value are
+/// no error (`0.50000000000`, `0e-99`); digits below the unit are (`TooPrecise`).
 pub fn parse_decimal_nanos(text: &str, scale_digits: u32) -> Result<i128, MoneyError> {
     let text = text.trim();
     let (mantissa, exponent) = match text.find(['e', 'E']) {
-        Some(pos) => {
-            let exp: i32 = text[pos + 1..]
-                .parse()
-                .map_err(|_| MoneyError::NotDecimal)?;
-            (&text[..pos], exp)
-        }
+        Some(pos) => (&text[..pos], parse_exponent(&text[pos + 1..])?),
         None => (text, 0),
     };
     let (negative, digits) = match mantissa.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, mantissa.strip_prefix('+').unwrap_or(mantissa)),
     };
-    let (int_part, frac_part) = match digits.split_once('.') {
-        Some((i, f)) => (i, f),
-        None => (digits, ""),
-    };
+    let (int_part, frac_part) = digits.split_once('.').unwrap_or((digits, ""));
     if (int_part.is_empty() && frac_part.is_empty())
         || !int_part.bytes().all(|b| b.is_ascii_digit())
         || !frac_part.bytes().all(|b| b.is_ascii_digit())
     {
         return Err(MoneyError::NotDecimal);
     }
-    if exponent.unsigned_abs() > 40 || int_part.len() + frac_part.len() > 60 {
+    // The value is `all` × 10^(exponent - decimals); scaled, × 10^scale_digits more.
+    let all: Vec<u8> = int_part.bytes().chain(frac_part.bytes()).collect();
+    let (Some(first), Some(last)) = (
+        all.iter().position(|&b| b != b'0'),
+        all.iter().rposition(|&b| b != b'0'),
+    ) else {
+        return Ok(0);
+    };
+    // Trailing zeros move into the power, so `significant` ends in a non-zero digit and
+    // a negative power means digits below the unit.
+    let significant = &all[first..=last];
+    let power =
+        exponent - frac_part.len() as i64 + i64::from(scale_digits) + (all.len() - 1 - last) as i64;
+    if power < 0 {
+        return Err(MoneyError::TooPrecise);
+    }
+    // Fewer than 39 digits in all: below 10^38, inside i128.
+    if significant.len() as i64 + power > 38 {
         return Err(MoneyError::TooLarge);
     }
-    // value = int_part.frac_part * 10^exponent, scaled by 10^scale_digits.
-    let all_digits = format!("{int_part}{frac_part}");
-    let shift = scale_digits as i32 + exponent - frac_part.len() as i32;
-    let significant = all_digits.trim_start_matches('0');
     let mut value: i128 = 0;
-    for b in significant.bytes() {
-        value = value
-            .checked_mul(10)
-            .and_then(|v| v.checked_add(i128::from(b - b'0')))
-            .ok_or(MoneyError::TooLarge)?;
+    for &b in significant {
+        value = value * 10 + i128::from(b - b'0');
     }
-    if shift >= 0 {
-        for _ in 0..shift {
-            value = value.checked_mul(10).ok_or(MoneyError::TooLarge)?;
-        }
-    } else {
-        for _ in 0..(-shift) {
-            if value % 10 != 0 {
-                return Err(MoneyError::TooPrecise);
-            }
-            value /= 10;
-        }
+    for _ in 0..power {
+        value *= 10;
     }
     Ok(if negative { -value } else { value })
+}
+
+/// The exponent of `1e-3`: a sign and digits; beyond ±10^7 it is held there (no such
+/// power of ten makes a non-zero amount that fits, so the answer is the same).
+fn parse_exponent(text: &str) -> Result<i64, MoneyError> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(MoneyError::NotDecimal);
+    }
+    const HELD: i64 = 10_000_000;
+    let magnitude = digits.parse::<i64>().map_or(HELD, |m| m.min(HELD));
+    Ok(if negative { -magnitude } else { magnitude })
 }
 
 impl FromStr for Credits {
@@ -162,8 +192,27 @@ mod tests {
         assert_eq!("-1.5".parse::<Credits>(), Ok(Credits(-1_500_000_000)));
         assert_eq!("2.5e-3".parse::<Credits>(), Ok(Credits(2_500_000)));
         assert_eq!("1E2".parse::<Credits>(), Ok(Credits(100_000_000_000)));
+        assert_eq!("1.5E+3".parse::<Credits>(), Ok(Credits(1_500_000_000_000)));
         assert_eq!(".5".parse::<Credits>(), Ok(Credits(500_000_000)));
         assert_eq!("0.1000000000".parse::<Credits>(), Ok(Credits(100_000_000)));
+        assert_eq!(
+            "12345678.123456789".parse::<Credits>(),
+            Ok(Credits(12_345_678_123_456_789))
+        );
+        assert_eq!("1e-9".parse::<Credits>(), Ok(Credits(1)));
+        assert_eq!("-0".parse::<Credits>(), Ok(Credits(0)));
+        assert_eq!("0e-99999999999".parse::<Credits>(), Ok(Credits(0)));
+        assert_eq!("000.000".parse::<Credits>(), Ok(Credits(0)));
+    }
+
+    #[test]
+    fn zeros_that_change_nothing_are_no_error() {
+        let long_tail = format!("0.5{}", "0".repeat(200));
+        assert_eq!(long_tail.parse::<Credits>(), Ok(Credits(500_000_000)));
+        let long_head = format!("{}7", "0".repeat(200));
+        assert_eq!(long_head.parse::<Credits>(), Ok(Credits(7_000_000_000)));
+        assert_eq!("70e-1".parse::<Credits>(), Ok(Credits(7_000_000_000)));
+        assert_eq!("0.0000000010e0".parse::<Credits>(), Ok(Credits(1)));
     }
 
     #[test]
@@ -172,15 +221,85 @@ mod tests {
             "0.0000000001".parse::<Credits>(),
             Err(MoneyError::TooPrecise)
         );
+        assert_eq!(
+            "12345678.1234567891".parse::<Credits>(),
+            Err(MoneyError::TooPrecise)
+        );
+        assert_eq!("1e-10".parse::<Credits>(), Err(MoneyError::TooPrecise));
+        assert_eq!(
+            "1e-99999999999".parse::<Credits>(),
+            Err(MoneyError::TooPrecise)
+        );
+        let tiny = format!("0.{}1", "0".repeat(100));
+        assert_eq!(tiny.parse::<Credits>(), Err(MoneyError::TooPrecise));
         assert_eq!("abc".parse::<Credits>(), Err(MoneyError::NotDecimal));
         assert_eq!("".parse::<Credits>(), Err(MoneyError::NotDecimal));
+        assert_eq!(".".parse::<Credits>(), Err(MoneyError::NotDecimal));
+        assert_eq!("-".parse::<Credits>(), Err(MoneyError::NotDecimal));
+        assert_eq!("--1".parse::<Credits>(), Err(MoneyError::NotDecimal));
+        assert_eq!("1e".parse::<Credits>(), Err(MoneyError::NotDecimal));
+        assert_eq!("e5".parse::<Credits>(), Err(MoneyError::NotDecimal));
+        assert_eq!("1e+".parse::<Credits>(), Err(MoneyError::NotDecimal));
         assert_eq!("1.2.3".parse::<Credits>(), Err(MoneyError::NotDecimal));
+        assert_eq!("1_000".parse::<Credits>(), Err(MoneyError::NotDecimal));
         assert_eq!("NaN".parse::<Credits>(), Err(MoneyError::NotDecimal));
+        assert_eq!("inf".parse::<Credits>(), Err(MoneyError::NotDecimal));
+        assert_eq!("0x10".parse::<Credits>(), Err(MoneyError::NotDecimal));
         assert_eq!(
             "99999999999999999999".parse::<Credits>(),
             Err(MoneyError::TooLarge)
         );
         assert_eq!("1e999".parse::<Credits>(), Err(MoneyError::TooLarge));
+        assert_eq!(
+            "1e99999999999999999999".parse::<Credits>(),
+            Err(MoneyError::TooLarge)
+        );
+        let huge = format!("1{}", "0".repeat(100));
+        assert_eq!(huge.parse::<Credits>(), Err(MoneyError::TooLarge));
+    }
+
+    #[test]
+    fn amounts_from_outside_stay_within_the_maximum() {
+        assert_eq!(Credits::parse_amount("1000000000"), Ok(Credits::MAX_AMOUNT));
+        assert_eq!(
+            Credits::parse_amount("-1000000000"),
+            Ok(Credits(-Credits::MAX_AMOUNT.0))
+        );
+        assert_eq!(
+            Credits::parse_amount("1000000000.000000001"),
+            Err(MoneyError::TooLarge)
+        );
+        assert_eq!(
+            Credits::parse_amount("-1000000000.000000001"),
+            Err(MoneyError::TooLarge)
+        );
+        assert_eq!(
+            Credits::parse_amount("9223372036.854775807"),
+            Err(MoneyError::TooLarge)
+        );
+        assert_eq!(
+            Credits::parse_amount("0.0000000005"),
+            Err(MoneyError::TooPrecise)
+        );
+        // Nine maximum amounts still fit in the ledger's 64-bit columns.
+        let nine = (0..9).try_fold(Credits::ZERO, |sum, _| sum.checked_add(Credits::MAX_AMOUNT));
+        assert!(nine.is_some());
+    }
+
+    #[test]
+    fn arithmetic_never_wraps() {
+        let max = Credits(i64::MAX);
+        let min = Credits(i64::MIN);
+        let one = Credits(1);
+        assert_eq!(max.checked_add(one), None);
+        assert_eq!(min.checked_sub(one), None);
+        assert_eq!(max.checked_sub(one), Some(Credits(i64::MAX - 1)));
+        assert_eq!(max.saturating_add(one), max);
+        assert_eq!(max.saturating_add(max), max);
+        assert_eq!(min.saturating_sub(one), min);
+        assert_eq!(Credits::ZERO.saturating_sub(max), Credits(-i64::MAX));
+        assert_eq!(min.saturating_sub(max), min);
+        assert_eq!(min.saturating_add(max), Credits(-1));
     }
 
     #[test]
@@ -196,5 +315,25 @@ mod tests {
             Credits(i64::MIN).to_decimal_string(0),
             "-9223372036.854775808"
         );
+        assert_eq!(Credits(i64::MAX).to_string(), "9223372036.854775807");
+    }
+
+    #[test]
+    fn every_shown_amount_reads_back_the_same() {
+        for nanos in [
+            0,
+            1,
+            -1,
+            12_345_678_123_456_789,
+            i64::MAX,
+            i64::MIN,
+            Credits::MAX_AMOUNT.0,
+            999_999_999,
+        ] {
+            for min_decimals in [0, 1, 2, 9] {
+                let text = Credits(nanos).to_decimal_string(min_decimals);
+                assert_eq!(text.parse::<Credits>(), Ok(Credits(nanos)), "{text}");
+            }
+        }
     }
 }

@@ -140,4 +140,5 @@ pub(super) async fn refusal(
     provider
         .adapter
         .refusal(&provider.config.name, status, &headers, &body)
+        .scrubbed(|text| upstreams.scrubber.scrub(text).into_owned())
 }

@@ -11,9 +11,10 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use super::extract::{json_object, only_fields, read_body, type_name};
+use super::extract::{json_object, only_fields, raw_member, read_body, type_name};
 use super::AppState;
 use crate::accounts::{Activity, NewInferenceKey, Totals};
+use crate::billing::money::MoneyError;
 use crate::billing::Credits;
 use crate::error::ApiError;
 use crate::store::{KeyId, KeyKind, KeyPatch, KeyRecord};
@@ -101,10 +102,13 @@ fn parse_name(value: &Value) -> Result<String, ApiError> {
     Ok(name.clone())
 }
 
-fn parse_credit_limit(value: &Value) -> Result<Option<Credits>, ApiError> {
-    let number = match value {
+/// Reads `credit_limit` from the number as the client wrote it (`raw`), never through a
+/// float: 12345678.123456789 is kept to the last digit, and anything finer than the money
+/// unit, negative or above [`Credits::MAX_AMOUNT`] is refused.
+fn parse_credit_limit(value: &Value, raw: Option<&RawValue>) -> Result<Option<Credits>, ApiError> {
+    match value {
         Value::Null => return Ok(None),
-        Value::Number(n) => n,
+        Value::Number(_) => {}
         other => {
             return Err(ApiError::invalid_field(
                 "credit_limit",
@@ -114,17 +118,44 @@ fn parse_credit_limit(value: &Value) -> Result<Option<Credits>, ApiError> {
                 ),
             ))
         }
+    }
+    let Some(raw) = raw else {
+        return Err(ApiError::internal("credit_limit parsed without its text"));
     };
-    let limit: Credits = number.to_string().parse().map_err(|e| {
-        ApiError::invalid_field("credit_limit", format!("'credit_limit' {number}: {e}."))
+    exact_credit_limit(raw.get()).map(Some)
+}
+
+/// The number text of `credit_limit`, read exactly.
+fn exact_credit_limit(text: &str) -> Result<Credits, ApiError> {
+    let text = text.trim();
+    let shown = shorten(text);
+    let refused = |why: String| ApiError::invalid_field("credit_limit", why);
+    let limit = Credits::parse_amount(text).map_err(|e| match e {
+        MoneyError::TooPrecise => refused(format!(
+            "'credit_limit' has more than 9 decimal places; the smallest amount is 0.000000001 credits (got {shown})."
+        )),
+        MoneyError::TooLarge => refused(format!(
+            "'credit_limit' is too large: the most is {} credits (got {shown}).",
+            Credits::MAX_AMOUNT.to_decimal_string(0)
+        )),
+        MoneyError::NotDecimal => refused(format!(
+            "'credit_limit' is not a decimal number of credits (got {shown})."
+        )),
     })?;
     if limit.is_negative() {
-        return Err(ApiError::invalid_field(
-            "credit_limit",
-            format!("'credit_limit' must be 0 or more (got {number})."),
-        ));
+        return Err(refused(format!(
+            "'credit_limit' must be 0 or more (got {shown})."
+        )));
     }
-    Ok(Some(limit))
+    Ok(limit)
+}
+
+/// A client's text as quoted in an error message: at most 40 characters.
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(40) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_string(),
+    }
 }
 
 fn parse_expires_at(value: &Value) -> Result<Option<i64>, ApiError> {
@@ -189,9 +220,25 @@ fn key_not_found(id: KeyId) -> ApiError {
     )
 }
 
-async fn body_object(state: &AppState, body: Body) -> Result<Map<String, Value>, ApiError> {
+/// A JSON object body, parsed, and its bytes (money is read from their text).
+async fn body_object(
+    state: &AppState,
+    body: Body,
+) -> Result<(Map<String, Value>, bytes::Bytes), ApiError> {
     let bytes = read_body(body, state.config.limits.max_body_bytes).await?;
-    json_object(&bytes)
+    match json_object(&bytes) {
+        Ok(map) => Ok((map, bytes)),
+        Err(e) => {
+            // A number past a float's range (1e400) fails the whole parse; when it is the
+            // credit limit, the answer names it.
+            if let Some(raw) = raw_member(&bytes, "credit_limit") {
+                if serde_json::from_str::<Value>(raw.get()).is_err() {
+                    exact_credit_limit(raw.get())?;
+                }
+            }
+            Err(e)
+        }
+    }
 }
 
 /// `POST /v1/account/keys`
@@ -201,7 +248,7 @@ pub async fn create_key(
     body: Body,
 ) -> Result<Response, ApiError> {
     let owner = state.auth.provisioning(&headers).await?;
-    let map = body_object(&state, body).await?;
+    let (map, bytes) = body_object(&state, body).await?;
     only_fields(&map, CREATE_FIELDS)?;
     let name = match map.get("name") {
         Some(v) => parse_name(v)?,
@@ -216,7 +263,7 @@ pub async fn create_key(
         name,
         credit_limit: map
             .get("credit_limit")
-            .map(parse_credit_limit)
+            .map(|v| parse_credit_limit(v, raw_member(&bytes, "credit_limit")))
             .transpose()?
             .flatten(),
         expires_at: map
@@ -242,19 +289,26 @@ pub async fn create_key(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
+/// The answer of `GET /v1/account/keys`. Serialized as it is: turned into a [`Value`]
+/// first, each `credit_limit` would go through a float.
+#[derive(Serialize)]
+pub struct KeyList {
+    keys: Vec<KeyView>,
+}
+
 /// `GET /v1/account/keys`
 pub async fn list_keys(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<KeyList>, ApiError> {
     let owner = state.auth.provisioning(&headers).await?;
     let keys = state
         .accounts
         .list_keys(owner.account_id, KeyKind::Inference)
         .await?;
-    Ok(Json(
-        json!({"keys": keys.iter().map(KeyView::new).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(KeyList {
+        keys: keys.iter().map(KeyView::new).collect(),
+    }))
 }
 
 /// `GET /v1/account/keys/{id}`
@@ -282,7 +336,7 @@ pub async fn update_key(
 ) -> Result<Json<KeyView>, ApiError> {
     let owner = state.auth.provisioning(&headers).await?;
     let id = parse_key_id(&id)?;
-    let map = body_object(&state, body).await?;
+    let (map, bytes) = body_object(&state, body).await?;
     only_fields(&map, PATCH_FIELDS)?;
     let is_enabled = match map.get("is_enabled") {
         None => None,
@@ -302,7 +356,7 @@ pub async fn update_key(
         is_enabled,
         credit_limit: map
             .get("credit_limit")
-            .map(parse_credit_limit)
+            .map(|v| parse_credit_limit(v, raw_member(&bytes, "credit_limit")))
             .transpose()?,
         expires_at: map.get("expires_at").map(parse_expires_at).transpose()?,
         rate_limit_rpm: map

@@ -2,7 +2,9 @@
 //! failures are 400s in the API's own shape.
 
 use axum::body::Body;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use tollgate_formats::RawObject;
 
 use crate::error::ApiError;
 
@@ -39,6 +41,16 @@ pub fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
             format!("The request body is not valid JSON: {e}."),
         )),
     }
+}
+
+/// The JSON text of a top-level member of an object body as the client wrote it (the
+/// last one if the name repeats, as in the parsed object). A number read through
+/// [`Value`] has gone through a float (12345678.123456789 becomes ...787); money is read
+/// from this text instead.
+pub fn raw_member<'a>(bytes: &'a [u8], name: &str) -> Option<&'a RawValue> {
+    serde_json::from_slice::<RawObject<'a>>(bytes)
+        .ok()?
+        .get(name)
 }
 
 /// Refuses fields other than `allowed`, naming the first unknown one.

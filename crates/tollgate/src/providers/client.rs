@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::{adapter, Adapter, UpstreamError};
 use crate::config::{Config, Deployment, Endpoint, Provider};
+use crate::secrets::Scrubber;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type RequestBody = Either<Full<Bytes>, UnsyncBoxBody<Bytes, BoxError>>;
@@ -43,6 +44,8 @@ pub struct ProviderClient {
 pub struct Upstreams {
     providers: Vec<ProviderClient>,
     uris: Vec<Vec<(Endpoint, Uri)>>,
+    /// Takes the providers' secrets out of any upstream text relayed to a client or a log.
+    pub scrubber: Scrubber,
 }
 
 /// The body of an upstream request.
@@ -120,7 +123,11 @@ impl Upstreams {
             }
             uris[deployment.id] = endpoints;
         }
-        Upstreams { providers, uris }
+        Upstreams {
+            providers,
+            uris,
+            scrubber: Scrubber::for_providers(&config.providers),
+        }
     }
 
     /// The provider of a deployment.

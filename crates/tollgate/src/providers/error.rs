@@ -95,6 +95,26 @@ impl UpstreamError {
         }
     }
 
+    /// The same failure with the provider's own message passed through `scrub`.
+    pub fn scrubbed(self, scrub: impl Fn(&str) -> String) -> UpstreamError {
+        match self {
+            UpstreamError::Status {
+                provider,
+                status,
+                class,
+                retry_after,
+                message,
+            } => UpstreamError::Status {
+                provider,
+                status,
+                class,
+                retry_after,
+                message: message.map(|m| scrub(&m)),
+            },
+            other => other,
+        }
+    }
+
     /// The status recorded in the ledger for the failed attempt.
     pub fn ledger_status(&self) -> u16 {
         match self {

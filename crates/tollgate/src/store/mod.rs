@@ -1,6 +1,7 @@
 //! Persistence behind the `Store` trait: accounts, grants, keys and the usage ledger.
 //! One implementation per database, chosen by the URL scheme.
 
+mod overflow;
 mod postgres;
 mod sqlite;
 
@@ -10,6 +11,7 @@ use async_trait::async_trait;
 
 use crate::billing::Credits;
 
+use overflow::{report_corrupt, DailyRow};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 #[cfg(test)]
@@ -62,6 +64,26 @@ pub enum StoreError {
     Corrupt(String),
     #[error("cannot open database: {0}")]
     Open(String),
+    #[error("grant refused: {0}")]
+    Grant(GrantRefused),
+}
+
+/// Why the store refused a credit grant (nothing was written).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrantRefused {
+    /// No account with that id.
+    #[error("no such account")]
+    NoAccount,
+    /// The account's grants would add up to more than [`Credits::MAX_AMOUNT`] (or below
+    /// zero); `granted` is what they add up to now.
+    #[error(
+        "the account's grants would add up to more than {max} credits (they add up to {granted})",
+        max = Credits::MAX_AMOUNT.to_decimal_string(0)
+    )]
+    OverMaximum { granted: Credits },
+    /// A negative amount would take the balance below zero; `balance` is the balance now.
+    #[error("it would take the balance of {balance} below zero")]
+    Overdraw { balance: Credits },
 }
 
 impl StoreError {
@@ -185,6 +207,18 @@ pub struct UsageTotals {
     pub output_tokens: i64,
 }
 
+impl UsageTotals {
+    /// Both sums, each held at the 64-bit limits instead of overflowing.
+    pub fn saturating_add(&self, other: &UsageTotals) -> UsageTotals {
+        UsageTotals {
+            requests: self.requests.saturating_add(other.requests),
+            cost: self.cost.saturating_add(other.cost),
+            input_tokens: self.input_tokens.saturating_add(other.input_tokens),
+            output_tokens: self.output_tokens.saturating_add(other.output_tokens),
+        }
+    }
+}
+
 /// An account's daily roll-up over a period, grouped three ways by the database.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ActivityRollup {
@@ -250,7 +284,11 @@ pub trait Store: Send + Sync + 'static {
     async fn list_accounts(&self) -> Result<Vec<Account>, StoreError>;
     async fn account(&self, id: AccountId) -> Result<Option<Account>, StoreError>;
     async fn account_by_name(&self, name: &str) -> Result<Option<Account>, StoreError>;
-    /// Appends a grant (negative amounts are corrections); returns the grant id.
+    /// Appends a grant and returns its id. A negative amount is a correction. Refused
+    /// ([`StoreError::Grant`], nothing written) when the account's grants would add up to
+    /// more than [`Credits::MAX_AMOUNT`] or below zero, or a correction would take the
+    /// balance (grants minus the ledger's charges) below zero. Checked and written in
+    /// one step, so two corrections at once cannot both pass.
     async fn grant_credits(
         &self,
         account: AccountId,
@@ -320,6 +358,23 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<ActivityRollup, StoreError>;
     /// A usage record by request id.
     async fn usage_record(&self, request_id: &str) -> Result<Option<UsageRecord>, StoreError>;
+}
+
+/// Why a grant of `amount` to `account` (as read after the store refused it) was refused.
+fn why_refused(account: Option<&Account>, amount: Credits) -> GrantRefused {
+    let Some(account) = account else {
+        return GrantRefused::NoAccount;
+    };
+    let after = i128::from(account.granted.nanos()) + i128::from(amount.nanos());
+    if amount.is_negative() && after <= i128::from(Credits::MAX_AMOUNT.nanos()) {
+        GrantRefused::Overdraw {
+            balance: account.balance(),
+        }
+    } else {
+        GrantRefused::OverMaximum {
+            granted: account.granted,
+        }
+    }
 }
 
 /// The UTC day (YYYY-MM-DD) of a unix time.

@@ -26,9 +26,37 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 const KEY_COLUMNS: &str = "id, account_id, kind, name, hint, created_at, updated_at, expires_at, \
      is_enabled, credit_limit, usage, last_used_at, deleted_at, rate_limit_rpm";
 
+/// Sums held within BIGINT: a sum (NUMERIC) past it would make the cast, and with it
+/// every read of the account, fail.
 const ACCOUNT_SELECT: &str = "SELECT a.id, a.name, a.created_at, a.charged, \
-     COALESCE((SELECT SUM(g.amount) FROM credit_grants g WHERE g.account_id = a.id), 0)::BIGINT \
+     LEAST(GREATEST(COALESCE((SELECT SUM(g.amount) FROM credit_grants g \
+       WHERE g.account_id = a.id), 0), -9223372036854775808), 9223372036854775807)::BIGINT \
      AS granted FROM accounts a";
+
+/// `column + delta` held within BIGINT (past it PostgreSQL raises an error, which would
+/// refuse the whole usage batch); `delta` is a parameter or another column.
+macro_rules! saturating_add {
+    ($column:literal, $delta:literal) => {
+        concat!(
+            "LEAST(GREATEST(",
+            $column,
+            "::NUMERIC + ",
+            $delta,
+            ", -9223372036854775808), 9223372036854775807)::BIGINT"
+        )
+    };
+}
+
+/// `SUM(column)` (a NUMERIC) held within BIGINT.
+macro_rules! bounded_sum {
+    ($column:literal) => {
+        concat!(
+            "LEAST(GREATEST(SUM(",
+            $column,
+            "), -9223372036854775808), 9223372036854775807)::BIGINT"
+        )
+    };
+}
 
 const USAGE_COLUMNS: &str = "request_id, account_id, key_id, model, endpoint, input_tokens, \
      cached_input_tokens, output_tokens, cost, status, latency_ms, created_at";
@@ -37,13 +65,20 @@ const USAGE_COLUMNS: &str = "request_id, account_id, key_id, model, endpoint, in
 /// primary key carries the sums, migration 0002), grouped three ways at once by hash, and
 /// key names joined to the key groups only. Columns as in the SQLite store: `grouped_by`
 /// (0 day, 1 model, 2 key), `label` (the day, model or key name), `key_id`, the four sums.
-/// Labels sort in byte order (`COLLATE "C"`), as Rust compares strings.
-const ACTIVITY_QUERY: &str = "\
-    WITH grouped AS (\
+/// Labels sort in byte order (`COLLATE "C"`), as Rust compares strings. Sums are held
+/// within BIGINT, so counters near the limit cannot make the query fail.
+const ACTIVITY_QUERY: &str = concat!(
+    "WITH grouped AS (\
       SELECT CASE WHEN GROUPING(day) = 0 THEN 0 WHEN GROUPING(model) = 0 THEN 1 ELSE 2 END \
-          AS grouped_by, \
-        day, model, key_id, SUM(requests)::BIGINT AS requests, SUM(cost)::BIGINT AS cost, \
-        SUM(input_tokens)::BIGINT AS input_tokens, SUM(output_tokens)::BIGINT AS output_tokens \
+          AS grouped_by, day, model, key_id, ",
+    bounded_sum!("requests"),
+    " AS requests, ",
+    bounded_sum!("cost"),
+    " AS cost, ",
+    bounded_sum!("input_tokens"),
+    " AS input_tokens, ",
+    bounded_sum!("output_tokens"),
+    " AS output_tokens \
       FROM usage_daily WHERE account_id = $1 AND day >= $2 \
       GROUP BY GROUPING SETS ((day), (model), (key_id))) \
     SELECT g.grouped_by::BIGINT AS grouped_by, \
@@ -51,7 +86,8 @@ const ACTIVITY_QUERY: &str = "\
       g.requests, g.cost, g.input_tokens, g.output_tokens \
     FROM grouped g LEFT JOIN api_keys k ON k.id = g.key_id AND g.grouped_by = 2 \
     ORDER BY g.grouped_by, CASE WHEN g.grouped_by = 0 THEN 0 ELSE g.cost END DESC, g.key_id, \
-      COALESCE(g.day, g.model, k.name, '') COLLATE \"C\"";
+      COALESCE(g.day, g.model, k.name, '') COLLATE \"C\""
+);
 
 impl PgStore {
     /// Connects to the database of a `postgres://` or `postgresql://` URL.
@@ -235,7 +271,7 @@ async fn apply_totals(
                 r.model.clone(),
             ))
             .or_default();
-        day.0 += 1;
+        day.0 = day.0.saturating_add(1);
         day.1 = day.1.saturating_add(cost);
         day.2 = day.2.saturating_add(r.input_tokens);
         day.3 = day.3.saturating_add(r.output_tokens);
@@ -243,10 +279,13 @@ async fn apply_totals(
 
     let (ids, amounts): (Vec<i64>, Vec<i64>) = by_account.into_iter().unzip();
     lock_rows(tx, "accounts", &ids).await?;
-    sqlx::query(
-        "UPDATE accounts AS a SET charged = a.charged + v.cost \
-         FROM UNNEST($1::BIGINT[], $2::BIGINT[]) AS v(id, cost) WHERE a.id = v.id",
-    )
+    // Every counter is held within BIGINT (`saturating_add!`): past it PostgreSQL would
+    // refuse the batch, and the writer would give up these records.
+    sqlx::query(concat!(
+        "UPDATE accounts AS a SET charged = ",
+        saturating_add!("a.charged", "v.cost"),
+        " FROM UNNEST($1::BIGINT[], $2::BIGINT[]) AS v(id, cost) WHERE a.id = v.id"
+    ))
     .bind(&ids)
     .bind(&amounts)
     .execute(&mut **tx)
@@ -261,12 +300,13 @@ async fn apply_totals(
         last_used.push(last);
     }
     lock_rows(tx, "api_keys", &ids).await?;
-    sqlx::query(
-        "UPDATE api_keys AS k SET usage = k.usage + v.cost, \
-         last_used_at = GREATEST(k.last_used_at, v.last_used_at) \
+    sqlx::query(concat!(
+        "UPDATE api_keys AS k SET usage = ",
+        saturating_add!("k.usage", "v.cost"),
+        ", last_used_at = GREATEST(k.last_used_at, v.last_used_at) \
          FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[]) AS v(id, cost, last_used_at) \
-         WHERE k.id = v.id",
-    )
+         WHERE k.id = v.id"
+    ))
     .bind(&ids)
     .bind(&amounts)
     .bind(&last_used)
@@ -293,19 +333,22 @@ async fn apply_totals(
         output_tokens.push(output);
     }
     // Sorted by the primary key for the same reason as the ledger insert.
-    sqlx::query(
+    sqlx::query(concat!(
         "INSERT INTO usage_daily (account_id, day, key_id, model, requests, cost, input_tokens, \
            output_tokens) \
          SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], \
            $6::BIGINT[], $7::BIGINT[], $8::BIGINT[]) \
            AS v(account_id, day, key_id, model, requests, cost, input_tokens, output_tokens) \
          ORDER BY account_id, day, key_id, model \
-         ON CONFLICT (account_id, day, key_id, model) DO UPDATE SET \
-           requests = usage_daily.requests + excluded.requests, \
-           cost = usage_daily.cost + excluded.cost, \
-           input_tokens = usage_daily.input_tokens + excluded.input_tokens, \
-           output_tokens = usage_daily.output_tokens + excluded.output_tokens",
-    )
+         ON CONFLICT (account_id, day, key_id, model) DO UPDATE SET requests = ",
+        saturating_add!("usage_daily.requests", "excluded.requests"),
+        ", cost = ",
+        saturating_add!("usage_daily.cost", "excluded.cost"),
+        ", input_tokens = ",
+        saturating_add!("usage_daily.input_tokens", "excluded.input_tokens"),
+        ", output_tokens = ",
+        saturating_add!("usage_daily.output_tokens", "excluded.output_tokens"),
+    ))
     .bind(&account_ids)
     .bind(&days)
     .bind(&key_ids)
@@ -393,17 +436,46 @@ impl Store for PgStore {
         note: Option<&str>,
         now: i64,
     ) -> Result<i64, StoreError> {
+        // The account's row is locked first, so two grants (or a grant and a usage batch)
+        // at once are checked one after the other.
+        let mut tx = self.pool.begin().await?;
+        let locked = sqlx::query("SELECT id FROM accounts WHERE id = $1 FOR UPDATE")
+            .bind(account.0)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if locked.is_none() {
+            return Err(StoreError::Grant(GrantRefused::NoAccount));
+        }
         let row = sqlx::query(
             "INSERT INTO credit_grants (account_id, amount, note, created_at) \
-             VALUES ($1, $2, $3, $4) RETURNING id",
+             SELECT a.id, $2, $3, $4 FROM accounts a, \
+               (SELECT COALESCE(SUM(amount), 0) AS granted FROM credit_grants \
+                WHERE account_id = $1) AS g \
+             WHERE a.id = $1 AND g.granted + $2 BETWEEN 0 AND $5 \
+               AND ($2 >= 0 OR g.granted + $2 - a.charged >= 0) \
+             RETURNING id",
         )
         .bind(account.0)
         .bind(amount.nanos())
         .bind(note)
         .bind(now)
-        .fetch_one(&self.pool)
+        .bind(Credits::MAX_AMOUNT.nanos())
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(row.try_get("id")?)
+        match row {
+            Some(row) => {
+                let id = row.try_get("id")?;
+                tx.commit().await?;
+                Ok(id)
+            }
+            None => {
+                tx.rollback().await?;
+                Err(StoreError::Grant(why_refused(
+                    self.account(account).await?.as_ref(),
+                    amount,
+                )))
+            }
+        }
     }
 
     async fn create_key(&self, key: NewKey) -> Result<KeyRecord, StoreError> {

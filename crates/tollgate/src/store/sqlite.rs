@@ -13,6 +13,7 @@ use sqlx::sqlite::{
 };
 use sqlx::Row;
 
+use super::overflow::{integer, sum_overflowed};
 use super::*;
 use crate::billing::Credits;
 
@@ -70,13 +71,49 @@ const KEYS_QUERY: &str = "\
     LEFT JOIN api_keys k ON k.id = b.key_id \
     ORDER BY b.cost DESC, b.key_id";
 
-/// The sums of a row of an activity query.
-fn totals_from_row(row: &SqliteRow) -> Result<UsageTotals, StoreError> {
+/// `Store::activity` the slow way, for an account whose roll-up holds counts so near the
+/// 64-bit limit that SQLite's `SUM` overflows (an error): its rows, summed in Rust.
+const DAILY_ROWS_QUERY: &str = "\
+    SELECT u.day, u.model, u.key_id, COALESCE(k.name, '') AS name, u.requests, u.cost, \
+      u.input_tokens, u.output_tokens \
+    FROM usage_daily u LEFT JOIN api_keys k ON k.id = u.key_id \
+    WHERE u.account_id = $1 AND u.day >= $2";
+
+/// SQL for `column + delta` held within SQLite's 64-bit integers: past them SQLite turns
+/// the sum into a REAL, which no reader expects. The `CAST` also mends a counter an older
+/// version let become a REAL. `delta` is a parameter or another column.
+macro_rules! saturating_add {
+    ($column:literal, $delta:literal) => {
+        concat!(
+            "CASE WHEN ",
+            $delta,
+            " > 0 AND CAST(",
+            $column,
+            " AS INTEGER) > 9223372036854775807 - ",
+            $delta,
+            " THEN 9223372036854775807 WHEN ",
+            $delta,
+            " < 0 AND CAST(",
+            $column,
+            " AS INTEGER) < (-9223372036854775807 - 1) - ",
+            $delta,
+            " THEN -9223372036854775807 - 1 ELSE CAST(",
+            $column,
+            " AS INTEGER) + ",
+            $delta,
+            " END"
+        )
+    };
+}
+
+/// The sums of a row of an activity query of `account`.
+fn totals_from_row(row: &SqliteRow, account: i64) -> Result<UsageTotals, StoreError> {
+    let sum = |column| integer(row, column, "usage_daily", account);
     Ok(UsageTotals {
-        requests: row.try_get("requests")?,
-        cost: Credits::from_nanos(row.try_get("cost")?),
-        input_tokens: row.try_get("input_tokens")?,
-        output_tokens: row.try_get("output_tokens")?,
+        requests: sum("requests")?,
+        cost: Credits::from_nanos(sum("cost")?),
+        input_tokens: sum("input_tokens")?,
+        output_tokens: sum("output_tokens")?,
     })
 }
 
@@ -84,6 +121,7 @@ fn totals_from_row(row: &SqliteRow) -> Result<UsageTotals, StoreError> {
 fn activity_from_rows(
     days_and_models: &[SqliteRow],
     keys: &[SqliteRow],
+    account: i64,
 ) -> Result<ActivityRollup, StoreError> {
     let mut rollup = ActivityRollup::default();
     for row in days_and_models {
@@ -91,7 +129,7 @@ fn activity_from_rows(
             row.try_get("grouped_by")?,
             row.try_get("label")?,
             None,
-            totals_from_row(row)?,
+            totals_from_row(row, account)?,
         )?;
     }
     for row in keys {
@@ -99,7 +137,7 @@ fn activity_from_rows(
             2,
             row.try_get("name")?,
             Some(row.try_get("key_id")?),
-            totals_from_row(row)?,
+            totals_from_row(row, account)?,
         )?;
     }
     Ok(rollup)
@@ -149,6 +187,33 @@ impl SqliteStore {
             file,
             _alive: alive,
         })
+    }
+
+    /// `Store::activity` from the account's daily rows, summed here with every sum held
+    /// at the 64-bit limits: for an account whose sums overflow SQLite's `SUM`.
+    async fn activity_summed_here(
+        &self,
+        account: AccountId,
+        since_day: &str,
+    ) -> Result<ActivityRollup, StoreError> {
+        let rows = sqlx::query(DAILY_ROWS_QUERY)
+            .bind(account.0)
+            .bind(since_day)
+            .fetch_all(&self.pool)
+            .await?;
+        let rows = rows
+            .iter()
+            .map(|row| {
+                Ok(DailyRow {
+                    day: row.try_get("day")?,
+                    model: row.try_get("model")?,
+                    key_id: row.try_get("key_id")?,
+                    key_name: row.try_get("name")?,
+                    totals: totals_from_row(row, account.0)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(ActivityRollup::of_rows(rows))
     }
 
     /// The pool, for tests and tools that inspect the file.
@@ -217,8 +282,9 @@ async fn checkpoint(pool: &SqlitePool) -> Result<(), sqlx::Error> {
 
 fn key_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
     let kind: String = row.try_get("kind")?;
+    let id: i64 = row.try_get("id")?;
     Ok(KeyRecord {
-        id: KeyId(row.try_get("id")?),
+        id: KeyId(id),
         account_id: AccountId(row.try_get("account_id")?),
         kind: KeyKind::parse(&kind)
             .ok_or_else(|| StoreError::Corrupt(format!("key kind {kind}")))?,
@@ -231,7 +297,7 @@ fn key_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
         credit_limit: row
             .try_get::<Option<i64>, _>("credit_limit")?
             .map(Credits::from_nanos),
-        usage: Credits::from_nanos(row.try_get("usage")?),
+        usage: Credits::from_nanos(integer(row, "usage", "api_keys", id)?),
         last_used_at: row.try_get("last_used_at")?,
         deleted_at: row.try_get("deleted_at")?,
         rate_limit_rpm: row.try_get("rate_limit_rpm")?,
@@ -239,12 +305,13 @@ fn key_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
 }
 
 fn account_from_row(row: &SqliteRow) -> Result<Account, StoreError> {
+    let id: i64 = row.try_get("id")?;
     Ok(Account {
-        id: AccountId(row.try_get("id")?),
+        id: AccountId(id),
         name: row.try_get("name")?,
         created_at: row.try_get("created_at")?,
         granted: Credits::from_nanos(row.try_get("granted")?),
-        charged: Credits::from_nanos(row.try_get("charged")?),
+        charged: Credits::from_nanos(integer(row, "charged", "accounts", id)?),
     })
 }
 
@@ -275,11 +342,13 @@ struct Derived<'a> {
 impl<'a> Derived<'a> {
     fn of(records: impl Iterator<Item = &'a UsageRecord>) -> Self {
         let mut d = Derived::default();
+        // Sums held at the 64-bit limits, as the counters they are added to are.
         for r in records {
             let cost = r.cost.nanos();
-            *d.accounts.entry(r.account_id.0).or_default() += cost;
+            let account = d.accounts.entry(r.account_id.0).or_default();
+            *account = account.saturating_add(cost);
             let key = d.keys.entry(r.key_id.0).or_insert((0, i64::MIN));
-            key.0 += cost;
+            key.0 = key.0.saturating_add(cost);
             key.1 = key.1.max(r.created_at);
             let day = d
                 .daily
@@ -290,10 +359,10 @@ impl<'a> Derived<'a> {
                     r.model.as_str(),
                 ))
                 .or_default();
-            day[0] += 1;
-            day[1] += cost;
-            day[2] += r.input_tokens;
-            day[3] += r.output_tokens;
+            day[0] = day[0].saturating_add(1);
+            day[1] = day[1].saturating_add(cost);
+            day[2] = day[2].saturating_add(r.input_tokens);
+            day[3] = day[3].saturating_add(r.output_tokens);
         }
         d
     }
@@ -364,26 +433,34 @@ impl Ledger {
                 .map(|(r, _)| r),
         );
         {
-            let mut account =
-                tx.prepare_cached("UPDATE accounts SET charged = charged + ?2 WHERE id = ?1")?;
+            let mut account = tx.prepare_cached(concat!(
+                "UPDATE accounts SET charged = ",
+                saturating_add!("charged", "?2"),
+                " WHERE id = ?1"
+            ))?;
             for (id, cost) in &derived.accounts {
                 account.execute((id, cost))?;
             }
-            let mut key = tx.prepare_cached(
-                "UPDATE api_keys SET usage = usage + ?2, \
-                 last_used_at = MAX(COALESCE(last_used_at, 0), ?3) WHERE id = ?1",
-            )?;
+            let mut key = tx.prepare_cached(concat!(
+                "UPDATE api_keys SET usage = ",
+                saturating_add!("usage", "?2"),
+                ", last_used_at = MAX(COALESCE(last_used_at, 0), ?3) WHERE id = ?1"
+            ))?;
             for (id, (cost, last)) in &derived.keys {
                 key.execute((id, cost, last))?;
             }
-            let mut daily = tx.prepare_cached(
+            let mut daily = tx.prepare_cached(concat!(
                 "INSERT INTO usage_daily (account_id, day, key_id, model, requests, cost, \
                  input_tokens, output_tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
-                 ON CONFLICT (account_id, day, key_id, model) DO UPDATE SET \
-                 requests = requests + excluded.requests, cost = cost + excluded.cost, \
-                 input_tokens = input_tokens + excluded.input_tokens, \
-                 output_tokens = output_tokens + excluded.output_tokens",
-            )?;
+                 ON CONFLICT (account_id, day, key_id, model) DO UPDATE SET requests = ",
+                saturating_add!("requests", "excluded.requests"),
+                ", cost = ",
+                saturating_add!("cost", "excluded.cost"),
+                ", input_tokens = ",
+                saturating_add!("input_tokens", "excluded.input_tokens"),
+                ", output_tokens = ",
+                saturating_add!("output_tokens", "excluded.output_tokens"),
+            ))?;
             for ((account, day, key, model), sums) in &derived.daily {
                 daily.execute(rusqlite::params![
                     account, day, key, model, sums[0], sums[1], sums[2], sums[3]
@@ -466,16 +543,29 @@ impl Store for SqliteStore {
         note: Option<&str>,
         now: i64,
     ) -> Result<i64, StoreError> {
+        // One statement, so the checks and the insert see the same grants and charges.
         let done = sqlx::query(
-            "INSERT INTO credit_grants (account_id, amount, note, created_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO credit_grants (account_id, amount, note, created_at) \
+             SELECT a.id, $2, $3, $4 FROM accounts a, \
+               (SELECT COALESCE(SUM(amount), 0) AS granted FROM credit_grants \
+                WHERE account_id = $1) AS g \
+             WHERE a.id = $1 AND g.granted + $2 BETWEEN 0 AND $5 \
+               AND ($2 >= 0 OR g.granted + $2 - a.charged >= 0)",
         )
         .bind(account.0)
         .bind(amount.nanos())
         .bind(note)
         .bind(now)
+        .bind(Credits::MAX_AMOUNT.nanos())
         .execute(&self.pool)
         .await?;
-        Ok(done.last_insert_rowid())
+        if done.rows_affected() == 1 {
+            return Ok(done.last_insert_rowid());
+        }
+        Err(StoreError::Grant(why_refused(
+            self.account(account).await?.as_ref(),
+            amount,
+        )))
     }
 
     async fn create_key(&self, key: NewKey) -> Result<KeyRecord, StoreError> {
@@ -638,20 +728,29 @@ impl Store for SqliteStore {
         // The two scans take about as long each, so they run at once, on two connections.
         // Each reads its own snapshot: they differ only if a usage batch of the account
         // committed in between, and then the keys do not add up to the days.
-        let (days_and_models, keys) = tokio::try_join!(
-            query(DAYS_AND_MODELS_QUERY).fetch_all(&self.pool),
-            query(KEYS_QUERY).fetch_all(&self.pool),
-        )?;
-        let rollup = activity_from_rows(&days_and_models, &keys)?;
-        if rollup.keys_add_up_to_days() {
-            return Ok(rollup);
+        let fast = async {
+            let (days_and_models, keys) = tokio::try_join!(
+                query(DAYS_AND_MODELS_QUERY).fetch_all(&self.pool),
+                query(KEYS_QUERY).fetch_all(&self.pool),
+            )?;
+            let rollup = activity_from_rows(&days_and_models, &keys, account.0)?;
+            if rollup.keys_add_up_to_days() {
+                return Ok(rollup);
+            }
+            // Both again, one after the other in one transaction: one snapshot.
+            let mut tx = self.pool.begin().await?;
+            let days_and_models = query(DAYS_AND_MODELS_QUERY).fetch_all(&mut *tx).await?;
+            let keys = query(KEYS_QUERY).fetch_all(&mut *tx).await?;
+            tx.commit().await?;
+            activity_from_rows(&days_and_models, &keys, account.0)
+        };
+        match fast.await {
+            Err(StoreError::Database(e)) if sum_overflowed(&e) => {
+                report_corrupt("usage_daily", account.0, "*", "sums past the 64-bit limit");
+                self.activity_summed_here(account, since_day).await
+            }
+            other => other,
         }
-        // Both again, one after the other in one transaction: one snapshot.
-        let mut tx = self.pool.begin().await?;
-        let days_and_models = query(DAYS_AND_MODELS_QUERY).fetch_all(&mut *tx).await?;
-        let keys = query(KEYS_QUERY).fetch_all(&mut *tx).await?;
-        tx.commit().await?;
-        activity_from_rows(&days_and_models, &keys)
     }
 
     async fn usage_record(&self, request_id: &str) -> Result<Option<UsageRecord>, StoreError> {
@@ -759,6 +858,57 @@ mod tests {
             per_commit <= 8 * 1024,
             "{per_commit} bytes of WAL per commit"
         );
+    }
+
+    /// The way round an overflowing `SUM` answers what the queries answer, orders and
+    /// ties included.
+    #[tokio::test]
+    async fn activity_summed_here_equals_the_queries() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, account, first) = test_store_with_key(dir.path()).await;
+        let mut keys = vec![first];
+        for name in ["b", "a"] {
+            let key = crate::store::NewKey {
+                account_id: account,
+                kind: KeyKind::Inference,
+                name: name.into(),
+                key_hash: format!("hash-{name}"),
+                hint: name.into(),
+                created_at: 0,
+                expires_at: None,
+                credit_limit: None,
+                rate_limit_rpm: None,
+            };
+            keys.push(store.create_key(key).await.expect("key").id);
+        }
+        let mut records = Vec::new();
+        // Equal costs across keys and models, so ties decide the order.
+        for (i, (key, model, cost, day)) in [
+            (0, "m", 10, 0),
+            (1, "Z", 10, 0),
+            (2, "a", 10, 1),
+            (1, "m", 5, 1),
+            (2, "Z", 0, 2),
+            (0, "b", 10, 2),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut record = test_record(&format!("r{i}"), account, keys[key], cost);
+            record.model = model.into();
+            record.created_at += day * 86_400;
+            records.push(record);
+        }
+        store.record_usage(&records).await.expect("record");
+        let since = day_of(1_700_000_000);
+        let queried = store.activity(account, &since).await.expect("queries");
+        let summed = store
+            .activity_summed_here(account, &since)
+            .await
+            .expect("summed here");
+        assert_eq!(queried.days.len(), 3);
+        assert_eq!(queried.keys.len(), 3);
+        assert_eq!(summed, queried);
     }
 
     #[tokio::test]

@@ -74,6 +74,7 @@ pub(super) async fn respond(
             settlement: Some(settlement),
             idle_timeout,
             input_estimate: a.input_estimate,
+            scrubber: a.upstreams.scrubber.clone(),
             hosted: match a.billing {
                 Billing::Tokens { hosted, .. } => hosted,
                 _ => Hosted::None,

@@ -21,6 +21,7 @@ use crate::billing::Usage;
 use crate::gateway::measure::{tokens_usage, Hosted};
 use crate::gateway::settlement::Settlement;
 use crate::providers::UpstreamChunks;
+use crate::secrets::Scrubber;
 
 /// Whether an event ends a stream of `format` (the charge is committed before it is sent).
 fn is_terminal(format: Format, event: &SseEvent) -> bool {
@@ -34,6 +35,14 @@ fn is_terminal(format: Format, event: &SseEvent) -> bool {
         }
         Format::AnthropicMessages => event.event.as_deref() == Some("message_stop"),
     }
+}
+
+/// Whether an upstream event reports an error (in any of the three formats).
+fn is_error_event(event: &SseEvent) -> bool {
+    matches!(event.event.as_deref(), Some("error" | "response.failed"))
+        || event.data.starts_with("{\"error\"")
+        || event.data.starts_with("{\"type\":\"error\"")
+        || event.data.starts_with("{\"type\":\"response.failed\"")
 }
 
 /// What is done to each upstream event on its way to the client.
@@ -98,6 +107,7 @@ pub(super) struct Relay {
     pub(super) settlement: Option<Settlement>,
     pub(super) idle_timeout: Duration,
     pub(super) input_estimate: u64,
+    pub(super) scrubber: Scrubber,
     /// How hosted-tool calls are billed.
     pub(super) hosted: Hosted,
     pub(super) done: bool,
@@ -155,6 +165,16 @@ impl Relay {
             return;
         }
         self.tracker.observe(&event);
+        // An upstream error event may quote the request (with the provider's secret):
+        // it is relayed, translated or not, only once scrubbed.
+        let event = if is_error_event(&event) {
+            SseEvent {
+                data: self.scrubber.scrub(&event.data).into_owned(),
+                ..event
+            }
+        } else {
+            event
+        };
         if is_terminal(self.upstream_format, &event) && self.settlement.is_some() {
             self.settle_success().await;
         }
