@@ -11,6 +11,7 @@
 //! - [`frames`]: the in-stream error event of each client format.
 //! - [`hosted`]: calls of hosted tools (charged per call) counted in an answer.
 //! - [`model_name`]: the model an answer names, replaced by the one the client knows.
+//! - [`scan`]: chosen top-level members of a JSON object found as its bytes pass.
 //!
 //! Inputs are treated as hostile: nothing in this crate panics on bad input; it returns an error
 //! or skips what it cannot read, as documented on each function.
@@ -56,6 +57,7 @@ pub mod conversion;
 pub mod frames;
 pub mod hosted;
 pub mod model_name;
+pub mod scan;
 pub mod sse;
 pub mod usage;
 

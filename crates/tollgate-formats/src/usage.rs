@@ -24,6 +24,14 @@ use crate::hosted::HostedCalls;
 use crate::sse::SseEvent;
 use crate::Format;
 
+/// Bytes of text per output token when the gateway estimates output it relayed but the
+/// provider did not report: English runs at about four bytes a token in the common BPE
+/// tokenizers, code and most other scripts at fewer, so three errs towards charging.
+pub const ESTIMATE_BYTES_PER_TOKEN: u64 = 3;
+/// Most bytes of text one token covers on average over a stream, for a lower bound of the
+/// tokens a stream carried.
+pub const MAX_BYTES_PER_TOKEN: u64 = 8;
+
 /// Tokens used by one request, normalised across formats.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
@@ -188,6 +196,7 @@ pub struct UsageTracker {
     anthropic: AnthropicCounts,
     final_seen: bool,
     content_deltas: u64,
+    text_bytes: u64,
     hosted: HostedCalls,
 }
 
@@ -200,6 +209,7 @@ impl UsageTracker {
             anthropic: AnthropicCounts::default(),
             final_seen: false,
             content_deltas: 0,
+            text_bytes: 0,
             hosted: HostedCalls::default(),
         }
     }
@@ -236,15 +246,11 @@ impl UsageTracker {
                 continue;
             };
             for key in ["content", "refusal", "reasoning_content", "reasoning"] {
-                if non_empty_str(delta.get(key)) {
-                    self.content_deltas += 1;
-                }
+                self.count_text(delta.get(key));
             }
             if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
                 for call in calls {
-                    if non_empty_str(call.pointer("/function/arguments")) {
-                        self.content_deltas += 1;
-                    }
+                    self.count_text(call.pointer("/function/arguments"));
                 }
             }
         }
@@ -265,7 +271,14 @@ impl UsageTracker {
                     self.hosted.count_responses_item(item);
                 }
             }
-            kind if kind.ends_with(".delta") => self.content_deltas += 1,
+            kind if kind.ends_with(".delta") => {
+                let text = data.get("delta");
+                if text.and_then(Value::as_str).is_some() {
+                    self.count_text(text);
+                } else {
+                    self.content_deltas += 1;
+                }
+            }
             _ => {}
         }
     }
@@ -286,7 +299,17 @@ impl UsageTracker {
                     self.final_seen = true;
                 }
             }
-            Some("content_block_delta") => self.content_deltas += 1,
+            Some("content_block_delta") => {
+                let delta = data.get("delta");
+                let text = ["text", "partial_json", "thinking"]
+                    .iter()
+                    .find_map(|k| delta.and_then(|d| d.get(*k)));
+                if text.is_some() {
+                    self.count_text(text);
+                } else {
+                    self.content_deltas += 1;
+                }
+            }
             Some("content_block_start") => {
                 if let Some(block) = data.get("content_block") {
                     self.hosted.count_anthropic_block(block);
@@ -294,6 +317,19 @@ impl UsageTracker {
             }
             _ => {}
         }
+    }
+
+    /// Counts one piece of relayed text (a content delta), if it is a non-empty string.
+    fn count_text(&mut self, value: Option<&Value>) {
+        if let Some(text) = value.and_then(Value::as_str).filter(|t| !t.is_empty()) {
+            self.content_deltas += 1;
+            self.text_bytes += text.len() as u64;
+        }
+    }
+
+    /// Bytes of text (content, refusal, reasoning, tool arguments) the stream carried.
+    pub fn text_bytes(&self) -> u64 {
+        self.text_bytes
     }
 
     /// The hosted-tool calls the stream has shown so far.
@@ -320,19 +356,59 @@ impl UsageTracker {
     }
 
     /// The final usage if it arrived; otherwise the best estimate: what was reported so far
-    /// (Anthropic's `message_start` input counts) with the output raised to the number of
-    /// content deltas seen.
+    /// (Anthropic's `message_start` input counts) with the output raised to what was
+    /// relayed: a token per content delta, and at least a token per [`ESTIMATE_BYTES_PER_TOKEN`]
+    /// bytes of text (rounded up), so that an estimate errs towards charging.
     pub fn usage_or_estimate(&self) -> Usage {
         let mut usage = self.usage.unwrap_or_default();
         if !self.final_seen {
-            usage.output_tokens = usage.output_tokens.max(self.content_deltas);
+            let relayed = self
+                .content_deltas
+                .max(self.text_bytes.div_ceil(ESTIMATE_BYTES_PER_TOKEN));
+            usage.output_tokens = usage.output_tokens.max(relayed);
         }
         usage
     }
+
+    /// Output tokens the stream has surely carried: a token per content delta (providers
+    /// stream a token or more per delta), and at least one per [`MAX_BYTES_PER_TOKEN`]
+    /// bytes of text. A lower bound, so that a stream is never cut before its limit.
+    pub fn output_tokens_at_least(&self) -> u64 {
+        self.content_deltas
+            .max(self.text_bytes / MAX_BYTES_PER_TOKEN)
+    }
 }
 
-fn non_empty_str(value: Option<&Value>) -> bool {
-    value.and_then(Value::as_str).is_some_and(|s| !s.is_empty())
+/// Bytes of generated text in a whole answer of any format: message content, refusals,
+/// reasoning and thinking text, tool-call arguments and inputs. What the gateway counts
+/// when a provider answered without usage.
+pub fn answer_text_bytes(answer: &Value) -> u64 {
+    const TEXT: [&str; 8] = [
+        "content",
+        "text",
+        "refusal",
+        "arguments",
+        "thinking",
+        "reasoning_content",
+        "reasoning",
+        "input",
+    ];
+    fn walk(value: &Value, counted: bool) -> u64 {
+        match value {
+            Value::String(s) if counted => s.len() as u64,
+            Value::Array(items) => items.iter().map(|v| walk(v, counted)).sum(),
+            Value::Object(map) => map
+                .iter()
+                .map(|(k, v)| match v {
+                    // A tool's input is generated JSON: its text counts whole.
+                    Value::Object(_) if k == "input" => v.to_string().len() as u64,
+                    _ => walk(v, counted || TEXT.contains(&k.as_str())),
+                })
+                .sum(),
+            _ => 0,
+        }
+    }
+    walk(answer, false)
 }
 
 /// Whether a parsed Chat Completions chunk is the usage-only chunk sent at the end of a stream

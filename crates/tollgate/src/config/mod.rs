@@ -103,6 +103,7 @@ struct FileLimits {
     max_body_bytes: Option<usize>,
     max_upload_bytes: Option<usize>,
     max_stream_frame_bytes: Option<usize>,
+    stream_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -120,6 +121,8 @@ pub struct Limits {
     pub max_upload_bytes: usize,
     /// Largest single Server-Sent-Events frame accepted from an upstream.
     pub max_stream_frame_bytes: usize,
+    /// Longest a model response may take, streamed or not, from its first byte on.
+    pub stream_timeout: Duration,
 }
 
 /// The validated configuration.
@@ -209,6 +212,11 @@ impl Config {
                 .ok_or_else(|| err("limits.max_upload_bytes", "must be above 0".into()))?,
             max_stream_frame_bytes: positive(file.limits.max_stream_frame_bytes, 4 << 20)
                 .ok_or_else(|| err("limits.max_stream_frame_bytes", "must be above 0".into()))?,
+            stream_timeout: match file.limits.stream_timeout_ms {
+                Some(0) => return Err(err("limits.stream_timeout_ms", "must be above 0".into())),
+                Some(ms) => Duration::from_millis(ms),
+                None => Duration::from_secs(30 * 60),
+            },
         };
 
         let reservation_lease = match file.cluster.reservation_lease_ms {

@@ -5,6 +5,7 @@ use tollgate_formats::usage as wire_usage;
 use tollgate_formats::Format;
 
 use tollgate_formats::hosted::HostedCalls;
+use tollgate_formats::usage::ESTIMATE_BYTES_PER_TOKEN;
 
 use crate::billing::{HostedTool, Usage};
 
@@ -80,41 +81,67 @@ impl Billing {
         )
     }
 
-    /// Billable quantities of a whole JSON answer.
-    pub(super) fn usage_of(self, answer: &Value) -> Usage {
-        let tokens = |u: Option<wire_usage::Usage>| u.map(tokens_usage).unwrap_or_default();
+    /// Billable quantities of a whole JSON answer, when it reports them: `None` for an
+    /// answer without readable usage (the gateway then estimates).
+    pub(super) fn measured(self, answer: &Value) -> Option<Usage> {
+        let tokens = |u: Option<wire_usage::Usage>| u.map(tokens_usage);
         match self {
             Billing::Tokens { format, hosted } => {
-                let mut usage = tokens(wire_usage::from_response(format, answer));
+                let mut usage = tokens(wire_usage::from_response(format, answer))?;
                 usage.tool_calls = hosted.calls(HostedCalls::in_answer(answer));
-                usage
+                Some(usage)
             }
             Billing::Embeddings => tokens(wire_usage::from_embeddings_response(answer)),
             Billing::Images { n } => {
-                let mut usage = tokens(answer.get("usage").map(wire_usage::from_responses_usage));
+                let mut usage = tokens(answer.get("usage").map(wire_usage::from_responses_usage))
+                    .unwrap_or_default();
                 let made = answer
                     .get("data")
                     .and_then(Value::as_array)
                     .map_or(n, |d| d.len() as u64);
                 usage.images = made;
-                usage
+                Some(usage)
             }
-            Billing::Speech { characters } => Usage {
+            Billing::Speech { characters } => Some(Usage {
                 characters,
                 ..Usage::default()
-            },
+            }),
             Billing::Transcription => match answer.get("usage") {
-                Some(u) if u.get("type").and_then(Value::as_str) == Some("duration") => Usage {
-                    audio_seconds: u
-                        .get("seconds")
-                        .and_then(Value::as_f64)
-                        .map_or(0, |s| s.max(0.0).ceil() as u64),
-                    ..Usage::default()
-                },
-                Some(u) => tokens_usage(wire_usage::from_responses_usage(u)),
-                None => Usage::default(),
+                Some(u) if u.get("type").and_then(Value::as_str) == Some("duration") => {
+                    Some(Usage {
+                        audio_seconds: u
+                            .get("seconds")
+                            .and_then(Value::as_f64)
+                            .map_or(0, |s| s.max(0.0).ceil() as u64),
+                        ..Usage::default()
+                    })
+                }
+                Some(u) => Some(tokens_usage(wire_usage::from_responses_usage(u))),
+                None => answer
+                    .get("duration")
+                    .and_then(Value::as_f64)
+                    .map(|s| Usage {
+                        audio_seconds: s.max(0.0).ceil() as u64,
+                        ..Usage::default()
+                    }),
             },
+            // Moderation answers carry no usage: the request's input is what is priced.
             Billing::Moderation => tokens(answer.get("usage").map(wire_usage::from_chat_usage)),
         }
+    }
+
+    /// The usage of an answer that reported none: the request's input estimate, and for
+    /// generated text the bytes delivered (`text_bytes`) as output; hosted calls counted
+    /// in the answer.
+    pub(super) fn estimate(self, input_estimate: u64, text_bytes: u64, answer: &Value) -> Usage {
+        let mut usage = Usage {
+            input_tokens: input_estimate,
+            ..Usage::default()
+        };
+        if let Billing::Tokens { hosted, .. } = self {
+            usage.output_tokens = text_bytes.div_ceil(ESTIMATE_BYTES_PER_TOKEN);
+            usage.tool_calls = hosted.calls(HostedCalls::in_answer(answer));
+        }
+        usage
     }
 }

@@ -131,6 +131,7 @@ impl Gateway {
             }
         };
         let billing = estimate::billing(endpoint, &request, prepared.wire.format, &demands)?;
+        let choices = request.count("n")?.unwrap_or(1).max(1);
         drop(request);
         let served = served_headers(&prepared, &self.upstreams, settlement.attempts);
         let answering = Answering {
@@ -140,6 +141,8 @@ impl Gateway {
             request_id: &inbound.request_id,
             max_frame_bytes: self.config.limits.max_stream_frame_bytes,
             input_estimate: body.len() as u64 / 4,
+            output_cap: demands::output_bound(&demands, prepared.model()).saturating_mul(choices),
+            timeout: self.config.limits.stream_timeout,
         };
         let mut response = relay::respond(upstream, settlement, answering).await?;
         response.headers_mut().extend(served);
@@ -166,6 +169,7 @@ impl Gateway {
             provider: None,
             attempts: 0,
             tier: None,
+            estimated: false,
             endpoint: inbound.endpoint,
             request_id: inbound.request_id.clone(),
             key: inbound.key.clone(),

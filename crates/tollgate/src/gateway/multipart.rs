@@ -290,16 +290,17 @@ impl Gateway {
             }
         };
         let headers = served_headers_of(&target.model, provider, 1);
-        let mut answered = relay::json::finish(
-            upstream,
-            &provider.config.name,
-            provider.config.idle_timeout,
-            settlement,
-            Billing::Transcription,
-            None,
-            None,
-        )
-        .await?;
+        let whole = relay::json::Whole {
+            provider: &provider.config.name,
+            idle_timeout: provider.config.idle_timeout,
+            deadline: tokio::time::Instant::now() + self.config.limits.stream_timeout,
+            billing: Billing::Transcription,
+            convert: None,
+            rename: None,
+            input_estimate: 0,
+            max_bytes: u64::MAX,
+        };
+        let mut answered = relay::json::finish(upstream, settlement, whole).await?;
         answered.headers_mut().extend(headers);
         Ok(answered)
     }

@@ -26,6 +26,8 @@ pub(super) struct Settlement {
     pub(super) attempts: u32,
     /// The service tier priced, when not the standard one.
     pub(super) tier: Option<String>,
+    /// The usage charged was counted by the gateway, not reported by the provider.
+    pub(super) estimated: bool,
     pub(super) endpoint: Endpoint,
     pub(super) request_id: Arc<str>,
     pub(super) key: Arc<KeyRecord>,
@@ -40,8 +42,15 @@ impl Settlement {
         self.attempts += 1;
     }
 
-    /// Charges `usage` (failed calls pass zero usage and a failure status), and waits
-    /// until the record is safe.
+    /// Like `settle`, for usage the gateway counted itself (the provider reported none).
+    pub(super) async fn settle_estimated(mut self, usage: Usage, status: u16) -> Credits {
+        self.estimated = true;
+        self.settle(usage, status).await
+    }
+
+    /// Charges `usage`, what the client received (a call that failed before delivering
+    /// anything passes zero usage), records it with `status`, and waits until the record
+    /// is safe.
     pub(super) async fn settle(mut self, usage: Usage, status: u16) -> Credits {
         let (cost, record) = self.charge(usage, status);
         if let Some(reservation) = self.reservation.take() {
@@ -54,7 +63,8 @@ impl Settlement {
     }
 
     /// Like `settle`, from a place that cannot wait (a dropped stream).
-    pub(super) fn settle_detached(mut self, usage: Usage, status: u16) {
+    pub(super) fn settle_detached(mut self, usage: Usage, status: u16, estimated: bool) {
+        self.estimated = estimated;
         let (cost, record) = self.charge(usage, status);
         let reservation = self.reservation.take();
         let meter = self.meter.clone();

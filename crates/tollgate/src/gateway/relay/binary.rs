@@ -32,11 +32,13 @@ pub(super) fn binary_response(
         settlement: Option<Settlement>,
         usage: Usage,
         idle_timeout: Duration,
+        /// Some audio reached the client.
+        delivered: bool,
     }
     impl Drop for State {
         fn drop(&mut self) {
             if let Some(settlement) = self.settlement.take() {
-                settlement.settle_detached(self.usage, 499);
+                settlement.settle_detached(self.usage, 499, false);
             }
         }
     }
@@ -46,6 +48,7 @@ pub(super) fn binary_response(
         settlement: Some(settlement),
         usage,
         idle_timeout,
+        delivered: false,
     };
     let stream = futures_util::stream::unfold(state, |mut s| async move {
         loop {
@@ -53,6 +56,7 @@ pub(super) fn binary_response(
                 Ok(Some(Ok(chunk))) if chunk.is_empty() => continue,
                 Ok(Some(Ok(chunk))) => {
                     if let Some(previous) = s.held.replace(chunk) {
+                        s.delivered = true;
                         return Some((Ok(previous), s));
                     }
                 }
@@ -64,8 +68,15 @@ pub(super) fn binary_response(
                     return Some((Ok(last), s));
                 }
                 Ok(Some(Err(_))) | Err(_) => {
+                    // Audio already relayed is output delivered: it is charged (speech is
+                    // priced by the characters asked for, known from the start).
                     if let Some(settlement) = s.settlement.take() {
-                        settlement.settle(Usage::default(), 502).await;
+                        let usage = if s.delivered {
+                            s.usage
+                        } else {
+                            Usage::default()
+                        };
+                        settlement.settle(usage, 502).await;
                     }
                     return Some((
                         Err(std::io::Error::other(

@@ -2,10 +2,14 @@
 //! (speech audio) or a whole JSON answer.
 
 pub(super) mod binary;
+mod cutoff;
 pub(super) mod json;
 pub(super) mod sse;
 
 use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use axum::http::header;
 use axum::response::Response;
@@ -16,7 +20,8 @@ use super::plan::Prepared;
 use super::settlement::Settlement;
 use crate::billing::Usage;
 use crate::providers::{self, UpstreamError, UpstreamResponse, Upstreams};
-use json::Convert;
+use cutoff::Cutoff;
+use json::{Convert, Whole};
 use sse::{Relay, Transform};
 
 /// What the relay needs besides the answer.
@@ -26,8 +31,12 @@ pub(super) struct Answering<'a> {
     pub(super) billing: Billing,
     pub(super) request_id: &'a str,
     pub(super) max_frame_bytes: usize,
-    /// Input tokens assumed for a stream that reports none.
+    /// Input tokens assumed for an answer that reports none.
     pub(super) input_estimate: u64,
+    /// The output the request reserved for, in tokens.
+    pub(super) output_cap: u64,
+    /// How long the answer may take from here.
+    pub(super) timeout: Duration,
 }
 
 /// Relays a 2xx answer to the client, charging it once.
@@ -39,6 +48,7 @@ pub(super) async fn respond(
     let prepared = a.prepared;
     let provider = a.upstreams.provider(prepared.deployment());
     let idle_timeout = provider.config.idle_timeout;
+    let deadline = Instant::now() + a.timeout;
     let is_sse = upstream
         .headers()
         .get(header::CONTENT_TYPE)
@@ -75,6 +85,10 @@ pub(super) async fn respond(
             idle_timeout,
             input_estimate: a.input_estimate,
             scrubber: a.upstreams.scrubber.clone(),
+            output_cap: a.output_cap,
+            deadline,
+            cutoff: Cutoff::default(),
+            errored: false,
             hosted: match a.billing {
                 Billing::Tokens { hosted, .. } => hosted,
                 _ => Hosted::None,
@@ -84,7 +98,10 @@ pub(super) async fn respond(
         return Ok(sse::sse_response(relay, a.request_id));
     }
     if let Billing::Speech { .. } = a.billing {
-        let usage = a.billing.usage_of(&serde_json::Value::Null);
+        let usage = a
+            .billing
+            .measured(&serde_json::Value::Null)
+            .unwrap_or_default();
         return Ok(binary::binary_response(
             upstream,
             settlement,
@@ -100,14 +117,15 @@ pub(super) async fn respond(
         }),
         _ => None,
     };
-    json::finish(
-        upstream,
-        &provider.config.name,
+    let whole = Whole {
+        provider: &provider.config.name,
         idle_timeout,
-        settlement,
-        a.billing,
+        deadline,
+        billing: a.billing,
         convert,
-        prepared.rename.as_deref(),
-    )
-    .await
+        rename: prepared.rename.as_deref(),
+        input_estimate: a.input_estimate,
+        max_bytes: a.output_cap.saturating_mul(32) + json::READ_WHOLE as u64,
+    };
+    json::finish(upstream, settlement, whole).await
 }

@@ -6,6 +6,8 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use axum::body::Body;
 use axum::http::{header, HeaderValue};
 use axum::response::Response;
@@ -17,6 +19,7 @@ use tollgate_formats::sse::{self, SseDecoder, SseEvent};
 use tollgate_formats::usage as wire_usage;
 use tollgate_formats::{Format, StreamConverter, UsageTracker};
 
+use super::cutoff::Cutoff;
 use crate::billing::Usage;
 use crate::gateway::measure::{tokens_usage, Hosted};
 use crate::gateway::settlement::Settlement;
@@ -110,6 +113,13 @@ pub(super) struct Relay {
     pub(super) scrubber: Scrubber,
     /// How hosted-tool calls are billed.
     pub(super) hosted: Hosted,
+    /// The output the request reserved for, in tokens: past it the stream is ended.
+    pub(super) output_cap: u64,
+    /// When the stream must be over, whatever the provider does.
+    pub(super) deadline: Instant,
+    pub(super) cutoff: Cutoff,
+    /// The provider sent an error event of its own (relayed): no second one is added.
+    pub(super) errored: bool,
     pub(super) done: bool,
 }
 
@@ -122,7 +132,8 @@ impl Relay {
             if self.done {
                 return None;
             }
-            match tokio::time::timeout(self.idle_timeout, self.upstream.next()).await {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(self.idle_timeout.min(left), self.upstream.next()).await {
                 Ok(Some(Ok(chunk))) => match self.decoder.push(&chunk) {
                     Ok(events) => {
                         for event in events {
@@ -151,6 +162,13 @@ impl Relay {
                     }
                     self.done = true;
                 }
+                Err(_) if left <= self.idle_timeout => {
+                    self.fail_with(
+                        StreamFailure::Gateway,
+                        "the stream reached its time limit and was ended",
+                    )
+                    .await
+                }
                 Err(_) => self.fail("the provider's stream stalled").await,
             }
         }
@@ -165,9 +183,11 @@ impl Relay {
             return;
         }
         self.tracker.observe(&event);
+        self.cutoff.observe(self.upstream_format, &event);
         // An upstream error event may quote the request (with the provider's secret):
         // it is relayed, translated or not, only once scrubbed.
         let event = if is_error_event(&event) {
+            self.errored = true;
             SseEvent {
                 data: self.scrubber.scrub(&event.data).into_owned(),
                 ..event
@@ -183,7 +203,37 @@ impl Relay {
                 "the provider's stream could not be translated: {message}"
             ))
             .await;
+            return;
         }
+        if self.settlement.is_some() && self.tracker.output_tokens_at_least() > self.output_cap {
+            self.cut().await;
+        }
+    }
+
+    /// Ends the stream at its output limit: the provider went past the output reserved
+    /// for (it ignored the limit). The client gets a normal finish at the limit, the
+    /// request is charged what was relayed (at most the reservation), and the upstream
+    /// request is closed with this relay.
+    async fn cut(&mut self) {
+        tracing::warn!(
+            cap = self.output_cap,
+            "the provider went past the output limit; stream ended at it"
+        );
+        let input = self.usage_so_far().input_tokens;
+        let ending = self
+            .cutoff
+            .ending(self.upstream_format, input, self.output_cap);
+        if let Some(settlement) = self.settlement.take() {
+            let usage = self.usage_so_far();
+            Box::pin(settlement.settle_estimated(usage, 200)).await;
+        }
+        for event in ending {
+            if self.transform.apply(&event, &mut self.out).is_err() {
+                break;
+            }
+        }
+        self.transform.finish(&mut self.out);
+        self.done = true;
     }
 
     async fn settle_success(&mut self) {
@@ -197,8 +247,9 @@ impl Relay {
     }
 
     /// The usage the stream reported; where it reported none (a server that ignores
-    /// `include_usage`, or a stream cut short), an estimate: output at least the content
-    /// deltas relayed, input a quarter of the request's bytes unless the stream gave it.
+    /// `include_usage`, or a stream cut short), an estimate: output what was relayed (see
+    /// `UsageTracker::usage_or_estimate`), input the request's estimate unless the stream
+    /// gave it.
     fn usage_so_far(&self) -> Usage {
         let mut usage = tokens_usage(self.tracker.usage_or_estimate());
         if !self.tracker.has_final_usage() && usage.input_tokens == 0 {
@@ -209,15 +260,26 @@ impl Relay {
     }
 
     async fn fail(&mut self, message: &str) {
-        tracing::warn!(message, "upstream stream failed");
+        self.fail_with(StreamFailure::Upstream, message).await;
+    }
+
+    /// Ends the stream with an error event. What the client received is charged (no
+    /// delivered output is free), counted by the gateway where the provider reported no
+    /// final usage.
+    async fn fail_with(&mut self, failure: StreamFailure, message: &str) {
+        tracing::warn!(message, "stream failed");
         if let Some(settlement) = self.settlement.take() {
-            Box::pin(settlement.settle(Usage::default(), 502)).await;
+            let usage = self.usage_so_far();
+            if self.tracker.has_final_usage() {
+                Box::pin(settlement.settle(usage, 502)).await;
+            } else {
+                Box::pin(settlement.settle_estimated(usage, 502)).await;
+            }
         }
-        self.out.push_back(frames::error_frame(
-            self.client_format,
-            StreamFailure::Upstream,
-            message,
-        ));
+        if !self.errored {
+            self.out
+                .push_back(frames::error_frame(self.client_format, failure, message));
+        }
         self.done = true;
     }
 }
@@ -228,7 +290,8 @@ impl Drop for Relay {
         // value, and the request pays for what was generated up to now.
         if let Some(settlement) = self.settlement.take() {
             let usage = self.usage_so_far();
-            settlement.settle_detached(usage, 499);
+            let estimated = !self.tracker.has_final_usage();
+            settlement.settle_detached(usage, 499, estimated);
         }
     }
 }
