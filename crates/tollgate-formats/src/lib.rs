@@ -8,6 +8,7 @@
 //! - [`sse`]: an incremental Server-Sent-Events decoder with a frame-size limit, and the encoder.
 //! - [`usage`]: token usage read from whole responses and, in flight, from streams.
 //! - [`conversion`]: translation of requests, responses and streams between formats.
+//! - [`estimate`]: the input-token bound of a request, read from its body before it is sent.
 //!
 //! Inputs are treated as hostile: nothing in this crate panics on bad input; it returns an error
 //! or skips what it cannot read, as documented on each function.
@@ -50,6 +51,7 @@
 //! ```
 
 pub mod conversion;
+pub mod estimate;
 pub mod sse;
 pub mod usage;
 
