@@ -20,7 +20,7 @@ pub(super) fn count_json_or_text(ctx: &mut Ctx, raw: &RawValue) {
             Err(_) => ctx.text(json),
         };
     } else {
-        ctx.text(json);
+        ctx.json(raw);
     }
 }
 
@@ -162,7 +162,7 @@ impl<'de> DeserializeSeed<'de> for Tools<'_> {
         let tools = Option::<Vec<&'de RawValue>>::deserialize(d)?.unwrap_or_default();
         for tool in tools {
             ctx.tools += 1;
-            ctx.text(tool.get());
+            ctx.json(tool);
             ctx.add(ctx.allow.per_tool);
             let head: ToolHead<'_> = serde_json::from_str(tool.get()).unwrap_or_default();
             match tool_kind(head.kind.as_deref()) {

@@ -169,6 +169,7 @@ lenient_enum!(
         ItemReference => ["item_reference"],
         ContainerUpload => ["container_upload"],
         ToolRole => ["tool", "function"],
+        UserRole => ["user"],
     } else Other
 );
 

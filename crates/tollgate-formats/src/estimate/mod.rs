@@ -98,8 +98,10 @@
 //! cannot see: `previous_response_id`, `conversation`, `prompt` (a stored prompt),
 //! `item_reference`, `file_id` / `file_url` / `file_data` (documents and files),
 //! `input_audio`, `audio_id`, `encrypted_content` (reasoning or search results sent back
-//! encrypted), `thinking_signature` and `redacted_thinking` (Claude may restore the full
-//! reasoning of a signed thinking block of the current turn; the visible text is counted),
+//! encrypted), `thinking_signature` (a signed `thinking` or a `redacted_thinking` block in the
+//! current turn, after the last user message that is not only tool results: Claude may restore
+//! its full reasoning, which the visible text does not bound; earlier turns' blocks are ignored
+//! by the API and only their visible text is counted),
 //! hosted or server tools whose results become input (`web_search`, `web_fetch`,
 //! `file_search`, `code_interpreter`, `code_execution`, `image_generation`, `mcp`,
 //! `tool_search`, `hosted_tool`), `mcp_servers`, `container`, and `image` when the model has

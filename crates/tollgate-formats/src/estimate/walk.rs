@@ -27,6 +27,13 @@ pub(super) struct Ctx {
     tool_results: u64,
     max_name: u64,
     thinking: bool,
+    /// A signed or redacted thinking block in the current turn (after the last user message
+    /// that is not only tool results); earlier ones are ignored by the provider.
+    turn_signed: bool,
+    /// Set by the parts of the message being read: a signed block, plain user content.
+    message_signed: bool,
+    message_plain: bool,
+    part_depth: u32,
 }
 
 impl Ctx {
@@ -40,6 +47,10 @@ impl Ctx {
             tool_results: 0,
             max_name: 0,
             thinking: false,
+            turn_signed: false,
+            message_signed: false,
+            message_plain: false,
+            part_depth: 0,
         }
     }
 
@@ -47,6 +58,13 @@ impl Ctx {
         let n = self.tokenizer.count(text);
         self.add(n);
         n
+    }
+
+    /// Counts a JSON value's text, without the whitespace between its tokens (so a client's
+    /// pretty-printing does not change the estimate).
+    pub(super) fn json(&mut self, raw: &RawValue) -> u64 {
+        let compact = compact_json(raw.get());
+        self.text(&compact)
     }
 
     pub(super) fn add(&mut self, n: u64) {
@@ -82,6 +100,9 @@ impl Ctx {
         if self.thinking {
             once += a.thinking;
         }
+        if self.turn_signed {
+            self.reference("thinking_signature");
+        }
         let results = self
             .tool_results
             .saturating_mul(a.per_tool_result.saturating_add(self.max_name));
@@ -116,14 +137,14 @@ impl<'de> Visitor<'de> for Body<'_> {
                 Field::Tools | Field::Functions => map.next_value_seed(Tools(ctx))?,
                 Field::ResponseFormat | Field::Text | Field::OutputFormat | Field::OutputConfig => {
                     if let Some(raw) = map.next_value::<Option<&RawValue>>()? {
-                        ctx.text(raw.get());
+                        ctx.json(raw);
                         ctx.add(ctx.allow.response_format);
                     }
                 }
                 Field::ToolChoice => {
                     if let Some(raw) = map.next_value::<Option<&RawValue>>()? {
                         if raw.get().starts_with('{') {
-                            ctx.text(raw.get());
+                            ctx.json(raw);
                         }
                     }
                 }
@@ -201,6 +222,9 @@ impl<'de> Visitor<'de> for Items<'_> {
     ignore_scalars!();
     fn visit_str<E>(self, v: &str) -> Result<(), E> {
         self.ctx.add(self.once);
+        if self.level == Level::Part && self.ctx.part_depth == 0 {
+            self.ctx.message_plain = true;
+        }
         self.ctx.text(v);
         if self.level == Level::Message {
             self.ctx.add(self.ctx.allow.per_message);
@@ -241,6 +265,7 @@ seed_via_any!(Node);
 struct Summary<'de> {
     kind: Kind,
     tool_role: bool,
+    user_role: bool,
     named: bool,
     image_url: bool,
     audio: bool,
@@ -267,12 +292,21 @@ impl<'de> Visitor<'de> for Node<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let ctx = self.ctx;
         let mut s = Summary::default();
+        match self.level {
+            Level::Message => {
+                ctx.message_signed = false;
+                ctx.message_plain = false;
+            }
+            Level::Part => ctx.part_depth += 1,
+            Level::ToolCall | Level::Inner => {}
+        }
         while let Some(field) = map.next_key::<Field>()? {
             match field {
                 Field::Type => s.kind = map.next_value::<Option<Kind>>()?.unwrap_or_default(),
                 Field::Role => {
                     let role = map.next_value::<Option<Kind>>()?;
                     s.tool_role = matches!(role, Some(Kind::ToolRole));
+                    s.user_role = matches!(role, Some(Kind::UserRole));
                 }
                 Field::Text
                 | Field::Refusal
@@ -338,14 +372,9 @@ impl<'de> Visitor<'de> for Node<'_> {
                         ctx.reference("encrypted_content");
                     }
                 }
-                Field::Signature => {
-                    if present(&mut map, "thinking_signature")?.is_some() {
-                        ctx.reference("thinking_signature");
-                    }
-                }
-                Field::Data => {
-                    if present(&mut map, "redacted_thinking")?.is_some() {
-                        ctx.reference("redacted_thinking");
+                Field::Signature | Field::Data => {
+                    if present(&mut map, "signature")?.is_some() {
+                        ctx.message_signed = true;
                     }
                 }
                 Field::Audio => {
@@ -358,6 +387,9 @@ impl<'de> Visitor<'de> for Node<'_> {
                 }
                 _ => map.next_value_seed(AnyText(&mut *ctx))?,
             }
+        }
+        if self.level == Level::Part {
+            ctx.part_depth -= 1;
         }
         finish_node(ctx, self.level, s);
         Ok(())
@@ -374,7 +406,16 @@ pub(super) fn present<'de, A: MapAccess<'de>>(
 
 fn finish_node(ctx: &mut Ctx, level: Level, s: Summary<'_>) {
     let a = ctx.allow;
+    if level == Level::Part && ctx.part_depth == 0 && s.kind != Kind::ToolResult {
+        ctx.message_plain = true;
+    }
     if level == Level::Message {
+        if s.user_role && ctx.message_plain {
+            ctx.turn_signed = false;
+        }
+        if ctx.message_signed {
+            ctx.turn_signed = true;
+        }
         ctx.add(a.per_message);
         if s.named && !s.kind.is_call() {
             ctx.add(a.per_name);
@@ -426,3 +467,38 @@ fn finish_node(ctx: &mut Ctx, level: Level, s: Summary<'_>) {
     }
 }
 
+
+/// JSON text without the insignificant whitespace; borrowed when there is none.
+fn compact_json(json: &str) -> Cow<'_, str> {
+    let is_space = |b: u8| matches!(b, b' ' | b'\n' | b'\r' | b'\t');
+    let bytes = json.as_bytes();
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut out: Option<Vec<u8>> = None;
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if is_space(b) {
+            if out.is_none() {
+                out = Some(bytes[..i].to_vec());
+            }
+            continue;
+        }
+        if let Some(out) = out.as_mut() {
+            out.push(b);
+        }
+    }
+    match out {
+        // Only ASCII whitespace was removed, outside strings: still UTF-8.
+        Some(out) => Cow::Owned(String::from_utf8(out).unwrap_or_default()),
+        None => Cow::Borrowed(json),
+    }
+}
