@@ -25,7 +25,11 @@ fn bodies() -> Vec<(String, Format, Value)> {
     let mut out = Vec::new();
     for direction in std::fs::read_dir(&root).expect("golden") {
         let direction = direction.expect("entry").path();
-        let name = direction.file_name().expect("name").to_string_lossy().into_owned();
+        let name = direction
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
         let (client, upstream) = formats(&name);
         for case in std::fs::read_dir(&direction).expect("cases") {
             let case = case.expect("entry").path();
@@ -43,17 +47,26 @@ fn bodies() -> Vec<(String, Format, Value)> {
 }
 
 fn profiles() -> Vec<Profile> {
-    ["gpt-4o", "gpt-4-0613", "claude-sonnet-4-5", "qwen2.5-7b-instruct"]
-        .into_iter()
-        .map(Profile::for_model)
-        .flat_map(|p| [p, p.with_bytes()])
-        .collect()
+    [
+        "gpt-4o",
+        "gpt-4-0613",
+        "claude-sonnet-4-5",
+        "qwen2.5-7b-instruct",
+    ]
+    .into_iter()
+    .map(Profile::for_model)
+    .flat_map(|p| [p, p.with_bytes()])
+    .collect()
 }
 
 #[test]
 fn the_estimate_bounds_the_fake_upstream_and_the_tokenizers_on_every_golden_request() {
     let bodies = bodies();
-    assert!(bodies.len() >= 40, "only {} golden requests found", bodies.len());
+    assert!(
+        bodies.len() >= 40,
+        "only {} golden requests found",
+        bodies.len()
+    );
     for (path, format, body) in &bodies {
         let bytes = serde_json::to_vec(body).expect("bytes");
         let fake = estimate_support::fake_input_tokens(*format, body);

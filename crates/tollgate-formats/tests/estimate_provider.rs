@@ -7,9 +7,7 @@ mod estimate_support;
 use std::path::Path;
 
 use serde_json::Value;
-use tollgate_formats::estimate::{
-    estimate_input, tokenizer_for, Family, Profile, Tokenizer,
-};
+use tollgate_formats::estimate::{estimate_input, tokenizer_for, Family, Profile, Tokenizer};
 
 fn fixtures() -> Vec<(String, Value)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/estimate");
@@ -18,7 +16,11 @@ fn fixtures() -> Vec<(String, Value)> {
         .map(|entry| {
             let path = entry.expect("entry").path();
             let text = std::fs::read_to_string(&path).expect("fixture");
-            let name = path.file_name().expect("name").to_string_lossy().into_owned();
+            let name = path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
             (name, serde_json::from_str(&text).expect("fixture JSON"))
         })
         .collect();
@@ -31,7 +33,10 @@ fn fixtures() -> Vec<(String, Value)> {
 fn the_estimate_is_never_below_what_the_provider_reported() {
     let mut checked = 0;
     for (name, fixture) in fixtures() {
-        assert!(fixture["source"].as_str().is_some_and(|s| s.len() > 40), "{name}: source");
+        assert!(
+            fixture["source"].as_str().is_some_and(|s| s.len() > 40),
+            "{name}: source"
+        );
         let format = estimate_support::format_named(fixture["format"].as_str().expect("format"));
         let body = serde_json::to_vec(&fixture["request"]).expect("body");
         let unbounded = fixture["unbounded"] == true;
@@ -41,7 +46,10 @@ fn the_estimate_is_never_below_what_the_provider_reported() {
             for profile in [profile, profile.with_bytes()] {
                 let estimate = estimate_input(format, &body, &profile).expect("estimate");
                 if unbounded {
-                    assert!(!estimate.is_bounded(), "{name} {model}: a file must be reported");
+                    assert!(
+                        !estimate.is_bounded(),
+                        "{name} {model}: a file must be reported"
+                    );
                     assert!(estimate.files > 0, "{name} {model}");
                     continue;
                 }
@@ -106,7 +114,14 @@ fn tiktoken_counts_match_the_cookbook_examples() {
 
 #[test]
 fn every_chat_role_is_one_token_so_the_message_allowance_holds_it() {
-    for role in ["system", "user", "assistant", "developer", "tool", "function"] {
+    for role in [
+        "system",
+        "user",
+        "assistant",
+        "developer",
+        "tool",
+        "function",
+    ] {
         for tokenizer in [Tokenizer::O200k, Tokenizer::Cl100k] {
             assert_eq!(tokenizer.count(role), 1, "{role} in {tokenizer:?}");
         }
@@ -125,7 +140,11 @@ fn models_map_to_their_tokenizer_and_family() {
         ("o4-mini", Tokenizer::O200k, Family::OpenAi),
         ("chatgpt-4o-latest", Tokenizer::O200k, Family::OpenAi),
         ("openai/gpt-4o-mini", Tokenizer::O200k, Family::OpenAi),
-        ("ft:gpt-4o-mini-2024-07-18:acme::abc123", Tokenizer::O200k, Family::OpenAi),
+        (
+            "ft:gpt-4o-mini-2024-07-18:acme::abc123",
+            Tokenizer::O200k,
+            Family::OpenAi,
+        ),
         ("gpt-4", Tokenizer::Cl100k, Family::OpenAi),
         ("gpt-4-turbo", Tokenizer::Cl100k, Family::OpenAi),
         ("gpt-3.5-turbo", Tokenizer::Cl100k, Family::OpenAi),
@@ -133,16 +152,31 @@ fn models_map_to_their_tokenizer_and_family() {
         ("text-embedding-ada-002", Tokenizer::Cl100k, Family::OpenAi),
         ("gpt-oss-120b", Tokenizer::O200k, Family::Other),
         ("claude-sonnet-4-5", Tokenizer::Bytes, Family::Anthropic),
-        ("anthropic.claude-3-5-sonnet-20241022-v2:0", Tokenizer::Bytes, Family::Anthropic),
-        ("meta-llama/Llama-3.1-8B-Instruct", Tokenizer::Bytes, Family::Other),
+        (
+            "anthropic.claude-3-5-sonnet-20241022-v2:0",
+            Tokenizer::Bytes,
+            Family::Anthropic,
+        ),
+        (
+            "meta-llama/Llama-3.1-8B-Instruct",
+            Tokenizer::Bytes,
+            Family::Other,
+        ),
         ("qwen2.5-72b-instruct", Tokenizer::Bytes, Family::Other),
         ("omni-moderation-latest", Tokenizer::Bytes, Family::Other),
     ];
     for (model, tokenizer, family) in cases {
         let profile = Profile::for_model(model);
         assert_eq!(tokenizer_for(model), tokenizer, "{model}");
-        assert_eq!((profile.tokenizer, profile.family), (tokenizer, family), "{model}");
-        assert!(family.allowances().per_message >= 4, "{model}: below the fake's 4");
+        assert_eq!(
+            (profile.tokenizer, profile.family),
+            (tokenizer, family),
+            "{model}"
+        );
+        assert!(
+            family.allowances().per_message >= 4,
+            "{model}: below the fake's 4"
+        );
     }
 }
 

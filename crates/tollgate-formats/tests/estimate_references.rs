@@ -5,8 +5,8 @@
 
 use serde_json::{json, Value};
 use tollgate_formats::estimate::{
-    count_tokens_upper_bound, estimate_embeddings_input, estimate_input,
-    estimate_moderation_input, EstimateError, InputEstimate, Profile,
+    count_tokens_upper_bound, estimate_embeddings_input, estimate_input, estimate_moderation_input,
+    EstimateError, InputEstimate, Profile,
 };
 use tollgate_formats::Format;
 
@@ -22,7 +22,11 @@ fn responses(body: Value) -> InputEstimate {
 #[test]
 fn stored_state_of_the_responses_api_is_reported() {
     for (field, value, name) in [
-        ("previous_response_id", json!("resp_123"), "previous_response_id"),
+        (
+            "previous_response_id",
+            json!("resp_123"),
+            "previous_response_id",
+        ),
         ("conversation", json!("conv_123"), "conversation"),
         ("conversation", json!({"id": "conv_123"}), "conversation"),
         ("prompt", json!({"id": "pmpt_1", "version": "2"}), "prompt"),
@@ -54,8 +58,14 @@ fn a_stored_prompt_s_variables_are_counted() {
 #[test]
 fn files_are_counted_and_named_by_how_they_are_given() {
     let cases = [
-        (json!({"type": "input_file", "file_id": "file-abc"}), "file_id"),
-        (json!({"type": "input_file", "file_url": "https://example.com/a.pdf"}), "file_url"),
+        (
+            json!({"type": "input_file", "file_id": "file-abc"}),
+            "file_id",
+        ),
+        (
+            json!({"type": "input_file", "file_url": "https://example.com/a.pdf"}),
+            "file_url",
+        ),
         (
             json!({"type": "input_file", "filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0="}),
             "file_data",
@@ -70,7 +80,10 @@ fn files_are_counted_and_named_by_how_they_are_given() {
     // Chat Completions file parts.
     for (file, name) in [
         (json!({"file_id": "file-abc"}), "file_id"),
-        (json!({"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0="}), "file_data"),
+        (
+            json!({"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0="}),
+            "file_data",
+        ),
     ] {
         let e = estimate(
             Format::ChatCompletions,
@@ -92,7 +105,8 @@ fn anthropic_documents_are_files_unless_given_as_text() {
             "claude-sonnet-4-5",
         )
     };
-    let pdf = doc(json!({"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQ="}));
+    let pdf =
+        doc(json!({"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQ="}));
     assert_eq!((pdf.files, pdf.references), (1, vec!["file_data"]));
     let url = doc(json!({"type": "url", "url": "https://example.com/a.pdf"}));
     assert_eq!((url.files, url.references), (1, vec!["file_url"]));
@@ -170,8 +184,10 @@ fn signed_thinking_is_a_reference_only_in_the_current_turn() {
     let thinking = json!({"type": "thinking", "thinking": "let me think", "signature": "EuYB"});
     let call = json!({"type": "tool_use", "id": "t1", "name": "calc", "input": {"x": 1}});
     let result = json!({"type": "tool_result", "tool_use_id": "t1", "content": "2"});
-    let body = |messages: Value| json!({"model": "claude-sonnet-4-5", "max_tokens": 5,
-        "thinking": {"type": "enabled", "budget_tokens": 2000}, "messages": messages});
+    let body = |messages: Value| {
+        json!({"model": "claude-sonnet-4-5", "max_tokens": 5,
+        "thinking": {"type": "enabled", "budget_tokens": 2000}, "messages": messages})
+    };
     // In a tool loop: the thinking belongs to the turn being continued.
     let current = estimate(
         Format::AnthropicMessages,
@@ -229,8 +245,12 @@ fn hi_reserves_a_handful_of_tokens_not_the_body_s_bytes() {
     let body = json!({"model": "gpt-4o-mini", "max_tokens": 16,
         "messages": [{"role": "user", "content": "hi"}]});
     let bytes = serde_json::to_vec(&body).expect("bytes");
-    let cheap = estimate_input(Format::ChatCompletions, &bytes,
-        &Profile::for_model("gpt-4o-mini").with_bytes()).expect("estimate");
+    let cheap = estimate_input(
+        Format::ChatCompletions,
+        &bytes,
+        &Profile::for_model("gpt-4o-mini").with_bytes(),
+    )
+    .expect("estimate");
     assert_eq!(cheap.tokens, 2 + 4 + 3);
     assert!(cheap.tokens * 5 < bytes.len() as u64);
 }
@@ -241,7 +261,9 @@ fn embeddings_inputs_of_every_shape() {
     let e = |input: Value| {
         let body = serde_json::to_vec(&json!({"model": "text-embedding-3-small", "input": input}))
             .expect("bytes");
-        estimate_embeddings_input(&body, &profile).expect("estimate").tokens
+        estimate_embeddings_input(&body, &profile)
+            .expect("estimate")
+            .tokens
     };
     assert_eq!(e(json!("tiktoken is great!")), 6);
     assert_eq!(e(json!(["tiktoken is great!", "hi", ""])), 6 + 1 + 1);
@@ -249,7 +271,12 @@ fn embeddings_inputs_of_every_shape() {
     assert_eq!(e(json!([[1, 2], [3, 4, 5]])), 5);
     let other = Profile::for_model("bge-m3");
     let body = serde_json::to_vec(&json!({"input": ["abc", "de"]})).expect("bytes");
-    assert_eq!(estimate_embeddings_input(&body, &other).expect("estimate").tokens, 3 + 4 + 2 + 4);
+    assert_eq!(
+        estimate_embeddings_input(&body, &other)
+            .expect("estimate")
+            .tokens,
+        3 + 4 + 2 + 4
+    );
 }
 
 #[test]
@@ -262,7 +289,12 @@ fn moderation_inputs_count_text_and_images() {
     let e = estimate_moderation_input(&body, &profile).expect("estimate");
     assert_eq!((e.tokens, e.images), (6 + 1_445, 1));
     let body = serde_json::to_vec(&json!({"input": ["a b", "c"]})).expect("bytes");
-    assert_eq!(estimate_moderation_input(&body, &profile).expect("estimate").tokens, 3);
+    assert_eq!(
+        estimate_moderation_input(&body, &profile)
+            .expect("estimate")
+            .tokens,
+        3
+    );
 }
 
 #[test]
@@ -273,7 +305,10 @@ fn count_tokens_answers_locally_or_names_what_it_cannot_count() {
     .expect("bytes");
     let system = 4 + profile.tokenizer.count("You are a scientist");
     let user = 4 + profile.tokenizer.count("Hello, Claude");
-    assert_eq!(count_tokens_upper_bound(&body, &profile).expect("count"), system + user + 3);
+    assert_eq!(
+        count_tokens_upper_bound(&body, &profile).expect("count"),
+        system + user + 3
+    );
     let with_pdf = serde_json::to_vec(&json!({"model": "gpt-4o", "messages": [{"role": "user",
         "content": [{"type": "document", "source": {"type": "url", "url": "https://x/a.pdf"}}]}]}))
     .expect("bytes");
@@ -294,12 +329,19 @@ fn hostile_bodies_are_errors_not_panics() {
         b"{} trailing",
     ] {
         assert!(
-            matches!(estimate_input(Format::ChatCompletions, body, &profile), Err(EstimateError::Json(_))),
+            matches!(
+                estimate_input(Format::ChatCompletions, body, &profile),
+                Err(EstimateError::Json(_))
+            ),
             "{}",
             String::from_utf8_lossy(body)
         );
     }
-    let deep = format!("{{\"messages\": [{{\"content\": {}1{}}}]}}", "[".repeat(10_000), "]".repeat(10_000));
+    let deep = format!(
+        "{{\"messages\": [{{\"content\": {}1{}}}]}}",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
     assert!(estimate_input(Format::ChatCompletions, deep.as_bytes(), &profile).is_err());
     // Odd shapes are counted, not refused: every string counts.
     let odd = serde_json::to_vec(&json!({"messages": [

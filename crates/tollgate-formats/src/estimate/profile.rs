@@ -253,9 +253,15 @@ fn openai_image_tokens(name: &str) -> Option<u64> {
         // gpt-4.1 and gpt-5: at most 1,536 patches at multiplier 1 (gpt-5's tile rule,
         // 70 + 8 × 140 = 1,190, stays below it).
         patches(100)
-    } else if ["gpt-4o", "chatgpt-4o", "gpt-4-turbo", "gpt-4.5", "gpt-4-vision"]
-        .iter()
-        .any(|p| name.starts_with(p))
+    } else if [
+        "gpt-4o",
+        "chatgpt-4o",
+        "gpt-4-turbo",
+        "gpt-4.5",
+        "gpt-4-vision",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
     {
         tiles(85, 170) // 1,445
     } else {

@@ -467,7 +467,6 @@ fn finish_node(ctx: &mut Ctx, level: Level, s: Summary<'_>) {
     }
 }
 
-
 /// JSON text without the insignificant whitespace; borrowed when there is none.
 fn compact_json(json: &str) -> Cow<'_, str> {
     let is_space = |b: u8| matches!(b, b' ' | b'\n' | b'\r' | b'\t');

@@ -70,8 +70,7 @@ pub fn fake_input_tokens(format: Format, body: &Value) -> u64 {
                             .filter(is_result)
                             .map(|b| 4 + content_words(b.get("content")))
                             .sum();
-                        let others: Vec<&Value> =
-                            blocks.iter().filter(|b| !is_result(b)).collect();
+                        let others: Vec<&Value> = blocks.iter().filter(|b| !is_result(b)).collect();
                         let others = if others.is_empty() {
                             0
                         } else {
