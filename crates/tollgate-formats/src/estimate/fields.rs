@@ -5,6 +5,8 @@ use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+use crate::Format;
+
 /// Defines a string enum read leniently: unknown strings, and values of any other JSON type,
 /// read as the fallback variant.
 macro_rules! lenient_enum {
@@ -129,6 +131,46 @@ impl Field {
     /// Members that carry no text the model sees.
     pub(super) fn is_identifier(self) -> bool {
         self == Self::Identifier
+    }
+
+    /// Whether this is a top-level member of `format` that the estimate reads.
+    pub(super) fn is_top_level_of(self, format: Format) -> bool {
+        use Field::*;
+        match format {
+            Format::ChatCompletions => matches!(
+                self,
+                Messages
+                    | Tools
+                    | Functions
+                    | ResponseFormat
+                    | ToolChoice
+                    | Prediction
+                    | WebSearchOptions
+            ),
+            Format::Responses => matches!(
+                self,
+                Input
+                    | Instructions
+                    | Tools
+                    | Text
+                    | ToolChoice
+                    | PreviousResponseId
+                    | Conversation
+                    | Prompt
+            ),
+            Format::AnthropicMessages => matches!(
+                self,
+                System
+                    | Messages
+                    | Tools
+                    | ToolChoice
+                    | Thinking
+                    | OutputFormat
+                    | OutputConfig
+                    | McpServers
+                    | Container
+            ),
+        }
     }
 
     /// The reference a top-level member stands for.

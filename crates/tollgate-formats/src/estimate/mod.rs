@@ -214,11 +214,9 @@ pub fn estimate_input(
     body: &[u8],
     profile: &Profile,
 ) -> Result<InputEstimate, EstimateError> {
-    // The walk recognises the fields of every format; `format` documents the contract.
-    let _ = format;
     let mut ctx = walk::Ctx::new(profile);
     let mut de = serde_json::Deserializer::from_slice(body);
-    walk::Body(&mut ctx).deserialize(&mut de)?;
+    walk::Body(&mut ctx, format).deserialize(&mut de)?;
     de.end()?;
     Ok(ctx.finish())
 }

@@ -13,9 +13,10 @@ use std::borrow::Cow;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::blocks::{count_json_or_text, AnyText, FileSeed, Source, SourceSeed, Tools};
+use super::blocks::{count_json_or_text, AnyText, Counted, FileSeed, Source, SourceSeed, Tools};
 use super::fields::{Field, Kind, SourceKind};
 use super::{Allowances, InputEstimate, Profile, Tokenizer};
+use crate::Format;
 
 /// Running totals of one walk.
 pub(super) struct Ctx {
@@ -112,7 +113,7 @@ impl Ctx {
 }
 
 /// The body's top level: the fields of every supported format.
-pub(super) struct Body<'c>(pub(super) &'c mut Ctx);
+pub(super) struct Body<'c>(pub(super) &'c mut Ctx, pub(super) Format);
 seed_via_any!(Body);
 
 impl<'de> Visitor<'de> for Body<'_> {
@@ -121,8 +122,12 @@ impl<'de> Visitor<'de> for Body<'_> {
         f.write_str("a JSON object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let ctx = self.0;
+        let (ctx, format) = (self.0, self.1);
         while let Some(field) = map.next_key::<Field>()? {
+            if !field.is_top_level_of(format) {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
             match field {
                 Field::Messages | Field::Input | Field::Instructions => {
                     map.next_value_seed(Items::new(ctx, Level::Message))?
@@ -316,9 +321,7 @@ impl<'de> Visitor<'de> for Node<'_> {
                 | Field::Context
                 | Field::Filename => map.next_value_seed(AnyText(&mut *ctx))?,
                 Field::Name => {
-                    let name = map.next_value::<Option<Cow<'de, str>>>()?;
-                    if let Some(name) = name {
-                        let n = ctx.text(&name);
+                    if let Some(n) = map.next_value_seed(Counted(&mut *ctx))? {
                         ctx.max_name = ctx.max_name.max(n);
                         s.named = true;
                     }
