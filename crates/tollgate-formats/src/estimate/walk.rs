@@ -1,14 +1,13 @@
 //! The one-pass walk over a request body: serde visitors that count text as they meet it,
-//! with no `Value` tree and no copy of unescaped strings.
+//! with no `Value` tree and no copy of a string that has no escapes.
 //!
 //! Every object inside the conversation (message, input item, content part, tool call) is a
 //! [`Node`]: its known fields are read by name, its unknown fields are counted as text
 //! ([`AnyText`]), and what depends on its `type` is decided when the object ends, so member
 //! order does not matter.
 
-use std::fmt;
-
 use std::borrow::Cow;
+use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
@@ -112,7 +111,7 @@ impl Ctx {
     }
 }
 
-/// The body's top level: the fields of every supported format.
+/// The body's top level: the fields of its format that carry input.
 pub(super) struct Body<'c>(pub(super) &'c mut Ctx, pub(super) Format);
 seed_via_any!(Body);
 
