@@ -222,3 +222,38 @@ impl<'de> Visitor<'de> for Counted<'_> {
         AnyText(self.0).visit_map(map).map(|()| None)
     }
 }
+
+/// JSON text without the insignificant whitespace; borrowed when there is none.
+pub(super) fn compact_json(json: &str) -> Cow<'_, str> {
+    let is_space = |b: u8| matches!(b, b' ' | b'\n' | b'\r' | b'\t');
+    let bytes = json.as_bytes();
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut out: Option<Vec<u8>> = None;
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if is_space(b) {
+            if out.is_none() {
+                out = Some(bytes[..i].to_vec());
+            }
+            continue;
+        }
+        if let Some(out) = out.as_mut() {
+            out.push(b);
+        }
+    }
+    match out {
+        // Only ASCII whitespace was removed, outside strings: still UTF-8.
+        Some(out) => Cow::Owned(String::from_utf8(out).unwrap_or_default()),
+        None => Cow::Borrowed(json),
+    }
+}

@@ -6,13 +6,14 @@
 //! ([`AnyText`]), and what depends on its `type` is decided when the object ends, so member
 //! order does not matter.
 
-use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::blocks::{count_json_or_text, AnyText, Counted, FileSeed, Source, SourceSeed, Tools};
+use super::blocks::{
+    compact_json, count_json_or_text, AnyText, Counted, FileSeed, Source, SourceSeed, Tools,
+};
 use super::fields::{Field, Kind, SourceKind};
 use super::{Allowances, InputEstimate, Profile, Tokenizer};
 use crate::Format;
@@ -447,10 +448,7 @@ fn finish_node(ctx: &mut Ctx, level: Level, s: Summary<'_>) {
         (Kind::Document, Some(source)) => match source.kind {
             SourceKind::Text => {
                 if let Some(data) = source.data {
-                    match serde_json::from_str::<Cow<'_, str>>(data.get()) {
-                        Ok(text) => ctx.text(&text),
-                        Err(_) => ctx.text(data.get()),
-                    };
+                    count_json_or_text(ctx, data);
                 }
             }
             SourceKind::Content => {}
@@ -466,40 +464,5 @@ fn finish_node(ctx: &mut Ctx, level: Level, s: Summary<'_>) {
                 ctx.file(file);
             }
         }
-    }
-}
-
-/// JSON text without the insignificant whitespace; borrowed when there is none.
-fn compact_json(json: &str) -> Cow<'_, str> {
-    let is_space = |b: u8| matches!(b, b' ' | b'\n' | b'\r' | b'\t');
-    let bytes = json.as_bytes();
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut out: Option<Vec<u8>> = None;
-    for (i, &b) in bytes.iter().enumerate() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-        } else if b == b'"' {
-            in_string = true;
-        } else if is_space(b) {
-            if out.is_none() {
-                out = Some(bytes[..i].to_vec());
-            }
-            continue;
-        }
-        if let Some(out) = out.as_mut() {
-            out.push(b);
-        }
-    }
-    match out {
-        // Only ASCII whitespace was removed, outside strings: still UTF-8.
-        Some(out) => Cow::Owned(String::from_utf8(out).unwrap_or_default()),
-        None => Cow::Borrowed(json),
     }
 }
