@@ -12,6 +12,7 @@
 //! - [`hosted`]: calls of hosted tools (charged per call) counted in an answer.
 //! - [`model_name`]: the model an answer names, replaced by the one the client knows.
 //! - [`scan`]: chosen top-level members of a JSON object found as its bytes pass.
+//! - [`estimate`]: the input-token bound of a request, read from its body before it is sent.
 //!
 //! Inputs are treated as hostile: nothing in this crate panics on bad input; it returns an error
 //! or skips what it cannot read, as documented on each function.
@@ -54,6 +55,7 @@
 //! ```
 
 pub mod conversion;
+pub mod estimate;
 pub mod frames;
 pub mod hosted;
 pub mod model_name;
