@@ -5,8 +5,13 @@ use std::sync::Arc;
 
 use tollgate_formats::Format;
 
+use tollgate_formats::estimate::{
+    estimate_embeddings_input, estimate_input, estimate_moderation_input, Profile, Tokenizer,
+};
+
 use super::demands::{self, Demands};
 use super::measure::{Billing, Hosted};
+use super::plan::Asked;
 use super::request::RequestFields;
 use crate::billing::{Credits, HostedTool, Pricing, Usage};
 use crate::config::{Endpoint, Model};
@@ -15,20 +20,82 @@ use crate::routing::Target;
 
 /// Fallback output bound when neither the request nor the catalog gives one.
 pub(super) const DEFAULT_OUTPUT_BOUND: u64 = 4096;
+/// Output tokens of one generated image when the catalog gives no `max_output_tokens`:
+/// gpt-image-1's largest (1536x1024 or 1024x1536 at high quality, 6,240 tokens).
+pub(super) const DEFAULT_IMAGE_OUTPUT_BOUND: u64 = 6240;
 /// Assumed audio tokens per second, to bound token-priced transcription.
 pub(super) const AUDIO_TOKENS_PER_SECOND: u64 = 50;
 
-/// What a JSON request could cost at most on `model`, at `pricing`.
+/// Context window assumed for a model whose catalog entry gives none, to bound a request
+/// that refers to content the gateway cannot see.
+pub(super) const DEFAULT_CONTEXT_WINDOW: u64 = 128_000;
+
+/// How closely the input is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Counting {
+    /// The text's bytes, plus allowances: a few microseconds, never below the provider's
+    /// count.
+    Bytes,
+    /// Exactly, where the model's tokenizer is public (tiktoken): tighter, slower.
+    Exact,
+}
+
+/// The input tokens a JSON request's body may cost on a model served by a deployment of
+/// `profile`: the estimate of what the body contains; where it refers to content the
+/// gateway cannot see (a previous response, a conversation, a stored prompt, a file), the
+/// model's context window. Signed thinking sent back in a tool loop (Anthropic may count
+/// the whole reasoning it stands for) adds the request's own output bound: the reasoning
+/// of the turn it continues was at most that.
+pub(super) fn input_bound(
+    endpoint: Endpoint,
+    body: &[u8],
+    profile: Profile,
+    counting: Counting,
+    model: &Model,
+    demands: &Demands,
+) -> Result<u64, ApiError> {
+    let profile = match counting {
+        Counting::Bytes => profile.with_bytes(),
+        Counting::Exact => profile,
+    };
+    let estimate = match endpoint {
+        Endpoint::ChatCompletions => estimate_input(Format::ChatCompletions, body, &profile),
+        Endpoint::Responses => estimate_input(Format::Responses, body, &profile),
+        Endpoint::Messages => estimate_input(Format::AnthropicMessages, body, &profile),
+        Endpoint::Embeddings => estimate_embeddings_input(body, &profile),
+        Endpoint::Moderations => estimate_moderation_input(body, &profile),
+        // An image prompt's bytes bound its tokens; speech is priced by characters.
+        Endpoint::ImagesGenerations => return Ok(body.len() as u64),
+        _ => return Ok(0),
+    }
+    .map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("The request body could not be read: {e}."),
+        )
+    })?;
+    if estimate.is_bounded() {
+        return Ok(estimate.tokens);
+    }
+    if estimate.files == 0 && estimate.references == ["thinking_signature"] {
+        return Ok(estimate
+            .tokens
+            .saturating_add(demands::output_bound(demands, model)));
+    }
+    let window = model.context_window.unwrap_or(DEFAULT_CONTEXT_WINDOW);
+    Ok(estimate.tokens.max(window))
+}
+
+/// What a JSON request could cost at most on `model`, at `pricing`, with `input_bound`
+/// input tokens.
 pub(super) fn worst_case(
     endpoint: Endpoint,
     request: &RequestFields<'_>,
-    body_len: usize,
+    input_bound: u64,
     model: &Model,
     demands: &Demands,
     pricing: &Pricing,
 ) -> Result<Usage, ApiError> {
-    // Every byte of the body an input token, the most output allowed.
-    let input_bound = body_len as u64;
     let output_bound = demands::output_bound(demands, model);
     let choices = request.count("n")?.unwrap_or(1).max(1);
     Ok(match endpoint {
@@ -54,7 +121,10 @@ pub(super) fn worst_case(
         },
         Endpoint::ImagesGenerations => Usage {
             input_tokens: input_bound,
-            output_tokens: model.max_output_tokens.unwrap_or(0).saturating_mul(choices),
+            output_tokens: model
+                .max_output_tokens
+                .unwrap_or(DEFAULT_IMAGE_OUTPUT_BOUND)
+                .saturating_mul(choices),
             images: choices,
             ..Usage::default()
         },
@@ -67,13 +137,12 @@ pub(super) fn worst_case(
 }
 
 /// The worst case over every model the request may end up on: the reservation must
-/// cover the most expensive.
+/// cover the most expensive. `profiles` are the deployments' (by `Deployment::id`).
 pub(super) fn most_expensive(
-    endpoint: Endpoint,
-    request: &RequestFields<'_>,
-    body_len: usize,
+    asked: &Asked<'_>,
     targets: &[Target],
-    demands: &Demands,
+    profiles: &[Profile],
+    counting: Counting,
 ) -> Result<Credits, ApiError> {
     let mut most = Credits::ZERO;
     for (i, target) in targets.iter().enumerate() {
@@ -83,11 +152,36 @@ pub(super) fn most_expensive(
         {
             continue;
         }
-        let pricing = demands::pricing(demands, &target.model)?;
-        let worst = worst_case(endpoint, request, body_len, &target.model, demands, pricing)?;
+        let model = &target.model;
+        let profile = profiles[target.deployment().id];
+        let input = input_bound(
+            asked.endpoint,
+            asked.body,
+            profile,
+            counting,
+            model,
+            asked.demands,
+        )?;
+        let pricing = demands::pricing(asked.demands, model)?;
+        let worst = worst_case(
+            asked.endpoint,
+            asked.request,
+            input,
+            model,
+            asked.demands,
+            pricing,
+        )?;
         most = most.max(pricing.cost(&worst));
     }
     Ok(most)
+}
+
+/// Whether counting exactly could lower a request's worst case: some target's model has
+/// a public tokenizer.
+pub(super) fn exact_is_tighter(targets: &[Target], profiles: &[Profile]) -> bool {
+    targets
+        .iter()
+        .any(|t| profiles[t.deployment().id].tokenizer != Tokenizer::Bytes)
 }
 
 /// How the answer of a JSON request is measured, when it comes in `upstream_format`.
@@ -96,7 +190,9 @@ pub(super) fn billing(
     request: &RequestFields<'_>,
     upstream_format: Option<Format>,
     demands: &Demands,
+    model: &Model,
 ) -> Result<Billing, ApiError> {
+    let input_priced = model.pricing.input.is_some();
     Ok(match endpoint {
         Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Messages => Billing::Tokens {
             format: upstream_format.unwrap_or(Format::ChatCompletions),
@@ -109,7 +205,7 @@ pub(super) fn billing(
             },
         },
         Endpoint::Embeddings => Billing::Embeddings,
-        Endpoint::Moderations => Billing::Moderation,
+        Endpoint::Moderations => Billing::Moderation { input_priced },
         Endpoint::ImagesGenerations => Billing::Images {
             n: request.count("n")?.unwrap_or(1).max(1),
         },

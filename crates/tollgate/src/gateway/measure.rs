@@ -36,7 +36,11 @@ pub(super) enum Billing {
         characters: u64,
     },
     Transcription,
-    Moderation,
+    /// Moderation answers carry no usage: when the model prices input tokens, the
+    /// gateway's estimate of the input is charged (marked estimated).
+    Moderation {
+        input_priced: bool,
+    },
 }
 
 /// Token usage as the meter counts it.
@@ -125,8 +129,13 @@ impl Billing {
                         ..Usage::default()
                     }),
             },
-            // Moderation answers carry no usage: the request's input is what is priced.
-            Billing::Moderation => tokens(answer.get("usage").map(wire_usage::from_chat_usage)),
+            Billing::Moderation { input_priced } => {
+                match answer.get("usage").map(wire_usage::from_chat_usage) {
+                    Some(usage) => Some(tokens_usage(usage)),
+                    None if input_priced => None,
+                    None => Some(Usage::default()),
+                }
+            }
         }
     }
 

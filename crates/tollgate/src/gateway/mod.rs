@@ -29,9 +29,10 @@ mod translate;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use tollgate_formats::estimate::Profile;
 
 use crate::billing::meter::Meter;
 use crate::billing::{Credits, Usage};
@@ -42,6 +43,7 @@ use crate::routing::{Router, Target};
 use crate::store::KeyRecord;
 use crate::usage::UsageWriter;
 use attempt::Unanswered;
+use estimate::Counting;
 use plan::Prepared;
 use relay::Answering;
 use request::RequestFields;
@@ -63,6 +65,8 @@ pub struct Gateway {
     writer: UsageWriter,
     upstreams: Upstreams,
     router: Router,
+    /// How each deployment's upstream model counts input (by `Deployment::id`).
+    profiles: Vec<Profile>,
 }
 
 /// Who is calling, on which endpoint.
@@ -75,9 +79,17 @@ pub struct Inbound {
 
 impl Gateway {
     pub fn new(config: Arc<Config>, meter: Arc<Meter>, writer: UsageWriter) -> Self {
+        let mut profiles = Vec::new();
+        for d in config.models.iter().flat_map(|m| m.deployments.iter()) {
+            if profiles.len() <= d.id {
+                profiles.resize(d.id + 1, Profile::for_model(""));
+            }
+            profiles[d.id] = Profile::for_model(&d.upstream_model);
+        }
         Gateway {
             upstreams: Upstreams::new(&config),
             router: Router::new(&config),
+            profiles,
             config,
             meter,
             writer,
@@ -105,9 +117,9 @@ impl Gateway {
         };
         let prepare = |target: &Target| plan::prepare(&self.upstreams, target, &asked);
         let first = prepare(&targets[0])?;
-        let worst = estimate::most_expensive(endpoint, &request, body.len(), &targets, &demands)?;
-
-        let mut settlement = self.reserve(&inbound, &model, worst).await?;
+        let mut settlement = self
+            .reserve_worst(&inbound, &model, &asked, &targets)
+            .await?;
         settlement.tier = demands.tier.clone();
         let tried = attempt::first_answer(
             &self.upstreams,
@@ -130,7 +142,13 @@ impl Gateway {
                 return Err(error.with_attempts(attempts));
             }
         };
-        let billing = estimate::billing(endpoint, &request, prepared.wire.format, &demands)?;
+        let billing = estimate::billing(
+            endpoint,
+            &request,
+            prepared.wire.format,
+            &demands,
+            prepared.model(),
+        )?;
         let choices = request.count("n")?.unwrap_or(1).max(1);
         drop(request);
         let served = served_headers(&prepared, &self.upstreams, settlement.attempts);
@@ -147,6 +165,34 @@ impl Gateway {
         let mut response = relay::respond(upstream, settlement, answering).await?;
         response.headers_mut().extend(served);
         Ok(response)
+    }
+
+    /// Reserves the worst case of a request over its targets: counted by the cheap bound,
+    /// and, if that is refused for want of credit, counted exactly where the model's
+    /// tokenizer is public (a request that fits only by its exact count goes through).
+    async fn reserve_worst(
+        &self,
+        inbound: &Inbound,
+        model: &Arc<Model>,
+        asked: &plan::Asked<'_>,
+        targets: &[Target],
+    ) -> Result<Settlement, ApiError> {
+        let cheap = estimate::most_expensive(asked, targets, &self.profiles, Counting::Bytes)?;
+        match self.reserve(inbound, model, cheap).await {
+            Err(refused)
+                if refused.status == StatusCode::PAYMENT_REQUIRED
+                    && estimate::exact_is_tighter(targets, &self.profiles) =>
+            {
+                let exact =
+                    estimate::most_expensive(asked, targets, &self.profiles, Counting::Exact)?;
+                if exact < cheap {
+                    self.reserve(inbound, model, exact).await
+                } else {
+                    Err(refused)
+                }
+            }
+            reserved => reserved,
+        }
     }
 
     /// Reserves the worst case of a request against its key and account.

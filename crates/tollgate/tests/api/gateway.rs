@@ -447,9 +447,16 @@ async fn every_endpoint_is_forwarded_and_metered() {
 async fn concurrent_requests_never_overspend_the_credit_limit() {
     let (app, _upstream, _) = setup().await;
     let body = chat("gpt-test", "race [[fake:first_byte_ms=400]]");
-    let body_len = serde_json::to_vec(&body).expect("json").len() as i128;
-    // Worst case: every body byte an input token, max_tokens output tokens.
-    let worst = cost(&GPT, body_len, 0, 100);
+    // Worst case: the input bound of the body (its text's bytes and the documented
+    // allowances), max_tokens output tokens.
+    let input = tollgate_formats::estimate::estimate_input(
+        tollgate_formats::Format::ChatCompletions,
+        &serde_json::to_vec(&body).expect("json"),
+        &tollgate_formats::estimate::Profile::for_model("gpt-test").with_bytes(),
+    )
+    .expect("estimate")
+    .tokens;
+    let worst = cost(&GPT, input.into(), 0, 100);
     let limit = 10 * worst;
     let limit_text = tollgate::billing::Credits::from_nanos(limit).to_decimal_string(1);
     let created: Value = app
