@@ -3,7 +3,9 @@
 
 use bytes::Bytes;
 use serde_json::Value;
-use tollgate_formats::conversion::{chat_to_messages, messages_to_chat, responses_to_chat};
+use tollgate_formats::conversion::{
+    chat_to_messages, messages_to_chat, responses_to_chat, responses_to_messages,
+};
 use tollgate_formats::usage as wire_usage;
 use tollgate_formats::{ConversionError, Format, StreamConverter};
 
@@ -19,6 +21,8 @@ pub(super) enum Translation {
     ChatToMessages,
     /// A Responses client, a provider that only speaks Chat Completions.
     ResponsesToChat,
+    /// A Responses client, a Messages provider.
+    ResponsesToMessages,
 }
 
 impl Translation {
@@ -34,12 +38,19 @@ impl Translation {
                 Ok(Some(Translation::ChatToMessages))
             }
             (Format::Responses, Format::ChatCompletions) => Ok(Some(Translation::ResponsesToChat)),
+            (Format::Responses, Format::AnthropicMessages) => {
+                Ok(Some(Translation::ResponsesToMessages))
+            }
             _ => Err(()),
         }
     }
 
     /// Translates a client request: the upstream body and the parsed original (the
     /// answer's translation needs it).
+    ///
+    /// TODO(lead): the fields the translation dropped (`Converted::dropped`, and
+    /// `Converted::header_value()` for the `x-tollgate-dropped-fields` header) are discarded
+    /// here until the answer path can carry them to the response headers.
     pub(super) fn request(
         self,
         body: &[u8],
@@ -53,21 +64,25 @@ impl Translation {
                 format!("The request body is not valid JSON: {e}."),
             )
         })?;
+        let default_max_tokens = model.max_output_tokens.unwrap_or(default_output_bound);
         let converted = match self {
             Translation::MessagesToChat => {
                 messages_to_chat::convert_request(&original, upstream_model)
             }
-            Translation::ChatToMessages => chat_to_messages::convert_request(
-                &original,
-                upstream_model,
-                model.max_output_tokens.unwrap_or(default_output_bound),
-            ),
+            Translation::ChatToMessages => {
+                chat_to_messages::convert_request(&original, upstream_model, default_max_tokens)
+            }
             Translation::ResponsesToChat => {
                 responses_to_chat::convert_request(&original, upstream_model)
             }
+            Translation::ResponsesToMessages => responses_to_messages::convert_request(
+                &original,
+                upstream_model,
+                default_max_tokens,
+            ),
         }
         .map_err(untranslatable)?;
-        let bytes = serde_json::to_vec(&converted).map_err(ApiError::internal)?;
+        let bytes = serde_json::to_vec(&converted.body).map_err(ApiError::internal)?;
         Ok((Bytes::from(bytes), original))
     }
 
@@ -90,6 +105,12 @@ impl Translation {
             Translation::ResponsesToChat => {
                 responses_to_chat::convert_response(answer, original, public_model)?
             }
+            Translation::ResponsesToMessages => responses_to_messages::convert_response(
+                answer,
+                original,
+                public_model,
+                tollgate_formats::conversion::unix_now(),
+            )?,
         };
         serde_json::to_vec(&converted)
             .map(Bytes::from)
@@ -115,6 +136,13 @@ impl Translation {
                 original,
                 public_model,
             )),
+            Translation::ResponsesToMessages => {
+                Box::new(responses_to_messages::ResponseStream::new(
+                    original,
+                    public_model,
+                    tollgate_formats::conversion::unix_now(),
+                ))
+            }
         }
     }
 }
