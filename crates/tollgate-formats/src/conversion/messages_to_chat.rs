@@ -6,7 +6,7 @@
 //! | `system` (string or text blocks) | first message, `role: system` (blocks joined with a blank line) |
 //! | `role: "system"` messages inside `messages` (mid-conversation system messages) | `role: system` messages at the same place |
 //! | user `text` / `image` (base64 or url source) blocks | user content parts `text` / `image_url` (data: URL or http URL) |
-//! | user `document` blocks: base64 PDF / plain-text source | `file` parts (`file_data` data: URL) / `text` parts |
+//! | user `document` blocks: base64 PDF (`title`) / plain-text source | `file` parts (`file_data` data: URL, `filename`) / `text` parts |
 //! | user `tool_result` blocks | `role: tool` messages, placed before the rest of that user turn; `is_error: true` prefixes the content with `Error: `; images in a tool result follow in a user message |
 //! | assistant `text` / `tool_use` blocks | assistant `content` (text blocks concatenated) / `tool_calls` |
 //! | assistant `thinking` / `redacted_thinking` blocks in history | `reasoning_details` of that assistant message (`reasoning.text` with `signature`, `reasoning.encrypted` with `data`, `format: "anthropic-claude-v1"`), as OpenRouter-style servers read them back |
@@ -343,11 +343,13 @@ fn document_part(
     param: &str,
     dropped: &mut Dropped,
 ) -> Result<Value, ConversionError> {
-    for key in ["title", "context"] {
-        if present(block, key).is_some() {
-            dropped.push(field_path(param, key));
-        }
+    if present(block, "context").is_some() {
+        dropped.push(field_path(param, "context"));
     }
+    let filename = match present(block, "title") {
+        Some(title) => as_str(title, &field_path(param, "title"))?,
+        None => "document.pdf",
+    };
     let source_param = field_path(param, "source");
     let Some(source) = present(block, "source") else {
         return err(source_param, "is required");
@@ -358,7 +360,7 @@ fn document_part(
             let media_type = required_str(source, "media_type", &source_param)?;
             let data = required_str(source, "data", &source_param)?;
             Ok(json!({"type": "file", "file": {
-                "filename": "document.pdf",
+                "filename": filename,
                 "file_data": format!("data:{media_type};base64,{data}"),
             }}))
         }

@@ -160,12 +160,14 @@ impl Tools {
                     dropped.push(param.clone());
                     tools.dropped_built_in.push(kind.to_owned());
                 }
-                other => return err(
-                    field_path(&param, "type"),
-                    format!(
+                other => {
+                    return err(
+                        field_path(&param, "type"),
+                        format!(
                         "tools of type \"{other}\" cannot be translated for this model's provider"
                     ),
-                ),
+                    )
+                }
             }
         }
         Ok(tools)

@@ -6,7 +6,7 @@
 //! | `instructions` | first message, `role: system` |
 //! | `input` string | one user message |
 //! | `message` items (user / assistant / system / developer) | messages (`developer` becomes `system`, which every compatible server knows) |
-//! | `input_text` / `output_text` / `refusal` parts, `input_image` (URL or data: URL) | `text` parts / assistant text / `image_url` parts |
+//! | `input_text` / `output_text` / `refusal` parts, `input_image` (URL or data: URL), `input_file` (`file_data`) | `text` parts / assistant text / `image_url` parts / `file` parts |
 //! | `function_call` items (`namespace` + `name`) | `tool_calls` of the preceding assistant message (or a new one), named `namespace__name` |
 //! | `custom_tool_call` items | `tool_calls` whose arguments are `{"input": ...}` |
 //! | `function_call_output` / `custom_tool_call_output` items | `role: tool` messages; their images follow in a user message |
@@ -29,7 +29,7 @@
 //! Honoured as neutral: `include: ["reasoning.encrypted_content"]` (no reasoning items come
 //! back), `truncation: "disabled"`, `background: false`.
 //! Errors: a `tool_choice` that forces a built-in tool, `previous_response_id`,
-//! `conversation`, `item_reference` and other item types, `input_file` and image `file_id`s,
+//! `conversation`, `item_reference` and other item types, `file_id`s and `file_url`s,
 //! `background: true`, `truncation: "auto"`, `prompt`, `max_tool_calls`, `top_logprobs`, other
 //! `include` values, unknown fields.
 //!
@@ -448,6 +448,7 @@ fn convert_message_item(
                         json!({"type": "text", "text": required_str(part, "refusal", &part_param)?})
                     }
                     "input_image" => image_part(part, &part_param)?,
+                    "input_file" => file_part(part, &part_param)?,
                     other => {
                         return err(
                             field_path(&part_param, "type"),
@@ -499,6 +500,28 @@ fn convert_message_item(
     };
     out.push(message);
     Ok(())
+}
+
+/// An `input_file` with inline data as a Chat `file` part (`file_data` is a data: URL).
+fn file_part(part: &Map, param: &str) -> Result<Value, ConversionError> {
+    let Some(data) = present(part, "file_data") else {
+        return err(
+            field_path(param, "file_data"),
+            "is required: uploaded files and file URLs are not available for this model",
+        );
+    };
+    let mut file = Map::new();
+    file.insert(
+        "file_data".into(),
+        as_str(data, &field_path(param, "file_data"))?.into(),
+    );
+    if let Some(name) = present(part, "filename") {
+        file.insert(
+            "filename".into(),
+            as_str(name, &field_path(param, "filename"))?.into(),
+        );
+    }
+    Ok(json!({"type": "file", "file": file}))
 }
 
 fn image_part(part: &Map, param: &str) -> Result<Value, ConversionError> {

@@ -592,20 +592,21 @@ fn tool_result(item: &Map, param: &str) -> Result<Value, ConversionError> {
             for (index, part) in parts.iter().enumerate() {
                 let part_param = index_path(&output_param, index);
                 let part = as_object(part, &part_param)?;
-                let block =
-                    match block_type(part, &part_param)? {
-                        "input_text" | "output_text" => {
-                            text_block(required_str(part, "text", &part_param)?)
-                        }
-                        "input_image" => image_block(part, &part_param)?,
-                        "input_file" => document_block(part, &part_param)?,
-                        other => return err(
+                let block = match block_type(part, &part_param)? {
+                    "input_text" | "output_text" => {
+                        text_block(required_str(part, "text", &part_param)?)
+                    }
+                    "input_image" => image_block(part, &part_param)?,
+                    "input_file" => document_block(part, &part_param)?,
+                    other => {
+                        return err(
                             field_path(&part_param, "type"),
                             format!(
                                 "tool outputs containing \"{other}\" parts cannot be translated"
                             ),
-                        ),
-                    };
+                        )
+                    }
+                };
                 if block.get("text").and_then(Value::as_str) != Some("") {
                     blocks.push(block);
                 }
