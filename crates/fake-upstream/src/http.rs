@@ -42,6 +42,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/moderations", post(misc::moderations))
         .route("/v1/models", get(misc::models))
         .route("/v1/messages", post(messages::handle))
+        .route("/v1/messages/count_tokens", post(messages::count_tokens))
+        .route("/v1/models/{id}", get(misc::model))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             shared.clone(),
@@ -123,7 +125,7 @@ async fn record(State(s): AppState, req: Request, next: Next) -> Response {
     };
     received.body_len = bytes.len() as u64;
     received.body = bytes.clone();
-    let anthropic = received.path == "/v1/messages";
+    let anthropic = received.path.starts_with("/v1/messages");
     s.record(received);
     let mut resp = next
         .run(Request::from_parts(parts, Body::from(bytes)))

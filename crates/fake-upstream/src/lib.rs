@@ -8,8 +8,30 @@
 //! # Endpoints (all under `/v1`)
 //! OpenAI: `POST /chat/completions`, `/responses`, `/embeddings`, `/images/generations`,
 //! `/audio/speech`, `/audio/transcriptions`, `/audio/translations`, `/moderations`,
-//! `GET /models`. Anthropic: `POST /messages` (needs `anthropic-version` and `x-api-key`;
-//! `GET /models` answers in Anthropic's shape when `anthropic-version` is sent).
+//! `GET /models`, `GET /models/{id}`. Anthropic: `POST /messages` and
+//! `POST /messages/count_tokens` (both need `anthropic-version` and `x-api-key`);
+//! `GET /models` and `GET /models/{id}` answer in Anthropic's shape when `anthropic-version`
+//! is sent. An unknown model id is a 404 in the provider's shape (OpenAI: `The model 'x' does
+//! not exist`, code `model_not_found`; Anthropic: `not_found_error`, `model: x`).
+//!
+//! # What Anthropic refuses
+//! `/messages` and `/messages/count_tokens` refuse, with a 400 `invalid_request_error`, what
+//! the real API refuses, so a gateway that drops the `anthropic-beta` header fails a test:
+//! - `context_management` without the `context-management-2025-06-27` beta, and
+//!   `output_config.effort` without `effort-2025-11-24`: `context_management: Extra inputs
+//!   are not permitted` (pydantic's wording, as Anthropic answers);
+//! - `defer_loading` on a tool without `advanced-tool-use-2025-11-20`:
+//!   `tools.N.custom.defer_loading: Extra inputs are not permitted`;
+//! - `role: "system"` inside `messages`: without the `mid-conversation-system-2026-04-07` beta
+//!   Anthropic's `Unexpected role "system"` message; with it, on a model older than Opus 4.8,
+//!   `role 'system' is not supported on this model`; at `messages.0` with content, the
+//!   "use the top-level 'system' parameter" message (the directive-only form, `content: []`
+//!   with `output_config`, is accepted anywhere);
+//! - `thinking: {"type": "adaptive"}` on a model older than Opus / Sonnet 4.6 (the message is
+//!   the fake's own). Several betas may be sent comma-separated, in one header or several.
+//!
+//! `count_tokens` answers `{"input_tokens": T}` with `T` from the input formula below (the
+//! `input_tokens` of a `/messages` answer to the same body without cache directives).
 //! Outside fast mode, JSON requests get the provider's request id header
 //! (`x-request-id` for OpenAI, `request-id` for Anthropic).
 //!

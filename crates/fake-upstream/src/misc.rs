@@ -1,5 +1,5 @@
-//! `POST /v1/moderations` and `GET /v1/models` (OpenAI shape, or Anthropic's when the
-//! request carries `anthropic-version`).
+//! `POST /v1/moderations`, `GET /v1/models` and `GET /v1/models/{id}` (OpenAI shape, or
+//! Anthropic's when the request carries `anthropic-version`).
 
 use std::sync::Arc;
 
@@ -127,11 +127,54 @@ const OPENAI_MODELS: [&str; 10] = [
     "omni-moderation-latest",
 ];
 
-const ANTHROPIC_MODELS: [(&str, &str); 3] = [
+const ANTHROPIC_MODELS: [(&str, &str); 5] = [
     ("claude-sonnet-4-5", "Claude Sonnet 4.5"),
     ("claude-haiku-4-5", "Claude Haiku 4.5"),
     ("claude-opus-4-1", "Claude Opus 4.1"),
+    ("claude-opus-4-6", "Claude Opus 4.6"),
+    ("claude-opus-4-8", "Claude Opus 4.8"),
 ];
+
+/// `GET /v1/models/{id}`: one model, or the provider's 404.
+pub(crate) async fn model(
+    State(s): State<Arc<Shared>>,
+    ctx: Ctx,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    if ctx.headers.contains_key("anthropic-version") {
+        if let Err(r) = http::check_anthropic(&s, &ctx) {
+            return r;
+        }
+        return match ANTHROPIC_MODELS.iter().find(|(m, _)| *m == id) {
+            Some((id, name)) => http::json_bytes(http::compact(&AnthropicModel {
+                kind: "model",
+                id,
+                display_name: name,
+                created_at: "2025-01-01T00:00:00Z",
+            })),
+            None => {
+                crate::error::anthropic(axum::http::StatusCode::NOT_FOUND, &format!("model: {id}"))
+            }
+        };
+    }
+    if let Err(r) = http::check_openai_key(&s, &ctx) {
+        return r;
+    }
+    match OPENAI_MODELS.iter().find(|m| **m == id) {
+        Some(id) => http::json_bytes(http::pretty(&OpenAiModel {
+            id,
+            object: "model",
+            created: 1_700_000_000,
+            owned_by: "system",
+        })),
+        None => crate::error::openai(
+            axum::http::StatusCode::NOT_FOUND,
+            &format!("The model '{id}' does not exist"),
+            Some("model"),
+            Some("model_not_found"),
+        ),
+    }
+}
 
 pub(crate) async fn models(State(s): State<Arc<Shared>>, ctx: Ctx) -> Response {
     if ctx.headers.contains_key("anthropic-version") {

@@ -27,7 +27,8 @@
 //! let client_request = serde_json::json!({"model": "gpt-4.1-mini", "max_tokens": 100,
 //!     "stream": true, "messages": [{"role": "user", "content": "Hi"}]});
 //! let upstream_request = messages_to_chat::convert_request(&client_request, "gpt-4.1-mini")?;
-//! assert_eq!(upstream_request["stream_options"]["include_usage"], true);
+//! assert_eq!(upstream_request.body["stream_options"]["include_usage"], true);
+//! assert_eq!(upstream_request.header_value(), None); // nothing was dropped
 //!
 //! let upstream_body: [&[u8]; 3] = [
 //!     b"data: {\"id\":\"chatcmpl-1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel",

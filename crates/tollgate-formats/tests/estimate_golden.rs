@@ -16,6 +16,7 @@ fn formats(direction: &str) -> (Format, Format) {
         "chat_to_messages" => (Format::ChatCompletions, Format::AnthropicMessages),
         "messages_to_chat" => (Format::AnthropicMessages, Format::ChatCompletions),
         "responses_to_chat" => (Format::Responses, Format::ChatCompletions),
+        "responses_to_messages" => (Format::Responses, Format::AnthropicMessages),
         other => panic!("unknown golden direction {other}: add it here"),
     }
 }
@@ -25,6 +26,9 @@ fn bodies() -> Vec<(String, Format, Value)> {
     let mut out = Vec::new();
     for direction in std::fs::read_dir(&root).expect("golden") {
         let direction = direction.expect("entry").path();
+        if !direction.is_dir() {
+            continue;
+        }
         let name = direction
             .file_name()
             .expect("name")

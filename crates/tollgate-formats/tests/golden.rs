@@ -2,7 +2,8 @@
 //!
 //! Layout: `tests/golden/<direction>/<case>/` where `<direction>` is a module of
 //! `tollgate_formats::conversion` (client-to-upstream). A case holds any of:
-//! - `request.in.json` → `request.out.json`, or `error.json` when the request cannot be translated;
+//! - `request.in.json` → `request.out.json` and `dropped.json` (the paths the translation
+//!   dropped, `[]` when none), or `error.json` when the request cannot be translated;
 //! - `response.in.json` → `response.out.json`;
 //! - `stream.in.sse` → `stream.out.sse` (upstream events pushed one by one, then `finish`; an
 //!   event the converter rejects ends the stream with the converter's `error_frame`);
@@ -20,7 +21,8 @@ use std::path::Path;
 use bytes::Bytes;
 use serde_json::{json, Value};
 use tollgate_formats::conversion::{
-    chat_to_messages, messages_to_chat, responses_to_chat, ConversionError, StreamConverter,
+    chat_to_messages, messages_to_chat, responses_to_chat, responses_to_messages, ConversionError,
+    Converted, StreamConverter,
 };
 use tollgate_formats::sse::SseDecoder;
 
@@ -36,7 +38,9 @@ impl Params {
     fn load(direction: &str, case: &Path) -> Params {
         let (upstream, public) = match direction {
             "messages_to_chat" => ("gpt-4.1-mini-2025-04-14", "gpt-4.1-mini"),
-            "chat_to_messages" => ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5"),
+            "chat_to_messages" | "responses_to_messages" => {
+                ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5")
+            }
             _ => ("llama-3.3-70b-instruct", "llama-3.3-70b"),
         };
         let overrides = read_json(&case.join("params.json")).unwrap_or_else(|| json!({}));
@@ -159,7 +163,7 @@ fn convert_request(
     direction: &str,
     request: &Value,
     params: &Params,
-) -> Result<Value, ConversionError> {
+) -> Result<Converted, ConversionError> {
     match direction {
         "messages_to_chat" => messages_to_chat::convert_request(request, &params.upstream_model),
         "chat_to_messages" => chat_to_messages::convert_request(
@@ -168,6 +172,11 @@ fn convert_request(
             params.default_max_tokens,
         ),
         "responses_to_chat" => responses_to_chat::convert_request(request, &params.upstream_model),
+        "responses_to_messages" => responses_to_messages::convert_request(
+            request,
+            &params.upstream_model,
+            params.default_max_tokens,
+        ),
         other => panic!("unknown direction {other}"),
     }
 }
@@ -186,6 +195,12 @@ fn convert_response(
         "responses_to_chat" => {
             responses_to_chat::convert_response(response, request, &params.public_model)
         }
+        "responses_to_messages" => responses_to_messages::convert_response(
+            response,
+            request,
+            &params.public_model,
+            params.created,
+        ),
         other => panic!("unknown direction {other}"),
     }
 }
@@ -206,6 +221,11 @@ fn stream_converter(direction: &str, request: &Value, params: &Params) -> Box<dy
         "responses_to_chat" => Box::new(responses_to_chat::ResponseStream::new(
             request,
             &params.public_model,
+        )),
+        "responses_to_messages" => Box::new(responses_to_messages::ResponseStream::new(
+            request,
+            &params.public_model,
+            params.created,
         )),
         other => panic!("unknown direction {other}"),
     }
@@ -247,12 +267,14 @@ fn run_case(direction: &str, case: &Path, checker: &mut Checker) {
     if let Some(request) = &request {
         match convert_request(direction, request, &params) {
             Ok(out) => {
-                checker.check_json(&case.join("request.out.json"), &out);
+                checker.check_json(&case.join("request.out.json"), &out.body);
+                checker.check_json(&case.join("dropped.json"), &json!(out.dropped));
                 checker.check_absent(&case.join("error.json"));
             }
             Err(error) => {
                 checker.check_json(&case.join("error.json"), &error_json(&error));
                 checker.check_absent(&case.join("request.out.json"));
+                checker.check_absent(&case.join("dropped.json"));
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Map, Value};
 use tollgate_formats::conversion::{
-    chat_to_messages, messages_to_chat, responses_to_chat, StreamConverter,
+    chat_to_messages, messages_to_chat, responses_to_chat, responses_to_messages, StreamConverter,
 };
 use tollgate_formats::sse::{SseDecoder, SseEvent};
 use tollgate_formats::usage::{self, UsageTracker};
@@ -27,6 +27,18 @@ impl Rng {
 }
 
 const KEYS: &[&str] = &[
+    "namespace",
+    "encrypted_content",
+    "reasoning",
+    "thinking",
+    "signature",
+    "call_id",
+    "output",
+    "content_block",
+    "delta",
+    "partial_json",
+    "reasoning_details",
+    "output_config",
     "model",
     "messages",
     "system",
@@ -98,6 +110,21 @@ const KEYS: &[&str] = &[
 ];
 
 const STRINGS: &[&str] = &[
+    "namespace",
+    "custom",
+    "web_search",
+    "reasoning",
+    "thinking",
+    "redacted_thinking",
+    "server_tool_use",
+    "content_block_start",
+    "content_block_delta",
+    "content_block_stop",
+    "message_start",
+    "message_delta",
+    "thinking_delta",
+    "input_json_delta",
+    "tollgate.anthropic.v1:{\"thinking\":\"a\",\"signature\":\"b\"}",
     "user",
     "assistant",
     "system",
@@ -178,6 +205,11 @@ fn converters() -> Vec<Box<dyn StreamConverter>> {
         Box::new(chat_to_messages::ResponseStream::new("m", 0, true)),
         Box::new(chat_to_messages::ResponseStream::new("m", 0, false)),
         Box::new(responses_to_chat::ResponseStream::new(&json!({}), "m")),
+        Box::new(responses_to_messages::ResponseStream::new(
+            &json!({"reasoning": {"summary": "auto"}}),
+            "m",
+            0,
+        )),
     ]
 }
 
@@ -192,6 +224,8 @@ fn random_json_never_panics() {
         let _ = chat_to_messages::convert_response(&value, "p", 0);
         let _ = responses_to_chat::convert_request(&value, "u");
         let _ = responses_to_chat::convert_response(&value, &value, "p");
+        let _ = responses_to_messages::convert_request(&value, "u", 1);
+        let _ = responses_to_messages::convert_response(&value, &value, "p", 0);
         let _ = usage::from_chat_response(&value);
         let _ = usage::from_responses_response(&value);
         let _ = usage::from_anthropic_response(&value);

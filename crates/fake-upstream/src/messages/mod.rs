@@ -1,6 +1,7 @@
 //! `POST /v1/messages` (Anthropic): plain and streamed, text and `tool_use`, the web
 //! search server tool.
 
+mod checks;
 mod render;
 
 use std::sync::Arc;
@@ -32,6 +33,7 @@ async fn run(s: &Arc<Shared>, ctx: &Ctx, body: &Bytes) -> Result<Response, Respo
     }
     let req = http::parse_json(Flavor::Anthropic, body)?;
     let model = http::require_model(Flavor::Anthropic, &req)?;
+    checks::check(ctx, model, &req)?;
     let Some(max_tokens) = req.get("max_tokens").and_then(Value::as_u64) else {
         return Err(error::anthropic(
             StatusCode::BAD_REQUEST,
@@ -142,6 +144,31 @@ fn last_is_tool_result(messages: &[Value]) -> bool {
                 .and_then(Value::as_array)
                 .is_some_and(|blocks| blocks.iter().any(is_tool_result))
     })
+}
+
+/// `POST /v1/messages/count_tokens`: `{"input_tokens": N}` by the fake's input formula,
+/// after the same checks as `/v1/messages` (auth, betas, `model`, `messages`).
+pub(crate) async fn count_tokens(State(s): State<Arc<Shared>>, ctx: Ctx, body: Bytes) -> Response {
+    match run_count(&s, &ctx, &body) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn run_count(s: &Arc<Shared>, ctx: &Ctx, body: &Bytes) -> Result<Response, Response> {
+    http::check_anthropic(s, ctx)?;
+    let req = http::parse_json(Flavor::Anthropic, body)?;
+    let model = http::require_model(Flavor::Anthropic, &req)?;
+    checks::check(ctx, model, &req)?;
+    let Some(messages) = req.get("messages").and_then(Value::as_array) else {
+        return Err(error::anthropic(
+            StatusCode::BAD_REQUEST,
+            "messages: Field required",
+        ));
+    };
+    let tokens = input_tokens(req.get("system"), messages);
+    Ok(http::json_bytes(Bytes::from(format!(
+        "{{\"input_tokens\":{tokens}}}"
+    ))))
 }
 
 /// Σ (4 + words): the system prompt is one message, each `tool_result` block is one

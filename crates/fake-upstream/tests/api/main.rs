@@ -1,6 +1,7 @@
 //! Integration tests: a real fake upstream on loopback, called over HTTP.
 
 mod anthropic;
+mod betas;
 mod chat;
 mod control;
 mod faults;

@@ -15,7 +15,9 @@
 //! | `user` | `metadata.user_id` |
 //! | `stream` | `stream` (`stream_options.include_usage` is the stream converter's `include_usage`) |
 //!
-//! Dropped as hints: `tool_choice` and `parallel_tool_calls` without tools, `name` on messages, `detail` on images, `strict` on tools, `seed`,
+//! Dropped as hints (and reported: `seed`, `service_tier`, `metadata`, `prompt_cache_key`,
+//! `safety_identifier`, `tool_choice` without tools; the per-message and per-part hints below
+//! are not): `tool_choice` and `parallel_tool_calls` without tools, `name` on messages, `detail` on images, `strict` on tools, `seed`,
 //! `service_tier`, `metadata` and `store: false` (stored completions), `prompt_cache_key`,
 //! `safety_identifier`, `stream_options`, and the neutral values `n: 1`, `logprobs: false`,
 //! `presence_penalty`/`frequency_penalty: 0`, empty `logit_bias`, `response_format: text`,
@@ -39,7 +41,7 @@ use super::{
     anthropic_stop_to_chat, as_array, as_bool, as_count, as_number, as_object, as_str, block_type,
     chat_text_content, chat_usage_json, err, field_path, frame, id_suffix, index_path,
     parse_data_url, parse_event, present, required_str, upstream_error_message, ConversionError,
-    Map, StreamConverter,
+    Converted, Dropped, Map, StreamConverter,
 };
 use crate::frames::StreamFailure;
 use crate::sse::{self, SseEvent};
@@ -52,7 +54,8 @@ pub fn convert_request(
     request: &Value,
     upstream_model: &str,
     default_max_tokens: u64,
-) -> Result<Value, ConversionError> {
+) -> Result<Converted, ConversionError> {
+    let mut dropped = Dropped::default();
     let request = request
         .as_object()
         .ok_or_else(|| ConversionError::new("", "the request body must be a JSON object"))?;
@@ -194,7 +197,9 @@ pub fn convert_request(
                     return err(param, "stored completions are not available for this model");
                 }
             }
-            "seed" | "service_tier" | "metadata" | "prompt_cache_key" | "safety_identifier" => {}
+            "seed" | "service_tier" | "metadata" | "prompt_cache_key" | "safety_identifier" => {
+                dropped.push(param)
+            }
             other => {
                 return err(
                     other,
@@ -204,7 +209,10 @@ pub fn convert_request(
         }
     }
     convert_tools(request, &mut out)?;
-    Ok(Value::Object(out))
+    if present(request, "tool_choice").is_some() && !out.contains_key("tool_choice") {
+        dropped.push("tool_choice");
+    }
+    Ok(dropped.finish(out))
 }
 
 type Turn = (&'static str, Vec<Value>);

@@ -4,29 +4,40 @@
 //! | Messages | Chat Completions |
 //! |---|---|
 //! | `system` (string or text blocks) | first message, `role: system` (blocks joined with a blank line) |
+//! | `role: "system"` messages inside `messages` (mid-conversation system messages) | `role: system` messages at the same place |
 //! | user `text` / `image` (base64 or url source) blocks | user content parts `text` / `image_url` (data: URL or http URL) |
-//! | user `tool_result` blocks | `role: tool` messages, placed before the rest of that user turn; `is_error: true` prefixes the content with `Error: ` |
+//! | user `document` blocks: base64 PDF (`title`) / plain-text source | `file` parts (`file_data` data: URL, `filename`) / `text` parts |
+//! | user `tool_result` blocks | `role: tool` messages, placed before the rest of that user turn; `is_error: true` prefixes the content with `Error: `; images in a tool result follow in a user message |
 //! | assistant `text` / `tool_use` blocks | assistant `content` (text blocks concatenated) / `tool_calls` |
-//! | assistant `thinking` / `redacted_thinking` blocks in history | dropped (the provider cannot read them) |
-//! | `tools[]{name, description, input_schema}` | `tools[]{type: function, function{name, description, parameters}}` |
+//! | assistant `thinking` / `redacted_thinking` blocks in history | `reasoning_details` of that assistant message (`reasoning.text` with `signature`, `reasoning.encrypted` with `data`, `format: "anthropic-claude-v1"`), as OpenRouter-style servers read them back |
+//! | `tools[]{name, description, input_schema, strict}` | `tools[]{type: function, function{name, description, parameters, strict}}` |
 //! | `tool_choice` auto / any / tool / none, `disable_parallel_tool_use` | `tool_choice` auto / required / named / none, `parallel_tool_calls: false` |
 //! | `max_tokens` | `max_completion_tokens` |
 //! | `stop_sequences`, `temperature`, `top_p` | `stop`, `temperature`, `top_p` |
+//! | `output_config.effort` (low / medium / high; max and xhigh) | `reasoning_effort` (same; `high`) |
+//! | `output_config.format` (json_schema) | `response_format` json_schema |
 //! | `stream: true` | `stream: true`, `stream_options.include_usage: true` |
-//! | `metadata.user_id` | `user` |
+//! | `metadata.user_id` (64 characters at most) | `user` |
 //!
-//! Dropped as hints: `tool_choice` when there are no tools (it means nothing, and OpenAI rejects
-//! it), an empty `stop_sequences`, `cache_control` on blocks and tools, `citations` on text blocks in history,
-//! `service_tier` (the tiers differ), `thinking: {type: "disabled"}`.
-//! Errors: enabled `thinking`, `top_k`, server tools (a `type` other than `custom`), `document`,
-//! `search_result` and other block types, images inside tool results, `container`,
-//! `mcp_servers` and every other unknown field.
+//! Dropped and reported: `thinking` enabled or adaptive (a Chat model reasons, or not, by
+//! itself; `output_config.effort` is the explicit setting), `context_management` (context
+//! editing that the upstream does not do; the whole history is sent), `cache_control` on
+//! blocks, system blocks and tools, `citations` on text and document blocks, `defer_loading`,
+//! `input_examples` and `eager_input_streaming` on tools, `output_config` of a mid-conversation
+//! system message, a `metadata.user_id` longer than 64 characters, `tool_choice` when there
+//! are no tools (OpenAI rejects it), an empty `stop_sequences`, `service_tier`.
+//! Neutral: `thinking: {type: "disabled"}`.
+//! Errors: `top_k`, server tools (a `type` other than `custom`: Claude Code sends them only
+//! in a request whose point is to run them), `search_result`, `container_upload` and other block
+//! types, URL or file documents, `container`, `mcp_servers` and every other unknown field.
 //!
 //! # Response
 //! Text becomes one `text` block, `refusal` a `text` block with `stop_reason: refusal`,
-//! `tool_calls` become `tool_use` blocks (arguments that are not a JSON object, as in a call cut
-//! off by the token limit, become `{}`), `reasoning_content` is left out (thinking was not asked
-//! for). `finish_reason` stop / length / tool_calls / content_filter maps to end_turn /
+//! `reasoning_details` (`reasoning.text`, `reasoning.encrypted`) become `thinking` /
+//! `redacted_thinking` blocks with their signatures, placed first; `tool_calls` become
+//! `tool_use` blocks (arguments that are not a JSON object, as in a call cut off by the token
+//! limit, become `{}`); `reasoning_content` without details is left out (it has no signature to
+//! send back). `finish_reason` stop / length / tool_calls / content_filter maps to end_turn /
 //! max_tokens / tool_use / refusal; Chat does not say which stop sequence matched, so
 //! `stop_sequence` is always `null`. Usage splits `prompt_tokens` into uncached input, cache
 //! reads and cache writes.
@@ -37,30 +48,49 @@ use serde_json::{json, Value};
 use super::{
     anthropic_usage_json, as_array, as_bool, as_count, as_number, as_object, as_str, block_type,
     chat_finish_to_anthropic, err, field_path, frame, id_suffix, index_path, parse_event, present,
-    required_str, upstream_error_message, ConversionError, Map, StreamConverter,
+    required_str, upstream_error_message, ConversionError, Converted, Dropped, Map,
+    StreamConverter,
 };
 use crate::frames::StreamFailure;
 use crate::sse::SseEvent;
 use crate::usage::{self, Usage};
 use crate::Format;
 
+/// The longest `metadata.user_id` passed on as `user` (OpenAI's limit is not documented; 64 is
+/// the length of its other identifiers' limits, and Claude Code sends ~150 characters).
+const MAX_USER_ID: usize = 64;
+
+/// The `format` OpenRouter-style servers give Anthropic reasoning in `reasoning_details`.
+pub const ANTHROPIC_REASONING_FORMAT: &str = "anthropic-claude-v1";
+
 /// Converts an Anthropic Messages request into a Chat Completions request for `upstream_model`.
-pub fn convert_request(request: &Value, upstream_model: &str) -> Result<Value, ConversionError> {
+pub fn convert_request(
+    request: &Value,
+    upstream_model: &str,
+) -> Result<Converted, ConversionError> {
     let request = request
         .as_object()
         .ok_or_else(|| ConversionError::new("", "the request body must be a JSON object"))?;
+    let mut dropped = Dropped::default();
     let mut out = Map::new();
     out.insert("model".into(), upstream_model.into());
 
     let mut messages = Vec::new();
     if let Some(system) = present(request, "system") {
-        messages.push(json!({"role": "system", "content": system_text(system)?}));
+        messages.push(
+            json!({"role": "system", "content": system_text(system, "system", &mut dropped)?}),
+        );
     }
     let Some(input) = present(request, "messages") else {
         return err("messages", "is required");
     };
     for (index, message) in as_array(input, "messages")?.iter().enumerate() {
-        convert_message(message, &index_path("messages", index), &mut messages)?;
+        convert_message(
+            message,
+            &index_path("messages", index),
+            &mut messages,
+            &mut dropped,
+        )?;
     }
     out.insert("messages".into(), Value::Array(messages));
 
@@ -97,22 +127,32 @@ pub fn convert_request(request: &Value, upstream_model: &str) -> Result<Value, C
                     match meta_key.as_str() {
                         _ if meta_value.is_null() => {}
                         "user_id" => {
-                            out.insert("user".into(), as_str(meta_value, &param)?.into());
+                            let user = as_str(meta_value, &param)?;
+                            if user.chars().count() <= MAX_USER_ID {
+                                out.insert("user".into(), user.into());
+                            } else {
+                                dropped.push(param);
+                            }
                         }
                         _ => return err(param, "is not a known metadata field"),
                     }
                 }
             }
             "thinking" => {
-                let kind = value.get("type").and_then(Value::as_str);
-                if kind != Some("disabled") {
-                    return err(
-                        key.as_str(),
-                        "extended thinking cannot be translated for this model's provider",
-                    );
+                let thinking = as_object(value, key)?;
+                match block_type(thinking, key)? {
+                    "disabled" => {}
+                    "enabled" | "adaptive" => dropped.push(key.as_str()),
+                    other => {
+                        return err(
+                            "thinking.type",
+                            format!("\"{other}\" is not a known thinking type"),
+                        )
+                    }
                 }
             }
-            "service_tier" => {}
+            "output_config" => convert_output_config(as_object(value, key)?, &mut out)?,
+            "context_management" | "service_tier" => dropped.push(key.as_str()),
             "top_k" => {
                 return err(
                     key.as_str(),
@@ -127,23 +167,76 @@ pub fn convert_request(request: &Value, upstream_model: &str) -> Result<Value, C
             }
         }
     }
-    convert_tools(request, &mut out)?;
-    Ok(Value::Object(out))
+    convert_tools(request, &mut out, &mut dropped)?;
+    Ok(dropped.finish(out))
 }
 
-fn system_text(system: &Value) -> Result<String, ConversionError> {
+fn convert_output_config(config: &Map, out: &mut Map) -> Result<(), ConversionError> {
+    for (key, value) in config {
+        let param = field_path("output_config", key);
+        match key.as_str() {
+            _ if value.is_null() => {}
+            "effort" => {
+                let effort = match as_str(value, &param)? {
+                    effort @ ("low" | "medium" | "high") => effort,
+                    "max" | "xhigh" => "high",
+                    other => return err(param, format!("\"{other}\" is not a known effort")),
+                };
+                out.insert("reasoning_effort".into(), effort.into());
+            }
+            "format" => {
+                let format = as_object(value, &param)?;
+                if block_type(format, &param)? != "json_schema" {
+                    return err(
+                        field_path(&param, "type"),
+                        "only json_schema output formats can be translated",
+                    );
+                }
+                let schema = present(format, "schema")
+                    .cloned()
+                    .unwrap_or_else(|| json!({"type": "object"}));
+                out.insert(
+                    "response_format".into(),
+                    json!({"type": "json_schema", "json_schema": {
+                        "name": "output", "schema": schema, "strict": true,
+                    }}),
+                );
+            }
+            _ => return err(param, "is not a known output setting"),
+        }
+    }
+    Ok(())
+}
+
+/// Reports the hint fields of `block` that the upstream has no place for.
+fn drop_block_hints(block: &Map, param: &str, dropped: &mut Dropped) {
+    for key in ["cache_control", "citations"] {
+        if present(block, key).is_some() {
+            dropped.push(field_path(param, key));
+        }
+    }
+}
+
+fn system_text(
+    system: &Value,
+    param: &str,
+    dropped: &mut Dropped,
+) -> Result<String, ConversionError> {
     match system {
         Value::String(text) => Ok(text.clone()),
         Value::Array(blocks) => {
             let mut texts = Vec::new();
             for (index, block) in blocks.iter().enumerate() {
-                let param = index_path("system", index);
-                let block = as_object(block, &param)?;
-                match block_type(block, &param)? {
-                    "text" => texts.push(required_str(block, "text", &param)?),
+                let block_param = index_path(param, index);
+                let block = as_object(block, &block_param)?;
+                match block_type(block, &block_param)? {
+                    "text" => {
+                        drop_block_hints(block, &block_param, dropped);
+                        texts.push(required_str(block, "text", &block_param)?)
+                    }
                     other => {
                         return err(
-                            field_path(&param, "type"),
+                            field_path(&block_param, "type"),
                             format!("system blocks of type \"{other}\" cannot be translated"),
                         )
                     }
@@ -151,7 +244,7 @@ fn system_text(system: &Value) -> Result<String, ConversionError> {
             }
             Ok(texts.join("\n\n"))
         }
-        _ => err("system", "must be a string or an array of text blocks"),
+        _ => err(param, "must be a string or an array of text blocks"),
     }
 }
 
@@ -159,24 +252,46 @@ fn convert_message(
     message: &Value,
     param: &str,
     out: &mut Vec<Value>,
+    dropped: &mut Dropped,
 ) -> Result<(), ConversionError> {
     let message = as_object(message, param)?;
     let role = required_str(message, "role", param)?;
     let content_param = field_path(param, "content");
-    let Some(content) = present(message, "content") else {
+    let content = present(message, "content");
+    if role == "system" {
+        // A mid-conversation system message; the directive-only form has empty content and
+        // an `output_config` that applies from there on, which Chat cannot express per turn.
+        if present(message, "output_config").is_some() {
+            dropped.push(field_path(param, "output_config"));
+        }
+        let text = match content {
+            None => String::new(),
+            Some(content) => system_text(content, &content_param, dropped)?,
+        };
+        if !text.is_empty() {
+            out.push(json!({"role": "system", "content": text}));
+        }
+        return Ok(());
+    }
+    let Some(content) = content else {
         return err(content_param, "is required");
     };
     match role {
-        "user" => convert_user(content, &content_param, out),
-        "assistant" => convert_assistant(content, &content_param, out),
+        "user" => convert_user(content, &content_param, out, dropped),
+        "assistant" => convert_assistant(content, &content_param, out, dropped),
         _ => err(
             field_path(param, "role"),
-            "must be \"user\" or \"assistant\"",
+            "must be \"user\", \"assistant\" or \"system\"",
         ),
     }
 }
 
-fn convert_user(content: &Value, param: &str, out: &mut Vec<Value>) -> Result<(), ConversionError> {
+fn convert_user(
+    content: &Value,
+    param: &str,
+    out: &mut Vec<Value>,
+    dropped: &mut Dropped,
+) -> Result<(), ConversionError> {
     let blocks = match content {
         Value::String(text) => {
             out.push(json!({"role": "user", "content": text}));
@@ -186,16 +301,21 @@ fn convert_user(content: &Value, param: &str, out: &mut Vec<Value>) -> Result<()
         _ => return err(param, "must be a string or an array of content blocks"),
     };
     let mut parts = Vec::new();
+    let mut tool_images = Vec::new();
     for (index, block) in blocks.iter().enumerate() {
         let block_param = index_path(param, index);
         let block = as_object(block, &block_param)?;
+        drop_block_hints(block, &block_param, dropped);
         match block_type(block, &block_param)? {
             "text" => parts.push(json!({
                 "type": "text",
                 "text": required_str(block, "text", &block_param)?,
             })),
             "image" => parts.push(image_part(block, &block_param)?),
-            "tool_result" => out.push(tool_message(block, &block_param)?),
+            "document" => parts.push(document_part(block, &block_param, dropped)?),
+            "tool_result" => {
+                out.push(tool_message(block, &block_param, &mut tool_images, dropped)?)
+            }
             other => {
                 return err(
                     field_path(&block_param, "type"),
@@ -204,6 +324,9 @@ fn convert_user(content: &Value, param: &str, out: &mut Vec<Value>) -> Result<()
             }
         }
     }
+    // Chat tool messages hold only text: the images of tool results come right after them.
+    tool_images.extend(parts);
+    let parts = tool_images;
     if parts.is_empty() {
         return Ok(());
     }
@@ -213,6 +336,40 @@ fn convert_user(content: &Value, param: &str, out: &mut Vec<Value>) -> Result<()
     };
     out.push(json!({"role": "user", "content": content}));
     Ok(())
+}
+
+fn document_part(
+    block: &Map,
+    param: &str,
+    dropped: &mut Dropped,
+) -> Result<Value, ConversionError> {
+    if present(block, "context").is_some() {
+        dropped.push(field_path(param, "context"));
+    }
+    let filename = match present(block, "title") {
+        Some(title) => as_str(title, &field_path(param, "title"))?,
+        None => "document.pdf",
+    };
+    let source_param = field_path(param, "source");
+    let Some(source) = present(block, "source") else {
+        return err(source_param, "is required");
+    };
+    let source = as_object(source, &source_param)?;
+    match block_type(source, &source_param)? {
+        "base64" => {
+            let media_type = required_str(source, "media_type", &source_param)?;
+            let data = required_str(source, "data", &source_param)?;
+            Ok(json!({"type": "file", "file": {
+                "filename": filename,
+                "file_data": format!("data:{media_type};base64,{data}"),
+            }}))
+        }
+        "text" => Ok(json!({"type": "text", "text": required_str(source, "data", &source_param)?})),
+        other => err(
+            field_path(&source_param, "type"),
+            format!("document sources of type \"{other}\" cannot be translated; send the document as base64 or text"),
+        ),
+    }
 }
 
 fn image_part(block: &Map, param: &str) -> Result<Value, ConversionError> {
@@ -240,7 +397,12 @@ fn image_part(block: &Map, param: &str) -> Result<Value, ConversionError> {
     Ok(json!({"type": "image_url", "image_url": {"url": url}}))
 }
 
-fn tool_message(block: &Map, param: &str) -> Result<Value, ConversionError> {
+fn tool_message(
+    block: &Map,
+    param: &str,
+    images: &mut Vec<Value>,
+    dropped: &mut Dropped,
+) -> Result<Value, ConversionError> {
     let tool_use_id = required_str(block, "tool_use_id", param)?;
     let content_param = field_path(param, "content");
     let mut text = match present(block, "content") {
@@ -251,12 +413,17 @@ fn tool_message(block: &Map, param: &str) -> Result<Value, ConversionError> {
             for (index, inner) in blocks.iter().enumerate() {
                 let inner_param = index_path(&content_param, index);
                 let inner = as_object(inner, &inner_param)?;
+                drop_block_hints(inner, &inner_param, dropped);
                 match block_type(inner, &inner_param)? {
-                    "text" => texts.push(required_str(inner, "text", &inner_param)?),
+                    "text" => texts.push(required_str(inner, "text", &inner_param)?.to_owned()),
+                    "image" => {
+                        images.push(image_part(inner, &inner_param)?);
+                        texts.push(format!("[image {} of this tool result follows in the next user message]", images.len()));
+                    }
                     other => {
                         return err(
                             field_path(&inner_param, "type"),
-                            format!("tool results containing \"{other}\" blocks cannot be translated; this model's provider accepts only text there"),
+                            format!("tool results containing \"{other}\" blocks cannot be translated; this model's provider accepts only text and images there"),
                         )
                     }
                 }
@@ -282,6 +449,7 @@ fn convert_assistant(
     content: &Value,
     param: &str,
     out: &mut Vec<Value>,
+    dropped: &mut Dropped,
 ) -> Result<(), ConversionError> {
     let blocks = match content {
         Value::String(text) => {
@@ -294,9 +462,11 @@ fn convert_assistant(
     let mut text = String::new();
     let mut has_text = false;
     let mut tool_calls = Vec::new();
+    let mut reasoning = Vec::new();
     for (index, block) in blocks.iter().enumerate() {
         let block_param = index_path(param, index);
         let block = as_object(block, &block_param)?;
+        drop_block_hints(block, &block_param, dropped);
         match block_type(block, &block_param)? {
             "text" => {
                 text.push_str(required_str(block, "text", &block_param)?);
@@ -313,7 +483,29 @@ fn convert_assistant(
                     },
                 }));
             }
-            "thinking" | "redacted_thinking" => {}
+            "thinking" => {
+                let mut detail = Map::new();
+                detail.insert("type".into(), "reasoning.text".into());
+                detail.insert(
+                    "text".into(),
+                    required_str(block, "thinking", &block_param)?.into(),
+                );
+                if let Some(signature) = present(block, "signature") {
+                    let signature = as_str(signature, &field_path(&block_param, "signature"))?;
+                    detail.insert("signature".into(), signature.into());
+                }
+                detail.insert("format".into(), ANTHROPIC_REASONING_FORMAT.into());
+                detail.insert("index".into(), reasoning.len().into());
+                reasoning.push(Value::Object(detail));
+            }
+            "redacted_thinking" => {
+                reasoning.push(json!({
+                    "type": "reasoning.encrypted",
+                    "data": required_str(block, "data", &block_param)?,
+                    "format": ANTHROPIC_REASONING_FORMAT,
+                    "index": reasoning.len(),
+                }));
+            }
             other => {
                 return err(
                     field_path(&block_param, "type"),
@@ -333,35 +525,64 @@ fn convert_assistant(
     if !tool_calls.is_empty() {
         message.insert("tool_calls".into(), Value::Array(tool_calls));
     }
+    if !reasoning.is_empty() {
+        message.insert("reasoning_details".into(), Value::Array(reasoning));
+    }
     out.push(Value::Object(message));
     Ok(())
 }
 
-fn convert_tools(request: &Map, out: &mut Map) -> Result<(), ConversionError> {
+fn convert_tools(
+    request: &Map,
+    out: &mut Map,
+    dropped: &mut Dropped,
+) -> Result<(), ConversionError> {
     let mut tools = Vec::new();
     if let Some(input) = present(request, "tools") {
         for (index, tool) in as_array(input, "tools")?.iter().enumerate() {
             let param = index_path("tools", index);
             let tool = as_object(tool, &param)?;
-            if let Some(kind) = present(tool, "type") {
-                let kind = as_str(kind, &field_path(&param, "type"))?;
-                if kind != "custom" {
-                    return err(
-                        field_path(&param, "type"),
-                        format!("\"{kind}\" is a server tool run by Anthropic; it cannot be translated for this model's provider"),
-                    );
+            let mut function = Map::new();
+            for (key, value) in tool {
+                let key_param = field_path(&param, key);
+                match key.as_str() {
+                    _ if value.is_null() => {}
+                    "type" => {
+                        let kind = as_str(value, &key_param)?;
+                        if kind != "custom" {
+                            return err(
+                                key_param,
+                                format!("\"{kind}\" is a server tool run by Anthropic; it cannot be translated for this model's provider"),
+                            );
+                        }
+                    }
+                    "name" => {
+                        function.insert("name".into(), as_str(value, &key_param)?.into());
+                    }
+                    "description" => {
+                        function.insert("description".into(), as_str(value, &key_param)?.into());
+                    }
+                    "input_schema" => {
+                        function.insert("parameters".into(), value.clone());
+                    }
+                    "strict" => {
+                        if as_bool(value, &key_param)? {
+                            function.insert("strict".into(), true.into());
+                        }
+                    }
+                    "cache_control"
+                    | "defer_loading"
+                    | "input_examples"
+                    | "eager_input_streaming" => dropped.push(key_param),
+                    _ => return err(key_param, "is not a known tool field"),
                 }
             }
-            let mut function = Map::new();
-            function.insert("name".into(), required_str(tool, "name", &param)?.into());
-            if let Some(description) = present(tool, "description") {
-                let description = as_str(description, &field_path(&param, "description"))?;
-                function.insert("description".into(), description.into());
+            if !function.contains_key("name") {
+                return err(field_path(&param, "name"), "is required");
             }
-            let schema = present(tool, "input_schema")
-                .cloned()
-                .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
-            function.insert("parameters".into(), schema);
+            function
+                .entry("parameters")
+                .or_insert_with(|| json!({"type": "object", "properties": {}}));
             tools.push(json!({"type": "function", "function": function}));
         }
     }
@@ -395,6 +616,8 @@ fn convert_tools(request: &Map, out: &mut Map) -> Result<(), ConversionError> {
             if disable_parallel {
                 out.insert("parallel_tool_calls".into(), false.into());
             }
+        } else {
+            dropped.push("tool_choice");
         }
     }
     Ok(())
@@ -408,7 +631,7 @@ pub fn convert_response(response: &Value, public_model: &str) -> Result<Value, C
         .and_then(|choices| choices.first())
         .ok_or_else(|| ConversionError::new("choices", "the upstream response has no choices"))?;
     let message = choice.get("message").unwrap_or(&Value::Null);
-    let mut content = Vec::new();
+    let mut content = thinking_blocks(message.get("reasoning_details"));
     let text = match message.get("content") {
         Some(Value::String(text)) => text.clone(),
         Some(Value::Array(parts)) => parts
@@ -468,10 +691,32 @@ pub fn convert_response(response: &Value, public_model: &str) -> Result<Value, C
     }))
 }
 
+/// `thinking` / `redacted_thinking` blocks from Chat `reasoning_details`; details of other
+/// types (summaries) carry no signature and are left out.
+fn thinking_blocks(details: Option<&Value>) -> Vec<Value> {
+    let mut blocks = Vec::new();
+    for detail in details.and_then(Value::as_array).into_iter().flatten() {
+        let text = |key: &str| detail.get(key).and_then(Value::as_str).unwrap_or_default();
+        match detail.get("type").and_then(Value::as_str) {
+            Some("reasoning.text") => blocks.push(json!({
+                "type": "thinking",
+                "thinking": text("text"),
+                "signature": text("signature"),
+            })),
+            Some("reasoning.encrypted") => {
+                blocks.push(json!({"type": "redacted_thinking", "data": text("data")}))
+            }
+            _ => {}
+        }
+    }
+    blocks
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OpenBlock {
     Text(u64),
     Tool(u64),
+    Thinking(u64),
 }
 
 /// Converts a Chat Completions stream into an Anthropic Messages stream: `message_start`,
@@ -529,7 +774,9 @@ impl ResponseStream {
     }
 
     fn close_block(&mut self, frames: &mut Vec<Bytes>) {
-        if let Some(OpenBlock::Text(index) | OpenBlock::Tool(index)) = self.open.take() {
+        if let Some(OpenBlock::Text(index) | OpenBlock::Tool(index) | OpenBlock::Thinking(index)) =
+            self.open.take()
+        {
             frames.push(frame(
                 Some("content_block_stop"),
                 &json!({"type": "content_block_stop", "index": index}),
@@ -562,6 +809,62 @@ impl ResponseStream {
             Some("content_block_delta"),
             &json!({"type": "content_block_delta", "index": index,
                 "delta": {"type": "text_delta", "text": text}}),
+        ));
+    }
+
+    /// One streamed `reasoning_details` entry: thinking text and its signature, or a redacted
+    /// block.
+    fn reasoning_detail(&mut self, detail: &Value, frames: &mut Vec<Bytes>) {
+        let piece = |key: &str| {
+            detail
+                .get(key)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+        };
+        match detail.get("type").and_then(Value::as_str) {
+            Some("reasoning.text") => {
+                let index = match self.open {
+                    Some(OpenBlock::Thinking(index)) => index,
+                    _ => {
+                        let index = self.open_block(
+                            json!({"type": "thinking", "thinking": "", "signature": ""}),
+                            frames,
+                        );
+                        self.open = Some(OpenBlock::Thinking(index));
+                        index
+                    }
+                };
+                if let Some(text) = piece("text") {
+                    self.content_deltas += 1;
+                    frames.push(frame(
+                        Some("content_block_delta"),
+                        &json!({"type": "content_block_delta", "index": index,
+                            "delta": {"type": "thinking_delta", "thinking": text}}),
+                    ));
+                }
+                if let Some(signature) = piece("signature") {
+                    frames.push(frame(
+                        Some("content_block_delta"),
+                        &json!({"type": "content_block_delta", "index": index,
+                            "delta": {"type": "signature_delta", "signature": signature}}),
+                    ));
+                }
+            }
+            Some("reasoning.encrypted") => {
+                let data = piece("data").unwrap_or_default();
+                self.open_block(json!({"type": "redacted_thinking", "data": data}), frames);
+                self.next_index_closed(frames);
+            }
+            _ => {}
+        }
+    }
+
+    /// Closes the block just opened by `open_block` (a block that comes whole).
+    fn next_index_closed(&mut self, frames: &mut Vec<Bytes>) {
+        let index = self.next_index.saturating_sub(1);
+        frames.push(frame(
+            Some("content_block_stop"),
+            &json!({"type": "content_block_stop", "index": index}),
         ));
     }
 
@@ -666,6 +969,11 @@ impl StreamConverter for ResponseStream {
             return Ok(frames);
         };
         if let Some(delta) = choice.get("delta") {
+            if let Some(details) = delta.get("reasoning_details").and_then(Value::as_array) {
+                for detail in details {
+                    self.reasoning_detail(detail, &mut frames);
+                }
+            }
             for key in ["content", "refusal"] {
                 if let Some(text) = delta
                     .get(key)

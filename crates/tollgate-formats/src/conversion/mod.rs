@@ -8,13 +8,24 @@
 //! | [`messages_to_chat`] | Anthropic Messages | OpenAI Chat Completions |
 //! | [`chat_to_messages`] | OpenAI Chat Completions | Anthropic Messages |
 //! | [`responses_to_chat`] | OpenAI Responses | OpenAI Chat Completions |
+//! | [`responses_to_messages`] | OpenAI Responses | Anthropic Messages |
+//!
+//! Every field of every direction, and why it is mapped, dropped or refused, is tabled in
+//! `docs/translation.md`.
 //!
 //! # Rules every direction follows
 //! - **Nothing is dropped silently that changes what the model does.** A field, content type or
 //!   value that has no equivalent upstream is a [`ConversionError`] naming it (`param` is a path
 //!   such as `messages[2].content[0].type`); the gateway returns it as a 400.
-//! - **Hints that change nothing the client can observe are dropped**, and each module lists them
-//!   (prompt-cache markers, `service_tier`, `seed`, ...).
+//! - **Hints that change nothing the client can rely on are dropped, and reported**: each module
+//!   lists them (prompt-cache markers, `service_tier`, `client_metadata`, ...), and every
+//!   `convert_request` returns the paths it dropped in [`Converted::dropped`], which the gateway
+//!   sends back in the [`DROPPED_FIELDS_HEADER`] response header. Neutral values that ask for
+//!   the default (`n: 1`, `store: false`, `truncation: "disabled"`) are honoured, not dropped.
+//! - **An offered tool the upstream cannot run is dropped, a demanded one is refused**: agents
+//!   offer built-in tools (`web_search`, `local_shell`, ...) on every request; without them the
+//!   model still answers, so they are dropped and reported; a `tool_choice` that forces such a
+//!   tool is a [`ConversionError`].
 //! - **Unknown top-level fields are errors**: a new API feature must be translated on purpose,
 //!   not ignored by accident. `null` values count as absent everywhere.
 //! - **Streams are always metered**: a Chat Completions upstream is asked for
@@ -30,6 +41,9 @@
 pub mod chat_to_messages;
 pub mod messages_to_chat;
 pub mod responses_to_chat;
+pub mod responses_to_messages;
+
+mod responses_common;
 
 use std::hash::{BuildHasher, Hasher};
 
@@ -76,6 +90,88 @@ impl ConversionError {
             "type": "invalid_request_error",
             "message": self.to_string(),
         }})
+    }
+}
+
+/// Name of the response header in which the gateway lists the fields a translation dropped.
+pub const DROPPED_FIELDS_HEADER: &str = "x-tollgate-dropped-fields";
+
+/// The most bytes [`Converted::header_value`] returns; a longer list ends with `...`.
+pub const DROPPED_FIELDS_HEADER_MAX: usize = 2048;
+
+/// A translated request, and the fields of the client's request that were dropped as hints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Converted {
+    /// The request in the upstream's format.
+    pub body: Value,
+    /// Paths of the dropped fields (`tools[3].defer_loading`, `messages[0].content[1].cache_control`),
+    /// in the order they were met; empty when nothing was dropped.
+    pub dropped: Vec<String>,
+}
+
+impl Converted {
+    /// The value of the [`DROPPED_FIELDS_HEADER`] header, `None` when nothing was dropped: the
+    /// paths with indices written `[*]` (so a marker on fifty blocks is named once),
+    /// deduplicated, joined with `, `, at most [`DROPPED_FIELDS_HEADER_MAX`] bytes.
+    pub fn header_value(&self) -> Option<String> {
+        let mut seen: Vec<String> = Vec::new();
+        for path in &self.dropped {
+            let general = generalize_path(path);
+            if !seen.contains(&general) {
+                seen.push(general);
+            }
+        }
+        let mut out = String::new();
+        for path in seen {
+            let separator = if out.is_empty() { "" } else { ", " };
+            if out.len() + separator.len() + path.len() > DROPPED_FIELDS_HEADER_MAX - 5 {
+                out.push_str(", ...");
+                break;
+            }
+            out.push_str(separator);
+            out.push_str(&path);
+        }
+        (!out.is_empty()).then_some(out)
+    }
+}
+
+/// `tools[3].x` → `tools[*].x`; header values stay printable ASCII (other characters become `?`).
+fn generalize_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut in_index = false;
+    for c in path.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                out.push_str("[*");
+            }
+            ']' => {
+                in_index = false;
+                out.push(']');
+            }
+            _ if in_index => {}
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out
+}
+
+/// The fields a translation drops, collected while it runs.
+#[derive(Debug, Default)]
+pub(crate) struct Dropped(pub(crate) Vec<String>);
+
+impl Dropped {
+    /// Records that the field at `path` was dropped.
+    pub(crate) fn push(&mut self, path: impl Into<String>) {
+        self.0.push(path.into());
+    }
+
+    pub(crate) fn finish(self, body: Map) -> Converted {
+        Converted {
+            body: Value::Object(body),
+            dropped: self.0,
+        }
     }
 }
 
@@ -352,6 +448,39 @@ mod tests {
         );
         assert_eq!(parse_data_url("data:text/plain,hello"), None);
         assert_eq!(parse_data_url("https://example.com/cat.png"), None);
+    }
+
+    #[test]
+    fn dropped_header_generalizes_dedups_and_caps() {
+        let converted = Converted {
+            body: Value::Null,
+            dropped: vec![
+                "messages[0].content[1].cache_control".into(),
+                "messages[12].content[0].cache_control".into(),
+                "client_metadata".into(),
+                "tools[é]".into(),
+            ],
+        };
+        assert_eq!(
+            converted.header_value().as_deref(),
+            Some("messages[*].content[*].cache_control, client_metadata, tools[*]")
+        );
+        let many = Converted {
+            body: Value::Null,
+            dropped: (0..500).map(|i| format!("field_{i}")).collect(),
+        };
+        let header = many.header_value().unwrap_or_default();
+        assert!(
+            header.len() <= DROPPED_FIELDS_HEADER_MAX,
+            "{}",
+            header.len()
+        );
+        assert!(header.ends_with(", ..."));
+        let none = Converted {
+            body: Value::Null,
+            dropped: Vec::new(),
+        };
+        assert_eq!(none.header_value(), None);
     }
 
     #[test]

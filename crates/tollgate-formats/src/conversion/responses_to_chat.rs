@@ -6,10 +6,11 @@
 //! | `instructions` | first message, `role: system` |
 //! | `input` string | one user message |
 //! | `message` items (user / assistant / system / developer) | messages (`developer` becomes `system`, which every compatible server knows) |
-//! | `input_text` / `output_text` / `refusal` parts, `input_image` (URL or data: URL) | `text` parts / assistant text / `image_url` parts |
-//! | `function_call` items | `tool_calls` of the preceding assistant message (or a new one) |
-//! | `function_call_output` items | `role: tool` messages |
-//! | `tools[]{type: function, name, description, parameters, strict}` | `tools[]{type: function, function{...}}` |
+//! | `input_text` / `output_text` / `refusal` parts, `input_image` (URL or data: URL), `input_file` (`file_data`) | `text` parts / assistant text / `image_url` parts / `file` parts |
+//! | `function_call` items (`namespace` + `name`) | `tool_calls` of the preceding assistant message (or a new one), named `namespace__name` |
+//! | `custom_tool_call` items | `tool_calls` whose arguments are `{"input": ...}` |
+//! | `function_call_output` / `custom_tool_call_output` items | `role: tool` messages; their images follow in a user message |
+//! | `tools[]` function tools, `namespace` tools (flattened to `namespace__name`), `custom` tools (one string argument `input`) | `tools[]{type: function, function{...}}` |
 //! | `tool_choice` auto / none / required / `{type: function, name}` | same values, named as `{type: function, function{name}}` |
 //! | `parallel_tool_calls` | same (only with tools: OpenAI rejects it otherwise) |
 //! | `max_output_tokens` | `max_completion_tokens` |
@@ -18,19 +19,24 @@
 //! | `reasoning.effort` | `reasoning_effort` |
 //! | `stream: true` | `stream: true`, `stream_options.include_usage: true` |
 //!
-//! Dropped: `tool_choice` and `parallel_tool_calls` without tools, `reasoning` items in `input` (the upstream cannot read them), `reasoning.summary`
-//! (Chat returns no summaries, which a client must accept anyway), `include:
-//! ["reasoning.encrypted_content"]`, `metadata` and `store` (nothing is stored; responses say
-//! `store: false`), `service_tier`, `prompt_cache_key`, `safety_identifier`, `stream_options`,
-//! `truncation: "disabled"`, `background: false`.
-//! Errors: built-in tools (`web_search`, `file_search`, ...), `previous_response_id`,
-//! `conversation`, `item_reference` and other item types, `input_file` and image `file_id`s,
+//! Dropped and reported: `tool_choice` and `parallel_tool_calls` without tools, `reasoning`
+//! and `web_search_call` items in `input` (the upstream cannot read them), `reasoning.summary`
+//! (Chat returns no summaries, which a client must accept anyway), built-in tools offered
+//! (`web_search`, `local_shell`, `tool_search`, `image_generation`, ...: see the module rules),
+//! `defer_loading` on tools, a namespace's `description`, a custom tool's `format` (its grammar),
+//! `client_metadata`, `metadata`, `store: true` (nothing is stored; responses say `store:
+//! false`), `service_tier`, `prompt_cache_key`, `safety_identifier`, `stream_options`.
+//! Honoured as neutral: `include: ["reasoning.encrypted_content"]` (no reasoning items come
+//! back), `truncation: "disabled"`, `background: false`.
+//! Errors: a `tool_choice` that forces a built-in tool, `previous_response_id`,
+//! `conversation`, `item_reference` and other item types, `file_id`s and `file_url`s,
 //! `background: true`, `truncation: "auto"`, `prompt`, `max_tool_calls`, `top_logprobs`, other
 //! `include` values, unknown fields.
 //!
 //! # Response
 //! One `message` output item (text, or a refusal part) and one `function_call` item per tool
-//! call; `reasoning_content` is not returned. The response object echoes the request's
+//! call (with its `namespace` again, or a `custom_tool_call` for a custom tool);
+//! `reasoning_content` is not returned. The response object echoes the request's
 //! settings (`instructions`, `tools`, `tool_choice`, `temperature`, ...) as OpenAI does.
 //! `finish_reason: length` gives `status: incomplete` with reason `max_output_tokens`,
 //! `content_filter` gives `incomplete` with reason `content_filter`.
@@ -38,10 +44,14 @@
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use super::responses_common::{
+    call_item, call_name, custom_input, drop_hint, echo_fields, origin_in, output_text_part,
+    response_object, tool_names, Choice, Origin, ResponseParts, Tools,
+};
 use super::{
     as_array, as_bool, as_count, as_number, as_object, as_str, block_type, err, field_path, frame,
     id_suffix, index_path, parse_event, present, required_str, responses_usage_json,
-    upstream_error_message, ConversionError, Map, StreamConverter,
+    upstream_error_message, ConversionError, Converted, Dropped, Map, StreamConverter,
 };
 use crate::frames::StreamFailure;
 use crate::sse::SseEvent;
@@ -49,14 +59,18 @@ use crate::usage::{self, Usage};
 use crate::Format;
 
 /// Converts a Responses request into a Chat Completions request for `upstream_model`.
-pub fn convert_request(request: &Value, upstream_model: &str) -> Result<Value, ConversionError> {
+pub fn convert_request(
+    request: &Value,
+    upstream_model: &str,
+) -> Result<Converted, ConversionError> {
     let request = request
         .as_object()
         .ok_or_else(|| ConversionError::new("", "the request body must be a JSON object"))?;
+    let mut dropped = Dropped::default();
     let mut out = Map::new();
     out.insert("model".into(), upstream_model.into());
 
-    let mut messages = Vec::new();
+    let mut messages = Messages::default();
     if let Some(instructions) = present(request, "instructions") {
         messages.push(json!({"role": "system", "content": as_str(instructions, "instructions")?}));
     }
@@ -65,15 +79,20 @@ pub fn convert_request(request: &Value, upstream_model: &str) -> Result<Value, C
         Some(Value::String(text)) => messages.push(json!({"role": "user", "content": text})),
         Some(Value::Array(items)) => {
             for (index, item) in items.iter().enumerate() {
-                convert_item(item, &index_path("input", index), &mut messages)?;
+                convert_item(
+                    item,
+                    &index_path("input", index),
+                    &mut messages,
+                    &mut dropped,
+                )?;
             }
         }
         Some(_) => return err("input", "must be a string or an array of items"),
     }
-    out.insert("messages".into(), Value::Array(messages));
+    out.insert("messages".into(), Value::Array(messages.finish()));
 
     for (key, value) in request {
-        if value.is_null() {
+        if value.is_null() || drop_hint(key, value, &mut dropped) {
             continue;
         }
         let param = key.as_str();
@@ -106,9 +125,23 @@ pub fn convert_request(request: &Value, upstream_model: &str) -> Result<Value, C
             "text" => convert_text_options(as_object(value, param)?, &mut out)?,
             "reasoning" => {
                 let reasoning = as_object(value, param)?;
-                if let Some(effort) = present(reasoning, "effort") {
-                    let effort = as_str(effort, "reasoning.effort")?;
-                    out.insert("reasoning_effort".into(), effort.into());
+                for (reasoning_key, reasoning_value) in reasoning {
+                    match reasoning_key.as_str() {
+                        _ if reasoning_value.is_null() => {}
+                        "effort" => {
+                            let effort = as_str(reasoning_value, "reasoning.effort")?;
+                            out.insert("reasoning_effort".into(), effort.into());
+                        }
+                        "summary" | "generate_summary" => {
+                            dropped.push(field_path(param, reasoning_key));
+                        }
+                        other => {
+                            return err(
+                                field_path(param, other),
+                                "is not a known reasoning setting",
+                            )
+                        }
+                    }
                 }
             }
             "truncation" => {
@@ -138,8 +171,7 @@ pub fn convert_request(request: &Value, upstream_model: &str) -> Result<Value, C
                     }
                 }
             }
-            "metadata" | "store" | "service_tier" | "prompt_cache_key" | "safety_identifier"
-            | "stream_options" => {}
+            "safety_identifier" => dropped.push(param),
             "previous_response_id" | "conversation" => return err(
                 param,
                 "this model is served without stored conversations; send the whole input instead",
@@ -152,8 +184,115 @@ pub fn convert_request(request: &Value, upstream_model: &str) -> Result<Value, C
             }
         }
     }
-    convert_tools(request, &mut out)?;
-    Ok(Value::Object(out))
+    convert_tools(request, &mut out, &mut dropped)?;
+    Ok(dropped.finish(out))
+}
+
+fn convert_tools(
+    request: &Map,
+    out: &mut Map,
+    dropped: &mut Dropped,
+) -> Result<(), ConversionError> {
+    let tools = Tools::read(request, false, false, dropped)?;
+    let choice = tools.choice(request)?;
+    let has_tools = tools.any();
+    if has_tools {
+        let converted = tools
+            .flat
+            .iter()
+            .map(|tool| {
+                let mut function = Map::new();
+                function.insert("name".into(), tool.name.as_str().into());
+                if let Some(description) = &tool.description {
+                    function.insert("description".into(), description.as_str().into());
+                }
+                function.insert("parameters".into(), tool.parameters.clone());
+                if tool.strict {
+                    function.insert("strict".into(), true.into());
+                }
+                json!({"type": "function", "function": function})
+            })
+            .collect();
+        out.insert("tools".into(), Value::Array(converted));
+        if let Some(parallel) = present(request, "parallel_tool_calls") {
+            out.insert(
+                "parallel_tool_calls".into(),
+                as_bool(parallel, "parallel_tool_calls")?.into(),
+            );
+        }
+    } else if present(request, "parallel_tool_calls").is_some() {
+        dropped.push("parallel_tool_calls");
+    }
+    let converted = match choice {
+        None => None,
+        Some(Choice::Auto) => Some(json!("auto")),
+        Some(Choice::None) => Some(json!("none")),
+        Some(Choice::Required) => Some(json!("required")),
+        Some(Choice::Named(name)) => Some(json!({"type": "function", "function": {"name": name}})),
+        Some(Choice::WebSearch) => {
+            return err(
+                "tool_choice.type",
+                "web search cannot be run by this model's provider",
+            )
+        }
+    };
+    // Without tools a tool_choice means nothing, and OpenAI rejects it.
+    match converted {
+        Some(choice) if has_tools => {
+            out.insert("tool_choice".into(), choice);
+        }
+        Some(_) => dropped.push("tool_choice"),
+        None => {}
+    }
+    Ok(())
+}
+
+/// The Chat messages being built, with the images of tool outputs waiting for the tool
+/// messages of their turn to end (a user message may not sit between tool messages).
+#[derive(Debug, Default)]
+struct Messages {
+    messages: Vec<Value>,
+    pending_images: Vec<Value>,
+}
+
+impl Messages {
+    fn push(&mut self, message: Value) {
+        if message.get("role").and_then(Value::as_str) != Some("tool") {
+            self.flush_images();
+        }
+        self.messages.push(message);
+    }
+
+    fn flush_images(&mut self) {
+        if !self.pending_images.is_empty() {
+            let parts = std::mem::take(&mut self.pending_images);
+            self.messages
+                .push(json!({"role": "user", "content": parts}));
+        }
+    }
+
+    fn last_mut(&mut self) -> Option<&mut Value> {
+        self.messages.last_mut()
+    }
+
+    fn finish(mut self) -> Vec<Value> {
+        self.flush_images();
+        self.messages
+    }
+
+    /// Adds a tool call to the preceding assistant message, or to a new one.
+    fn push_call(&mut self, call: Value) {
+        let previous_assistant = self
+            .last_mut()
+            .filter(|m| m.get("role").and_then(Value::as_str) == Some("assistant"));
+        match previous_assistant {
+            Some(message) => match message.get_mut("tool_calls").and_then(Value::as_array_mut) {
+                Some(calls) => calls.push(call),
+                None => message["tool_calls"] = json!([call]),
+            },
+            None => self.push(json!({"role": "assistant", "content": null, "tool_calls": [call]})),
+        }
+    }
 }
 
 fn convert_text_options(text: &Map, out: &mut Map) -> Result<(), ConversionError> {
@@ -197,7 +336,12 @@ fn convert_text_options(text: &Map, out: &mut Map) -> Result<(), ConversionError
     Ok(())
 }
 
-fn convert_item(item: &Value, param: &str, out: &mut Vec<Value>) -> Result<(), ConversionError> {
+fn convert_item(
+    item: &Value,
+    param: &str,
+    out: &mut Messages,
+    dropped: &mut Dropped,
+) -> Result<(), ConversionError> {
     let item = as_object(item, param)?;
     let kind = match present(item, "type") {
         Some(kind) => as_str(kind, &field_path(param, "type"))?,
@@ -207,31 +351,29 @@ fn convert_item(item: &Value, param: &str, out: &mut Vec<Value>) -> Result<(), C
     match kind {
         "message" => convert_message_item(item, param, out),
         "function_call" => {
-            let call = json!({
+            out.push_call(json!({
+                "id": required_str(item, "call_id", param)?,
+                "type": "function",
+                "function": {
+                    "name": call_name(item, param)?,
+                    "arguments": required_str(item, "arguments", param)?,
+                },
+            }));
+            Ok(())
+        }
+        "custom_tool_call" => {
+            let input = required_str(item, "input", param)?;
+            out.push_call(json!({
                 "id": required_str(item, "call_id", param)?,
                 "type": "function",
                 "function": {
                     "name": required_str(item, "name", param)?,
-                    "arguments": required_str(item, "arguments", param)?,
+                    "arguments": json!({"input": input}).to_string(),
                 },
-            });
-            let previous_assistant = out
-                .last_mut()
-                .filter(|m| m.get("role").and_then(Value::as_str) == Some("assistant"));
-            match previous_assistant {
-                Some(message) => {
-                    match message.get_mut("tool_calls").and_then(Value::as_array_mut) {
-                        Some(calls) => calls.push(call),
-                        None => message["tool_calls"] = json!([call]),
-                    }
-                }
-                None => {
-                    out.push(json!({"role": "assistant", "content": null, "tool_calls": [call]}))
-                }
-            }
+            }));
             Ok(())
         }
-        "function_call_output" => {
+        "function_call_output" | "custom_tool_call_output" => {
             let output_param = field_path(param, "output");
             let output = match present(item, "output") {
                 Some(Value::String(text)) => text.clone(),
@@ -244,10 +386,13 @@ fn convert_item(item: &Value, param: &str, out: &mut Vec<Value>) -> Result<(), C
                             "input_text" | "output_text" => {
                                 texts.push(required_str(part, "text", &part_param)?)
                             }
+                            "input_image" => {
+                                out.pending_images.push(image_part(part, &part_param)?)
+                            }
                             other => {
                                 return err(
                                     field_path(&part_param, "type"),
-                                    format!("tool outputs containing \"{other}\" parts cannot be translated; only text is supported"),
+                                    format!("tool outputs containing \"{other}\" parts cannot be translated; only text and images are supported"),
                                 )
                             }
                         }
@@ -268,7 +413,10 @@ fn convert_item(item: &Value, param: &str, out: &mut Vec<Value>) -> Result<(), C
             }));
             Ok(())
         }
-        "reasoning" => Ok(()),
+        "reasoning" | "web_search_call" => {
+            dropped.push(param);
+            Ok(())
+        }
         other => err(
             field_path(param, "type"),
             format!(
@@ -281,7 +429,7 @@ fn convert_item(item: &Value, param: &str, out: &mut Vec<Value>) -> Result<(), C
 fn convert_message_item(
     item: &Map,
     param: &str,
-    out: &mut Vec<Value>,
+    out: &mut Messages,
 ) -> Result<(), ConversionError> {
     let role = required_str(item, "role", param)?;
     let content_param = field_path(param, "content");
@@ -300,6 +448,7 @@ fn convert_message_item(
                         json!({"type": "text", "text": required_str(part, "refusal", &part_param)?})
                     }
                     "input_image" => image_part(part, &part_param)?,
+                    "input_file" => file_part(part, &part_param)?,
                     other => {
                         return err(
                             field_path(&part_param, "type"),
@@ -353,6 +502,28 @@ fn convert_message_item(
     Ok(())
 }
 
+/// An `input_file` with inline data as a Chat `file` part (`file_data` is a data: URL).
+fn file_part(part: &Map, param: &str) -> Result<Value, ConversionError> {
+    let Some(data) = present(part, "file_data") else {
+        return err(
+            field_path(param, "file_data"),
+            "is required: uploaded files and file URLs are not available for this model",
+        );
+    };
+    let mut file = Map::new();
+    file.insert(
+        "file_data".into(),
+        as_str(data, &field_path(param, "file_data"))?.into(),
+    );
+    if let Some(name) = present(part, "filename") {
+        file.insert(
+            "filename".into(),
+            as_str(name, &field_path(param, "filename"))?.into(),
+        );
+    }
+    Ok(json!({"type": "file", "file": file}))
+}
+
 fn image_part(part: &Map, param: &str) -> Result<Value, ConversionError> {
     if present(part, "file_id").is_some() {
         return err(
@@ -371,147 +542,6 @@ fn image_part(part: &Map, param: &str) -> Result<Value, ConversionError> {
     Ok(json!({"type": "image_url", "image_url": image}))
 }
 
-fn convert_tools(request: &Map, out: &mut Map) -> Result<(), ConversionError> {
-    let mut tools = Vec::new();
-    if let Some(input) = present(request, "tools") {
-        for (index, tool) in as_array(input, "tools")?.iter().enumerate() {
-            let param = index_path("tools", index);
-            let tool = as_object(tool, &param)?;
-            let kind = block_type(tool, &param)?;
-            if kind != "function" {
-                return err(
-                    field_path(&param, "type"),
-                    format!("\"{kind}\" is a built-in tool of OpenAI's Responses API; it cannot be translated for this model's provider"),
-                );
-            }
-            let mut function = Map::new();
-            function.insert("name".into(), required_str(tool, "name", &param)?.into());
-            for key in ["description", "parameters", "strict"] {
-                if let Some(value) = present(tool, key) {
-                    function.insert(key.into(), value.clone());
-                }
-            }
-            tools.push(json!({"type": "function", "function": function}));
-        }
-    }
-    let has_tools = !tools.is_empty();
-    if has_tools {
-        out.insert("tools".into(), Value::Array(tools));
-        if let Some(parallel) = present(request, "parallel_tool_calls") {
-            out.insert(
-                "parallel_tool_calls".into(),
-                as_bool(parallel, "parallel_tool_calls")?.into(),
-            );
-        }
-    }
-    let mut tool_choice = None;
-    match present(request, "tool_choice") {
-        None => {}
-        Some(Value::String(choice)) => {
-            if !matches!(choice.as_str(), "auto" | "none" | "required") {
-                return err(
-                    "tool_choice",
-                    format!("\"{choice}\" is not a known tool_choice"),
-                );
-            }
-            tool_choice = Some(Value::String(choice.clone()));
-        }
-        Some(Value::Object(choice)) => {
-            let kind = block_type(choice, "tool_choice")?;
-            if kind != "function" {
-                return err(
-                    "tool_choice.type",
-                    format!("tool_choice of type \"{kind}\" cannot be translated"),
-                );
-            }
-            tool_choice = Some(json!({"type": "function", "function": {
-                "name": required_str(choice, "name", "tool_choice")?,
-            }}));
-        }
-        Some(_) => return err("tool_choice", "must be a string or an object"),
-    }
-    // Without tools a tool_choice means nothing, and OpenAI rejects it.
-    if let Some(choice) = tool_choice.filter(|_| has_tools) {
-        out.insert("tool_choice".into(), choice);
-    }
-    Ok(())
-}
-
-/// The request's settings that a Responses response object repeats back.
-fn echo_fields(request: &Value) -> Map {
-    let get = |key: &str| request.get(key).filter(|v| !v.is_null()).cloned();
-    let reasoning = request.get("reasoning");
-    let mut echo = Map::new();
-    echo.insert("background".into(), false.into());
-    echo.insert("error".into(), Value::Null);
-    echo.insert("incomplete_details".into(), Value::Null);
-    echo.insert(
-        "instructions".into(),
-        get("instructions").unwrap_or(Value::Null),
-    );
-    echo.insert(
-        "max_output_tokens".into(),
-        get("max_output_tokens").unwrap_or(Value::Null),
-    );
-    echo.insert(
-        "metadata".into(),
-        get("metadata").unwrap_or_else(|| json!({})),
-    );
-    echo.insert(
-        "parallel_tool_calls".into(),
-        get("parallel_tool_calls").unwrap_or(Value::Bool(true)),
-    );
-    echo.insert("previous_response_id".into(), Value::Null);
-    echo.insert(
-        "reasoning".into(),
-        json!({
-            "effort": reasoning.and_then(|r| r.get("effort")).cloned().unwrap_or(Value::Null),
-            "summary": reasoning.and_then(|r| r.get("summary")).cloned().unwrap_or(Value::Null),
-        }),
-    );
-    echo.insert("store".into(), false.into());
-    echo.insert(
-        "temperature".into(),
-        get("temperature").unwrap_or_else(|| json!(1.0)),
-    );
-    echo.insert(
-        "text".into(),
-        get("text").unwrap_or_else(|| json!({"format": {"type": "text"}})),
-    );
-    echo.insert(
-        "tool_choice".into(),
-        get("tool_choice").unwrap_or_else(|| json!("auto")),
-    );
-    echo.insert("tools".into(), get("tools").unwrap_or_else(|| json!([])));
-    echo.insert("top_p".into(), get("top_p").unwrap_or_else(|| json!(1.0)));
-    echo.insert("truncation".into(), json!("disabled"));
-    echo.insert("user".into(), get("user").unwrap_or(Value::Null));
-    echo
-}
-
-/// A whole Responses `response` object.
-struct ResponseParts<'a> {
-    id: &'a str,
-    created_at: u64,
-    model: &'a str,
-    status: &'a str,
-    output: Vec<Value>,
-    usage: Value,
-}
-
-fn response_object(echo: &Map, parts: ResponseParts<'_>) -> Value {
-    let mut response = Map::new();
-    response.insert("id".into(), parts.id.into());
-    response.insert("object".into(), "response".into());
-    response.insert("created_at".into(), parts.created_at.into());
-    response.insert("status".into(), parts.status.into());
-    response.insert("model".into(), parts.model.into());
-    response.insert("output".into(), Value::Array(parts.output));
-    response.extend(echo.clone());
-    response.insert("usage".into(), parts.usage);
-    Value::Object(response)
-}
-
 /// `status` and `incomplete_details` for a Chat `finish_reason`.
 fn status_for(finish_reason: Option<&str>) -> (&'static str, Value) {
     match finish_reason {
@@ -521,19 +551,11 @@ fn status_for(finish_reason: Option<&str>) -> (&'static str, Value) {
     }
 }
 
-fn function_call_item_id(call_id: &str) -> String {
-    format!("fc_{}", call_id.strip_prefix("call_").unwrap_or(call_id))
-}
-
 fn reasoning_tokens(usage_object: Option<&Value>) -> u64 {
     usage::count(
         usage_object.and_then(|u| u.pointer("/completion_tokens_details/reasoning_tokens")),
     )
     .unwrap_or(0)
-}
-
-fn output_text_part(text: &str) -> Value {
-    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
 }
 
 /// Converts a Chat Completions response into a Responses response; `request` is the client's
@@ -588,17 +610,24 @@ pub fn convert_response(
         }));
     }
     if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
+        let names = tool_names(request);
         for call in calls {
             let call_id = call.get("id").and_then(Value::as_str).unwrap_or_default();
             let function = call.get("function").unwrap_or(&Value::Null);
-            output.push(json!({
-                "id": function_call_item_id(call_id),
-                "type": "function_call",
-                "status": "completed",
-                "arguments": function.get("arguments").and_then(Value::as_str).unwrap_or_default(),
-                "call_id": call_id,
-                "name": function.get("name").and_then(Value::as_str).unwrap_or_default(),
-            }));
+            let name = function
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let arguments = function
+                .get("arguments")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            output.push(call_item(
+                &origin_in(&names, name),
+                call_id,
+                arguments,
+                "completed",
+            ));
         }
     }
     let usage = usage::from_chat_response(response).unwrap_or_default();
@@ -624,7 +653,7 @@ enum ItemKind {
     FunctionCall {
         chat_index: u64,
         call_id: String,
-        name: String,
+        origin: Origin,
     },
 }
 
@@ -658,10 +687,9 @@ impl Item {
                 json!({"id": self.id, "type": "message", "status": self.status,
                     "content": content, "role": "assistant"})
             }
-            ItemKind::FunctionCall { call_id, name, .. } => json!({
-                "id": self.id, "type": "function_call", "status": self.status,
-                "arguments": self.content, "call_id": call_id, "name": name,
-            }),
+            ItemKind::FunctionCall {
+                call_id, origin, ..
+            } => call_item(origin, call_id, &self.content, self.status),
         }
     }
 }
@@ -674,6 +702,7 @@ impl Item {
 #[derive(Debug, Clone)]
 pub struct ResponseStream {
     echo: Map,
+    names: Vec<(String, Origin)>,
     public_model: String,
     sequence_number: u64,
     id: Option<String>,
@@ -694,6 +723,7 @@ impl ResponseStream {
     pub fn new(request: &Value, public_model: &str) -> Self {
         Self {
             echo: echo_fields(request),
+            names: tool_names(request),
             public_model: public_model.to_owned(),
             sequence_number: 0,
             id: None,
@@ -791,11 +821,24 @@ impl ResponseStream {
                         "part": item.part()}),
                 ));
             }
-            ItemKind::FunctionCall { name, .. } => {
+            ItemKind::FunctionCall {
+                origin: Origin::Function { name, .. },
+                ..
+            } => {
                 frames.push(self.event(
                     "response.function_call_arguments.done",
                     json!({"item_id": item_id, "output_index": output_index, "name": name,
                         "arguments": item.content}),
+                ));
+            }
+            ItemKind::FunctionCall {
+                origin: Origin::Custom { .. },
+                ..
+            } => {
+                frames.push(self.event(
+                    "response.custom_tool_call_input.done",
+                    json!({"item_id": item_id, "output_index": output_index,
+                        "input": custom_input(&item.content)}),
                 ));
             }
         }
@@ -879,14 +922,19 @@ impl ResponseStream {
                 let name = function
                     .get("name")
                     .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let origin = origin_in(&self.names, name);
+                let id = call_item(&origin, &call_id, "", "in_progress")
+                    .get("id")
+                    .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_owned();
                 let item = Item {
-                    id: function_call_item_id(&call_id),
+                    id,
                     kind: ItemKind::FunctionCall {
                         chat_index,
                         call_id,
-                        name,
+                        origin,
                     },
                     content: String::new(),
                     open: true,
@@ -910,10 +958,20 @@ impl ResponseStream {
             self.content_deltas += 1;
             self.items[index].content.push_str(arguments);
             let item_id = self.items[index].id.clone();
-            frames.push(self.event(
-                "response.function_call_arguments.delta",
-                json!({"item_id": item_id, "output_index": index, "delta": arguments}),
-            ));
+            // A custom tool's input is known once its JSON arguments are whole.
+            let custom = matches!(
+                self.items[index].kind,
+                ItemKind::FunctionCall {
+                    origin: Origin::Custom { .. },
+                    ..
+                }
+            );
+            if !custom {
+                frames.push(self.event(
+                    "response.function_call_arguments.delta",
+                    json!({"item_id": item_id, "output_index": index, "delta": arguments}),
+                ));
+            }
         }
     }
 

@@ -32,6 +32,7 @@ use std::time::Instant;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use tollgate_formats::conversion::DROPPED_FIELDS_HEADER;
 use tollgate_formats::estimate::Profile;
 
 use crate::billing::meter::Meter;
@@ -151,7 +152,7 @@ impl Gateway {
         )?;
         let choices = request.count("n")?.unwrap_or(1).max(1);
         drop(request);
-        let served = served_headers(&prepared, &self.upstreams, settlement.attempts);
+        let served = answer_headers(&prepared, &self.upstreams, settlement.attempts);
         let answering = Answering {
             upstreams: &self.upstreams,
             prepared: &prepared,
@@ -243,6 +244,19 @@ fn served_headers_of(model: &Model, provider: &ProviderClient, attempts: u32) ->
         if let Ok(value) = HeaderValue::from_str(value) {
             headers.insert(name, value);
         }
+    }
+    headers
+}
+
+/// The headers of a served request, with the hints its translation dropped.
+fn answer_headers(prepared: &Prepared, upstreams: &Upstreams, attempts: u32) -> HeaderMap {
+    let mut headers = served_headers(prepared, upstreams, attempts);
+    if let Some(value) = prepared
+        .dropped
+        .as_deref()
+        .and_then(|d| HeaderValue::from_str(d).ok())
+    {
+        headers.insert(DROPPED_FIELDS_HEADER, value);
     }
     headers
 }

@@ -79,6 +79,8 @@ pub(super) struct Prepared {
     /// The public id to put where the provider's answer names its own model (passed-on
     /// answers only; translated ones are written with it).
     pub(super) rename: Option<String>,
+    /// The hints the translation could not carry (`x-tollgate-dropped-fields`).
+    pub(super) dropped: Option<String>,
 }
 
 impl Prepared {
@@ -150,11 +152,13 @@ pub(super) fn prepare(
         body: body.clone(),
         original: None,
         rename: renamed.then(|| model.id.clone()),
+        dropped: None,
     };
     let bound = demands::output_bound(demands, model);
     if let Some(translation) = translation {
-        let (mut converted, original) =
-            translation.request(body, &deployment.upstream_model, bound)?;
+        let (converted, original) = translation.request(body, &deployment.upstream_model, bound)?;
+        prepared.dropped = converted.header_value();
+        let mut converted = converted.body;
         // Every upstream request carries an output bound (the converters keep the
         // client's own); hosted tools are refused by the converters.
         if let (Some(Format::ChatCompletions), Value::Object(map)) = (wire.format, &mut converted) {

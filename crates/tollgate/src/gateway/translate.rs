@@ -3,7 +3,9 @@
 
 use bytes::Bytes;
 use serde_json::Value;
-use tollgate_formats::conversion::{chat_to_messages, messages_to_chat, responses_to_chat};
+use tollgate_formats::conversion::{
+    chat_to_messages, messages_to_chat, responses_to_chat, responses_to_messages, Converted,
+};
 use tollgate_formats::usage as wire_usage;
 use tollgate_formats::{ConversionError, Format, StreamConverter};
 
@@ -18,6 +20,8 @@ pub(super) enum Translation {
     ChatToMessages,
     /// A Responses client, a provider that only speaks Chat Completions.
     ResponsesToChat,
+    /// A Responses client, a Messages provider.
+    ResponsesToMessages,
 }
 
 impl Translation {
@@ -33,18 +37,22 @@ impl Translation {
                 Ok(Some(Translation::ChatToMessages))
             }
             (Format::Responses, Format::ChatCompletions) => Ok(Some(Translation::ResponsesToChat)),
+            (Format::Responses, Format::AnthropicMessages) => {
+                Ok(Some(Translation::ResponsesToMessages))
+            }
             _ => Err(()),
         }
     }
 
     /// Translates a client request: the upstream body and the parsed original (the
     /// answer's translation needs it).
+    /// The hints the target could not honour are listed in `Converted::dropped`.
     pub(super) fn request(
         self,
         body: &[u8],
         upstream_model: &str,
         output_bound: u64,
-    ) -> Result<(Value, Value), ApiError> {
+    ) -> Result<(Converted, Value), ApiError> {
         let original: Value = serde_json::from_slice(body).map_err(|e| {
             ApiError::bad_request(
                 "invalid_json",
@@ -60,6 +68,9 @@ impl Translation {
             }
             Translation::ResponsesToChat => {
                 responses_to_chat::convert_request(&original, upstream_model)
+            }
+            Translation::ResponsesToMessages => {
+                responses_to_messages::convert_request(&original, upstream_model, output_bound)
             }
         }
         .map_err(untranslatable)?;
@@ -85,6 +96,12 @@ impl Translation {
             Translation::ResponsesToChat => {
                 responses_to_chat::convert_response(answer, original, public_model)?
             }
+            Translation::ResponsesToMessages => responses_to_messages::convert_response(
+                answer,
+                original,
+                public_model,
+                tollgate_formats::conversion::unix_now(),
+            )?,
         };
         serde_json::to_vec(&converted)
             .map(Bytes::from)
@@ -110,6 +127,13 @@ impl Translation {
                 original,
                 public_model,
             )),
+            Translation::ResponsesToMessages => {
+                Box::new(responses_to_messages::ResponseStream::new(
+                    original,
+                    public_model,
+                    tollgate_formats::conversion::unix_now(),
+                ))
+            }
         }
     }
 }

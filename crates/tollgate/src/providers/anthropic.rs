@@ -1,5 +1,5 @@
 //! Anthropic's native Messages API: `x-api-key` and `anthropic-version` headers, and only
-//! the Messages endpoint (Chat Completions clients are translated to it).
+//! the Messages endpoint (Chat Completions and Responses clients are translated to it).
 
 use axum::http::{HeaderName, HeaderValue};
 use tollgate_formats::Format;
@@ -27,7 +27,7 @@ impl Anthropic {
 impl Adapter for Anthropic {
     fn wire(&self, endpoint: Endpoint) -> Option<Wire> {
         match endpoint {
-            Endpoint::Messages | Endpoint::ChatCompletions => Some(Wire {
+            Endpoint::Messages | Endpoint::ChatCompletions | Endpoint::Responses => Some(Wire {
                 endpoint: Endpoint::Messages,
                 format: Some(Format::AnthropicMessages),
             }),

@@ -271,6 +271,28 @@ async fn what_cannot_be_translated_is_a_400_naming_the_field() {
     let error: Value = response.json().await.expect("json");
     assert_eq!(error["error"]["param"], "n");
     assert_eq!(error["error"]["code"], "untranslatable");
+    // A server tool the target cannot run changes what the model does: refused.
+    let response = messages(
+        &app,
+        &key,
+        &json!({"model": "gpt-test", "max_tokens": 10,
+        "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+        "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.expect("json");
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    let message = error["error"]["message"].as_str().expect("message");
+    assert!(message.contains("web_search"), "{message}");
+    assert_eq!(upstream.stats().requests, before, "nothing went upstream");
+    assert!(ledger(&app).await.is_empty());
+}
+
+#[tokio::test]
+async fn hints_a_translation_cannot_carry_are_dropped_and_named() {
+    let (app, upstream, key) = setup().await;
     let response = messages(
         &app,
         &key,
@@ -279,14 +301,19 @@ async fn what_cannot_be_translated_is_a_400_naming_the_field() {
         "messages": [{"role": "user", "content": "hi"}]}),
     )
     .await;
-    assert_eq!(response.status(), 400);
-    let error: Value = response.json().await.expect("json");
-    assert_eq!(error["type"], "error");
-    assert_eq!(error["error"]["type"], "invalid_request_error");
-    assert!(error["error"]["message"]
-        .as_str()
-        .expect("message")
-        .contains("thinking"));
-    assert_eq!(upstream.stats().requests, before, "nothing went upstream");
-    assert!(ledger(&app).await.is_empty());
+    assert_eq!(response.status(), 200);
+    let dropped = response.headers()["x-tollgate-dropped-fields"]
+        .to_str()
+        .expect("text")
+        .to_string();
+    assert!(dropped.split(", ").any(|f| f == "thinking"), "{dropped}");
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["type"], "message");
+    let sent = upstream
+        .received()
+        .last()
+        .and_then(|r| r.json())
+        .expect("sent");
+    assert!(sent.get("thinking").is_none());
+    assert_eq!(ledger(&app).await.len(), 1);
 }
