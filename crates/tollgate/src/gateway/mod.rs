@@ -36,7 +36,7 @@ use tollgate_formats::conversion::DROPPED_FIELDS_HEADER;
 use tollgate_formats::estimate::Profile;
 
 use crate::billing::meter::Meter;
-use crate::billing::{Credits, Usage};
+use crate::billing::Credits;
 use crate::config::{Config, Endpoint, Model};
 use crate::error::ApiError;
 use crate::providers::{ProviderClient, Upstreams};
@@ -139,7 +139,7 @@ impl Gateway {
                     Unanswered::Request(e) => (e.status.as_u16(), e),
                 };
                 let attempts = settlement.attempts;
-                settlement.settle(Usage::default(), status).await;
+                settlement.settle_undelivered(status).await;
                 return Err(error.with_attempts(attempts));
             }
         };
@@ -217,6 +217,7 @@ impl Gateway {
             attempts: 0,
             tier: None,
             estimated: false,
+            delivered: true,
             endpoint: inbound.endpoint,
             request_id: inbound.request_id.clone(),
             key: inbound.key.clone(),

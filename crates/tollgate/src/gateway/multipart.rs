@@ -12,7 +12,6 @@ use futures_util::StreamExt;
 
 use super::measure::Billing;
 use super::{attempt, estimate, plan, relay, served_headers_of, Gateway, Inbound};
-use crate::billing::Usage;
 use crate::error::ApiError;
 use crate::providers::UpstreamBody;
 
@@ -282,7 +281,7 @@ impl Gateway {
         let upstream = match sent {
             Ok(upstream) => upstream,
             Err(e) => {
-                settlement.settle(Usage::default(), e.ledger_status()).await;
+                settlement.settle_undelivered(e.ledger_status()).await;
                 if over_limit.load(Ordering::Relaxed) {
                     return Err(ApiError::too_large(limit));
                 }

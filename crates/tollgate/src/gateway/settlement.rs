@@ -28,6 +28,8 @@ pub(super) struct Settlement {
     pub(super) tier: Option<String>,
     /// The usage charged was counted by the gateway, not reported by the provider.
     pub(super) estimated: bool,
+    /// Something reached the client (cleared for a call that delivered nothing).
+    pub(super) delivered: bool,
     pub(super) endpoint: Endpoint,
     pub(super) request_id: Arc<str>,
     pub(super) key: Arc<KeyRecord>,
@@ -40,6 +42,12 @@ impl Settlement {
         self.model = model.clone();
         self.provider = Some(provider);
         self.attempts += 1;
+    }
+
+    /// Records a call that delivered nothing to the client: it costs nothing.
+    pub(super) async fn settle_undelivered(mut self, status: u16) {
+        self.delivered = false;
+        self.settle(Usage::default(), status).await;
     }
 
     /// Like `settle`, for usage the gateway counted itself (the provider reported none).
@@ -81,12 +89,11 @@ impl Settlement {
         }
     }
 
-    /// The cost of `usage` and its ledger record (nothing is charged for failures).
+    /// The cost of `usage`, what was delivered, and its ledger record.
     fn charge(&self, usage: Usage, status: u16) -> (Credits, UsageRecord) {
-        let success = (200..300).contains(&status) || status == 499;
-        // A success is priced and recorded at the model that served; a failure costs
-        // nothing and is recorded at the model asked for.
-        let (model, cost) = if success {
+        // What was delivered is priced and recorded at the model that served; a call
+        // that delivered nothing is recorded at the model asked for, at no cost.
+        let (model, cost) = if self.delivered {
             (
                 &self.model,
                 self.model.pricing_for(self.tier.as_deref()).cost(&usage),

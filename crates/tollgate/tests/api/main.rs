@@ -5,6 +5,7 @@ mod auth;
 mod gateway;
 mod helpers;
 mod input;
+mod meter;
 mod money;
 mod overflow;
 mod public;

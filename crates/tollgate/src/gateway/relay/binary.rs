@@ -71,12 +71,11 @@ pub(super) fn binary_response(
                     // Audio already relayed is output delivered: it is charged (speech is
                     // priced by the characters asked for, known from the start).
                     if let Some(settlement) = s.settlement.take() {
-                        let usage = if s.delivered {
-                            s.usage
+                        if s.delivered {
+                            settlement.settle(s.usage, 502).await;
                         } else {
-                            Usage::default()
-                        };
-                        settlement.settle(usage, 502).await;
+                            settlement.settle_undelivered(502).await;
+                        }
                     }
                     return Some((
                         Err(std::io::Error::other(

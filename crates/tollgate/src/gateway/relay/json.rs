@@ -34,7 +34,7 @@ use crate::providers::{self, UpstreamChunks, UpstreamError, UpstreamResponse};
 /// Answers up to this size are read whole before they are sent.
 pub(in crate::gateway) const READ_WHOLE: usize = 1 << 20;
 /// Largest answer read whole when it must be.
-const MAX_WHOLE: usize = 64 << 20;
+pub(in crate::gateway) const MAX_WHOLE: usize = 64 << 20;
 /// Most of a `usage` member kept by the scanner.
 const MAX_USAGE_TEXT: usize = 64 << 10;
 
@@ -87,14 +87,18 @@ pub(in crate::gateway) async fn finish(
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_static("application/json"));
     let must_be_whole = w.convert.is_some() || w.billing.reads_whole_answer();
-    let limit = if must_be_whole { MAX_WHOLE } else { READ_WHOLE };
+    let limit = if must_be_whole {
+        MAX_WHOLE.min(usize::try_from(w.max_bytes).unwrap_or(MAX_WHOLE))
+    } else {
+        READ_WHOLE
+    };
     let mut chunks = providers::chunks(upstream);
     let mut head = BytesMut::new();
     loop {
         match next_chunk(&mut chunks, w.idle_timeout, w.deadline).await {
             Ok(Some(chunk)) if head.len() + chunk.len() > limit => {
                 if must_be_whole {
-                    settlement.settle(Usage::default(), 502).await;
+                    settlement.settle_undelivered(502).await;
                     return Err(UpstreamError::malformed(w.provider, "an answer too large"));
                 }
                 head.extend_from_slice(&chunk);
@@ -103,7 +107,7 @@ pub(in crate::gateway) async fn finish(
             Ok(Some(chunk)) => head.extend_from_slice(&chunk),
             Ok(None) => break,
             Err(what) => {
-                settlement.settle(Usage::default(), 502).await;
+                settlement.settle_undelivered(502).await;
                 return Err(UpstreamError::malformed(w.provider, what));
             }
         }
@@ -142,7 +146,7 @@ async fn whole(
     // JSON served under another content type is still JSON to measure.
     let Some(answer) = view.or_else(|| serde_json::from_slice::<Value>(&bytes).ok()) else {
         if declared_json || w.convert.is_some() {
-            settlement.settle(Usage::default(), 502).await;
+            settlement.settle_undelivered(502).await;
             return Err(UpstreamError::malformed(w.provider, "invalid JSON"));
         }
         // Not JSON at all: its bytes are the output delivered.
@@ -178,7 +182,7 @@ async fn whole(
         Some(c) => match c.translation.answer(&answer, c.original, c.public_model) {
             Ok(bytes) => bytes,
             Err(e) => {
-                settlement.settle(Usage::default(), 502).await;
+                settlement.settle_undelivered(502).await;
                 return Err(UpstreamError::malformed(
                     w.provider,
                     format!("untranslatable ({e})"),
@@ -242,6 +246,7 @@ fn relayed(
         deadline: w.deadline,
         input_estimate: w.input_estimate,
         max_bytes: w.max_bytes,
+        failed: None,
         done: false,
     };
     let stream = futures_util::stream::unfold(relay, |mut r| async move {
@@ -265,6 +270,8 @@ struct Relayed {
     deadline: Instant,
     input_estimate: u64,
     max_bytes: u64,
+    /// The body ends with this error once the chunk in hand is sent.
+    failed: Option<&'static str>,
     done: bool,
 }
 
@@ -304,6 +311,10 @@ impl Relayed {
     }
 
     async fn next(&mut self) -> Option<Result<Bytes, std::io::Error>> {
+        if let Some(what) = self.failed.take() {
+            self.done = true;
+            return Some(Err(std::io::Error::other(what)));
+        }
         if self.done {
             return None;
         }
@@ -335,8 +346,8 @@ impl Relayed {
         }
     }
 
-    /// The answer broke off (or was cut): what the client received is charged, and the
-    /// body ends with an error (the client sees a truncated answer).
+    /// The answer broke off: what was read is charged and delivered (the chunk held
+    /// back), then the body ends with an error (the client sees a truncated answer).
     async fn end_with_error(
         &mut self,
         status: u16,
@@ -344,8 +355,16 @@ impl Relayed {
     ) -> Option<Result<Bytes, std::io::Error>> {
         tracing::warn!(what, "relayed answer ended early");
         self.settle(status).await;
-        self.done = true;
-        Some(Err(std::io::Error::other(what)))
+        match self.held.take() {
+            Some(held) => {
+                self.failed = Some(what);
+                Some(Ok(held))
+            }
+            None => {
+                self.done = true;
+                Some(Err(std::io::Error::other(what)))
+            }
+        }
     }
 }
 

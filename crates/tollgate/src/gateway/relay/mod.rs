@@ -18,7 +18,6 @@ use tollgate_formats::UsageTracker;
 use super::measure::{Billing, Hosted};
 use super::plan::Prepared;
 use super::settlement::Settlement;
-use crate::billing::Usage;
 use crate::providers::{self, UpstreamError, UpstreamResponse, Upstreams};
 use cutoff::Cutoff;
 use json::{Convert, Whole};
@@ -58,7 +57,7 @@ pub(super) async fn respond(
         let (Some(upstream_format), Some(client_format)) =
             (prepared.wire.format, prepared.client_format)
         else {
-            settlement.settle(Usage::default(), 502).await;
+            settlement.settle_undelivered(502).await;
             return Err(UpstreamError::malformed(
                 &provider.config.name,
                 "an event stream where none was expected",
@@ -125,7 +124,12 @@ pub(super) async fn respond(
         convert,
         rename: prepared.rename.as_deref(),
         input_estimate: a.input_estimate,
-        max_bytes: a.output_cap.saturating_mul(32) + json::READ_WHOLE as u64,
+        // Generated text takes a few bytes a token, escaped in JSON at most six a
+        // character: 32 bytes a token is generous. Images are base64, not tokens.
+        max_bytes: match a.billing {
+            Billing::Images { .. } => json::MAX_WHOLE as u64,
+            _ => a.output_cap.saturating_mul(32) + json::READ_WHOLE as u64,
+        },
     };
     json::finish(upstream, settlement, whole).await
 }

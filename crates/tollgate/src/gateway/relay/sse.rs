@@ -272,6 +272,9 @@ impl Relay {
             let usage = self.usage_so_far();
             if self.tracker.has_final_usage() {
                 Box::pin(settlement.settle(usage, 502)).await;
+            } else if self.tracker.output_tokens_at_least() == 0 {
+                // Nothing of the answer reached the client: it costs nothing.
+                Box::pin(settlement.settle_undelivered(502)).await;
             } else {
                 Box::pin(settlement.settle_estimated(usage, 502)).await;
             }
