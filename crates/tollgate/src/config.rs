@@ -95,6 +95,7 @@ struct FileLimits {
 #[serde(deny_unknown_fields)]
 struct FileCluster {
     reservation_lease_ms: Option<u64>,
+    budget_check_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,6 +268,8 @@ pub struct Config {
     pub limits: Limits,
     /// How long a replica's reservation survives without renewal (cluster mode).
     pub reservation_lease: Duration,
+    /// How often each account's shared budget is checked against the ledger (cluster mode).
+    pub budget_check_interval: Duration,
     pub providers: Vec<Provider>,
     pub models: Vec<Arc<Model>>,
     model_index: HashMap<String, usize>,
@@ -335,6 +338,13 @@ impl Config {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err(err("redis_url", "must start with redis://".to_string()));
             }
+            if database_url.starts_with("sqlite:") {
+                return Err(err(
+                    "redis_url",
+                    "cluster mode needs a PostgreSQL database_url (replicas share the ledger)"
+                        .to_string(),
+                ));
+            }
         }
         let limits = Limits {
             max_body_bytes: positive(file.limits.max_body_bytes, 4 << 20)
@@ -349,6 +359,16 @@ impl Config {
             Some(ms) if ms < 1000 => {
                 return Err(err(
                     "cluster.reservation_lease_ms",
+                    "must be at least 1000".into(),
+                ))
+            }
+            Some(ms) => Duration::from_millis(ms),
+            None => Duration::from_secs(30),
+        };
+        let budget_check_interval = match file.cluster.budget_check_interval_ms {
+            Some(ms) if ms < 1000 => {
+                return Err(err(
+                    "cluster.budget_check_interval_ms",
                     "must be at least 1000".into(),
                 ))
             }
@@ -502,6 +522,7 @@ impl Config {
             data_dir,
             limits,
             reservation_lease,
+            budget_check_interval,
             providers,
             models,
             model_index,
