@@ -16,9 +16,8 @@ use crate::support::*;
 /// (charged, reserved) of account 1 and (usage, reserved) of key `key` in Redis.
 async fn shared(redis: &PrivateRedis, key: i64) -> [i64; 4] {
     let mut conn = redis.conn().await;
-    let epoch: String = redis::cmd("HGET")
+    let epoch: String = redis::cmd("GET")
         .arg(EPOCH_KEY)
-        .arg("id")
         .query_async(&mut conn)
         .await
         .expect("epoch");

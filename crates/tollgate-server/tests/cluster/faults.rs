@@ -238,8 +238,9 @@ async fn fault_under_load(fault: Fault) {
 }
 
 /// Counts, per request id, the settle scripts Redis runs with a cost (seen through
-/// MONITOR: the settle is the budget script with 7 keys; it ran if its first command,
-/// TIME, follows it, and did not if Redis refused it, e.g. NOSCRIPT).
+/// MONITOR: the settle is the budget script with 8 keys; it ran if its first command, the
+/// INCR of the epoch's counter, follows it, and did not if Redis refused it, e.g.
+/// NOSCRIPT).
 struct SettleWatch {
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<HashMap<String, usize>>,
@@ -261,14 +262,14 @@ async fn watch_settles(redis: &PrivateRedis) -> SettleWatch {
                 continue;
             };
             if let Some(id) = called.take() {
-                if line.contains("[0 lua] \"TIME\"") {
+                if line.contains("[0 lua] \"INCR\"") {
                     *runs.entry(id).or_default() += 1;
                 }
             }
             let mut words = line
                 .split(' ')
                 .skip_while(|w| !w.eq_ignore_ascii_case("\"evalsha\""));
-            if words.nth(2) != Some("\"7\"") {
+            if words.nth(2) != Some("\"8\"") {
                 continue;
             }
             let mut after = line.split(' ').skip_while(|w| !w.starts_with("\"req_"));
@@ -376,4 +377,66 @@ async fn redis_flushed_under_load_never_overspends_nor_double_counts() {
 #[tokio::test]
 async fn redis_paused_past_the_timeout_under_load_never_overspends_nor_double_counts() {
     fault_under_load(Fault::Pause).await;
+}
+
+/// Redis restarted from an older snapshot: its budgets miss what was charged since, and
+/// without notice a key would be served that much past its limit. The replicas saw a
+/// later write counter than the snapshot's, so the first of them to call starts a new
+/// epoch and the budgets are rebuilt from the ledger.
+#[tokio::test]
+async fn redis_back_from_an_old_snapshot_starts_a_new_epoch() {
+    let body = body();
+    let worst = worst_case(&body, 100);
+    let limit = 10 * worst;
+    let mut cluster = start_cluster_with(Setup::default()).await;
+    let spec: Value = serde_json::from_str(&format!(
+        r#"{{"name":"k","credit_limit":{}}}"#,
+        credits(limit)
+    ))
+    .expect("json");
+    let (id, key) = cluster.create_key(0, spec).await;
+    let url = |i: usize| format!("{}/v1/chat/completions", cluster.replicas[i % 3].base);
+    for i in 0..4 {
+        let (_, status, _, _) = send(&cluster.client, &url(i), &key, &body).await;
+        assert_eq!(status, 200);
+    }
+    let mut conn = cluster.redis.conn().await;
+    let _: () = redis::cmd("SAVE")
+        .query_async(&mut conn)
+        .await
+        .expect("save");
+    let saved = cluster.shared_key(id).await.spent;
+    let old_epoch = cluster.epoch().await;
+    for i in 0..6 {
+        let (_, status, _, _) = send(&cluster.client, &url(i), &key, &body).await;
+        assert_eq!(status, 200);
+    }
+    // Every replica's heartbeat writes after the snapshot.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    cluster.redis.kill();
+    cluster.redis.restart().await;
+    assert_eq!(cluster.epoch().await, old_epoch, "the snapshot is back");
+    assert_eq!(cluster.shared_key(id).await.spent, saved);
+
+    let mut served = 0;
+    loop {
+        let (_, status, _, _) = send(&cluster.client, &url(served), &key, &body).await;
+        match status {
+            200 => served += 1,
+            402 => break,
+            // The replicas reconnect.
+            503 => tokio::time::sleep(Duration::from_millis(200)).await,
+            other => panic!("unexpected status {other}"),
+        }
+        assert!(served < 20, "the key is never refused");
+    }
+    let (spent, usage) = cluster.ledger_key(id).await;
+    eprintln!("{served} served after the restart; the key spent {spent} of {limit}");
+    assert_eq!(spent, usage);
+    assert!(spent <= limit, "the key spent {spent} > its limit {limit}");
+    assert!(limit - spent < worst, "refused with {} left", limit - spent);
+    assert_ne!(cluster.epoch().await, old_epoch, "a new epoch");
+    assert_eq!(cluster.shared_key(id).await.spent, spent);
+    let logs = cluster.logs();
+    assert!(logs.contains("moved to a new epoch"), "{logs}");
 }

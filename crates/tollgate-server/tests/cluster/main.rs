@@ -4,6 +4,7 @@
 
 mod budgets;
 mod faults;
+mod services;
 mod support;
 
 use std::process::Command;

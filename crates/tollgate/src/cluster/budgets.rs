@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use redis::{Script, ScriptInvocation};
 
 use super::flights::{Flight, Flights, Retry};
-use super::names::{Names, EPOCH_KEY};
+use super::names::Names;
 use super::scripts::{self, with_constants};
 use super::sync::{Mode, Synced};
 use super::{timed, Cluster, ClusterError};
@@ -168,7 +168,7 @@ impl SharedBudgets {
             let (epoch, seen) = self.flights.epoch();
             let names = Names::new(&epoch);
             let mut call = self.scripts.reserve.prepare_invoke();
-            call.key(EPOCH_KEY)
+            call.key(names.counter())
                 .key(names.account(key.account_id))
                 .key(names.key(key.id))
                 .key(names.leases(key.account_id))
@@ -332,12 +332,13 @@ impl SharedBudgets {
             }
         };
         let mut call = self.scripts.settle.prepare_invoke();
-        call.key(EPOCH_KEY)
+        call.key(names.counter())
             .key(names.account(account))
             .key(names.key(key))
             .key(names.leases(account))
             .key(names.data(account))
             .key(names.markers(account))
+            .key(names.sync_flag(account))
             .key(names.sync_log(account))
             .arg(&**epoch)
             .arg(seen)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::budgets::{SettleOutcome, SharedBudgets, REGISTER_CHUNK, RETRY_CHUNK};
-use super::names::{Names, BUDGET_PREFIX, EPOCH_KEY};
+use super::names::{Names, BUDGET_PREFIX};
 use super::{timed, Cluster, ClusterError};
 use crate::store::AccountId;
 
@@ -23,7 +23,7 @@ impl SharedBudgets {
             for chunk in stale.chunks(REGISTER_CHUNK) {
                 let names = Names::new(&target);
                 let mut call = self.scripts.register.prepare_invoke();
-                call.key(EPOCH_KEY)
+                call.key(names.counter())
                     .arg(&*target)
                     .arg(0)
                     .arg(self.lease.as_millis() as u64)
@@ -121,7 +121,7 @@ impl SharedBudgets {
             let (epoch, seen) = self.flights.epoch();
             let names = Names::new(&epoch);
             let mut call = self.scripts.renew.prepare_invoke();
-            call.key(EPOCH_KEY)
+            call.key(names.counter())
                 .arg(&*epoch)
                 .arg(seen)
                 .arg(self.lease.as_millis() as u64)

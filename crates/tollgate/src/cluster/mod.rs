@@ -23,7 +23,7 @@ use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 
 pub use budgets::{SettleOutcome, SharedBudgets, GRACE, TICK};
-pub use names::{budget_key, EPOCH_KEY};
+pub use names::{budget_key, grace_key, EPOCH_KEY};
 pub use ratelimit::SharedRateLimiter;
 
 use crate::auth::Authenticator;

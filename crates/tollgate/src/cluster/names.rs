@@ -6,15 +6,19 @@ use crate::store::{AccountId, KeyId};
 
 /// Prefix of the budget layout.
 pub const BUDGET_PREFIX: &str = "tg2";
-/// The epoch marker: a hash with the epoch's `id`, a write counter `seq` and the time
-/// (`ready`, Redis milliseconds) before which no reservation is admitted.
+/// The epoch marker: the id of the current epoch.
 pub const EPOCH_KEY: &str = "tg2:epoch";
 
 /// The Redis key of a budget item of `epoch`, for tests and diagnostics: `kind` is `a`
-/// (account hash), `k` (key hash), `r` (leases), `rd` (reservation data), `m` (markers)
-/// or `sl` (the log of a running check).
+/// (account hash), `k` (key hash), `r` (leases), `rd` (reservation data), `m` (markers),
+/// `sa` (the running sync) or `sl` (its log).
 pub fn budget_key(epoch: &str, kind: &str, id: i64) -> String {
     format!("{BUDGET_PREFIX}:{epoch}:{kind}:{id}")
+}
+
+/// The key that exists while `epoch`'s grace window runs (no budget is loaded then).
+pub fn grace_key(epoch: &str) -> String {
+    format!("{BUDGET_PREFIX}:{epoch}:grace")
 }
 
 /// The key names of one epoch.
@@ -37,6 +41,11 @@ impl Names {
     /// `tg2:<epoch>:k:`, which the scripts extend with a key id.
     pub fn key_prefix(&self) -> String {
         format!("{}k:", self.prefix)
+    }
+
+    /// The epoch's write counter, the first key of every budget script.
+    pub fn counter(&self) -> String {
+        format!("{}seq", self.prefix)
     }
 
     pub fn account(&self, id: AccountId) -> String {
@@ -62,7 +71,12 @@ impl Names {
         format!("{}m:{}", self.prefix, id.0)
     }
 
-    /// Settles logged while a check of the account runs (hash: id -> "<key> <cost>").
+    /// The running sync of the account: its id, expiring with its window.
+    pub fn sync_flag(&self, id: AccountId) -> String {
+        format!("{}sa:{}", self.prefix, id.0)
+    }
+
+    /// Settles logged while a sync of the account runs (hash: id -> "<key> <cost>").
     pub fn sync_log(&self, id: AccountId) -> String {
         format!("{}sl:{}", self.prefix, id.0)
     }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::budgets::{Reply, SharedBudgets};
 use super::ledger::Snapshot;
-use super::names::{Names, EPOCH_KEY};
+use super::names::Names;
 use super::ClusterError;
 use crate::billing::meter::ReserveError;
 use crate::store::{AccountId, KeyId};
@@ -58,8 +58,9 @@ impl SharedBudgets {
         let sync_id = format!("{}", uuid::Uuid::new_v4().simple());
         let mut begin = self.scripts.sync_begin.prepare_invoke();
         begin
-            .key(EPOCH_KEY)
+            .key(names.counter())
             .key(names.account(account))
+            .key(names.sync_flag(account))
             .key(names.sync_log(account))
             .arg(&*epoch)
             .arg(seen)
@@ -128,8 +129,8 @@ impl SharedBudgets {
         }
         let names = Names::new(epoch);
         let mut read = self.scripts.sync_read.prepare_invoke();
-        read.key(EPOCH_KEY)
-            .key(names.account(account))
+        read.key(names.counter())
+            .key(names.sync_flag(account))
             .key(names.data(account))
             .key(names.sync_log(account))
             .arg(epoch)
@@ -144,11 +145,12 @@ impl SharedBudgets {
 
         let mut apply = self.scripts.sync_apply.prepare_invoke();
         apply
-            .key(EPOCH_KEY)
+            .key(names.counter())
             .key(names.account(account))
             .key(names.data(account))
             .key(names.markers(account))
             .key(names.sync_log(account))
+            .key(names.sync_flag(account))
             .arg(epoch)
             .arg(seen)
             .arg(sync_id)
@@ -181,8 +183,8 @@ impl SharedBudgets {
     async fn end_sync(&self, account: AccountId, (epoch, seen): (&str, u64), sync_id: &str) {
         let names = Names::new(epoch);
         let mut end = self.scripts.sync_end.prepare_invoke();
-        end.key(EPOCH_KEY)
-            .key(names.account(account))
+        end.key(names.counter())
+            .key(names.sync_flag(account))
             .key(names.sync_log(account))
             .arg(epoch)
             .arg(seen)
