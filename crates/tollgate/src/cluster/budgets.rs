@@ -24,7 +24,8 @@ pub const TICK: Duration = Duration::from_secs(1);
 pub const GRACE: Duration = Duration::from_secs(3);
 /// How long a marker (an expired lease, a settled re-registration) is kept.
 const MARKER_TTL: Duration = Duration::from_secs(600);
-/// How long a reservation waits for a recovering or loading budget before a 503.
+/// How long a reservation waits for its budget to be loaded (after a data loss, for the
+/// grace window) before a 503.
 const PATIENCE: Duration = Duration::from_secs(5);
 /// Reservations registered per script run.
 pub(super) const REGISTER_CHUNK: usize = 500;
@@ -229,10 +230,6 @@ impl SharedBudgets {
                     }))
                 }
                 "epoch" => self.adopt(reply.text(2)).await.map_err(unavailable)?,
-                "wait" => {
-                    let wait = Duration::from_millis(reply.number(2).max(1) as u64);
-                    tokio::time::sleep(wait.min(Duration::from_millis(250))).await;
-                }
                 "load" => match self.sync(key.account_id, Some(key.id), Mode::Load).await? {
                     Synced::Done | Synced::Skipped => {}
                     Synced::Busy | Synced::Lost => {
