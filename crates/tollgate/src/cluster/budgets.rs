@@ -71,12 +71,15 @@ impl Scripts {
 pub(super) struct Reply(pub Vec<String>);
 
 impl Reply {
+    /// The first value: `ok`, `epoch`, `load`...
     pub fn status(&self) -> &str {
         self.text(0)
     }
+    /// Value `i`, or "" if there is none.
     pub fn text(&self, i: usize) -> &str {
         self.0.get(i).map_or("", String::as_str)
     }
+    /// Value `i` as an integer, or 0.
     pub fn number(&self, i: usize) -> i64 {
         self.text(i).parse().unwrap_or(0)
     }

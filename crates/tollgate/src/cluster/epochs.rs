@@ -72,21 +72,26 @@ impl SharedBudgets {
     /// epoch (renewing leases every third of a lease), registering what an older epoch
     /// held, and retrying settles Redis did not answer.
     pub async fn tick(&self) {
-        let renew = {
-            let mut last = self.last_renewal.lock().unwrap_or_else(|p| p.into_inner());
-            let due = last.is_none_or(|at| at.elapsed() >= self.lease / 3);
-            if due {
-                *last = Some(Instant::now());
-            }
-            due
-        };
+        let renew = self
+            .last_renewal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|at| at.elapsed() >= self.lease / 3);
         let pairs = if renew {
             self.flights.renewals()
         } else {
             Vec::new()
         };
-        if let Err(e) = self.heartbeat(&pairs).await {
-            tracing::warn!(error = %e, "shared budgets: heartbeat or lease renewal failed");
+        let started = Instant::now();
+        match self.heartbeat(&pairs).await {
+            // A renewal that failed is tried again at the next tick.
+            Ok(()) if renew => {
+                *self.last_renewal.lock().unwrap_or_else(|p| p.into_inner()) = Some(started)
+            }
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "shared budgets: heartbeat or lease renewal failed")
+            }
         }
         if self.flights.any_stale() {
             if let Err(e) = self.reregister().await {

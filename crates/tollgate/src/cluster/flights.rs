@@ -36,6 +36,7 @@ pub(super) struct Retry {
 }
 
 impl Retry {
+    /// A settle at `cost`, first tried again after `RETRY_FIRST`.
     pub fn new(cost: i64) -> Retry {
         Retry {
             cost,
@@ -63,6 +64,7 @@ pub(super) struct Flights {
 }
 
 impl Flights {
+    /// Nothing in flight, no epoch known yet.
     pub fn new() -> Flights {
         Flights {
             state: Mutex::new(State {
