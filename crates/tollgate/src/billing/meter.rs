@@ -6,7 +6,8 @@
 //! charges (every charge of the database goes through it), loaded lazily from the store;
 //! credit grants, which the operator's command line writes directly to the database, are
 //! re-read every second. With several replicas the budgets live in Redis
-//! (`cluster::SharedBudgets`).
+//! (`cluster::SharedBudgets`); there a request's charge is committed to the ledger
+//! before the shared budget is settled (`Meter::settle_and_record`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -276,6 +277,47 @@ impl Meter {
         match self {
             Meter::Local(m) => m.settle(reservation, cost),
             Meter::Shared(m) => m.settle(reservation, cost).await,
+        }
+    }
+
+    /// Settles a request at `cost` and commits its usage record (`commit`), and
+    /// waits for both. On one machine the budget is settled first, then the record
+    /// committed, as a single machine's budgets are the authority. In a cluster the
+    /// record is committed first, then the shared budget settled (Redis never counts a
+    /// charge the ledger lacks; until the settle, the reservation still holds the cost),
+    /// in a task of its own, so that a caller that goes away between the two cannot
+    /// leave one without the other (see docs/cluster.md).
+    pub async fn settle_and_record<F>(
+        self: &Arc<Self>,
+        reservation: Option<Reservation>,
+        cost: Credits,
+        commit: Option<F>,
+    ) where
+        F: std::future::Future<Output = bool> + Send + 'static,
+    {
+        match &**self {
+            Meter::Local(m) => {
+                if let Some(reservation) = reservation {
+                    m.settle(reservation, cost);
+                }
+                if let Some(commit) = commit {
+                    commit.await;
+                }
+            }
+            Meter::Shared(_) => {
+                let meter = self.clone();
+                let both = tokio::spawn(async move {
+                    if let Some(commit) = commit {
+                        commit.await;
+                    }
+                    if let Some(reservation) = reservation {
+                        meter.settle(reservation, cost).await;
+                    }
+                });
+                if let Err(e) = both.await {
+                    tracing::error!(error = %e, "settling a request failed");
+                }
+            }
         }
     }
 

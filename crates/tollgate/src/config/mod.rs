@@ -110,6 +110,7 @@ struct FileLimits {
 #[serde(deny_unknown_fields)]
 struct FileCluster {
     reservation_lease_ms: Option<u64>,
+    budget_check_interval_ms: Option<u64>,
 }
 
 /// Size limits on what clients send.
@@ -135,6 +136,8 @@ pub struct Config {
     pub limits: Limits,
     /// How long a replica's reservation survives without renewal (cluster mode).
     pub reservation_lease: Duration,
+    /// How often each account's shared budget is checked against the ledger (cluster mode).
+    pub budget_check_interval: Duration,
     pub routing: Routing,
     pub providers: Vec<Provider>,
     pub models: Vec<Arc<Model>>,
@@ -204,6 +207,13 @@ impl Config {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err(err("redis_url", "must start with redis://".to_string()));
             }
+            if database_url.starts_with("sqlite:") {
+                return Err(err(
+                    "redis_url",
+                    "cluster mode needs a PostgreSQL database_url (replicas share the ledger)"
+                        .to_string(),
+                ));
+            }
         }
         let limits = Limits {
             max_body_bytes: positive(file.limits.max_body_bytes, 4 << 20)
@@ -229,6 +239,16 @@ impl Config {
             Some(ms) => Duration::from_millis(ms),
             None => Duration::from_secs(30),
         };
+        let budget_check_interval = match file.cluster.budget_check_interval_ms {
+            Some(ms) if ms < 1000 => {
+                return Err(err(
+                    "cluster.budget_check_interval_ms",
+                    "must be at least 1000".into(),
+                ))
+            }
+            Some(ms) => Duration::from_millis(ms),
+            None => Duration::from_secs(30),
+        };
 
         let routing = routing::parse(file.routing, origin)?;
         let providers = providers::parse(file.providers, origin, overrides, env)?;
@@ -247,6 +267,7 @@ impl Config {
             data_dir,
             limits,
             reservation_lease,
+            budget_check_interval,
             routing,
             providers,
             models: catalog.models,

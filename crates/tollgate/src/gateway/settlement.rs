@@ -61,12 +61,11 @@ impl Settlement {
     /// is safe.
     pub(super) async fn settle(mut self, usage: Usage, status: u16) -> Credits {
         let (cost, record) = self.charge(usage, status);
-        if let Some(reservation) = self.reservation.take() {
-            self.meter.settle(reservation, cost).await;
-        }
-        if let Some(coming) = self.coming.take() {
-            coming.record(record).await;
-        }
+        let reservation = self.reservation.take();
+        let commit = self.coming.take().map(|coming| coming.record(record));
+        self.meter
+            .settle_and_record(reservation, cost, commit)
+            .await;
         cost
     }
 
@@ -76,15 +75,10 @@ impl Settlement {
         let (cost, record) = self.charge(usage, status);
         let reservation = self.reservation.take();
         let meter = self.meter.clone();
-        let coming = self.coming.take();
+        let commit = self.coming.take().map(|coming| coming.record(record));
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                if let Some(reservation) = reservation {
-                    meter.settle(reservation, cost).await;
-                }
-                if let Some(coming) = coming {
-                    coming.record(record).await;
-                }
+                meter.settle_and_record(reservation, cost, commit).await;
             });
         }
     }

@@ -61,6 +61,7 @@ impl AppState {
                     cluster.clone(),
                     store.clone(),
                     config.reservation_lease,
+                    config.budget_check_interval,
                 ))),
                 RateLimiter::Shared(SharedRateLimiter::new(cluster.clone())),
             ),
