@@ -24,6 +24,7 @@ mod plan;
 mod relay;
 mod request;
 mod settlement;
+mod transcript;
 mod translate;
 
 use std::sync::Arc;

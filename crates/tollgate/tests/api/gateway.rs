@@ -111,6 +111,13 @@ endpoints = ["audio.transcriptions", "audio.translations"]
 pricing = {{ per_audio_second = "0.0001" }}
 
 [[models]]
+id = "gpt-4o-transcribe"
+provider = "openai"
+endpoints = ["audio.transcriptions"]
+max_output_tokens = 2000
+pricing = {{ input = "2.50", output = "10.00" }}
+
+[[models]]
 id = "moderation-test"
 provider = "openai"
 endpoints = ["moderations"]

@@ -8,6 +8,7 @@ mod input;
 mod meter;
 mod money;
 mod overflow;
+mod priced;
 mod public;
 mod routing;
 mod secrets;

@@ -196,3 +196,107 @@ async fn no_misbehaving_provider_gets_output_free_or_past_the_reservation() {
         assert_eq!(app.get(path, &app.prov_key).await.status(), 200, "{path}");
     }
 }
+
+async fn transcribe(
+    app: &TestApp,
+    key: &str,
+    model: &str,
+    fields: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut form = reqwest::multipart::Form::new().text("model", model.to_string());
+    // 40,000 bytes: the fake hears 3 seconds (ceil(bytes / 16,000)).
+    form = form.part(
+        "file",
+        reqwest::multipart::Part::bytes(vec![7u8; 40_000])
+            .file_name("a.wav")
+            .mime_str("audio/wav")
+            .expect("mime"),
+    );
+    // Fields after the upload too, as some clients send them.
+    for (name, value) in fields {
+        form = form.text(name.to_string(), value.to_string());
+    }
+    app.client
+        .post(app.url("/v1/audio/transcriptions"))
+        .bearer_auth(key)
+        .multipart(form)
+        .send()
+        .await
+        .expect("request")
+}
+
+#[tokio::test]
+async fn transcripts_without_usage_are_metered_by_duration() {
+    let (app, _upstream, key) = setup().await;
+    // whisper-test is priced 0.0001 a second: 3 seconds is 300,000 nano-credits.
+    for (format, starts) in [
+        ("text", "Hello"),
+        ("srt", "1\n00:00:00,000 --> "),
+        ("vtt", "WEBVTT\n\n00:00:00.000 --> "),
+    ] {
+        let response = transcribe(&app, &key, "whisper-test", &[("response_format", format)]).await;
+        assert_eq!(response.status(), 200, "{format}");
+        assert!(response.headers()["content-type"]
+            .to_str()
+            .expect("type")
+            .starts_with("text/plain"));
+        assert_eq!(
+            nanos(
+                response.headers()["x-tollgate-cost"]
+                    .to_str()
+                    .expect("cost")
+            ),
+            300_000,
+            "{format}"
+        );
+        let text = response.text().await.expect("text");
+        assert!(text.starts_with(starts), "{format}: {text}");
+        if format != "text" {
+            // The last cue ends at the audio's duration.
+            assert!(text.contains("00:00:03"), "{format}: {text}");
+        }
+    }
+    // A token-priced model: text is asked as json (which carries usage).
+    let response = transcribe(
+        &app,
+        &key,
+        "gpt-4o-transcribe",
+        &[("response_format", "text")],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let cost = nanos(
+        response.headers()["x-tollgate-cost"]
+            .to_str()
+            .expect("cost"),
+    );
+    assert!(cost > 0);
+    assert!(response.text().await.expect("text").starts_with("Hello"));
+    // Streamed: charged from the usage of transcript.text.done.
+    let response = transcribe(&app, &key, "gpt-4o-transcribe", &[("stream", "true")]).await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("stream");
+    assert!(text.contains("transcript.text.done"), "{text}");
+    let ledger = ledger(&app).await;
+    assert_eq!(ledger.len(), 5);
+    assert!(ledger.iter().all(|r| r.4 > 0 && r.5 == 200), "{ledger:?}");
+    // The streamed one was charged at its reported tokens, not estimated.
+    let done: Value = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|v| v["type"] == "transcript.text.done")
+        .expect("done");
+    let usage = &done["usage"];
+    let expected = crate::gateway::cost(
+        &crate::gateway::Prices {
+            input: 2_500_000_000,
+            cached: 2_500_000_000,
+            output: 10_000_000_000,
+        },
+        usage["input_tokens"].as_i64().expect("in").into(),
+        0,
+        usage["output_tokens"].as_i64().expect("out").into(),
+    );
+    assert_eq!(ledger[4].4, expected);
+}

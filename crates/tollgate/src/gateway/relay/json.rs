@@ -27,6 +27,7 @@ use tollgate_formats::{model_name, RawObject};
 use crate::billing::Usage;
 use crate::gateway::measure::Billing;
 use crate::gateway::settlement::Settlement;
+use crate::gateway::transcript::{self, TranscriptFormat};
 use crate::gateway::translate::Translation;
 use crate::gateway::COST_HEADER;
 use crate::providers::{self, UpstreamChunks, UpstreamError, UpstreamResponse};
@@ -57,6 +58,8 @@ pub(in crate::gateway) struct Whole<'a> {
     pub(in crate::gateway) input_estimate: u64,
     /// Bytes past which a relayed answer is cut (the output reserved for, generously).
     pub(in crate::gateway) max_bytes: u64,
+    /// A transcript format the gateway writes from the JSON answer.
+    pub(in crate::gateway) render: Option<TranscriptFormat>,
 }
 
 /// The next chunk of an answer, within the idle timeout and the deadline.
@@ -86,7 +89,7 @@ pub(in crate::gateway) async fn finish(
         .get(header::CONTENT_TYPE)
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_static("application/json"));
-    let must_be_whole = w.convert.is_some() || w.billing.reads_whole_answer();
+    let must_be_whole = w.convert.is_some() || w.render.is_some() || w.billing.reads_whole_answer();
     let limit = if must_be_whole {
         MAX_WHOLE.min(usize::try_from(w.max_bytes).unwrap_or(MAX_WHOLE))
     } else {
@@ -129,20 +132,21 @@ async fn whole(
     // Billing reads `usage` alone (some answers more), so an answer passed on as it is
     // gets checked but not built into a tree: an embeddings answer is mostly numbers
     // that would each be parsed and allocated.
-    let view: Option<Value> = if w.convert.is_none() && !w.billing.reads_whole_answer() {
-        serde_json::from_slice::<RawObject>(&bytes).ok().map(|o| {
-            let usage = o
-                .get("usage")
-                .and_then(|u| serde_json::from_str::<Value>(u.get()).ok());
-            let mut view = serde_json::Map::new();
-            if let Some(usage) = usage {
-                view.insert("usage".into(), usage);
-            }
-            Value::Object(view)
-        })
-    } else {
-        serde_json::from_slice(&bytes).ok()
-    };
+    let view: Option<Value> =
+        if w.convert.is_none() && w.render.is_none() && !w.billing.reads_whole_answer() {
+            serde_json::from_slice::<RawObject>(&bytes).ok().map(|o| {
+                let usage = o
+                    .get("usage")
+                    .and_then(|u| serde_json::from_str::<Value>(u.get()).ok());
+                let mut view = serde_json::Map::new();
+                if let Some(usage) = usage {
+                    view.insert("usage".into(), usage);
+                }
+                Value::Object(view)
+            })
+        } else {
+            serde_json::from_slice(&bytes).ok()
+        };
     // JSON served under another content type is still JSON to measure.
     let Some(answer) = view.or_else(|| serde_json::from_slice::<Value>(&bytes).ok()) else {
         if declared_json || w.convert.is_some() {
@@ -190,12 +194,28 @@ async fn whole(
             }
         },
     };
+    let (bytes, content_type) = match w.render {
+        None => (bytes, content_type),
+        Some(format) => match transcript::render(format, &answer) {
+            Some(text) => (
+                Bytes::from(text),
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            ),
+            None => {
+                settlement.settle_undelivered(502).await;
+                return Err(UpstreamError::malformed(
+                    w.provider,
+                    "a transcript without the text or segments asked for",
+                ));
+            }
+        },
+    };
     let cost = if estimated_usage {
         settlement.settle_estimated(usage, 200).await
     } else {
         settlement.settle(usage, 200).await
     };
-    let content_type = if w.convert.is_some() {
+    let content_type = if w.convert.is_some() && w.render.is_none() {
         HeaderValue::from_static("application/json")
     } else {
         content_type

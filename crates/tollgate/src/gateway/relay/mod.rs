@@ -123,6 +123,7 @@ pub(super) async fn respond(
         billing: a.billing,
         convert,
         rename: prepared.rename.as_deref(),
+        render: None,
         input_estimate: a.input_estimate,
         // Generated text takes a few bytes a token, escaped in JSON at most six a
         // character: 32 bytes a token is generous. Images are base64, not tokens.
