@@ -89,6 +89,7 @@ struct FileLimits {
     max_body_bytes: Option<usize>,
     max_upload_bytes: Option<usize>,
     max_stream_frame_bytes: Option<usize>,
+    ledger_wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -255,6 +256,9 @@ pub struct Limits {
     pub max_upload_bytes: usize,
     /// Largest single Server-Sent-Events frame accepted from an upstream.
     pub max_stream_frame_bytes: usize,
+    /// How long a request waits for its usage record to be safe before it fails with
+    /// 503 `ledger_unavailable` (a full disk, an unreachable database).
+    pub ledger_wait: Duration,
 }
 
 /// The validated configuration.
@@ -343,6 +347,16 @@ impl Config {
                 .ok_or_else(|| err("limits.max_upload_bytes", "must be above 0".into()))?,
             max_stream_frame_bytes: positive(file.limits.max_stream_frame_bytes, 4 << 20)
                 .ok_or_else(|| err("limits.max_stream_frame_bytes", "must be above 0".into()))?,
+            ledger_wait: match file.limits.ledger_wait_ms {
+                None => crate::usage::DEFAULT_LEDGER_WAIT,
+                Some(ms) if (100..=600_000).contains(&ms) => Duration::from_millis(ms),
+                Some(_) => {
+                    return Err(err(
+                        "limits.ledger_wait_ms",
+                        "must be between 100 and 600000".into(),
+                    ))
+                }
+            },
         };
 
         let reservation_lease = match file.cluster.reservation_lease_ms {

@@ -23,7 +23,7 @@ use crate::config::{Config, Endpoint, Model, Provider, ProviderKind};
 use crate::error::ApiError;
 use crate::providers::{self, UpstreamBody, UpstreamChunks, UpstreamResponse, Upstreams};
 use crate::store::{KeyRecord, UsageRecord};
-use crate::usage::{Coming, UsageWriter};
+use crate::usage::{Coming, LedgerError, UsageWriter};
 
 /// Header carrying the exact cost of a (non-streamed) request, in credits.
 pub const COST_HEADER: &str = "x-tollgate-cost";
@@ -136,16 +136,32 @@ struct Settlement {
 
 impl Settlement {
     /// Charges `usage` (failed calls pass zero usage and a failure status), and waits
-    /// until the record is committed.
-    async fn settle(mut self, usage: Usage, status: u16) -> Credits {
+    /// until the record is safe, at most the ledger's bound.
+    async fn settle(self, usage: Usage, status: u16) -> Credits {
+        self.settle_recorded(usage, status).await.0
+    }
+
+    /// `settle` for an answer about to be delivered: `Err` means its record was not
+    /// safe within the ledger's bound, and the answer must not be delivered as a success.
+    async fn settle_delivered(self, usage: Usage) -> Result<Credits, LedgerError> {
+        let (cost, recorded) = self.settle_recorded(usage, 200).await;
+        recorded.map(|()| cost)
+    }
+
+    async fn settle_recorded(
+        mut self,
+        usage: Usage,
+        status: u16,
+    ) -> (Credits, Result<(), LedgerError>) {
         let (cost, record) = self.charge(usage, status);
         if let Some(reservation) = self.reservation.take() {
             self.meter.settle(reservation, cost).await;
         }
-        if let Some(coming) = self.coming.take() {
-            coming.record(record).await;
-        }
-        cost
+        let recorded = match self.coming.take() {
+            Some(coming) => coming.record(record).await,
+            None => Ok(()),
+        };
+        (cost, recorded)
     }
 
     /// Like `settle`, from a place that cannot wait (a dropped stream).
@@ -160,7 +176,7 @@ impl Settlement {
                     meter.settle(reservation, cost).await;
                 }
                 if let Some(coming) = coming {
-                    coming.record(record).await;
+                    let _ = coming.record(record).await;
                 }
             });
         }
@@ -264,15 +280,20 @@ fn is_terminal(format: Format, event: &SseEvent) -> bool {
 
 /// The in-stream error event of a client format.
 fn error_frame(format: Format, message: &str) -> Bytes {
+    coded_error_frame(format, "upstream_error", "upstream_stream_failed", message)
+}
+
+/// An in-stream error event with its OpenAI `type` and `code`.
+fn coded_error_frame(format: Format, kind: &str, code: &str, message: &str) -> Bytes {
     match format {
         Format::ChatCompletions => sse::encode_json(
             None,
-            &serde_json::json!({"error": {"message": message, "type": "upstream_error",
-                                          "code": "upstream_stream_failed", "param": null}}),
+            &serde_json::json!({"error": {"message": message, "type": kind,
+                                          "code": code, "param": null}}),
         ),
         Format::Responses => sse::encode_json(
             Some("error"),
-            &serde_json::json!({"type": "error", "code": "upstream_stream_failed",
+            &serde_json::json!({"type": "error", "code": code,
                                 "message": message, "param": null}),
         ),
         Format::AnthropicMessages => sse::encode_json(
@@ -400,8 +421,11 @@ impl Relay {
             return;
         }
         self.tracker.observe(&event);
-        if is_terminal(self.upstream_format, &event) && self.settlement.is_some() {
-            self.settle_success().await;
+        if is_terminal(self.upstream_format, &event)
+            && self.settlement.is_some()
+            && !self.settle_success().await
+        {
+            return;
         }
         if let Err(message) = self.transform.apply(&event, &mut self.out) {
             self.fail(&format!(
@@ -411,14 +435,24 @@ impl Relay {
         }
     }
 
-    async fn settle_success(&mut self) {
+    /// Settles before the terminal event. `false`: the charge could not be made safe,
+    /// so the stream ends with an error event instead of its terminal event.
+    async fn settle_success(&mut self) -> bool {
         if let Some(settlement) = self.settlement.take() {
             let usage = self.usage_so_far();
             // Boxed here and in `fail`: settling (meter, and in a cluster Redis, then
             // the ledger) is a large future that runs once per stream; inlined, its
             // space would sit in the state of every open stream while it waits.
-            Box::pin(settlement.settle(usage, 200)).await;
+            if let Err(e) = Box::pin(settlement.settle_delivered(usage)).await {
+                let e = ApiError::from(e);
+                let frame =
+                    coded_error_frame(self.client_format, e.openai_type(), e.code, &e.message);
+                self.out.push_back(frame);
+                self.done = true;
+                return false;
+            }
         }
+        true
     }
 
     /// The usage the stream reported; where it reported none (a server that ignores
@@ -519,7 +553,10 @@ fn binary_response(
                 Ok(None) => {
                     let last = s.held.take()?;
                     if let Some(settlement) = s.settlement.take() {
-                        settlement.settle(s.usage, 200).await;
+                        if let Err(e) = settlement.settle_delivered(s.usage).await {
+                            // Not delivered as a success: the body breaks off instead.
+                            return Some((Err(std::io::Error::other(e)), s));
+                        }
                     }
                     return Some((Ok(last), s));
                 }
@@ -600,6 +637,8 @@ impl Gateway {
         model: &Arc<Model>,
         worst: &Usage,
     ) -> Result<Settlement, ApiError> {
+        // Nothing is generated that the ledger cannot record.
+        self.writer.admit()?;
         let amount = model.pricing.cost(worst);
         let reservation = self
             .meter
@@ -946,7 +985,7 @@ impl Gateway {
             }
         };
         let usage = usage_of(billing, &answer);
-        let cost = settlement.settle(usage, 200).await;
+        let cost = settlement.settle_delivered(usage).await?;
         let mut response = Response::new(Body::from(bytes));
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, content_type);

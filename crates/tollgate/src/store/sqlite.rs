@@ -1,7 +1,7 @@
 //! The embedded SQLite store (WAL mode), the default.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -142,7 +142,12 @@ impl SqliteStore {
         let file = Path::new(options.get_filename());
         let file = file.is_file().then(|| file.to_path_buf());
         let alive = Arc::new(());
-        tokio::spawn(checkpoint_loop(pool.clone(), Arc::downgrade(&alive)));
+        let wal = file.as_ref().map(|file| {
+            let mut wal = file.as_os_str().to_owned();
+            wal.push("-wal");
+            PathBuf::from(wal)
+        });
+        tokio::spawn(checkpoint_loop(pool.clone(), wal, Arc::downgrade(&alive)));
         Ok(SqliteStore {
             pool,
             ledger,
@@ -172,47 +177,84 @@ const PAGE_SIZE: u32 = 1024;
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 /// WAL frames (pages) above which a checkpoint also restarts the WAL.
 const RESTART_WAL_FRAMES: i64 = 8192;
-/// The size the WAL file is cut back to when it starts over (SQLite's
-/// `journal_size_limit`). Without it the file keeps the size of its longest run between
-/// two restarts, for good: under load that was gigabytes, mostly pages no longer cached,
-/// so appending a frame (4,120 bytes, not a whole page) first read the page from disk.
-/// 256 MB is more than 5 s at 1,000 req/s write (one-record commits of seven pages: 37 MB
-/// with 1 KB pages, 144 MB on a file made with 4 KB pages), so a steady load does not cut
-/// the file and grow it again at every restart; only a burst does.
-const WAL_SIZE_LIMIT: i64 = 256 * 1024 * 1024;
+/// The WAL file's bound. A checkpoint round that finds the file larger truncates it to
+/// nothing (`wal_checkpoint(TRUNCATE)`), and SQLite cuts it back to this size whenever it
+/// starts over (`journal_size_limit`). Without a cut the file kept the size of its longest
+/// run for good: under load that was gigabytes, mostly pages no longer cached, so appending
+/// a frame (4,120 bytes, not a whole page) first read the page from disk; and on a small
+/// volume a few megabytes of WAL left behind by a burst were what the database then
+/// missed to grow. 64 MB is more than 5 s at 1,000 req/s write (one-record commits of
+/// seven 1 KB pages, about 23 MB with the usage journal's batches; see docs/metering.md
+/// for the measurement), so a steady load reuses the file instead of cutting and growing
+/// it at every checkpoint. A WAL that saw no write for a whole round is truncated whatever
+/// its size: an idle server keeps no WAL.
+const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
 /// Copies committed WAL frames into the database file without blocking writers (a
 /// passive checkpoint), so commits never wait for the copy or the fsync of the database
 /// file. Under a steady stream of commits a passive checkpoint never catches up with
 /// the last frame, so the WAL would only grow: past `RESTART_WAL_FRAMES` a restarting
 /// checkpoint, which holds writers back while it copies the few frames left, starts it
-/// over. Ends once every handle of the store is gone.
-async fn checkpoint_loop(pool: SqlitePool, alive: std::sync::Weak<()>) {
+/// over; past `WAL_SIZE_LIMIT`, or idle, a truncating one empties the file. Ends once
+/// every handle of the store is gone.
+async fn checkpoint_loop(pool: SqlitePool, wal: Option<PathBuf>, alive: std::sync::Weak<()>) {
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = WalState::default();
     loop {
         tick.tick().await;
         if alive.strong_count() == 0 || pool.is_closed() {
             return;
         }
-        if let Err(e) = checkpoint(&pool).await {
-            tracing::warn!(error = %e, "SQLite checkpoint failed");
+        match checkpoint(&pool, wal.as_deref(), last).await {
+            Ok(state) => last = state,
+            Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed"),
         }
     }
 }
 
-/// One round of `checkpoint_loop`.
-async fn checkpoint(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+/// What a checkpoint round saw of the WAL: frames in it and frames copied.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct WalState {
+    frames: i64,
+    copied: i64,
+}
+
+/// One round of `checkpoint_loop`, given what the round before saw.
+async fn checkpoint(
+    pool: &SqlitePool,
+    wal: Option<&Path>,
+    last: WalState,
+) -> Result<WalState, sqlx::Error> {
     // (busy, frames in the WAL, frames copied)
-    let (_, frames, _) = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
-        .fetch_one(pool)
-        .await?;
-    if frames > RESTART_WAL_FRAMES {
-        sqlx::query("PRAGMA wal_checkpoint(RESTART)")
-            .execute(pool)
+    let (_, frames, copied) =
+        sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(pool)
             .await?;
+    let seen = WalState { frames, copied };
+    let bytes = wal
+        .and_then(|path| std::fs::metadata(path).ok())
+        .map_or(0, |m| m.len());
+    // Nothing written since the last round, and everything copied.
+    let idle = seen == last && frames == copied;
+    let mode = if bytes > WAL_SIZE_LIMIT as u64 || (idle && bytes > 0) {
+        "TRUNCATE"
+    } else if frames > RESTART_WAL_FRAMES {
+        "RESTART"
+    } else {
+        return Ok(seen);
+    };
+    let (busy, frames, copied) =
+        sqlx::query_as::<_, (i64, i64, i64)>(&format!("PRAGMA wal_checkpoint({mode})"))
+            .fetch_one(pool)
+            .await?;
+    if busy != 0 {
+        tracing::debug!(
+            mode,
+            "SQLite checkpoint could not finish (readers or a writer held it)"
+        );
     }
-    Ok(())
+    Ok(WalState { frames, copied })
 }
 
 fn key_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
@@ -762,26 +804,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_restarted_wal_is_cut_back_to_the_size_limit() {
+    async fn a_wal_past_its_bound_is_truncated_and_so_is_an_idle_one() {
         let dir = tempfile::tempdir().expect("dir");
         let (store, account, key) = test_store_with_key(dir.path()).await;
         let path = dir.path().join("t.db");
         let record = |i: usize| test_record(&format!("r{i}"), account, key, 1);
         let wal = path.with_extension("db-wal");
         let wal_size = || std::fs::metadata(&wal).expect("wal").len();
-        // One record per commit, as at a low request rate: the WAL grows past the limit.
+        let round = |last| checkpoint(&store.pool, Some(&wal), last);
+        // One record per commit, as at a low request rate: the WAL grows past the bound.
         let mut written = 0;
         while wal_size() <= WAL_SIZE_LIMIT as u64 {
             append_locked(&store.ledger, &[record(written)]).expect("append");
             written += 1;
         }
-        checkpoint(&store.pool).await.expect("checkpoint");
+        // Written to since the round before (a busy server), but past the bound.
+        let busy = WalState {
+            frames: 1,
+            copied: 1,
+        };
+        let after = round(busy).await.expect("checkpoint");
+        assert_eq!(wal_size(), 0, "a WAL past its bound is truncated");
+        // A few commits, a round that sees them (no cut: the server is busy), then a
+        // round with no write in between: the WAL is emptied.
+        for _ in 0..20 {
+            append_locked(&store.ledger, &[record(written)]).expect("append");
+            written += 1;
+        }
+        let seen = round(after).await.expect("checkpoint");
+        assert!(wal_size() > 0, "a WAL in use is kept");
+        round(seen).await.expect("checkpoint");
+        assert_eq!(wal_size(), 0, "an idle WAL is truncated");
+        // And the ledger has every record.
         append_locked(&store.ledger, &[record(written)]).expect("append");
-        assert!(
-            wal_size() <= WAL_SIZE_LIMIT as u64,
-            "the WAL is still {} bytes",
-            wal_size()
-        );
         let account = store
             .account(account)
             .await
