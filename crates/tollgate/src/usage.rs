@@ -28,8 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use health::Health;
 pub use health::{LedgerError, WriterStatus, MAX_QUEUE};
-use journal::Frame;
-pub use journal::Journal;
+pub use journal::{Frame, Journal};
 
 use crate::store::{Outage, Store, StoreError, UsageRecord};
 

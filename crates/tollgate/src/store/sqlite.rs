@@ -129,6 +129,7 @@ impl SqliteStore {
         let options = options
             .pragma("wal_autocheckpoint", "0")
             .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string());
+        let file = Path::new(options.get_filename());
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .min_connections(1)
@@ -136,10 +137,11 @@ impl SqliteStore {
             // connection's worker thread) before every statement.
             .test_before_acquire(false)
             .connect_with(options.clone())
-            .await?;
+            .await
+            .map_err(|e| open_error(file, e.into()))?;
         // Opened after the pool, which has created the file and put it in WAL mode.
-        let ledger = Arc::new(Mutex::new(Ledger::open(options.get_filename())?));
-        let file = Path::new(options.get_filename());
+        let ledger = Ledger::open(file).map_err(|e| open_error(file, e))?;
+        let ledger = Arc::new(Mutex::new(ledger));
         let file = file.is_file().then(|| file.to_path_buf());
         let alive = Arc::new(());
         let wal = file.as_ref().map(|file| {
@@ -159,6 +161,29 @@ impl SqliteStore {
     /// The pool, for tests and tools that inspect the file.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+}
+
+/// Names a full volume as such when opening (or migrating) the database at `file`
+/// failed: on a full disk SQLite cannot size its shared-memory file and reports a "disk
+/// I/O error" (code 4874), which does not tell an operator what to do. Only on this
+/// error path is the volume checked, by writing a small file next to the database.
+fn open_error(file: &Path, e: StoreError) -> StoreError {
+    let mut probe = file.as_os_str().to_owned();
+    probe.push("-space-check");
+    let probe = PathBuf::from(probe);
+    let written = std::fs::File::create(&probe).and_then(|mut f| {
+        use std::io::Write;
+        f.write_all(&[0; 64 * 1024])?;
+        f.sync_data()
+    });
+    let _ = std::fs::remove_file(&probe);
+    match written {
+        Err(full) if full.kind() == std::io::ErrorKind::StorageFull => StoreError::Open(format!(
+            "{}: no space left on device ({e}); free space on that volume and start again",
+            file.display()
+        )),
+        _ => e,
     }
 }
 
@@ -440,10 +465,11 @@ impl Ledger {
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&self.pool)
-            .await?;
-        Ok(())
+        let migrated = sqlx::migrate!("./migrations/sqlite").run(&self.pool).await;
+        match (migrated, &self.file) {
+            (Err(e), Some(file)) => Err(open_error(file, e.into())),
+            (migrated, _) => Ok(migrated?),
+        }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

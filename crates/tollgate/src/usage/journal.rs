@@ -102,6 +102,7 @@ impl From<Entry> for UsageRecord {
 pub struct Frame(pub(super) Vec<u8>);
 
 impl Frame {
+    /// Encodes a record.
     pub fn of(record: &UsageRecord) -> Frame {
         let mut bytes = vec![0; HEADER];
         // Serializing plain strings and integers into a Vec cannot fail.

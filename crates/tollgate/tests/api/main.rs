@@ -5,5 +5,6 @@ mod auth;
 mod gateway;
 mod helpers;
 mod input;
+mod outage;
 mod public;
 mod translation;
