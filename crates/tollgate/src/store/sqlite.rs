@@ -223,7 +223,9 @@ const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 /// over; past `WAL_SIZE_LIMIT`, or idle, a truncating one empties the file. Ends once
 /// every handle of the store is gone.
 async fn checkpoint_loop(pool: SqlitePool, wal: Option<PathBuf>, alive: std::sync::Weak<()>) {
-    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    // The first round one period after opening, not at once (while migrations run).
+    let first = tokio::time::Instant::now() + CHECKPOINT_EVERY;
+    let mut tick = tokio::time::interval_at(first, CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = WalState::default();
     loop {
