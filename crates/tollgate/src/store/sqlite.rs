@@ -204,17 +204,17 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 const WAL_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// WAL frames (pages) above which a checkpoint also restarts the WAL.
 const RESTART_WAL_FRAMES: i64 = 8192;
-/// The WAL file's bound. A checkpoint round that finds the file larger truncates it to
-/// nothing (`wal_checkpoint(TRUNCATE)`), and SQLite cuts it back to this size whenever it
-/// starts over (`journal_size_limit`). Without a cut the file kept the size of its longest
-/// run for good: under load that was gigabytes, mostly pages no longer cached, so appending
-/// a frame (4,120 bytes, not a whole page) first read the page from disk; and on a small
-/// volume a few megabytes of WAL left behind by a burst were what the database then
-/// missed to grow. 64 MB is more than 5 s at 1,000 req/s write (one-record commits of
-/// seven 1 KB pages, about 23 MB with the usage journal's batches; see docs/metering.md
-/// for the measurement), so a steady load reuses the file instead of cutting and growing
-/// it at every checkpoint. A WAL that saw no write for a whole round is truncated whatever
-/// its size: an idle server keeps no WAL.
+/// The WAL file's bound. Checked every `WAL_CHECK_EVERY`: a WAL found larger is
+/// truncated to nothing (`wal_checkpoint(TRUNCATE)`) at once, so the file holds at most
+/// this plus one second of writes; SQLite also cuts it back to this size whenever it starts
+/// over (`journal_size_limit`). A WAL that saw no write for a whole round is truncated
+/// whatever its size: an idle server keeps no WAL. Before, the file kept the size of its
+/// longest run (up to 256 MB) for good, and on a small volume the megabytes it kept were
+/// what the database then missed to grow (issue 13). 64 MB is above what 1,000 req/s
+/// writes between two rounds (15.4 MB at most, measured: 1,000 records/s through the
+/// writer and its journal for 30 s, three runs), so at that rate the file is never cut
+/// and regrown; at 6,000 records/s it peaked at 97-110 MB instead of 151-238 MB
+/// (docs/metering.md has the numbers).
 const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
 /// Copies committed WAL frames into the database file without blocking writers (a
