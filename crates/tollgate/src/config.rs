@@ -624,6 +624,7 @@ url = "https://example.com"
         assert!(error_of("listen = 5").contains("listen"));
         assert!(error_of("database_url = 'mysql://x'").contains("`database_url`"));
         assert!(error_of("[limits]\nmax_body_bytes = 0").contains("limits.max_body_bytes"));
+        assert!(error_of("[limits]\nledger_wait_ms = 5").contains("limits.ledger_wait_ms"));
         let bad_model = GOOD.replace("provider = \"up\"", "provider = \"nope\"");
         assert!(error_of(&bad_model).contains("models[0].provider"));
         let bad_price = GOOD.replace("\"0.40\"", "\"cheap\"");
