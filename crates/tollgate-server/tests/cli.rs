@@ -503,12 +503,16 @@ fn serve_fails(dir: &Path, port: u16) -> String {
 /// replay gives up after a few attempts; with none, opening the database or the
 /// journal's probe fails. Either way the server exits with an error naming the file and
 /// the full disk, instead of hanging before it listens. Once there is room again, it
-/// starts and charges the journal's records once.
+/// starts and charges the journal's records once. And a server stopped while the disk
+/// is full exits, keeping the journal for the next start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_on_a_full_disk_fails_clearly_and_in_time() {
     let dir = tempfile::tempdir().expect("dir");
     let volume = Volume::mount(&dir.path().join("tollgate-data"));
     let (_upstream, config) = upstream_and_config(dir.path()).await;
+    let mut toml = std::fs::read_to_string(&config).expect("config");
+    toml.push_str("\n[limits]\nledger_wait_ms = 1000\n");
+    std::fs::write(&config, toml).expect("config");
     let config = config.to_str().expect("path");
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
@@ -578,6 +582,65 @@ async fn a_start_on_a_full_disk_fails_clearly_and_in_time() {
     // Room again: the start writes the journal's records, each once.
     std::fs::remove_file(&filler).expect("free");
     let server = serve(dir.path(), port, "second.log", "info").await;
+    let mut blocker = sqlx::SqliteConnection::connect(&url).await.expect("open");
+    let mut charged: Vec<(String, i64)> = sqlx::query("SELECT request_id, cost FROM usage_records")
+        .fetch_all(&mut blocker)
+        .await
+        .expect("read")
+        .iter()
+        .map(|row| (row.get("request_id"), row.get("cost")))
+        .collect();
+    blocker.close().await.expect("close");
+    charged.sort();
+    delivered.sort();
+    assert_eq!(charged, delivered);
+
+    // The disk fills under a running server, which is then stopped (SIGTERM): it
+    // exits instead of retrying for ever, and keeps the journal's records, which the
+    // next start charges. Answers withheld with 503 are not charged: their records were
+    // only in memory.
+    let filler = volume.fill();
+    let calls = (0..12).map(|i| {
+        let (client, key, base) = (client.clone(), key.clone(), base.clone());
+        async move {
+            let r = client
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(key)
+                .json(&json!({"model": "m", "max_tokens": 20, "messages": [{"role": "user", "content": format!("late {i}")}]}))
+                .send()
+                .await
+                .expect("request");
+            let header = |name| r.headers()[name].to_str().expect("header").to_string();
+            match r.status().as_u16() {
+                200 => Some((header("x-request-id"), nanos(&header("x-tollgate-cost")))),
+                503 => None,
+                other => panic!("status {other} on a full disk"),
+            }
+        }
+    });
+    let answered = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::future::join_all(calls),
+    )
+    .await
+    .expect("answered on a full disk");
+    delivered.extend(answered.into_iter().flatten());
+    let mut server = server;
+    let term = Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.0.try_wait().expect("wait").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the server did not stop on a full disk"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::remove_file(&filler).expect("free");
+    let server = serve(dir.path(), port, "third.log", "info").await;
     let mut blocker = sqlx::SqliteConnection::connect(&url).await.expect("open");
     let mut charged: Vec<(String, i64)> = sqlx::query("SELECT request_id, cost FROM usage_records")
         .fetch_all(&mut blocker)

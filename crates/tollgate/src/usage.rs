@@ -334,9 +334,11 @@ impl UsageWriter {
 
 /// How many times a transient failure is retried.
 #[derive(Clone, Copy)]
-enum Attempts {
-    /// Until it passes (records of the running server: they are never dropped).
-    Unlimited,
+enum Attempts<'a> {
+    /// Until it passes (records of the running server are never dropped), unless the
+    /// function says the server has stopped serving: every request has then been
+    /// answered, so a record still waiting was withheld or is in the journal.
+    Unlimited(&'a dyn Fn() -> bool),
     /// At most this many attempts in all (the journal's records at start-up).
     AtMost(u32),
 }
@@ -368,10 +370,12 @@ fn write_with_retries(
             }
             Err(e) if e.is_transient() => {
                 health.failed(e.outage());
-                if let Attempts::AtMost(n) = attempts {
-                    if made >= n {
-                        return Err(WriteError::GaveUp(e));
-                    }
+                let give_up = match attempts {
+                    Attempts::AtMost(n) => made >= n,
+                    Attempts::Unlimited(stopped) => stopped(),
+                };
+                if give_up {
+                    return Err(WriteError::GaveUp(e));
                 }
                 tracing::warn!(error = %e, batch = records.len(), retry_in_ms = backoff.as_millis() as u64, "writing usage failed; retrying");
                 std::thread::sleep(backoff);
@@ -548,8 +552,26 @@ fn write_loop(
         records.clear();
         records.extend(batch.iter().map(|p| p.record.clone()));
         // Retried until it passes: these records are never dropped (admission stops
-        // while it fails, so the queue behind it stays bounded).
-        let _ = write_batch(store, rt, &records, ends.health, Attempts::Unlimited);
+        // while it fails, so the queue behind it stays bounded). Only once the server
+        // has stopped serving does the writer give up, keeping the journal as it is.
+        let stopped = || rx.is_closed();
+        let written = write_batch(
+            store,
+            rt,
+            &records,
+            ends.health,
+            Attempts::Unlimited(&stopped),
+        );
+        if let Err(e) = written {
+            let journaled = batch.iter().filter(|p| p.journal_file.is_some()).count();
+            tracing::error!(
+                error = %e,
+                records = batch.len() + rx.len(),
+                journaled,
+                "stopping with usage records the ledger cannot take: those in the journal are written at the next start; the others' answers were withheld"
+            );
+            return;
+        }
         ends.health.batch_done();
         ends.commits.fetch_add(1, Ordering::Relaxed);
         let mut journaled = [0; 2];
