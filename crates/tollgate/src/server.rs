@@ -43,7 +43,8 @@ impl Server {
             ),
             None => None,
         };
-        let (writer, writer_task) = UsageWriter::start(store.clone()).await?;
+        let (writer, writer_task) =
+            UsageWriter::start(store.clone(), config.limits.ledger_wait).await?;
         let state = AppState::new(Arc::new(config), store, writer, cluster);
         Ok(Server {
             state,

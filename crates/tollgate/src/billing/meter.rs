@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use super::Credits;
 use crate::store::{AccountId, KeyId, KeyKind, KeyRecord, Store, StoreError};
+use crate::usage::LedgerError;
 
 /// Which budget refused a reservation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,30 +293,43 @@ impl Meter {
         reservation: Option<Reservation>,
         cost: Credits,
         commit: Option<F>,
-    ) where
-        F: std::future::Future<Output = bool> + Send + 'static,
+    ) -> Result<(), LedgerError>
+    where
+        F: std::future::Future<Output = Result<(), LedgerError>> + Send + 'static,
     {
         match &**self {
             Meter::Local(m) => {
                 if let Some(reservation) = reservation {
                     m.settle(reservation, cost);
                 }
-                if let Some(commit) = commit {
-                    commit.await;
+                match commit {
+                    Some(commit) => commit.await,
+                    None => Ok(()),
                 }
             }
             Meter::Shared(_) => {
                 let meter = self.clone();
                 let both = tokio::spawn(async move {
-                    if let Some(commit) = commit {
-                        commit.await;
+                    let committed = match commit {
+                        Some(commit) => commit.await,
+                        None => Ok(()),
+                    };
+                    // A record not yet committed (the ledger is stuck) is not settled
+                    // in Redis: its reservation holds the cost until its lease ends,
+                    // and the periodic check counts the charge once it is committed.
+                    if committed.is_ok() {
+                        if let Some(reservation) = reservation {
+                            meter.settle(reservation, cost).await;
+                        }
                     }
-                    if let Some(reservation) = reservation {
-                        meter.settle(reservation, cost).await;
-                    }
+                    committed
                 });
-                if let Err(e) = both.await {
-                    tracing::error!(error = %e, "settling a request failed");
+                match both.await {
+                    Ok(committed) => committed,
+                    Err(e) => {
+                        tracing::error!(error = %e, "settling a request failed");
+                        Ok(())
+                    }
                 }
             }
         }

@@ -104,6 +104,7 @@ struct FileLimits {
     max_upload_bytes: Option<usize>,
     max_stream_frame_bytes: Option<usize>,
     stream_timeout_ms: Option<u64>,
+    ledger_wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -124,6 +125,9 @@ pub struct Limits {
     pub max_stream_frame_bytes: usize,
     /// Longest a model response may take, streamed or not, from its first byte on.
     pub stream_timeout: Duration,
+    /// How long a request waits for its usage record to be safe before it fails with
+    /// 503 `ledger_unavailable` (a full disk, an unreachable database).
+    pub ledger_wait: Duration,
 }
 
 /// The validated configuration.
@@ -226,6 +230,16 @@ impl Config {
                 Some(0) => return Err(err("limits.stream_timeout_ms", "must be above 0".into())),
                 Some(ms) => Duration::from_millis(ms),
                 None => Duration::from_secs(30 * 60),
+            },
+            ledger_wait: match file.limits.ledger_wait_ms {
+                None => crate::usage::DEFAULT_LEDGER_WAIT,
+                Some(ms) if (100..=600_000).contains(&ms) => Duration::from_millis(ms),
+                Some(_) => {
+                    return Err(err(
+                        "limits.ledger_wait_ms",
+                        "must be between 100 and 600000".into(),
+                    ))
+                }
             },
         };
 
@@ -372,6 +386,7 @@ url = "https://example.com"
         assert!(error_of("listen = 5").contains("listen"));
         assert!(error_of("database_url = 'mysql://x'").contains("`database_url`"));
         assert!(error_of("[limits]\nmax_body_bytes = 0").contains("limits.max_body_bytes"));
+        assert!(error_of("[limits]\nledger_wait_ms = 5").contains("limits.ledger_wait_ms"));
         let bad_model = GOOD.replace("provider = \"up\"", "provider = \"nope\"");
         assert!(error_of(&bad_model).contains("models[0].provider"));
         let bad_price = GOOD.replace("\"0.40\"", "\"cheap\"");

@@ -204,6 +204,8 @@ impl Gateway {
         model: &Arc<Model>,
         amount: Credits,
     ) -> Result<Settlement, ApiError> {
+        // Nothing is generated that the ledger cannot record.
+        self.writer.admit()?;
         let reservation = self
             .meter
             .reserve(&inbound.key, amount, &inbound.request_id)

@@ -8,7 +8,7 @@ use crate::billing::meter::{Meter, Reservation};
 use crate::billing::{Credits, Usage};
 use crate::config::{Endpoint, Model};
 use crate::store::{KeyRecord, UsageRecord};
-use crate::usage::Coming;
+use crate::usage::{Coming, LedgerError};
 
 /// One request's charge, reserved and not yet settled.
 pub(super) struct Settlement {
@@ -59,14 +59,36 @@ impl Settlement {
     /// Charges `usage`, what the client received (a call that failed before delivering
     /// anything passes zero usage), records it with `status`, and waits until the record
     /// is safe.
-    pub(super) async fn settle(mut self, usage: Usage, status: u16) -> Credits {
+    pub(super) async fn settle(self, usage: Usage, status: u16) -> Credits {
+        self.settle_recorded(usage, status).await.0
+    }
+
+    /// `settle` for an answer about to be delivered: `Err` means its record was not
+    /// safe within the ledger's bound, and the answer must not be delivered as a
+    /// success (the charge still reaches the ledger once it recovers).
+    pub(super) async fn settle_delivered(
+        mut self,
+        usage: Usage,
+        estimated: bool,
+    ) -> Result<Credits, LedgerError> {
+        self.estimated = estimated;
+        let (cost, recorded) = self.settle_recorded(usage, 200).await;
+        recorded.map(|()| cost)
+    }
+
+    async fn settle_recorded(
+        mut self,
+        usage: Usage,
+        status: u16,
+    ) -> (Credits, Result<(), LedgerError>) {
         let (cost, record) = self.charge(usage, status);
         let reservation = self.reservation.take();
         let commit = self.coming.take().map(|coming| coming.record(record));
-        self.meter
+        let recorded = self
+            .meter
             .settle_and_record(reservation, cost, commit)
             .await;
-        cost
+        (cost, recorded)
     }
 
     /// Like `settle`, from a place that cannot wait (a dropped stream).
@@ -78,7 +100,8 @@ impl Settlement {
         let commit = self.coming.take().map(|coming| coming.record(record));
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                meter.settle_and_record(reservation, cost, commit).await;
+                // Nothing waits on it: the record reaches the ledger when it can.
+                let _ = meter.settle_and_record(reservation, cost, commit).await;
             });
         }
     }

@@ -202,8 +202,17 @@ impl TranscriptRelay {
                         self.usage = data
                             .get("usage")
                             .map(|u| tokens_usage(wire_usage::from_responses_usage(u)));
-                        self.settle(200).await;
                         self.done = true;
+                        if let Some(settlement) = self.settlement.take() {
+                            let usage = self.usage.unwrap_or_default();
+                            let delivered = settlement
+                                .settle_delivered(usage, self.usage.is_none())
+                                .await;
+                            if let Err(e) = delivered {
+                                // Not delivered as a success: the stream breaks off.
+                                return Some(Err(std::io::Error::other(e)));
+                            }
+                        }
                     }
                     _ => {}
                 }

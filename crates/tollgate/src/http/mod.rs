@@ -11,7 +11,7 @@ use std::time::Instant;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
@@ -167,7 +167,9 @@ async fn ledger_committed_first(
     request: Request,
     next: Next,
 ) -> Response {
-    state.writer.flushed().await;
+    if let Err(e) = state.writer.caught_up().await {
+        return ApiError::from(e).into_response();
+    }
     next.run(request).await
 }
 

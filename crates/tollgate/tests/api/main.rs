@@ -7,6 +7,7 @@ mod helpers;
 mod input;
 mod meter;
 mod money;
+mod outage;
 mod overflow;
 mod priced;
 mod public;

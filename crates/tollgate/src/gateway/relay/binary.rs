@@ -63,7 +63,10 @@ pub(super) fn binary_response(
                 Ok(None) => {
                     let last = s.held.take()?;
                     if let Some(settlement) = s.settlement.take() {
-                        settlement.settle(s.usage, 200).await;
+                        if let Err(e) = settlement.settle_delivered(s.usage, false).await {
+                            // Not delivered as a success: the body breaks off instead.
+                            return Some((Err(std::io::Error::other(e)), s));
+                        }
                     }
                     return Some((Ok(last), s));
                 }

@@ -25,6 +25,7 @@ use tollgate_formats::usage::answer_text_bytes;
 use tollgate_formats::{model_name, RawObject};
 
 use crate::billing::Usage;
+use crate::error::ApiError;
 use crate::gateway::measure::Billing;
 use crate::gateway::settlement::Settlement;
 use crate::gateway::transcript::{self, TranscriptFormat};
@@ -83,7 +84,7 @@ pub(in crate::gateway) async fn finish(
     upstream: UpstreamResponse,
     settlement: Settlement,
     w: Whole<'_>,
-) -> Result<Response, UpstreamError> {
+) -> Result<Response, ApiError> {
     let content_type = upstream
         .headers()
         .get(header::CONTENT_TYPE)
@@ -102,7 +103,7 @@ pub(in crate::gateway) async fn finish(
             Ok(Some(chunk)) if head.len() + chunk.len() > limit => {
                 if must_be_whole {
                     settlement.settle_undelivered(502).await;
-                    return Err(UpstreamError::malformed(w.provider, "an answer too large"));
+                    return Err(UpstreamError::malformed(w.provider, "an answer too large").into());
                 }
                 head.extend_from_slice(&chunk);
                 return Ok(relayed(head.freeze(), chunks, settlement, content_type, w));
@@ -111,7 +112,7 @@ pub(in crate::gateway) async fn finish(
             Ok(None) => break,
             Err(what) => {
                 settlement.settle_undelivered(502).await;
-                return Err(UpstreamError::malformed(w.provider, what));
+                return Err(UpstreamError::malformed(w.provider, what).into());
             }
         }
     }
@@ -125,7 +126,7 @@ async fn whole(
     settlement: Settlement,
     content_type: HeaderValue,
     w: Whole<'_>,
-) -> Result<Response, UpstreamError> {
+) -> Result<Response, ApiError> {
     let declared_json = content_type
         .to_str()
         .is_ok_and(|v| v.starts_with("application/json"));
@@ -151,13 +152,13 @@ async fn whole(
     let Some(answer) = view.or_else(|| serde_json::from_slice::<Value>(&bytes).ok()) else {
         if declared_json || w.convert.is_some() {
             settlement.settle_undelivered(502).await;
-            return Err(UpstreamError::malformed(w.provider, "invalid JSON"));
+            return Err(UpstreamError::malformed(w.provider, "invalid JSON").into());
         }
         // Not JSON at all: its bytes are the output delivered.
         let usage = w
             .billing
             .estimate(w.input_estimate, bytes.len() as u64, &Value::Null);
-        let cost = settlement.settle_estimated(usage, 200).await;
+        let cost = settlement.settle_delivered(usage, true).await?;
         return Ok(respond(bytes, content_type, Some(cost)));
     };
     let (usage, estimated_usage) = match w.billing.measured(&answer) {
@@ -187,10 +188,9 @@ async fn whole(
             Ok(bytes) => bytes,
             Err(e) => {
                 settlement.settle_undelivered(502).await;
-                return Err(UpstreamError::malformed(
-                    w.provider,
-                    format!("untranslatable ({e})"),
-                ));
+                return Err(
+                    UpstreamError::malformed(w.provider, format!("untranslatable ({e})")).into(),
+                );
             }
         },
     };
@@ -206,15 +206,12 @@ async fn whole(
                 return Err(UpstreamError::malformed(
                     w.provider,
                     "a transcript without the text or segments asked for",
-                ));
+                )
+                .into());
             }
         },
     };
-    let cost = if estimated_usage {
-        settlement.settle_estimated(usage, 200).await
-    } else {
-        settlement.settle(usage, 200).await
-    };
+    let cost = settlement.settle_delivered(usage, estimated_usage).await?;
     let content_type = if w.convert.is_some() && w.render.is_none() {
         HeaderValue::from_static("application/json")
     } else {
@@ -357,9 +354,16 @@ impl Relayed {
                     }
                 }
                 Ok(None) => {
-                    self.settle(200).await;
                     self.done = true;
-                    return self.held.take().map(Ok);
+                    let Some(settlement) = self.settlement.take() else {
+                        return self.held.take().map(Ok);
+                    };
+                    let (usage, estimated) = self.usage();
+                    return match settlement.settle_delivered(usage, estimated).await {
+                        Ok(_) => self.held.take().map(Ok),
+                        // Not delivered as a success: the body breaks off before its end.
+                        Err(e) => Some(Err(std::io::Error::other(e))),
+                    };
                 }
                 Err(what) => return self.end_with_error(502, what).await,
             }

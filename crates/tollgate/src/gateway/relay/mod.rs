@@ -18,6 +18,7 @@ use tollgate_formats::UsageTracker;
 use super::measure::{Billing, Hosted};
 use super::plan::Prepared;
 use super::settlement::Settlement;
+use crate::error::ApiError;
 use crate::providers::{self, UpstreamError, UpstreamResponse, Upstreams};
 use cutoff::Cutoff;
 use json::{Convert, Whole};
@@ -43,7 +44,7 @@ pub(super) async fn respond(
     upstream: UpstreamResponse,
     settlement: Settlement,
     a: Answering<'_>,
-) -> Result<Response, UpstreamError> {
+) -> Result<Response, ApiError> {
     let prepared = a.prepared;
     let provider = a.upstreams.provider(prepared.deployment());
     let idle_timeout = provider.config.idle_timeout;
@@ -61,7 +62,8 @@ pub(super) async fn respond(
             return Err(UpstreamError::malformed(
                 &provider.config.name,
                 "an event stream where none was expected",
-            ));
+            )
+            .into());
         };
         let transform = match (prepared.translation, &prepared.original) {
             (Some(translation), Some(original)) => {
