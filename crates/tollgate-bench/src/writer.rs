@@ -163,6 +163,7 @@ async fn one_run(
                     status: 200,
                     latency_ms: 1,
                     created_at: tollgate::now(),
+                    detail: Default::default(),
                 };
                 if coming.record(record).await.is_ok() {
                     settled.fetch_add(1, Ordering::Relaxed);

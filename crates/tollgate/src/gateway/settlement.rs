@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::billing::meter::{Meter, Reservation};
 use crate::billing::{Credits, Usage};
 use crate::config::{Endpoint, Model};
-use crate::store::{KeyRecord, UsageRecord};
+use crate::store::{KeyRecord, UsageDetail, UsageRecord};
 use crate::usage::{Coming, LedgerError};
 
 /// One request's charge, reserved and not yet settled.
@@ -122,11 +122,11 @@ impl Settlement {
         // (it ignored the output limit, or reports absurd usage) cannot take a key or an
         // account past its limit. The excess is the operator's loss, logged.
         let reserved = self.reservation.as_ref().map_or(cost, |r| r.amount);
-        let cost = if cost > reserved {
+        let (cost, loss) = if cost > reserved {
             tracing::warn!(request_id = %self.request_id, model = %model.id, reported = %cost, reserved = %reserved, "usage above the reservation; charged the reservation, the rest is the operator's loss");
-            reserved
+            (reserved, cost.saturating_sub(reserved))
         } else {
-            cost
+            (cost, Credits::ZERO)
         };
         let record = UsageRecord {
             request_id: self.request_id.to_string(),
@@ -141,6 +141,14 @@ impl Settlement {
             status: i64::from(status),
             latency_ms: saturating_i64(self.started.elapsed().as_millis() as u64),
             created_at: crate::now(),
+            detail: UsageDetail {
+                requested_model: (!Arc::ptr_eq(model, &self.requested))
+                    .then(|| self.requested.id.clone()),
+                provider: self.provider.as_deref().map(str::to_string),
+                attempts: i64::from(self.attempts),
+                estimated: self.estimated && self.delivered,
+                loss,
+            },
         };
         (cost, record)
     }

@@ -410,6 +410,15 @@ fn totals_json(t: &Totals) -> Map<String, Value> {
     map
 }
 
+/// The extra counts of a day, a model or the total: requests charged for usage the
+/// gateway counted, and requests served by a fallback (another model than asked for).
+fn details_json(t: &Totals) -> Map<String, Value> {
+    let mut map = Map::new();
+    map.insert("estimated_requests".into(), t.estimated_requests.into());
+    map.insert("fallback_requests".into(), t.fallback_requests.into());
+    map
+}
+
 fn activity_json(a: &Activity) -> Value {
     let with = |first: (&str, Value), count_name: &str, t: &Totals| {
         let mut map = Map::new();
@@ -418,17 +427,25 @@ fn activity_json(a: &Activity) -> Value {
         map.extend(totals_json(t));
         Value::Object(map)
     };
+    let with_details = |first: (&str, Value), count_name: &str, t: &Totals| {
+        let mut v = with(first, count_name, t);
+        if let Value::Object(map) = &mut v {
+            map.extend(details_json(t));
+        }
+        v
+    };
     let mut total = Map::new();
     total.insert("total_requests".into(), a.total.requests.into());
     total.extend(totals_json(&a.total));
+    total.extend(details_json(&a.total));
     json!({
         "period_days": a.period_days,
         "total_stats": total,
         "daily_stats": a.daily.iter()
-            .map(|(day, t)| with(("date", day.clone().into()), "total_requests", t))
+            .map(|(day, t)| with_details(("date", day.clone().into()), "total_requests", t))
             .collect::<Vec<_>>(),
         "top_models": a.models.iter()
-            .map(|(model, t)| with(("model_name", model.clone().into()), "request_count", t))
+            .map(|(model, t)| with_details(("model_name", model.clone().into()), "request_count", t))
             .collect::<Vec<_>>(),
         "api_key_usage": a.keys.iter()
             .map(|(id, name, t)| {

@@ -261,6 +261,36 @@ pub struct UsageRecord {
     pub status: i64,
     pub latency_ms: i64,
     pub created_at: i64,
+    /// How the request was routed and measured.
+    pub detail: UsageDetail,
+}
+
+/// What a usage record says beyond its charge.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageDetail {
+    /// The model the client asked for, when another one served it (a fallback).
+    pub requested_model: Option<String>,
+    /// The provider that served, or was tried last.
+    pub provider: Option<String>,
+    /// Upstream attempts made.
+    pub attempts: i64,
+    /// The usage was counted by the gateway: the provider reported none, or broke off.
+    pub estimated: bool,
+    /// What the provider reported beyond the reservation, not charged: the operator's loss.
+    pub loss: Credits,
+}
+
+/// What one record adds to its row of the daily roll-up: requests, cost, input tokens,
+/// output tokens, estimated requests, fallback requests.
+pub(crate) fn daily_counts(r: &UsageRecord) -> [i64; 6] {
+    [
+        1,
+        r.cost.nanos(),
+        r.input_tokens,
+        r.output_tokens,
+        i64::from(r.detail.estimated),
+        i64::from(r.detail.requested_model.is_some()),
+    ]
 }
 
 /// The sums of one group of the daily roll-up.
@@ -270,6 +300,10 @@ pub struct UsageTotals {
     pub cost: Credits,
     pub input_tokens: i64,
     pub output_tokens: i64,
+    /// Requests charged for usage the gateway counted (not per key: 0 there).
+    pub estimated_requests: i64,
+    /// Requests served by a model other than the one asked for (not per key: 0 there).
+    pub fallback_requests: i64,
 }
 
 impl UsageTotals {
@@ -280,6 +314,12 @@ impl UsageTotals {
             cost: self.cost.saturating_add(other.cost),
             input_tokens: self.input_tokens.saturating_add(other.input_tokens),
             output_tokens: self.output_tokens.saturating_add(other.output_tokens),
+            estimated_requests: self
+                .estimated_requests
+                .saturating_add(other.estimated_requests),
+            fallback_requests: self
+                .fallback_requests
+                .saturating_add(other.fallback_requests),
         }
     }
 }

@@ -66,7 +66,8 @@ macro_rules! bounded_sum {
 }
 
 const USAGE_COLUMNS: &str = "request_id, account_id, key_id, model, endpoint, input_tokens, \
-     cached_input_tokens, output_tokens, cost, status, latency_ms, created_at";
+     cached_input_tokens, output_tokens, cost, status, latency_ms, created_at, \
+     requested_model, provider, attempts, estimated, loss";
 
 /// `Store::activity` in one statement: one index-only scan of the account's days (the
 /// primary key carries the sums, migration 0002), grouped three ways at once by hash, and
@@ -85,12 +86,17 @@ const ACTIVITY_QUERY: &str = concat!(
     bounded_sum!("input_tokens"),
     " AS input_tokens, ",
     bounded_sum!("output_tokens"),
-    " AS output_tokens \
+    " AS output_tokens, ",
+    bounded_sum!("estimated_requests"),
+    " AS estimated_requests, ",
+    bounded_sum!("fallback_requests"),
+    " AS fallback_requests \
       FROM usage_daily WHERE account_id = $1 AND day >= $2 \
       GROUP BY GROUPING SETS ((day), (model), (key_id))) \
     SELECT g.grouped_by::BIGINT AS grouped_by, \
       COALESCE(g.day, g.model, k.name, '') AS label, g.key_id, \
-      g.requests, g.cost, g.input_tokens, g.output_tokens \
+      g.requests, g.cost, g.input_tokens, g.output_tokens, g.estimated_requests, \
+      g.fallback_requests \
     FROM grouped g LEFT JOIN api_keys k ON k.id = g.key_id AND g.grouped_by = 2 \
     ORDER BY g.grouped_by, CASE WHEN g.grouped_by = 0 THEN 0 ELSE g.cost END DESC, g.key_id, \
       COALESCE(g.day, g.model, k.name, '') COLLATE \"C\""
@@ -165,6 +171,13 @@ fn usage_from_row(row: &PgRow) -> Result<UsageRecord, StoreError> {
         status: row.try_get("status")?,
         latency_ms: row.try_get("latency_ms")?,
         created_at: row.try_get("created_at")?,
+        detail: UsageDetail {
+            requested_model: row.try_get("requested_model")?,
+            provider: row.try_get("provider")?,
+            attempts: row.try_get("attempts")?,
+            estimated: row.try_get("estimated")?,
+            loss: Credits::from_nanos(row.try_get("loss")?),
+        },
     })
 }
 
@@ -174,7 +187,9 @@ fn unique_violation(e: &sqlx::Error) -> bool {
 
 /// Per-day roll-up of newly written records: (account, day, key, model) →
 /// (requests, cost, input tokens, output tokens).
-type DailyTotals = BTreeMap<(i64, String, i64, String), (i64, i64, i64, i64)>;
+/// Per (account, day, key, model): requests, cost, input tokens, output tokens, estimated
+/// requests, fallback requests.
+type DailyTotals = BTreeMap<(i64, String, i64, String), [i64; 6]>;
 
 /// Inserts the records (request ids distinct) and returns the request ids that were new.
 ///
@@ -197,6 +212,11 @@ async fn insert_records(
     let mut statuses = Vec::with_capacity(n);
     let mut latencies = Vec::with_capacity(n);
     let mut created = Vec::with_capacity(n);
+    let mut requested = Vec::with_capacity(n);
+    let mut providers = Vec::with_capacity(n);
+    let mut attempts = Vec::with_capacity(n);
+    let mut estimated = Vec::with_capacity(n);
+    let mut losses = Vec::with_capacity(n);
     for r in records {
         request_ids.push(r.request_id.as_str());
         account_ids.push(r.account_id.0);
@@ -210,12 +230,18 @@ async fn insert_records(
         statuses.push(r.status);
         latencies.push(r.latency_ms);
         created.push(r.created_at);
+        requested.push(r.detail.requested_model.as_deref());
+        providers.push(r.detail.provider.as_deref());
+        attempts.push(r.detail.attempts);
+        estimated.push(r.detail.estimated);
+        losses.push(r.detail.loss.nanos());
     }
     let rows = sqlx::query(&format!(
         "INSERT INTO usage_records ({USAGE_COLUMNS}) \
          SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], \
            $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], \
-           $12::BIGINT[]) AS v({USAGE_COLUMNS}) \
+           $12::BIGINT[], $13::TEXT[], $14::TEXT[], $15::BIGINT[], $16::BOOLEAN[], \
+           $17::BIGINT[]) AS v({USAGE_COLUMNS}) \
          ORDER BY request_id \
          ON CONFLICT (request_id) DO NOTHING \
          RETURNING request_id"
@@ -232,6 +258,11 @@ async fn insert_records(
     .bind(&statuses)
     .bind(&latencies)
     .bind(&created)
+    .bind(&requested)
+    .bind(&providers)
+    .bind(&attempts)
+    .bind(&estimated)
+    .bind(&losses)
     .fetch_all(&mut **tx)
     .await?;
     rows.iter()
@@ -282,10 +313,9 @@ async fn apply_totals(
                 r.model.clone(),
             ))
             .or_default();
-        day.0 = day.0.saturating_add(1);
-        day.1 = day.1.saturating_add(cost);
-        day.2 = day.2.saturating_add(r.input_tokens);
-        day.3 = day.3.saturating_add(r.output_tokens);
+        for (sum, add) in day.iter_mut().zip(daily_counts(r)) {
+            *sum = sum.saturating_add(add);
+        }
     }
 
     let (ids, amounts): (Vec<i64>, Vec<i64>) = by_account.into_iter().unzip();
@@ -333,23 +363,28 @@ async fn apply_totals(
     let mut costs = Vec::with_capacity(n);
     let mut input_tokens = Vec::with_capacity(n);
     let mut output_tokens = Vec::with_capacity(n);
-    for ((account, day, key, model), (count, cost, input, output)) in daily {
+    let mut estimated = Vec::with_capacity(n);
+    let mut fallbacks = Vec::with_capacity(n);
+    for ((account, day, key, model), sums) in daily {
         account_ids.push(account);
         days.push(day);
         key_ids.push(key);
         models.push(model);
-        requests.push(count);
-        costs.push(cost);
-        input_tokens.push(input);
-        output_tokens.push(output);
+        requests.push(sums[0]);
+        costs.push(sums[1]);
+        input_tokens.push(sums[2]);
+        output_tokens.push(sums[3]);
+        estimated.push(sums[4]);
+        fallbacks.push(sums[5]);
     }
     // Sorted by the primary key for the same reason as the ledger insert.
     sqlx::query(concat!(
         "INSERT INTO usage_daily (account_id, day, key_id, model, requests, cost, input_tokens, \
-           output_tokens) \
+           output_tokens, estimated_requests, fallback_requests) \
          SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], \
-           $6::BIGINT[], $7::BIGINT[], $8::BIGINT[]) \
-           AS v(account_id, day, key_id, model, requests, cost, input_tokens, output_tokens) \
+           $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[]) \
+           AS v(account_id, day, key_id, model, requests, cost, input_tokens, output_tokens, \
+             estimated_requests, fallback_requests) \
          ORDER BY account_id, day, key_id, model \
          ON CONFLICT (account_id, day, key_id, model) DO UPDATE SET requests = ",
         saturating_add!("usage_daily.requests", "excluded.requests"),
@@ -359,6 +394,16 @@ async fn apply_totals(
         saturating_add!("usage_daily.input_tokens", "excluded.input_tokens"),
         ", output_tokens = ",
         saturating_add!("usage_daily.output_tokens", "excluded.output_tokens"),
+        ", estimated_requests = ",
+        saturating_add!(
+            "usage_daily.estimated_requests",
+            "excluded.estimated_requests"
+        ),
+        ", fallback_requests = ",
+        saturating_add!(
+            "usage_daily.fallback_requests",
+            "excluded.fallback_requests"
+        ),
     ))
     .bind(&account_ids)
     .bind(&days)
@@ -368,6 +413,8 @@ async fn apply_totals(
     .bind(&costs)
     .bind(&input_tokens)
     .bind(&output_tokens)
+    .bind(&estimated)
+    .bind(&fallbacks)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -682,6 +729,8 @@ impl Store for PgStore {
                     cost: Credits::from_nanos(row.try_get("cost")?),
                     input_tokens: row.try_get("input_tokens")?,
                     output_tokens: row.try_get("output_tokens")?,
+                    estimated_requests: row.try_get("estimated_requests")?,
+                    fallback_requests: row.try_get("fallback_requests")?,
                 },
             )?;
         }

@@ -44,14 +44,18 @@ const ACCOUNT_SELECT: &str = "SELECT a.id, a.name, a.created_at, a.charged, \
 const DAYS_AND_MODELS_QUERY: &str = "\
     WITH day_model AS MATERIALIZED (\
       SELECT day, model, SUM(requests) AS requests, SUM(cost) AS cost, \
-        SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens \
+        SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens, \
+        SUM(estimated_requests) AS estimated_requests, \
+        SUM(fallback_requests) AS fallback_requests \
       FROM usage_daily WHERE account_id = $1 AND day >= $2 GROUP BY day, model) \
     SELECT 0 AS grouped_by, day AS label, SUM(requests) AS requests, SUM(cost) AS cost, \
-      SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens, 0 AS sort_cost \
+      SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens, \
+      SUM(estimated_requests) AS estimated_requests, \
+      SUM(fallback_requests) AS fallback_requests, 0 AS sort_cost \
     FROM day_model GROUP BY day \
     UNION ALL \
     SELECT 1, model, SUM(requests), SUM(cost), SUM(input_tokens), SUM(output_tokens), \
-      SUM(cost) \
+      SUM(estimated_requests), SUM(fallback_requests), SUM(cost) \
     FROM day_model GROUP BY model \
     ORDER BY grouped_by, sort_cost DESC, label";
 
@@ -75,7 +79,7 @@ const KEYS_QUERY: &str = "\
 /// 64-bit limit that SQLite's `SUM` overflows (an error): its rows, summed in Rust.
 const DAILY_ROWS_QUERY: &str = "\
     SELECT u.day, u.model, u.key_id, COALESCE(k.name, '') AS name, u.requests, u.cost, \
-      u.input_tokens, u.output_tokens \
+      u.input_tokens, u.output_tokens, u.estimated_requests, u.fallback_requests \
     FROM usage_daily u LEFT JOIN api_keys k ON k.id = u.key_id \
     WHERE u.account_id = $1 AND u.day >= $2";
 
@@ -109,11 +113,25 @@ macro_rules! saturating_add {
 /// The sums of a row of an activity query of `account`.
 fn totals_from_row(row: &SqliteRow, account: i64) -> Result<UsageTotals, StoreError> {
     let sum = |column| integer(row, column, "usage_daily", account);
+    // The per-key query reads a covering index without these two: 0 there.
+    let optional = |column: &'static str| {
+        if row
+            .columns()
+            .iter()
+            .any(|c| sqlx::Column::name(c) == column)
+        {
+            sum(column)
+        } else {
+            Ok(0)
+        }
+    };
     Ok(UsageTotals {
         requests: sum("requests")?,
         cost: Credits::from_nanos(sum("cost")?),
         input_tokens: sum("input_tokens")?,
         output_tokens: sum("output_tokens")?,
+        estimated_requests: optional("estimated_requests")?,
+        fallback_requests: optional("fallback_requests")?,
     })
 }
 
@@ -425,8 +443,8 @@ struct Derived<'a> {
     accounts: BTreeMap<i64, i64>,
     /// Per key: cost, latest `created_at`.
     keys: BTreeMap<i64, (i64, i64)>,
-    /// Per (account, day, key, model): requests, cost, input tokens, output tokens.
-    daily: BTreeMap<(i64, String, i64, &'a str), [i64; 4]>,
+    /// Per (account, day, key, model): see [`daily_counts`].
+    daily: BTreeMap<(i64, String, i64, &'a str), [i64; 6]>,
 }
 
 impl<'a> Derived<'a> {
@@ -449,10 +467,9 @@ impl<'a> Derived<'a> {
                     r.model.as_str(),
                 ))
                 .or_default();
-            day[0] = day[0].saturating_add(1);
-            day[1] = day[1].saturating_add(cost);
-            day[2] = day[2].saturating_add(r.input_tokens);
-            day[3] = day[3].saturating_add(r.output_tokens);
+            for (sum, add) in day.iter_mut().zip(daily_counts(r)) {
+                *sum = sum.saturating_add(add);
+            }
         }
         d
     }
@@ -494,7 +511,8 @@ impl Ledger {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO usage_records (request_id, account_id, key_id, model, endpoint, \
                  input_tokens, cached_input_tokens, output_tokens, cost, status, latency_ms, \
-                 created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+                 created_at, requested_model, provider, attempts, estimated, loss) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) \
                  ON CONFLICT (request_id) DO NOTHING",
             )?;
             for r in batch {
@@ -511,6 +529,11 @@ impl Ledger {
                     r.status,
                     r.latency_ms,
                     r.created_at,
+                    r.detail.requested_model,
+                    r.detail.provider,
+                    r.detail.attempts,
+                    r.detail.estimated,
+                    r.detail.loss.nanos(),
                 ])?;
                 written.push(rows == 1);
             }
@@ -541,7 +564,8 @@ impl Ledger {
             }
             let mut daily = tx.prepare_cached(concat!(
                 "INSERT INTO usage_daily (account_id, day, key_id, model, requests, cost, \
-                 input_tokens, output_tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                 input_tokens, output_tokens, estimated_requests, fallback_requests) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
                  ON CONFLICT (account_id, day, key_id, model) DO UPDATE SET requests = ",
                 saturating_add!("requests", "excluded.requests"),
                 ", cost = ",
@@ -550,10 +574,14 @@ impl Ledger {
                 saturating_add!("input_tokens", "excluded.input_tokens"),
                 ", output_tokens = ",
                 saturating_add!("output_tokens", "excluded.output_tokens"),
+                ", estimated_requests = ",
+                saturating_add!("estimated_requests", "excluded.estimated_requests"),
+                ", fallback_requests = ",
+                saturating_add!("fallback_requests", "excluded.fallback_requests"),
             ))?;
             for ((account, day, key, model), sums) in &derived.daily {
                 daily.execute(rusqlite::params![
-                    account, day, key, model, sums[0], sums[1], sums[2], sums[3]
+                    account, day, key, model, sums[0], sums[1], sums[2], sums[3], sums[4], sums[5]
                 ])?;
             }
         }
@@ -847,7 +875,8 @@ impl Store for SqliteStore {
     async fn usage_record(&self, request_id: &str) -> Result<Option<UsageRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT request_id, account_id, key_id, model, endpoint, input_tokens, cached_input_tokens, \
-             output_tokens, cost, status, latency_ms, created_at FROM usage_records WHERE request_id = $1",
+             output_tokens, cost, status, latency_ms, created_at, requested_model, provider, attempts, \
+             estimated, loss FROM usage_records WHERE request_id = $1",
         )
         .bind(request_id)
         .fetch_optional(&self.pool)
@@ -866,6 +895,13 @@ impl Store for SqliteStore {
                 status: row.try_get("status")?,
                 latency_ms: row.try_get("latency_ms")?,
                 created_at: row.try_get("created_at")?,
+                detail: UsageDetail {
+                    requested_model: row.try_get("requested_model")?,
+                    provider: row.try_get("provider")?,
+                    attempts: row.try_get("attempts")?,
+                    estimated: row.try_get("estimated")?,
+                    loss: Credits::from_nanos(row.try_get("loss")?),
+                },
             })
         })
         .transpose()
@@ -893,6 +929,7 @@ pub(crate) fn test_record(
         status: 200,
         latency_ms: 1,
         created_at: 1_700_000_000,
+        detail: UsageDetail::default(),
     }
 }
 

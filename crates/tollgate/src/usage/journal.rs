@@ -28,7 +28,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::billing::Credits;
-use crate::store::{AccountId, KeyId, UsageRecord};
+use crate::store::{AccountId, KeyId, UsageDetail, UsageRecord};
 
 /// Size past which the active file hands over to the other one.
 const ROTATE_BYTES: u64 = 4 * 1024 * 1024;
@@ -58,6 +58,21 @@ struct Entry {
     status: i64,
     latency_ms: i64,
     created_at: i64,
+    // Absent in records a version before them wrote: they read as the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    requested_model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    provider: Option<String>,
+    #[serde(default = "one")]
+    attempts: i64,
+    #[serde(default)]
+    estimated: bool,
+    #[serde(default)]
+    loss_nanos: i64,
+}
+
+fn one() -> i64 {
+    1
 }
 
 impl From<&UsageRecord> for Entry {
@@ -75,6 +90,11 @@ impl From<&UsageRecord> for Entry {
             status: r.status,
             latency_ms: r.latency_ms,
             created_at: r.created_at,
+            requested_model: r.detail.requested_model.clone(),
+            provider: r.detail.provider.clone(),
+            attempts: r.detail.attempts,
+            estimated: r.detail.estimated,
+            loss_nanos: r.detail.loss.nanos(),
         }
     }
 }
@@ -94,6 +114,13 @@ impl From<Entry> for UsageRecord {
             status: e.status,
             latency_ms: e.latency_ms,
             created_at: e.created_at,
+            detail: UsageDetail {
+                requested_model: e.requested_model,
+                provider: e.provider,
+                attempts: e.attempts,
+                estimated: e.estimated,
+                loss: Credits::from_nanos(e.loss_nanos),
+            },
         }
     }
 }

@@ -239,7 +239,8 @@ async fn activity_with_no_usage_is_zero_and_days_are_checked() {
         activity,
         json!({"period_days": 7,
                "total_stats": {"total_requests": 0, "total_cost": "0.00",
-                               "total_input_tokens": 0, "total_output_tokens": 0},
+                               "total_input_tokens": 0, "total_output_tokens": 0,
+                               "estimated_requests": 0, "fallback_requests": 0},
                "daily_stats": [], "top_models": [], "api_key_usage": []})
     );
     let default: Value = app
@@ -279,6 +280,7 @@ async fn activity_rolls_up_usage_records() {
         status: 200,
         latency_ms: 3,
         created_at: at,
+        detail: Default::default(),
     };
     let batch = vec![
         record(1, a, "m1", 1_000_000_000, now),

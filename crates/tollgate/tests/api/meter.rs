@@ -195,6 +195,33 @@ async fn no_misbehaving_provider_gets_output_free_or_past_the_reservation() {
     for path in ["/v1/account/keys", "/v1/account/activity?days=1"] {
         assert_eq!(app.get(path, &app.prov_key).await.status(), 200, "{path}");
     }
+    // Answers the provider did not measure are marked estimated, and activity counts them.
+    let mut estimated = 0;
+    for s in seen
+        .iter()
+        .filter(|s| s.what.contains("[no_usage]") && s.delivered)
+    {
+        let record = app
+            .state
+            .store
+            .usage_record(&s.request_id)
+            .await
+            .expect("read")
+            .expect("record");
+        assert!(record.detail.estimated, "{}: not marked estimated", s.what);
+        estimated += 1;
+    }
+    assert_eq!(estimated, FAMILIES.len() * 2);
+    let activity: Value = app
+        .get("/v1/account/activity?days=1", &app.prov_key)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let counted = activity["total_stats"]["estimated_requests"]
+        .as_i64()
+        .expect("count");
+    assert!(counted >= estimated as i64, "{activity}");
 }
 
 async fn transcribe(

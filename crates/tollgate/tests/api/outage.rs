@@ -483,6 +483,7 @@ async fn a_replay_on_a_full_disk_gives_up_clearly_and_the_next_start_charges_onc
                 status: 200,
                 latency_ms: 1,
                 created_at: 1_767_225_600,
+                detail: Default::default(),
             };
             journal.append(&Frame::of(&record), |_| ()).expect("append");
         }

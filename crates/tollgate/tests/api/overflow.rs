@@ -196,6 +196,7 @@ fn usage(
         status: 200,
         latency_ms: 1,
         created_at: tollgate::now(),
+        detail: Default::default(),
     }
 }
 

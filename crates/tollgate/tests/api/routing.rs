@@ -192,6 +192,28 @@ async fn every_deployment_down_the_fallback_serves_at_its_own_price() {
     let ledger = ledger(&app).await;
     assert_eq!(ledger.len(), 1);
     assert_eq!(ledger[0].4, expected);
+    // The record says what was asked for and what served; activity tells them apart.
+    let record = app
+        .state
+        .store
+        .usage_record(&ledger[0].0)
+        .await
+        .expect("read")
+        .expect("record");
+    assert_eq!(record.model, "claude-test");
+    assert_eq!(record.detail.requested_model.as_deref(), Some("gpt-test"));
+    assert_eq!(record.detail.provider.as_deref(), Some("claude"));
+    assert_eq!(record.detail.attempts, 3);
+    assert!(!record.detail.estimated);
+    let activity: Value = app
+        .get("/v1/account/activity?days=1", &app.prov_key)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(activity["total_stats"]["fallback_requests"], 1);
+    assert_eq!(activity["top_models"][0]["model_name"], "claude-test");
+    assert_eq!(activity["top_models"][0]["fallback_requests"], 1);
 }
 
 #[tokio::test]

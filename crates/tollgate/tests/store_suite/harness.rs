@@ -186,6 +186,7 @@ pub fn record(
         status: 200,
         latency_ms: cost % 500,
         created_at,
+        detail: Default::default(),
     }
 }
 

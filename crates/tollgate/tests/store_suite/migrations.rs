@@ -73,6 +73,8 @@ pub async fn upgrade_keeps_the_daily_rollup(db: TestDb) {
             cost: nanos(n * 1000),
             input_tokens: n * 10,
             output_tokens: n * 100,
+            estimated_requests: 0,
+            fallback_requests: 0,
         }
     };
 

@@ -26,6 +26,8 @@ fn totals(requests: i64, cost: i64, input_tokens: i64, output_tokens: i64) -> Us
         cost: nanos(cost),
         input_tokens,
         output_tokens,
+        estimated_requests: 0,
+        fallback_requests: 0,
     }
 }
 

@@ -297,6 +297,7 @@ pub async fn usage_record_lookup(db: TestDb) {
         status: 499,
         latency_ms: 8765,
         created_at: T0 + 42,
+        detail: Default::default(),
     };
     assert_eq!(
         store.usage_record("req-lookup").await.expect("lookup"),
