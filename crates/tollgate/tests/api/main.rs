@@ -6,6 +6,7 @@ mod gateway;
 mod helpers;
 mod input;
 mod meter;
+mod meter_props;
 mod money;
 mod outage;
 mod overflow;
