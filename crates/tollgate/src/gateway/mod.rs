@@ -39,7 +39,7 @@ use crate::billing::meter::Meter;
 use crate::billing::{Credits, Usage};
 use crate::config::{Config, Endpoint, Model};
 use crate::error::ApiError;
-use crate::providers::{ProviderClient, Upstreams};
+use crate::providers::{ClientHeaders, ProviderClient, Upstreams};
 use crate::routing::{Router, Target};
 use crate::store::KeyRecord;
 use crate::usage::UsageWriter;
@@ -73,6 +73,8 @@ pub struct Gateway {
 /// Who is calling, on which endpoint.
 pub struct Inbound {
     pub endpoint: Endpoint,
+    /// The client's headers that a provider may receive.
+    pub headers: ClientHeaders,
     pub key: Arc<KeyRecord>,
     pub request_id: Arc<str>,
     pub started: Instant,
@@ -115,6 +117,7 @@ impl Gateway {
             demands: &demands,
             stream,
             body: &body,
+            headers: &inbound.headers,
         };
         let prepare = |target: &Target| plan::prepare(&self.upstreams, target, &asked);
         let first = prepare(&targets[0])?;

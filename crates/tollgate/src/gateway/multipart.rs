@@ -268,6 +268,7 @@ impl Gateway {
                 inbound.endpoint,
                 &format!("multipart/form-data; boundary={boundary}"),
                 UpstreamBody::stream(stream),
+                &inbound.headers.for_provider(provider.config.kind, false),
             )
             .await;
         let sent = match upstream {

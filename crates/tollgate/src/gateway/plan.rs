@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use axum::http::{HeaderName, HeaderValue};
 use bytes::Bytes;
 use serde_json::Value;
 use tollgate_formats::Format;
@@ -12,7 +13,7 @@ use super::request::RequestFields;
 use super::translate::Translation;
 use crate::config::{Config, Deployment, Endpoint, Model};
 use crate::error::ApiError;
-use crate::providers::{Upstreams, Wire};
+use crate::providers::{ClientHeaders, Upstreams, Wire};
 use crate::routing::Target;
 
 /// The format a client speaks on an endpoint (text generation only).
@@ -81,6 +82,8 @@ pub(super) struct Prepared {
     pub(super) rename: Option<String>,
     /// The hints the translation could not carry (`x-tollgate-dropped-fields`).
     pub(super) dropped: Option<String>,
+    /// The client's headers this provider receives.
+    pub(super) forwarded: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Prepared {
@@ -104,6 +107,7 @@ pub(super) struct Asked<'a> {
     pub(super) demands: &'a Demands,
     pub(super) stream: bool,
     pub(super) body: &'a Bytes,
+    pub(super) headers: &'a ClientHeaders,
 }
 
 /// Prepares the upstream request of one target of a request's route.
@@ -119,6 +123,7 @@ pub(super) fn prepare(
         demands,
         stream,
         body,
+        headers,
     } = *asked;
     let model = &target.model;
     let deployment = target.deployment();
@@ -153,6 +158,7 @@ pub(super) fn prepare(
         original: None,
         rename: renamed.then(|| model.id.clone()),
         dropped: None,
+        forwarded: headers.for_provider(provider.config.kind, translation.is_some()),
     };
     let bound = demands::output_bound(demands, model);
     if let Some(translation) = translation {

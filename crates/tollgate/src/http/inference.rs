@@ -13,6 +13,7 @@ use super::{AppState, RequestId};
 use crate::config::Endpoint;
 use crate::error::ApiError;
 use crate::gateway::{error_for, Inbound};
+use crate::providers::ClientHeaders;
 
 async fn call(
     state: &AppState,
@@ -26,6 +27,7 @@ async fn call(
     state.limiter.check(&key, &request_id.0).await?;
     let inbound = Inbound {
         endpoint,
+        headers: ClientHeaders::from_request(headers),
         key,
         request_id: request_id.0,
         started,

@@ -136,14 +136,16 @@ impl Upstreams {
     }
 
     /// Sends one attempt to a deployment's provider and waits for the response headers,
-    /// within the provider's connect and first-byte timeouts. A non-2xx answer is returned
-    /// as it is: the caller reads its body and classifies it.
+    /// within the provider's connect and first-byte timeouts. `forwarded` are the client's
+    /// headers this provider may receive (`ClientHeaders::for_provider`). A non-2xx answer
+    /// is returned as it is: the caller reads its body and classifies it.
     pub async fn send(
         &self,
         deployment: &Deployment,
         endpoint: Endpoint,
         content_type: &str,
         body: UpstreamBody,
+        forwarded: &[(HeaderName, HeaderValue)],
     ) -> Result<UpstreamResponse, UpstreamError> {
         let provider = self.provider(deployment);
         let broken = || UpstreamError::Broken {
@@ -170,6 +172,14 @@ impl Upstreams {
         let headers = request.headers_mut();
         for (name, value) in &provider.headers {
             headers.insert(name.clone(), value.clone());
+        }
+        // The client's version replaces the provider's; its betas are added. Credentials
+        // are never among them (`headers::DENIED`).
+        for (name, _) in forwarded {
+            headers.remove(name);
+        }
+        for (name, value) in forwarded {
+            headers.append(name.clone(), value.clone());
         }
         let sent = tokio::time::timeout(
             provider.config.first_byte_timeout,

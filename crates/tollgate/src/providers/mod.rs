@@ -1,11 +1,12 @@
 //! Upstream providers: the adapter trait with one adapter per provider kind (its URLs, its
 //! authentication, the wire format it speaks per endpoint, its stream framing and how its
-//! failures are classified), the pooled HTTP client that sends one attempt, and the typed
-//! error of an attempt. The gateway never matches on provider kinds; it asks the adapter.
+//! failures are classified), the client headers each kind receives, the pooled HTTP client
+//! that sends one attempt, and the typed error of an attempt. The gateway never matches on provider kinds; it asks the adapter.
 
 mod anthropic;
 mod client;
 mod error;
+mod headers;
 mod openai;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -16,6 +17,7 @@ pub use client::{
     chunks, ProviderClient, UpstreamBody, UpstreamChunks, UpstreamResponse, Upstreams,
 };
 pub use error::{StatusClass, UpstreamError};
+pub use headers::ClientHeaders;
 
 use crate::config::{Endpoint, Provider, ProviderKind};
 

@@ -7,6 +7,7 @@ mod helpers;
 mod input;
 mod money;
 mod overflow;
+mod passthrough;
 mod public;
 mod routing;
 mod secrets;
