@@ -12,7 +12,7 @@ use super::demands::{self, Demands, DEFAULT_HOSTED_CALLS};
 use super::request::RequestFields;
 use super::translate::Translation;
 use crate::config::{Config, Deployment, Endpoint, Model};
-use crate::error::ApiError;
+use crate::error::{quoted, ApiError};
 use crate::providers::{ClientHeaders, Upstreams, Wire};
 use crate::routing::Target;
 
@@ -38,20 +38,15 @@ pub(super) fn model_for(
             "'model' is required; GET /v1/models lists the models.",
         ));
     };
-    let model = config.model(&id).ok_or_else(|| ApiError {
-        code: "model_not_found",
-        ..ApiError::invalid_field(
-            "model",
-            format!("The model '{id}' does not exist here; GET /v1/models lists the models."),
-        )
-    })?;
+    let model = config.model(&id).ok_or_else(|| unknown_model(&id))?;
     if !model.endpoints.contains(&endpoint) {
         return Err(ApiError {
             code: "unsupported_endpoint",
             ..ApiError::invalid_field(
                 "model",
                 format!(
-                    "The model '{id}' does not support {}; it supports: {}.",
+                    "The model '{}' does not support {}; it supports: {}.",
+                    model.id,
                     endpoint.path(),
                     model
                         .endpoints
@@ -64,6 +59,21 @@ pub(super) fn model_for(
         });
     }
     Ok(model.clone())
+}
+
+/// The 404 of a model the catalog does not have (as OpenAI and Anthropic answer, so the
+/// SDKs raise their not-found error); the name is quoted up to [`crate::error::QUOTED_NAME_CHARS`].
+pub(crate) fn unknown_model(id: &str) -> ApiError {
+    ApiError {
+        param: Some("model".into()),
+        ..ApiError::not_found(
+            "model_not_found",
+            format!(
+                "The model '{}' does not exist here; GET /v1/models lists the models.",
+                quoted(id)
+            ),
+        )
+    }
 }
 
 /// One upstream request, ready to send: where, in which format, with which body.

@@ -2,6 +2,7 @@
 
 mod account;
 mod auth;
+mod errors;
 mod gateway;
 mod helpers;
 mod input;
