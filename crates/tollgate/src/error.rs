@@ -104,7 +104,7 @@ impl ApiError {
     /// The OpenAI-style `type` of the status.
     pub fn openai_type(&self) -> &'static str {
         match self.status.as_u16() {
-            400 | 405 | 415 | 422 => "invalid_request_error",
+            400 | 405 | 408 | 414 | 415 | 422 | 431 => "invalid_request_error",
             401 => "authentication_error",
             402 => "insufficient_quota",
             403 => "permission_error",
@@ -119,7 +119,7 @@ impl ApiError {
     /// The Anthropic-style `type` of the status.
     pub fn anthropic_type(&self) -> &'static str {
         match self.status.as_u16() {
-            400 | 405 | 415 | 422 => "invalid_request_error",
+            400 | 405 | 408 | 414 | 415 | 422 | 431 => "invalid_request_error",
             401 => "authentication_error",
             402 => "billing_error",
             403 => "permission_error",

@@ -103,6 +103,14 @@ impl Endpoint {
         }
     }
 
+    /// Whether the endpoint takes a multipart upload (streamed through, never translated).
+    pub fn is_upload(self) -> bool {
+        matches!(
+            self,
+            Endpoint::AudioTranscriptions | Endpoint::AudioTranslations
+        )
+    }
+
     pub(super) fn parse(name: &str) -> Option<Endpoint> {
         Endpoint::ALL.into_iter().find(|e| e.name() == name)
     }

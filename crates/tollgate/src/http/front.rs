@@ -1,12 +1,17 @@
 //! What the front door answers by itself, always in the API's JSON shape (Anthropic's under
 //! `/v1/messages`): unknown routes and methods, request bodies in an encoding the gateway
-//! does not read, and every error that axum's extractors or layers write as plain text.
+//! does not read, every error that axum's extractors or layers write as plain text, and
+//! the CORS preflights of the origins the operator allowed.
 
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 
+use axum::http::{HeaderName, Method};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::config::Cors;
 use crate::error::{quoted, quoted_up_to, ApiError, Shape};
 
 /// Most of a plain-text error body kept as the JSON error's message.
@@ -94,7 +99,6 @@ fn is_json(response: &Response) -> bool {
 /// The stable code of an error the HTTP layer raised.
 pub fn plain_code(status: StatusCode) -> &'static str {
     match status.as_u16() {
-        400 => "bad_request",
         404 => "route_not_found",
         405 => "method_not_allowed",
         408 => "request_timeout",
@@ -106,4 +110,48 @@ pub fn plain_code(status: StatusCode) -> &'static str {
         400..=499 => "bad_request",
         _ => "internal_error",
     }
+}
+
+/// Request headers a browser may send: the keys, the API versions and betas the SDKs set.
+const CORS_REQUEST_HEADERS: [&str; 9] = [
+    "authorization",
+    "content-type",
+    "x-api-key",
+    "anthropic-version",
+    "anthropic-beta",
+    "anthropic-dangerous-direct-browser-access",
+    "openai-beta",
+    "traceparent",
+    "tracestate",
+];
+
+/// Response headers a browser page may read.
+const CORS_RESPONSE_HEADERS: [&str; 7] = [
+    "x-request-id",
+    "x-tollgate-cost",
+    "x-tollgate-model",
+    "x-tollgate-provider",
+    "x-tollgate-attempts",
+    "x-tollgate-dropped-fields",
+    "retry-after",
+];
+
+/// The CORS layer of `[cors]`: preflights answered for the allowed origins, no cookies
+/// (keys travel in headers), preflights cached for ten minutes.
+pub fn cors_layer(cors: &Cors) -> CorsLayer {
+    let origins = match cors {
+        Cors::Any => AllowOrigin::any(),
+        Cors::Origins(origins) => AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect::<Vec<_>>(),
+        ),
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+        .allow_headers(CORS_REQUEST_HEADERS.map(HeaderName::from_static))
+        .expose_headers(CORS_RESPONSE_HEADERS.map(HeaderName::from_static))
+        .max_age(std::time::Duration::from_secs(600))
 }

@@ -149,7 +149,8 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             ledger_committed_first,
         ));
-    router
+    let cors = state.config.cors.clone();
+    let router = router
         .route("/healthz", get(public::healthz))
         .route("/readyz", get(public::readyz))
         .route("/v1/models", get(public::models))
@@ -159,7 +160,11 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(front::method_not_allowed)
         .layer(middleware::from_fn(front::api_errors))
         .layer(middleware::from_fn(request_id_and_log))
-        .with_state(state)
+        .with_state(state);
+    match cors {
+        Some(cors) => router.layer(front::cors_layer(&cors)),
+        None => router,
+    }
 }
 
 async fn ledger_committed_first(

@@ -69,6 +69,39 @@ pub fn adapter(provider: &Provider) -> Box<dyn Adapter> {
     }
 }
 
+/// Checks that every deployment's provider can serve every endpoint its model lists (an
+/// Anthropic provider has no embeddings, say): the error names the model, the provider
+/// and the endpoint.
+pub fn check_catalog(config: &crate::config::Config) -> Result<(), String> {
+    for model in &config.models {
+        for deployment in &model.deployments {
+            let provider = &config.providers[deployment.provider];
+            let adapter = adapter(provider);
+            for &endpoint in &model.endpoints {
+                let Some(wire) = adapter.wire(endpoint) else {
+                    return Err(format!(
+                        "the model '{}' lists the endpoint {}, which its provider '{}' ({:?}) cannot serve; remove it from the model's `endpoints`",
+                        model.id,
+                        endpoint.name(),
+                        provider.name,
+                        provider.kind
+                    ));
+                };
+                // Uploads are passed through: the provider must take them as they are.
+                if endpoint.is_upload() && wire.format.is_some() {
+                    return Err(format!(
+                        "the model '{}' lists the upload endpoint {}, which its provider '{}' cannot take",
+                        model.id,
+                        endpoint.name(),
+                        provider.name
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The `error.message` of an OpenAI- or Anthropic-shaped error body.
 fn error_message(body: &[u8]) -> Option<String> {
     serde_json::from_slice::<Value>(body).ok().and_then(|v| {

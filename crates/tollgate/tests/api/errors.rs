@@ -103,7 +103,7 @@ async fn an_overloaded_stream_says_so_in_each_format() {
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .last()
+        .next_back()
         .expect("events");
     assert_eq!(last["error"]["code"], "upstream_overloaded", "{streamed}");
 

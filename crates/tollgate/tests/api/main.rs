@@ -3,6 +3,7 @@
 mod account;
 mod auth;
 mod errors;
+mod front_door;
 mod gateway;
 mod helpers;
 mod input;
