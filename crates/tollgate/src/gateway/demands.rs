@@ -80,6 +80,9 @@ pub(super) fn read(endpoint: Endpoint, request: &RequestFields<'_>) -> Result<De
         },
         ..Demands::default()
     };
+    if endpoint == Endpoint::Completions && demands.output_limit.is_none() {
+        demands.output_limit = Some(COMPLETIONS_DEFAULT_MAX_TOKENS);
+    }
     if !matches!(
         endpoint,
         Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Messages
@@ -145,6 +148,21 @@ pub(super) fn read(endpoint: Endpoint, request: &RequestFields<'_>) -> Result<De
         }
     };
     Ok(demands)
+}
+
+/// Output tokens a legacy completions request asks for when it gives no `max_tokens`
+/// (OpenAI's documented default; the gateway sends it, since servers differ).
+pub(super) const COMPLETIONS_DEFAULT_MAX_TOKENS: u64 = 16;
+
+/// How many answers a request generates (and pays for): `n`, and for legacy completions
+/// `best_of` (generated server-side, billed, then all but `n` dropped).
+pub(super) fn choices(endpoint: Endpoint, request: &RequestFields<'_>) -> Result<u64, ApiError> {
+    let n = request.count("n")?.unwrap_or(1);
+    let best_of = match endpoint {
+        Endpoint::Completions => request.count("best_of")?.unwrap_or(1),
+        _ => 1,
+    };
+    Ok(n.max(best_of).max(1))
 }
 
 /// The most output a request may produce on `model`: its own limit, else the model's

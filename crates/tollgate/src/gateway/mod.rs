@@ -13,9 +13,11 @@
 //! | `relay` | the answer back: event streams, whole JSON answers, binary audio |
 //! | `measure` | billable quantities of an answer |
 //! | `translate` | the converters between client and provider formats |
-//! | `multipart` | audio uploads, streamed through |
+//! | `multipart` | audio uploads and image edits, streamed through |
+//! | `count` | `/v1/messages/count_tokens`: forwarded, or counted locally; free |
 
 mod attempt;
+mod count;
 mod demands;
 mod estimate;
 mod measure;
@@ -45,6 +47,7 @@ use crate::store::KeyRecord;
 use crate::usage::UsageWriter;
 use attempt::Unanswered;
 use estimate::Counting;
+pub use plan::unknown_model;
 use plan::Prepared;
 use relay::Answering;
 use request::RequestFields;
@@ -153,7 +156,7 @@ impl Gateway {
             &demands,
             prepared.model(),
         )?;
-        let choices = request.count("n")?.unwrap_or(1).max(1);
+        let choices = demands::choices(endpoint, &request)?;
         drop(request);
         let served = answer_headers(&prepared, &self.upstreams, settlement.attempts);
         let answering = Answering {

@@ -22,6 +22,8 @@ pub(super) fn client_format(endpoint: Endpoint) -> Option<Format> {
         Endpoint::ChatCompletions => Some(Format::ChatCompletions),
         Endpoint::Responses => Some(Format::Responses),
         Endpoint::Messages => Some(Format::AnthropicMessages),
+        // Legacy completions share Chat Completions' usage, stream framing and errors.
+        Endpoint::Completions => Some(Format::ChatCompletions),
         _ => None,
     }
 }
@@ -63,7 +65,7 @@ pub(super) fn model_for(
 
 /// The 404 of a model the catalog does not have (as OpenAI and Anthropic answer, so the
 /// SDKs raise their not-found error); the name is quoted up to [`crate::error::QUOTED_NAME_CHARS`].
-pub(crate) fn unknown_model(id: &str) -> ApiError {
+pub fn unknown_model(id: &str) -> ApiError {
     ApiError {
         param: Some("model".into()),
         ..ApiError::not_found(
@@ -197,7 +199,12 @@ pub(super) fn prepare(
             Value::String(deployment.upstream_model.clone()).to_string(),
         ));
     }
-    if demands.output_limit.is_none() {
+    if endpoint == Endpoint::Completions {
+        // The client's limit, or the default the gateway reserved for, sent explicitly.
+        if request.0.get("max_tokens").is_none() {
+            replace.push(("max_tokens", bound.to_string()));
+        }
+    } else if demands.output_limit.is_none() {
         match wire.format {
             Some(Format::ChatCompletions) => {
                 replace.push(("max_completion_tokens", bound.to_string()))

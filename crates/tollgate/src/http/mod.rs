@@ -154,6 +154,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(public::healthz))
         .route("/readyz", get(public::readyz))
         .route("/v1/models", get(public::models))
+        .route("/v1/models/{*id}", get(public::model))
+        .route("/v1/messages/count_tokens", post(inference::count_tokens))
         .route("/v1/startups", get(public::startups))
         .merge(account)
         .fallback(front::not_found)

@@ -148,9 +148,6 @@ impl Upstreams {
         forwarded: &[(HeaderName, HeaderValue)],
     ) -> Result<UpstreamResponse, UpstreamError> {
         let provider = self.provider(deployment);
-        let broken = || UpstreamError::Broken {
-            provider: provider.name.clone(),
-        };
         let uri = self
             .uris
             .get(deployment.id)
@@ -158,8 +155,50 @@ impl Upstreams {
             .map(|(_, uri)| uri.clone())
             .ok_or_else(|| {
                 tracing::error!(provider = %provider.name, endpoint = endpoint.name(), "no upstream URL");
-                broken()
+                UpstreamError::Broken {
+                    provider: provider.name.clone(),
+                }
             })?;
+        self.send_to(provider, uri, content_type, body, forwarded)
+            .await
+    }
+
+    /// Sends one attempt to a path under a deployment's base URL (`/messages/count_tokens`),
+    /// as [`send`](Self::send) does.
+    pub async fn send_path(
+        &self,
+        deployment: &Deployment,
+        path: &str,
+        body: Bytes,
+        forwarded: &[(HeaderName, HeaderValue)],
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let provider = self.provider(deployment);
+        let uri = format!("{}{path}", provider.config.base_url)
+            .parse::<Uri>()
+            .map_err(|_| UpstreamError::Broken {
+                provider: provider.name.clone(),
+            })?;
+        self.send_to(
+            provider,
+            uri,
+            "application/json",
+            UpstreamBody::Bytes(body),
+            forwarded,
+        )
+        .await
+    }
+
+    async fn send_to(
+        &self,
+        provider: &ProviderClient,
+        uri: Uri,
+        content_type: &str,
+        body: UpstreamBody,
+        forwarded: &[(HeaderName, HeaderValue)],
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let broken = || UpstreamError::Broken {
+            provider: provider.name.clone(),
+        };
         let content_type = HeaderValue::from_str(content_type).map_err(|_| broken())?;
         let payload = match body {
             UpstreamBody::Bytes(bytes) => Either::Left(Full::new(bytes)),

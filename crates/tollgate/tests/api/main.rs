@@ -2,6 +2,7 @@
 
 mod account;
 mod auth;
+mod endpoints;
 mod errors;
 mod front_door;
 mod gateway;

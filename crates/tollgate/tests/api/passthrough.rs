@@ -37,6 +37,11 @@ pricing = { input = "0.40", cached_input = "0.10", output = "1.60" }
 
 /// A gateway over the fake upstream with the agent models; credits granted.
 pub async fn setup_agents() -> (TestApp, FakeUpstream, String) {
+    setup_extra(AGENT_MODELS).await
+}
+
+/// A gateway over the fake upstream with the test catalog and `extra` models.
+pub async fn setup_extra(extra: &str) -> (TestApp, FakeUpstream, String) {
     let upstream = fake_upstream::start(Options {
         openai_api_key: Some("up-openai-secret".into()),
         anthropic_api_key: Some("up-anthropic-secret".into()),
@@ -49,7 +54,7 @@ pub async fn setup_agents() -> (TestApp, FakeUpstream, String) {
         "UP_ANTHROPIC" => Some("up-anthropic-secret".to_string()),
         _ => None,
     };
-    let config = format!("{}{AGENT_MODELS}", catalog(&upstream));
+    let config = format!("{}{extra}", catalog(&upstream));
     let app = spawn_app_env(&config, &env).await;
     app.grant("100").await;
     let key = app.inference_key().await;
