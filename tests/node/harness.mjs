@@ -30,8 +30,8 @@ function binary(envVar, name) {
 
 /** Prices in USD per million tokens, as the config writes them. */
 export const PRICES = {
-  claude: { input: "3.00", cached_input: "0.30", cache_write: "3.75", output: "15.00" },
-  gpt: { input: "1.25", cached_input: "0.125", output: "10.00" },
+  claude: { input: "3.00", cached_input: "0.30", cache_write: "3.75", output: "15.00", web_search: "0.01" },
+  gpt: { input: "1.25", cached_input: "0.125", output: "10.00", web_search: "0.01" },
 };
 
 /** The catalog: the real agents' model names on each kind of provider. */
@@ -86,6 +86,13 @@ ${model("gpt-image-1", "openai", ["images.edits", "images.generations"], { input
 /** Usage as the provider reported it, in its own format. */
 function usageOf(value, seen) {
   if (!value || typeof value !== "object") return;
+  // Hosted web searches, charged per call: Responses output items, Anthropic's count.
+  const output = value.response?.output ?? (value.object === "response" ? value.output : undefined);
+  if (Array.isArray(output)) {
+    seen.searches = output.filter((item) => item?.type === "web_search_call").length;
+  }
+  const anthropicSearches = (value.usage ?? value.message?.usage)?.server_tool_use?.web_search_requests;
+  if (typeof anthropicSearches === "number") seen.searches = anthropicSearches;
   const u = value.usage ?? value.response?.usage ?? value.message?.usage;
   if (!u || typeof u !== "object") return;
   if ("prompt_tokens" in u) {
@@ -114,6 +121,8 @@ function usageOf(value, seen) {
 function startProxy(target) {
   const answers = [];
   const server = http.createServer((req, res) => {
+    const sent = [];
+    req.on("data", (c) => sent.push(c));
     const upstream = http.request(
       { host: target.host, port: target.port, method: req.method, path: req.url, headers: req.headers },
       (up) => {
@@ -123,7 +132,8 @@ function startProxy(target) {
         up.on("end", () => {
           res.end();
           const body = Buffer.concat(chunks).toString("utf8");
-          const seen = { path: req.url, status: up.statusCode, input: 0, cached: 0, cache_write: 0, output: 0 };
+          const seen = { path: req.url, status: up.statusCode, input: 0, cached: 0, cache_write: 0, output: 0, searches: 0,
+            request: Buffer.concat(sent).toString("utf8"), headers: req.headers };
           if ((up.headers["content-type"] || "").startsWith("text/event-stream")) {
             for (const line of body.split("\n")) {
               if (!line.startsWith("data: ") || line === "data: [DONE]") continue;
@@ -229,12 +239,15 @@ export function toNanos(text) {
   return BigInt(whole) * 1000000000n + BigInt((frac + "000000000").slice(0, 9));
 }
 
-/** What one answer costs at `prices` (USD per million tokens), rounded up once, in nanos. */
+/** What one answer costs at `prices` (USD per million tokens; `web_search` USD per call),
+ * rounded up once, in nanos. */
 export function costNanos(prices, a) {
   // femto-dollars per token = USD per million tokens * 1e9.
   const per = (k) => (prices[k] === undefined ? null : toNanos(prices[k]));
   const input = per("input"), cached = per("cached_input") ?? input, write = per("cache_write") ?? input, output = per("output");
   const uncached = BigInt(a.input - a.cached - a.cache_write);
-  const femtos = uncached * input + BigInt(a.cached) * cached + BigInt(a.cache_write) * write + BigInt(a.output) * output;
+  const search = per("web_search") === null ? 0n : per("web_search") * 1000000n;
+  const femtos = uncached * input + BigInt(a.cached) * cached + BigInt(a.cache_write) * write + BigInt(a.output) * output
+    + BigInt(a.searches ?? 0) * search;
   return (femtos + 999999n) / 1000000n;
 }
