@@ -16,7 +16,7 @@ provider = "anthropic"
 endpoints = ["messages", "chat.completions", "responses"]
 context_window = 200000
 max_output_tokens = 64000
-pricing = { input = "3.00", cached_input = "0.30", output = "15.00" }
+pricing = { input = "3.00", cached_input = "0.30", output = "15.00", web_search = "0.01" }
 
 [[models]]
 id = "gpt-5-codex"
@@ -24,7 +24,7 @@ provider = "openai"
 endpoints = ["chat.completions", "responses", "messages"]
 context_window = 400000
 max_output_tokens = 128000
-pricing = { input = "0.40", cached_input = "0.10", output = "1.60" }
+pricing = { input = "0.40", cached_input = "0.10", output = "1.60", web_search = "0.01" }
 
 [[models]]
 id = "qwen-chat-only"
@@ -32,7 +32,7 @@ provider = "chat-only"
 endpoints = ["chat.completions", "responses", "messages"]
 context_window = 400000
 max_output_tokens = 128000
-pricing = { input = "0.40", cached_input = "0.10", output = "1.60" }
+pricing = { input = "0.40", cached_input = "0.10", output = "1.60", web_search = "0.01" }
 "#;
 
 /// A gateway over the fake upstream with the agent models; credits granted.
@@ -254,6 +254,85 @@ async fn credentials_and_account_headers_never_reach_a_provider() {
             );
             assert_eq!(sent.header("openai-beta"), Some("responses=experimental"));
             assert_eq!(sent.header("anthropic-beta"), None);
+        }
+    }
+}
+
+/// Each agent's recorded request, as it came, through the real gateway to each kind of
+/// provider: answered 200, in the client's format, and charged what the provider reported.
+#[tokio::test]
+async fn every_recorded_agent_request_goes_through_to_every_provider_kind() {
+    let (app, upstream, key) = setup_agents().await;
+    let cases = [
+        ("messages_to_chat/claude_code_first_turn", "/v1/messages"),
+        ("messages_to_chat/claude_code_tool_round_trip", "/v1/messages"),
+        ("responses_to_chat/codex_first_turn", "/v1/responses"),
+        ("responses_to_chat/codex_tool_round_trip", "/v1/responses"),
+        ("responses_to_messages/codex_first_turn", "/v1/responses"),
+        ("responses_to_messages/codex_tool_round_trip", "/v1/responses"),
+    ];
+    let models = [
+        ("claude-sonnet-4-5", "/v1/messages"),
+        ("gpt-5-codex", ""),
+        ("qwen-chat-only", "/v1/chat/completions"),
+    ];
+    for (case, path) in cases {
+        for (model, upstream_path) in models {
+            let mut body = golden(&format!("{case}/request.in.json"));
+            body["model"] = json!(model);
+            body["stream"] = json!(false);
+            let mut request = app
+                .client
+                .post(app.url(path))
+                .header("x-api-key", &key)
+                .header("anthropic-version", "2023-06-01")
+                .json(&body);
+            if path == "/v1/messages" {
+                request = request.header("anthropic-beta", CLAUDE_CODE_BETAS);
+            }
+            let response = request.send().await.expect("request");
+            let status = response.status();
+            let charged = response
+                .headers()
+                .get("x-tollgate-cost")
+                .map(|v| nanos(v.to_str().expect("cost")));
+            let answer: Value = response.json().await.expect("json");
+            assert_eq!(status, 200, "{case} on {model}: {answer}");
+            let sent = upstream.received().last().expect("received").clone();
+            let expected_path = match (upstream_path, path) {
+                ("", "/v1/messages") => "/v1/chat/completions",
+                ("", p) => p,
+                (p, _) => p,
+            };
+            assert_eq!(sent.path, expected_path, "{case} on {model}");
+            let (input, output) = if path == "/v1/messages" {
+                assert_eq!(answer["type"], "message", "{case} on {model}");
+                let u = &answer["usage"];
+                (
+                    u["input_tokens"].as_i64().unwrap_or(0)
+                        + u["cache_read_input_tokens"].as_i64().unwrap_or(0)
+                        + u["cache_creation_input_tokens"].as_i64().unwrap_or(0),
+                    u["output_tokens"].as_i64().expect("output"),
+                )
+            } else {
+                assert_eq!(answer["object"], "response", "{case} on {model}");
+                let u = &answer["usage"];
+                (
+                    u["input_tokens"].as_i64().expect("input"),
+                    u["output_tokens"].as_i64().expect("output"),
+                )
+            };
+            let prices = if model.starts_with("claude") { &CLAUDE } else { &GPT };
+            let searches = answer["output"]
+                .as_array()
+                .map_or(0, |o| o.iter().filter(|i| i["type"] == "web_search_call").count());
+            if searches == 0 {
+                assert_eq!(
+                    charged,
+                    Some(cost(prices, input.into(), 0, output.into())),
+                    "{case} on {model}"
+                );
+            }
         }
     }
 }
