@@ -265,11 +265,17 @@ async fn every_recorded_agent_request_goes_through_to_every_provider_kind() {
     let (app, upstream, key) = setup_agents().await;
     let cases = [
         ("messages_to_chat/claude_code_first_turn", "/v1/messages"),
-        ("messages_to_chat/claude_code_tool_round_trip", "/v1/messages"),
+        (
+            "messages_to_chat/claude_code_tool_round_trip",
+            "/v1/messages",
+        ),
         ("responses_to_chat/codex_first_turn", "/v1/responses"),
         ("responses_to_chat/codex_tool_round_trip", "/v1/responses"),
         ("responses_to_messages/codex_first_turn", "/v1/responses"),
-        ("responses_to_messages/codex_tool_round_trip", "/v1/responses"),
+        (
+            "responses_to_messages/codex_tool_round_trip",
+            "/v1/responses",
+        ),
     ];
     let models = [
         ("claude-sonnet-4-5", "/v1/messages"),
@@ -322,10 +328,14 @@ async fn every_recorded_agent_request_goes_through_to_every_provider_kind() {
                     u["output_tokens"].as_i64().expect("output"),
                 )
             };
-            let prices = if model.starts_with("claude") { &CLAUDE } else { &GPT };
-            let searches = answer["output"]
-                .as_array()
-                .map_or(0, |o| o.iter().filter(|i| i["type"] == "web_search_call").count());
+            let prices = if model.starts_with("claude") {
+                &CLAUDE
+            } else {
+                &GPT
+            };
+            let searches = answer["output"].as_array().map_or(0, |o| {
+                o.iter().filter(|i| i["type"] == "web_search_call").count()
+            });
             if searches == 0 {
                 assert_eq!(
                     charged,
