@@ -34,7 +34,8 @@ TOOLS = [
         },
     }
 ]
-TOOL_ARGS = {"location": "Paris", "unit": "celsius"}
+# The fake fills the required properties, as a model does.
+TOOL_ARGS = {"location": "Paris"}
 TOOL_ARGS_TOKENS = tool_arg_tokens(json.dumps(TOOL_ARGS, separators=(",", ":")))
 TOOL_QUESTION = "What is the weather in Paris right now? [[fake:tool]]"
 TOOL_RESULT_TEXT = "Sunny, 21 °C"
