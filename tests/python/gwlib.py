@@ -194,6 +194,8 @@ class Ledger:
 
     entries: list[Entry] = field(default_factory=list)
     failed: int = 0  # requests that reached the provider and failed (charged nothing)
+    # What broken streams of other keys cost, by model (what they delivered is charged).
+    elsewhere: dict[str, Decimal] = field(default_factory=dict)
 
     def add(self, what: str, model: str, *, input_tokens: int = 0, cached: int = 0,
             cache_write: int = 0, output_tokens: int = 0, images: int = 0,

@@ -549,12 +549,19 @@ def test_upstream_500_is_502(client, ledger):
     # A failed call is charged nothing: nothing added to the ledger.
 
 
+def charged_for_delivered(gateway, key_id: int, ledger, model: str) -> None:
+    """A stream broken after content delivered output: it is charged, not free."""
+    usage = Decimal(gateway.key(key_id)["usage"])
+    assert usage > 0, "a broken stream's delivered output was free"
+    ledger.elsewhere[model] = ledger.elsewhere.get(model, Decimal(0)) + usage
+
+
 @pytest.mark.parametrize("directive", ["error_after=3", "cut_after=3"])
 @pytest.mark.parametrize("model", ["gpt-4.1-mini", "claude-sonnet-4-5"])
-def test_chat_stream_failing_midway_raises(gateway, model, directive):
+def test_chat_stream_failing_midway_raises(gateway, ledger, model, directive):
     """A stream that breaks after it started ends with an error event in Chat Completions'
-    format, which the SDK raises as APIError. (A separate key: what a broken stream costs
-    is not asserted here.)"""
+    format, which the SDK raises as APIError; what it delivered is charged (on a separate
+    key, so the module's ledger stays exact)."""
     created = gateway.create_key(f"python-openai-broken-{model}-{directive}")
     broken = OpenAI(base_url=gateway.api, api_key=created["key"], max_retries=0, timeout=30)
     pieces = []
@@ -567,10 +574,11 @@ def test_chat_stream_failing_midway_raises(gateway, model, directive):
                 pieces.append(chunk.choices[0].delta.content or "")
     assert "".join(pieces) == gwlib.fake_text(3)
     assert not isinstance(e.value, openai.APIConnectionError), repr(e.value)
+    charged_for_delivered(gateway, created["id"], ledger, model)
 
 
 @pytest.mark.parametrize("model", ["gpt-4.1-mini", "chat-only-model"])
-def test_responses_stream_failing_midway_ends_with_error_event(gateway, model):
+def test_responses_stream_failing_midway_ends_with_error_event(gateway, ledger, model):
     created = gateway.create_key(f"python-openai-broken-responses-{model}")
     broken = OpenAI(base_url=gateway.api, api_key=created["key"], max_retries=0, timeout=30)
     stream = broken.responses.create(model=model, input="Tell me more. [[fake:cut_after=3]]",
@@ -581,6 +589,7 @@ def test_responses_stream_failing_midway_ends_with_error_event(gateway, model):
     assert "response.completed" not in types
     deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert deltas == gwlib.fake_text(3)
+    charged_for_delivered(gateway, created["id"], ledger, model)
 
 
 def test_chat_stop_sequence(client, ledger):
@@ -627,6 +636,7 @@ def test_metering_matches_to_the_nano_dollar(gateway, ledger):
     top = {m["model_name"]: Decimal(m["total_cost"]) for m in activity["top_models"]}
     for model, total in ledger.by_model().items():
         if model not in shared:
+            total += ledger.elsewhere.get(model, Decimal(0))
             assert top.get(model) == total, f"top_models[{model}] = {top.get(model)}, not {total}"
 
     # The account adds up: totals, days, keys and the balance.

@@ -131,7 +131,7 @@ async fn one_run(
     account: tollgate::store::AccountId,
     keys: &[KeyId],
 ) -> anyhow::Result<(u64, f64, u64)> {
-    let (writer, task) = UsageWriter::start(store).await?;
+    let (writer, task) = UsageWriter::start(store, tollgate::usage::DEFAULT_LEDGER_WAIT).await?;
     let sequence = Arc::new(AtomicU64::new(0));
     let settled = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -164,7 +164,7 @@ async fn one_run(
                     latency_ms: 1,
                     created_at: tollgate::now(),
                 };
-                if coming.record(record).await {
+                if coming.record(record).await.is_ok() {
                     settled.fetch_add(1, Ordering::Relaxed);
                 }
             }

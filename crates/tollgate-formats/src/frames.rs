@@ -16,8 +16,11 @@ pub enum StreamFailure {
     Upstream,
     /// The provider is overloaded (Anthropic's `overloaded_error`): clients back off on it.
     Overloaded,
-    /// The gateway cannot go on (for example, the charge cannot be recorded).
+    /// The gateway cannot go on (for example, the stream reached its time limit).
     Gateway,
+    /// The charge could not be recorded in time (the ledger's disk is full, or its
+    /// database unreachable): the answer is not delivered as a success.
+    Ledger,
 }
 
 impl StreamFailure {
@@ -27,6 +30,7 @@ impl StreamFailure {
             StreamFailure::Upstream => "upstream_stream_failed",
             StreamFailure::Overloaded => "upstream_overloaded",
             StreamFailure::Gateway => "gateway_stream_failed",
+            StreamFailure::Ledger => "ledger_unavailable",
         }
     }
 }
@@ -42,7 +46,7 @@ pub fn error_frame(format: Format, failure: StreamFailure, message: &str) -> Byt
     match format {
         Format::ChatCompletions => {
             let kind = match failure {
-                StreamFailure::Gateway => "server_error",
+                StreamFailure::Gateway | StreamFailure::Ledger => "server_error",
                 StreamFailure::Upstream | StreamFailure::Overloaded => "upstream_error",
             };
             sse::encode_json(
@@ -57,7 +61,9 @@ pub fn error_frame(format: Format, failure: StreamFailure, message: &str) -> Byt
         Format::AnthropicMessages => {
             let kind = match failure {
                 StreamFailure::Overloaded => "overloaded_error",
-                StreamFailure::Upstream | StreamFailure::Gateway => "api_error",
+                StreamFailure::Upstream | StreamFailure::Gateway | StreamFailure::Ledger => {
+                    "api_error"
+                }
             };
             sse::encode_json(
                 Some("error"),

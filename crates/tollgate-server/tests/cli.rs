@@ -594,3 +594,231 @@ async fn kill_9_before_the_ledger_commits_loses_no_delivered_charge() {
         "{balance}"
     );
 }
+
+/// A tmpfs mounted for one test and unmounted when dropped. Mounting needs root: the
+/// test fails (never skips) without it.
+struct Volume(std::path::PathBuf);
+
+impl Volume {
+    fn mount(path: &Path) -> Volume {
+        std::fs::create_dir_all(path).expect("mount point");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+            .arg(path)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test mounts an 8 MB tmpfs and must run as root: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Volume(path.to_path_buf())
+    }
+
+    /// Fills the volume to its last byte; returns the file that does.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut file = std::fs::File::create(&path).expect("filler");
+        for size in [1 << 20, 4 << 10, 1] {
+            while file.write(&vec![0x5a; size]).is_ok_and(|n| n > 0) {}
+        }
+        path
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// `tollgate serve` that must fail: its stderr, once it has exited (60 s at most).
+fn serve_fails(dir: &Path, port: u16) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(dir)
+        .env("TOLLGATE_CONFIG", dir.join("tollgate.toml"))
+        .env("UP_KEY", UPSTREAM_SECRET)
+        .env_remove("TOLLGATE_DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tollgate serve on a full disk did not exit within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert!(!out.status.success(), "started on a full disk");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Start-up on a full disk: with records left in the usage journal by a crash, the
+/// replay gives up after a few attempts; with none, opening the database or the
+/// journal's probe fails. Either way the server exits with an error naming the file and
+/// the full disk, instead of hanging before it listens. Once there is room again, it
+/// starts and charges the journal's records once. And a server stopped while the disk
+/// is full exits, keeping the journal for the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_on_a_full_disk_fails_clearly_and_in_time() {
+    let dir = tempfile::tempdir().expect("dir");
+    let volume = Volume::mount(&dir.path().join("tollgate-data"));
+    let (_upstream, config) = upstream_and_config(dir.path()).await;
+    let mut toml = std::fs::read_to_string(&config).expect("config");
+    toml.push_str("\n[limits]\nledger_wait_ms = 1000\n");
+    std::fs::write(&config, toml).expect("config");
+    let config = config.to_str().expect("path");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let server = serve(dir.path(), port, "first.log", "info").await;
+    stdout(&tollgate(
+        dir.path(),
+        &["credits", "grant", "default", "100", "--config", config],
+    ));
+    let prov = std::fs::read_to_string(dir.path().join("tollgate-data/provisioning-key.txt"))
+        .expect("provisioning key");
+    let client = reqwest::Client::new();
+    let created: Value = client
+        .post(format!("{base}/v1/account/keys"))
+        .bearer_auth(prov.trim())
+        .json(&json!({"name": "disk"}))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let key = created["key"].as_str().expect("key").to_string();
+
+    // Answers whose records are only in the journal (the ledger's write lock is held
+    // elsewhere), then kill -9: the next start must write them to the ledger.
+    let db = dir.path().join("tollgate-data/tollgate.db");
+    let url = format!("sqlite://{}", db.display());
+    let mut blocker = sqlx::SqliteConnection::connect(&url).await.expect("open");
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut blocker)
+        .await
+        .expect("lock");
+    let mut delivered = Vec::new();
+    for i in 0..5 {
+        let r = client
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&json!({"model": "m", "max_tokens": 20, "messages": [{"role": "user", "content": format!("call {i}")}]}))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 200);
+        let header = |name| r.headers()[name].to_str().expect("header").to_string();
+        delivered.push((header("x-request-id"), nanos(&header("x-tollgate-cost"))));
+    }
+    drop(server);
+    sqlx::query("ROLLBACK")
+        .execute(&mut blocker)
+        .await
+        .expect("unlock");
+
+    // The disk fills. Which step finds it full depends on what SQLite can reuse of its
+    // files: opening the database, the replay of the journal (where a start used to
+    // retry for ever; `tests/api/outage.rs` makes it fail there for sure) or the
+    // journal's probe. Each names its file and the cause.
+    let filler = volume.fill();
+    // (The server runs in `dir`: it names its files relative to it.)
+    let full = |err: &str| {
+        err.contains("tollgate-data/tollgate.db")
+            && err.to_lowercase().contains("no space left on device")
+    };
+    let err = serve_fails(dir.path(), port);
+    eprintln!("start on a full disk, records in the journal: {err}");
+    assert!(full(&err), "{err}");
+    blocker.close().await.expect("close");
+
+    // Room again: the start writes the journal's records, each once.
+    std::fs::remove_file(&filler).expect("free");
+    let server = serve(dir.path(), port, "second.log", "info").await;
+    let mut blocker = sqlx::SqliteConnection::connect(&url).await.expect("open");
+    let mut charged: Vec<(String, i64)> = sqlx::query("SELECT request_id, cost FROM usage_records")
+        .fetch_all(&mut blocker)
+        .await
+        .expect("read")
+        .iter()
+        .map(|row| (row.get("request_id"), row.get("cost")))
+        .collect();
+    blocker.close().await.expect("close");
+    charged.sort();
+    delivered.sort();
+    assert_eq!(charged, delivered);
+
+    // The disk fills under a running server, which is then stopped (SIGTERM): it
+    // exits instead of retrying for ever, and keeps the journal's records, which the
+    // next start charges. Answers withheld with 503 are not charged: their records were
+    // only in memory.
+    let filler = volume.fill();
+    let calls = (0..12).map(|i| {
+        let (client, key, base) = (client.clone(), key.clone(), base.clone());
+        async move {
+            let r = client
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(key)
+                .json(&json!({"model": "m", "max_tokens": 20, "messages": [{"role": "user", "content": format!("late {i}")}]}))
+                .send()
+                .await
+                .expect("request");
+            let header = |name| r.headers()[name].to_str().expect("header").to_string();
+            match r.status().as_u16() {
+                200 => Some((header("x-request-id"), nanos(&header("x-tollgate-cost")))),
+                503 => None,
+                other => panic!("status {other} on a full disk"),
+            }
+        }
+    });
+    let answered = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::future::join_all(calls),
+    )
+    .await
+    .expect("answered on a full disk");
+    delivered.extend(answered.into_iter().flatten());
+    let mut server = server;
+    let term = Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.0.try_wait().expect("wait").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the server did not stop on a full disk"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::remove_file(&filler).expect("free");
+    let server = serve(dir.path(), port, "third.log", "info").await;
+    let mut blocker = sqlx::SqliteConnection::connect(&url).await.expect("open");
+    let mut charged: Vec<(String, i64)> = sqlx::query("SELECT request_id, cost FROM usage_records")
+        .fetch_all(&mut blocker)
+        .await
+        .expect("read")
+        .iter()
+        .map(|row| (row.get("request_id"), row.get("cost")))
+        .collect();
+    blocker.close().await.expect("close");
+    charged.sort();
+    delivered.sort();
+    assert_eq!(charged, delivered);
+
+    // Nothing left in the journal, and the disk full again: opening the database or
+    // the journal's probe stops the start, naming a file on the volume.
+    drop(server);
+    let filler = volume.fill();
+    let err = serve_fails(dir.path(), port);
+    eprintln!("start on a full disk, nothing in the journal: {err}");
+    assert!(full(&err), "{err}");
+    std::fs::remove_file(&filler).expect("free");
+}

@@ -12,6 +12,7 @@ use crate::providers::{StatusClass, UpstreamError};
 use crate::ratelimit::{retry_after_seconds, RateLimitError};
 use crate::routing::NoDeployment;
 use crate::store::StoreError;
+use crate::usage::LedgerError;
 
 /// Most characters of a client's name (a model, a path) quoted back in an error.
 pub const QUOTED_NAME_CHARS: usize = 100;
@@ -226,8 +227,38 @@ impl From<AuthError> for ApiError {
 }
 
 impl From<StoreError> for ApiError {
+    /// A database that cannot serve right now (unreachable, timed out, full) is a 503
+    /// the client may retry; anything else is a 500.
     fn from(e: StoreError) -> Self {
-        ApiError::internal(e)
+        match e.outage() {
+            Some(outage) => {
+                tracing::error!(error = %e, outage = outage.as_str(), "the database cannot serve; refusing the request");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database_unavailable",
+                    "The database is temporarily unavailable. Retry shortly.",
+                )
+            }
+            None => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<LedgerError> for ApiError {
+    fn from(e: LedgerError) -> Self {
+        let message = match e {
+            LedgerError::Stuck => "The usage ledger cannot record charges right now (its database is unreachable or its disk is full), so the request was refused before it reached the model. Retry shortly.".to_string(),
+            LedgerError::TimedOut(wait) => format!(
+                "The usage ledger did not record this request's charge within {} ms, so its answer was withheld. The charge is recorded once the ledger recovers. Retry shortly.",
+                wait.as_millis()
+            ),
+            LedgerError::Gone => "The server is shutting down and could not record this request's charge, so its answer was withheld.".to_string(),
+        };
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ledger_unavailable",
+            message,
+        )
     }
 }
 
@@ -269,7 +300,7 @@ impl From<ReserveError> for ApiError {
                 };
                 ApiError::new(StatusCode::PAYMENT_REQUIRED, code, q.to_string())
             }
-            ReserveError::Store(e) => ApiError::internal(e),
+            ReserveError::Store(e) => e.into(),
             ReserveError::Unavailable(reason) => {
                 tracing::error!(%reason, "metering unavailable; refusing the request");
                 ApiError::new(

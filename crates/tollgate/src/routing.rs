@@ -112,23 +112,23 @@ impl Router {
         *self.state(deployment.id)
     }
 
-    /// Whether a deployment may take a request now; a deployment whose cooldown ended is
-    /// claimed for one probe.
-    fn admit(&self, id: usize, now: Instant) -> Result<(), Instant> {
+    /// Whether a deployment may take a request now (`Ok(true)` when this request is
+    /// to probe it: its cooldown ended, and it is claimed for this one request).
+    fn admit(&self, id: usize, now: Instant) -> Result<bool, Instant> {
         let mut state = self.state(id);
         match *state {
-            DeploymentState::Healthy { .. } => Ok(()),
+            DeploymentState::Healthy { .. } => Ok(false),
             DeploymentState::CoolingDown { until } if now >= until => {
                 *state = DeploymentState::Probing { since: now };
                 tracing::info!(deployment = %self.names[id], "cooldown over; probing the deployment");
-                Ok(())
+                Ok(true)
             }
             DeploymentState::CoolingDown { until } => Err(until),
             // A probe that never reported (its request went away) stops blocking
             // after the request deadline.
             DeploymentState::Probing { since } if now >= since + self.settings.request_timeout => {
                 *state = DeploymentState::Probing { since: now };
-                Ok(())
+                Ok(true)
             }
             DeploymentState::Probing { since } => Err(since + self.settings.request_timeout),
         }
@@ -154,15 +154,27 @@ impl Router {
             .filter_map(|id| config.model(id))
             .filter(|m| m.endpoints.contains(&endpoint));
         'candidates: for candidate in std::iter::once(model).chain(fallbacks) {
+            // A deployment this request probes goes first among its model's of its
+            // priority, so that the probe is really made.
+            let first = targets.len();
             for index in ordered(&candidate.deployments) {
                 if targets.len() == limit {
                     break 'candidates;
                 }
+                let target = Target {
+                    model: candidate.clone(),
+                    deployment: index,
+                };
                 match self.admit(candidate.deployments[index].id, now) {
-                    Ok(()) => targets.push(Target {
-                        model: candidate.clone(),
-                        deployment: index,
-                    }),
+                    Ok(false) => targets.push(target),
+                    Ok(true) => {
+                        let priority = target.deployment().priority;
+                        let at = targets[first..]
+                            .iter()
+                            .position(|t| t.deployment().priority >= priority)
+                            .map_or(targets.len(), |p| first + p);
+                        targets.insert(at, target);
+                    }
                     Err(until) => soonest = Some(soonest.map_or(until, |s| s.min(until))),
                 }
             }

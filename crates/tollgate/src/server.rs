@@ -38,13 +38,14 @@ impl Server {
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
         let cluster = match &config.redis_url {
             Some(url) => Some(
-                Cluster::connect(url)
+                Cluster::connect(url, &config.database_url)
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot reach redis: {e}"))?,
             ),
             None => None,
         };
-        let (writer, writer_task) = UsageWriter::start(store.clone()).await?;
+        let (writer, writer_task) =
+            UsageWriter::start(store.clone(), config.limits.ledger_wait).await?;
         let state = AppState::new(Arc::new(config), store, writer, cluster);
         Ok(Server {
             state,
@@ -108,7 +109,8 @@ impl Server {
     }
 }
 
-/// Grant refresh, and in cluster mode lease renewal and the invalidation listener.
+/// Grant refresh, and in cluster mode the shared budgets' background work and the
+/// invalidation listener.
 fn background_tasks(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     let meter = state.meter.clone();
@@ -122,16 +124,25 @@ fn background_tasks(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
         }
     }));
     if let Meter::Shared(_) = &*state.meter {
+        // Heartbeat, lease renewal and settle retries; then, apart so a slow ledger
+        // cannot delay them, the checks of the shared budgets against the ledger.
         let meter = state.meter.clone();
-        let every = state.config.reservation_lease / 3;
         tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
+            let mut tick = tokio::time::interval(crate::cluster::TICK);
             loop {
                 tick.tick().await;
                 if let Meter::Shared(shared) = &*meter {
-                    if let Err(e) = shared.renew_leases().await {
-                        tracing::warn!(error = %e, "renewing reservation leases failed");
-                    }
+                    shared.tick().await;
+                }
+            }
+        }));
+        let meter = state.meter.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::cluster::TICK);
+            loop {
+                tick.tick().await;
+                if let Meter::Shared(shared) = &*meter {
+                    shared.check_due().await;
                 }
             }
         }));

@@ -10,7 +10,13 @@
 //! Under load a batch stays open a little while records are still arriving (see
 //! `BUSY_RATE`). The writer runs on a thread of its own (the runtime's blocking pool), so
 //! a store with a synchronous ledger connection commits a batch on it directly.
+//!
+//! Waits are bounded (`[limits] ledger_wait_ms`): a record not safe within the bound
+//! fails its request with [`LedgerError`] (it stays queued and is committed once the
+//! ledger recovers), and while the writer is stuck new model requests are refused at
+//! admission ([`UsageWriter::admit`], see [`health`]).
 
+mod health;
 mod journal;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,10 +26,18 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use journal::Frame;
-pub use journal::Journal;
+use health::Health;
+pub use health::{LedgerError, WriterStatus, MAX_QUEUE};
+pub use journal::{Frame, Journal};
 
-use crate::store::{Store, StoreError, UsageRecord};
+use crate::store::{Outage, Store, StoreError, UsageRecord};
+
+/// How long a request waits for its usage record to be safe, unless configured.
+pub const DEFAULT_LEDGER_WAIT: Duration = Duration::from_secs(5);
+/// Attempts at writing the records a crash left in the journal before start-up fails.
+const REPLAY_ATTEMPTS: u32 = 5;
+/// The longest pause between two attempts at a commit that failed.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Largest batch written in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -76,6 +90,8 @@ pub struct UsageWriter {
     sent: Arc<AtomicU64>,
     /// Records the writer has committed (or given up on) so far.
     finished: watch::Receiver<u64>,
+    /// Whether the ledger takes records in time (the admission flag).
+    health: Arc<Health>,
 }
 
 /// A record on its way to the writer: taken when a request is admitted, given up when
@@ -86,8 +102,8 @@ pub struct Coming {
 }
 
 impl Coming {
-    /// Sends the record and waits until it is committed (see [`UsageWriter::record`]).
-    pub async fn record(self, record: UsageRecord) -> bool {
+    /// Sends the record and waits until it is safe (see [`UsageWriter::record`]).
+    pub async fn record(self, record: UsageRecord) -> Result<(), LedgerError> {
         let writer = self.writer.clone();
         drop(self);
         writer.record(record).await
@@ -101,43 +117,46 @@ impl Drop for Coming {
 }
 
 impl UsageWriter {
-    /// Starts the writer. If the store has a usage journal, first writes the records a
-    /// crash left in it to the ledger. The writer ends once every handle is dropped and
-    /// the queue is drained.
+    /// Starts the writer; a request waits at most `ledger_wait` for its record to be
+    /// safe. If the store has a usage journal, first writes the records a crash left in
+    /// it to the ledger (failing after `REPLAY_ATTEMPTS` attempts, as on a full disk),
+    /// then checks that the journal's volume has room. The writer ends once every handle
+    /// is dropped and the queue is drained.
     pub async fn start(
         store: Arc<dyn Store>,
+        ledger_wait: Duration,
     ) -> Result<(UsageWriter, tokio::task::JoinHandle<()>), StoreError> {
         let journal = match store.usage_journal_ledger() {
             Some(ledger) => {
-                let journal_error =
-                    |e: std::io::Error| StoreError::Open(format!("usage journal: {e}"));
-                let (journal, left) = Journal::open(&ledger).map_err(journal_error)?;
+                let (journal, left) = Journal::open(&ledger).map_err(|e| {
+                    StoreError::Open(format!(
+                        "usage journal {}: {e}",
+                        Journal::paths(&ledger)[0].display()
+                    ))
+                })?;
                 if !left.is_empty() {
-                    let (store, rt) = (store.clone(), Handle::current());
-                    let records = left.len();
-                    tokio::task::spawn_blocking(move || {
-                        for chunk in left.chunks(MAX_BATCH) {
-                            write_batch(store.as_ref(), &rt, chunk);
-                        }
-                    })
-                    .await
-                    .map_err(|e| StoreError::Open(format!("usage journal: {e}")))?;
-                    tracing::info!(
-                        records,
-                        "wrote the usage records left in the journal by the last run to the ledger"
-                    );
+                    replay(&store, &ledger, &journal, left).await?;
                 }
+                let journal_error = |e: std::io::Error| {
+                    StoreError::Open(format!(
+                        "cannot write the usage journal {} (next to the database {}): {e}; free space on that volume and start again",
+                        journal.file_paths()[0].display(),
+                        ledger.display()
+                    ))
+                };
                 journal.clear().map_err(journal_error)?;
+                journal.probe().map_err(journal_error)?;
                 Some(Arc::new(journal))
             }
             None => None,
         };
-        Ok(UsageWriter::spawn(store, journal))
+        Ok(UsageWriter::spawn(store, journal, ledger_wait))
     }
 
     fn spawn(
         store: Arc<dyn Store>,
         journal: Option<Arc<Journal>>,
+        ledger_wait: Duration,
     ) -> (UsageWriter, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (finished_tx, finished) = watch::channel(0);
@@ -150,11 +169,13 @@ impl UsageWriter {
             busy: Arc::new(AtomicBool::new(false)),
             sent: Arc::new(AtomicU64::new(0)),
             finished,
+            health: Arc::new(Health::new(ledger_wait)),
         };
         let counters = (
             writer.commits.clone(),
             writer.coming.clone(),
             writer.busy.clone(),
+            writer.health.clone(),
         );
         let task = tokio::task::spawn_blocking(move || {
             let ends = Ends {
@@ -162,10 +183,37 @@ impl UsageWriter {
                 busy: &counters.2,
                 finished: &finished_tx,
                 journal: journal.as_deref(),
+                health: &counters.3,
             };
-            write_loop(store.as_ref(), &rt, rx, &counters.1, ends)
+            write_loop(store.as_ref(), &rt, rx, &counters.1, ends);
+            counters.3.end();
         });
+        // The watchdog holds no sender: it does not keep the writer alive.
+        let (sent, finished) = (writer.sent.clone(), writer.finished.clone());
+        tokio::spawn(writer.health.clone().watch(move || {
+            let finished = *finished.borrow();
+            sent.load(Ordering::Relaxed).saturating_sub(finished)
+        }));
         (writer, task)
+    }
+
+    /// The admission check, made before any upstream call: refuses while the writer is
+    /// stuck (its last commit failed for an outage, its batch is older than the bound,
+    /// or `MAX_QUEUE` records wait), so that nothing is generated that cannot be
+    /// recorded. One atomic load.
+    #[inline]
+    pub fn admit(&self) -> Result<(), LedgerError> {
+        self.health.admit()
+    }
+
+    /// The writer's state, for `/readyz`.
+    pub fn status(&self) -> WriterStatus {
+        self.health.status(self.backlog(), Instant::now())
+    }
+
+    /// How long a request waits for its record to be safe.
+    pub fn wait_bound(&self) -> Duration {
+        self.health.wait
     }
 
     /// Counts a record on its way until the returned handle sends it or is dropped.
@@ -184,13 +232,18 @@ impl UsageWriter {
 
     /// Hands a record to the writer and waits until it is safe: in the journal if the
     /// store has one and the writer is not busy (if writing it there fails, until it is
-    /// committed), committed otherwise. Returns `false` only if the writer is gone (shutting down) and the
-    /// record is in no journal, in which case it was not written.
-    pub async fn record(&self, record: UsageRecord) -> bool {
+    /// committed), committed otherwise; at most the bound (`ledger_wait_ms`).
+    ///
+    /// `Err(TimedOut)`: not safe within the bound. The record stays queued and is
+    /// committed once the ledger takes records again (it is never withdrawn: a commit of
+    /// it may be under way), so the request is charged; its answer must not be
+    /// delivered as a success. `Err(Gone)`: the writer has stopped and the record, in no
+    /// journal, was not written.
+    pub async fn record(&self, record: UsageRecord) -> Result<(), LedgerError> {
         let record = match &self.journal {
             Some(journal) if !self.busy.load(Ordering::Relaxed) && self.backlog() < MAX_BACKLOG => {
                 match self.journal_and_send(journal, record) {
-                    None => return true,
+                    None => return Ok(()),
                     Some(record) => record,
                 }
             }
@@ -204,9 +257,19 @@ impl UsageWriter {
         };
         if !self.send(pending) {
             tracing::error!("usage writer is gone; a usage record was not written");
-            return false;
+            return Err(LedgerError::Gone);
         }
-        committed.await.is_ok()
+        match tokio::time::timeout(self.health.wait, committed).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(LedgerError::Gone),
+            Err(_) => {
+                tracing::warn!(
+                    wait_ms = self.health.wait.as_millis() as u64,
+                    "a usage record was not committed in time; its answer is withheld (the record stays queued)"
+                );
+                Err(LedgerError::TimedOut(self.health.wait))
+            }
+        }
     }
 
     /// Writes a record to the journal and hands it to the writer; gives it back if the
@@ -254,29 +317,74 @@ impl UsageWriter {
         let _ = finished.wait_for(|n| *n >= target).await;
     }
 
+    /// [`UsageWriter::flushed`] within the bound: refuses at once while the writer is
+    /// stuck, and after the bound if the records have not been committed by then.
+    pub async fn caught_up(&self) -> Result<(), LedgerError> {
+        self.health.admit()?;
+        tokio::time::timeout(self.health.wait, self.flushed())
+            .await
+            .map_err(|_| LedgerError::TimedOut(self.health.wait))
+    }
+
     /// The journal, if the store has one (for tests).
     pub fn journal(&self) -> Option<&Journal> {
         self.journal.as_deref()
     }
 }
 
-/// Writes records, retrying transient failures with backoff until they pass; returns
-/// the first permanent failure.
+/// How many times a transient failure is retried.
+#[derive(Clone, Copy)]
+enum Attempts<'a> {
+    /// Until it passes (records of the running server are never dropped), unless the
+    /// function says the server has stopped serving: every request has then been
+    /// answered, so a record still waiting was withheld or is in the journal.
+    Unlimited(&'a dyn Fn() -> bool),
+    /// At most this many attempts in all (the journal's records at start-up).
+    AtMost(u32),
+}
+
+/// A write that failed: permanently (the database refuses the records), or transiently
+/// after the attempts allowed.
+enum WriteError {
+    Refused(StoreError),
+    GaveUp(StoreError),
+}
+
+/// Writes records, retrying transient failures with backoff (10 ms doubling up to
+/// `MAX_BACKOFF`), and tells `health` how each attempt went.
 fn write_with_retries(
     store: &dyn Store,
     rt: &Handle,
     records: &[UsageRecord],
-) -> Result<(), StoreError> {
+    health: &Health,
+    attempts: Attempts,
+) -> Result<(), WriteError> {
     let mut backoff = Duration::from_millis(10);
+    let mut made = 0;
     loop {
+        made += 1;
         match store.record_usage_blocking(rt, records) {
-            Ok(_) => return Ok(()),
-            Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, batch = records.len(), "writing usage failed; retrying");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+            Ok(_) => {
+                health.committed();
+                return Ok(());
             }
-            Err(e) => return Err(e),
+            Err(e) if e.is_transient() => {
+                health.failed(e.outage());
+                let give_up = match attempts {
+                    Attempts::AtMost(n) => made >= n,
+                    Attempts::Unlimited(stopped) => stopped(),
+                };
+                if give_up {
+                    return Err(WriteError::GaveUp(e));
+                }
+                tracing::warn!(error = %e, batch = records.len(), retry_in_ms = backoff.as_millis() as u64, "writing usage failed; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(e) => {
+                health.failed(None);
+                return Err(WriteError::Refused(e));
+            }
         }
     }
 }
@@ -327,24 +435,74 @@ fn drain(rx: &mut mpsc::UnboundedReceiver<Pending>, batch: &mut Vec<Pending>) {
 /// Writes a batch, retrying transient failures; if the database refuses something in
 /// it, writes its records one by one so one bad record cannot hold back every other
 /// charge. Records are idempotent by request id, so retrying a batch whose commit may or
-/// may not have happened charges nothing twice.
-fn write_batch(store: &dyn Store, rt: &Handle, records: &[UsageRecord]) {
-    let Err(e) = write_with_retries(store, rt, records) else {
-        return;
+/// may not have happened charges nothing twice. Fails only when `attempts` run out.
+fn write_batch(
+    store: &dyn Store,
+    rt: &Handle,
+    records: &[UsageRecord],
+    health: &Health,
+    attempts: Attempts,
+) -> Result<(), StoreError> {
+    let e = match write_with_retries(store, rt, records, health, attempts) {
+        Ok(()) => return Ok(()),
+        Err(WriteError::GaveUp(e)) => return Err(e),
+        Err(WriteError::Refused(e)) => e,
     };
     tracing::error!(error = %e, batch = records.len(), "a usage batch was refused; writing its records one by one");
     for record in records {
-        if let Err(e) = write_with_retries(store, rt, std::slice::from_ref(record)) {
-            tracing::error!(
+        match write_with_retries(store, rt, std::slice::from_ref(record), health, attempts) {
+            Ok(()) => {}
+            Err(WriteError::GaveUp(e)) => return Err(e),
+            Err(WriteError::Refused(e)) => tracing::error!(
                 error = %e,
                 request_id = %record.request_id,
                 account = record.account_id.0,
                 key = record.key_id.0,
                 cost_nanos = record.cost.nanos(),
                 "a usage record was refused by the database and NOT written"
-            );
+            ),
         }
     }
+    Ok(())
+}
+
+/// Writes the records a crash left in the journal to the ledger, before the server
+/// serves: a bounded number of attempts, then a clear error (on a full disk, one that
+/// names the files and says so) instead of retrying for ever before listening.
+async fn replay(
+    store: &Arc<dyn Store>,
+    ledger: &std::path::Path,
+    journal: &Journal,
+    left: Vec<UsageRecord>,
+) -> Result<(), StoreError> {
+    let (writer_store, rt) = (store.clone(), Handle::current());
+    let records = left.len();
+    let written = tokio::task::spawn_blocking(move || {
+        let health = Health::new(DEFAULT_LEDGER_WAIT);
+        for chunk in left.chunks(MAX_BATCH) {
+            let attempts = Attempts::AtMost(REPLAY_ATTEMPTS);
+            write_batch(writer_store.as_ref(), &rt, chunk, &health, attempts)?;
+        }
+        Ok::<_, StoreError>(())
+    })
+    .await
+    .map_err(|e| StoreError::Open(format!("usage journal: {e}")))?;
+    if let Err(e) = written {
+        let cause = match e.outage() {
+            Some(Outage::DiskFull) => format!("no space left on device ({e})"),
+            _ => e.to_string(),
+        };
+        return Err(StoreError::Open(format!(
+            "cannot write the {records} usage records left in {} to the ledger {} ({REPLAY_ATTEMPTS} attempts): {cause}; they stay in the journal for the next start",
+            journal.file_paths()[0].display(),
+            ledger.display(),
+        )));
+    }
+    tracing::info!(
+        records,
+        "wrote the usage records left in the journal by the last run to the ledger"
+    );
+    Ok(())
 }
 
 /// Where the writer reports what it has done.
@@ -353,6 +511,7 @@ struct Ends<'a> {
     busy: &'a AtomicBool,
     finished: &'a watch::Sender<u64>,
     journal: Option<&'a Journal>,
+    health: &'a Health,
 }
 
 fn write_loop(
@@ -366,6 +525,7 @@ fn write_loop(
     let mut records: Vec<UsageRecord> = Vec::new();
     let mut rate = Rate::new(Instant::now());
     while let Some(first) = rx.blocking_recv() {
+        ends.health.batch_taken(Instant::now());
         batch.push(first);
         drain(&mut rx, &mut batch);
         if batch.iter().all(|p| p.done.is_none()) {
@@ -391,7 +551,28 @@ fn write_loop(
             .store(rate.busy(Instant::now()), Ordering::Relaxed);
         records.clear();
         records.extend(batch.iter().map(|p| p.record.clone()));
-        write_batch(store, rt, &records);
+        // Retried until it passes: these records are never dropped (admission stops
+        // while it fails, so the queue behind it stays bounded). Only once the server
+        // has stopped serving does the writer give up, keeping the journal as it is.
+        let stopped = || rx.is_closed();
+        let written = write_batch(
+            store,
+            rt,
+            &records,
+            ends.health,
+            Attempts::Unlimited(&stopped),
+        );
+        if let Err(e) = written {
+            let journaled = batch.iter().filter(|p| p.journal_file.is_some()).count();
+            tracing::error!(
+                error = %e,
+                records = batch.len() + rx.len(),
+                journaled,
+                "stopping with usage records the ledger cannot take: those in the journal are written at the next start; the others' answers were withheld"
+            );
+            return;
+        }
+        ends.health.batch_done();
         ends.commits.fetch_add(1, Ordering::Relaxed);
         let mut journaled = [0; 2];
         for pending in batch.drain(..) {
@@ -422,6 +603,9 @@ mod tests {
     use super::*;
     use crate::store::test_record as record;
     use crate::store::{AccountId, KeyId};
+
+    /// The bound of these tests: far above any commit of a loaded machine.
+    const WAIT: Duration = Duration::from_secs(60);
 
     async fn store_with_key(dir: &std::path::Path) -> (Arc<dyn Store>, AccountId, KeyId) {
         let (store, account, key) = crate::store::test_store_with_key(dir).await;
@@ -466,7 +650,7 @@ mod tests {
             .await
             .expect("join");
         for wait in waits {
-            assert!(wait.await.expect("task"));
+            assert_eq!(wait.await.expect("task"), Ok(()));
         }
     }
 
@@ -494,7 +678,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let (store, account, key) = store_with_key(dir.path()).await;
         // Without a journal (as on PostgreSQL), where each response waits for its commit.
-        let (writer, _task) = UsageWriter::spawn(store.clone(), None);
+        let (writer, _task) = UsageWriter::spawn(store.clone(), None, WAIT);
         // 20,000 records/s: each commit carries several records (7 to 8 here). Without
         // the wait, commits took 1.6 records on average. (A busy machine only makes
         // batches larger.)
@@ -516,7 +700,9 @@ mod tests {
     async fn under_load_records_share_commits_instead_of_the_journal() {
         let dir = tempfile::tempdir().expect("dir");
         let (store, account, key) = store_with_key(dir.path()).await;
-        let (writer, _task) = UsageWriter::start(store.clone()).await.expect("start");
+        let (writer, _task) = UsageWriter::start(store.clone(), WAIT)
+            .await
+            .expect("start");
         let frame = Frame::of(&record("50µs-1000", account, key, 1)).0.len() as u64;
         // 20,000 records/s: once the writer has counted a window of them (20 ms, about
         // 400 records), the rest wait for shared commits and skip the journal.
@@ -539,7 +725,9 @@ mod tests {
     async fn journaled_records_share_commits_at_a_moderate_rate() {
         let dir = tempfile::tempdir().expect("dir");
         let (store, account, key) = store_with_key(dir.path()).await;
-        let (writer, _task) = UsageWriter::start(store.clone()).await.expect("start");
+        let (writer, _task) = UsageWriter::start(store.clone(), WAIT)
+            .await
+            .expect("start");
         // 1,000 records/s, far below `BUSY_RATE`: without `JOURNALED_LINGER` each record
         // took a commit of its own.
         trickle(&writer, account, key, 600, Duration::from_millis(1)).await;
@@ -556,7 +744,9 @@ mod tests {
     async fn concurrent_records_share_commits_and_a_bad_record_blocks_nothing() {
         let dir = tempfile::tempdir().expect("dir");
         let (store, account, key) = store_with_key(dir.path()).await;
-        let (writer, task) = UsageWriter::start(store.clone()).await.expect("start");
+        let (writer, task) = UsageWriter::start(store.clone(), WAIT)
+            .await
+            .expect("start");
         let mut waits = Vec::new();
         for i in 0..200 {
             let writer = writer.clone();
@@ -569,7 +759,7 @@ mod tests {
             }));
         }
         for wait in waits {
-            assert!(wait.await.expect("task"));
+            assert_eq!(wait.await.expect("task"), Ok(()));
         }
         writer.flushed().await;
         let account = store
@@ -601,14 +791,16 @@ mod tests {
     async fn on_sqlite_a_record_waits_for_the_journal_not_for_the_commit() {
         let dir = tempfile::tempdir().expect("dir");
         let (store, account, key) = store_with_key(dir.path()).await;
-        let (writer, task) = UsageWriter::start(store.clone()).await.expect("start");
+        let (writer, task) = UsageWriter::start(store.clone(), WAIT)
+            .await
+            .expect("start");
         assert!(writer.journal().is_some());
         let lock = hold_write_lock(dir.path());
         // Answered while the ledger cannot commit: the record is in the journal.
         for i in 0..3 {
             let recorded = writer.record(record(&format!("j{i}"), account, key, 10));
             let recorded = tokio::time::timeout(Duration::from_secs(5), recorded).await;
-            assert_eq!(recorded.ok(), Some(true));
+            assert_eq!(recorded.ok(), Some(Ok(())));
         }
         let journal = writer.journal().expect("journal");
         assert!(journal.sizes()[0] > 0);
@@ -631,7 +823,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let (store, account, key) = store_with_key(dir.path()).await;
         // As on PostgreSQL: no journal.
-        let (writer, _task) = UsageWriter::spawn(store.clone(), None);
+        let (writer, _task) = UsageWriter::spawn(store.clone(), None, WAIT);
         let lock = hold_write_lock(dir.path());
         let waiting = {
             let writer = writer.clone();
@@ -640,7 +832,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!waiting.is_finished(), "answered before its commit");
         drop(lock);
-        assert!(waiting.await.expect("task"));
+        assert_eq!(waiting.await.expect("task"), Ok(()));
         assert_eq!(charged(&store, account).await, 10);
     }
 
@@ -670,7 +862,9 @@ mod tests {
             )
             .expect("write");
         }
-        let (writer, task) = UsageWriter::start(store.clone()).await.expect("start");
+        let (writer, task) = UsageWriter::start(store.clone(), WAIT)
+            .await
+            .expect("start");
         assert_eq!(charged(&store, account).await, 123);
         for id in ["c1", "c2", "c3"] {
             assert!(
@@ -682,7 +876,9 @@ mod tests {
         // A second start finds nothing left to write.
         drop(writer);
         task.await.expect("writer ends");
-        let (_writer, _task) = UsageWriter::start(store.clone()).await.expect("start");
+        let (_writer, _task) = UsageWriter::start(store.clone(), WAIT)
+            .await
+            .expect("start");
         assert_eq!(charged(&store, account).await, 123);
     }
 
@@ -690,13 +886,16 @@ mod tests {
     async fn when_the_ledger_falls_far_behind_records_wait_for_their_commit() {
         let dir = tempfile::tempdir().expect("dir");
         let (store, account, key) = store_with_key(dir.path()).await;
-        let (writer, _task) = UsageWriter::start(store.clone()).await.expect("start");
+        let (writer, _task) = UsageWriter::start(store.clone(), WAIT)
+            .await
+            .expect("start");
         let lock = hold_write_lock(dir.path());
         for i in 0..MAX_BACKLOG {
-            assert!(
+            assert_eq!(
                 writer
                     .record(record(&format!("b{i}"), account, key, 1))
-                    .await
+                    .await,
+                Ok(())
             );
         }
         let waiting = {
@@ -706,8 +905,75 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!waiting.is_finished(), "the backlog grew past its bound");
         drop(lock);
-        assert!(waiting.await.expect("task"));
+        assert_eq!(waiting.await.expect("task"), Ok(()));
         writer.flushed().await;
         assert_eq!(charged(&store, account).await, MAX_BACKLOG as i64 + 1);
+    }
+
+    /// Polls `condition` until it holds (a generous limit: the machine may be loaded).
+    async fn eventually(what: &str, condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !condition() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stuck_ledger_fails_waits_in_time_refuses_admission_and_recovers() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, account, key) = store_with_key(dir.path()).await;
+        let wait = Duration::from_millis(300);
+        // Without a journal (PostgreSQL's path): each response waits for its commit.
+        let (writer, _task) = UsageWriter::spawn(store.clone(), None, wait);
+        assert_eq!(writer.admit(), Ok(()));
+        let lock = hold_write_lock(dir.path());
+        let outcome = writer.record(record("late", account, key, 10)).await;
+        assert_eq!(outcome, Err(LedgerError::TimedOut(wait)));
+        // The batch grows older than the bound: new requests are refused, and so are
+        // reads of the ledger, at once.
+        eventually("admission stops", || writer.admit().is_err()).await;
+        assert_eq!(writer.admit(), Err(LedgerError::Stuck));
+        assert_eq!(writer.caught_up().await, Err(LedgerError::Stuck));
+        let status = writer.status();
+        assert!(status.stuck && status.backlog == 1, "{status:?}");
+        assert!(status.oldest_pending_ms >= 300, "{status:?}");
+        assert_eq!(charged(&store, account).await, 0);
+        // The lock goes: the record that timed out is committed (once), and admission
+        // resumes by itself.
+        drop(lock);
+        writer.flushed().await;
+        eventually("admission resumes", || writer.admit().is_ok()).await;
+        assert_eq!(writer.caught_up().await, Ok(()));
+        assert_eq!(charged(&store, account).await, 10);
+        assert_eq!(
+            writer.status(),
+            WriterStatus {
+                stuck: false,
+                backlog: 0,
+                oldest_pending_ms: 0,
+                failed_commits: 0,
+                last_error: None,
+            }
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_a_journal_records_are_safe_while_stuck_but_admission_stops() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, account, key) = store_with_key(dir.path()).await;
+        let wait = Duration::from_millis(300);
+        let (writer, _task) = UsageWriter::start(store.clone(), wait)
+            .await
+            .expect("start");
+        let lock = hold_write_lock(dir.path());
+        assert_eq!(writer.record(record("j", account, key, 7)).await, Ok(()));
+        eventually("admission stops", || writer.admit().is_err()).await;
+        // A request admitted just before still gets its record into the journal.
+        assert_eq!(writer.record(record("k", account, key, 5)).await, Ok(()));
+        drop(lock);
+        writer.flushed().await;
+        eventually("admission resumes", || writer.admit().is_ok()).await;
+        assert_eq!(charged(&store, account).await, 12);
     }
 }

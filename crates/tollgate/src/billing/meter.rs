@@ -6,13 +6,15 @@
 //! charges (every charge of the database goes through it), loaded lazily from the store;
 //! credit grants, which the operator's command line writes directly to the database, are
 //! re-read every second. With several replicas the budgets live in Redis
-//! (`cluster::SharedBudgets`).
+//! (`cluster::SharedBudgets`); there a request's charge is committed to the ledger
+//! before the shared budget is settled (`Meter::settle_and_record`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::Credits;
 use crate::store::{AccountId, KeyId, KeyKind, KeyRecord, Store, StoreError};
+use crate::usage::LedgerError;
 
 /// Which budget refused a reservation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,6 +278,60 @@ impl Meter {
         match self {
             Meter::Local(m) => m.settle(reservation, cost),
             Meter::Shared(m) => m.settle(reservation, cost).await,
+        }
+    }
+
+    /// Settles a request at `cost` and commits its usage record (`commit`), and
+    /// waits for both. On one machine the budget is settled first, then the record
+    /// committed, as a single machine's budgets are the authority. In a cluster the
+    /// record is committed first, then the shared budget settled (Redis never counts a
+    /// charge the ledger lacks; until the settle, the reservation still holds the cost),
+    /// in a task of its own, so that a caller that goes away between the two cannot
+    /// leave one without the other (see docs/cluster.md).
+    pub async fn settle_and_record<F>(
+        self: &Arc<Self>,
+        reservation: Option<Reservation>,
+        cost: Credits,
+        commit: Option<F>,
+    ) -> Result<(), LedgerError>
+    where
+        F: std::future::Future<Output = Result<(), LedgerError>> + Send + 'static,
+    {
+        match &**self {
+            Meter::Local(m) => {
+                if let Some(reservation) = reservation {
+                    m.settle(reservation, cost);
+                }
+                match commit {
+                    Some(commit) => commit.await,
+                    None => Ok(()),
+                }
+            }
+            Meter::Shared(_) => {
+                let meter = self.clone();
+                let both = tokio::spawn(async move {
+                    let committed = match commit {
+                        Some(commit) => commit.await,
+                        None => Ok(()),
+                    };
+                    // A record not yet committed (the ledger is stuck) is not settled
+                    // in Redis: its reservation holds the cost until its lease ends,
+                    // and the periodic check counts the charge once it is committed.
+                    if committed.is_ok() {
+                        if let Some(reservation) = reservation {
+                            meter.settle(reservation, cost).await;
+                        }
+                    }
+                    committed
+                });
+                match both.await {
+                    Ok(committed) => committed,
+                    Err(e) => {
+                        tracing::error!(error = %e, "settling a request failed");
+                        Ok(())
+                    }
+                }
+            }
         }
     }
 

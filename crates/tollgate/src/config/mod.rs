@@ -113,12 +113,14 @@ struct FileLimits {
     max_upload_bytes: Option<usize>,
     max_stream_frame_bytes: Option<usize>,
     stream_timeout_ms: Option<u64>,
+    ledger_wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct FileCluster {
     reservation_lease_ms: Option<u64>,
+    budget_check_interval_ms: Option<u64>,
 }
 
 /// Size limits on what clients send.
@@ -132,6 +134,9 @@ pub struct Limits {
     pub max_stream_frame_bytes: usize,
     /// Longest a model response may take, streamed or not, from its first byte on.
     pub stream_timeout: Duration,
+    /// How long a request waits for its usage record to be safe before it fails with
+    /// 503 `ledger_unavailable` (a full disk, an unreachable database).
+    pub ledger_wait: Duration,
 }
 
 /// The validated configuration.
@@ -148,6 +153,8 @@ pub struct Config {
     pub cors: Option<Cors>,
     /// How long a replica's reservation survives without renewal (cluster mode).
     pub reservation_lease: Duration,
+    /// How often each account's shared budget is checked against the ledger (cluster mode).
+    pub budget_check_interval: Duration,
     pub routing: Routing,
     pub providers: Vec<Provider>,
     pub models: Vec<Arc<Model>>,
@@ -217,6 +224,13 @@ impl Config {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err(err("redis_url", "must start with redis://".to_string()));
             }
+            if database_url.starts_with("sqlite:") {
+                return Err(err(
+                    "redis_url",
+                    "cluster mode needs a PostgreSQL database_url (replicas share the ledger)"
+                        .to_string(),
+                ));
+            }
         }
         let limits = Limits {
             max_body_bytes: positive(file.limits.max_body_bytes, DEFAULT_MAX_BODY_BYTES)
@@ -230,12 +244,32 @@ impl Config {
                 Some(ms) => Duration::from_millis(ms),
                 None => Duration::from_secs(30 * 60),
             },
+            ledger_wait: match file.limits.ledger_wait_ms {
+                None => crate::usage::DEFAULT_LEDGER_WAIT,
+                Some(ms) if (100..=600_000).contains(&ms) => Duration::from_millis(ms),
+                Some(_) => {
+                    return Err(err(
+                        "limits.ledger_wait_ms",
+                        "must be between 100 and 600000".into(),
+                    ))
+                }
+            },
         };
 
         let reservation_lease = match file.cluster.reservation_lease_ms {
             Some(ms) if ms < 1000 => {
                 return Err(err(
                     "cluster.reservation_lease_ms",
+                    "must be at least 1000".into(),
+                ))
+            }
+            Some(ms) => Duration::from_millis(ms),
+            None => Duration::from_secs(30),
+        };
+        let budget_check_interval = match file.cluster.budget_check_interval_ms {
+            Some(ms) if ms < 1000 => {
+                return Err(err(
+                    "cluster.budget_check_interval_ms",
                     "must be at least 1000".into(),
                 ))
             }
@@ -264,6 +298,7 @@ impl Config {
             server,
             cors,
             reservation_lease,
+            budget_check_interval,
             routing,
             providers,
             models: catalog.models,
@@ -368,6 +403,7 @@ url = "https://example.com"
         assert!(error_of("listen = 5").contains("listen"));
         assert!(error_of("database_url = 'mysql://x'").contains("`database_url`"));
         assert!(error_of("[limits]\nmax_body_bytes = 0").contains("limits.max_body_bytes"));
+        assert!(error_of("[limits]\nledger_wait_ms = 5").contains("limits.ledger_wait_ms"));
         let bad_model = GOOD.replace("provider = \"up\"", "provider = \"nope\"");
         assert!(error_of(&bad_model).contains("models[0].provider"));
         let bad_price = GOOD.replace("\"0.40\"", "\"cheap\"");

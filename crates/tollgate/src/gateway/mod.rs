@@ -26,6 +26,7 @@ mod plan;
 mod relay;
 mod request;
 mod settlement;
+mod transcript;
 mod translate;
 
 use std::sync::Arc;
@@ -38,7 +39,7 @@ use tollgate_formats::conversion::DROPPED_FIELDS_HEADER;
 use tollgate_formats::estimate::Profile;
 
 use crate::billing::meter::Meter;
-use crate::billing::{Credits, Usage};
+use crate::billing::Credits;
 use crate::config::{Config, Endpoint, Model};
 use crate::error::ApiError;
 use crate::providers::{ClientHeaders, ProviderClient, Upstreams};
@@ -145,7 +146,7 @@ impl Gateway {
                     Unanswered::Request(e) => (e.status.as_u16(), e),
                 };
                 let attempts = settlement.attempts;
-                settlement.settle(Usage::default(), status).await;
+                settlement.settle_undelivered(status).await;
                 return Err(error.with_attempts(attempts));
             }
         };
@@ -209,6 +210,8 @@ impl Gateway {
         model: &Arc<Model>,
         amount: Credits,
     ) -> Result<Settlement, ApiError> {
+        // Nothing is generated that the ledger cannot record.
+        self.writer.admit()?;
         let reservation = self
             .meter
             .reserve(&inbound.key, amount, &inbound.request_id)
@@ -223,6 +226,7 @@ impl Gateway {
             attempts: 0,
             tier: None,
             estimated: false,
+            delivered: true,
             endpoint: inbound.endpoint,
             request_id: inbound.request_id.clone(),
             key: inbound.key.clone(),

@@ -4,7 +4,7 @@
 //! whole first (at most `max_upload_bytes`): their worst case needs every field (`n`, the
 //! number of images).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::http::header;
@@ -13,8 +13,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::measure::Billing;
+use super::transcript::{self, TranscriptFormat};
 use super::{attempt, estimate, plan, relay, served_headers_of, Gateway, Inbound};
-use crate::billing::Usage;
 use crate::config::Endpoint;
 use crate::error::ApiError;
 use crate::providers::UpstreamBody;
@@ -25,6 +25,19 @@ struct FormPart {
     file_name: Option<String>,
     content_type: Option<String>,
     data: Bytes,
+}
+
+/// A `response_format` field as sent upstream (see `transcript::rewrite`), noting the
+/// format the gateway then writes.
+fn rewrite_format(part: &mut FormPart, per_second: bool, render: &Mutex<Option<TranscriptFormat>>) {
+    if part.name != "response_format" || part.file_name.is_some() {
+        return;
+    }
+    let (send, written) = transcript::rewrite(&part.data, per_second);
+    if let Some(send) = send {
+        part.data = Bytes::from_static(send.as_bytes());
+    }
+    *render.lock().unwrap_or_else(|p| p.into_inner()) = written;
 }
 
 fn quote_header(text: &str) -> String {
@@ -232,10 +245,15 @@ impl Gateway {
                 ),
             ));
         }
+        // A transcript format without usage is asked upstream in the JSON that carries
+        // what the model is priced by, and written back by the gateway (`transcript`).
+        let per_second = target.model.pricing.per_audio_second.is_some();
+        let render: Arc<Mutex<Option<TranscriptFormat>>> = Arc::default();
         for part in &mut parts {
             if part.name == "model" && part.file_name.is_none() {
                 part.data = Bytes::from(deployment.upstream_model.clone());
             }
+            rewrite_format(part, per_second, &render);
         }
 
         let worst = match &edit {
@@ -273,8 +291,10 @@ impl Gateway {
             None => UploadState::Closing,
         };
         let tail_boundary = boundary.clone();
+        let tail_render = render.clone();
         let rest = futures_util::stream::unfold(state, move |state| {
             let boundary = tail_boundary.clone();
+            let render = tail_render.clone();
             async move {
                 match state {
                     UploadState::File(multipart, mut field) => match field.chunk().await {
@@ -299,10 +319,14 @@ impl Gateway {
                                 data: Bytes::new(),
                             };
                             match field.bytes().await {
-                                Ok(data) => Some((
-                                    Ok(encode_part(&boundary, &FormPart { data, ..part })),
-                                    UploadState::Rest(multipart),
-                                )),
+                                Ok(data) => {
+                                    let mut part = FormPart { data, ..part };
+                                    rewrite_format(&mut part, per_second, &render);
+                                    Some((
+                                        Ok(encode_part(&boundary, &part)),
+                                        UploadState::Rest(multipart),
+                                    ))
+                                }
                                 Err(e) => Some((
                                     Err(std::io::Error::other(e.to_string())),
                                     UploadState::Done,
@@ -347,7 +371,7 @@ impl Gateway {
         let upstream = match sent {
             Ok(upstream) => upstream,
             Err(e) => {
-                settlement.settle(Usage::default(), e.ledger_status()).await;
+                settlement.settle_undelivered(e.ledger_status()).await;
                 if over_limit.load(Ordering::Relaxed) {
                     return Err(ApiError::too_large(limit));
                 }
@@ -355,10 +379,28 @@ impl Gateway {
             }
         };
         let headers = served_headers_of(&target.model, provider, 1);
+        let deadline = tokio::time::Instant::now() + self.config.limits.stream_timeout;
+        let is_sse = upstream
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if is_sse {
+            let mut answered = transcript::stream(
+                upstream,
+                settlement,
+                provider.config.idle_timeout,
+                deadline,
+                self.config.limits.max_stream_frame_bytes,
+            );
+            answered.headers_mut().extend(headers);
+            return Ok(answered);
+        }
+        let render = *render.lock().unwrap_or_else(|p| p.into_inner());
         let whole = relay::json::Whole {
             provider: &provider.config.name,
             idle_timeout: provider.config.idle_timeout,
-            deadline: tokio::time::Instant::now() + self.config.limits.stream_timeout,
+            deadline,
             billing: match &edit {
                 Some(edit) => Billing::Images {
                     n: edit.n.unwrap_or(1),
@@ -366,6 +408,7 @@ impl Gateway {
                 None => Billing::Transcription,
             },
             convert: None,
+            render,
             rename: None,
             input_estimate: 0,
             max_bytes: u64::MAX,

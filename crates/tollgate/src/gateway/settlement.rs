@@ -8,7 +8,7 @@ use crate::billing::meter::{Meter, Reservation};
 use crate::billing::{Credits, Usage};
 use crate::config::{Endpoint, Model};
 use crate::store::{KeyRecord, UsageRecord};
-use crate::usage::Coming;
+use crate::usage::{Coming, LedgerError};
 
 /// One request's charge, reserved and not yet settled.
 pub(super) struct Settlement {
@@ -28,6 +28,8 @@ pub(super) struct Settlement {
     pub(super) tier: Option<String>,
     /// The usage charged was counted by the gateway, not reported by the provider.
     pub(super) estimated: bool,
+    /// Something reached the client (cleared for a call that delivered nothing).
+    pub(super) delivered: bool,
     pub(super) endpoint: Endpoint,
     pub(super) request_id: Arc<str>,
     pub(super) key: Arc<KeyRecord>,
@@ -42,6 +44,12 @@ impl Settlement {
         self.attempts += 1;
     }
 
+    /// Records a call that delivered nothing to the client: it costs nothing.
+    pub(super) async fn settle_undelivered(mut self, status: u16) {
+        self.delivered = false;
+        self.settle(Usage::default(), status).await;
+    }
+
     /// Like `settle`, for usage the gateway counted itself (the provider reported none).
     pub(super) async fn settle_estimated(mut self, usage: Usage, status: u16) -> Credits {
         self.estimated = true;
@@ -51,15 +59,36 @@ impl Settlement {
     /// Charges `usage`, what the client received (a call that failed before delivering
     /// anything passes zero usage), records it with `status`, and waits until the record
     /// is safe.
-    pub(super) async fn settle(mut self, usage: Usage, status: u16) -> Credits {
+    pub(super) async fn settle(self, usage: Usage, status: u16) -> Credits {
+        self.settle_recorded(usage, status).await.0
+    }
+
+    /// `settle` for an answer about to be delivered: `Err` means its record was not
+    /// safe within the ledger's bound, and the answer must not be delivered as a
+    /// success (the charge still reaches the ledger once it recovers).
+    pub(super) async fn settle_delivered(
+        mut self,
+        usage: Usage,
+        estimated: bool,
+    ) -> Result<Credits, LedgerError> {
+        self.estimated = estimated;
+        let (cost, recorded) = self.settle_recorded(usage, 200).await;
+        recorded.map(|()| cost)
+    }
+
+    async fn settle_recorded(
+        mut self,
+        usage: Usage,
+        status: u16,
+    ) -> (Credits, Result<(), LedgerError>) {
         let (cost, record) = self.charge(usage, status);
-        if let Some(reservation) = self.reservation.take() {
-            self.meter.settle(reservation, cost).await;
-        }
-        if let Some(coming) = self.coming.take() {
-            coming.record(record).await;
-        }
-        cost
+        let reservation = self.reservation.take();
+        let commit = self.coming.take().map(|coming| coming.record(record));
+        let recorded = self
+            .meter
+            .settle_and_record(reservation, cost, commit)
+            .await;
+        (cost, recorded)
     }
 
     /// Like `settle`, from a place that cannot wait (a dropped stream).
@@ -68,25 +97,20 @@ impl Settlement {
         let (cost, record) = self.charge(usage, status);
         let reservation = self.reservation.take();
         let meter = self.meter.clone();
-        let coming = self.coming.take();
+        let commit = self.coming.take().map(|coming| coming.record(record));
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                if let Some(reservation) = reservation {
-                    meter.settle(reservation, cost).await;
-                }
-                if let Some(coming) = coming {
-                    coming.record(record).await;
-                }
+                // Nothing waits on it: the record reaches the ledger when it can.
+                let _ = meter.settle_and_record(reservation, cost, commit).await;
             });
         }
     }
 
-    /// The cost of `usage` and its ledger record (nothing is charged for failures).
+    /// The cost of `usage`, what was delivered, and its ledger record.
     fn charge(&self, usage: Usage, status: u16) -> (Credits, UsageRecord) {
-        let success = (200..300).contains(&status) || status == 499;
-        // A success is priced and recorded at the model that served; a failure costs
-        // nothing and is recorded at the model asked for.
-        let (model, cost) = if success {
+        // What was delivered is priced and recorded at the model that served; a call
+        // that delivered nothing is recorded at the model asked for, at no cost.
+        let (model, cost) = if self.delivered {
             (
                 &self.model,
                 self.model.pricing_for(self.tier.as_deref()).cost(&usage),

@@ -12,7 +12,7 @@ use std::time::Instant;
 use axum::extract::{Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
@@ -21,6 +21,7 @@ use crate::auth::Authenticator;
 use crate::billing::meter::{LocalBudgets, Meter};
 use crate::cluster::{Cluster, SharedBudgets, SharedRateLimiter};
 use crate::config::{Config, Endpoint};
+use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::ratelimit::RateLimiter;
 use crate::store::{AccountId, KeyId, KeyRecord, Store};
@@ -61,6 +62,7 @@ impl AppState {
                     cluster.clone(),
                     store.clone(),
                     config.reservation_lease,
+                    config.budget_check_interval,
                 ))),
                 RateLimiter::Shared(SharedRateLimiter::new(cluster.clone())),
             ),
@@ -174,7 +176,9 @@ async fn ledger_committed_first(
     request: Request,
     next: Next,
 ) -> Response {
-    state.writer.flushed().await;
+    if let Err(e) = state.writer.caught_up().await {
+        return ApiError::from(e).into_response();
+    }
     next.run(request).await
 }
 

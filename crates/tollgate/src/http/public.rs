@@ -166,12 +166,27 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: the database answers too.
+/// `GET /readyz`: the usage writer takes records in time, and the database answers
+/// (within the ledger's bound). While the writer is stuck, 503 names it with its
+/// backlog, the age of its oldest pending batch and what its commits run into.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    match state.store.ping().await {
-        Ok(()) => (StatusCode::OK, Json(json!({"status": "ready"}))),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed");
+    let writer = state.writer.status();
+    if writer.stuck {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                json!({"status": "unavailable", "reason": "usage_writer", "usage_writer": writer}),
+            ),
+        );
+    }
+    let ping = tokio::time::timeout(state.writer.wait_bound(), state.store.ping()).await;
+    match ping {
+        Ok(Ok(())) => (StatusCode::OK, Json(json!({"status": "ready"}))),
+        failed => {
+            match failed {
+                Ok(Err(e)) => tracing::warn!(error = %e, "readiness check failed"),
+                _ => tracing::warn!("readiness check failed: the database did not answer in time"),
+            }
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(json!({"status": "unavailable", "reason": "database"})),

@@ -1,6 +1,7 @@
 //! Persistence behind the `Store` trait: accounts, grants, keys and the usage ledger.
 //! One implementation per database, chosen by the URL scheme.
 
+mod deadline;
 mod overflow;
 mod postgres;
 mod sqlite;
@@ -11,6 +12,7 @@ use async_trait::async_trait;
 
 use crate::billing::Credits;
 
+pub use deadline::{deadline, Deadlined, CALL_DEADLINE};
 use overflow::{report_corrupt, DailyRow};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -66,6 +68,9 @@ pub enum StoreError {
     Open(String),
     #[error("grant refused: {0}")]
     Grant(GrantRefused),
+    /// A database call that did not finish within its deadline (PostgreSQL).
+    #[error("database call timed out after {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 /// Why the store refused a credit grant (nothing was written).
@@ -86,11 +91,34 @@ pub enum GrantRefused {
     Overdraw { balance: Credits },
 }
 
+/// Why the database cannot take writes right now (see [`StoreError::outage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outage {
+    /// The disk holding the database is full.
+    DiskFull,
+    /// The database cannot be reached, or a call to it timed out.
+    Unreachable,
+    /// The database reported an I/O error.
+    Io,
+}
+
+impl Outage {
+    /// A stable name, for `/readyz` and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outage::DiskFull => "disk_full",
+            Outage::Unreachable => "database_unreachable",
+            Outage::Io => "io_error",
+        }
+    }
+}
+
 impl StoreError {
     /// Whether retrying may succeed (lost connection, busy or locked database, a
     /// serialization failure or deadlock), as opposed to a record the database refuses.
     pub fn is_transient(&self) -> bool {
         match self {
+            StoreError::Timeout(_) => true,
             StoreError::Database(e) => match e {
                 sqlx::Error::Io(_)
                 | sqlx::Error::PoolTimedOut
@@ -115,6 +143,43 @@ impl StoreError {
                     | rusqlite::ErrorCode::CannotOpen
             ),
             _ => false,
+        }
+    }
+
+    /// Whether this error means the database cannot serve anyone right now (full disk,
+    /// lost connection, timeout), as opposed to contention (busy, locked, serialization)
+    /// or a refusal of this one call.
+    pub fn outage(&self) -> Option<Outage> {
+        match self {
+            StoreError::Timeout(_) => Some(Outage::Unreachable),
+            StoreError::Database(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Tls(_) => Some(Outage::Unreachable),
+                sqlx::Error::Database(db) => match db.code().as_deref() {
+                    // PostgreSQL: shutdown, connection errors, out of disk space.
+                    Some("57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006") => {
+                        Some(Outage::Unreachable)
+                    }
+                    Some("53100") => Some(Outage::DiskFull),
+                    // SQLite: SQLITE_FULL, SQLITE_IOERR and its extended codes.
+                    Some("13") => Some(Outage::DiskFull),
+                    Some(code) if code.parse::<i32>().is_ok_and(|c| c & 0xff == 10) => {
+                        Some(Outage::Io)
+                    }
+                    _ => None,
+                },
+                _ => None,
+            },
+            StoreError::Ledger(rusqlite::Error::SqliteFailure(e, _)) => match e.code {
+                rusqlite::ErrorCode::DiskFull => Some(Outage::DiskFull),
+                rusqlite::ErrorCode::SystemIoFailure => Some(Outage::Io),
+                rusqlite::ErrorCode::CannotOpen => Some(Outage::Unreachable),
+                _ => None,
+            },
+            _ => None,
         }
     }
 }
@@ -391,7 +456,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
         store.migrate().await?;
         Ok(Arc::new(store))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store = PgStore::open(url).await?;
+        let store = Deadlined(PgStore::open(url).await?);
         store.migrate().await?;
         Ok(Arc::new(store))
     } else {

@@ -16,12 +16,19 @@ use crate::billing::Credits;
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// The connection options without `statement_timeout`, for migrations.
+    unbounded: PgConnectOptions,
 }
 
 /// Connections per replica; the usage writer needs one, the rest serve key and account reads.
 const MAX_CONNECTIONS: u32 = 16;
 /// How long to wait for a connection before failing, so an unreachable database is an error.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The server cancels a statement that runs longer (`statement_timeout`), so a stuck
+/// statement frees its connection and its locks; migrations run without it. The client
+/// side has its own deadline on every call ([`super::deadline`]), for a server that no
+/// longer answers at all.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 const KEY_COLUMNS: &str = "id, account_id, kind, name, hint, created_at, updated_at, expires_at, \
      is_enabled, credit_limit, usage, last_used_at, deleted_at, rate_limit_rpm";
@@ -92,13 +99,17 @@ const ACTIVITY_QUERY: &str = concat!(
 impl PgStore {
     /// Connects to the database of a `postgres://` or `postgresql://` URL.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url)?.application_name("tollgate");
+        let unbounded = PgConnectOptions::from_str(url)?.application_name("tollgate");
+        let options = unbounded.clone().options([(
+            "statement_timeout",
+            format!("{}ms", STATEMENT_TIMEOUT.as_millis()),
+        )]);
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;
-        Ok(PgStore { pool })
+        Ok(PgStore { pool, unbounded })
     }
 
     /// The pool, for tests and tools that inspect the database.
@@ -367,10 +378,16 @@ impl Store for PgStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         // sqlx holds a Postgres advisory lock (keyed by the database name) while it
         // migrates, so replicas starting at once apply each migration exactly once.
-        sqlx::migrate!("./migrations/postgres")
-            .run(&self.pool)
+        // Waiting for that lock, or building an index, may take longer than a statement
+        // of the request path is allowed to.
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(self.unbounded.clone())
             .await?;
-        Ok(())
+        let migrated = sqlx::migrate!("./migrations/postgres").run(&pool).await;
+        pool.close().await;
+        Ok(migrated?)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

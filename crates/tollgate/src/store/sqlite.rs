@@ -1,7 +1,7 @@
 //! The embedded SQLite store (WAL mode), the default.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -167,6 +167,7 @@ impl SqliteStore {
         let options = options
             .pragma("wal_autocheckpoint", "0")
             .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string());
+        let file = Path::new(options.get_filename());
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .min_connections(1)
@@ -174,13 +175,19 @@ impl SqliteStore {
             // connection's worker thread) before every statement.
             .test_before_acquire(false)
             .connect_with(options.clone())
-            .await?;
+            .await
+            .map_err(|e| open_error(file, e.into()))?;
         // Opened after the pool, which has created the file and put it in WAL mode.
-        let ledger = Arc::new(Mutex::new(Ledger::open(options.get_filename())?));
-        let file = Path::new(options.get_filename());
+        let ledger = Ledger::open(file).map_err(|e| open_error(file, e))?;
+        let ledger = Arc::new(Mutex::new(ledger));
         let file = file.is_file().then(|| file.to_path_buf());
         let alive = Arc::new(());
-        tokio::spawn(checkpoint_loop(pool.clone(), Arc::downgrade(&alive)));
+        let wal = file.as_ref().map(|file| {
+            let mut wal = file.as_os_str().to_owned();
+            wal.push("-wal");
+            PathBuf::from(wal)
+        });
+        tokio::spawn(checkpoint_loop(pool.clone(), wal, Arc::downgrade(&alive)));
         Ok(SqliteStore {
             pool,
             ledger,
@@ -222,6 +229,29 @@ impl SqliteStore {
     }
 }
 
+/// Names a full volume as such when opening (or migrating) the database at `file`
+/// failed: on a full disk SQLite cannot size its shared-memory file and reports a "disk
+/// I/O error" (code 4874), which does not tell an operator what to do. Only on this
+/// error path is the volume checked, by writing a small file next to the database.
+fn open_error(file: &Path, e: StoreError) -> StoreError {
+    let mut probe = file.as_os_str().to_owned();
+    probe.push("-space-check");
+    let probe = PathBuf::from(probe);
+    let written = std::fs::File::create(&probe).and_then(|mut f| {
+        use std::io::Write;
+        f.write_all(&[0; 64 * 1024])?;
+        f.sync_data()
+    });
+    let _ = std::fs::remove_file(&probe);
+    match written {
+        Err(full) if full.kind() == std::io::ErrorKind::StorageFull => StoreError::Open(format!(
+            "{}: no space left on device ({e}); free space on that volume and start again",
+            file.display()
+        )),
+        _ => e,
+    }
+}
+
 /// The page size of a new database file (an existing file keeps its own). A usage record
 /// is about 150 bytes, but a one-record commit writes every page it touched whole: seven
 /// pages (the record, its request-id index, the id sequence, the account, the key, the
@@ -235,49 +265,109 @@ const PAGE_SIZE: u32 = 1024;
 /// fewer, larger checkpoints keep the latency tail short: at 1,000 req/s, p99 was
 /// 9-14 ms with one every 500 ms and 0.8-1.0 ms with one every 5 s.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
+/// How often the WAL file's size is checked against its bound (one `stat`).
+const WAL_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// WAL frames (pages) above which a checkpoint also restarts the WAL.
 const RESTART_WAL_FRAMES: i64 = 8192;
-/// The size the WAL file is cut back to when it starts over (SQLite's
-/// `journal_size_limit`). Without it the file keeps the size of its longest run between
-/// two restarts, for good: under load that was gigabytes, mostly pages no longer cached,
-/// so appending a frame (4,120 bytes, not a whole page) first read the page from disk.
-/// 256 MB is more than 5 s at 1,000 req/s write (one-record commits of seven pages: 37 MB
-/// with 1 KB pages, 144 MB on a file made with 4 KB pages), so a steady load does not cut
-/// the file and grow it again at every restart; only a burst does.
-const WAL_SIZE_LIMIT: i64 = 256 * 1024 * 1024;
+/// The WAL file's bound. Checked every `WAL_CHECK_EVERY`: a WAL found larger is
+/// truncated to nothing (`wal_checkpoint(TRUNCATE)`) at once, so the file holds at most
+/// this plus one second of writes; SQLite also cuts it back to this size whenever it starts
+/// over (`journal_size_limit`). A WAL that saw no write for a whole round is truncated
+/// whatever its size: an idle server keeps no WAL. Before, the file kept the size of its
+/// longest run (up to 256 MB) for good, and on a small volume the megabytes it kept were
+/// what the database then missed to grow (issue 13). 64 MB is above what 1,000 req/s
+/// writes between two rounds (15.4 MB at most, measured: 1,000 records/s through the
+/// writer and its journal for 30 s, three runs), so at that rate the file is never cut
+/// and regrown; at 6,000 records/s it peaked at 97-110 MB instead of 151-238 MB
+/// (docs/metering.md has the numbers).
+const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
 /// Copies committed WAL frames into the database file without blocking writers (a
 /// passive checkpoint), so commits never wait for the copy or the fsync of the database
 /// file. Under a steady stream of commits a passive checkpoint never catches up with
 /// the last frame, so the WAL would only grow: past `RESTART_WAL_FRAMES` a restarting
 /// checkpoint, which holds writers back while it copies the few frames left, starts it
-/// over. Ends once every handle of the store is gone.
-async fn checkpoint_loop(pool: SqlitePool, alive: std::sync::Weak<()>) {
-    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+/// over; past `WAL_SIZE_LIMIT`, or idle, a truncating one empties the file. Ends once
+/// every handle of the store is gone.
+async fn checkpoint_loop(pool: SqlitePool, wal: Option<PathBuf>, alive: std::sync::Weak<()>) {
+    // Ticks every `WAL_CHECK_EVERY`, the first one after opening (not while migrations
+    // run); a round every `CHECKPOINT_EVERY`, or at once when the WAL is past its bound.
+    let first = tokio::time::Instant::now() + WAL_CHECK_EVERY;
+    let mut tick = tokio::time::interval_at(first, WAL_CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let per_round = (CHECKPOINT_EVERY.as_millis() / WAL_CHECK_EVERY.as_millis()).max(1);
+    let mut ticks = 0;
+    let mut last = WalState::default();
     loop {
         tick.tick().await;
         if alive.strong_count() == 0 || pool.is_closed() {
             return;
         }
-        if let Err(e) = checkpoint(&pool).await {
-            tracing::warn!(error = %e, "SQLite checkpoint failed");
+        ticks += 1;
+        if ticks % per_round != 0 && wal_bytes(wal.as_deref()) <= WAL_SIZE_LIMIT as u64 {
+            continue;
+        }
+        match checkpoint(&pool, wal.as_deref(), last).await {
+            Ok(state) => last = state,
+            Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed"),
         }
     }
 }
 
-/// One round of `checkpoint_loop`.
-async fn checkpoint(pool: &SqlitePool) -> Result<(), sqlx::Error> {
-    // (busy, frames in the WAL, frames copied)
-    let (_, frames, _) = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
-        .fetch_one(pool)
-        .await?;
-    if frames > RESTART_WAL_FRAMES {
-        sqlx::query("PRAGMA wal_checkpoint(RESTART)")
-            .execute(pool)
-            .await?;
+/// The WAL file's size (0 if there is none).
+fn wal_bytes(wal: Option<&Path>) -> u64 {
+    wal.and_then(|path| std::fs::metadata(path).ok())
+        .map_or(0, |m| m.len())
+}
+
+/// What a checkpoint round saw of the WAL: frames in it and frames copied.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct WalState {
+    frames: i64,
+    copied: i64,
+}
+
+/// What a round does after its passive checkpoint, given what it saw, what the round
+/// before saw and the WAL file's size: `TRUNCATE` past the bound or when nothing was
+/// written since the round before and everything is copied; `RESTART` past
+/// `RESTART_WAL_FRAMES`; else nothing more.
+fn wal_plan(seen: WalState, last: WalState, bytes: u64) -> Option<&'static str> {
+    let idle = seen == last && seen.frames == seen.copied;
+    if bytes > WAL_SIZE_LIMIT as u64 || (idle && bytes > 0) {
+        Some("TRUNCATE")
+    } else if seen.frames > RESTART_WAL_FRAMES {
+        Some("RESTART")
+    } else {
+        None
     }
-    Ok(())
+}
+
+/// One round of `checkpoint_loop`, given what the round before saw.
+async fn checkpoint(
+    pool: &SqlitePool,
+    wal: Option<&Path>,
+    last: WalState,
+) -> Result<WalState, sqlx::Error> {
+    // (busy, frames in the WAL, frames copied)
+    let (_, frames, copied) =
+        sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(pool)
+            .await?;
+    let seen = WalState { frames, copied };
+    let Some(mode) = wal_plan(seen, last, wal_bytes(wal)) else {
+        return Ok(seen);
+    };
+    let (busy, frames, copied) =
+        sqlx::query_as::<_, (i64, i64, i64)>(&format!("PRAGMA wal_checkpoint({mode})"))
+            .fetch_one(pool)
+            .await?;
+    if busy != 0 {
+        tracing::debug!(
+            mode,
+            "SQLite checkpoint could not finish (readers or a writer held it)"
+        );
+    }
+    Ok(WalState { frames, copied })
 }
 
 fn key_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
@@ -475,10 +565,11 @@ impl Ledger {
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&self.pool)
-            .await?;
-        Ok(())
+        let migrated = sqlx::migrate!("./migrations/sqlite").run(&self.pool).await;
+        match (migrated, &self.file) {
+            (Err(e), Some(file)) => Err(open_error(file, e.into())),
+            (migrated, _) => Ok(migrated?),
+        }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -911,27 +1002,72 @@ mod tests {
         assert_eq!(summed, queried);
     }
 
+    #[test]
+    fn a_round_truncates_past_the_bound_or_when_idle_and_restarts_a_long_wal() {
+        let state = |frames, copied| WalState { frames, copied };
+        let limit = WAL_SIZE_LIMIT as u64;
+        // Written to since the round before: kept, unless past the bound or long.
+        assert_eq!(wal_plan(state(50, 50), state(10, 10), 1 << 20), None);
+        assert_eq!(
+            wal_plan(state(50, 40), state(10, 10), limit + 1),
+            Some("TRUNCATE")
+        );
+        assert_eq!(
+            wal_plan(state(9000, 100), state(10, 10), 10 << 20),
+            Some("RESTART")
+        );
+        // Nothing written since, everything copied: emptied, whatever its size.
+        assert_eq!(
+            wal_plan(state(50, 50), state(50, 50), 60_000),
+            Some("TRUNCATE")
+        );
+        assert_eq!(wal_plan(state(0, 0), state(0, 0), 0), None);
+        // Nothing written since, but a reader kept frames from being copied: kept.
+        assert_eq!(wal_plan(state(50, 30), state(50, 30), 60_000), None);
+    }
+
     #[tokio::test]
-    async fn a_restarted_wal_is_cut_back_to_the_size_limit() {
+    async fn a_wal_past_its_bound_is_truncated_and_so_is_an_idle_one() {
         let dir = tempfile::tempdir().expect("dir");
         let (store, account, key) = test_store_with_key(dir.path()).await;
         let path = dir.path().join("t.db");
         let record = |i: usize| test_record(&format!("r{i}"), account, key, 1);
         let wal = path.with_extension("db-wal");
         let wal_size = || std::fs::metadata(&wal).expect("wal").len();
-        // One record per commit, as at a low request rate: the WAL grows past the limit.
+        // Rounds (the store's own loop runs too: either may do the cut, and one that
+        // runs while the other holds the file finds it busy) until the WAL is empty.
+        let rounds_until_empty = |what: &'static str| {
+            let (store, wal) = (&store, &wal);
+            async move {
+                let mut last = WalState::default();
+                for _ in 0..100 {
+                    last = checkpoint(&store.pool, Some(wal), last)
+                        .await
+                        .expect("checkpoint");
+                    if std::fs::metadata(wal).expect("wal").len() == 0 {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                panic!("{what}: the WAL was never truncated");
+            }
+        };
+        // One record per commit, as at a low request rate: the WAL grows past the bound.
         let mut written = 0;
         while wal_size() <= WAL_SIZE_LIMIT as u64 {
             append_locked(&store.ledger, &[record(written)]).expect("append");
             written += 1;
         }
-        checkpoint(&store.pool).await.expect("checkpoint");
+        rounds_until_empty("past the bound").await;
+        // A few commits, then rounds with no write in between: the WAL is emptied.
+        for _ in 0..20 {
+            append_locked(&store.ledger, &[record(written)]).expect("append");
+            written += 1;
+        }
+        assert!(wal_size() > 0);
+        rounds_until_empty("idle").await;
+        // And the ledger has every record.
         append_locked(&store.ledger, &[record(written)]).expect("append");
-        assert!(
-            wal_size() <= WAL_SIZE_LIMIT as u64,
-            "the WAL is still {} bytes",
-            wal_size()
-        );
         let account = store
             .account(account)
             .await

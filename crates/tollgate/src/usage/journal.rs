@@ -11,8 +11,10 @@
 //!
 //! Two files take turns: records are appended to the active one; once it is past
 //! `ROTATE_BYTES` and the other one is empty, they swap, and the full one is emptied as
-//! soon as every record in it is committed. An exclusive lock on the first file keeps a
-//! second process off the same ledger.
+//! soon as every record in it is committed. No file grows past `MAX_FILE_BYTES`: a
+//! record that would take it further is not journaled (its response waits for the
+//! commit). An exclusive lock on the first file keeps a second process off the same
+//! ledger.
 //!
 //! A frame is the payload's length (u32, little-endian), its CRC-32 (u32, little-endian)
 //! and the payload, a JSON object. Reading stops at the first frame that is cut short or
@@ -30,6 +32,12 @@ use crate::store::{AccountId, KeyId, UsageRecord};
 
 /// Size past which the active file hands over to the other one.
 const ROTATE_BYTES: u64 = 4 * 1024 * 1024;
+/// The most a file ever holds. A file passes `ROTATE_BYTES` only while the other still
+/// holds records the ledger has not committed, and at most `MAX_BACKLOG` (10,000)
+/// records of about 300 bytes wait, so this is reached only if the writer is stuck.
+const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
+/// Room the journal's volume must have at start-up ([`Journal::probe`]).
+const PROBE_BYTES: usize = 64 * 1024;
 /// Frame header: length and CRC-32.
 const HEADER: usize = 8;
 /// Largest payload accepted when reading: a longer length is a torn or foreign frame.
@@ -94,6 +102,7 @@ impl From<Entry> for UsageRecord {
 pub struct Frame(pub(super) Vec<u8>);
 
 impl Frame {
+    /// Encodes a record.
     pub fn of(record: &UsageRecord) -> Frame {
         let mut bytes = vec![0; HEADER];
         // Serializing plain strings and integers into a Vec cannot fail.
@@ -116,7 +125,8 @@ struct Files {
     bytes: [u64; 2],
     written: [u64; 2],
     settled: [u64; 2],
-    /// A failed write could not be cut off: appending behind it would be unreadable.
+    /// A failed write could not be cut off: appending behind it would be unreadable,
+    /// until the file is emptied.
     broken: bool,
 }
 
@@ -217,6 +227,12 @@ impl Journal {
             return Err(std::io::Error::other("the usage journal failed earlier"));
         }
         let active = f.active;
+        if f.bytes[active] + frame.0.len() as u64 > MAX_FILE_BYTES {
+            return Err(std::io::Error::other(format!(
+                "{} is at its bound of {MAX_FILE_BYTES} bytes",
+                self.paths[active].display()
+            )));
+        }
         if let Err(e) = (&f.files[active]).write_all(&frame.0) {
             // A short write may have left part of a frame, and reading stops at a broken
             // frame: cut it off, or stop using the journal.
@@ -239,6 +255,15 @@ impl Journal {
             *settled += count;
         }
         let other = 1 - f.active;
+        let active = f.active;
+        if f.broken && f.settled[active] == f.written[active] && f.files[active].set_len(0).is_ok()
+        {
+            // The torn tail goes with the records before it, all committed.
+            f.bytes[active] = 0;
+            f.written[active] = 0;
+            f.settled[active] = 0;
+            f.broken = false;
+        }
         if f.bytes[other] > 0 && f.settled[other] == f.written[other] {
             f.files[other].set_len(0)?;
             f.bytes[other] = 0;
@@ -249,6 +274,18 @@ impl Journal {
             f.active = other;
         }
         Ok(())
+    }
+
+    /// Checks that the journal's volume has room: writes `PROBE_BYTES` to the empty
+    /// active file and cuts them off again. On a full disk this fails with the system's
+    /// "No space left on device", so the server stops at start with that error instead of
+    /// serving requests it cannot record.
+    pub fn probe(&self) -> std::io::Result<()> {
+        let f = self.lock();
+        let file = &f.files[f.active];
+        let written = (&*file).write_all(&[0; PROBE_BYTES]);
+        file.set_len(f.bytes[f.active])?;
+        written
     }
 
     /// Bytes in the two files (for tests).

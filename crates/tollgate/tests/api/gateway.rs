@@ -75,7 +75,7 @@ pricing = {{ input = "0.40", cached_input = "0.10", output = "1.60" }}
 [[models]]
 id = "claude-test"
 provider = "anthropic"
-endpoints = ["messages", "chat.completions"]
+endpoints = ["messages", "chat.completions", "responses"]
 max_output_tokens = 1000
 pricing = {{ input = "3.00", cached_input = "0.30", output = "15.00" }}
 
@@ -109,6 +109,13 @@ id = "whisper-test"
 provider = "openai"
 endpoints = ["audio.transcriptions", "audio.translations"]
 pricing = {{ per_audio_second = "0.0001" }}
+
+[[models]]
+id = "gpt-4o-transcribe"
+provider = "openai"
+endpoints = ["audio.transcriptions"]
+max_output_tokens = 2000
+pricing = {{ input = "2.50", output = "10.00" }}
 
 [[models]]
 id = "moderation-test"
@@ -744,7 +751,8 @@ pricing = {{ input = "1", output = "1" }}
 }
 
 #[tokio::test]
-async fn a_stream_broken_by_the_upstream_ends_with_an_error_event_and_costs_nothing() {
+async fn a_stream_broken_by_the_upstream_ends_with_an_error_event_and_is_charged_for_what_it_delivered(
+) {
     let (app, _upstream, key) = setup().await;
     for directive in [
         "[[fake:cut_after=3]]",
@@ -762,9 +770,15 @@ async fn a_stream_broken_by_the_upstream_ends_with_an_error_event_and_costs_noth
         );
         assert!(!text.contains("[DONE]"), "{directive}: {text}");
     }
+    // Each stream delivered some of the answer before it broke: that is charged (no
+    // delivered output is free), at the content it relayed, and recorded as a failure.
     let ledger = ledger(&app).await;
     assert_eq!(ledger.len(), 3);
-    assert!(ledger.iter().all(|r| r.4 == 0 && r.5 == 502), "{ledger:?}");
+    assert!(ledger.iter().all(|r| r.4 > 0 && r.5 == 502), "{ledger:?}");
+    assert!(
+        ledger[0].3 >= 3 && ledger[1].3 >= 2 && ledger[2].3 >= 1,
+        "{ledger:?}"
+    );
 }
 
 #[tokio::test]

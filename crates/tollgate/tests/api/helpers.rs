@@ -33,10 +33,20 @@ pub async fn spawn_app_with(extra: &str) -> TestApp {
 
 pub async fn spawn_app_env(extra: &str, env: &dyn Fn(&str) -> Option<String>) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db_path = dir.path().join("tollgate.db");
+    let url = format!("sqlite://{}", dir.path().join("tollgate.db").display());
+    spawn_app_on(dir, &url, extra, env).await
+}
+
+/// Spawns a server on the database at `database_url` (fresh), with `dir` as its data
+/// folder.
+pub async fn spawn_app_on(
+    dir: TempDir,
+    database_url: &str,
+    extra: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> TestApp {
     let toml = format!(
-        "listen = \"127.0.0.1:0\"\ndatabase_url = \"sqlite://{}\"\ndata_dir = \"{}\"\n{extra}",
-        db_path.display(),
+        "listen = \"127.0.0.1:0\"\ndatabase_url = \"{database_url}\"\ndata_dir = \"{}\"\n{extra}",
         dir.path().display()
     );
     let config = Config::from_toml(&toml, &Overrides::default(), env).expect("config");

@@ -211,18 +211,16 @@ async fn write_absurd_usage(server: &Running, account: AccountId, fixture: &Fixt
         ("absurd-2", "m", i64::MAX),
         ("absurd-3", "other", i64::MAX),
     ] {
-        assert!(
-            writer
-                .record(usage(id, account, key, model, i64::MAX - 1, tokens))
-                .await
-        );
+        writer
+            .record(usage(id, account, key, model, i64::MAX - 1, tokens))
+            .await
+            .expect("recorded");
         writer.flushed().await;
     }
-    assert!(
-        writer
-            .record(usage("calm-1", account, fixture.calm.0, "m", 7, 3))
-            .await
-    );
+    writer
+        .record(usage("calm-1", account, fixture.calm.0, "m", 7, 3))
+        .await
+        .expect("recorded");
     writer.flushed().await;
     // The ledger kept them all, and the writer still writes.
     for id in ["absurd-1", "absurd-2", "absurd-3", "calm-1"] {
@@ -385,13 +383,12 @@ async fn counters_that_became_reals_are_read_and_mended() {
     let server = Running::start(&url, dir.path(), &upstream.base_url()).await;
     assert_endpoints_answer(&server, &fixture).await;
     // The next charge of the key writes integers again.
-    assert!(
-        server
-            .state
-            .writer
-            .record(usage("after", account, fixture.limited.0, "m", 1, 1))
-            .await
-    );
+    server
+        .state
+        .writer
+        .record(usage("after", account, fixture.limited.0, "m", 1, 1))
+        .await
+        .expect("recorded");
     server.state.writer.flushed().await;
     let found: String = sqlx::query_scalar(types)
         .bind(fixture.limited.0)

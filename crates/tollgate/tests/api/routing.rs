@@ -311,3 +311,65 @@ async fn a_client_fault_is_not_retried() {
     }
     assert_eq!(a.stats().requests + b.stats().requests, 3);
 }
+
+#[tokio::test]
+async fn a_429_with_retry_after_moves_traffic_away_for_that_long_then_back() {
+    let (a, b) = (upstream().await, upstream().await);
+    let config = format!(
+        "[routing]\ncooldown_ms = 600000\n{}{}[[models]]\nid = \"gpt-test\"\nendpoints = [\"chat.completions\"]\nmax_output_tokens = 100\npricing = {{ input = \"0.40\", output = \"1.60\" }}\n[[models.deployments]]\nprovider = \"a\"\n[[models.deployments]]\nprovider = \"b\"\n",
+        provider("a", "openai", &a.base_url()),
+        provider("b", "openai", &b.base_url()),
+    );
+    let (app, key) = app(&config).await;
+    // Warm both up, then make A's next answer a 429 asking for 2 s.
+    let _ = many(&app, &key, "gpt-test", 20).await;
+    a.faults()
+        .next(
+            1,
+            fake_upstream::Fault::Status {
+                status: 429,
+                retry_after: Some(2),
+            },
+        )
+        .await
+        .expect("fault");
+    // Until A has taken the 429, requests go both ways; each succeeds (failed over).
+    let before = a.stats().faulted;
+    let mut i = 0;
+    while a.stats().faulted == before {
+        let r = app
+            .post(
+                "/v1/chat/completions",
+                &key,
+                &chat("gpt-test", &format!("w{i}")),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        i += 1;
+        assert!(i < 200, "A never took the 429");
+    }
+    let limited_at = std::time::Instant::now();
+    // For the next 1.5 s (well inside the 2 s asked for), A gets nothing.
+    let a_then = a.stats().requests;
+    while limited_at.elapsed() < std::time::Duration::from_millis(1500) {
+        let r = app
+            .post("/v1/chat/completions", &key, &chat("gpt-test", "away"))
+            .await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "x-tollgate-provider"), "b");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        a.stats().requests,
+        a_then,
+        "A was sent traffic while cooling down"
+    );
+    // After the 2 s (and not the configured 600 s), traffic comes back to A.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let results = many(&app, &key, "gpt-test", 100).await;
+    assert!(results.iter().all(|r| r.0 == 200));
+    assert!(
+        results.iter().any(|r| r.1 == "a"),
+        "traffic never came back to A"
+    );
+}

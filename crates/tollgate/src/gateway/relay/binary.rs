@@ -63,7 +63,10 @@ pub(super) fn binary_response(
                 Ok(None) => {
                     let last = s.held.take()?;
                     if let Some(settlement) = s.settlement.take() {
-                        settlement.settle(s.usage, 200).await;
+                        if let Err(e) = settlement.settle_delivered(s.usage, false).await {
+                            // Not delivered as a success: the body breaks off instead.
+                            return Some((Err(std::io::Error::other(e)), s));
+                        }
                     }
                     return Some((Ok(last), s));
                 }
@@ -71,12 +74,11 @@ pub(super) fn binary_response(
                     // Audio already relayed is output delivered: it is charged (speech is
                     // priced by the characters asked for, known from the start).
                     if let Some(settlement) = s.settlement.take() {
-                        let usage = if s.delivered {
-                            s.usage
+                        if s.delivered {
+                            settlement.settle(s.usage, 502).await;
                         } else {
-                            Usage::default()
-                        };
-                        settlement.settle(usage, 502).await;
+                            settlement.settle_undelivered(502).await;
+                        }
                     }
                     return Some((
                         Err(std::io::Error::other(

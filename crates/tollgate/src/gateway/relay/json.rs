@@ -25,8 +25,10 @@ use tollgate_formats::usage::answer_text_bytes;
 use tollgate_formats::{model_name, RawObject};
 
 use crate::billing::Usage;
+use crate::error::ApiError;
 use crate::gateway::measure::Billing;
 use crate::gateway::settlement::Settlement;
+use crate::gateway::transcript::{self, TranscriptFormat};
 use crate::gateway::translate::Translation;
 use crate::gateway::COST_HEADER;
 use crate::providers::{self, UpstreamChunks, UpstreamError, UpstreamResponse};
@@ -34,7 +36,7 @@ use crate::providers::{self, UpstreamChunks, UpstreamError, UpstreamResponse};
 /// Answers up to this size are read whole before they are sent.
 pub(in crate::gateway) const READ_WHOLE: usize = 1 << 20;
 /// Largest answer read whole when it must be.
-const MAX_WHOLE: usize = 64 << 20;
+pub(in crate::gateway) const MAX_WHOLE: usize = 64 << 20;
 /// Most of a `usage` member kept by the scanner.
 const MAX_USAGE_TEXT: usize = 64 << 10;
 
@@ -57,6 +59,8 @@ pub(in crate::gateway) struct Whole<'a> {
     pub(in crate::gateway) input_estimate: u64,
     /// Bytes past which a relayed answer is cut (the output reserved for, generously).
     pub(in crate::gateway) max_bytes: u64,
+    /// A transcript format the gateway writes from the JSON answer.
+    pub(in crate::gateway) render: Option<TranscriptFormat>,
 }
 
 /// The next chunk of an answer, within the idle timeout and the deadline.
@@ -80,22 +84,26 @@ pub(in crate::gateway) async fn finish(
     upstream: UpstreamResponse,
     settlement: Settlement,
     w: Whole<'_>,
-) -> Result<Response, UpstreamError> {
+) -> Result<Response, ApiError> {
     let content_type = upstream
         .headers()
         .get(header::CONTENT_TYPE)
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_static("application/json"));
-    let must_be_whole = w.convert.is_some() || w.billing.reads_whole_answer();
-    let limit = if must_be_whole { MAX_WHOLE } else { READ_WHOLE };
+    let must_be_whole = w.convert.is_some() || w.render.is_some() || w.billing.reads_whole_answer();
+    let limit = if must_be_whole {
+        MAX_WHOLE.min(usize::try_from(w.max_bytes).unwrap_or(MAX_WHOLE))
+    } else {
+        READ_WHOLE
+    };
     let mut chunks = providers::chunks(upstream);
     let mut head = BytesMut::new();
     loop {
         match next_chunk(&mut chunks, w.idle_timeout, w.deadline).await {
             Ok(Some(chunk)) if head.len() + chunk.len() > limit => {
                 if must_be_whole {
-                    settlement.settle(Usage::default(), 502).await;
-                    return Err(UpstreamError::malformed(w.provider, "an answer too large"));
+                    settlement.settle_undelivered(502).await;
+                    return Err(UpstreamError::malformed(w.provider, "an answer too large").into());
                 }
                 head.extend_from_slice(&chunk);
                 return Ok(relayed(head.freeze(), chunks, settlement, content_type, w));
@@ -103,8 +111,8 @@ pub(in crate::gateway) async fn finish(
             Ok(Some(chunk)) => head.extend_from_slice(&chunk),
             Ok(None) => break,
             Err(what) => {
-                settlement.settle(Usage::default(), 502).await;
-                return Err(UpstreamError::malformed(w.provider, what));
+                settlement.settle_undelivered(502).await;
+                return Err(UpstreamError::malformed(w.provider, what).into());
             }
         }
     }
@@ -118,38 +126,39 @@ async fn whole(
     settlement: Settlement,
     content_type: HeaderValue,
     w: Whole<'_>,
-) -> Result<Response, UpstreamError> {
+) -> Result<Response, ApiError> {
     let declared_json = content_type
         .to_str()
         .is_ok_and(|v| v.starts_with("application/json"));
     // Billing reads `usage` alone (some answers more), so an answer passed on as it is
     // gets checked but not built into a tree: an embeddings answer is mostly numbers
     // that would each be parsed and allocated.
-    let view: Option<Value> = if w.convert.is_none() && !w.billing.reads_whole_answer() {
-        serde_json::from_slice::<RawObject>(&bytes).ok().map(|o| {
-            let usage = o
-                .get("usage")
-                .and_then(|u| serde_json::from_str::<Value>(u.get()).ok());
-            let mut view = serde_json::Map::new();
-            if let Some(usage) = usage {
-                view.insert("usage".into(), usage);
-            }
-            Value::Object(view)
-        })
-    } else {
-        serde_json::from_slice(&bytes).ok()
-    };
+    let view: Option<Value> =
+        if w.convert.is_none() && w.render.is_none() && !w.billing.reads_whole_answer() {
+            serde_json::from_slice::<RawObject>(&bytes).ok().map(|o| {
+                let usage = o
+                    .get("usage")
+                    .and_then(|u| serde_json::from_str::<Value>(u.get()).ok());
+                let mut view = serde_json::Map::new();
+                if let Some(usage) = usage {
+                    view.insert("usage".into(), usage);
+                }
+                Value::Object(view)
+            })
+        } else {
+            serde_json::from_slice(&bytes).ok()
+        };
     // JSON served under another content type is still JSON to measure.
     let Some(answer) = view.or_else(|| serde_json::from_slice::<Value>(&bytes).ok()) else {
         if declared_json || w.convert.is_some() {
-            settlement.settle(Usage::default(), 502).await;
-            return Err(UpstreamError::malformed(w.provider, "invalid JSON"));
+            settlement.settle_undelivered(502).await;
+            return Err(UpstreamError::malformed(w.provider, "invalid JSON").into());
         }
         // Not JSON at all: its bytes are the output delivered.
         let usage = w
             .billing
             .estimate(w.input_estimate, bytes.len() as u64, &Value::Null);
-        let cost = settlement.settle_estimated(usage, 200).await;
+        let cost = settlement.settle_delivered(usage, true).await?;
         return Ok(respond(bytes, content_type, Some(cost)));
     };
     let (usage, estimated_usage) = match w.billing.measured(&answer) {
@@ -178,20 +187,32 @@ async fn whole(
         Some(c) => match c.translation.answer(&answer, c.original, c.public_model) {
             Ok(bytes) => bytes,
             Err(e) => {
-                settlement.settle(Usage::default(), 502).await;
-                return Err(UpstreamError::malformed(
-                    w.provider,
-                    format!("untranslatable ({e})"),
-                ));
+                settlement.settle_undelivered(502).await;
+                return Err(
+                    UpstreamError::malformed(w.provider, format!("untranslatable ({e})")).into(),
+                );
             }
         },
     };
-    let cost = if estimated_usage {
-        settlement.settle_estimated(usage, 200).await
-    } else {
-        settlement.settle(usage, 200).await
+    let (bytes, content_type) = match w.render {
+        None => (bytes, content_type),
+        Some(format) => match transcript::render(format, &answer) {
+            Some(text) => (
+                Bytes::from(text),
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            ),
+            None => {
+                settlement.settle_undelivered(502).await;
+                return Err(UpstreamError::malformed(
+                    w.provider,
+                    "a transcript without the text or segments asked for",
+                )
+                .into());
+            }
+        },
     };
-    let content_type = if w.convert.is_some() {
+    let cost = settlement.settle_delivered(usage, estimated_usage).await?;
+    let content_type = if w.convert.is_some() && w.render.is_none() {
         HeaderValue::from_static("application/json")
     } else {
         content_type
@@ -242,6 +263,7 @@ fn relayed(
         deadline: w.deadline,
         input_estimate: w.input_estimate,
         max_bytes: w.max_bytes,
+        failed: None,
         done: false,
     };
     let stream = futures_util::stream::unfold(relay, |mut r| async move {
@@ -265,6 +287,8 @@ struct Relayed {
     deadline: Instant,
     input_estimate: u64,
     max_bytes: u64,
+    /// The body ends with this error once the chunk in hand is sent.
+    failed: Option<&'static str>,
     done: bool,
 }
 
@@ -304,6 +328,10 @@ impl Relayed {
     }
 
     async fn next(&mut self) -> Option<Result<Bytes, std::io::Error>> {
+        if let Some(what) = self.failed.take() {
+            self.done = true;
+            return Some(Err(std::io::Error::other(what)));
+        }
         if self.done {
             return None;
         }
@@ -326,17 +354,24 @@ impl Relayed {
                     }
                 }
                 Ok(None) => {
-                    self.settle(200).await;
                     self.done = true;
-                    return self.held.take().map(Ok);
+                    let Some(settlement) = self.settlement.take() else {
+                        return self.held.take().map(Ok);
+                    };
+                    let (usage, estimated) = self.usage();
+                    return match settlement.settle_delivered(usage, estimated).await {
+                        Ok(_) => self.held.take().map(Ok),
+                        // Not delivered as a success: the body breaks off before its end.
+                        Err(e) => Some(Err(std::io::Error::other(e))),
+                    };
                 }
                 Err(what) => return self.end_with_error(502, what).await,
             }
         }
     }
 
-    /// The answer broke off (or was cut): what the client received is charged, and the
-    /// body ends with an error (the client sees a truncated answer).
+    /// The answer broke off: what was read is charged and delivered (the chunk held
+    /// back), then the body ends with an error (the client sees a truncated answer).
     async fn end_with_error(
         &mut self,
         status: u16,
@@ -344,8 +379,16 @@ impl Relayed {
     ) -> Option<Result<Bytes, std::io::Error>> {
         tracing::warn!(what, "relayed answer ended early");
         self.settle(status).await;
-        self.done = true;
-        Some(Err(std::io::Error::other(what)))
+        match self.held.take() {
+            Some(held) => {
+                self.failed = Some(what);
+                Some(Ok(held))
+            }
+            None => {
+                self.done = true;
+                Some(Err(std::io::Error::other(what)))
+            }
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use tollgate_formats::UsageTracker;
 use super::measure::{Billing, Hosted};
 use super::plan::Prepared;
 use super::settlement::Settlement;
-use crate::billing::Usage;
+use crate::error::ApiError;
 use crate::providers::{self, UpstreamError, UpstreamResponse, Upstreams};
 use cutoff::Cutoff;
 use json::{Convert, Whole};
@@ -44,7 +44,7 @@ pub(super) async fn respond(
     upstream: UpstreamResponse,
     settlement: Settlement,
     a: Answering<'_>,
-) -> Result<Response, UpstreamError> {
+) -> Result<Response, ApiError> {
     let prepared = a.prepared;
     let provider = a.upstreams.provider(prepared.deployment());
     let idle_timeout = provider.config.idle_timeout;
@@ -58,11 +58,12 @@ pub(super) async fn respond(
         let (Some(upstream_format), Some(client_format)) =
             (prepared.wire.format, prepared.client_format)
         else {
-            settlement.settle(Usage::default(), 502).await;
+            settlement.settle_undelivered(502).await;
             return Err(UpstreamError::malformed(
                 &provider.config.name,
                 "an event stream where none was expected",
-            ));
+            )
+            .into());
         };
         let transform = match (prepared.translation, &prepared.original) {
             (Some(translation), Some(original)) => {
@@ -124,8 +125,14 @@ pub(super) async fn respond(
         billing: a.billing,
         convert,
         rename: prepared.rename.as_deref(),
+        render: None,
         input_estimate: a.input_estimate,
-        max_bytes: a.output_cap.saturating_mul(32) + json::READ_WHOLE as u64,
+        // Generated text takes a few bytes a token, escaped in JSON at most six a
+        // character: 32 bytes a token is generous. Images are base64, not tokens.
+        max_bytes: match a.billing {
+            Billing::Images { .. } => json::MAX_WHOLE as u64,
+            _ => a.output_cap.saturating_mul(32) + json::READ_WHOLE as u64,
+        },
     };
     json::finish(upstream, settlement, whole).await
 }

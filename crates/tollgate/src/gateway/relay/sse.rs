@@ -195,8 +195,11 @@ impl Relay {
         } else {
             event
         };
-        if is_terminal(self.upstream_format, &event) && self.settlement.is_some() {
-            self.settle_success().await;
+        if is_terminal(self.upstream_format, &event)
+            && self.settlement.is_some()
+            && !self.settle_success().await
+        {
+            return;
         }
         if let Err(message) = self.transform.apply(&event, &mut self.out) {
             self.fail(&format!(
@@ -223,9 +226,8 @@ impl Relay {
         let ending = self
             .cutoff
             .ending(self.upstream_format, input, self.output_cap);
-        if let Some(settlement) = self.settlement.take() {
-            let usage = self.usage_so_far();
-            Box::pin(settlement.settle_estimated(usage, 200)).await;
+        if !self.settle_success().await {
+            return;
         }
         for event in ending {
             if self.transform.apply(&event, &mut self.out).is_err() {
@@ -236,13 +238,28 @@ impl Relay {
         self.done = true;
     }
 
-    async fn settle_success(&mut self) {
-        if let Some(settlement) = self.settlement.take() {
-            let usage = self.usage_so_far();
-            // Boxed here and in `fail`: settling (meter, and in a cluster Redis, then
-            // the ledger) is a large future that runs once per stream; inlined, its
-            // space would sit in the state of every open stream while it waits.
-            Box::pin(settlement.settle(usage, 200)).await;
+    /// Settles before the terminal event. `false`: the charge could not be made safe in
+    /// time, so the stream ends with an error event instead of its terminal event.
+    async fn settle_success(&mut self) -> bool {
+        let Some(settlement) = self.settlement.take() else {
+            return true;
+        };
+        let usage = self.usage_so_far();
+        let estimated = !self.tracker.has_final_usage();
+        // Boxed here and in `fail`: settling (meter, and in a cluster Redis, then the
+        // ledger) is a large future that runs once per stream; inlined, its space would
+        // sit in the state of every open stream while it waits.
+        match Box::pin(settlement.settle_delivered(usage, estimated)).await {
+            Ok(_) => true,
+            Err(e) => {
+                self.out.push_back(frames::error_frame(
+                    self.client_format,
+                    StreamFailure::Ledger,
+                    &crate::error::ApiError::from(e).message,
+                ));
+                self.done = true;
+                false
+            }
         }
     }
 
@@ -272,6 +289,9 @@ impl Relay {
             let usage = self.usage_so_far();
             if self.tracker.has_final_usage() {
                 Box::pin(settlement.settle(usage, 502)).await;
+            } else if self.tracker.output_tokens_at_least() == 0 {
+                // Nothing of the answer reached the client: it costs nothing.
+                Box::pin(settlement.settle_undelivered(502)).await;
             } else {
                 Box::pin(settlement.settle_estimated(usage, 502)).await;
             }

@@ -1,316 +1,24 @@
 //! Cluster mode: three `tollgate` replicas on loopback sharing the machine's PostgreSQL
-//! and Redis, in front of the fake upstream. Each test gets a fresh PostgreSQL database
-//! and its own Redis database number.
+//! and a Redis of the test's own, in front of the fake upstream. Each test gets a fresh
+//! PostgreSQL database and its own `redis-server` (tests restart, pause and flush it).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod budgets;
+mod faults;
+mod services;
+mod support;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fake_upstream::{FakeUpstream, Options};
+use fake_upstream::Options;
 use serde_json::{json, Value};
-use sqlx::{Connection, Row};
+use sqlx::Row;
 
-const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-fn pg_admin_url() -> String {
-    std::env::var("TOLLGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| PG_ADMIN.to_string())
-}
-
-/// A fresh database on the test server; dropped at the end.
-struct Database {
-    name: String,
-    url: String,
-}
-
-impl Database {
-    async fn create() -> Database {
-        let admin = pg_admin_url();
-        let mut conn = sqlx::PgConnection::connect(&admin)
-            .await
-            .expect("PostgreSQL must run on 127.0.0.1:5432 (see .ci/run)");
-        let name = format!("tollgate_cluster_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .expect("create database");
-        let base = admin
-            .rsplit_once('/')
-            .map_or(admin.as_str(), |(b, _)| b)
-            .to_string();
-        Database {
-            url: format!("{base}/{name}"),
-            name,
-        }
-    }
-
-    async fn pool(&self) -> sqlx::PgPool {
-        sqlx::PgPool::connect(&self.url).await.expect("connect")
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let admin = pg_admin_url();
-        // Best effort, in a thread of its own: the test's runtime may be gone.
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                rt.block_on(async move {
-                    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-                        let _ =
-                            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                                .execute(&mut conn)
-                                .await;
-                    }
-                });
-            }
-        })
-        .join();
-    }
-}
-
-struct Replica {
-    child: Child,
-    base: String,
-    log: PathBuf,
-}
-
-impl Replica {
-    fn kill9(&mut self) {
-        // SIGKILL: the process gets no chance to finish anything.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
-}
-
-struct Cluster {
-    replicas: Vec<Replica>,
-    client: reqwest::Client,
-    prov_key: String,
-    config: PathBuf,
-    dir: tempfile::TempDir,
-    redis_url: String,
-    db: Database,
-    _upstream: FakeUpstream,
-}
-
-async fn wait_ready(base: &str, log: &Path) {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "replica at {base} did not start: {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn start_replica(dir: &Path, config: &Path, index: usize) -> Replica {
-    let port = free_port();
-    let home = dir.join(format!("replica-{index}"));
-    std::fs::create_dir_all(&home).expect("dir");
-    let log = home.join("log.txt");
-    let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args([
-            "serve",
-            "--config",
-            config.to_str().expect("path"),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .current_dir(&home)
-        .env("RUST_LOG", "warn")
-        .env("UP_KEY", "up-secret")
-        .env_remove("TOLLGATE_DATABASE_URL")
-        .env_remove("TOLLGATE_REDIS_URL")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("spawn replica");
-    Replica {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        log,
-    }
-}
-
-async fn start_cluster(redis_db: u32, lease_ms: u64, upstream_latency_ms: u64) -> Cluster {
-    let upstream = fake_upstream::start(Options {
-        latency: Duration::from_millis(upstream_latency_ms),
-        openai_api_key: Some("up-secret".into()),
-        ..Options::default()
-    })
-    .await
-    .expect("fake upstream");
-    let db = Database::create().await;
-    let redis_url = format!("redis://127.0.0.1:6379/{redis_db}");
-    let redis = redis::Client::open(redis_url.as_str()).expect("redis url");
-    let mut conn = redis
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis must run on 127.0.0.1:6379");
-    let _: () = redis::cmd("FLUSHDB")
-        .query_async(&mut conn)
-        .await
-        .expect("flush");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("tollgate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-database_url = "{db}"
-redis_url = "{redis_url}"
-
-[cluster]
-reservation_lease_ms = {lease_ms}
-
-[[providers]]
-name = "up"
-kind = "openai"
-base_url = "{base}"
-api_key_env = "UP_KEY"
-
-[[models]]
-id = "gpt-test"
-provider = "up"
-endpoints = ["chat.completions"]
-max_output_tokens = 1000
-pricing = {{ input = "0.40", cached_input = "0.10", output = "1.60" }}
-"#,
-            db = db.url,
-            base = upstream.base_url()
-        ),
-    )
-    .expect("config");
-    // The first replica bootstraps the empty database; the others start on it.
-    let first = start_replica(dir.path(), &config, 0);
-    wait_ready(&first.base, &first.log).await;
-    let mut replicas = vec![first];
-    for i in 1..3 {
-        replicas.push(start_replica(dir.path(), &config, i));
-    }
-    for r in &replicas[1..] {
-        wait_ready(&r.base, &r.log).await;
-    }
-    let prov_key = std::fs::read_to_string(
-        dir.path()
-            .join("replica-0/tollgate-data/provisioning-key.txt"),
-    )
-    .expect("bootstrap key")
-    .trim()
-    .to_string();
-    let granted = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args([
-            "credits",
-            "grant",
-            "default",
-            "100",
-            "--config",
-            config.to_str().expect("path"),
-        ])
-        .output()
-        .expect("grant");
-    assert!(
-        granted.status.success(),
-        "{}",
-        String::from_utf8_lossy(&granted.stderr)
-    );
-    Cluster {
-        replicas,
-        client: reqwest::Client::new(),
-        prov_key,
-        config,
-        dir,
-        redis_url,
-        db,
-        _upstream: upstream,
-    }
-}
-
-impl Cluster {
-    async fn create_key(&self, replica: usize, body: Value) -> (i64, String) {
-        let response = self
-            .client
-            .post(format!("{}/v1/account/keys", self.replicas[replica].base))
-            .bearer_auth(&self.prov_key)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .expect("create");
-        assert_eq!(response.status(), 201);
-        let body: Value = response.json().await.expect("json");
-        (
-            body["id"].as_i64().expect("id"),
-            body["key"].as_str().expect("key").to_string(),
-        )
-    }
-
-    /// Sum of the ledger's charges, per the database.
-    async fn ledger(&self) -> (i64, i64, Vec<(String, i64, i64)>) {
-        let pool = self.db.pool().await;
-        let rows = sqlx::query("SELECT request_id, cost, status FROM usage_records ORDER BY id")
-            .fetch_all(&pool)
-            .await
-            .expect("ledger");
-        let records: Vec<(String, i64, i64)> = rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get::<String, _>(0),
-                    r.get::<i64, _>(1),
-                    r.get::<i64, _>(2),
-                )
-            })
-            .collect();
-        let total = records.iter().map(|r| r.1).sum();
-        let charged: i64 = sqlx::query("SELECT charged FROM accounts WHERE name = 'default'")
-            .fetch_one(&pool)
-            .await
-            .expect("account")
-            .get(0);
-        (total, charged, records)
-    }
-}
-
-fn chat(text: &str) -> Value {
-    json!({"model": "gpt-test", "max_tokens": 100, "messages": [{"role": "user", "content": text}]})
-}
-
-fn nanos(text: &str) -> i64 {
-    text.parse::<tollgate::billing::Credits>()
-        .expect("decimal")
-        .nanos()
-}
+use support::*;
 
 #[tokio::test]
 async fn a_deleted_key_is_refused_by_every_replica_within_a_second() {
-    let cluster = start_cluster(11, 30_000, 0).await;
+    let cluster = start_cluster(30_000, 0).await;
     let (id, key) = cluster.create_key(0, json!({"name": "doomed"})).await;
     // Every replica has the key's identity cached.
     for r in &cluster.replicas {
@@ -405,7 +113,7 @@ async fn a_deleted_key_is_refused_by_every_replica_within_a_second() {
 
 #[tokio::test]
 async fn concurrent_requests_across_replicas_never_overspend() {
-    let cluster = start_cluster(12, 30_000, 500).await;
+    let cluster = start_cluster(30_000, 500).await;
     let body = chat("race across replicas");
     let body_len = serde_json::to_vec(&body).expect("json").len() as i128;
     // Worst case per request: every body byte an input token, 100 output tokens.
@@ -492,7 +200,7 @@ async fn concurrent_requests_across_replicas_never_overspend() {
 
 #[tokio::test]
 async fn a_rate_limit_holds_across_replicas() {
-    let cluster = start_cluster(13, 30_000, 0).await;
+    let cluster = start_cluster(30_000, 0).await;
     let (_, key) = cluster
         .create_key(0, json!({"name": "limited", "rate_limit_rpm": 10}))
         .await;
@@ -525,7 +233,7 @@ async fn a_rate_limit_holds_across_replicas() {
 #[tokio::test]
 async fn kill_9_of_a_replica_under_load_loses_no_delivered_charge_and_leaks_no_reservation() {
     let lease_ms = 5_000;
-    let mut cluster = start_cluster(14, lease_ms, 300).await;
+    let mut cluster = start_cluster(lease_ms, 300).await;
     let (_, key) = cluster.create_key(0, json!({"name": "load"})).await;
     let started = Instant::now();
     let tasks: Vec<_> = (0..240)
@@ -579,13 +287,10 @@ async fn kill_9_of_a_replica_under_load_loses_no_delivered_charge_and_leaks_no_r
     }
     // Everything the living replicas started is settled; what is still held belongs to
     // the dead one.
-    let redis = redis::Client::open(cluster.redis_url.as_str()).expect("redis");
-    let mut conn = redis
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
+    let mut conn = cluster.redis.conn().await;
+    let leases = tollgate::cluster::budget_key(&cluster.epoch().await, "r", 1);
     let orphans: i64 = redis::cmd("ZCARD")
-        .arg("tg1:r:1")
+        .arg(&leases)
         .query_async(&mut conn)
         .await
         .expect("zcard");
@@ -636,16 +341,11 @@ async fn kill_9_of_a_replica_under_load_loses_no_delivered_charge_and_leaks_no_r
         .expect("request");
     assert_eq!(r.status(), 200);
     let held: i64 = redis::cmd("ZCARD")
-        .arg("tg1:r:1")
+        .arg(&leases)
         .query_async(&mut conn)
         .await
         .expect("zcard");
-    let reserved: i64 = redis::cmd("HGET")
-        .arg("tg1:a:1")
-        .arg("reserved")
-        .query_async(&mut conn)
-        .await
-        .expect("hget");
+    let reserved = cluster.shared_account(1).await.reserved;
     assert_eq!(
         (held, reserved),
         (0, 0),
@@ -662,26 +362,7 @@ async fn kill_9_of_a_replica_under_load_loses_no_delivered_charge_and_leaks_no_r
 /// budget, and service resumes by itself when Redis is back.
 #[tokio::test]
 async fn without_redis_requests_are_refused_and_service_recovers_by_itself() {
-    let port = free_port();
-    let spawn_redis = || {
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed")
-    };
-    let mut redis = spawn_redis();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut redis = PrivateRedis::start().await;
     let upstream = fake_upstream::start(Options {
         openai_api_key: Some("up-secret".into()),
         ..Options::default()
@@ -694,8 +375,9 @@ async fn without_redis_requests_are_refused_and_service_recovers_by_itself() {
     std::fs::write(
         &config,
         format!(
-            "database_url = \"{}\"\nredis_url = \"redis://127.0.0.1:{port}\"\n[[providers]]\nname = \"up\"\nkind = \"openai\"\nbase_url = \"{}\"\napi_key_env = \"UP_KEY\"\n[[models]]\nid = \"gpt-test\"\nprovider = \"up\"\nmax_output_tokens = 100\npricing = {{ input = \"0.40\", output = \"1.60\" }}\n",
+            "database_url = \"{}\"\nredis_url = \"{}\"\n[[providers]]\nname = \"up\"\nkind = \"openai\"\nbase_url = \"{}\"\napi_key_env = \"UP_KEY\"\n[[models]]\nid = \"gpt-test\"\nprovider = \"up\"\nmax_output_tokens = 100\npricing = {{ input = \"0.40\", output = \"1.60\" }}\n",
             db.url,
+            redis.url,
             upstream.base_url()
         ),
     )
@@ -742,8 +424,7 @@ async fn without_redis_requests_are_refused_and_service_recovers_by_itself() {
     };
     assert_eq!(call().await.status(), 200);
 
-    let _ = redis.kill();
-    let _ = redis.wait();
+    redis.kill();
     let refused = call().await;
     assert_eq!(refused.status(), 503);
     let body: Value = refused.json().await.expect("json");
@@ -755,7 +436,7 @@ async fn without_redis_requests_are_refused_and_service_recovers_by_itself() {
         .get(0);
     assert_eq!(records_before, 1, "nothing was served without a budget");
 
-    redis = spawn_redis();
+    redis.restart().await;
     let back = Instant::now();
     loop {
         let status = call().await.status();
@@ -772,6 +453,4 @@ async fn without_redis_requests_are_refused_and_service_recovers_by_itself() {
         "served again {} ms after redis came back",
         back.elapsed().as_millis()
     );
-    let _ = redis.kill();
-    let _ = redis.wait();
 }

@@ -1,0 +1,203 @@
+//! The shared budgets' own promises: a settle run twice counts once (also when its
+//! lease ran out before it came), and the periodic check against the ledger repairs
+//! drift while never "repairing" a budget that is merely busy.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tollgate::billing::Credits;
+use tollgate::cluster::{budget_key, Cluster as Shared, SettleOutcome, SharedBudgets, EPOCH_KEY};
+use tollgate::store::{KeyKind, NewKey};
+
+use crate::support::*;
+
+/// (charged, reserved) of account 1 and (usage, reserved) of key `key` in Redis.
+async fn shared(redis: &PrivateRedis, key: i64) -> [i64; 4] {
+    let mut conn = redis.conn().await;
+    let epoch: String = redis::cmd("GET")
+        .arg(EPOCH_KEY)
+        .query_async(&mut conn)
+        .await
+        .expect("epoch");
+    let mut out = [0; 4];
+    for (i, (hash, field)) in [
+        (budget_key(&epoch, "a", 1), "charged"),
+        (budget_key(&epoch, "a", 1), "reserved"),
+        (budget_key(&epoch, "k", key), "usage"),
+        (budget_key(&epoch, "k", key), "reserved"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        out[i] = redis::cmd("HGET")
+            .arg(hash)
+            .arg(field)
+            .query_async::<Option<i64>>(&mut conn)
+            .await
+            .expect("hget")
+            .unwrap_or(0);
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_same_settle_run_twice_counts_once() {
+    let redis = PrivateRedis::start().await;
+    let db = Database::create().await;
+    let store = tollgate::store::open(&db.url).await.expect("store");
+    let now = tollgate::now();
+    let account = store.create_account("acme", now).await.expect("account");
+    store
+        .grant_credits(account.id, Credits::from_nanos(1_000_000), None, now)
+        .await
+        .expect("grant");
+    let key = store
+        .create_key(NewKey {
+            account_id: account.id,
+            kind: KeyKind::Inference,
+            name: "k".into(),
+            key_hash: "hash".into(),
+            hint: "hint".into(),
+            created_at: now,
+            expires_at: None,
+            credit_limit: Some(Credits::from_nanos(500_000)),
+            rate_limit_rpm: None,
+        })
+        .await
+        .expect("key");
+    let cluster = Shared::connect(&redis.url, &db.url).await.expect("connect");
+    // A one-second lease that nothing renews (no background tick runs here).
+    let budgets = SharedBudgets::new(
+        cluster,
+        store.clone(),
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+    );
+    let n = Credits::from_nanos;
+    // The first reservation starts the epoch and waits out its grace window.
+    let a = budgets.reserve(&key, n(1000), "req_a").await.expect("a");
+    assert_eq!(shared(&redis, key.id.0).await, [0, 1000, 0, 1000]);
+    let settled = budgets.settle_once(&a, n(700)).await.expect("settle");
+    assert_eq!(settled, SettleOutcome::Counted);
+    let again = budgets.settle_once(&a, n(700)).await.expect("settle");
+    assert_eq!(again, SettleOutcome::AlreadyCounted);
+    assert_eq!(shared(&redis, key.id.0).await, [700, 0, 700, 0]);
+
+    // A settle that comes after its lease ran out (and the next reservation gave the
+    // amount back) still counts, once.
+    let b = budgets.reserve(&key, n(2000), "req_b").await.expect("b");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let c = budgets.reserve(&key, n(1000), "req_c").await.expect("c");
+    assert_eq!(shared(&redis, key.id.0).await, [700, 1000, 700, 1000]);
+    for expected in [SettleOutcome::Counted, SettleOutcome::AlreadyCounted] {
+        let outcome = budgets.settle_once(&b, n(1500)).await.expect("settle");
+        assert_eq!(outcome, expected);
+    }
+    assert_eq!(shared(&redis, key.id.0).await, [2200, 1000, 2200, 1000]);
+    budgets.settle(c, n(0)).await;
+    assert_eq!(shared(&redis, key.id.0).await, [2200, 0, 2200, 0]);
+    assert_eq!(budgets.in_flight(), (0, 0));
+}
+
+#[tokio::test]
+async fn the_periodic_check_repairs_drift_and_leaves_busy_budgets_alone() {
+    let cluster = start_cluster_with(Setup {
+        upstream_latency_ms: 100,
+        check_ms: 1000,
+        ..Setup::default()
+    })
+    .await;
+    let (key_id, key) = cluster.create_key(0, json!({"name": "busy"})).await;
+    // Several seconds of concurrent requests on every replica: checks run every second
+    // while settles race them.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for replica in &cluster.replicas {
+        for _ in 0..4 {
+            let (client, key, stop) = (cluster.client.clone(), key.clone(), stop.clone());
+            let url = format!("{}/v1/chat/completions", replica.base);
+            workers.push(tokio::spawn(async move {
+                let mut served = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let r = client
+                        .post(&url)
+                        .bearer_auth(&key)
+                        .json(&chat("busy [[fake:words=20]]"))
+                        .send()
+                        .await
+                        .expect("request");
+                    assert_eq!(r.status(), 200);
+                    let _ = r.bytes().await;
+                    served += 1;
+                }
+                served
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut served = 0;
+    for worker in workers {
+        served += worker.await.expect("worker");
+    }
+    eprintln!("{served} requests during the checks");
+    assert!(served > 50);
+    wait_equal(&cluster, key_id).await;
+    assert!(
+        !cluster.logs().contains("SHARED BUDGET DRIFT"),
+        "a check 'repaired' a budget that was only busy:\n{}",
+        cluster.logs()
+    );
+
+    // Now Redis is wrong: charged too high, usage too low, a phantom reservation.
+    let epoch = cluster.epoch().await;
+    let mut conn = cluster.redis.conn().await;
+    for (hash, field, by) in [
+        (budget_key(&epoch, "a", 1), "charged", 123_456),
+        (budget_key(&epoch, "a", 1), "reserved", 999),
+        (budget_key(&epoch, "k", key_id), "usage", -654),
+    ] {
+        let _: i64 = redis::cmd("HINCRBY")
+            .arg(hash)
+            .arg(field)
+            .arg(by)
+            .query_async(&mut conn)
+            .await
+            .expect("hincrby");
+    }
+    let broken = Instant::now();
+    wait_equal(&cluster, key_id).await;
+    eprintln!(
+        "repaired {} ms after the damage",
+        broken.elapsed().as_millis()
+    );
+    let logs = cluster.logs();
+    assert!(logs.contains("SHARED BUDGET DRIFT"), "the repair is logged");
+    assert!(logs.contains("drift_nanos=-123456"), "{logs}");
+    assert!(logs.contains("drift_nanos=654"), "{logs}");
+}
+
+/// Waits until Redis holds exactly the ledger's totals and nothing in flight.
+async fn wait_equal(cluster: &Cluster, key: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, charged, _) = cluster.ledger().await;
+        let (_, usage) = cluster.ledger_key(key).await;
+        let account = cluster.shared_account(1).await;
+        let shared_key = cluster.shared_key(key).await;
+        if account.spent == charged
+            && account.reserved == 0
+            && shared_key.spent == usage
+            && shared_key.reserved == 0
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "redis {account:?} / {shared_key:?} never equal to the ledger {charged} / {usage}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,435 @@
+//! Budgets shared by every replica: reserve and settle through Redis, leases renewed by
+//! the replica that holds them, settles that count once however often they run, and
+//! the move to a new epoch when Redis loses its data (docs/cluster.md).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::{Script, ScriptInvocation};
+
+use super::flights::{Flight, Flights, Retry};
+use super::names::Names;
+use super::scripts::{self, with_constants};
+use super::sync::{Mode, Synced};
+use super::{timed, Cluster, ClusterError};
+use crate::billing::meter::{QuotaError, Reservation, ReserveError};
+use crate::billing::Credits;
+use crate::store::{AccountId, KeyId, KeyRecord, Store};
+
+/// How often each replica runs [`SharedBudgets::tick`] (heartbeat, settle retries).
+pub const TICK: Duration = Duration::from_secs(1);
+/// After Redis lost its data, how long no reservation is admitted, so that every live
+/// replica (which notices within a `TICK` plus one answer) registers what it holds.
+pub const GRACE: Duration = Duration::from_secs(3);
+/// How long a marker (an expired lease, a settled re-registration) is kept.
+const MARKER_TTL: Duration = Duration::from_secs(600);
+/// How long a reservation waits for its budget to be loaded (after a data loss, for the
+/// grace window) before a 503.
+const PATIENCE: Duration = Duration::from_secs(5);
+/// Reservations registered per script run.
+pub(super) const REGISTER_CHUNK: usize = 500;
+/// Settle retries sent at once by a tick.
+pub(super) const RETRY_CHUNK: usize = 64;
+
+pub(super) struct Scripts {
+    pub reserve: Script,
+    pub settle: Script,
+    pub renew: Script,
+    pub register: Script,
+    pub sync_begin: Script,
+    pub sync_read: Script,
+    pub sync_apply: Script,
+    pub sync_end: Script,
+    pub set_if_loaded: Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        let make = |text: &str| {
+            Script::new(&with_constants(
+                text,
+                GRACE.as_millis() as u64,
+                MARKER_TTL.as_millis() as u64,
+            ))
+        };
+        Scripts {
+            reserve: make(scripts::RESERVE),
+            settle: make(scripts::SETTLE),
+            renew: make(scripts::RENEW),
+            register: make(scripts::REGISTER),
+            sync_begin: make(scripts::SYNC_BEGIN),
+            sync_read: make(scripts::SYNC_READ),
+            sync_apply: make(scripts::SYNC_APPLY),
+            sync_end: make(scripts::SYNC_END),
+            set_if_loaded: Script::new(scripts::SET_IF_LOADED),
+        }
+    }
+}
+
+/// A script's answer: a status, the epoch's write counter, then values.
+pub(super) struct Reply(pub Vec<String>);
+
+impl Reply {
+    /// The first value: `ok`, `epoch`, `load`...
+    pub fn status(&self) -> &str {
+        self.text(0)
+    }
+    /// Value `i`, or "" if there is none.
+    pub fn text(&self, i: usize) -> &str {
+        self.0.get(i).map_or("", String::as_str)
+    }
+    /// Value `i` as an integer, or 0.
+    pub fn number(&self, i: usize) -> i64 {
+        self.text(i).parse().unwrap_or(0)
+    }
+}
+
+/// What one run of the settle script did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettleOutcome {
+    /// The cost is now counted.
+    Counted,
+    /// Nothing to do: this settle ran before.
+    AlreadyCounted,
+    /// Redis is in another epoch (named): the reservation must be registered there first.
+    NewEpoch(String),
+}
+
+/// Budgets shared by every replica: reservations are held in Redis under a lease that
+/// this replica renews while the request runs; a crashed replica's leases run out and
+/// the next reservation on the account gives them back.
+pub struct SharedBudgets {
+    pub(super) cluster: Cluster,
+    pub(super) store: Arc<dyn Store>,
+    pub(super) lease: Duration,
+    pub(super) check_every: Duration,
+    pub(super) flights: Flights,
+    /// One move to a new epoch at a time.
+    pub(super) adopting: tokio::sync::Mutex<()>,
+    /// Accounts used here, with the time of their next check against the ledger.
+    pub(super) touched: Mutex<HashMap<AccountId, Instant>>,
+    pub(super) last_renewal: Mutex<Option<Instant>>,
+    pub(super) scripts: Scripts,
+}
+
+fn unavailable(e: ClusterError) -> ReserveError {
+    ReserveError::Unavailable(e.to_string())
+}
+
+impl SharedBudgets {
+    /// `lease`: a reservation's life without renewal; `check_every`: how often each
+    /// account's shared budget is checked against the ledger.
+    pub fn new(
+        cluster: Cluster,
+        store: Arc<dyn Store>,
+        lease: Duration,
+        check_every: Duration,
+    ) -> Self {
+        SharedBudgets {
+            cluster,
+            store,
+            lease,
+            check_every,
+            flights: Flights::new(),
+            adopting: tokio::sync::Mutex::new(()),
+            touched: Mutex::new(HashMap::new()),
+            last_renewal: Mutex::new(None),
+            scripts: Scripts::new(),
+        }
+    }
+
+    /// The lease of a reservation.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Runs a script; notes the write counter it answers.
+    pub(super) async fn call(
+        &self,
+        invocation: ScriptInvocation<'_>,
+        epoch: &str,
+    ) -> Result<Reply, ClusterError> {
+        let mut conn = self.cluster.conn.clone();
+        let reply = Reply(timed(invocation.invoke_async::<Vec<String>>(&mut conn)).await?);
+        if reply.status() != "epoch" {
+            if let Ok(seq) = reply.text(1).parse() {
+                self.flights.saw(epoch, seq);
+            }
+        }
+        Ok(reply)
+    }
+
+    /// Holds `amount` for request `id` against the key's limit and the account's balance.
+    pub async fn reserve(
+        &self,
+        key: &KeyRecord,
+        amount: Credits,
+        id: &str,
+    ) -> Result<Reservation, ReserveError> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let (epoch, seen) = self.flights.epoch();
+            let names = Names::new(&epoch);
+            let mut call = self.scripts.reserve.prepare_invoke();
+            call.key(names.counter())
+                .key(names.account(key.account_id))
+                .key(names.key(key.id))
+                .key(names.leases(key.account_id))
+                .key(names.data(key.account_id))
+                .key(names.markers(key.account_id))
+                .arg(&*epoch)
+                .arg(seen)
+                .arg(self.lease.as_millis() as u64)
+                .arg(id)
+                .arg(amount.nanos())
+                .arg(key.id.0)
+                .arg(names.key_prefix());
+            let flight = |held| Flight {
+                account: key.account_id,
+                key: key.id,
+                amount: amount.nanos(),
+                epoch: epoch.clone(),
+                held,
+                settle: (!held).then(|| Retry::new(0)),
+            };
+            let reply = match self.call(call, &epoch).await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    if e.may_have_run() {
+                        // It may hold the amount: give it back as soon as Redis answers.
+                        self.flights.hold(id, flight(false));
+                    }
+                    return Err(unavailable(e));
+                }
+            };
+            let number = |i: usize| Credits::from_nanos(reply.number(i));
+            match reply.status() {
+                "ok" => {
+                    self.touch(key.account_id);
+                    if self.flights.hold(id, flight(true)) {
+                        if let Err(e) = self.reregister().await {
+                            tracing::warn!(error = %e, "registering a reservation in the new epoch failed; the next tick retries");
+                        }
+                    }
+                    return Ok(Reservation {
+                        id: id.to_string(),
+                        account: key.account_id,
+                        key: key.id,
+                        amount,
+                    });
+                }
+                "key" => {
+                    return Err(ReserveError::Quota(QuotaError::KeyLimit {
+                        limit: number(2),
+                        remaining: number(3).max(Credits::ZERO),
+                        needed: amount,
+                    }))
+                }
+                "balance" => {
+                    return Err(ReserveError::Quota(QuotaError::Balance {
+                        remaining: number(2).max(Credits::ZERO),
+                        needed: amount,
+                    }))
+                }
+                "epoch" => self.adopt(reply.text(2)).await.map_err(unavailable)?,
+                "load" => match self.sync(key.account_id, Some(key.id), Mode::Load).await? {
+                    Synced::Done | Synced::Skipped => {}
+                    Synced::Busy | Synced::Lost => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                    Synced::Wait(wait) => {
+                        tokio::time::sleep(wait.min(Duration::from_millis(250))).await
+                    }
+                },
+                other => return Err(unavailable(ClusterError::Answer(other.to_string()))),
+            }
+            if Instant::now() > deadline {
+                return Err(ReserveError::Unavailable(
+                    "the shared budget is being rebuilt; retry shortly".into(),
+                ));
+            }
+        }
+    }
+
+    /// Replaces a reservation by the actual cost. Call it after the cost is committed to
+    /// the ledger (see docs/cluster.md). If Redis does not answer, the settle stays with
+    /// this replica (its reservation still held and renewed) and is retried by `tick`.
+    pub async fn settle(&self, reservation: Reservation, cost: Credits) {
+        if self
+            .flights
+            .settling(&reservation.id, cost.nanos())
+            .is_none()
+        {
+            // Not held here (cannot happen): settle in the current epoch all the same.
+            let (epoch, _) = self.flights.epoch();
+            self.flights.hold(
+                &reservation.id,
+                Flight {
+                    account: reservation.account,
+                    key: reservation.key,
+                    amount: reservation.amount.nanos(),
+                    epoch,
+                    held: true,
+                    settle: Some(Retry::new(cost.nanos())),
+                },
+            );
+        }
+        for _ in 0..2 {
+            match self.settle_once(&reservation, cost).await {
+                Ok(SettleOutcome::Counted | SettleOutcome::AlreadyCounted) => return,
+                Ok(SettleOutcome::NewEpoch(epoch)) => {
+                    if let Err(e) = self.adopt(&epoch).await {
+                        tracing::warn!(error = %e, "moving to a new epoch failed; the settle is retried");
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, id = %reservation.id, "settling a shared reservation failed; it is retried");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs the settle script once for `reservation` at `cost`, in the epoch its
+    /// reservation is held in. Running it again counts nothing more.
+    pub async fn settle_once(
+        &self,
+        reservation: &Reservation,
+        cost: Credits,
+    ) -> Result<SettleOutcome, ClusterError> {
+        let flight = self.flights.get(&reservation.id);
+        let epoch = match &flight {
+            Some(f) => f.epoch.clone(),
+            None => self.flights.epoch().0,
+        };
+        self.settle_in(
+            &reservation.id,
+            reservation.account,
+            reservation.key,
+            cost.nanos(),
+            &epoch,
+        )
+        .await
+    }
+
+    pub(super) async fn settle_in(
+        &self,
+        id: &str,
+        account: AccountId,
+        key: KeyId,
+        cost: i64,
+        epoch: &Arc<str>,
+    ) -> Result<SettleOutcome, ClusterError> {
+        let names = Names::new(epoch);
+        let seen = {
+            let (current, seen) = self.flights.epoch();
+            if current == *epoch {
+                seen
+            } else {
+                0
+            }
+        };
+        let mut call = self.scripts.settle.prepare_invoke();
+        call.key(names.counter())
+            .key(names.account(account))
+            .key(names.key(key))
+            .key(names.leases(account))
+            .key(names.data(account))
+            .key(names.markers(account))
+            .key(names.sync_flag(account))
+            .key(names.sync_log(account))
+            .arg(&**epoch)
+            .arg(seen)
+            .arg(id)
+            .arg(cost);
+        let reply = self.call(call, epoch).await?;
+        let outcome = match reply.status() {
+            "ok" => SettleOutcome::Counted,
+            "dup" => SettleOutcome::AlreadyCounted,
+            "epoch" => return Ok(SettleOutcome::NewEpoch(reply.text(2).to_string())),
+            other => return Err(ClusterError::Answer(other.to_string())),
+        };
+        self.flights.done(id);
+        Ok(outcome)
+    }
+
+    /// (reservations held here, settles waiting for Redis), for diagnostics.
+    pub fn in_flight(&self) -> (usize, usize) {
+        self.flights.counts()
+    }
+
+    /// Notes an account used here, so that it gets checked against the ledger.
+    pub(super) fn touch(&self, account: AccountId) {
+        let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        touched
+            .entry(account)
+            .or_insert_with(|| Instant::now() + self.check_every);
+    }
+
+    /// Follows a key's new limit (also before the key is loaded: a load keeps it).
+    pub async fn key_changed(&self, key: &KeyRecord) -> Result<(), ClusterError> {
+        let limit = key
+            .credit_limit
+            .map_or_else(|| "none".to_string(), |l| l.nanos().to_string());
+        let (epoch, _) = self.flights.epoch();
+        if epoch.is_empty() {
+            // No epoch known yet: the first load reads the limit from the database.
+            return Ok(());
+        }
+        let mut conn = self.cluster.conn.clone();
+        timed(
+            redis::cmd("HSET")
+                .arg(Names::new(&epoch).key(key.id))
+                .arg("limit")
+                .arg(limit)
+                .query_async::<i64>(&mut conn),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets a deleted key's budget.
+    pub async fn key_deleted(&self, id: KeyId) -> Result<(), ClusterError> {
+        let (epoch, _) = self.flights.epoch();
+        let mut conn = self.cluster.conn.clone();
+        timed(
+            redis::cmd("DEL")
+                .arg(Names::new(&epoch).key(id))
+                .query_async::<i64>(&mut conn),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Copies the credit grants of the accounts used here from the database.
+    pub async fn refresh_grants(&self) -> Result<(), ReserveError> {
+        let touched: Vec<AccountId> = {
+            let touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+            touched.keys().copied().collect()
+        };
+        if touched.is_empty() {
+            return Ok(());
+        }
+        let (epoch, _) = self.flights.epoch();
+        let names = Names::new(&epoch);
+        for account in self.store.list_accounts().await? {
+            if touched.contains(&account.id) {
+                let mut conn = self.cluster.conn.clone();
+                timed(
+                    self.scripts
+                        .set_if_loaded
+                        .key(names.account(account.id))
+                        .arg("granted")
+                        .arg(account.granted.nanos())
+                        .arg("granted")
+                        .invoke_async::<i64>(&mut conn),
+                )
+                .await
+                .map_err(unavailable)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,113 @@
+//! One consistent view of the PostgreSQL ledger for loading and checking a shared
+//! budget: a read-only REPEATABLE READ transaction, so the totals and the question
+//! "which of these requests are charged?" (asked later, after a Redis read) are
+//! answered from the same snapshot.
+
+use std::collections::HashMap;
+
+use sqlx::{Postgres, Row, Transaction};
+
+use super::ClusterError;
+use crate::store::{AccountId, KeyId};
+
+/// A key's totals in the snapshot.
+#[derive(Debug)]
+pub(super) struct KeyTotals {
+    pub id: KeyId,
+    pub usage: i64,
+    pub limit: Option<i64>,
+}
+
+/// An account's totals in the snapshot.
+#[derive(Debug)]
+pub(super) struct Totals {
+    pub granted: i64,
+    pub charged: i64,
+    pub keys: Vec<KeyTotals>,
+}
+
+fn ledger_error(e: sqlx::Error) -> ClusterError {
+    ClusterError::Ledger(e.to_string())
+}
+
+/// An open snapshot of the ledger.
+pub(super) struct Snapshot {
+    tx: Transaction<'static, Postgres>,
+}
+
+impl Snapshot {
+    /// Opens a snapshot and reads the account's totals and its keys' (one key, or every
+    /// live inference key): the snapshot is taken by this first read.
+    pub async fn open(
+        pool: &sqlx::PgPool,
+        account: AccountId,
+        key: Option<KeyId>,
+    ) -> Result<(Snapshot, Option<Totals>), ClusterError> {
+        let mut tx = pool.begin().await.map_err(ledger_error)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(ledger_error)?;
+        let row = sqlx::query(
+            "SELECT a.charged, COALESCE((SELECT SUM(g.amount) FROM credit_grants g \
+             WHERE g.account_id = a.id), 0)::BIGINT FROM accounts a WHERE a.id = $1",
+        )
+        .bind(account.0)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(ledger_error)?;
+        let Some(row) = row else {
+            return Ok((Snapshot { tx }, None));
+        };
+        let charged: i64 = row.try_get(0).map_err(ledger_error)?;
+        let granted: i64 = row.try_get(1).map_err(ledger_error)?;
+        let rows = sqlx::query(
+            "SELECT id, usage, credit_limit FROM api_keys WHERE account_id = $1 \
+             AND kind = 'inference' AND deleted_at IS NULL AND ($2::BIGINT IS NULL OR id = $2) \
+             ORDER BY id",
+        )
+        .bind(account.0)
+        .bind(key.map(|k| k.0))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(ledger_error)?;
+        let mut keys = Vec::with_capacity(rows.len());
+        for row in rows {
+            keys.push(KeyTotals {
+                id: KeyId(row.try_get(0).map_err(ledger_error)?),
+                usage: row.try_get(1).map_err(ledger_error)?,
+                limit: row.try_get(2).map_err(ledger_error)?,
+            });
+        }
+        Ok((
+            Snapshot { tx },
+            Some(Totals {
+                granted,
+                charged,
+                keys,
+            }),
+        ))
+    }
+
+    /// Which of `ids` the snapshot holds, with their cost; ends the snapshot.
+    pub async fn charged(mut self, ids: &[String]) -> Result<HashMap<String, i64>, ClusterError> {
+        let mut found = HashMap::new();
+        if !ids.is_empty() {
+            let rows = sqlx::query(
+                "SELECT request_id, cost FROM usage_records WHERE request_id = ANY($1)",
+            )
+            .bind(ids)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(ledger_error)?;
+            for row in rows {
+                found.insert(
+                    row.try_get::<String, _>(0).map_err(ledger_error)?,
+                    row.try_get::<i64, _>(1).map_err(ledger_error)?,
+                );
+            }
+        }
+        self.tx.commit().await.map_err(ledger_error)?;
+        Ok(found)
+    }
+}

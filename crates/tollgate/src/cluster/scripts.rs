@@ -1,0 +1,316 @@
+//! The Lua scripts of the shared budgets: each shared change is one of them, so it is
+//! atomic. docs/cluster.md explains the layout and why it stays right through faults.
+//!
+//! Layout (per epoch `E`, see `names.rs`): `tg2:epoch` (the current epoch),
+//! `tg2:E:seq` (its write counter), `tg2:E:grace` (present during its grace window),
+//! `tg2:E:a:<account>` (granted, charged, reserved, synced_at; `granted` present =
+//! loaded), `tg2:E:k:<key>` (usage, limit, reserved; `loaded`), `tg2:E:r:<account>`
+//! (leases), `tg2:E:rd:<account>` (reservation data and markers), `tg2:E:m:<account>`
+//! (marker expiries), `tg2:E:sa:<account>` (the running sync's id, expiring with its
+//! window) and `tg2:E:sl:<account>` (settles logged during that sync).
+//!
+//! Reservation data is `<state> <key> <amount>`: `l` live, `L` live and re-registered
+//! after a data loss, `x`/`X` their lease ran out (amount given back; a late settle still
+//! charges), `t` settled after being re-registered (a tombstone, so a replayed
+//! registration cannot hold it again). A settle deletes an `l`/`x` entry, so a settle that
+//! runs again finds nothing and counts nothing.
+
+/// The start of every budget script. KEYS[1] is the write counter of the epoch the caller
+/// knows (`tg2:<epoch>:seq`), ARGV[1] that epoch and ARGV[2] the highest counter the
+/// caller saw in it. One INCR is the whole check on the hot path: a legitimate counter
+/// starts at 1,000,000 and only grows, so an answer of 1 means it was missing (Redis lost
+/// its data, or the caller knows no epoch yet) and an answer not above what the caller saw
+/// means Redis went back in time (or the epoch was retired). Then, if the marker
+/// `tg2:epoch` names another epoch, the caller is told it; otherwise a new epoch starts,
+/// with a grace window (`tg2:<epoch>:grace`), and the caller is told. Nothing else runs.
+/// Defines `seq`, `clock`, `int` and `parse`.
+macro_rules! prologue {
+    () => {
+        r#"
+local function int(x) return string.format('%.0f', x) end
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function parse(d)
+  local sp = string.find(d, ' ', 3, true)
+  return string.sub(d, 1, 1), string.sub(d, 3, sp - 1), tonumber(string.sub(d, sp + 1))
+end
+local seq = redis.call('INCR', KEYS[1])
+if seq == 1 or seq <= tonumber(ARGV[2]) then
+  if seq == 1 then redis.call('DEL', KEYS[1]) end
+  local cur = redis.call('GET', 'tg2:epoch')
+  if cur and cur ~= ARGV[1] then
+    return {'epoch', '0', cur, tostring(math.max(0, redis.call('PTTL', 'tg2:' .. cur .. ':grace')))}
+  end
+  if seq ~= 1 then redis.call('SET', KEYS[1], '-1000000000000000') end
+  local t = redis.call('TIME')
+  local id = t[1] .. string.format('%06d', tonumber(t[2]))
+  redis.call('SET', 'tg2:epoch', id)
+  redis.call('SET', 'tg2:' .. id .. ':seq', 1000000)
+  redis.call('SET', 'tg2:' .. id .. ':grace', 1, 'PX', GRACE_MS)
+  return {'epoch', '0', id, 'GRACE_MS'}
+end
+seq = tostring(seq)
+"#
+    };
+}
+
+/// KEYS: counter, account, key, leases, data, markers. ARGV: epoch, seen, lease_ms, id,
+/// amount, key id, key-hash prefix. (No grace check: during an epoch's grace window no
+/// budget is loaded yet, and an unloaded one answers `load`.)
+pub const RESERVE: &str = concat!(
+    prologue!(),
+    r#"
+local now = clock()
+-- Leases that ran out give their amount back; a marker remembers them for a late settle.
+local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 256)
+for _, id in ipairs(expired) do
+  local d = redis.call('HGET', KEYS[5], id)
+  if d then
+    local s, kid, amt = parse(d)
+    if s == 'l' or s == 'L' then
+      redis.call('HINCRBY', KEYS[2], 'reserved', int(-amt))
+      if redis.call('EXISTS', ARGV[7] .. kid) == 1 then
+        redis.call('HINCRBY', ARGV[7] .. kid, 'reserved', int(-amt))
+      end
+      redis.call('HSET', KEYS[5], id, (s == 'L' and 'X' or 'x') .. string.sub(d, 2))
+      redis.call('ZADD', KEYS[6], int(now + MARKER_TTL_MS), id)
+    end
+  end
+  redis.call('ZREM', KEYS[4], id)
+end
+local a = redis.call('HMGET', KEYS[2], 'granted', 'charged', 'reserved')
+local k = redis.call('HMGET', KEYS[3], 'usage', 'limit', 'reserved', 'loaded')
+if not a[1] or not k[4] then return {'load', seq} end
+local amount = tonumber(ARGV[5])
+local available = tonumber(a[1]) - tonumber(a[2] or 0) - tonumber(a[3] or 0)
+if k[2] ~= 'none' then
+  local remaining = tonumber(k[2]) - tonumber(k[1] or 0) - tonumber(k[3] or 0)
+  if amount > remaining then return {'key', seq, k[2], int(remaining)} end
+end
+if amount > available then return {'balance', seq, int(available)} end
+redis.call('HINCRBY', KEYS[2], 'reserved', ARGV[5])
+redis.call('HINCRBY', KEYS[3], 'reserved', ARGV[5])
+redis.call('ZADD', KEYS[4], int(now + tonumber(ARGV[3])), ARGV[4])
+redis.call('HSET', KEYS[5], ARGV[4], 'l ' .. ARGV[6] .. ' ' .. ARGV[5])
+return {'ok', seq}
+"#
+);
+
+/// KEYS: counter, account, key, leases, data, markers, sync flag, sync log. ARGV: epoch,
+/// seen, id, cost. Counts the cost once: a settle that finds no reservation (it ran
+/// before) is a no-op answered `dup`.
+pub const SETTLE: &str = concat!(
+    prologue!(),
+    r#"
+local d = redis.call('HGET', KEYS[5], ARGV[3])
+if not d or string.sub(d, 1, 1) == 't' then return {'dup', seq} end
+local s, kid, amt = parse(d)
+local has_key = redis.call('EXISTS', KEYS[3]) == 1
+if s == 'l' or s == 'L' then
+  redis.call('HINCRBY', KEYS[2], 'reserved', int(-amt))
+  if has_key then redis.call('HINCRBY', KEYS[3], 'reserved', int(-amt)) end
+  redis.call('ZREM', KEYS[4], ARGV[3])
+else
+  redis.call('ZREM', KEYS[6], ARGV[3])
+end
+if s == 'L' or s == 'X' then
+  redis.call('HSET', KEYS[5], ARGV[3], 't ' .. kid .. ' 0')
+  redis.call('ZADD', KEYS[6], int(clock() + MARKER_TTL_MS), ARGV[3])
+else
+  redis.call('HDEL', KEYS[5], ARGV[3])
+end
+redis.call('HINCRBY', KEYS[2], 'charged', ARGV[4])
+if has_key then redis.call('HINCRBY', KEYS[3], 'usage', ARGV[4]) end
+if redis.call('EXISTS', KEYS[7]) == 1 then
+  redis.call('HSET', KEYS[8], ARGV[3], kid .. ' ' .. ARGV[4])
+end
+return {'ok', seq}
+"#
+);
+
+/// KEYS: counter. ARGV: epoch, seen, lease_ms, epoch prefix, then (account, id) pairs.
+/// Extends the leases still held (never shortens one); answers how many were not held.
+/// With no pairs it is the heartbeat that notices a new epoch.
+pub const RENEW: &str = concat!(
+    prologue!(),
+    r#"
+local expiry = int(clock() + tonumber(ARGV[3]))
+local lost = 0
+for i = 5, #ARGV, 2 do
+  local z = ARGV[4] .. 'r:' .. ARGV[i]
+  if redis.call('ZSCORE', z, ARGV[i + 1]) then
+    redis.call('ZADD', z, 'XX', 'GT', expiry, ARGV[i + 1])
+  else
+    lost = lost + 1
+  end
+end
+return {'ok', seq, tostring(lost)}
+"#
+);
+
+/// KEYS: counter. ARGV: epoch, seen, lease_ms, epoch prefix, then (account, id, key,
+/// amount) quads: reservations a replica still holds, registered again in a new epoch.
+/// One already known (live, marker or tombstone) is left alone, so running it twice
+/// holds nothing twice. Cancels a running sync of the account (it could not see them).
+pub const REGISTER: &str = concat!(
+    prologue!(),
+    r#"
+local expiry = int(clock() + tonumber(ARGV[3]))
+local p = ARGV[4]
+local added = 0
+for i = 5, #ARGV, 4 do
+  local acct, id, kid, amt = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  if redis.call('HEXISTS', p .. 'rd:' .. acct, id) == 0 then
+    redis.call('HSET', p .. 'rd:' .. acct, id, 'L ' .. kid .. ' ' .. amt)
+    redis.call('ZADD', p .. 'r:' .. acct, expiry, id)
+    redis.call('HINCRBY', p .. 'a:' .. acct, 'reserved', amt)
+    redis.call('HINCRBY', p .. 'k:' .. kid, 'reserved', amt)
+    redis.call('DEL', p .. 'sa:' .. acct)
+    added = added + 1
+  end
+end
+return {'ok', seq, tostring(added)}
+"#
+);
+
+/// KEYS: counter, account, sync flag, sync log. ARGV: epoch, seen, sync id, mode (`load`
+/// or `check`), check interval ms, sync window ms. Takes the account's sync lock (the
+/// flag, which also tells settles to log themselves) and starts an empty log.
+pub const SYNC_BEGIN: &str = concat!(
+    prologue!(),
+    r#"
+local grace = redis.call('PTTL', 'tg2:' .. ARGV[1] .. ':grace')
+if grace > 0 then return {'wait', seq, tostring(grace)} end
+local now = clock()
+local s = redis.call('HMGET', KEYS[2], 'synced_at', 'granted')
+if ARGV[4] == 'check' and (not s[2] or (s[1] and tonumber(s[1]) + tonumber(ARGV[5]) > now)) then
+  return {'skip', seq}
+end
+if not redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[6]) then return {'busy', seq} end
+redis.call('DEL', KEYS[4])
+return {'ok', seq}
+"#
+);
+
+/// KEYS: counter, sync flag, data, sync log. ARGV: epoch, seen, sync id. Answers the
+/// ids whose place in the ledger the sync must know: reservations, markers, logged settles.
+pub const SYNC_READ: &str = concat!(
+    prologue!(),
+    r#"
+if redis.call('GET', KEYS[2]) ~= ARGV[3] then return {'lost', seq} end
+local r = {'ok', seq}
+for _, id in ipairs(redis.call('HKEYS', KEYS[3])) do r[#r + 1] = id end
+for _, id in ipairs(redis.call('HKEYS', KEYS[4])) do r[#r + 1] = id end
+return r
+"#
+);
+
+/// KEYS: counter, account, data, markers, sync log, sync flag. ARGV: epoch, seen, sync
+/// id, key-hash prefix, granted, ledger charged, n, then n (key, ledger usage, limit, load 0/1)
+/// quads, then (request id, cost) pairs of the ids the ledger snapshot holds.
+/// Sets charged and usage to what they must be and reserved to the live reservations;
+/// answers `ok`, seq, whether the account was loaded, its drift, its reserved drift,
+/// then (key, loaded, drift, reserved drift) per key.
+pub const SYNC_APPLY: &str = concat!(
+    prologue!(),
+    r#"
+if redis.call('GET', KEYS[6]) ~= ARGV[3] then return {'lost', seq} end
+local keys, order = {}, {}
+local n = tonumber(ARGV[7])
+for i = 0, n - 1 do
+  local b = 8 + i * 4
+  keys[ARGV[b]] = {usage = tonumber(ARGV[b + 1]), limit = ARGV[b + 2], load = ARGV[b + 3] == '1', live = 0}
+  order[#order + 1] = ARGV[b]
+end
+local committed = {}
+for i = 8 + n * 4, #ARGV, 2 do committed[ARGV[i]] = tonumber(ARGV[i + 1]) end
+-- Markers past their time go (here, not on the hot path: there are few of them).
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', clock(), 'LIMIT', 0, 1000)) do
+  redis.call('HDEL', KEYS[3], id)
+  redis.call('ZREM', KEYS[4], id)
+end
+local expected = tonumber(ARGV[6])
+-- Settled since the check began but committed after the snapshot: the snapshot lacks them.
+local logged = redis.call('HGETALL', KEYS[5])
+for i = 1, #logged, 2 do
+  if not committed[logged[i]] then
+    local v = logged[i + 1]
+    local sp = string.find(v, ' ', 1, true)
+    local kid, cost = string.sub(v, 1, sp - 1), tonumber(string.sub(v, sp + 1))
+    expected = expected + cost
+    if keys[kid] then keys[kid].usage = keys[kid].usage + cost end
+  end
+end
+local live = 0
+local data = redis.call('HGETALL', KEYS[3])
+for i = 1, #data, 2 do
+  local id, d = data[i], data[i + 1]
+  local st, kid, amt = parse(d)
+  local c = committed[id]
+  if st == 'l' or st == 'L' then
+    live = live + amt
+    if keys[kid] then keys[kid].live = keys[kid].live + amt end
+    -- In the ledger already, its settle still to come: that settle will count it.
+    if c then
+      expected = expected - c
+      if keys[kid] then keys[kid].usage = keys[kid].usage - c end
+    end
+  elseif c and st == 'x' then
+    -- Its lease ran out after its charge reached the ledger: the ledger counts it,
+    -- so a late settle must find nothing.
+    redis.call('HDEL', KEYS[3], id)
+    redis.call('ZREM', KEYS[4], id)
+  elseif c and st == 'X' then
+    redis.call('HSET', KEYS[3], id, 't ' .. kid .. ' 0')
+  end
+end
+local a = redis.call('HMGET', KEYS[2], 'charged', 'reserved', 'granted')
+local drift = expected - tonumber(a[1] or 0)
+local rdrift = live - tonumber(a[2] or 0)
+redis.call('HINCRBY', KEYS[2], 'charged', int(drift))
+redis.call('HSET', KEYS[2], 'reserved', int(live), 'granted', ARGV[5], 'synced_at', int(clock()))
+redis.call('DEL', KEYS[5], KEYS[6])
+local out = {'ok', seq, a[3] and '1' or '0', int(drift), int(rdrift)}
+for _, kid in ipairs(order) do
+  local k = keys[kid]
+  local h = ARGV[4] .. kid
+  local cur = redis.call('HMGET', h, 'usage', 'reserved', 'loaded')
+  if cur[3] or k.load then
+    local d = k.usage - tonumber(cur[1] or 0)
+    redis.call('HINCRBY', h, 'usage', int(d))
+    redis.call('HSET', h, 'reserved', int(k.live), 'loaded', '1')
+    redis.call('HSETNX', h, 'limit', k.limit)
+    out[#out + 1] = kid
+    out[#out + 1] = cur[3] and '1' or '0'
+    out[#out + 1] = int(d)
+    out[#out + 1] = int(k.live - tonumber(cur[2] or 0))
+  end
+end
+return out
+"#
+);
+
+/// KEYS: counter, sync flag, sync log. ARGV: epoch, seen, sync id. Ends a sync that
+/// failed (its flag would otherwise expire with its window).
+pub const SYNC_END: &str = concat!(
+    prologue!(),
+    r#"
+if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2], KEYS[3]) end
+return {'ok', seq}
+"#
+);
+
+/// KEYS: a hash. ARGV: field, value, the field whose presence means "loaded".
+pub const SET_IF_LOADED: &str = r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 1
+"#;
+
+/// A script's text with its constants filled in.
+pub fn with_constants(script: &str, grace_ms: u64, marker_ttl_ms: u64) -> String {
+    script
+        .replace("GRACE_MS", &grace_ms.to_string())
+        .replace("MARKER_TTL_MS", &marker_ttl_ms.to_string())
+}

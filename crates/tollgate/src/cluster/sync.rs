@@ -1,0 +1,258 @@
+//! Loading a shared budget from the ledger, and checking (and repairing) a loaded one
+//! against it: the same exact computation, made while requests keep settling.
+//!
+//! A sync (1) starts logging the account's settles in Redis, (2) opens a ledger snapshot
+//! and reads the totals, (3) reads from Redis the ids of the account's reservations,
+//! markers and logged settles, (4) asks the snapshot which of them are charged, and (5)
+//! sets, in one script, charged = ledger + logged settles the snapshot lacks − live
+//! reservations the snapshot already charges (their settle will count them), and
+//! reserved = the live reservations. Charges reach the ledger before Redis (the gateway
+//! commits, then settles), which is why a settle before (1) is always in the snapshot.
+//! docs/cluster.md has the full argument.
+
+use std::time::{Duration, Instant};
+
+use super::budgets::{Reply, SharedBudgets};
+use super::ledger::Snapshot;
+use super::names::Names;
+use super::ClusterError;
+use crate::billing::meter::ReserveError;
+use crate::store::{AccountId, KeyId};
+
+/// How long a sync may take (its settle log lasts this long).
+const WINDOW: Duration = Duration::from_secs(5);
+
+/// Why a sync runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// A reservation found the account or the key not loaded.
+    Load,
+    /// The periodic check of a loaded account.
+    Check,
+}
+
+/// How a sync ended.
+#[derive(Debug)]
+pub(super) enum Synced {
+    Done,
+    /// Another replica is syncing the account.
+    Busy,
+    /// Nothing to do (a check not due, or of an account not loaded).
+    Skipped,
+    /// The epoch's grace window runs for this long.
+    Wait(Duration),
+    /// The sync was overtaken (its window passed, or a registration cancelled it).
+    Lost,
+}
+
+impl SharedBudgets {
+    /// Loads or checks the account's budget (and `key`'s, or every loaded key's).
+    pub(super) async fn sync(
+        &self,
+        account: AccountId,
+        key: Option<KeyId>,
+        mode: Mode,
+    ) -> Result<Synced, ReserveError> {
+        let (epoch, seen) = self.flights.epoch();
+        let names = Names::new(&epoch);
+        let sync_id = format!("{}", uuid::Uuid::new_v4().simple());
+        let mut begin = self.scripts.sync_begin.prepare_invoke();
+        begin
+            .key(names.counter())
+            .key(names.account(account))
+            .key(names.sync_flag(account))
+            .key(names.sync_log(account))
+            .arg(&*epoch)
+            .arg(seen)
+            .arg(&sync_id)
+            .arg(if mode == Mode::Load { "load" } else { "check" })
+            .arg(self.check_every.as_millis() as u64)
+            .arg(WINDOW.as_millis() as u64);
+        let reply = self.call(begin, &epoch).await.map_err(unavailable)?;
+        match reply.status() {
+            "ok" => {}
+            "busy" => return Ok(Synced::Busy),
+            "skip" => return Ok(Synced::Skipped),
+            "wait" => {
+                return Ok(Synced::Wait(Duration::from_millis(
+                    reply.number(2).max(1) as u64
+                )))
+            }
+            "epoch" => {
+                self.adopt(reply.text(2)).await.map_err(unavailable)?;
+                return Ok(Synced::Lost);
+            }
+            other => return Err(unavailable(ClusterError::Answer(other.to_string()))),
+        }
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(
+            WINDOW,
+            self.sync_started(account, key, mode, (&epoch, seen), &sync_id),
+        )
+        .await;
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(_) => Err(ClusterError::Ledger("the sync took too long".into())),
+        };
+        if !matches!(outcome, Ok(Synced::Done)) {
+            self.end_sync(account, (&epoch, seen), &sync_id).await;
+        }
+        if let Ok(Synced::Done) = outcome {
+            tracing::debug!(
+                account = account.0,
+                ms = started.elapsed().as_millis() as u64,
+                ?mode,
+                "shared budget synced with the ledger"
+            );
+            self.touch(account);
+        }
+        outcome.map_err(unavailable)
+    }
+
+    async fn sync_started(
+        &self,
+        account: AccountId,
+        key: Option<KeyId>,
+        mode: Mode,
+        (epoch, seen): (&str, u64),
+        sync_id: &str,
+    ) -> Result<Synced, ClusterError> {
+        let (snapshot, totals) = Snapshot::open(&self.cluster.ledger, account, key).await?;
+        let Some(totals) = totals else {
+            return Err(ClusterError::Ledger(format!(
+                "account {} is not in the ledger",
+                account.0
+            )));
+        };
+        if mode == Mode::Load && key.is_some() && totals.keys.is_empty() {
+            return Err(ClusterError::Ledger("the key is not in the ledger".into()));
+        }
+        let names = Names::new(epoch);
+        let mut read = self.scripts.sync_read.prepare_invoke();
+        read.key(names.counter())
+            .key(names.sync_flag(account))
+            .key(names.data(account))
+            .key(names.sync_log(account))
+            .arg(epoch)
+            .arg(seen)
+            .arg(sync_id);
+        let reply = self.call(read, epoch).await?;
+        if reply.status() != "ok" {
+            return Ok(Synced::Lost);
+        }
+        let ids: Vec<String> = reply.0[2..].to_vec();
+        let charged = snapshot.charged(&ids).await?;
+
+        let mut apply = self.scripts.sync_apply.prepare_invoke();
+        apply
+            .key(names.counter())
+            .key(names.account(account))
+            .key(names.data(account))
+            .key(names.markers(account))
+            .key(names.sync_log(account))
+            .key(names.sync_flag(account))
+            .arg(epoch)
+            .arg(seen)
+            .arg(sync_id)
+            .arg(names.key_prefix())
+            .arg(totals.granted)
+            .arg(totals.charged)
+            .arg(totals.keys.len());
+        for k in &totals.keys {
+            let limit = k
+                .limit
+                .map_or_else(|| "none".to_string(), |l| l.to_string());
+            let load = mode == Mode::Load && Some(k.id) == key;
+            apply
+                .arg(k.id.0)
+                .arg(k.usage)
+                .arg(limit)
+                .arg(if load { 1 } else { 0 });
+        }
+        for (id, cost) in &charged {
+            apply.arg(id).arg(*cost);
+        }
+        let reply = self.call(apply, epoch).await?;
+        if reply.status() != "ok" {
+            return Ok(Synced::Lost);
+        }
+        report(account, mode, &reply);
+        Ok(Synced::Done)
+    }
+
+    async fn end_sync(&self, account: AccountId, (epoch, seen): (&str, u64), sync_id: &str) {
+        let names = Names::new(epoch);
+        let mut end = self.scripts.sync_end.prepare_invoke();
+        end.key(names.counter())
+            .key(names.sync_flag(account))
+            .key(names.sync_log(account))
+            .arg(epoch)
+            .arg(seen)
+            .arg(sync_id);
+        if let Err(e) = self.call(end, epoch).await {
+            tracing::debug!(error = %e, "ending a failed sync; its window will");
+        }
+    }
+
+    /// Checks every account used here whose check is due against the ledger (each
+    /// account at most once per interval across all replicas) and repairs drift.
+    pub async fn check_due(&self) {
+        let now = Instant::now();
+        let due: Vec<AccountId> = {
+            let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+            let due: Vec<AccountId> = touched
+                .iter()
+                .filter(|(_, next)| **next <= now)
+                .map(|(a, _)| *a)
+                .collect();
+            for account in &due {
+                touched.insert(*account, now + self.check_every);
+            }
+            due
+        };
+        for account in due {
+            if let Err(e) = self.sync(account, None, Mode::Check).await {
+                tracing::warn!(account = account.0, error = %e, "checking a shared budget against the ledger failed");
+            }
+        }
+    }
+}
+
+fn unavailable(e: ClusterError) -> ReserveError {
+    ReserveError::Unavailable(e.to_string())
+}
+
+/// Logs what a sync had to repair: any difference on a loaded budget is a fault.
+fn report(account: AccountId, mode: Mode, reply: &Reply) {
+    let loaded = reply.text(2) == "1";
+    let (drift, reserved) = (reply.number(3), reply.number(4));
+    if loaded && (drift != 0 || reserved != 0) {
+        tracing::error!(
+            account = account.0,
+            drift_nanos = drift,
+            reserved_drift_nanos = reserved,
+            ?mode,
+            "SHARED BUDGET DRIFT: the account's budget in redis disagreed with the ledger; repaired"
+        );
+    }
+    let mut i = 5;
+    while i + 3 < reply.0.len() {
+        let (key, key_loaded, drift, reserved) = (
+            reply.text(i),
+            reply.text(i + 1) == "1",
+            reply.number(i + 2),
+            reply.number(i + 3),
+        );
+        if key_loaded && (drift != 0 || reserved != 0) {
+            tracing::error!(
+                account = account.0,
+                key,
+                drift_nanos = drift,
+                reserved_drift_nanos = reserved,
+                ?mode,
+                "SHARED BUDGET DRIFT: a key's budget in redis disagreed with the ledger; repaired"
+            );
+        }
+        i += 4;
+    }
+}
