@@ -34,7 +34,8 @@ TOOLS = [
         },
     }
 ]
-TOOL_ARGS = {"location": "Paris", "unit": "celsius"}
+# The fake fills the required properties, as a model does.
+TOOL_ARGS = {"location": "Paris"}
 TOOL_ARGS_TOKENS = tool_arg_tokens(json.dumps(TOOL_ARGS, separators=(",", ":")))
 TOOL_QUESTION = "What is the weather in Paris right now? [[fake:tool]]"
 TOOL_RESULT_TEXT = "Sunny, 21 °C"
@@ -241,13 +242,13 @@ def test_bad_key_is_authentication_error(gateway):
     assert "tg-this-is-not-a-key" not in json.dumps(e.value.body)
 
 
-def test_unknown_model_is_bad_request(client):
-    with pytest.raises(anthropic.BadRequestError) as e:
+def test_unknown_model_is_not_found(client):
+    with pytest.raises(anthropic.NotFoundError) as e:
         client.messages.create(model="no-such-model", max_tokens=64,
                                messages=[{"role": "user", "content": "Hi"}])
-    assert e.value.status_code == 400
+    assert e.value.status_code == 404
     assert e.value.body["type"] == "error"
-    assert e.value.body["error"]["type"] == "invalid_request_error"
+    assert e.value.body["error"]["type"] == "not_found_error"
     assert "no-such-model" in e.value.body["error"]["message"]
 
 

@@ -185,7 +185,22 @@ pub(crate) fn word_chunk(i: u64) -> String {
     }
 }
 
-/// Deterministic arguments for a tool, from its JSON schema.
+/// The tool named `wanted` among `specs`, else the first.
+pub(crate) fn pick_tool<'a>(
+    specs: impl Iterator<Item = ToolSpec<'a>>,
+    wanted: Option<&str>,
+) -> Option<ToolSpec<'a>> {
+    let specs: Vec<ToolSpec<'a>> = specs.collect();
+    let named = wanted.and_then(|w| specs.iter().position(|s| s.name == w));
+    specs.into_iter().nth(named.unwrap_or(0))
+}
+
+/// The command a tool that runs commands is given: harmless, and its output recognisable
+/// in the tool result that comes back.
+pub(crate) const EXAMPLE_COMMAND: &str = "echo tollgate-tool-round-trip";
+
+/// Deterministic arguments for a tool, from its JSON schema: its required properties
+/// (all of them when it names none), as a model fills them.
 pub(crate) fn tool_arguments(schema: Option<&Value>) -> String {
     let mut out = Map::new();
     match schema
@@ -196,18 +211,26 @@ pub(crate) fn tool_arguments(schema: Option<&Value>) -> String {
             out.insert("location".into(), Value::from("Paris"));
         }
         Some(props) => {
+            let required: Option<Vec<&str>> = schema
+                .and_then(|s| s.get("required"))
+                .and_then(Value::as_array)
+                .map(|r| r.iter().filter_map(Value::as_str).collect());
             // Sorted whether or not serde_json preserves insertion order.
-            let mut props: Vec<_> = props.iter().collect();
+            let mut props: Vec<_> = props
+                .iter()
+                .filter(|(name, _)| required.as_ref().is_none_or(|r| r.contains(&name.as_str())))
+                .collect();
             props.sort_by(|a, b| a.0.cmp(b.0));
             for (name, prop) in props {
-                out.insert(name.clone(), example_value(prop));
+                out.insert(name.clone(), example_value(name, prop));
             }
         }
     }
     serde_json::to_string(&Value::Object(out)).unwrap_or_else(|_| "{}".into())
 }
 
-fn example_value(prop: &Value) -> Value {
+fn example_value(name: &str, prop: &Value) -> Value {
+    let command = matches!(name, "cmd" | "command");
     if let Some(first) = prop
         .get("enum")
         .and_then(Value::as_array)
@@ -225,12 +248,16 @@ fn example_value(prop: &Value) -> Value {
         _ => "string",
     };
     match ty {
+        // An integral number is valid for both, and what models write for counts and
+        // limits (Codex reads `max_output_tokens` as an integer).
         "integer" => Value::from(3),
-        "number" => Value::from(21.5),
+        "number" => Value::from(21),
         "boolean" => Value::Bool(true),
+        "array" if command => Value::from(EXAMPLE_COMMAND.split(' ').collect::<Vec<_>>()),
         "array" => Value::Array(Vec::new()),
         "object" => Value::Object(Map::new()),
         "null" => Value::Null,
+        _ if command => Value::from(EXAMPLE_COMMAND),
         _ => Value::from("Paris"),
     }
 }
@@ -413,6 +440,22 @@ mod tests {
             r#"{"city":"Paris","days":3,"unit":"celsius"}"#
         );
         assert_eq!(tool_arguments(None), r#"{"location":"Paris"}"#);
+        // Codex's exec_command: only what is required, the command harmless, numbers
+        // integral.
+        let exec = serde_json::json!({"type": "object", "required": ["cmd"], "properties": {
+            "cmd": {"type": "string"}, "workdir": {"type": "string"},
+            "max_output_tokens": {"type": "number"}}});
+        assert_eq!(
+            tool_arguments(Some(&exec)),
+            r#"{"cmd":"echo tollgate-tool-round-trip"}"#
+        );
+        let all = serde_json::json!({"type": "object", "properties": {
+            "command": {"type": "array", "items": {"type": "string"}},
+            "timeout": {"type": "number"}}});
+        assert_eq!(
+            tool_arguments(Some(&all)),
+            r#"{"command":["echo","tollgate-tool-round-trip"],"timeout":21}"#
+        );
         assert_eq!(
             fragments(r#"{"location":"Paris"}"#),
             vec![r#"{"locati"#, r#"on":"Par"#, r#"is"}"#]

@@ -23,6 +23,8 @@ pub(crate) struct Directives {
     pub(crate) chunk_delay: Option<Duration>,
     pub(crate) words: Option<usize>,
     pub(crate) tool: bool,
+    /// `tool_name=NAME`: the tool called (else the first one offered).
+    pub(crate) tool_name: Option<String>,
     pub(crate) cached: u64,
     pub(crate) cache_write: u64,
     pub(crate) comments: bool,
@@ -129,6 +131,13 @@ impl Directives {
                 self.words = Some(n as usize);
             }
             "tool" => self.tool = flag(key, value)?,
+            "tool_name" => {
+                let name = value
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| "fake directive `tool_name` needs a tool name".to_string())?;
+                self.tool = true;
+                self.tool_name = Some(name.to_string());
+            }
             "cached" => self.cached = number(key, value)?,
             "cache_write" => self.cache_write = number(key, value)?,
             "comments" => self.comments = flag(key, value)?,

@@ -22,8 +22,8 @@ use crate::conn::ConnHandle;
 use crate::directives::Directives;
 use crate::error::{self, Flavor};
 use crate::{
-    audio, chat, control, embeddings, faults, images, messages, misc, responses, stream,
-    transcribe, Received, Shared,
+    audio, chat, completions, control, embeddings, faults, images, messages, misc, responses,
+    stream, transcribe, Received, Shared,
 };
 
 pub(crate) type AppState = State<Arc<Shared>>;
@@ -35,7 +35,9 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/chat/completions", post(chat::handle))
         .route("/v1/responses", post(responses::handle))
         .route("/v1/embeddings", post(embeddings::handle))
+        .route("/v1/completions", post(completions::handle))
         .route("/v1/images/generations", post(images::handle))
+        .route("/v1/images/edits", post(images::edits))
         .route("/v1/audio/speech", post(audio::speech))
         .route("/v1/audio/transcriptions", post(transcribe::transcriptions))
         .route("/v1/audio/translations", post(transcribe::translations))

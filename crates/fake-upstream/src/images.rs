@@ -1,4 +1,6 @@
-//! `POST /v1/images/generations`: a tiny valid PNG, with gpt-image-1 style usage.
+//! `POST /v1/images/generations` and `POST /v1/images/edits` (multipart: `image` files,
+//! an optional `mask`, a `prompt`): a tiny valid PNG per image, with gpt-image-1 style
+//! usage. An edit counts [`INPUT_IMAGE_TOKENS`] image tokens per input image and mask.
 
 use std::sync::Arc;
 
@@ -21,6 +23,88 @@ pub(crate) async fn handle(State(s): State<Arc<Shared>>, ctx: Ctx, body: Bytes) 
     match run(&s, &ctx, &body).await {
         Ok(r) | Err(r) => r,
     }
+}
+
+/// Image tokens the fake counts for each input image (and mask) of an edit.
+pub(crate) const INPUT_IMAGE_TOKENS: u64 = 194;
+
+/// `POST /v1/images/edits`.
+pub(crate) async fn edits(State(s): State<Arc<Shared>>, req: axum::extract::Request) -> Response {
+    match run_edit(&s, req).await {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+async fn run_edit(s: &Arc<Shared>, req: axum::extract::Request) -> Result<Response, Response> {
+    use axum::extract::FromRequest;
+    let (parts, body) = req.into_parts();
+    let ctx = Ctx::from_parts(&parts);
+    http::check_openai_key(s, &ctx)?;
+    let multipart_error = |e: String| {
+        error::bad_request(
+            Flavor::OpenAi,
+            &format!("Could not parse multipart form: {e}"),
+            None,
+        )
+    };
+    let mut form = axum::extract::Multipart::from_request(
+        axum::extract::Request::from_parts(parts, body),
+        &(),
+    )
+    .await
+    .map_err(|e| multipart_error(e.body_text()))?;
+    let mut fields = serde_json::Map::new();
+    let mut images = 0u64;
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|e| multipart_error(e.body_text()))?
+    {
+        let name = field.name().unwrap_or_default().to_string();
+        let is_file = field.file_name().is_some();
+        let data = field
+            .bytes()
+            .await
+            .map_err(|e| multipart_error(e.body_text()))?;
+        match name.as_str() {
+            "image" | "image[]" | "mask" if is_file => {
+                if data.is_empty() {
+                    return Err(bad("The uploaded image is empty.", &name));
+                }
+                images += 1;
+            }
+            _ => {
+                fields.insert(
+                    name,
+                    Value::from(String::from_utf8_lossy(&data).into_owned()),
+                );
+            }
+        }
+    }
+    if images == 0 {
+        return Err(bad("Missing required parameter: 'image'.", "image"));
+    }
+    let number = |name: &str| -> Result<Option<Value>, Response> {
+        match fields.get(name).and_then(Value::as_str) {
+            None => Ok(None),
+            Some(text) => text
+                .parse::<u64>()
+                .map(|n| Some(Value::from(n)))
+                .map_err(|_| bad(&format!("Invalid value for '{name}'."), name)),
+        }
+    };
+    if let Some(n) = number("n")? {
+        fields.insert("n".into(), n);
+    }
+    if fields.get("stream").and_then(Value::as_str) == Some("true") {
+        return Err(bad(
+            "Streamed edits are not supported by this fake.",
+            "stream",
+        ));
+    }
+    let request = Value::Object(fields);
+    let body = serde_json::to_vec(&request).unwrap_or_default();
+    generate(s, &ctx, &body, images).await
 }
 
 fn bad(message: &str, param: &str) -> Response {
@@ -50,6 +134,16 @@ fn valid_size(size: &str) -> bool {
 
 async fn run(s: &Arc<Shared>, ctx: &Ctx, body: &Bytes) -> Result<Response, Response> {
     http::check_openai_key(s, ctx)?;
+    generate(s, ctx, body, 0).await
+}
+
+/// Generates images for a request's JSON fields; `input_images` are an edit's images.
+async fn generate(
+    s: &Arc<Shared>,
+    ctx: &Ctx,
+    body: &[u8],
+    input_images: u64,
+) -> Result<Response, Response> {
     let req = http::parse_json(Flavor::OpenAi, body)?;
     let model = req
         .get("model")
@@ -105,7 +199,9 @@ async fn run(s: &Arc<Shared>, ctx: &Ctx, body: &Bytes) -> Result<Response, Respo
             .filter(|q| matches!(*q, "low" | "medium" | "high"))
             .unwrap_or("medium");
         let size = if size == "auto" { "1024x1024" } else { size };
-        let input = content::count_words(prompt);
+        let text_input = content::count_words(prompt);
+        let image_input = input_images * INPUT_IMAGE_TOKENS;
+        let input = text_input + image_input;
         let output = image_tokens(quality, size) * n;
         http::pretty(&GptImages {
             created: content::now(),
@@ -117,8 +213,8 @@ async fn run(s: &Arc<Shared>, ctx: &Ctx, body: &Bytes) -> Result<Response, Respo
             usage: ImageUsage {
                 input_tokens: input,
                 input_tokens_details: InputDetails {
-                    image_tokens: 0,
-                    text_tokens: input,
+                    image_tokens: image_input,
+                    text_tokens: text_input,
                 },
                 output_tokens: output,
                 total_tokens: input + output,

@@ -46,8 +46,10 @@
 //!
 //! With the `tool` directive and at least one tool in the request, the reply is a call
 //! of the first tool. Its arguments are a JSON object with one value per property of the
-//! tool's schema (sorted by name: enum → first value, string → `"Paris"`, integer → `3`,
-//! number → `21.5`, boolean → `true`, array → `[]`, object → `{}`), or
+//! tool's required properties (all of them when it names none; sorted by name: enum →
+//! first value, string → `"Paris"` (`cmd` or `command` → `"echo tollgate-tool-round-trip"`,
+//! as a string or an argument array), integer → `3`, number → `21`, boolean → `true`, array
+//! → `[]`, object → `{}`), or
 //! `{"location":"Paris"}` when the schema has no `properties`; streamed in fragments of
 //! 8 characters. When the last message is a tool result (OpenAI `role: "tool"`, Responses
 //! `function_call_output`, Anthropic `tool_result` block), the reply is text.
@@ -144,6 +146,7 @@
 //!   JSON after the first content chunk, the stream then ends normally);
 //! - `first_byte_ms=N`, `chunk_ms=N`: override [`Options::latency`] / [`Options::chunk_delay`];
 //! - `words=N`, `tool`, `cached=N`, `cache_write=N`: shape the reply (see above);
+//!   `tool_name=NAME` calls the tool of that name (else the first one offered);
 //! - `comments`: put an SSE `: keep-alive` comment line before every content event;
 //! - `flagged` (moderations): the input is flagged for harassment.
 //!
@@ -239,6 +242,7 @@
 
 mod audio;
 mod chat;
+mod completions;
 mod conn;
 mod content;
 mod control;

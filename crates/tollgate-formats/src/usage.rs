@@ -184,6 +184,8 @@ impl AnthropicCounts {
 }
 
 /// Follows a streamed response of one format and keeps the latest usage it reported.
+/// Legacy completions streams (`POST /v1/completions`) are read as Chat Completions: the
+/// same usage chunk and `[DONE]`, their text in `choices[].text`.
 ///
 /// Feed it every upstream event, before any conversion. Chat Completions streams carry usage on
 /// the last chunk (when `stream_options.include_usage` was requested), Responses streams on the
@@ -242,6 +244,9 @@ impl UsageTracker {
             return;
         };
         for choice in choices {
+            // Legacy completions chunks (`text_completion`) carry their text in `text`;
+            // they share the rest (usage, `[DONE]`) with Chat Completions.
+            self.count_text(choice.get("text"));
             let Some(delta) = choice.get("delta") else {
                 continue;
             };
@@ -580,6 +585,30 @@ mod tests {
             event: name.map(str::to_owned),
             data: data.to_string(),
         }
+    }
+
+    #[test]
+    fn a_legacy_completions_stream_is_tracked_with_its_text() {
+        let mut tracker = UsageTracker::new(Format::ChatCompletions);
+        for text in ["Hello", " wor", "ld"] {
+            tracker.observe(&event(
+                None,
+                json!({"id": "cmpl-1", "object": "text_completion", "model": "gpt-3.5-turbo-instruct",
+                       "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": null}]}),
+            ));
+        }
+        assert!(!tracker.has_final_usage());
+        assert_eq!(tracker.text_bytes(), 11);
+        tracker.observe(&event(
+            None,
+            json!({"id": "cmpl-1", "object": "text_completion", "choices": [],
+                   "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}),
+        ));
+        assert!(tracker.has_final_usage());
+        assert_eq!(
+            tracker.usage().map(|u| (u.input_tokens, u.output_tokens)),
+            Some((5, 3))
+        );
     }
 
     #[test]

@@ -14,6 +14,28 @@ use crate::routing::NoDeployment;
 use crate::store::StoreError;
 use crate::usage::LedgerError;
 
+/// Most characters of a client's name (a model, a path) quoted back in an error.
+pub const QUOTED_NAME_CHARS: usize = 100;
+
+/// A client's name as quoted in an error: at most [`QUOTED_NAME_CHARS`] characters.
+pub fn quoted(name: &str) -> String {
+    quoted_up_to(name, QUOTED_NAME_CHARS)
+}
+
+/// A client's text as quoted in an error: at most `chars` characters, `...` after a cut.
+pub fn quoted_up_to(text: &str, chars: usize) -> String {
+    match text.char_indices().nth(chars) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
+/// Anthropic's "overloaded" status.
+pub const OVERLOADED: StatusCode = match StatusCode::from_u16(529) {
+    Ok(status) => status,
+    Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+};
+
 /// An error answered to a client.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -83,14 +105,14 @@ impl ApiError {
     /// The OpenAI-style `type` of the status.
     pub fn openai_type(&self) -> &'static str {
         match self.status.as_u16() {
-            400 | 405 | 415 | 422 => "invalid_request_error",
+            400 | 405 | 408 | 414 | 415 | 422 | 431 => "invalid_request_error",
             401 => "authentication_error",
             402 => "insufficient_quota",
             403 => "permission_error",
             404 => "not_found_error",
             413 => "request_too_large",
             429 => "rate_limit_exceeded",
-            502..=504 => "upstream_error",
+            502..=504 | 529 => "upstream_error",
             _ => "server_error",
         }
     }
@@ -98,7 +120,7 @@ impl ApiError {
     /// The Anthropic-style `type` of the status.
     pub fn anthropic_type(&self) -> &'static str {
         match self.status.as_u16() {
-            400 | 405 | 415 | 422 => "invalid_request_error",
+            400 | 405 | 408 | 414 | 415 | 422 | 431 => "invalid_request_error",
             401 => "authentication_error",
             402 => "billing_error",
             403 => "permission_error",
@@ -144,11 +166,44 @@ impl ApiError {
     pub fn into_anthropic_response(self) -> Response {
         self.respond(self.anthropic_body())
     }
+
+    /// The response in the shape of the API a path belongs to.
+    pub fn into_response_for(self, shape: Shape) -> Response {
+        match shape {
+            Shape::OpenAi => self.into_response(),
+            Shape::Anthropic => self.into_anthropic_response(),
+        }
+    }
+}
+
+/// The error shape of an API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// `{"error": {"type", "message", "code", "param"}}`
+    OpenAi,
+    /// `{"type": "error", "error": {"type", "message"}}`
+    Anthropic,
+}
+
+impl Shape {
+    /// Anthropic's under `/v1/messages` (count_tokens, batches, a wrong sub-path or
+    /// method included), OpenAI's everywhere else.
+    pub fn of_path(path: &str) -> Shape {
+        match path.strip_prefix("/v1/messages") {
+            Some("") => Shape::Anthropic,
+            Some(rest) if rest.starts_with('/') => Shape::Anthropic,
+            _ => Shape::OpenAi,
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        self.respond(self.openai_body())
+        let mut response = self.respond(self.openai_body());
+        if self.status == OVERLOADED {
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        response
     }
 }
 
@@ -296,6 +351,16 @@ impl From<UpstreamError> for ApiError {
                         )
                     }),
                 )
+            },
+            // Anthropic's clients back off on 529 `overloaded_error`: it goes back as it
+            // came on `/v1/messages` (a 503 in the OpenAI shape, which has no 529).
+            UpstreamError::Status {
+                class: StatusClass::Overloaded,
+                retry_after,
+                ..
+            } => ApiError {
+                retry_after: retry_after.map(|d| d.as_secs()),
+                ..ApiError::new(OVERLOADED, "upstream_overloaded", message)
             },
             UpstreamError::Status { .. } => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", message)

@@ -9,6 +9,7 @@ pub mod billing;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod gateway;
 pub mod http;

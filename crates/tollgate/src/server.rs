@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::billing::meter::Meter;
@@ -29,8 +28,10 @@ pub struct Bootstrap {
 }
 
 impl Server {
-    /// Opens the store (applying migrations) and binds the listen address.
+    /// Opens the store (applying migrations) and binds the listen address. A model whose
+    /// endpoints its provider cannot serve stops start-up.
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        crate::providers::check_catalog(&config).map_err(|e| anyhow::anyhow!(e))?;
         let store = store::open(&config.database_url).await?;
         let listener = TcpListener::bind(config.listen)
             .await
@@ -91,20 +92,9 @@ impl Server {
             writer_task,
         } = self;
         let background = background_tasks(&state);
+        let limits = state.config.server;
         let app = router(state);
-        // Streams are many small writes: without TCP_NODELAY, Nagle's algorithm holds each
-        // one until the client's delayed ACK (~40 ms).
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        // One router for every connection: serving a `Router` itself turns it into its
-        // final form again for each new connection (about 13 KB of route tables and boxed
-        // handlers per connection, 27 MB for 2,000 held streams).
-        let served = axum::serve(listener, app.into_make_service())
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = crate::connections::serve(listener, app, limits, shutdown).await;
         for task in background {
             task.abort();
         }

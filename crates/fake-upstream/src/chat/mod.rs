@@ -60,7 +60,7 @@ async fn run(s: &Arc<Shared>, ctx: &Ctx, body: &Bytes) -> Result<Response, Respo
                     .or_else(|| req.get("max_tokens").and_then(Value::as_u64)),
             ),
             stop: stop_list(req.get("stop")),
-            tool: first_tool(req.get("tools")),
+            tool: first_tool(req.get("tools"), dirs.tool_name.as_deref()),
             last_is_tool_result,
         },
         || s.id("call_", 24),
@@ -145,14 +145,15 @@ fn stop_list(v: Option<&Value>) -> Vec<&str> {
     }
 }
 
-fn first_tool(tools: Option<&Value>) -> Option<ToolSpec<'_>> {
-    tools?.as_array()?.iter().find_map(|t| {
+fn first_tool<'a>(tools: Option<&'a Value>, wanted: Option<&str>) -> Option<ToolSpec<'a>> {
+    let specs = tools?.as_array()?.iter().filter_map(|t| {
         let f = t.get("function")?;
         Some(ToolSpec {
             name: f.get("name")?.as_str()?,
             schema: f.get("parameters"),
         })
-    })
+    });
+    crate::content::pick_tool(specs, wanted)
 }
 
 pub(super) fn finish_reason(f: &Finish) -> &'static str {

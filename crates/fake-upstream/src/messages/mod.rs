@@ -61,7 +61,7 @@ async fn run(s: &Arc<Shared>, ctx: &Ctx, body: &Bytes) -> Result<Response, Respo
                 .and_then(Value::as_array)
                 .map(|a| a.iter().filter_map(Value::as_str).collect())
                 .unwrap_or_default(),
-            tool: first_tool(req.get("tools")),
+            tool: first_tool(req.get("tools"), dirs.tool_name.as_deref()),
             last_is_tool_result: last_is_tool_result(messages),
         },
         || s.id("toolu_01", 22),
@@ -208,8 +208,8 @@ fn input_tokens(system: Option<&Value>, messages: &[Value]) -> u64 {
     system + messages
 }
 
-fn first_tool(tools: Option<&Value>) -> Option<ToolSpec<'_>> {
-    tools?.as_array()?.iter().find_map(|t| {
+fn first_tool<'a>(tools: Option<&'a Value>, wanted: Option<&str>) -> Option<ToolSpec<'a>> {
+    let specs = tools?.as_array()?.iter().filter_map(|t| {
         // Server tools (web search, code execution…) carry a versioned `type`.
         match t.get("type").and_then(Value::as_str) {
             None | Some("custom") => {}
@@ -219,5 +219,6 @@ fn first_tool(tools: Option<&Value>) -> Option<ToolSpec<'_>> {
             name: t.get("name")?.as_str()?,
             schema: t.get("input_schema"),
         })
-    })
+    });
+    crate::content::pick_tool(specs, wanted)
 }

@@ -53,7 +53,7 @@ async fn run(s: &Arc<Shared>, ctx: &Ctx, body: &Bytes) -> Result<Response, Respo
             want_tool: dirs.tool && !tool_choice_none,
             max_tokens: dirs.max_tokens(req.get("max_output_tokens").and_then(Value::as_u64)),
             stop: Vec::new(),
-            tool: first_tool(req.get("tools")),
+            tool: first_tool(req.get("tools"), dirs.tool_name.as_deref()),
             last_is_tool_result,
         },
         || s.id("call_", 24),
@@ -176,8 +176,8 @@ fn input_tokens(instructions: Option<&Value>, input: &Value) -> u64 {
     instructions + items
 }
 
-fn first_tool(tools: Option<&Value>) -> Option<ToolSpec<'_>> {
-    tools?.as_array()?.iter().find_map(|t| {
+fn first_tool<'a>(tools: Option<&'a Value>, wanted: Option<&str>) -> Option<ToolSpec<'a>> {
+    let specs = tools?.as_array()?.iter().filter_map(|t| {
         if t.get("type").and_then(Value::as_str) != Some("function") {
             return None;
         }
@@ -185,7 +185,8 @@ fn first_tool(tools: Option<&Value>) -> Option<ToolSpec<'_>> {
             name: t.get("name")?.as_str()?,
             schema: t.get("parameters"),
         })
-    })
+    });
+    crate::content::pick_tool(specs, wanted)
 }
 
 /// Request fields the response object echoes.

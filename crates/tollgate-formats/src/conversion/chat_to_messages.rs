@@ -775,7 +775,12 @@ impl StreamConverter for ResponseStream {
             "message_stop" => Ok(self.end()),
             "error" => {
                 let error = data.get("error").unwrap_or(&Value::Null);
-                Ok(vec![self.error_frame(&upstream_error_message(error))])
+                self.done = true;
+                Ok(vec![crate::frames::error_frame(
+                    Format::ChatCompletions,
+                    super::upstream_failure(error),
+                    &upstream_error_message(error),
+                )])
             }
             _ => Ok(Vec::new()),
         }

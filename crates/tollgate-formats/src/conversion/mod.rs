@@ -336,6 +336,15 @@ pub(crate) fn upstream_error_message(error: &Value) -> String {
         .to_owned()
 }
 
+/// Why an upstream error event ends the stream: Anthropic's `overloaded_error` is kept as
+/// such (clients back off on it), anything else is an upstream failure.
+pub(crate) fn upstream_failure(error: &Value) -> crate::frames::StreamFailure {
+    match error.get("type").and_then(Value::as_str) {
+        Some("overloaded_error") => crate::frames::StreamFailure::Overloaded,
+        _ => crate::frames::StreamFailure::Upstream,
+    }
+}
+
 /// One SSE frame with `value` as its data.
 pub(crate) fn frame(event: Option<&str>, value: &Value) -> Bytes {
     sse::encode_json(event, value)

@@ -87,6 +87,7 @@ lenient_enum!(
         PreviousResponseId => ["previous_response_id"],
         Conversation => ["conversation"],
         Prompt => ["prompt"],
+        Suffix => ["suffix"],
         McpServers => ["mcp_servers"],
         Container => ["container"],
         WebSearchOptions => ["web_search_options"],

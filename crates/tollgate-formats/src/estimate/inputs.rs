@@ -36,6 +36,40 @@ impl<'de> Visitor<'de> for EmbeddingsBody<'_> {
     }
 }
 
+/// A legacy completions body: its `prompt` (read like an embeddings `input`) and `suffix`.
+pub(super) struct CompletionsBody<'c>(pub(super) &'c mut Ctx);
+
+impl<'de> DeserializeSeed<'de> for CompletionsBody<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CompletionsBody<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let ctx = self.0;
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Prompt => map.next_value_seed(EmbeddingInput(&mut *ctx))?,
+                Field::Suffix => {
+                    if let Some(text) = map.next_value::<Option<std::borrow::Cow<'de, str>>>()? {
+                        ctx.text(&text);
+                    }
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `input`: a string, an array of strings, a token array, or an array of token arrays.
 struct EmbeddingInput<'c>(&'c mut Ctx);
 
@@ -147,5 +181,31 @@ impl<'de> Visitor<'de> for ModerationBody<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::estimate::{estimate_completions_input, Profile};
+
+    #[test]
+    fn a_completions_prompt_is_counted_in_each_of_its_shapes() {
+        let bytes = Profile::for_model("some-local-model").with_bytes();
+        let count = |body: &str| {
+            estimate_completions_input(body.as_bytes(), &bytes)
+                .expect("valid")
+                .tokens
+        };
+        let one = count(r#"{"model": "m", "prompt": "def fib(n):", "max_tokens": 16}"#);
+        assert!(one >= 11, "{one}: the byte bound covers every byte");
+        let with_suffix =
+            count(r#"{"model": "m", "prompt": "def fib(n):", "suffix": "    return x"}"#);
+        assert!(with_suffix >= one + 12, "{with_suffix}");
+        let many = count(r#"{"prompt": ["def fib(n):", "def fib(n):"]}"#);
+        assert!(many >= 2 * one - 2, "{many}");
+        let tokens = count(r#"{"prompt": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}"#);
+        assert!(tokens >= 10, "{tokens}");
+        assert_eq!(count(r#"{"model": "m"}"#), 0);
+        assert!(estimate_completions_input(b"[1]", &bytes).is_err());
     }
 }

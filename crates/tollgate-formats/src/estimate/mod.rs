@@ -255,6 +255,19 @@ pub fn estimate_embeddings_input(
     Ok(ctx.est)
 }
 
+/// The input-token bound of a legacy completions request (`POST /v1/completions`): each
+/// prompt (a string, strings, or token arrays) as an embeddings input, and the `suffix`.
+pub fn estimate_completions_input(
+    body: &[u8],
+    profile: &Profile,
+) -> Result<InputEstimate, EstimateError> {
+    let mut ctx = walk::Ctx::new(profile);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    inputs::CompletionsBody(&mut ctx).deserialize(&mut de)?;
+    de.end()?;
+    Ok(ctx.est)
+}
+
 /// The input-token bound of a moderation request: the text of its inputs, and its images at
 /// the profile's per-image bound.
 pub fn estimate_moderation_input(

@@ -52,8 +52,12 @@ pub enum Endpoint {
     ChatCompletions,
     Responses,
     Messages,
+    /// The legacy OpenAI completions (`prompt` in, `text` out).
+    Completions,
     Embeddings,
     ImagesGenerations,
+    /// Image edits: a multipart upload of the images, a prompt and the model.
+    ImagesEdits,
     AudioSpeech,
     AudioTranscriptions,
     AudioTranslations,
@@ -61,12 +65,14 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 9] = [
+    pub const ALL: [Endpoint; 11] = [
         Endpoint::ChatCompletions,
         Endpoint::Responses,
         Endpoint::Messages,
+        Endpoint::Completions,
         Endpoint::Embeddings,
         Endpoint::ImagesGenerations,
+        Endpoint::ImagesEdits,
         Endpoint::AudioSpeech,
         Endpoint::AudioTranscriptions,
         Endpoint::AudioTranslations,
@@ -79,8 +85,10 @@ impl Endpoint {
             Endpoint::ChatCompletions => "chat.completions",
             Endpoint::Responses => "responses",
             Endpoint::Messages => "messages",
+            Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
             Endpoint::ImagesGenerations => "images.generations",
+            Endpoint::ImagesEdits => "images.edits",
             Endpoint::AudioSpeech => "audio.speech",
             Endpoint::AudioTranscriptions => "audio.transcriptions",
             Endpoint::AudioTranslations => "audio.translations",
@@ -94,13 +102,23 @@ impl Endpoint {
             Endpoint::ChatCompletions => "/chat/completions",
             Endpoint::Responses => "/responses",
             Endpoint::Messages => "/messages",
+            Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
             Endpoint::ImagesGenerations => "/images/generations",
+            Endpoint::ImagesEdits => "/images/edits",
             Endpoint::AudioSpeech => "/audio/speech",
             Endpoint::AudioTranscriptions => "/audio/transcriptions",
             Endpoint::AudioTranslations => "/audio/translations",
             Endpoint::Moderations => "/moderations",
         }
+    }
+
+    /// Whether the endpoint takes a multipart upload (streamed through, never translated).
+    pub fn is_upload(self) -> bool {
+        matches!(
+            self,
+            Endpoint::AudioTranscriptions | Endpoint::AudioTranslations | Endpoint::ImagesEdits
+        )
     }
 
     pub(super) fn parse(name: &str) -> Option<Endpoint> {

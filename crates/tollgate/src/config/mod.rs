@@ -11,16 +11,21 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod catalog;
+mod front;
 mod pricing;
 mod providers;
 mod routing;
 
 pub use catalog::{Deployment, Endpoint, Model};
+pub use front::{Cors, ServerLimits};
 pub use providers::{Provider, ProviderKind};
 pub use routing::Routing;
 
 /// Default listen address when nothing else is set.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default limit of a JSON request body: Anthropic's own (32 MB), which long agent
+/// sessions (a whole conversation with images on every turn) come near.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 32 << 20;
 /// Default data directory (relative to the working directory).
 pub const DEFAULT_DATA_DIR: &str = "tollgate-data";
 
@@ -86,6 +91,10 @@ struct FileConfig {
     #[serde(default)]
     limits: FileLimits,
     #[serde(default)]
+    server: front::FileServer,
+    #[serde(default)]
+    cors: front::FileCors,
+    #[serde(default)]
     cluster: FileCluster,
     #[serde(default)]
     routing: routing::FileRouting,
@@ -138,6 +147,10 @@ pub struct Config {
     pub redis_url: Option<String>,
     pub data_dir: PathBuf,
     pub limits: Limits,
+    /// Timeouts of client connections.
+    pub server: ServerLimits,
+    /// The browser origins allowed to call the gateway; `None`: no CORS answers.
+    pub cors: Option<Cors>,
     /// How long a replica's reservation survives without renewal (cluster mode).
     pub reservation_lease: Duration,
     /// How often each account's shared budget is checked against the ledger (cluster mode).
@@ -220,7 +233,7 @@ impl Config {
             }
         }
         let limits = Limits {
-            max_body_bytes: positive(file.limits.max_body_bytes, 4 << 20)
+            max_body_bytes: positive(file.limits.max_body_bytes, DEFAULT_MAX_BODY_BYTES)
                 .ok_or_else(|| err("limits.max_body_bytes", "must be above 0".into()))?,
             max_upload_bytes: positive(file.limits.max_upload_bytes, 26 << 20)
                 .ok_or_else(|| err("limits.max_upload_bytes", "must be above 0".into()))?,
@@ -264,6 +277,8 @@ impl Config {
             None => Duration::from_secs(30),
         };
 
+        let server = front::server(file.server, origin)?;
+        let cors = front::cors(file.cors, origin)?;
         let routing = routing::parse(file.routing, origin)?;
         let providers = providers::parse(file.providers, origin, overrides, env)?;
         let catalog = catalog::parse(file.models, origin, &providers)?;
@@ -280,6 +295,8 @@ impl Config {
             redis_url,
             data_dir,
             limits,
+            server,
+            cors,
             reservation_lease,
             budget_check_interval,
             routing,
@@ -491,5 +508,28 @@ free = true
         assert!(error_of(none).contains("models[0].provider"));
         assert!(error_of("[routing]\nmax_attempts = 0").contains("routing.max_attempts"));
         assert!(error_of("[routing]\nretries = 1").contains("retries"));
+        assert!(error_of("[server]\nheader_timeout_ms = 0").contains("server.header_timeout_ms"));
+        assert!(
+            error_of("[cors]\nallowed_origins = ['https://a.example/path']")
+                .contains("cors.allowed_origins")
+        );
+        assert!(
+            error_of("[cors]\nallowed_origins = ['*', 'https://a.example']")
+                .contains("cors.allowed_origins")
+        );
+        let c = Config::from_toml(
+            "[cors]\nallowed_origins = ['https://a.example:8443']",
+            &Overrides::default(),
+            &env,
+        )
+        .expect("valid");
+        assert_eq!(
+            c.cors,
+            Some(Cors::Origins(vec!["https://a.example:8443".into()]))
+        );
+        let c = Config::from_toml("", &Overrides::default(), &env).expect("valid");
+        assert_eq!(c.cors, None);
+        assert_eq!(c.limits.max_body_bytes, 32 << 20);
+        assert_eq!(c.server.header_timeout, Duration::from_secs(30));
     }
 }

@@ -110,10 +110,15 @@ pub(super) fn parse_tiers(
 pub(super) fn missing(endpoint: Endpoint, pricing: &Pricing) -> Option<&'static str> {
     let tokens = pricing.input.is_some() && pricing.output.is_some();
     let complete = match endpoint {
-        Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Messages => tokens,
+        Endpoint::ChatCompletions
+        | Endpoint::Responses
+        | Endpoint::Messages
+        | Endpoint::Completions => tokens,
         Endpoint::Embeddings => pricing.input.is_some() || pricing.per_request.is_some(),
         Endpoint::Moderations => pricing.input.is_some() || pricing.per_request.is_some(),
-        Endpoint::ImagesGenerations => pricing.per_image.is_some() || tokens,
+        Endpoint::ImagesGenerations | Endpoint::ImagesEdits => {
+            pricing.per_image.is_some() || tokens
+        }
         Endpoint::AudioSpeech => pricing.per_character.is_some(),
         Endpoint::AudioTranscriptions | Endpoint::AudioTranslations => {
             pricing.per_audio_second.is_some() || tokens
@@ -123,11 +128,14 @@ pub(super) fn missing(endpoint: Endpoint, pricing: &Pricing) -> Option<&'static 
         return None;
     }
     Some(match endpoint {
-        Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Messages => {
-            "`input` and `output`"
-        }
+        Endpoint::ChatCompletions
+        | Endpoint::Responses
+        | Endpoint::Messages
+        | Endpoint::Completions => "`input` and `output`",
         Endpoint::Embeddings | Endpoint::Moderations => "`input` or `per_request`",
-        Endpoint::ImagesGenerations => "`per_image`, or `input` and `output`",
+        Endpoint::ImagesGenerations | Endpoint::ImagesEdits => {
+            "`per_image`, or `input` and `output`"
+        }
         Endpoint::AudioSpeech => "`per_character`",
         Endpoint::AudioTranscriptions | Endpoint::AudioTranslations => {
             "`per_audio_second`, or `input` and `output`"

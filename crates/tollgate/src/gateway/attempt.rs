@@ -114,6 +114,7 @@ async fn send(
             prepared.wire.endpoint,
             "application/json",
             UpstreamBody::Bytes(prepared.body.clone()),
+            &prepared.forwarded,
         )
         .await?;
     if response.status().is_success() {

@@ -24,6 +24,8 @@ const STANDARD_TIERS: [&str; 4] = ["auto", "default", "standard", "standard_only
 pub(super) struct Demands {
     /// The output limit the client set.
     pub(super) output_limit: Option<u64>,
+    /// The field that set it (`max_tokens`, `max_completion_tokens`, `max_output_tokens`).
+    pub(super) limit_field: &'static str,
     /// A service tier other than the standard one.
     pub(super) tier: Option<String>,
     /// The hosted tools the request offers the model.
@@ -69,8 +71,18 @@ fn hosted_tool(endpoint: Endpoint, kind: &str) -> Option<HostedTool> {
 pub(super) fn read(endpoint: Endpoint, request: &RequestFields<'_>) -> Result<Demands, ApiError> {
     let mut demands = Demands {
         output_limit: request.output_limit(endpoint)?,
+        limit_field: match endpoint {
+            Endpoint::Responses => "max_output_tokens",
+            Endpoint::ChatCompletions if request.0.get("max_completion_tokens").is_some() => {
+                "max_completion_tokens"
+            }
+            _ => "max_tokens",
+        },
         ..Demands::default()
     };
+    if endpoint == Endpoint::Completions && demands.output_limit.is_none() {
+        demands.output_limit = Some(COMPLETIONS_DEFAULT_MAX_TOKENS);
+    }
     if !matches!(
         endpoint,
         Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Messages
@@ -138,6 +150,21 @@ pub(super) fn read(endpoint: Endpoint, request: &RequestFields<'_>) -> Result<De
     Ok(demands)
 }
 
+/// Output tokens a legacy completions request asks for when it gives no `max_tokens`
+/// (OpenAI's documented default; the gateway sends it, since servers differ).
+pub(super) const COMPLETIONS_DEFAULT_MAX_TOKENS: u64 = 16;
+
+/// How many answers a request generates (and pays for): `n`, and for legacy completions
+/// `best_of` (generated server-side, billed, then all but `n` dropped).
+pub(super) fn choices(endpoint: Endpoint, request: &RequestFields<'_>) -> Result<u64, ApiError> {
+    let n = request.count("n")?.unwrap_or(1);
+    let best_of = match endpoint {
+        Endpoint::Completions => request.count("best_of")?.unwrap_or(1),
+        _ => 1,
+    };
+    Ok(n.max(best_of).max(1))
+}
+
 /// The most output a request may produce on `model`: its own limit, else the model's
 /// maximum, else the documented default.
 pub(super) fn output_bound(demands: &Demands, model: &Model) -> u64 {
@@ -153,12 +180,17 @@ pub(super) fn output_bound(demands: &Demands, model: &Model) -> u64 {
 pub(super) fn pricing<'m>(demands: &Demands, model: &'m Model) -> Result<&'m Pricing, ApiError> {
     let maximum = model.max_output_tokens.unwrap_or(DEFAULT_OUTPUT_BOUND);
     if let Some(limit) = demands.output_limit.filter(|l| *l > maximum) {
+        let field = if demands.limit_field.is_empty() {
+            "max_tokens"
+        } else {
+            demands.limit_field
+        };
         return Err(ApiError {
             code: "max_tokens_too_large",
             ..ApiError::invalid_field(
-                "max_tokens",
+                field,
                 format!(
-                    "The output limit {limit} is above the maximum of the model '{}', {maximum} tokens.",
+                    "'{field}' is {limit}, above the maximum output of the model '{}': {maximum} tokens. Ask for {maximum} or fewer.",
                     model.id
                 ),
             )

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use tollgate_formats::Format;
 
 use tollgate_formats::estimate::{
-    estimate_embeddings_input, estimate_input, estimate_moderation_input, Profile, Tokenizer,
+    estimate_completions_input, estimate_embeddings_input, estimate_input,
+    estimate_moderation_input, Profile, Tokenizer,
 };
 
 use super::demands::{self, Demands};
@@ -62,6 +63,7 @@ pub(super) fn input_bound(
         Endpoint::ChatCompletions => estimate_input(Format::ChatCompletions, body, &profile),
         Endpoint::Responses => estimate_input(Format::Responses, body, &profile),
         Endpoint::Messages => estimate_input(Format::AnthropicMessages, body, &profile),
+        Endpoint::Completions => estimate_completions_input(body, &profile),
         Endpoint::Embeddings => estimate_embeddings_input(body, &profile),
         Endpoint::Moderations => estimate_moderation_input(body, &profile),
         // An image prompt's bytes bound its tokens; speech is priced by characters.
@@ -97,9 +99,12 @@ pub(super) fn worst_case(
     pricing: &Pricing,
 ) -> Result<Usage, ApiError> {
     let output_bound = demands::output_bound(demands, model);
-    let choices = request.count("n")?.unwrap_or(1).max(1);
+    let choices = demands::choices(endpoint, request)?;
     Ok(match endpoint {
-        Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Messages => {
+        Endpoint::ChatCompletions
+        | Endpoint::Responses
+        | Endpoint::Messages
+        | Endpoint::Completions => {
             let mut usage = Usage {
                 input_tokens: input_bound,
                 output_tokens: output_bound.saturating_mul(choices),
@@ -132,7 +137,9 @@ pub(super) fn worst_case(
             characters: speech_characters(request)?,
             ..Usage::default()
         },
-        Endpoint::AudioTranscriptions | Endpoint::AudioTranslations => return Err(not_json()),
+        Endpoint::AudioTranscriptions | Endpoint::AudioTranslations | Endpoint::ImagesEdits => {
+            return Err(not_json())
+        }
     })
 }
 
@@ -194,7 +201,10 @@ pub(super) fn billing(
 ) -> Result<Billing, ApiError> {
     let input_priced = model.pricing.input.is_some();
     Ok(match endpoint {
-        Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Messages => Billing::Tokens {
+        Endpoint::ChatCompletions
+        | Endpoint::Responses
+        | Endpoint::Messages
+        | Endpoint::Completions => Billing::Tokens {
             format: upstream_format.unwrap_or(Format::ChatCompletions),
             hosted: if demands.hosted.is_empty() {
                 Hosted::None
@@ -212,7 +222,9 @@ pub(super) fn billing(
         Endpoint::AudioSpeech => Billing::Speech {
             characters: speech_characters(request)?,
         },
-        Endpoint::AudioTranscriptions | Endpoint::AudioTranslations => return Err(not_json()),
+        Endpoint::AudioTranscriptions | Endpoint::AudioTranslations | Endpoint::ImagesEdits => {
+            return Err(not_json())
+        }
     })
 }
 
@@ -228,6 +240,36 @@ fn not_json() -> ApiError {
         "invalid_content_type",
         "This endpoint takes multipart/form-data.",
     )
+}
+
+/// Input tokens one input image (or mask) of an image edit may cost: gpt-image-1's largest
+/// image at high input fidelity (765 tokens of tiles and 6,240 of fidelity), rounded up.
+pub(super) const IMAGE_INPUT_BOUND: u64 = 8000;
+
+/// Most images an image edit may ask for (OpenAI's limit of `n`); reserved for when the
+/// form gives no `n`.
+pub(super) const MAX_EDITED_IMAGES: u64 = 10;
+
+/// The worst case of an image edit: every input image at [`IMAGE_INPUT_BOUND`], the
+/// prompt's bytes, and `n` images out at the model's image output bound.
+pub(super) fn image_edit_worst_case(
+    n: Option<u64>,
+    input_images: u64,
+    prompt_bytes: u64,
+    model: &Model,
+) -> Usage {
+    let n = n.unwrap_or(MAX_EDITED_IMAGES).max(1);
+    Usage {
+        input_tokens: input_images
+            .saturating_mul(IMAGE_INPUT_BOUND)
+            .saturating_add(prompt_bytes),
+        output_tokens: model
+            .max_output_tokens
+            .unwrap_or(DEFAULT_IMAGE_OUTPUT_BOUND)
+            .saturating_mul(n),
+        images: n,
+        ..Usage::default()
+    }
 }
 
 /// The worst case of an audio upload: audio at 8 kbit/s (1,000 bytes a second) for the

@@ -13,9 +13,11 @@
 //! | `relay` | the answer back: event streams, whole JSON answers, binary audio |
 //! | `measure` | billable quantities of an answer |
 //! | `translate` | the converters between client and provider formats |
-//! | `multipart` | audio uploads, streamed through |
+//! | `multipart` | audio uploads and image edits, streamed through |
+//! | `count` | `/v1/messages/count_tokens`: forwarded, or counted locally; free |
 
 mod attempt;
+mod count;
 mod demands;
 mod estimate;
 mod measure;
@@ -40,12 +42,13 @@ use crate::billing::meter::Meter;
 use crate::billing::Credits;
 use crate::config::{Config, Endpoint, Model};
 use crate::error::ApiError;
-use crate::providers::{ProviderClient, Upstreams};
+use crate::providers::{ClientHeaders, ProviderClient, Upstreams};
 use crate::routing::{Router, Target};
 use crate::store::KeyRecord;
 use crate::usage::UsageWriter;
 use attempt::Unanswered;
 use estimate::Counting;
+pub use plan::unknown_model;
 use plan::Prepared;
 use relay::Answering;
 use request::RequestFields;
@@ -74,6 +77,8 @@ pub struct Gateway {
 /// Who is calling, on which endpoint.
 pub struct Inbound {
     pub endpoint: Endpoint,
+    /// The client's headers that a provider may receive.
+    pub headers: ClientHeaders,
     pub key: Arc<KeyRecord>,
     pub request_id: Arc<str>,
     pub started: Instant,
@@ -116,6 +121,7 @@ impl Gateway {
             demands: &demands,
             stream,
             body: &body,
+            headers: &inbound.headers,
         };
         let prepare = |target: &Target| plan::prepare(&self.upstreams, target, &asked);
         let first = prepare(&targets[0])?;
@@ -151,7 +157,7 @@ impl Gateway {
             &demands,
             prepared.model(),
         )?;
-        let choices = request.count("n")?.unwrap_or(1).max(1);
+        let choices = demands::choices(endpoint, &request)?;
         drop(request);
         let served = answer_headers(&prepared, &self.upstreams, settlement.attempts);
         let answering = Answering {

@@ -1,6 +1,8 @@
-//! Multipart uploads (transcriptions, translations): the fields before the upload are
-//! read, the model found and the worst case reserved, then the upload is streamed through
-//! to the provider as it arrives, never held whole.
+//! Multipart uploads (transcriptions, translations, image edits): the fields before the
+//! upload are read, the model found and the worst case reserved, then the upload is
+//! streamed through to the provider as it arrives, never held whole. Image edits are read
+//! whole first (at most `max_upload_bytes`): their worst case needs every field (`n`, the
+//! number of images).
 
 use std::sync::{Arc, Mutex};
 
@@ -13,6 +15,7 @@ use futures_util::StreamExt;
 use super::measure::Billing;
 use super::transcript::{self, TranscriptFormat};
 use super::{attempt, estimate, plan, relay, served_headers_of, Gateway, Inbound};
+use crate::config::Endpoint;
 use crate::error::ApiError;
 use crate::providers::UpstreamBody;
 
@@ -75,6 +78,48 @@ fn encode_part(boundary: &str, part: &FormPart) -> Bytes {
     Bytes::from(out)
 }
 
+/// What an image edit's form asks for.
+struct ImageEdit {
+    /// `n`, when the form gives it.
+    n: Option<u64>,
+    /// Image and mask files.
+    input_images: u64,
+    prompt_bytes: u64,
+}
+
+/// Reads an image edit's form: `n`, its files and prompt; a streamed edit is refused (its
+/// partial images arrive as events the gateway does not meter).
+fn image_edit(parts: &[FormPart]) -> Result<ImageEdit, ApiError> {
+    let text = |name: &str| {
+        parts
+            .iter()
+            .find(|p| p.name == name && p.file_name.is_none())
+            .map(|p| String::from_utf8_lossy(&p.data).trim().to_string())
+    };
+    let n = match text("n") {
+        Some(n) => Some(
+            n.parse::<u64>()
+                .ok()
+                .filter(|n| (1..=10).contains(n))
+                .ok_or_else(|| {
+                    ApiError::invalid_field("n", "'n' must be a whole number from 1 to 10.")
+                })?,
+        ),
+        None => None,
+    };
+    if text("stream").is_some_and(|s| s == "true") {
+        return Err(ApiError::invalid_field(
+            "stream",
+            "Streamed image edits are not supported by the gateway; send the request without 'stream'.",
+        ));
+    }
+    Ok(ImageEdit {
+        n,
+        input_images: parts.iter().filter(|p| p.file_name.is_some()).count() as u64,
+        prompt_bytes: text("prompt").map_or(0, |p| p.len() as u64),
+    })
+}
+
 /// Streams the rest of a multipart upload to the provider: the upload's chunks as they
 /// arrive, then the fields after it, then the closing boundary.
 enum UploadState {
@@ -85,7 +130,8 @@ enum UploadState {
 }
 
 impl Gateway {
-    /// A multipart upload (transcriptions, translations), streamed through to the provider.
+    /// A multipart upload (transcriptions, translations, image edits), streamed through to
+    /// the provider.
     pub async fn multipart_call(
         &self,
         inbound: Inbound,
@@ -137,6 +183,7 @@ impl Gateway {
 
         // Fields before the upload are small and read whole; the model must be known
         // before the upload can be streamed on (if it comes after, the upload is buffered).
+        let images = inbound.endpoint == Endpoint::ImagesEdits;
         let mut parts: Vec<FormPart> = Vec::new();
         let mut model_id: Option<String> = None;
         let mut upload: Option<multer::Field<'static>> = None;
@@ -144,7 +191,7 @@ impl Gateway {
             let name = field.name().unwrap_or("").to_string();
             let file_name = field.file_name().map(str::to_string);
             let content_type = field.content_type().map(|m| m.to_string());
-            if file_name.is_some() && model_id.is_some() {
+            if file_name.is_some() && model_id.is_some() && !images {
                 upload = Some(field);
                 break;
             }
@@ -163,11 +210,20 @@ impl Gateway {
             });
         }
         if upload.is_none() && !parts.iter().any(|p| p.file_name.is_some()) {
-            return Err(ApiError::invalid_field(
-                "file",
-                "A 'file' field with the audio is required.",
-            ));
+            return Err(if images {
+                ApiError::invalid_field(
+                    "image",
+                    "An 'image' field with the image to edit is required.",
+                )
+            } else {
+                ApiError::invalid_field("file", "A 'file' field with the audio is required.")
+            });
         }
+        let edit = if images {
+            Some(image_edit(&parts)?)
+        } else {
+            None
+        };
         let model = plan::model_for(&self.config, inbound.endpoint, model_id)?;
         // An upload is streamed through once: it goes to the first target of the route
         // (weights, health and cooldowns apply) and is not tried again elsewhere.
@@ -200,7 +256,15 @@ impl Gateway {
             rewrite_format(part, per_second, &render);
         }
 
-        let worst = estimate::upload_worst_case(declared.unwrap_or(limit), &target.model);
+        let worst = match &edit {
+            Some(edit) => estimate::image_edit_worst_case(
+                edit.n,
+                edit.input_images,
+                edit.prompt_bytes,
+                &target.model,
+            ),
+            None => estimate::upload_worst_case(declared.unwrap_or(limit), &target.model),
+        };
         let amount = target.model.pricing.cost(&worst);
         let mut settlement = self.reserve(&inbound, &model, amount).await?;
         let provider = self.upstreams.provider(deployment);
@@ -292,6 +356,7 @@ impl Gateway {
                 inbound.endpoint,
                 &format!("multipart/form-data; boundary={boundary}"),
                 UpstreamBody::stream(stream),
+                &inbound.headers.for_provider(provider.config.kind, false),
             )
             .await;
         let sent = match upstream {
@@ -336,7 +401,12 @@ impl Gateway {
             provider: &provider.config.name,
             idle_timeout: provider.config.idle_timeout,
             deadline,
-            billing: Billing::Transcription,
+            billing: match &edit {
+                Some(edit) => Billing::Images {
+                    n: edit.n.unwrap_or(1),
+                },
+                None => Billing::Transcription,
+            },
             convert: None,
             render,
             rename: None,

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use axum::http::{HeaderName, HeaderValue};
 use bytes::Bytes;
 use serde_json::Value;
 use tollgate_formats::Format;
@@ -11,8 +12,8 @@ use super::demands::{self, Demands, DEFAULT_HOSTED_CALLS};
 use super::request::RequestFields;
 use super::translate::Translation;
 use crate::config::{Config, Deployment, Endpoint, Model};
-use crate::error::ApiError;
-use crate::providers::{Upstreams, Wire};
+use crate::error::{quoted, ApiError};
+use crate::providers::{ClientHeaders, Upstreams, Wire};
 use crate::routing::Target;
 
 /// The format a client speaks on an endpoint (text generation only).
@@ -21,6 +22,8 @@ pub(super) fn client_format(endpoint: Endpoint) -> Option<Format> {
         Endpoint::ChatCompletions => Some(Format::ChatCompletions),
         Endpoint::Responses => Some(Format::Responses),
         Endpoint::Messages => Some(Format::AnthropicMessages),
+        // Legacy completions share Chat Completions' usage, stream framing and errors.
+        Endpoint::Completions => Some(Format::ChatCompletions),
         _ => None,
     }
 }
@@ -37,20 +40,15 @@ pub(super) fn model_for(
             "'model' is required; GET /v1/models lists the models.",
         ));
     };
-    let model = config.model(&id).ok_or_else(|| ApiError {
-        code: "model_not_found",
-        ..ApiError::invalid_field(
-            "model",
-            format!("The model '{id}' does not exist here; GET /v1/models lists the models."),
-        )
-    })?;
+    let model = config.model(&id).ok_or_else(|| unknown_model(&id))?;
     if !model.endpoints.contains(&endpoint) {
         return Err(ApiError {
             code: "unsupported_endpoint",
             ..ApiError::invalid_field(
                 "model",
                 format!(
-                    "The model '{id}' does not support {}; it supports: {}.",
+                    "The model '{}' does not support {}; it supports: {}.",
+                    model.id,
                     endpoint.path(),
                     model
                         .endpoints
@@ -63,6 +61,21 @@ pub(super) fn model_for(
         });
     }
     Ok(model.clone())
+}
+
+/// The 404 of a model the catalog does not have (as OpenAI and Anthropic answer, so the
+/// SDKs raise their not-found error); the name is quoted up to [`crate::error::QUOTED_NAME_CHARS`].
+pub fn unknown_model(id: &str) -> ApiError {
+    ApiError {
+        param: Some("model".into()),
+        ..ApiError::not_found(
+            "model_not_found",
+            format!(
+                "The model '{}' does not exist here; GET /v1/models lists the models.",
+                quoted(id)
+            ),
+        )
+    }
 }
 
 /// One upstream request, ready to send: where, in which format, with which body.
@@ -81,6 +94,8 @@ pub(super) struct Prepared {
     pub(super) rename: Option<String>,
     /// The hints the translation could not carry (`x-tollgate-dropped-fields`).
     pub(super) dropped: Option<String>,
+    /// The client's headers this provider receives.
+    pub(super) forwarded: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Prepared {
@@ -104,6 +119,7 @@ pub(super) struct Asked<'a> {
     pub(super) demands: &'a Demands,
     pub(super) stream: bool,
     pub(super) body: &'a Bytes,
+    pub(super) headers: &'a ClientHeaders,
 }
 
 /// Prepares the upstream request of one target of a request's route.
@@ -119,6 +135,7 @@ pub(super) fn prepare(
         demands,
         stream,
         body,
+        headers,
     } = *asked;
     let model = &target.model;
     let deployment = target.deployment();
@@ -153,6 +170,7 @@ pub(super) fn prepare(
         original: None,
         rename: renamed.then(|| model.id.clone()),
         dropped: None,
+        forwarded: headers.for_provider(provider.config.kind, translation.is_some()),
     };
     let bound = demands::output_bound(demands, model);
     if let Some(translation) = translation {
@@ -181,7 +199,12 @@ pub(super) fn prepare(
             Value::String(deployment.upstream_model.clone()).to_string(),
         ));
     }
-    if demands.output_limit.is_none() {
+    if endpoint == Endpoint::Completions {
+        // The client's limit, or the default the gateway reserved for, sent explicitly.
+        if request.0.get("max_tokens").is_none() {
+            replace.push(("max_tokens", bound.to_string()));
+        }
+    } else if demands.output_limit.is_none() {
         match wire.format {
             Some(Format::ChatCompletions) => {
                 replace.push(("max_completion_tokens", bound.to_string()))

@@ -63,9 +63,10 @@ impl<'a> RequestFields<'a> {
     pub(super) fn output_limit(&self, endpoint: Endpoint) -> Result<Option<u64>, ApiError> {
         match endpoint {
             Endpoint::Responses => self.count("max_output_tokens"),
+            // Both given: the larger bounds the answer, whichever the provider reads.
             Endpoint::ChatCompletions => Ok(self
                 .count("max_completion_tokens")?
-                .or(self.count("max_tokens")?)),
+                .max(self.count("max_tokens")?)),
             _ => self.count("max_tokens"),
         }
     }

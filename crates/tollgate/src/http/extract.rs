@@ -1,4 +1,5 @@
-//! Reading request bodies: a size limit that answers 413, and JSON parsing whose
+//! Reading request bodies: a size limit that answers 413, a client that stops sending
+//! answered 408, and JSON parsing whose
 //! failures are 400s in the API's own shape.
 
 use axum::body::Body;
@@ -16,10 +17,34 @@ pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiErro
             || e.to_string().contains("length limit");
         if too_large {
             ApiError::too_large(limit)
+        } else if timed_out(&e) {
+            body_timeout()
         } else {
             ApiError::bad_request("body_read_failed", "The request body could not be read.")
         }
     })
+}
+
+/// Whether reading a body failed because the client paused longer than
+/// `[server] body_timeout_ms` (the connection layer's timeout).
+pub fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(error) = cause {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// 408: the client stopped sending its body.
+pub fn body_timeout() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        "The request body stopped arriving before it was complete (see [server] body_timeout_ms).",
+    )
 }
 
 /// Parses a body that must be a JSON object.

@@ -13,6 +13,7 @@ use super::{AppState, RequestId};
 use crate::config::Endpoint;
 use crate::error::ApiError;
 use crate::gateway::{error_for, Inbound};
+use crate::providers::ClientHeaders;
 
 async fn call(
     state: &AppState,
@@ -26,18 +27,45 @@ async fn call(
     state.limiter.check(&key, &request_id.0).await?;
     let inbound = Inbound {
         endpoint,
+        headers: ClientHeaders::from_request(headers),
         key,
         request_id: request_id.0,
         started,
     };
     match endpoint {
-        Endpoint::AudioTranscriptions | Endpoint::AudioTranslations => {
+        endpoint if endpoint.is_upload() => {
             state.gateway.multipart_call(inbound, headers, body).await
         }
         _ => {
             let bytes = read_body(body, state.config.limits.max_body_bytes).await?;
             state.gateway.json_call(inbound, bytes).await
         }
+    }
+}
+
+/// `POST /v1/messages/count_tokens`: free, but the key and its rate limit apply.
+pub async fn count_tokens(
+    State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let counted = async {
+        let key = state.auth.inference(&headers).await?;
+        state.limiter.check(&key, &request_id.0).await?;
+        let inbound = Inbound {
+            endpoint: Endpoint::Messages,
+            headers: ClientHeaders::from_request(&headers),
+            key,
+            request_id: request_id.0.clone(),
+            started: Instant::now(),
+        };
+        let bytes = read_body(body, state.config.limits.max_body_bytes).await?;
+        state.gateway.count_tokens(inbound, bytes).await
+    };
+    match counted.await {
+        Ok(response) => response,
+        Err(error) => error_for(Endpoint::Messages, error),
     }
 }
 

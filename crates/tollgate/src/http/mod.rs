@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod extract;
+pub mod front;
 pub mod inference;
 pub mod public;
 
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -150,16 +151,24 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             ledger_committed_first,
         ));
-    router
+    let cors = state.config.cors.clone();
+    let router = router
         .route("/healthz", get(public::healthz))
         .route("/readyz", get(public::readyz))
         .route("/v1/models", get(public::models))
+        .route("/v1/models/{*id}", get(public::model))
+        .route("/v1/messages/count_tokens", post(inference::count_tokens))
         .route("/v1/startups", get(public::startups))
         .merge(account)
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(front::not_found)
+        .method_not_allowed_fallback(front::method_not_allowed)
+        .layer(middleware::from_fn(front::api_errors))
         .layer(middleware::from_fn(request_id_and_log))
-        .with_state(state)
+        .with_state(state);
+    match cors {
+        Some(cors) => router.layer(front::cors_layer(&cors)),
+        None => router,
+    }
 }
 
 async fn ledger_committed_first(
@@ -171,29 +180,6 @@ async fn ledger_committed_first(
         return ApiError::from(e).into_response();
     }
     next.run(request).await
-}
-
-async fn not_found(request: Request) -> ApiError {
-    ApiError::not_found(
-        "route_not_found",
-        format!(
-            "No route for {} {}. See the API reference for the endpoints.",
-            request.method(),
-            request.uri().path()
-        ),
-    )
-}
-
-async fn method_not_allowed(request: Request) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        format!(
-            "{} is not allowed on {}.",
-            request.method(),
-            request.uri().path()
-        ),
-    )
 }
 
 /// Gives every request an id (answered in `x-request-id`) and logs one line per request:

@@ -1,6 +1,7 @@
-//! Public and operational handlers: `/v1/models`, `/v1/startups`, health.
+//! Public and operational handlers: `/v1/models` and `/v1/models/{id}` (in Anthropic's
+//! shapes when the request carries `anthropic-version`), `/v1/startups`, health.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -11,7 +12,8 @@ use serde_json::{json, Value};
 use super::account::decimal_number;
 use super::AppState;
 use crate::config::Model;
-use crate::error::ApiError;
+use crate::error::{ApiError, Shape};
+use crate::gateway::unknown_model;
 
 /// Prices as exact decimal JSON numbers, in a fixed order.
 struct PricingView(Vec<(&'static str, Box<RawValue>)>);
@@ -65,13 +67,81 @@ fn model_view(model: &Model) -> ModelView<'_> {
     }
 }
 
+/// Anthropic's model object.
+#[derive(Serialize)]
+struct AnthropicModel<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: &'a str,
+    display_name: &'a str,
+    created_at: String,
+}
+
+fn anthropic_model(model: &Model) -> AnthropicModel<'_> {
+    AnthropicModel {
+        kind: "model",
+        id: &model.id,
+        display_name: &model.display_name,
+        created_at: crate::rfc3339(model.created),
+    }
+}
+
+/// Whether the request speaks Anthropic's API (its SDK sends `anthropic-version`).
+fn anthropic(headers: &HeaderMap) -> bool {
+    headers.contains_key("anthropic-version")
+}
+
+/// The key check of the model listings: anonymous, or a valid inference key.
+async fn optional_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if headers.contains_key("authorization") || headers.contains_key("x-api-key") {
+        state.auth.inference(headers).await?;
+    }
+    Ok(())
+}
+
+/// `GET /v1/models/{id}`: one model of the catalog (ids may hold `/`); a 404 names it.
+pub async fn model(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let shape = if anthropic(&headers) {
+        Shape::Anthropic
+    } else {
+        Shape::OpenAi
+    };
+    if let Err(e) = optional_key(&state, &headers).await {
+        return e.into_response_for(shape);
+    }
+    match state.config.model(&id) {
+        None => unknown_model(&id).into_response_for(shape),
+        Some(model) if shape == Shape::Anthropic => Json(anthropic_model(model)).into_response(),
+        Some(model) => Json(model_view(model)).into_response(),
+    }
+}
+
 /// `GET /v1/models`: anonymous, or with an inference key (which must then be valid).
 pub async fn models(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if headers.contains_key("authorization") || headers.contains_key("x-api-key") {
-        state.auth.inference(&headers).await?;
+    optional_key(&state, &headers).await?;
+    if anthropic(&headers) {
+        #[derive(Serialize)]
+        struct AnthropicList<'a> {
+            data: Vec<AnthropicModel<'a>>,
+            has_more: bool,
+            first_id: Option<&'a str>,
+            last_id: Option<&'a str>,
+        }
+        let models = &state.config.models;
+        return Ok(Json(AnthropicList {
+            data: models.iter().map(|m| anthropic_model(m)).collect(),
+            has_more: false,
+            first_id: models.first().map(|m| m.id.as_str()),
+            last_id: models.last().map(|m| m.id.as_str()),
+        })
+        .into_response());
     }
     #[derive(Serialize)]
     struct List<'a> {

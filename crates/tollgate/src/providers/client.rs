@@ -136,19 +136,18 @@ impl Upstreams {
     }
 
     /// Sends one attempt to a deployment's provider and waits for the response headers,
-    /// within the provider's connect and first-byte timeouts. A non-2xx answer is returned
-    /// as it is: the caller reads its body and classifies it.
+    /// within the provider's connect and first-byte timeouts. `forwarded` are the client's
+    /// headers this provider may receive (`ClientHeaders::for_provider`). A non-2xx answer
+    /// is returned as it is: the caller reads its body and classifies it.
     pub async fn send(
         &self,
         deployment: &Deployment,
         endpoint: Endpoint,
         content_type: &str,
         body: UpstreamBody,
+        forwarded: &[(HeaderName, HeaderValue)],
     ) -> Result<UpstreamResponse, UpstreamError> {
         let provider = self.provider(deployment);
-        let broken = || UpstreamError::Broken {
-            provider: provider.name.clone(),
-        };
         let uri = self
             .uris
             .get(deployment.id)
@@ -156,8 +155,50 @@ impl Upstreams {
             .map(|(_, uri)| uri.clone())
             .ok_or_else(|| {
                 tracing::error!(provider = %provider.name, endpoint = endpoint.name(), "no upstream URL");
-                broken()
+                UpstreamError::Broken {
+                    provider: provider.name.clone(),
+                }
             })?;
+        self.send_to(provider, uri, content_type, body, forwarded)
+            .await
+    }
+
+    /// Sends one attempt to a path under a deployment's base URL (`/messages/count_tokens`),
+    /// as [`send`](Self::send) does.
+    pub async fn send_path(
+        &self,
+        deployment: &Deployment,
+        path: &str,
+        body: Bytes,
+        forwarded: &[(HeaderName, HeaderValue)],
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let provider = self.provider(deployment);
+        let uri = format!("{}{path}", provider.config.base_url)
+            .parse::<Uri>()
+            .map_err(|_| UpstreamError::Broken {
+                provider: provider.name.clone(),
+            })?;
+        self.send_to(
+            provider,
+            uri,
+            "application/json",
+            UpstreamBody::Bytes(body),
+            forwarded,
+        )
+        .await
+    }
+
+    async fn send_to(
+        &self,
+        provider: &ProviderClient,
+        uri: Uri,
+        content_type: &str,
+        body: UpstreamBody,
+        forwarded: &[(HeaderName, HeaderValue)],
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let broken = || UpstreamError::Broken {
+            provider: provider.name.clone(),
+        };
         let content_type = HeaderValue::from_str(content_type).map_err(|_| broken())?;
         let payload = match body {
             UpstreamBody::Bytes(bytes) => Either::Left(Full::new(bytes)),
@@ -170,6 +211,14 @@ impl Upstreams {
         let headers = request.headers_mut();
         for (name, value) in &provider.headers {
             headers.insert(name.clone(), value.clone());
+        }
+        // The client's version replaces the provider's; its betas are added. Credentials
+        // are never among them (`headers::DENIED`).
+        for (name, _) in forwarded {
+            headers.remove(name);
+        }
+        for (name, value) in forwarded {
+            headers.append(name.clone(), value.clone());
         }
         let sent = tokio::time::timeout(
             provider.config.first_byte_timeout,

@@ -1,11 +1,12 @@
 //! Upstream providers: the adapter trait with one adapter per provider kind (its URLs, its
 //! authentication, the wire format it speaks per endpoint, its stream framing and how its
-//! failures are classified), the pooled HTTP client that sends one attempt, and the typed
-//! error of an attempt. The gateway never matches on provider kinds; it asks the adapter.
+//! failures are classified), the client headers each kind receives, the pooled HTTP client
+//! that sends one attempt, and the typed error of an attempt. The gateway never matches on provider kinds; it asks the adapter.
 
 mod anthropic;
 mod client;
 mod error;
+mod headers;
 mod openai;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -16,6 +17,7 @@ pub use client::{
     chunks, ProviderClient, UpstreamBody, UpstreamChunks, UpstreamResponse, Upstreams,
 };
 pub use error::{StatusClass, UpstreamError};
+pub use headers::ClientHeaders;
 
 use crate::config::{Endpoint, Provider, ProviderKind};
 
@@ -65,6 +67,39 @@ pub fn adapter(provider: &Provider) -> Box<dyn Adapter> {
         ProviderKind::Openai => Box::new(openai::OpenAi::new(provider)),
         ProviderKind::Anthropic => Box::new(anthropic::Anthropic::new(provider)),
     }
+}
+
+/// Checks that every deployment's provider can serve every endpoint its model lists (an
+/// Anthropic provider has no embeddings, say): the error names the model, the provider
+/// and the endpoint.
+pub fn check_catalog(config: &crate::config::Config) -> Result<(), String> {
+    for model in &config.models {
+        for deployment in &model.deployments {
+            let provider = &config.providers[deployment.provider];
+            let adapter = adapter(provider);
+            for &endpoint in &model.endpoints {
+                let Some(wire) = adapter.wire(endpoint) else {
+                    return Err(format!(
+                        "the model '{}' lists the endpoint {}, which its provider '{}' ({:?}) cannot serve; remove it from the model's `endpoints`",
+                        model.id,
+                        endpoint.name(),
+                        provider.name,
+                        provider.kind
+                    ));
+                };
+                // Uploads are passed through: the provider must take them as they are.
+                if endpoint.is_upload() && wire.format.is_some() {
+                    return Err(format!(
+                        "the model '{}' lists the upload endpoint {}, which its provider '{}' cannot take",
+                        model.id,
+                        endpoint.name(),
+                        provider.name
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The `error.message` of an OpenAI- or Anthropic-shaped error body.

@@ -39,6 +39,11 @@ impl Adapter for OpenAi {
                 endpoint,
                 format: Some(Format::Responses),
             },
+            // Legacy completions: passed through, read like Chat Completions.
+            Endpoint::Completions => Wire {
+                endpoint,
+                format: Some(Format::ChatCompletions),
+            },
             _ => Wire {
                 endpoint,
                 format: None,

@@ -2,6 +2,9 @@
 
 mod account;
 mod auth;
+mod endpoints;
+mod errors;
+mod front_door;
 mod gateway;
 mod helpers;
 mod input;
@@ -10,6 +13,7 @@ mod meter_props;
 mod money;
 mod outage;
 mod overflow;
+mod passthrough;
 mod priced;
 mod public;
 mod routing;

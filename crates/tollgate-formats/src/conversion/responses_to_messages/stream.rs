@@ -599,7 +599,12 @@ impl StreamConverter for ResponseStream {
             "message_stop" => frames.extend(self.end()),
             "error" => {
                 let error = data.get("error").unwrap_or(&Value::Null);
-                frames.push(self.error_frame(&upstream_error_message(error)));
+                self.done = true;
+                frames.push(crate::frames::error_frame(
+                    Format::Responses,
+                    crate::conversion::upstream_failure(error),
+                    &upstream_error_message(error),
+                ));
             }
             _ => {}
         }
