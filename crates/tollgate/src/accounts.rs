@@ -5,8 +5,8 @@ use std::sync::Arc;
 use crate::auth::{self, Authenticator};
 use crate::billing::Credits;
 use crate::store::{
-    Account, AccountId, ActivityRollup, KeyId, KeyKind, KeyPatch, KeyRecord, NewKey, Store,
-    StoreError,
+    Account, AccountId, ActivityRollup, Grant, KeyId, KeyKind, KeyPatch, KeyRecord, NewGrant,
+    NewKey, Store, StoreError,
 };
 
 /// Totals of one group of usage.
@@ -30,6 +30,8 @@ pub enum GrantError {
     Zero,
     #[error("an adjustment needs a note saying why")]
     NoNote,
+    #[error("the expiry must be in the future")]
+    ExpiryPast,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -173,13 +175,37 @@ impl Accounts {
         amount: Credits,
         note: Option<&str>,
     ) -> Result<i64, GrantError> {
+        self.grant(account, amount, note, None).await
+    }
+
+    /// Adds credits to an account, which expire at `expires_at` (unix seconds, in the
+    /// future) unless it is `None`: the one way to create a grant, for the command line
+    /// and any API. Pending charges are first allocated to the grants the account had.
+    pub async fn grant(
+        &self,
+        account: AccountId,
+        amount: Credits,
+        note: Option<&str>,
+        expires_at: Option<i64>,
+    ) -> Result<i64, GrantError> {
         if amount <= Credits::ZERO {
             return Err(GrantError::NotPositive);
         }
-        Ok(self
-            .store
-            .grant_credits(account, amount, note, crate::now())
-            .await?)
+        let now = crate::now();
+        if expires_at.is_some_and(|e| e <= now) {
+            return Err(GrantError::ExpiryPast);
+        }
+        let grant = NewGrant {
+            amount,
+            note: note.map(str::to_string),
+            expires_at,
+        };
+        Ok(self.store.add_grant(account, &grant, now).await?)
+    }
+
+    /// The account's grants and corrections, newest first, each with what is left.
+    pub async fn credit_grants(&self, account: AccountId) -> Result<Vec<Grant>, StoreError> {
+        self.store.credit_grants(account).await
     }
 
     /// Corrects an account's credits by `amount`, which may be negative, with a note

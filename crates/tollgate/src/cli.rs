@@ -82,6 +82,19 @@ enum CreditsCommand {
         /// A note kept with the grant.
         #[arg(long)]
         note: Option<String>,
+        /// When the grant's remainder leaves the balance (RFC 3339, in the future).
+        #[arg(long, conflicts_with = "expires_in")]
+        expires_at: Option<String>,
+        /// How long until it expires: a whole number and s, m, h, d or w (`60d`).
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// List an account's grants and corrections with what is left of each.
+    List {
+        /// Account id or name.
+        account: String,
+        #[arg(long)]
+        json: bool,
     },
     /// Correct an account's credits by a positive or negative amount, with a note saying
     /// why. Refused if it would take the balance below zero.
@@ -216,6 +229,22 @@ fn parse_amount(text: &str) -> anyhow::Result<Credits> {
     Credits::parse_amount(text).map_err(|e| anyhow::anyhow!("AMOUNT '{text}': {e}"))
 }
 
+/// The expiry of a grant from `--expires-at` (RFC 3339) or `--expires-in` (`60d`).
+fn parse_expiry(at: Option<&str>, within: Option<&str>) -> anyhow::Result<Option<i64>> {
+    match (at, within) {
+        (Some(at), _) => match crate::parse_rfc3339(at) {
+            Some(t) => Ok(Some(t)),
+            None => bail!("--expires-at '{at}' is not an RFC 3339 time such as 2027-01-31T00:00:00Z"),
+        },
+        (None, Some(within)) => {
+            let seconds = crate::credits::parse_duration(within)
+                .map_err(|e| anyhow::anyhow!("--expires-in: {e}"))?;
+            Ok(Some(crate::now() + seconds))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 /// A refused grant or adjustment, said in the operator's terms.
 fn refused(what: &str, amount: Credits, account: &Account, e: GrantError) -> anyhow::Error {
     anyhow::anyhow!(
@@ -267,14 +296,17 @@ async fn operator(command: Command, accounts: &Accounts) -> anyhow::Result<()> {
             account,
             amount,
             note,
+            expires_at,
+            expires_in,
         }) => {
             let amount = parse_amount(&amount)?;
             if amount <= Credits::ZERO {
                 bail!("AMOUNT {amount}: {}", GrantError::NotPositive);
             }
+            let expires_at = parse_expiry(expires_at.as_deref(), expires_in.as_deref())?;
             let account = find_account(accounts, &account).await?;
             accounts
-                .grant_credits(account.id, amount, note.as_deref())
+                .grant(account.id, amount, note.as_deref(), expires_at)
                 .await
                 .map_err(|e| refused("grant", amount, &account, e))?;
             let after = find_account(accounts, &account.id.0.to_string()).await?;
@@ -284,6 +316,28 @@ async fn operator(command: Command, accounts: &Accounts) -> anyhow::Result<()> {
                 after.name,
                 after.balance()
             );
+        }
+        Command::Credits(CreditsCommand::List { account, json }) => {
+            let account = find_account(accounts, &account).await?;
+            let grants = accounts.credit_grants(account.id).await?;
+            if json {
+                let list: Vec<serde_json::Value> =
+                    grants.iter().map(crate::http::credits::grant_json).collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                for g in &grants {
+                    println!(
+                        "{}\t{}\tremaining {}\texpired {}\t{}\t{}\t{}",
+                        g.id,
+                        g.amount,
+                        g.remaining(),
+                        g.expired,
+                        crate::rfc3339(g.created_at),
+                        g.expires_at.map_or_else(|| "never".to_string(), crate::rfc3339),
+                        g.note.as_deref().unwrap_or("")
+                    );
+                }
+            }
         }
         Command::Credits(CreditsCommand::Adjust {
             account,

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod connections;
+pub mod credits;
 pub mod error;
 pub mod gateway;
 pub mod http;

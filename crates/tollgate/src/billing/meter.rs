@@ -134,7 +134,7 @@ impl LocalBudgets {
                 let mut accounts = self.lock();
                 if let Some(account) = account {
                     let entry = accounts.entry(key.account_id).or_insert(AccountBudget {
-                        granted: account.granted.nanos(),
+                        granted: account.net_granted().nanos(),
                         charged: account.charged.nanos(),
                         reserved: 0,
                         keys: HashMap::new(),
@@ -219,16 +219,54 @@ impl LocalBudgets {
         }
     }
 
-    /// Re-reads the credit grants of every loaded account.
+    /// Re-reads the credit grants of every loaded account, processing the expiries that
+    /// are due (what requests in flight hold is kept for them, see `crate::credits`).
     pub async fn refresh_grants(&self) -> Result<(), StoreError> {
-        let accounts = self.store.list_accounts().await?;
-        let mut loaded = self.lock();
-        for account in accounts {
-            if let Some(budget) = loaded.get_mut(&account.id) {
-                budget.granted = account.granted.nanos();
-            }
+        let now = crate::now();
+        for account in self.store.list_accounts().await? {
+            let Some(reserved) = self.reserved(account.id) else {
+                continue;
+            };
+            let account = match account.next_expiry {
+                Some(due) if due <= now => {
+                    let in_flight = Credits::from_nanos(reserved);
+                    match self.store.settle_credits(account.id, now, in_flight).await? {
+                        Some(settled) => settled,
+                        None => continue,
+                    }
+                }
+                _ => account,
+            };
+            self.set_granted(&account);
         }
         Ok(())
+    }
+
+    /// What the account's requests in flight hold, if its budget is loaded.
+    fn reserved(&self, account: AccountId) -> Option<i64> {
+        self.lock().get(&account).map(|a| a.reserved)
+    }
+
+    fn set_granted(&self, account: &crate::store::Account) {
+        if let Some(budget) = self.lock().get_mut(&account.id) {
+            budget.granted = account.net_granted().nanos();
+        }
+    }
+
+    /// Processes the account's due expiries now and follows the result.
+    pub async fn settle_credits(
+        &self,
+        account: AccountId,
+    ) -> Result<Option<crate::store::Account>, StoreError> {
+        let in_flight = Credits::from_nanos(self.reserved(account).unwrap_or(0));
+        let settled = self
+            .store
+            .settle_credits(account, crate::now(), in_flight)
+            .await?;
+        if let Some(settled) = &settled {
+            self.set_granted(settled);
+        }
+        Ok(settled)
     }
 
     /// Forgets a deleted key.
@@ -369,6 +407,18 @@ impl Meter {
                     tracing::error!(error = %e, "could not drop a key's shared budget");
                 }
             }
+        }
+    }
+
+    /// Processes the account's due credit expiries (keeping what its requests in flight
+    /// hold) and follows the result; answers the account as it now stands.
+    pub async fn settle_credits(
+        &self,
+        account: AccountId,
+    ) -> Result<Option<crate::store::Account>, ReserveError> {
+        match self {
+            Meter::Local(m) => Ok(m.settle_credits(account).await?),
+            Meter::Shared(m) => m.settle_credits(account).await,
         }
     }
 

@@ -403,7 +403,8 @@ impl SharedBudgets {
         Ok(())
     }
 
-    /// Copies the credit grants of the accounts used here from the database.
+    /// Copies the credit grants of the accounts used here from the database, processing
+    /// the expiries that are due first.
     pub async fn refresh_grants(&self) -> Result<(), ReserveError> {
         let touched: Vec<AccountId> = {
             let touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
@@ -412,24 +413,73 @@ impl SharedBudgets {
         if touched.is_empty() {
             return Ok(());
         }
-        let (epoch, _) = self.flights.epoch();
-        let names = Names::new(&epoch);
+        let now = crate::now();
         for account in self.store.list_accounts().await? {
-            if touched.contains(&account.id) {
-                let mut conn = self.cluster.conn.clone();
-                timed(
-                    self.scripts
-                        .set_if_loaded
-                        .key(names.account(account.id))
-                        .arg("granted")
-                        .arg(account.granted.nanos())
-                        .arg("granted")
-                        .invoke_async::<i64>(&mut conn),
-                )
-                .await
-                .map_err(unavailable)?;
+            if !touched.contains(&account.id) {
+                continue;
+            }
+            match account.next_expiry {
+                Some(due) if due <= now => {
+                    self.settle_credits(account.id).await?;
+                }
+                _ => self.set_granted(&account).await.map_err(unavailable)?,
             }
         }
+        Ok(())
+    }
+
+    /// Processes the account's due expiries, keeping what every replica's requests in
+    /// flight hold (the account's `reserved` in Redis), and copies the result to Redis.
+    pub async fn settle_credits(
+        &self,
+        account: AccountId,
+    ) -> Result<Option<crate::store::Account>, ReserveError> {
+        let reserved = self.reserved(account).await.map_err(unavailable)?;
+        let settled = self
+            .store
+            .settle_credits(account, crate::now(), Credits::from_nanos(reserved))
+            .await?;
+        if let Some(settled) = &settled {
+            self.set_granted(settled).await.map_err(unavailable)?;
+        }
+        Ok(settled)
+    }
+
+    /// What the account's reservations hold across replicas (0 when not loaded).
+    async fn reserved(&self, account: AccountId) -> Result<i64, ClusterError> {
+        let (epoch, _) = self.flights.epoch();
+        if epoch.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.cluster.conn.clone();
+        let reserved: Option<i64> = timed(
+            redis::cmd("HGET")
+                .arg(Names::new(&epoch).account(account))
+                .arg("reserved")
+                .query_async(&mut conn),
+        )
+        .await?;
+        Ok(reserved.unwrap_or(0).max(0))
+    }
+
+    /// Sets the shared budget's grants (net of expired remainders), if it is loaded.
+    async fn set_granted(&self, account: &crate::store::Account) -> Result<(), ClusterError> {
+        let (epoch, _) = self.flights.epoch();
+        if epoch.is_empty() {
+            return Ok(());
+        }
+        let names = Names::new(&epoch);
+        let mut conn = self.cluster.conn.clone();
+        timed(
+            self.scripts
+                .set_if_loaded
+                .key(names.account(account.id))
+                .arg("granted")
+                .arg(account.net_granted().nanos())
+                .arg("granted")
+                .invoke_async::<i64>(&mut conn),
+        )
+        .await?;
         Ok(())
     }
 }

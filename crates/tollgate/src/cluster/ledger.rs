@@ -21,6 +21,7 @@ pub(super) struct KeyTotals {
 /// An account's totals in the snapshot.
 #[derive(Debug)]
 pub(super) struct Totals {
+    /// Grants net of expired remainders.
     pub granted: i64,
     pub charged: i64,
     pub keys: Vec<KeyTotals>,
@@ -50,7 +51,7 @@ impl Snapshot {
             .map_err(ledger_error)?;
         let row = sqlx::query(
             "SELECT a.charged, COALESCE((SELECT SUM(g.amount) FROM credit_grants g \
-             WHERE g.account_id = a.id), 0)::BIGINT FROM accounts a WHERE a.id = $1",
+             WHERE g.account_id = a.id), 0)::BIGINT - a.expired FROM accounts a WHERE a.id = $1",
         )
         .bind(account.0)
         .fetch_optional(&mut *tx)

@@ -117,6 +117,19 @@ impl SharedBudgets {
         (epoch, seen): (&str, u64),
         sync_id: &str,
     ) -> Result<Synced, ClusterError> {
+        // Expiries that are due are processed first, so the snapshot's grants are net of them.
+        let due = self
+            .store
+            .account(account)
+            .await
+            .map_err(|e| ClusterError::Ledger(e.to_string()))?
+            .and_then(|a| a.next_expiry)
+            .is_some_and(|due| due <= crate::now());
+        if due {
+            self.settle_credits(account)
+                .await
+                .map_err(|e| ClusterError::Ledger(e.to_string()))?;
+        }
         let (snapshot, totals) = Snapshot::open(&self.cluster.ledger, account, key).await?;
         let Some(totals) = totals else {
             return Err(ClusterError::Ledger(format!(

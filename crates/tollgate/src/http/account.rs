@@ -388,20 +388,6 @@ pub async fn delete_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `GET /v1/account/balance`
-pub async fn balance(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let owner = state.auth.provisioning(&headers).await?;
-    let account = state
-        .accounts
-        .account(owner.account_id)
-        .await?
-        .ok_or_else(|| ApiError::internal("provisioning key of a missing account"))?;
-    Ok(Json(json!({"balance": account.balance().to_string()})))
-}
-
 fn totals_json(t: &Totals) -> Map<String, Value> {
     let mut map = Map::new();
     map.insert("total_cost".into(), t.cost.to_string().into());

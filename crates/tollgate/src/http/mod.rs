@@ -1,6 +1,7 @@
 //! HTTP: the router, request ids and access logs, and the handlers of each surface.
 
 pub mod account;
+pub mod credits;
 pub mod extract;
 pub mod front;
 pub mod inference;
@@ -145,7 +146,8 @@ pub fn router(state: AppState) -> Router {
                 .patch(account::update_key)
                 .delete(account::delete_key),
         )
-        .route("/v1/account/balance", get(account::balance))
+        .route("/v1/account/balance", get(credits::balance))
+        .route("/v1/account/credits", get(credits::credits))
         .route("/v1/account/activity", get(account::activity))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -62,14 +62,26 @@ impl<S: Store> Store for Deadlined<S> {
         deadline(self.0.account_by_name(name)).await
     }
 
-    async fn grant_credits(
+    async fn add_grant(
         &self,
         account: AccountId,
-        amount: Credits,
-        note: Option<&str>,
+        grant: &NewGrant,
         now: i64,
     ) -> Result<i64, StoreError> {
-        deadline(self.0.grant_credits(account, amount, note, now)).await
+        deadline(self.0.add_grant(account, grant, now)).await
+    }
+
+    async fn settle_credits(
+        &self,
+        account: AccountId,
+        now: i64,
+        in_flight: Credits,
+    ) -> Result<Option<Account>, StoreError> {
+        deadline(self.0.settle_credits(account, now, in_flight)).await
+    }
+
+    async fn credit_grants(&self, account: AccountId) -> Result<Vec<Grant>, StoreError> {
+        deadline(self.0.credit_grants(account)).await
     }
 
     async fn create_key(&self, key: NewKey) -> Result<KeyRecord, StoreError> {

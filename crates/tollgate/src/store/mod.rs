@@ -1,6 +1,8 @@
 //! Persistence behind the `Store` trait: accounts, grants, keys and the usage ledger.
 //! One implementation per database, chosen by the URL scheme.
 
+mod credits_pg;
+mod credits_sqlite;
 mod deadline;
 mod overflow;
 mod postgres;
@@ -194,12 +196,60 @@ pub struct Account {
     pub granted: Credits,
     /// Sum of all charges in the usage ledger.
     pub charged: Credits,
+    /// Sum of what expired grants left behind (see [`crate::credits`]).
+    pub expired: Credits,
+    /// The earliest expiry among grants with a remainder: when the balance may drop.
+    pub next_expiry: Option<i64>,
 }
 
 impl Account {
-    /// Grants minus charges.
+    /// Grants minus charges minus expired remainders: what can be spent now (once due
+    /// expiries are processed, see [`Store::settle_credits`]).
     pub fn balance(&self) -> Credits {
-        self.granted.saturating_sub(self.charged)
+        self.granted
+            .saturating_sub(self.charged)
+            .saturating_sub(self.expired)
+    }
+
+    /// Grants minus expired remainders: what the meter may let the account spend.
+    pub fn net_granted(&self) -> Credits {
+        self.granted.saturating_sub(self.expired)
+    }
+}
+
+/// A grant (or, with a negative amount, a correction) to append.
+#[derive(Debug, Clone, Default)]
+pub struct NewGrant {
+    pub amount: Credits,
+    pub note: Option<String>,
+    /// When its remainder leaves the balance (unix seconds); `None`: never.
+    pub expires_at: Option<i64>,
+}
+
+/// A row of `credit_grants` as `GET /v1/account/credits` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub id: i64,
+    pub amount: Credits,
+    pub note: Option<String>,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    /// Demand allocated to it so far (earliest expiry first).
+    pub consumed: Credits,
+    /// What left the balance at its expiry.
+    pub expired: Credits,
+}
+
+impl Grant {
+    /// What is left of it (zero for a correction that took credits away).
+    pub fn remaining(&self) -> Credits {
+        if self.amount > Credits::ZERO {
+            self.amount
+                .saturating_sub(self.consumed)
+                .saturating_sub(self.expired)
+        } else {
+            Credits::ZERO
+        }
     }
 }
 
@@ -400,7 +450,35 @@ pub trait Store: Send + Sync + 'static {
         amount: Credits,
         note: Option<&str>,
         now: i64,
+    ) -> Result<i64, StoreError> {
+        let grant = NewGrant {
+            amount,
+            note: note.map(str::to_string),
+            expires_at: None,
+        };
+        self.add_grant(account, &grant, now).await
+    }
+    /// Appends a grant, which may expire, or a correction (see `grant_credits`), after
+    /// allocating the account's pending charges to the grants it had (src/credits.rs).
+    /// A correction's check leaves out grants already due at `now`. Returns its id.
+    async fn add_grant(
+        &self,
+        account: AccountId,
+        grant: &NewGrant,
+        now: i64,
     ) -> Result<i64, StoreError>;
+    /// Allocates the account's pending charges to its grants, earliest expiry first,
+    /// then expires the grants due at `now`, keeping up to `in_flight` (what requests in
+    /// flight hold) for them. One transaction; returns the account as it now stands.
+    async fn settle_credits(
+        &self,
+        account: AccountId,
+        now: i64,
+        in_flight: Credits,
+    ) -> Result<Option<Account>, StoreError>;
+    /// The account's grants and corrections, newest first, after allocating its pending
+    /// charges (so each grant's remainder is current).
+    async fn credit_grants(&self, account: AccountId) -> Result<Vec<Grant>, StoreError>;
 
     async fn create_key(&self, key: NewKey) -> Result<KeyRecord, StoreError>;
     /// Live (not deleted) keys of one kind of an account, oldest first.
@@ -463,23 +541,6 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<ActivityRollup, StoreError>;
     /// A usage record by request id.
     async fn usage_record(&self, request_id: &str) -> Result<Option<UsageRecord>, StoreError>;
-}
-
-/// Why a grant of `amount` to `account` (as read after the store refused it) was refused.
-fn why_refused(account: Option<&Account>, amount: Credits) -> GrantRefused {
-    let Some(account) = account else {
-        return GrantRefused::NoAccount;
-    };
-    let after = i128::from(account.granted.nanos()) + i128::from(amount.nanos());
-    if amount.is_negative() && after <= i128::from(Credits::MAX_AMOUNT.nanos()) {
-        GrantRefused::Overdraw {
-            balance: account.balance(),
-        }
-    } else {
-        GrantRefused::OverMaximum {
-            granted: account.granted,
-        }
-    }
 }
 
 /// The UTC day (YYYY-MM-DD) of a unix time.

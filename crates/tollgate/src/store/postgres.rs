@@ -35,10 +35,11 @@ const KEY_COLUMNS: &str = "id, account_id, kind, name, hint, created_at, updated
 
 /// Sums held within BIGINT: a sum (NUMERIC) past it would make the cast, and with it
 /// every read of the account, fail.
-const ACCOUNT_SELECT: &str = "SELECT a.id, a.name, a.created_at, a.charged, \
-     LEAST(GREATEST(COALESCE((SELECT SUM(g.amount) FROM credit_grants g \
-       WHERE g.account_id = a.id), 0), -9223372036854775808), 9223372036854775807)::BIGINT \
-     AS granted FROM accounts a";
+const ACCOUNT_SELECT: &str = "SELECT a.id, a.name, a.created_at, a.charged, a.expired, \
+     COALESCE((SELECT SUM(g.amount) FROM credit_grants g WHERE g.account_id = a.id), 0) AS granted, \
+     (SELECT MIN(g.expires_at) FROM credit_grants g WHERE g.account_id = a.id \
+      AND g.amount > g.consumed + g.expired) AS next_expiry \
+     FROM accounts a";
 
 /// `column + delta` held within BIGINT (past it PostgreSQL raises an error, which would
 /// refuse the whole usage batch); `delta` is a parameter or another column.
@@ -154,6 +155,8 @@ fn account_from_row(row: &PgRow) -> Result<Account, StoreError> {
         created_at: row.try_get("created_at")?,
         granted: Credits::from_nanos(row.try_get("granted")?),
         charged: Credits::from_nanos(row.try_get("charged")?),
+        expired: Credits::from_nanos(row.try_get("expired")?),
+        next_expiry: row.try_get("next_expiry")?,
     })
 }
 
@@ -456,6 +459,8 @@ impl Store for PgStore {
                 created_at: now,
                 granted: Credits::ZERO,
                 charged: Credits::ZERO,
+                expired: Credits::ZERO,
+                next_expiry: None,
             }),
             Err(e) if unique_violation(&e) => {
                 Err(StoreError::Conflict(format!("account '{name}'")))
@@ -493,53 +498,27 @@ impl Store for PgStore {
             .transpose()
     }
 
-    async fn grant_credits(
+    async fn add_grant(
         &self,
         account: AccountId,
-        amount: Credits,
-        note: Option<&str>,
+        grant: &NewGrant,
         now: i64,
     ) -> Result<i64, StoreError> {
-        // The account's row is locked first, so two grants (or a grant and a usage batch)
-        // at once are checked one after the other.
-        let mut tx = self.pool.begin().await?;
-        let locked = sqlx::query("SELECT id FROM accounts WHERE id = $1 FOR UPDATE")
-            .bind(account.0)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if locked.is_none() {
-            return Err(StoreError::Grant(GrantRefused::NoAccount));
-        }
-        let row = sqlx::query(
-            "INSERT INTO credit_grants (account_id, amount, note, created_at) \
-             SELECT a.id, $2, $3, $4 FROM accounts a, \
-               (SELECT COALESCE(SUM(amount), 0) AS granted FROM credit_grants \
-                WHERE account_id = $1) AS g \
-             WHERE a.id = $1 AND g.granted + $2 BETWEEN 0 AND $5 \
-               AND ($2 >= 0 OR g.granted + $2 - a.charged >= 0) \
-             RETURNING id",
-        )
-        .bind(account.0)
-        .bind(amount.nanos())
-        .bind(note)
-        .bind(now)
-        .bind(Credits::MAX_AMOUNT.nanos())
-        .fetch_optional(&mut *tx)
-        .await?;
-        match row {
-            Some(row) => {
-                let id = row.try_get("id")?;
-                tx.commit().await?;
-                Ok(id)
-            }
-            None => {
-                tx.rollback().await?;
-                Err(StoreError::Grant(why_refused(
-                    self.account(account).await?.as_ref(),
-                    amount,
-                )))
-            }
-        }
+        super::credits_pg::add_grant(&self.pool, account, grant, now).await
+    }
+
+    async fn settle_credits(
+        &self,
+        account: AccountId,
+        now: i64,
+        in_flight: Credits,
+    ) -> Result<Option<Account>, StoreError> {
+        super::credits_pg::settle(&self.pool, account, now, in_flight).await?;
+        self.account(account).await
+    }
+
+    async fn credit_grants(&self, account: AccountId) -> Result<Vec<Grant>, StoreError> {
+        super::credits_pg::grants(&self.pool, account).await
     }
 
     async fn create_key(&self, key: NewKey) -> Result<KeyRecord, StoreError> {

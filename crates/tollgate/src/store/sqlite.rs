@@ -32,8 +32,10 @@ pub struct SqliteStore {
 const KEY_COLUMNS: &str = "id, account_id, kind, name, hint, created_at, updated_at, expires_at, \
      is_enabled, credit_limit, usage, last_used_at, deleted_at, rate_limit_rpm";
 
-const ACCOUNT_SELECT: &str = "SELECT a.id, a.name, a.created_at, a.charged, \
-     COALESCE((SELECT SUM(g.amount) FROM credit_grants g WHERE g.account_id = a.id), 0) AS granted \
+const ACCOUNT_SELECT: &str = "SELECT a.id, a.name, a.created_at, a.charged, a.expired, \
+     COALESCE((SELECT SUM(g.amount) FROM credit_grants g WHERE g.account_id = a.id), 0) AS granted, \
+     (SELECT MIN(g.expires_at) FROM credit_grants g WHERE g.account_id = a.id \
+      AND g.amount > g.consumed + g.expired) AS next_expiry \
      FROM accounts a";
 
 /// The per-day and per-model roll-ups of `Store::activity`. One range of the table, which is
@@ -420,6 +422,8 @@ fn account_from_row(row: &SqliteRow) -> Result<Account, StoreError> {
         created_at: row.try_get("created_at")?,
         granted: Credits::from_nanos(row.try_get("granted")?),
         charged: Credits::from_nanos(integer(row, "charged", "accounts", id)?),
+        expired: Credits::from_nanos(row.try_get("expired")?),
+        next_expiry: row.try_get("next_expiry")?,
     })
 }
 
@@ -618,6 +622,8 @@ impl Store for SqliteStore {
                 created_at: now,
                 granted: Credits::ZERO,
                 charged: Credits::ZERO,
+                expired: Credits::ZERO,
+                next_expiry: None,
             }),
             Err(e) if unique_violation(&e) => {
                 Err(StoreError::Conflict(format!("account '{name}'")))
@@ -655,36 +661,27 @@ impl Store for SqliteStore {
             .transpose()
     }
 
-    async fn grant_credits(
+    async fn add_grant(
         &self,
         account: AccountId,
-        amount: Credits,
-        note: Option<&str>,
+        grant: &NewGrant,
         now: i64,
     ) -> Result<i64, StoreError> {
-        // One statement, so the checks and the insert see the same grants and charges.
-        let done = sqlx::query(
-            "INSERT INTO credit_grants (account_id, amount, note, created_at) \
-             SELECT a.id, $2, $3, $4 FROM accounts a, \
-               (SELECT COALESCE(SUM(amount), 0) AS granted FROM credit_grants \
-                WHERE account_id = $1) AS g \
-             WHERE a.id = $1 AND g.granted + $2 BETWEEN 0 AND $5 \
-               AND ($2 >= 0 OR g.granted + $2 - a.charged >= 0)",
-        )
-        .bind(account.0)
-        .bind(amount.nanos())
-        .bind(note)
-        .bind(now)
-        .bind(Credits::MAX_AMOUNT.nanos())
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 1 {
-            return Ok(done.last_insert_rowid());
-        }
-        Err(StoreError::Grant(why_refused(
-            self.account(account).await?.as_ref(),
-            amount,
-        )))
+        super::credits_sqlite::add_grant(&self.pool, account, grant, now).await
+    }
+
+    async fn settle_credits(
+        &self,
+        account: AccountId,
+        now: i64,
+        in_flight: Credits,
+    ) -> Result<Option<Account>, StoreError> {
+        super::credits_sqlite::settle(&self.pool, account, now, in_flight).await?;
+        self.account(account).await
+    }
+
+    async fn credit_grants(&self, account: AccountId) -> Result<Vec<Grant>, StoreError> {
+        super::credits_sqlite::grants(&self.pool, account).await
     }
 
     async fn create_key(&self, key: NewKey) -> Result<KeyRecord, StoreError> {
