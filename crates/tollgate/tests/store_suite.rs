@@ -8,6 +8,8 @@
 // A crate root's modules live beside it, so point into the suite's own folder.
 #[path = "store_suite/accounts.rs"]
 mod accounts;
+#[path = "store_suite/credits.rs"]
+mod credits;
 #[path = "store_suite/concurrency.rs"]
 mod concurrency;
 #[path = "store_suite/harness.rs"]
@@ -63,6 +65,11 @@ store_cases! {
             grants_sum_and_balance,
             grants_are_bounded,
             concurrent_corrections_never_overdraw,
+        ],
+        credits: [
+            expiring_credits_follow_the_model,
+            an_expiry_keeps_what_requests_in_flight_hold,
+            concurrent_charges_grants_and_expiries_stay_exact,
         ],
         keys: [
             create_list_and_get,

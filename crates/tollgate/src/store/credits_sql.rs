@@ -105,13 +105,13 @@ pub(super) async fn add_grant(
     ledger.allocate(&mut changes);
     let amount = grant.amount.nanos();
     let after = i128::from(granted) + i128::from(amount);
-    if after > i128::from(Credits::MAX_AMOUNT.nanos()) || after < 0 {
+    if after > i128::from(Credits::MAX_AMOUNT.nanos()) {
         return Err(StoreError::Grant(GrantRefused::OverMaximum {
             granted: Credits::from_nanos(granted),
         }));
     }
     let spendable = ledger.balance_without_due(now);
-    if amount < 0 && i128::from(spendable) + i128::from(amount) < 0 {
+    if amount < 0 && (after < 0 || i128::from(spendable) + i128::from(amount) < 0) {
         return Err(StoreError::Grant(GrantRefused::Overdraw {
             balance: Credits::from_nanos(spendable.max(0)),
         }));

@@ -36,7 +36,7 @@ const KEY_COLUMNS: &str = "id, account_id, kind, name, hint, created_at, updated
 /// Sums held within BIGINT: a sum (NUMERIC) past it would make the cast, and with it
 /// every read of the account, fail.
 const ACCOUNT_SELECT: &str = "SELECT a.id, a.name, a.created_at, a.charged, a.expired, \
-     COALESCE((SELECT SUM(g.amount) FROM credit_grants g WHERE g.account_id = a.id), 0) AS granted, \
+     COALESCE((SELECT SUM(g.amount) FROM credit_grants g WHERE g.account_id = a.id), 0)::BIGINT AS granted, \
      (SELECT MIN(g.expires_at) FROM credit_grants g WHERE g.account_id = a.id \
       AND g.amount > g.consumed + g.expired) AS next_expiry \
      FROM accounts a";
