@@ -3,6 +3,7 @@
 //! PostgreSQL database and its own `redis-server` (tests restart, pause and flush it).
 
 mod budgets;
+mod credits;
 mod faults;
 mod services;
 mod support;
