@@ -21,6 +21,7 @@ pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod usage;
+pub mod webhooks;
 
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;

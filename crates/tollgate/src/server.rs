@@ -1,5 +1,6 @@
 //! Start-up: open the store, bootstrap a first provisioning key, bind and serve.
 
+use crate::webhooks::Webhooks;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,7 +47,13 @@ impl Server {
         };
         let (writer, writer_task) =
             UsageWriter::start(store.clone(), config.limits.ledger_wait).await?;
-        let state = AppState::new(Arc::new(config), store, writer, cluster);
+        let webhooks = Webhooks::new(
+            &config.database_url,
+            store.clone(),
+            config.webhooks.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot open the webhooks' tables: {e}"))?;
+        let state = AppState::new(Arc::new(config), store, writer, cluster, Arc::new(webhooks));
         Ok(Server {
             state,
             listener,
@@ -113,6 +120,9 @@ impl Server {
 /// invalidation listener.
 fn background_tasks(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
+    // Webhook events and deliveries, off the request path.
+    tasks.push(tokio::spawn(state.webhooks.clone().run_events()));
+    tasks.push(tokio::spawn(state.webhooks.clone().run_deliveries()));
     let meter = state.meter.clone();
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -15,11 +15,13 @@ mod front;
 mod pricing;
 mod providers;
 mod routing;
+mod webhooks;
 
 pub use catalog::{Deployment, Endpoint, Model};
 pub use front::{Cors, ServerLimits};
 pub use providers::{Provider, ProviderKind};
 pub use routing::Routing;
+pub use webhooks::{OperatorWebhook, WebhookPolicy};
 
 /// Default listen address when nothing else is set.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -104,6 +106,10 @@ struct FileConfig {
     models: Vec<catalog::FileModel>,
     #[serde(default)]
     startups: Vec<toml::Table>,
+    #[serde(default)]
+    webhooks: Vec<webhooks::FileWebhook>,
+    #[serde(default)]
+    webhook_policy: webhooks::FileWebhookPolicy,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -161,6 +167,8 @@ pub struct Config {
     model_index: HashMap<String, usize>,
     /// `GET /v1/startups` entries, served as they are.
     pub startups: Vec<serde_json::Value>,
+    /// Operator webhooks and how webhooks are delivered.
+    pub webhooks: WebhookPolicy,
 }
 
 impl Config {
@@ -282,6 +290,7 @@ impl Config {
         let routing = routing::parse(file.routing, origin)?;
         let providers = providers::parse(file.providers, origin, overrides, env)?;
         let catalog = catalog::parse(file.models, origin, &providers)?;
+        let webhooks = webhooks::parse(file.webhooks, file.webhook_policy, origin, overrides, env)?;
 
         let startups = file
             .startups
@@ -304,6 +313,7 @@ impl Config {
             models: catalog.models,
             model_index: catalog.index,
             startups,
+            webhooks,
         })
     }
 

@@ -6,6 +6,7 @@ pub mod extract;
 pub mod front;
 pub mod inference;
 pub mod public;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,7 +15,7 @@ use axum::extract::{Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::accounts::Accounts;
@@ -27,6 +28,7 @@ use crate::gateway::Gateway;
 use crate::ratelimit::RateLimiter;
 use crate::store::{AccountId, KeyId, KeyRecord, Store};
 use crate::usage::UsageWriter;
+use crate::webhooks::Webhooks;
 
 /// Everything a handler may need, behind one `Arc`: every request clones it.
 #[derive(Clone)]
@@ -43,6 +45,7 @@ pub struct Parts {
     pub limiter: Arc<RateLimiter>,
     pub cluster: Option<Cluster>,
     pub writer: UsageWriter,
+    pub webhooks: Arc<Webhooks>,
 }
 
 impl AppState {
@@ -52,6 +55,7 @@ impl AppState {
         store: Arc<dyn Store>,
         writer: UsageWriter,
         cluster: Option<Cluster>,
+        webhooks: Arc<Webhooks>,
     ) -> Self {
         let auth = Authenticator::new(store.clone());
         let accounts = Accounts::new(store.clone(), auth.clone());
@@ -84,6 +88,7 @@ impl AppState {
             limiter: Arc::new(limiter),
             cluster,
             writer,
+            webhooks,
         }))
     }
 
@@ -148,6 +153,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/account/balance", get(credits::balance))
         .route("/v1/account/credits", get(credits::credits))
+        .route(
+            "/v1/account/webhooks",
+            get(webhooks::list).post(webhooks::create),
+        )
+        .route("/v1/account/webhooks/{id}", delete(webhooks::delete))
+        .route(
+            "/v1/account/webhooks/{id}/deliveries",
+            get(webhooks::deliveries),
+        )
         .route("/v1/account/activity", get(account::activity))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
