@@ -1,7 +1,8 @@
 //! Finding events: each second, the keys charged since the last scan are checked against
-//! their limits, every webhook's `low_balance` against its account's balance, and (each
-//! minute) grants expiring within 7 days are looked up. Each event has a de-duplication id
-//! (`Webhooks::emit`), so it is emitted once however often its condition is seen.
+//! their limits, every webhook's `low_balance` against its account's balance, and grants
+//! expiring within 7 days are looked up (a small table: one row per grant). Each event
+//! has a de-duplication id (`Webhooks::emit`), so it is emitted once however often its
+//! condition is seen.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,14 +52,12 @@ impl Webhooks {
             }
         };
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut round: u64 = 0;
         loop {
             tick.tick().await;
-            match self.scan(seen, round % 60 == 0).await {
+            match self.scan(seen, true).await {
                 Ok(next) => seen = next,
                 Err(e) => tracing::warn!(error = %e, "webhook events: a scan failed"),
             }
-            round += 1;
         }
     }
 

@@ -20,3 +20,4 @@ mod public;
 mod routing;
 mod secrets;
 mod translation;
+mod webhooks;
