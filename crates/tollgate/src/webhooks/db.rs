@@ -38,7 +38,9 @@ impl Db {
     pub fn open(url: &str) -> Result<Db, sqlx::Error> {
         if url.starts_with("sqlite:") {
             let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?
-                .busy_timeout(Duration::from_secs(10));
+                .busy_timeout(Duration::from_secs(10))
+                // As the store's connections: checkpoints run in the store's background task.
+                .pragma("wal_autocheckpoint", "0");
             let pool = sqlx::sqlite::SqlitePoolOptions::new()
                 .max_connections(2)
                 .connect_lazy_with(options);

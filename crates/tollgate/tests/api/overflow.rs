@@ -406,7 +406,7 @@ async fn counters_that_became_reals_are_read_and_mended() {
 }
 
 /// Runs `case` with the URL of a new PostgreSQL database, dropped afterwards.
-async fn with_postgres_database<F, Fut>(case: F)
+pub(crate) async fn with_postgres_database<F, Fut>(case: F)
 where
     F: FnOnce(String) -> Fut,
     Fut: Future<Output = ()>,

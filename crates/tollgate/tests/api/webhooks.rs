@@ -96,17 +96,31 @@ async fn create(app: &TestApp, body: Value) -> reqwest::Response {
 
 #[tokio::test]
 async fn deliveries_are_signed_retried_logged_and_secrets_never_shown() {
+    deliveries_case(None).await;
+}
+
+#[tokio::test]
+async fn deliveries_are_signed_retried_logged_and_secrets_never_shown_on_postgres() {
+    crate::overflow::with_postgres_database(|url| deliveries_case(Some(url))).await;
+}
+
+/// The whole life of webhooks, on SQLite (`None`) or the PostgreSQL database at `url`.
+async fn deliveries_case(url: Option<String>) {
     let (operator_url, operator_got) = receiver(0).await;
-    let (url, got) = receiver(1).await;
+    let (url_hook, got) = receiver(1).await;
     let env = |name: &str| (name == "OP_HOOK_SECRET").then(|| OPERATOR_SECRET.to_string());
-    let app = spawn_app_env(
-        &format!(
-            "[webhook_policy]\nallow_private_targets = true\nretry_base_ms = 200\n\n\
-             [[webhooks]]\nurl = \"{operator_url}\"\nsecret_env = \"OP_HOOK_SECRET\"\n"
-        ),
-        &env,
-    )
-    .await;
+    let extra = format!(
+        "[webhook_policy]\nallow_private_targets = true\nretry_base_ms = 200\n\n\
+         [[webhooks]]\nurl = \"{operator_url}\"\nsecret_env = \"OP_HOOK_SECRET\"\n"
+    );
+    let app = match url {
+        None => spawn_app_env(&extra, &env).await,
+        Some(db) => {
+            let dir = tempfile::tempdir().expect("tempdir");
+            crate::helpers::spawn_app_on(dir, &db, &extra, &env).await
+        }
+    };
+    let url = url_hook;
     app.grant("3").await;
     let response = create(&app, json!({"url": url, "secret": SECRET, "low_balance": "5.00"})).await;
     assert_eq!(response.status(), 201);
