@@ -164,8 +164,16 @@ pub(super) async fn postgres(bench: &mut Bench, url: &str) -> anyhow::Result<()>
     let data_dir = bench.work.join("pg-data");
     std::fs::create_dir_all(&data_dir)?;
     let config = bench.work.join("tollgate-pg.toml");
-    write_config(&config, url, &data_dir, &bench.fast_addr, &bench.slow_addr)?;
+    write_config(
+        &config,
+        url,
+        &data_dir,
+        &bench.fast_addr,
+        &bench.slow_addr,
+        true,
+    )?;
     let deployment = Deployment {
+        bin: bench.bin_dir.join("tollgate"),
         name: "postgres",
         config,
         database_url: url.to_string(),

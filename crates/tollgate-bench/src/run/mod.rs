@@ -19,6 +19,7 @@ use crate::writer::{self, WriterArgs};
 
 mod latency;
 mod ledger;
+mod paths;
 mod requests;
 mod setup;
 mod side;
@@ -53,14 +54,20 @@ pub struct RunArgs {
     /// Also write the tables to this Markdown file.
     #[arg(long)]
     pub results: Option<PathBuf>,
-    /// Run only these scenarios (chat,capacity,stream,held,embeddings,keys,writer,activity,postgres).
+    /// Run only these scenarios (chat,capacity,stream,held,embeddings,keys,routing,tokenizer,before-after,writer,activity,postgres).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// A `tollgate` binary built from an earlier commit: the before/after scenario
+    /// compares it with this one on the same load, in alternating rounds.
+    #[arg(long)]
+    pub baseline_bin: Option<PathBuf>,
 }
 
 const CHAT_MODEL: &str = "gpt-4o-mini";
 const EMBED_MODEL: &str = "text-embedding-3-small";
 const SLOW_MODEL: &str = "slow-stream";
+const ROUTED_MODEL: &str = "routed";
+const FAILOVER_MODEL: &str = "failover";
 const OPEN_RATE: u32 = 1_000;
 const CONNECTIONS_OPEN: u32 = 32;
 const CONNECTIONS_CLOSED: u32 = 64;
@@ -150,6 +157,8 @@ struct Gate {
 #[derive(Clone)]
 struct Deployment {
     name: &'static str,
+    /// The `tollgate` binary serving it (the baseline's, for a before/after comparison).
+    bin: PathBuf,
     config: PathBuf,
     database_url: String,
     data_dir: PathBuf,
@@ -215,7 +224,7 @@ impl Bench {
         self.restarts += 1;
         let port = procs::free_port()?;
         let addr = format!("127.0.0.1:{port}");
-        let mut cmd = Command::new(self.bin_dir.join("tollgate"));
+        let mut cmd = Command::new(&deployment.bin);
         cmd.arg("serve")
             .arg("--config")
             .arg(&deployment.config)
@@ -402,9 +411,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)?;
     let database_url = format!("sqlite://{}/tollgate.db", data_dir.display());
     let config = work.join("tollgate-sqlite.toml");
-    write_config(&config, &database_url, &data_dir, &fast_addr, &slow_addr)?;
+    write_config(
+        &config,
+        &database_url,
+        &data_dir,
+        &fast_addr,
+        &slow_addr,
+        true,
+    )?;
     let sqlite = Deployment {
         name: "sqlite",
+        bin: bin_dir.join("tollgate"),
         config,
         database_url,
         data_dir,
@@ -505,6 +522,15 @@ async fn scenarios(
     }
     if bench.wants("keys") {
         bench.key_mix().await?;
+    }
+    if bench.wants("routing") {
+        bench.routing().await?;
+    }
+    if bench.wants("tokenizer") {
+        bench.tokenizer_cost();
+    }
+    if bench.wants("before-after") {
+        bench.before_after().await?;
     }
     if bench.wants("activity") {
         bench.activity_sqlite(shapes).await?;

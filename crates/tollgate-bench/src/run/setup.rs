@@ -38,8 +38,9 @@ pub(super) fn write_config(
     data_dir: &Path,
     fast: &str,
     slow: &str,
+    routing: bool,
 ) -> anyhow::Result<()> {
-    let text = format!(
+    let mut text = format!(
         r#"# Written by tollgate-bench.
 database_url = "{database_url}"
 data_dir = "{data_dir}"
@@ -79,8 +80,65 @@ pricing = {{ input = "0.15", output = "0.60" }}
 "#,
         data_dir = data_dir.display()
     );
+    if routing {
+        text.push_str(&routing_config(fast)?);
+    }
     std::fs::write(path, text)?;
     Ok(())
+}
+
+/// Two more models for the routing scenario (a binary from before routing reads none of
+/// it): `ROUTED_MODEL` on two deployments of equal weight (both the fast fake, under two
+/// provider names), and `FAILOVER_MODEL`, whose first deployment refuses connections and
+/// never cools down, so every request pays exactly one failed attempt.
+fn routing_config(fast: &str) -> anyhow::Result<String> {
+    let dead = procs::free_port()?;
+    Ok(format!(
+        r#"
+[routing]
+cooldown_failures = 1000000000
+
+[[providers]]
+name = "fake-b"
+kind = "openai"
+base_url = "http://{fast}/v1"
+api_key_env = "BENCH_UPSTREAM_KEY"
+
+[[providers]]
+name = "dead"
+kind = "openai"
+base_url = "http://127.0.0.1:{dead}/v1"
+api_key_env = "BENCH_UPSTREAM_KEY"
+
+[[models]]
+id = "{ROUTED_MODEL}"
+upstream_model = "{CHAT_MODEL}"
+endpoints = ["chat.completions"]
+max_output_tokens = 16384
+pricing = {{ input = "0.15", cached_input = "0.075", output = "0.60" }}
+
+[[models.deployments]]
+provider = "fake"
+
+[[models.deployments]]
+provider = "fake-b"
+
+[[models]]
+id = "{FAILOVER_MODEL}"
+upstream_model = "{CHAT_MODEL}"
+endpoints = ["chat.completions"]
+max_output_tokens = 16384
+pricing = {{ input = "0.15", cached_input = "0.075", output = "0.60" }}
+
+[[models.deployments]]
+provider = "dead"
+priority = 0
+
+[[models.deployments]]
+provider = "fake"
+priority = 1
+"#
+    ))
 }
 
 pub(super) fn nginx_config(work: &Path, port: u16, upstream: &str) -> String {
@@ -183,7 +241,7 @@ pub(super) async fn provision(
         .with_context(|| format!("reading {}", key_file.display()))?
         .trim()
         .to_string();
-    let out = Command::new(bench.bin_dir.join("tollgate"))
+    let out = Command::new(&deployment.bin)
         .arg("--config")
         .arg(&deployment.config)
         .args([
@@ -213,12 +271,8 @@ pub(super) async fn provision(
 }
 
 /// An operator command of the `tollgate` binary; returns its stdout.
-pub(super) fn operator(
-    bench: &Bench,
-    deployment: &Deployment,
-    args: &[&str],
-) -> anyhow::Result<String> {
-    let out = Command::new(bench.bin_dir.join("tollgate"))
+pub(super) fn operator(deployment: &Deployment, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(&deployment.bin)
         .arg("--config")
         .arg(&deployment.config)
         .args(args)
@@ -242,14 +296,9 @@ pub(super) async fn provision_typical(
     deployment: &Deployment,
     keys: usize,
 ) -> anyhow::Result<String> {
-    operator(bench, deployment, &["accounts", "create", TYPICAL_ACCOUNT])?;
-    operator(
-        bench,
-        deployment,
-        &["credits", "grant", TYPICAL_ACCOUNT, "1000"],
-    )?;
+    operator(deployment, &["accounts", "create", TYPICAL_ACCOUNT])?;
+    operator(deployment, &["credits", "grant", TYPICAL_ACCOUNT, "1000"])?;
     let provisioning_key = operator(
-        bench,
         deployment,
         &["provisioning-keys", "create", TYPICAL_ACCOUNT],
     )?;
