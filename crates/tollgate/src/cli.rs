@@ -234,7 +234,9 @@ fn parse_expiry(at: Option<&str>, within: Option<&str>) -> anyhow::Result<Option
     match (at, within) {
         (Some(at), _) => match crate::parse_rfc3339(at) {
             Some(t) => Ok(Some(t)),
-            None => bail!("--expires-at '{at}' is not an RFC 3339 time such as 2027-01-31T00:00:00Z"),
+            None => {
+                bail!("--expires-at '{at}' is not an RFC 3339 time such as 2027-01-31T00:00:00Z")
+            }
         },
         (None, Some(within)) => {
             let seconds = crate::credits::parse_duration(within)
@@ -321,8 +323,10 @@ async fn operator(command: Command, accounts: &Accounts) -> anyhow::Result<()> {
             let account = find_account(accounts, &account).await?;
             let grants = accounts.credit_grants(account.id).await?;
             if json {
-                let list: Vec<serde_json::Value> =
-                    grants.iter().map(crate::http::credits::grant_json).collect();
+                let list: Vec<serde_json::Value> = grants
+                    .iter()
+                    .map(crate::http::credits::grant_json)
+                    .collect();
                 println!("{}", serde_json::Value::Array(list));
             } else {
                 for g in &grants {
@@ -333,7 +337,8 @@ async fn operator(command: Command, accounts: &Accounts) -> anyhow::Result<()> {
                         g.remaining(),
                         g.expired,
                         crate::rfc3339(g.created_at),
-                        g.expires_at.map_or_else(|| "never".to_string(), crate::rfc3339),
+                        g.expires_at
+                            .map_or_else(|| "never".to_string(), crate::rfc3339),
                         g.note.as_deref().unwrap_or("")
                     );
                 }

@@ -220,7 +220,11 @@ mod tests {
         let mut ledger = CreditLedger {
             demand: 7,
             allocated: 0,
-            grants: vec![grant(1, 10, None), grant(2, 5, Some(200)), grant(3, 5, Some(100))],
+            grants: vec![
+                grant(1, 10, None),
+                grant(2, 5, Some(200)),
+                grant(3, 5, Some(100)),
+            ],
         };
         let mut changes = Changes::default();
         ledger.allocate(&mut changes);
@@ -267,7 +271,10 @@ mod tests {
         assert_eq!(ledger.balance(), -1);
         ledger.grants.push(grant(2, 10, Some(50)));
         ledger.allocate(&mut changes);
-        assert_eq!(ledger.grants.iter().find(|g| g.id == 2).map(|g| g.consumed), Some(1));
+        assert_eq!(
+            ledger.grants.iter().find(|g| g.id == 2).map(|g| g.consumed),
+            Some(1)
+        );
         assert_eq!(ledger.balance(), 9);
     }
 
@@ -276,7 +283,18 @@ mod tests {
         assert_eq!(parse_duration("60d"), Ok(60 * 86_400));
         assert_eq!(parse_duration("12h"), Ok(43_200));
         assert_eq!(parse_duration("1w"), Ok(604_800));
-        for bad in ["", "d", "0d", "-1d", "1.5d", "60", "60y", "+3d", "99999999999999999999d", "4000d"] {
+        for bad in [
+            "",
+            "d",
+            "0d",
+            "-1d",
+            "1.5d",
+            "60",
+            "60y",
+            "+3d",
+            "99999999999999999999d",
+            "4000d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

@@ -8,10 +8,10 @@
 // A crate root's modules live beside it, so point into the suite's own folder.
 #[path = "store_suite/accounts.rs"]
 mod accounts;
-#[path = "store_suite/credits.rs"]
-mod credits;
 #[path = "store_suite/concurrency.rs"]
 mod concurrency;
+#[path = "store_suite/credits.rs"]
+mod credits;
 #[path = "store_suite/harness.rs"]
 mod harness;
 #[path = "store_suite/keys.rs"]

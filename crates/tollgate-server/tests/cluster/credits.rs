@@ -98,7 +98,10 @@ async fn an_expiry_lowers_the_shared_budget_and_the_check_agrees() {
     let n = Credits::from_nanos;
     // Charges are committed to the ledger before they are settled, as the gateway does.
     let first = budgets.reserve(&key, n(1_000), "req_a").await.expect("a");
-    store.record_usage(&[record("req_a", a, k, 700)]).await.expect("commit");
+    store
+        .record_usage(&[record("req_a", a, k, 700)])
+        .await
+        .expect("commit");
     budgets.settle(first, n(700)).await;
     assert_eq!(budget(&redis, a).await, [10_500, 700, 0]);
 
@@ -112,17 +115,27 @@ async fn an_expiry_lowers_the_shared_budget_and_the_check_agrees() {
     // expired. What can be reserved now is the grant without expiry, 500.
     assert_eq!(budget(&redis, a).await, [3_200, 700, 2_000]);
     let denied = budgets.reserve(&key, n(501), "req_c").await;
-    assert!(denied.is_err(), "only the 500 that do not expire are available");
+    assert!(
+        denied.is_err(),
+        "only the 500 that do not expire are available"
+    );
     let last = budgets.reserve(&key, n(500), "req_d").await.expect("d");
 
     // The request across the expiry costs 1,500, paid from the kept part; the other 500
     // of it expire at the next refresh.
-    store.record_usage(&[record("req_b", a, k, 1_500)]).await.expect("commit");
+    store
+        .record_usage(&[record("req_b", a, k, 1_500)])
+        .await
+        .expect("commit");
     budgets.settle(across, n(1_500)).await;
     budgets.settle(last, n(0)).await;
     budgets.refresh_grants().await.expect("refresh");
     assert_eq!(budget(&redis, a).await, [2_700, 2_200, 0]);
-    let settled = store.account(account.id).await.expect("store").expect("account");
+    let settled = store
+        .account(account.id)
+        .await
+        .expect("store")
+        .expect("account");
     assert_eq!(settled.expired, n(7_800));
     assert_eq!(settled.balance(), n(500));
     assert_eq!(settled.net_granted().nanos(), 2_700);

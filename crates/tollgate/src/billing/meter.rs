@@ -230,7 +230,11 @@ impl LocalBudgets {
             let account = match account.next_expiry {
                 Some(due) if due <= now => {
                     let in_flight = Credits::from_nanos(reserved);
-                    match self.store.settle_credits(account.id, now, in_flight).await? {
+                    match self
+                        .store
+                        .settle_credits(account.id, now, in_flight)
+                        .await?
+                    {
                         Some(settled) => settled,
                         None => continue,
                     }

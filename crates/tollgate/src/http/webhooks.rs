@@ -64,7 +64,10 @@ fn string_field(map: &Map<String, Value>, name: &str, max: usize) -> Result<Stri
             name,
             format!("'{name}' must be a string, not {}.", type_name(other)),
         )),
-        None => Err(ApiError::invalid_field(name, format!("'{name}' is required."))),
+        None => Err(ApiError::invalid_field(
+            name,
+            format!("'{name}' is required."),
+        )),
     }
 }
 
@@ -137,20 +140,28 @@ pub async fn list(
         .list(owner.account_id)
         .await
         .map_err(store_error)?;
-    Ok(Json(json!({"webhooks": hooks.iter().map(view).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"webhooks": hooks.iter().map(view).collect::<Vec<_>>()}),
+    ))
 }
 
 fn parse_id(text: &str) -> Result<i64, ApiError> {
     text.parse::<i64>().map_err(|_| {
         ApiError::bad_request(
             "invalid_id",
-            format!("webhook id must be an integer, got {}", crate::error::quoted(text)),
+            format!(
+                "webhook id must be an integer, got {}",
+                crate::error::quoted(text)
+            ),
         )
     })
 }
 
 fn not_found(id: i64) -> ApiError {
-    ApiError::not_found("webhook_not_found", format!("No webhook with id {id} on this account."))
+    ApiError::not_found(
+        "webhook_not_found",
+        format!("No webhook with id {id} on this account."),
+    )
 }
 
 /// `DELETE /v1/account/webhooks/{id}` → 204
@@ -187,5 +198,7 @@ pub async fn deliveries(
         .await
         .map_err(store_error)?
         .ok_or_else(|| not_found(id))?;
-    Ok(Json(json!({"deliveries": log.iter().map(delivery_view).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"deliveries": log.iter().map(delivery_view).collect::<Vec<_>>()}),
+    ))
 }

@@ -4,9 +4,7 @@
 type Db = sqlx::Postgres;
 const LOCK: &str = " FOR UPDATE";
 
-async fn begin(
-    pool: &sqlx::Pool<Db>,
-) -> Result<sqlx::Transaction<'static, Db>, sqlx::Error> {
+async fn begin(pool: &sqlx::Pool<Db>) -> Result<sqlx::Transaction<'static, Db>, sqlx::Error> {
     pool.begin().await
 }
 

@@ -4,9 +4,7 @@
 type Db = sqlx::Sqlite;
 const LOCK: &str = "";
 
-async fn begin(
-    pool: &sqlx::Pool<Db>,
-) -> Result<sqlx::Transaction<'static, Db>, sqlx::Error> {
+async fn begin(pool: &sqlx::Pool<Db>) -> Result<sqlx::Transaction<'static, Db>, sqlx::Error> {
     pool.begin_with("BEGIN IMMEDIATE").await
 }
 

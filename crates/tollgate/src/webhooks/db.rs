@@ -92,7 +92,15 @@ impl Db {
     ) -> sqlx::Result<()> {
         each!(
             self,
-            enqueue(account, webhook, operator_hook, event_id, event_type, payload, now_ms)
+            enqueue(
+                account,
+                webhook,
+                operator_hook,
+                event_id,
+                event_type,
+                payload,
+                now_ms
+            )
         )
     }
     pub async fn claim(&self, now_ms: i64, until: i64, limit: i64) -> sqlx::Result<Vec<Due>> {
@@ -111,7 +119,15 @@ impl Db {
     ) -> sqlx::Result<()> {
         each!(
             self,
-            finish(id, status, attempts, next_attempt_at, last_status, last_error, delivered_at)
+            finish(
+                id,
+                status,
+                attempts,
+                next_attempt_at,
+                last_status,
+                last_error,
+                delivered_at
+            )
         )
     }
     pub async fn deliveries(&self, webhook: i64, limit: i64) -> sqlx::Result<Vec<DeliveryRow>> {
@@ -123,11 +139,7 @@ impl Db {
     pub async fn keys_used_since(&self, since: i64) -> sqlx::Result<Vec<KeyUse>> {
         each!(self, keys_used_since(since))
     }
-    pub async fn expiring(
-        &self,
-        now: i64,
-        until: i64,
-    ) -> sqlx::Result<Vec<(i64, i64, i64, i64)>> {
+    pub async fn expiring(&self, now: i64, until: i64) -> sqlx::Result<Vec<(i64, i64, i64, i64)>> {
         each!(self, expiring(now, until))
     }
 }

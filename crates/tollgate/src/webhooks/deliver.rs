@@ -115,7 +115,13 @@ impl Webhooks {
                     .saturating_mul(1u32 << (attempts - 1).clamp(0, 20) as u32)
                     .min(MAX_BACKOFF);
                 let status = if last { "failed" } else { "pending" };
-                (status, now + backoff.as_millis() as i64, code, Some(error), None)
+                (
+                    status,
+                    now + backoff.as_millis() as i64,
+                    code,
+                    Some(error),
+                    None,
+                )
             }
         };
         let written = self
@@ -210,8 +216,14 @@ mod tests {
         let mut block = [0u8; 64];
         block[..key.len()].copy_from_slice(key);
         let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
-        let inner = Sha256::new().chain_update(pad(0x36)).chain_update(message).finalize();
-        let outer = Sha256::new().chain_update(pad(0x5c)).chain_update(inner).finalize();
+        let inner = Sha256::new()
+            .chain_update(pad(0x36))
+            .chain_update(message)
+            .finalize();
+        let outer = Sha256::new()
+            .chain_update(pad(0x5c))
+            .chain_update(inner)
+            .finalize();
         hex::encode(outer)
     }
 
@@ -224,7 +236,13 @@ mod tests {
         );
         let body = r#"{"id":"evt_1","type":"account.low_balance"}"#;
         let expected = hmac_by_hand(b"whsec-test", format!("1733030000.{body}").as_bytes());
-        assert_eq!(sign("whsec-test", 1_733_030_000, body), format!("t=1733030000,v1={expected}"));
-        assert_ne!(sign("whsec-test", 1_733_030_001, body), sign("whsec-test", 1_733_030_000, body));
+        assert_eq!(
+            sign("whsec-test", 1_733_030_000, body),
+            format!("t=1733030000,v1={expected}")
+        );
+        assert_ne!(
+            sign("whsec-test", 1_733_030_001, body),
+            sign("whsec-test", 1_733_030_000, body)
+        );
     }
 }

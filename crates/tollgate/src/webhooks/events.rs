@@ -36,9 +36,9 @@ impl KeyWindow {
 
 /// The thresholds `usage` has reached of `limit`, in whole percent (exact integers).
 pub fn reached(usage: i64, limit: i64) -> impl Iterator<Item = i64> {
-    THRESHOLDS.into_iter().filter(move |t| {
-        limit > 0 && i128::from(usage) * 100 >= i128::from(*t) * i128::from(limit)
-    })
+    THRESHOLDS
+        .into_iter()
+        .filter(move |t| limit > 0 && i128::from(usage) * 100 >= i128::from(*t) * i128::from(limit))
 }
 
 impl Webhooks {
@@ -91,8 +91,14 @@ impl Webhooks {
                 "credit_limit": Credits::from_nanos(key.limit).to_string(),
                 "window": window.0,
             });
-            self.emit(AccountId(key.account_id), "key.usage_threshold", data, &dedup, None)
-                .await?;
+            self.emit(
+                AccountId(key.account_id),
+                "key.usage_threshold",
+                data,
+                &dedup,
+                None,
+            )
+            .await?;
         }
         Ok(())
     }

@@ -157,7 +157,15 @@ impl Webhooks {
         }
         for index in 0..self.policy.operator.len() {
             self.db
-                .enqueue(account.0, None, Some(index as i64), &id, kind, &payload, now_ms)
+                .enqueue(
+                    account.0,
+                    None,
+                    Some(index as i64),
+                    &id,
+                    kind,
+                    &payload,
+                    now_ms,
+                )
                 .await?;
         }
         self.wake.notify_one();

@@ -78,11 +78,17 @@ pub fn host_and_port(url: &str) -> Result<(String, u16), TargetError> {
     if authority.as_str().contains('@') {
         return Err(TargetError::Credentials);
     }
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     if host.is_empty() {
         return Err(not_http());
     }
-    Ok((host.to_string(), authority.port_u16().unwrap_or(default_port)))
+    Ok((
+        host.to_string(),
+        authority.port_u16().unwrap_or(default_port),
+    ))
 }
 
 /// Resolves `host` and checks every address it names.
@@ -98,7 +104,11 @@ pub async fn check(url: &str, allow_private: bool) -> Result<(), TargetError> {
     Ok(())
 }
 
-async fn resolve(host: &str, port: u16, allow_private: bool) -> Result<Vec<SocketAddr>, TargetError> {
+async fn resolve(
+    host: &str,
+    port: u16,
+    allow_private: bool,
+) -> Result<Vec<SocketAddr>, TargetError> {
     let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
         Err(_) => tokio::net::lookup_host((host, port))
@@ -136,7 +146,9 @@ impl tower::Service<Name> for GuardedResolver {
         Box::pin(async move {
             let addrs = resolve(name.as_str(), 0, allow_private)
                 .await
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e.to_string()))?;
+                .map_err(|e| {
+                    std::io::Error::new(std::io::ErrorKind::PermissionDenied, e.to_string())
+                })?;
             Ok(addrs.into_iter())
         })
     }
@@ -149,14 +161,34 @@ mod tests {
     #[test]
     fn special_addresses_are_not_public() {
         for text in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0",
-            "100.64.0.1", "255.255.255.255", "224.0.0.1", "::1", "::", "fe80::1", "fc00::1",
-            "fd12:3456::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "64:ff9b::7f00:1", "::127.0.0.1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::7f00:1",
+            "::127.0.0.1",
         ] {
             let ip: IpAddr = text.parse().expect(text);
             assert!(!is_public(ip), "{text}");
         }
-        for text in ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111", "::ffff:8.8.8.8"] {
+        for text in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
             let ip: IpAddr = text.parse().expect(text);
             assert!(is_public(ip), "{text}");
         }
@@ -164,18 +196,42 @@ mod tests {
 
     #[test]
     fn urls_need_http_and_a_host_without_credentials() {
-        assert_eq!(host_and_port("https://example.com/x"), Ok(("example.com".into(), 443)));
-        assert_eq!(host_and_port("http://[::1]:8080/"), Ok(("::1".into(), 8080)));
-        assert!(matches!(host_and_port("ftp://example.com/"), Err(TargetError::NotHttp(_))));
-        assert!(matches!(host_and_port("example.com"), Err(TargetError::NotHttp(_))));
-        assert_eq!(host_and_port("https://u:p@example.com/"), Err(TargetError::Credentials));
+        assert_eq!(
+            host_and_port("https://example.com/x"),
+            Ok(("example.com".into(), 443))
+        );
+        assert_eq!(
+            host_and_port("http://[::1]:8080/"),
+            Ok(("::1".into(), 8080))
+        );
+        assert!(matches!(
+            host_and_port("ftp://example.com/"),
+            Err(TargetError::NotHttp(_))
+        ));
+        assert!(matches!(
+            host_and_port("example.com"),
+            Err(TargetError::NotHttp(_))
+        ));
+        assert_eq!(
+            host_and_port("https://u:p@example.com/"),
+            Err(TargetError::Credentials)
+        );
     }
 
     #[tokio::test]
     async fn names_are_checked_after_resolution() {
-        assert!(matches!(check("http://localhost:9/hook", false).await, Err(TargetError::Private(_))));
-        assert!(matches!(check("http://127.0.0.1/", false).await, Err(TargetError::Private(_))));
-        assert!(matches!(check("http://[::1]/", false).await, Err(TargetError::Private(_))));
+        assert!(matches!(
+            check("http://localhost:9/hook", false).await,
+            Err(TargetError::Private(_))
+        ));
+        assert!(matches!(
+            check("http://127.0.0.1/", false).await,
+            Err(TargetError::Private(_))
+        ));
+        assert!(matches!(
+            check("http://[::1]/", false).await,
+            Err(TargetError::Private(_))
+        ));
         assert_eq!(check("http://localhost:9/hook", true).await, Ok(()));
     }
 }

@@ -33,7 +33,12 @@ async fn credits_lists_grants_newest_first_with_decimal_strings() {
     let expiry = tollgate::now() + 86_400;
     app.state
         .accounts
-        .grant(app.account_id, "10".parse().expect("amount"), Some("monthly"), Some(expiry))
+        .grant(
+            app.account_id,
+            "10".parse().expect("amount"),
+            Some("monthly"),
+            Some(expiry),
+        )
         .await
         .expect("grant");
     app.grant("2.5").await;
@@ -51,7 +56,9 @@ async fn credits_lists_grants_newest_first_with_decimal_strings() {
     assert_eq!(list[1]["note"], "monthly");
     assert_eq!(list[1]["status"], "active");
     assert_eq!(list[1]["expires_at"], tollgate::rfc3339(expiry));
-    assert!(list[1]["created_at"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert!(list[1]["created_at"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
 
     // Another account sees only its own grants; an inference key is refused.
     let (_, other) = app.new_account("other").await;
@@ -63,10 +70,20 @@ async fn credits_lists_grants_newest_first_with_decimal_strings() {
     let refused = app
         .state
         .accounts
-        .grant(app.account_id, "1".parse().expect("amount"), None, Some(tollgate::now() - 1))
+        .grant(
+            app.account_id,
+            "1".parse().expect("amount"),
+            None,
+            Some(tollgate::now() - 1),
+        )
         .await;
     assert!(refused.is_err());
-    assert_eq!(credits(&app, &app.prov_key).await["credits"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        credits(&app, &app.prov_key).await["credits"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
 }
 
 /// One grant, expiring while a request reserved before it is still running: the balance
@@ -90,7 +107,11 @@ async fn a_grant_expires_and_a_request_across_the_expiry_is_paid_from_it() {
     let key = key["key"].as_str().expect("plaintext").to_string();
 
     let first = app
-        .post("/v1/chat/completions", &key, &chat("gpt-test", "before the expiry"))
+        .post(
+            "/v1/chat/completions",
+            &key,
+            &chat("gpt-test", "before the expiry"),
+        )
         .await;
     assert_eq!(first.status(), 200);
     let c1 = nanos(first.headers()["x-tollgate-cost"].to_str().expect("cost"));
@@ -117,11 +138,22 @@ async fn a_grant_expires_and_a_request_across_the_expiry_is_paid_from_it() {
     // Past the expiry, with the slow request in flight: only what it holds is left.
     let held = balance(&app, &prov).await;
     assert!(held > 0 && held < nanos("0.01"), "held {held}");
-    assert!(!slow.is_finished(), "the slow request must still be in flight");
+    assert!(
+        !slow.is_finished(),
+        "the slow request must still be in flight"
+    );
     let refused = app
-        .post("/v1/chat/completions", &key, &chat("gpt-test", "after the expiry"))
+        .post(
+            "/v1/chat/completions",
+            &key,
+            &chat("gpt-test", "after the expiry"),
+        )
         .await;
-    assert_eq!(refused.status(), 402, "what the request in flight holds is not spendable");
+    assert_eq!(
+        refused.status(),
+        402,
+        "what the request in flight holds is not spendable"
+    );
 
     let slow = slow.await.expect("task");
     assert_eq!(slow.status(), 200);
@@ -134,8 +166,14 @@ async fn a_grant_expires_and_a_request_across_the_expiry_is_paid_from_it() {
     let grant = &listed["credits"][0];
     assert_eq!(grant["remaining"], "0.00");
     assert_eq!(grant["status"], "expired");
-    assert_eq!(nanos(grant["expired"].as_str().expect("expired")), nanos("1") - c1 - c2);
-    assert_eq!(nanos(listed["expired"].as_str().expect("expired")), nanos("1") - c1 - c2);
+    assert_eq!(
+        nanos(grant["expired"].as_str().expect("expired")),
+        nanos("1") - c1 - c2
+    );
+    assert_eq!(
+        nanos(listed["expired"].as_str().expect("expired")),
+        nanos("1") - c1 - c2
+    );
     // The ledger agrees: grants − charges − expired = balance = 0.
     let charged: i64 = ledger(&app)
         .await
@@ -153,5 +191,8 @@ async fn a_grant_expires_and_a_request_across_the_expiry_is_paid_from_it() {
         .expect("account");
     assert_eq!(account.charged.nanos(), c1 + c2);
     assert_eq!(account.balance().nanos(), 0);
-    assert_eq!(account.granted.nanos() - account.charged.nanos() - account.expired.nanos(), 0);
+    assert_eq!(
+        account.granted.nanos() - account.charged.nanos() - account.expired.nanos(),
+        0
+    );
 }

@@ -1,8 +1,8 @@
 //! Integration tests: each test starts its own server over HTTP on a fresh database.
 
 mod account;
-mod credits;
 mod auth;
+mod credits;
 mod endpoints;
 mod errors;
 mod front_door;

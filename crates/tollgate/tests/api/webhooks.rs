@@ -44,7 +44,9 @@ async fn receiver(fail_first: usize) -> (String, Received) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app).await });
     (format!("http://{addr}/hook"), got)
@@ -122,12 +124,19 @@ async fn deliveries_case(url: Option<String>) {
     };
     let url = url_hook;
     app.grant("3").await;
-    let response = create(&app, json!({"url": url, "secret": SECRET, "low_balance": "5.00"})).await;
+    let response = create(
+        &app,
+        json!({"url": url, "secret": SECRET, "low_balance": "5.00"}),
+    )
+    .await;
     assert_eq!(response.status(), 201);
     let hook: Value = response.json().await.expect("json");
     assert_eq!(hook["url"], url.as_str());
     assert_eq!(hook["low_balance"], "5.00");
-    assert!(!hook.to_string().contains(SECRET), "the secret is never echoed: {hook}");
+    assert!(
+        !hook.to_string().contains(SECRET),
+        "the secret is never echoed: {hook}"
+    );
     let id = hook["id"].as_i64().expect("id");
     let listed: Value = app
         .get("/v1/account/webhooks", &app.prov_key)
@@ -145,10 +154,16 @@ async fn deliveries_case(url: Option<String>) {
     })
     .await;
     for (signature, body) in &delivered {
-        assert!(verified(SECRET, signature, body), "bad signature {signature} on {body}");
+        assert!(
+            verified(SECRET, signature, body),
+            "bad signature {signature} on {body}"
+        );
         assert!(!verified(OPERATOR_SECRET, signature, body));
     }
-    assert_eq!(delivered[0].1, delivered[1].1, "a retry sends the same event");
+    assert_eq!(
+        delivered[0].1, delivered[1].1,
+        "a retry sends the same event"
+    );
     let event: Value = serde_json::from_str(&delivered[0].1).expect("json");
     assert_eq!(event["type"], "account.low_balance");
     assert_eq!(event["data"]["balance"], "3.00");
@@ -168,7 +183,10 @@ async fn deliveries_case(url: Option<String>) {
     // The log says what happened, with no secret in it.
     let log = wait_for("the log to show the delivery", async || {
         let log: Value = app
-            .get(&format!("/v1/account/webhooks/{id}/deliveries"), &app.prov_key)
+            .get(
+                &format!("/v1/account/webhooks/{id}/deliveries"),
+                &app.prov_key,
+            )
             .await
             .json()
             .await
@@ -184,7 +202,9 @@ async fn deliveries_case(url: Option<String>) {
     assert!(!log.to_string().contains(SECRET));
 
     // Key thresholds, each once: 85 % of the limit crosses 50 and 80, then 100.
-    let (key_id, _) = app.create_key(json!({"name": "ci", "credit_limit": 1})).await;
+    let (key_id, _) = app
+        .create_key(json!({"name": "ci", "credit_limit": 1}))
+        .await;
     let record = |id: &str, cost: i64| tollgate::store::UsageRecord {
         request_id: id.into(),
         account_id: app.account_id,
@@ -200,7 +220,11 @@ async fn deliveries_case(url: Option<String>) {
         created_at: tollgate::now(),
         detail: Default::default(),
     };
-    app.state.store.record_usage(&[record("r1", 850_000_000)]).await.expect("usage");
+    app.state
+        .store
+        .record_usage(&[record("r1", 850_000_000)])
+        .await
+        .expect("usage");
     let thresholds = |events: &[Value]| -> Vec<i64> {
         let mut t: Vec<i64> = events
             .iter()
@@ -215,7 +239,11 @@ async fn deliveries_case(url: Option<String>) {
         (thresholds(&events(&got).await) == vec![50, 80]).then_some(())
     })
     .await;
-    app.state.store.record_usage(&[record("r2", 150_000_000)]).await.expect("usage");
+    app.state
+        .store
+        .record_usage(&[record("r2", 150_000_000)])
+        .await
+        .expect("usage");
     wait_for("100 %", async || {
         (thresholds(&events(&got).await) == vec![50, 80, 100]).then_some(())
     })
@@ -229,7 +257,10 @@ async fn deliveries_case(url: Option<String>) {
             .collect::<std::collections::HashSet<_>>()
             .len()
     };
-    assert_eq!((per_threshold(50), per_threshold(80), per_threshold(100)), (1, 1, 1));
+    assert_eq!(
+        (per_threshold(50), per_threshold(80), per_threshold(100)),
+        (1, 1, 1)
+    );
     let crossed = all
         .iter()
         .find(|e| e["data"]["threshold_percent"] == 100)
@@ -242,7 +273,12 @@ async fn deliveries_case(url: Option<String>) {
     let expiry = tollgate::now() + 3 * 86_400;
     app.state
         .accounts
-        .grant(app.account_id, "2".parse().expect("amount"), None, Some(expiry))
+        .grant(
+            app.account_id,
+            "2".parse().expect("amount"),
+            None,
+            Some(expiry),
+        )
         .await
         .expect("grant");
     let expiring = wait_for("credits.expiring", async || {
@@ -259,7 +295,12 @@ async fn deliveries_case(url: Option<String>) {
     let (_, other) = app.new_account("other").await;
     let path = format!("/v1/account/webhooks/{id}");
     assert_eq!(app.delete(&path, &other).await.status(), 404);
-    assert_eq!(app.get(&format!("{path}/deliveries"), &other).await.status(), 404);
+    assert_eq!(
+        app.get(&format!("{path}/deliveries"), &other)
+            .await
+            .status(),
+        404
+    );
     assert_eq!(app.delete(&path, &app.prov_key).await.status(), 204);
     assert_eq!(app.delete(&path, &app.prov_key).await.status(), 404);
 }
@@ -280,16 +321,37 @@ async fn private_targets_and_bad_input_are_refused() {
     ] {
         let response = create(&app, json!({"url": url, "secret": SECRET})).await;
         let message = assert_error(response, 400, "invalid_request_error", "invalid_field").await;
-        assert!(message.contains("private") || message.contains("loopback"), "{url}: {message}");
+        assert!(
+            message.contains("private") || message.contains("loopback"),
+            "{url}: {message}"
+        );
     }
     for (body, field) in [
-        (json!({"url": "ftp://example.com/x", "secret": SECRET}), "url"),
-        (json!({"url": "https://user:pw@example.com/x", "secret": SECRET}), "url"),
-        (json!({"url": "https://example.com/x", "secret": "short"}), "secret"),
+        (
+            json!({"url": "ftp://example.com/x", "secret": SECRET}),
+            "url",
+        ),
+        (
+            json!({"url": "https://user:pw@example.com/x", "secret": SECRET}),
+            "url",
+        ),
+        (
+            json!({"url": "https://example.com/x", "secret": "short"}),
+            "secret",
+        ),
         (json!({"url": "https://example.com/x"}), "secret"),
-        (json!({"url": "https://example.com/x", "secret": SECRET, "low_balance": "-1"}), "low_balance"),
-        (json!({"url": "https://example.com/x", "secret": SECRET, "low_balance": "0.0000000001"}), "low_balance"),
-        (json!({"url": "https://example.com/x", "secret": SECRET, "low_balance": true}), "low_balance"),
+        (
+            json!({"url": "https://example.com/x", "secret": SECRET, "low_balance": "-1"}),
+            "low_balance",
+        ),
+        (
+            json!({"url": "https://example.com/x", "secret": SECRET, "low_balance": "0.0000000001"}),
+            "low_balance",
+        ),
+        (
+            json!({"url": "https://example.com/x", "secret": SECRET, "low_balance": true}),
+            "low_balance",
+        ),
     ] {
         let response = create(&app, body.clone()).await;
         assert_eq!(response.status(), 400, "{body}");
@@ -297,12 +359,21 @@ async fn private_targets_and_bad_input_are_refused() {
         assert_eq!(error["error"]["param"], field, "{body}: {error}");
         assert!(!error.to_string().contains(SECRET));
     }
-    let response = create(&app, json!({"url": "https://example.com/x", "secret": SECRET, "extra": 1})).await;
+    let response = create(
+        &app,
+        json!({"url": "https://example.com/x", "secret": SECRET, "extra": 1}),
+    )
+    .await;
     assert_eq!(response.status(), 400);
     // An inference key cannot manage webhooks.
     let key = app.inference_key().await;
     assert_eq!(app.get("/v1/account/webhooks", &key).await.status(), 401);
-    let listed: Value = app.get("/v1/account/webhooks", &app.prov_key).await.json().await.expect("json");
+    let listed: Value = app
+        .get("/v1/account/webhooks", &app.prov_key)
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(listed, json!({"webhooks": []}));
 }
 
@@ -310,7 +381,9 @@ async fn private_targets_and_bad_input_are_refused() {
 /// model requests are answered.
 #[tokio::test]
 async fn a_hanging_receiver_does_not_hold_model_requests() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
     let held = Arc::new(Mutex::new(Vec::new()));
     let holding = held.clone();
@@ -344,7 +417,11 @@ async fn a_hanging_receiver_does_not_hold_model_requests() {
     let key = app.inference_key().await;
     // Several webhooks, each with an event to deliver to the hanging receiver.
     for _ in 0..4 {
-        let response = create(&app, json!({"url": url, "secret": SECRET, "low_balance": "100"})).await;
+        let response = create(
+            &app,
+            json!({"url": url, "secret": SECRET, "low_balance": "100"}),
+        )
+        .await;
         assert_eq!(response.status(), 201);
     }
     wait_for("the receiver to hold every delivery", async || {
@@ -354,7 +431,11 @@ async fn a_hanging_receiver_does_not_hold_model_requests() {
     // Every delivery is hanging now: model requests are answered all the same.
     for i in 0..10 {
         let response = app
-            .post("/v1/chat/completions", &key, &chat("gpt-test", &format!("hello {i}")))
+            .post(
+                "/v1/chat/completions",
+                &key,
+                &chat("gpt-test", &format!("hello {i}")),
+            )
             .await;
         assert_eq!(response.status(), 200);
     }
@@ -362,10 +443,18 @@ async fn a_hanging_receiver_does_not_hold_model_requests() {
     assert_eq!(balance.status(), 200);
     // The deliveries are still in flight: held open, not answered, not logged as done.
     assert!(held.lock().expect("lock").len() >= 4);
-    let hooks: Value = app.get("/v1/account/webhooks", &app.prov_key).await.json().await.expect("json");
+    let hooks: Value = app
+        .get("/v1/account/webhooks", &app.prov_key)
+        .await
+        .json()
+        .await
+        .expect("json");
     let id = hooks["webhooks"][0]["id"].as_i64().expect("id");
     let log: Value = app
-        .get(&format!("/v1/account/webhooks/{id}/deliveries"), &app.prov_key)
+        .get(
+            &format!("/v1/account/webhooks/{id}/deliveries"),
+            &app.prov_key,
+        )
         .await
         .json()
         .await

@@ -243,7 +243,11 @@ pub async fn an_expiry_keeps_what_requests_in_flight_hold(db: TestDb) {
         .expect("account");
     assert_eq!(at_expiry.expired, nanos(600));
     assert_eq!(at_expiry.balance(), nanos(800));
-    assert_eq!(at_expiry.next_expiry, Some(T0 + 60), "the kept part is still due");
+    assert_eq!(
+        at_expiry.next_expiry,
+        Some(T0 + 60),
+        "the kept part is still due"
+    );
     // They finish, charged 250 (from the kept part); the other 50 expire.
     store
         .record_usage(&[record("b", acme.id, key, "m", 250, T0 + 61)])
@@ -255,10 +259,17 @@ pub async fn an_expiry_keeps_what_requests_in_flight_hold(db: TestDb) {
         .expect("settle")
         .expect("account");
     assert_eq!(after.expired, nanos(650));
-    assert_eq!(after.balance(), nanos(500), "the grant without expiry is untouched");
+    assert_eq!(
+        after.balance(),
+        nanos(500),
+        "the grant without expiry is untouched"
+    );
     assert_eq!(after.next_expiry, None);
     let grants = store.credit_grants(acme.id).await.expect("grants");
-    let expiring = grants.iter().find(|g| g.expires_at.is_some()).expect("listed");
+    let expiring = grants
+        .iter()
+        .find(|g| g.expires_at.is_some())
+        .expect("listed");
     assert_eq!(
         (expiring.consumed, expiring.expired, expiring.remaining()),
         (nanos(350), nanos(650), nanos(0))
