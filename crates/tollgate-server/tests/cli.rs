@@ -825,3 +825,81 @@ async fn a_start_on_a_full_disk_fails_clearly_and_in_time() {
     assert!(full(&err), "{err}");
     std::fs::remove_file(&filler).expect("free");
 }
+
+/// `credits grant --expires-at/--expires-in` and `credits list`: expiring grants from the
+/// command line, with their expiry checked before anything is written.
+#[test]
+fn expiring_grants_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    stdout(&tollgate(d, &["accounts", "create", "acme"]));
+    stdout(&tollgate(
+        d,
+        &[
+            "credits",
+            "grant",
+            "acme",
+            "10",
+            "--note",
+            "monthly",
+            "--expires-in",
+            "60d",
+        ],
+    ));
+    stdout(&tollgate(
+        d,
+        &[
+            "credits",
+            "grant",
+            "acme",
+            "2.5",
+            "--expires-at",
+            "2099-01-31T00:00:00Z",
+        ],
+    ));
+    stdout(&tollgate(d, &["credits", "grant", "acme", "1"]));
+    for bad in [
+        &["credits", "grant", "acme", "1", "--expires-in", "0d"][..],
+        &["credits", "grant", "acme", "1", "--expires-in", "60"],
+        &["credits", "grant", "acme", "1", "--expires-in", "-3d"],
+        &[
+            "credits",
+            "grant",
+            "acme",
+            "1",
+            "--expires-at",
+            "2020-01-01T00:00:00Z",
+        ],
+        &["credits", "grant", "acme", "1", "--expires-at", "tomorrow"],
+        &[
+            "credits",
+            "grant",
+            "acme",
+            "1",
+            "--expires-at",
+            "2099-01-01T00:00:00Z",
+            "--expires-in",
+            "1d",
+        ],
+    ] {
+        refused(&tollgate(d, bad));
+    }
+    assert_eq!(balance_of(d, "acme"), "13.50");
+    let list: Value = serde_json::from_str(&stdout(&tollgate(
+        d,
+        &["credits", "list", "acme", "--json"],
+    )))
+    .expect("json");
+    let list = list.as_array().expect("grants");
+    assert_eq!(list.len(), 3, "refused grants wrote nothing: {list:?}");
+    assert_eq!(list[0]["amount"], "1.00");
+    assert_eq!(list[0]["expires_at"], Value::Null);
+    assert_eq!(list[1]["amount"], "2.50");
+    assert_eq!(list[1]["expires_at"], "2099-01-31T00:00:00Z");
+    assert_eq!(list[2]["note"], "monthly");
+    assert_eq!(list[2]["remaining"], "10.00");
+    let in_60_days = list[2]["expires_at"].as_str().expect("expiry");
+    let expires = tollgate::parse_rfc3339(in_60_days).expect("rfc3339");
+    let expected = tollgate::now() + 60 * 86_400;
+    assert!((expires - expected).abs() < 60, "{in_60_days}");
+}
