@@ -73,35 +73,25 @@ impl Db {
     pub async fn delete(&self, account: i64, id: i64, now: i64) -> sqlx::Result<bool> {
         each!(self, delete(account, id, now))
     }
-    pub async fn record_event(&self, account: i64, dedup: &str, now: i64) -> sqlx::Result<bool> {
-        each!(self, record_event(account, dedup, now))
-    }
-    pub async fn forget_event(&self, account: i64, dedup: &str) -> sqlx::Result<()> {
-        each!(self, forget_event(account, dedup))
-    }
     #[allow(clippy::too_many_arguments)]
-    pub async fn enqueue(
+    pub async fn emit(
         &self,
         account: i64,
-        webhook: Option<i64>,
-        operator_hook: Option<i64>,
+        dedup: &str,
+        now: i64,
+        receivers: &[(Option<i64>, Option<i64>)],
         event_id: &str,
         event_type: &str,
         payload: &str,
         now_ms: i64,
-    ) -> sqlx::Result<()> {
+    ) -> sqlx::Result<bool> {
         each!(
             self,
-            enqueue(
-                account,
-                webhook,
-                operator_hook,
-                event_id,
-                event_type,
-                payload,
-                now_ms
-            )
+            emit(account, dedup, now, receivers, event_id, event_type, payload, now_ms)
         )
+    }
+    pub async fn forget_event(&self, account: i64, dedup: &str) -> sqlx::Result<()> {
+        each!(self, forget_event(account, dedup))
     }
     pub async fn claim(&self, now_ms: i64, until: i64, limit: i64) -> sqlx::Result<Vec<Due>> {
         each!(self, claim(now_ms, until, limit))

@@ -135,9 +135,15 @@ impl Webhooks {
         only: Option<i64>,
     ) -> Result<bool, WebhookError> {
         let now = crate::now();
-        if !self.db.record_event(account.0, dedup, now).await? {
-            return Ok(false);
-        }
+        let mut receivers: Vec<(Option<i64>, Option<i64>)> = self
+            .db
+            .hooks(Some(account.0))
+            .await?
+            .iter()
+            .filter(|hook| only.is_none_or(|o| o == hook.id))
+            .map(|hook| (Some(hook.id), None))
+            .collect();
+        receivers.extend((0..self.policy.operator.len()).map(|i| (None, Some(i as i64))));
         let id = format!("evt_{}", uuid::Uuid::now_v7().simple());
         let payload = json!({
             "id": id,
@@ -147,29 +153,23 @@ impl Webhooks {
             "data": data,
         })
         .to_string();
-        let now_ms = now_ms();
-        for hook in self.db.hooks(Some(account.0)).await? {
-            if only.is_none_or(|o| o == hook.id) {
-                self.db
-                    .enqueue(account.0, Some(hook.id), None, &id, kind, &payload, now_ms)
-                    .await?;
-            }
+        let new = self
+            .db
+            .emit(
+                account.0,
+                dedup,
+                now,
+                &receivers,
+                &id,
+                kind,
+                &payload,
+                now_ms(),
+            )
+            .await?;
+        if new {
+            self.wake.notify_one();
         }
-        for index in 0..self.policy.operator.len() {
-            self.db
-                .enqueue(
-                    account.0,
-                    None,
-                    Some(index as i64),
-                    &id,
-                    kind,
-                    &payload,
-                    now_ms,
-                )
-                .await?;
-        }
-        self.wake.notify_one();
-        Ok(true)
+        Ok(new)
     }
 
     /// Re-arms an event: the next time its condition holds, it is emitted again.

@@ -77,18 +77,52 @@ pub async fn delete(pool: &P, account: i64, id: i64, now: i64) -> sqlx::Result<b
     Ok(done.rows_affected() == 1)
 }
 
-/// Notes an event by its de-duplication id; false if it was noted before.
-pub async fn record_event(pool: &P, account: i64, dedup: &str, now: i64) -> sqlx::Result<bool> {
-    let done = sqlx::query(
+/// An event, noted once by its de-duplication id together with one delivery per
+/// receiver (`(webhook, operator hook)`), in one transaction; false if noted before.
+#[allow(clippy::too_many_arguments)]
+pub async fn emit(
+    pool: &P,
+    account: i64,
+    dedup: &str,
+    now: i64,
+    receivers: &[(Option<i64>, Option<i64>)],
+    event_id: &str,
+    event_type: &str,
+    payload: &str,
+    now_ms: i64,
+) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let noted = sqlx::query(
         "INSERT INTO webhook_events (account_id, dedup, created_at) VALUES ($1, $2, $3) \
          ON CONFLICT DO NOTHING",
     )
     .bind(account)
     .bind(dedup)
     .bind(now)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
-    Ok(done.rows_affected() == 1)
+    if noted.rows_affected() != 1 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    for (webhook, operator_hook) in receivers {
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (account_id, webhook_id, operator_hook, event_id, \
+             event_type, payload, status, next_attempt_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7)",
+        )
+        .bind(account)
+        .bind(webhook)
+        .bind(operator_hook)
+        .bind(event_id)
+        .bind(event_type)
+        .bind(payload)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
 }
 
 pub async fn forget_event(pool: &P, account: i64, dedup: &str) -> sqlx::Result<()> {
@@ -97,34 +131,6 @@ pub async fn forget_event(pool: &P, account: i64, dedup: &str) -> sqlx::Result<(
         .bind(dedup)
         .execute(pool)
         .await?;
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-pub async fn enqueue(
-    pool: &P,
-    account: i64,
-    webhook: Option<i64>,
-    operator_hook: Option<i64>,
-    event_id: &str,
-    event_type: &str,
-    payload: &str,
-    now_ms: i64,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO webhook_deliveries (account_id, webhook_id, operator_hook, event_id, \
-         event_type, payload, status, next_attempt_at, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7)",
-    )
-    .bind(account)
-    .bind(webhook)
-    .bind(operator_hook)
-    .bind(event_id)
-    .bind(event_type)
-    .bind(payload)
-    .bind(now_ms)
-    .execute(pool)
-    .await?;
     Ok(())
 }
 

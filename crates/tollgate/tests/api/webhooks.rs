@@ -462,3 +462,99 @@ async fn a_hanging_receiver_does_not_hold_model_requests() {
     assert_eq!(log["deliveries"][0]["status"], "pending");
     assert_eq!(log["deliveries"][0]["attempts"], 0);
 }
+
+/// Two replicas on one PostgreSQL database scan and send at once: every event reaches
+/// the receiver exactly once.
+#[tokio::test]
+async fn two_replicas_deliver_each_event_once() {
+    crate::overflow::with_postgres_database(|url| async move {
+        let (hook_url, got) = receiver(0).await;
+        let store = tollgate::store::open(&url).await.expect("store");
+        let policy = tollgate::config::WebhookPolicy {
+            allow_private_targets: true,
+            retry_base: Duration::from_millis(100),
+            ..Default::default()
+        };
+        let replicas: Vec<Arc<tollgate::webhooks::Webhooks>> = (0..2)
+            .map(|_| {
+                Arc::new(
+                    tollgate::webhooks::Webhooks::new(&url, store.clone(), policy.clone())
+                        .expect("webhooks"),
+                )
+            })
+            .collect();
+        let now = tollgate::now();
+        let account = store.create_account("acme", now).await.expect("account");
+        let key = store
+            .create_key(tollgate::store::NewKey {
+                account_id: account.id,
+                kind: tollgate::store::KeyKind::Inference,
+                name: "k".into(),
+                key_hash: "hash".into(),
+                hint: "hint".into(),
+                created_at: now,
+                expires_at: None,
+                credit_limit: Some(tollgate::billing::Credits::from_nanos(1_000)),
+                rate_limit_rpm: None,
+            })
+            .await
+            .expect("key");
+        replicas[0]
+            .create(
+                account.id,
+                &hook_url,
+                SECRET,
+                Some("1".parse().expect("amount")),
+            )
+            .await
+            .expect("webhook");
+        for replica in &replicas {
+            tokio::spawn(replica.clone().run_deliveries());
+        }
+        // Usage to 100 % in ten steps, each followed by both replicas scanning at once.
+        for i in 0..10 {
+            let record = tollgate::store::UsageRecord {
+                request_id: format!("r{i}"),
+                account_id: account.id,
+                key_id: key.id,
+                model: "m".into(),
+                endpoint: "/v1/chat/completions".into(),
+                input_tokens: 1,
+                cached_input_tokens: 0,
+                output_tokens: 1,
+                cost: tollgate::billing::Credits::from_nanos(100),
+                status: 200,
+                latency_ms: 1,
+                created_at: now,
+                detail: Default::default(),
+            };
+            store.record_usage(&[record]).await.expect("usage");
+            let (a, b) = tokio::join!(replicas[0].scan(0, true), replicas[1].scan(0, true));
+            a.expect("scan");
+            b.expect("scan");
+        }
+        // 50, 80, 100 % and the low balance (0 < 1): four events.
+        wait_for("four deliveries", async || {
+            (got.lock().expect("lock").len() >= 4).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let all = events(&got).await;
+        assert_eq!(all.len(), 4, "each event once: {all:?}");
+        let mut kinds: Vec<String> = all
+            .iter()
+            .map(|e| format!("{} {}", e["type"], e["data"]["threshold_percent"]))
+            .collect();
+        kinds.sort();
+        assert_eq!(
+            kinds,
+            [
+                "\"account.low_balance\" null",
+                "\"key.usage_threshold\" 100",
+                "\"key.usage_threshold\" 50",
+                "\"key.usage_threshold\" 80",
+            ]
+        );
+    })
+    .await;
+}
