@@ -132,4 +132,7 @@ impl Db {
     pub async fn expiring(&self, now: i64, until: i64) -> sqlx::Result<Vec<(i64, i64, i64, i64)>> {
         each!(self, expiring(now, until))
     }
+    pub async fn prune(&self, before_ms: i64) -> sqlx::Result<u64> {
+        each!(self, prune(before_ms))
+    }
 }

@@ -20,6 +20,8 @@ pub const EXPIRY_NOTICE: i64 = 7 * 86_400;
 /// Usage records re-read behind the last scan's end: on PostgreSQL a record may commit
 /// after one with a higher id was seen; an event found twice is emitted once.
 const RESCAN: i64 = 1_000;
+/// How long finished deliveries stay in the log.
+const LOG_DAYS: i64 = 30;
 
 /// The window a key's usage is counted in, part of its events' identity. Keys have one
 /// lifetime window today; a reset window (daily, weekly, monthly) names its start here,
@@ -52,8 +54,16 @@ impl Webhooks {
             }
         };
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut round: u64 = 0;
         loop {
             tick.tick().await;
+            round += 1;
+            if round % 3_600 == 1 {
+                let before = super::now_ms() - LOG_DAYS * 86_400_000;
+                if let Err(e) = self.db.prune(before).await {
+                    tracing::warn!(error = %e, "pruning the webhook delivery log failed");
+                }
+            }
             match self.scan(seen, true).await {
                 Ok(next) => seen = next,
                 Err(e) => tracing::warn!(error = %e, "webhook events: a scan failed"),

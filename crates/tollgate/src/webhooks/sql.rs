@@ -272,3 +272,14 @@ pub async fn expiring(pool: &P, now: i64, until: i64) -> sqlx::Result<Vec<(i64, 
         .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?)))
         .collect()
 }
+
+/// Deletes finished deliveries created before `before_ms` (the log keeps 30 days).
+pub async fn prune(pool: &P, before_ms: i64) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM webhook_deliveries WHERE status <> 'pending' AND created_at < $1",
+    )
+    .bind(before_ms)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
