@@ -219,17 +219,17 @@ impl LocalBudgets {
         }
     }
 
-    /// Re-reads the credit grants of every loaded account, processing the expiries that
-    /// are due (what requests in flight hold is kept for them, see `crate::credits`).
+    /// Processes the expiries that are due on every account (what requests in flight hold
+    /// is kept for them, see `crate::credits`) and re-reads the grants of loaded ones.
     pub async fn refresh_grants(&self) -> Result<(), StoreError> {
         let now = crate::now();
         for account in self.store.list_accounts().await? {
-            let Some(reserved) = self.reserved(account.id) else {
-                continue;
-            };
+            // An account not loaded here has nothing in flight (a reservation loads it):
+            // its due expiries are processed too, so its balance drops on time.
+            let reserved = self.reserved(account.id);
             let account = match account.next_expiry {
                 Some(due) if due <= now => {
-                    let in_flight = Credits::from_nanos(reserved);
+                    let in_flight = Credits::from_nanos(reserved.unwrap_or(0));
                     match self
                         .store
                         .settle_credits(account.id, now, in_flight)

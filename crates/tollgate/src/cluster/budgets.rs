@@ -410,19 +410,18 @@ impl SharedBudgets {
             let touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
             touched.keys().copied().collect()
         };
-        if touched.is_empty() {
-            return Ok(());
-        }
         let now = crate::now();
         for account in self.store.list_accounts().await? {
-            if !touched.contains(&account.id) {
-                continue;
-            }
+            // Due expiries are processed on every account (keeping what any replica's
+            // requests hold), so a balance drops on time also where it is not used.
             match account.next_expiry {
                 Some(due) if due <= now => {
                     self.settle_credits(account.id).await?;
                 }
-                _ => self.set_granted(&account).await.map_err(unavailable)?,
+                _ if touched.contains(&account.id) => {
+                    self.set_granted(&account).await.map_err(unavailable)?
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -434,7 +433,11 @@ impl SharedBudgets {
         &self,
         account: AccountId,
     ) -> Result<Option<crate::store::Account>, ReserveError> {
-        let reserved = self.reserved(account).await.map_err(unavailable)?;
+        let Some(reserved) = self.reserved(account).await.map_err(unavailable)? else {
+            // No epoch known yet: what other replicas hold is unknown, so nothing expires
+            // here; a replica that knows it processes the expiry within a second.
+            return Ok(self.store.account(account).await?);
+        };
         let settled = self
             .store
             .settle_credits(account, crate::now(), Credits::from_nanos(reserved))
@@ -445,11 +448,12 @@ impl SharedBudgets {
         Ok(settled)
     }
 
-    /// What the account's reservations hold across replicas (0 when not loaded).
-    async fn reserved(&self, account: AccountId) -> Result<i64, ClusterError> {
+    /// What the account's reservations hold across replicas (0 when not loaded; `None`
+    /// while this replica knows no epoch).
+    async fn reserved(&self, account: AccountId) -> Result<Option<i64>, ClusterError> {
         let (epoch, _) = self.flights.epoch();
         if epoch.is_empty() {
-            return Ok(0);
+            return Ok(None);
         }
         let mut conn = self.cluster.conn.clone();
         let reserved: Option<i64> = timed(
@@ -459,7 +463,7 @@ impl SharedBudgets {
                 .query_async(&mut conn),
         )
         .await?;
-        Ok(reserved.unwrap_or(0).max(0))
+        Ok(Some(reserved.unwrap_or(0).max(0)))
     }
 
     /// Sets the shared budget's grants (net of expired remainders), if it is loaded.

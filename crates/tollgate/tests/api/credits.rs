@@ -196,3 +196,47 @@ async fn a_grant_expires_and_a_request_across_the_expiry_is_paid_from_it() {
         0
     );
 }
+
+/// An account nobody uses: its expiry is processed by the server within a second or two,
+/// without a request or a read of its balance.
+#[tokio::test]
+async fn an_idle_accounts_expiry_is_processed_on_time() {
+    let app = crate::helpers::spawn_app().await;
+    let (account, _) = app.new_account("idle").await;
+    let expiry = tollgate::now() + 2;
+    app.state
+        .accounts
+        .grant(account, "3".parse().expect("amount"), None, Some(expiry))
+        .await
+        .expect("grant");
+    app.state
+        .accounts
+        .grant(account, "1".parse().expect("amount"), None, None)
+        .await
+        .expect("grant");
+    let mut seen = None;
+    for _ in 0..80 {
+        let a = app
+            .state
+            .accounts
+            .account(account)
+            .await
+            .expect("store")
+            .expect("account");
+        if a.expired.nanos() > 0 {
+            seen = Some((tollgate::now(), a));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (at, a) = seen.expect("the expiry was never processed");
+    assert!(at >= expiry, "expired early");
+    assert!(
+        at <= expiry + 3,
+        "processed {}s after the expiry",
+        at - expiry
+    );
+    assert_eq!(a.expired.nanos(), nanos("3"));
+    assert_eq!(a.balance().nanos(), nanos("1"));
+    assert_eq!(a.next_expiry, None);
+}
