@@ -83,6 +83,7 @@ async fn an_expiry_lowers_the_shared_budget_and_the_check_agrees() {
             expires_at: None,
             credit_limit: None,
             rate_limit_rpm: None,
+            clamp_max_tokens: false,
         })
         .await
         .expect("key");

@@ -2,6 +2,7 @@
 
 mod account;
 mod auth;
+mod clamp;
 mod credits;
 mod endpoints;
 mod errors;

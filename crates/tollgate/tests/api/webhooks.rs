@@ -496,6 +496,7 @@ async fn two_replicas_deliver_each_event_once() {
                 expires_at: None,
                 credit_limit: Some(tollgate::billing::Credits::from_nanos(1_000)),
                 rate_limit_rpm: None,
+                clamp_max_tokens: false,
             })
             .await
             .expect("key");
