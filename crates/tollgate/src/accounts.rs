@@ -1,8 +1,10 @@
 //! Accounts, keys and credit grants: the operations behind `/v1/account/*` and the CLI.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::auth::{self, Authenticator};
+use crate::billing::window::{self, LimitReset, WindowUsage};
 use crate::billing::Credits;
 use crate::store::{
     Account, AccountId, ActivityRollup, KeyId, KeyKind, KeyPatch, KeyRecord, NewKey, Store,
@@ -19,6 +21,8 @@ pub struct NewInferenceKey {
     pub credit_limit: Option<Credits>,
     pub expires_at: Option<i64>,
     pub rate_limit_rpm: Option<i64>,
+    pub limit_reset: Option<LimitReset>,
+    pub allowed_models: Option<Vec<String>>,
 }
 
 /// Why credits were not granted or adjusted.
@@ -87,6 +91,8 @@ impl Accounts {
                 expires_at: new.expires_at,
                 credit_limit: new.credit_limit,
                 rate_limit_rpm: new.rate_limit_rpm,
+                limit_reset: new.limit_reset,
+                allowed_models: new.allowed_models,
             })
             .await?;
         Ok((record, minted.plaintext))
@@ -106,6 +112,31 @@ impl Accounts {
         id: KeyId,
     ) -> Result<Option<KeyRecord>, StoreError> {
         self.store.get_key(account, KeyKind::Inference, id).await
+    }
+
+    /// The usage of the account's keys (or of `key`) in the day, week and month holding
+    /// `at`, from the daily roll-up; a key without charges there is absent.
+    pub async fn window_usage(
+        &self,
+        account: AccountId,
+        key: Option<KeyId>,
+        at: i64,
+    ) -> Result<HashMap<KeyId, WindowUsage>, StoreError> {
+        let charges = self
+            .store
+            .day_charges(account, key, &window::earliest_start(at))
+            .await?;
+        let mut per_key: HashMap<KeyId, Vec<(String, i64)>> = HashMap::new();
+        for c in charges {
+            per_key.entry(c.key).or_default().push((c.day, c.cost));
+        }
+        Ok(per_key
+            .into_iter()
+            .map(|(k, days)| {
+                let usage = WindowUsage::from_days(at, days.iter().map(|(d, c)| (d.as_str(), *c)));
+                (k, usage)
+            })
+            .collect())
     }
 
     /// Applies a patch; the change is seen by this process's next request at once.

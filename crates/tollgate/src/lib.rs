@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod auth;
 pub mod billing;
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod connections;

@@ -12,7 +12,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::window::{self, LimitReset, Tallies, Window, WindowUsage};
 use super::Credits;
+use crate::clock::Clock;
 use crate::store::{AccountId, KeyId, KeyKind, KeyRecord, Store, StoreError};
 use crate::usage::LedgerError;
 
@@ -61,6 +63,21 @@ struct KeyBudget {
     usage: i64,
     limit: Option<i64>,
     reserved: i64,
+    reset: Option<LimitReset>,
+    /// Charged and reserved per day, week and month.
+    tallies: Tallies,
+}
+
+impl KeyBudget {
+    fn new(key: &KeyRecord, at: i64, windows: WindowUsage) -> KeyBudget {
+        KeyBudget {
+            usage: key.usage.nanos(),
+            limit: key.credit_limit.map(Credits::nanos),
+            reserved: 0,
+            reset: key.limit_reset,
+            tallies: Tallies::new(at, windows),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -74,6 +91,7 @@ struct AccountBudget {
 /// The single-machine budgets.
 pub struct LocalBudgets {
     store: Arc<dyn Store>,
+    clock: Clock,
     accounts: Mutex<HashMap<AccountId, AccountBudget>>,
 }
 
@@ -85,12 +103,18 @@ pub struct Reservation {
     pub account: AccountId,
     pub key: KeyId,
     pub amount: Credits,
+    /// When it was made (by the budget clock): its charge belongs to the windows holding
+    /// this time, even when the request ends in the next one.
+    pub at: i64,
+    /// The window of the key's limit it is held in; `None` for a lifetime limit.
+    pub window: Option<Window>,
 }
 
 impl LocalBudgets {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn Store>, clock: Clock) -> Self {
         LocalBudgets {
             store,
+            clock,
             accounts: Mutex::new(HashMap::new()),
         }
     }
@@ -101,7 +125,19 @@ impl LocalBudgets {
         self.accounts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn ensure_loaded(&self, key: &KeyRecord) -> Result<(), StoreError> {
+    /// The key's usage in the windows holding `at`, from the ledger.
+    async fn window_usage(&self, key: &KeyRecord, at: i64) -> Result<WindowUsage, StoreError> {
+        let days = self
+            .store
+            .day_charges(key.account_id, Some(key.id), &window::earliest_start(at))
+            .await?;
+        Ok(WindowUsage::from_days(
+            at,
+            days.iter().map(|d| (d.day.as_str(), d.cost)),
+        ))
+    }
+
+    async fn ensure_loaded(&self, key: &KeyRecord, at: i64) -> Result<(), StoreError> {
         let loaded = {
             let accounts = self.lock();
             accounts
@@ -115,13 +151,13 @@ impl LocalBudgets {
                     .store
                     .get_key(key.account_id, KeyKind::Inference, key.id)
                     .await?;
+                let windows = self.window_usage(key, at).await?;
                 let mut accounts = self.lock();
                 if let (Some(account), Some(fresh)) = (accounts.get_mut(&key.account_id), fresh) {
-                    account.keys.entry(key.id).or_insert(KeyBudget {
-                        usage: fresh.usage.nanos(),
-                        limit: fresh.credit_limit.map(Credits::nanos),
-                        reserved: 0,
-                    });
+                    account
+                        .keys
+                        .entry(key.id)
+                        .or_insert_with(|| KeyBudget::new(&fresh, at, windows));
                 }
                 Ok(())
             }
@@ -131,6 +167,7 @@ impl LocalBudgets {
                     .store
                     .get_key(key.account_id, KeyKind::Inference, key.id)
                     .await?;
+                let windows = self.window_usage(key, at).await?;
                 let mut accounts = self.lock();
                 if let Some(account) = account {
                     let entry = accounts.entry(key.account_id).or_insert(AccountBudget {
@@ -140,11 +177,10 @@ impl LocalBudgets {
                         keys: HashMap::new(),
                     });
                     if let Some(fresh) = fresh {
-                        entry.keys.entry(key.id).or_insert(KeyBudget {
-                            usage: fresh.usage.nanos(),
-                            limit: fresh.credit_limit.map(Credits::nanos),
-                            reserved: 0,
-                        });
+                        entry
+                            .keys
+                            .entry(key.id)
+                            .or_insert_with(|| KeyBudget::new(&fresh, at, windows));
                     }
                 }
                 Ok(())
@@ -159,7 +195,8 @@ impl LocalBudgets {
         amount: Credits,
         id: &str,
     ) -> Result<Reservation, ReserveError> {
-        self.ensure_loaded(key).await?;
+        let at = self.clock.now();
+        self.ensure_loaded(key, at).await?;
         let mut accounts = self.lock();
         let Some(account) = accounts.get_mut(&key.account_id) else {
             return Err(StoreError::Corrupt("account of a live key is missing".into()).into());
@@ -170,7 +207,14 @@ impl LocalBudgets {
         };
         let needed = amount.nanos();
         if let Some(limit) = budget.limit {
-            let remaining = limit - budget.usage - budget.reserved;
+            let (used, reserved) = match budget.reset {
+                None => (budget.usage, budget.reserved),
+                Some(reset) => {
+                    let tally = budget.tallies.current(reset, at);
+                    (tally.used, tally.reserved)
+                }
+            };
+            let remaining = limit - used - reserved;
             if needed > remaining {
                 return Err(ReserveError::Quota(QuotaError::KeyLimit {
                     limit: Credits::from_nanos(limit),
@@ -186,12 +230,15 @@ impl LocalBudgets {
             }));
         }
         budget.reserved += needed;
+        budget.tallies.reserve(at, needed);
         account.reserved += needed;
         Ok(Reservation {
             id: id.to_string(),
             account: key.account_id,
             key: key.id,
             amount,
+            at,
+            window: budget.reset.map(|r| r.window_at(at)),
         })
     }
 
@@ -204,6 +251,9 @@ impl LocalBudgets {
             if let Some(budget) = account.keys.get_mut(&reservation.key) {
                 budget.reserved -= reservation.amount.nanos();
                 budget.usage += cost.nanos();
+                budget
+                    .tallies
+                    .settle(reservation.at, reservation.amount.nanos(), cost.nanos());
             }
         }
     }
@@ -216,6 +266,7 @@ impl LocalBudgets {
             .and_then(|a| a.keys.get_mut(&key.id))
         {
             budget.limit = key.credit_limit.map(Credits::nanos);
+            budget.reset = key.limit_reset;
         }
     }
 

@@ -161,6 +161,9 @@ pub struct Config {
     model_index: HashMap<String, usize>,
     /// `GET /v1/startups` entries, served as they are.
     pub startups: Vec<serde_json::Value>,
+    /// The clock of budget windows: the system's, or the file named by
+    /// `TOLLGATE_CLOCK_FILE` (tests).
+    pub clock: crate::clock::Clock,
 }
 
 impl Config {
@@ -304,6 +307,10 @@ impl Config {
             models: catalog.models,
             model_index: catalog.index,
             startups,
+            clock: match env(crate::clock::CLOCK_FILE_ENV) {
+                Some(path) if !path.is_empty() => crate::clock::Clock::from_file(path.into()),
+                _ => crate::clock::Clock::system(),
+            },
         })
     }
 

@@ -63,11 +63,12 @@ impl AppState {
                     store.clone(),
                     config.reservation_lease,
                     config.budget_check_interval,
+                    config.clock.clone(),
                 ))),
                 RateLimiter::Shared(SharedRateLimiter::new(cluster.clone())),
             ),
             None => (
-                Meter::Local(LocalBudgets::new(store.clone())),
+                Meter::Local(LocalBudgets::new(store.clone(), config.clock.clone())),
                 RateLimiter::local(),
             ),
         };

@@ -113,6 +113,15 @@ impl<S: Store> Store for Deadlined<S> {
         deadline(self.0.delete_key(account, kind, id, now)).await
     }
 
+    async fn day_charges(
+        &self,
+        account: AccountId,
+        key: Option<KeyId>,
+        since_day: &str,
+    ) -> Result<Vec<DayCharge>, StoreError> {
+        deadline(self.0.day_charges(account, key, since_day)).await
+    }
+
     async fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError> {
         deadline(self.0.key_by_hash(hash)).await
     }

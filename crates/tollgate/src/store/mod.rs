@@ -2,6 +2,7 @@
 //! One implementation per database, chosen by the URL scheme.
 
 mod deadline;
+mod key_settings;
 mod overflow;
 mod postgres;
 mod sqlite;
@@ -10,9 +11,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::billing::window::LimitReset;
 use crate::billing::Credits;
 
 pub use deadline::{deadline, Deadlined, CALL_DEADLINE};
+pub use key_settings::DayCharge;
 use overflow::{report_corrupt, DailyRow};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -220,6 +223,21 @@ pub struct KeyRecord {
     pub last_used_at: Option<i64>,
     pub deleted_at: Option<i64>,
     pub rate_limit_rpm: Option<i64>,
+    /// The window the credit limit resets in; `None`: a lifetime limit.
+    pub limit_reset: Option<LimitReset>,
+    /// The models the key may use; `None`: every model.
+    pub allowed_models: Option<Vec<String>>,
+    /// Until when the secret before the last rotation still works.
+    pub previous_key_expires_at: Option<i64>,
+}
+
+impl KeyRecord {
+    /// Whether the key may use the model `id`.
+    pub fn may_use(&self, id: &str) -> bool {
+        self.allowed_models
+            .as_ref()
+            .is_none_or(|models| models.iter().any(|m| m == id))
+    }
 }
 
 /// What is needed to insert a key.
@@ -234,6 +252,8 @@ pub struct NewKey {
     pub expires_at: Option<i64>,
     pub credit_limit: Option<Credits>,
     pub rate_limit_rpm: Option<i64>,
+    pub limit_reset: Option<LimitReset>,
+    pub allowed_models: Option<Vec<String>>,
 }
 
 /// A partial update: `None` leaves a field alone; `Some(None)` clears a nullable one.
@@ -244,6 +264,8 @@ pub struct KeyPatch {
     pub credit_limit: Option<Option<Credits>>,
     pub expires_at: Option<Option<i64>>,
     pub rate_limit_rpm: Option<Option<i64>>,
+    pub limit_reset: Option<Option<LimitReset>>,
+    pub allowed_models: Option<Option<Vec<String>>>,
 }
 
 /// One metered request, the unit of the ledger.
@@ -431,6 +453,14 @@ pub trait Store: Send + Sync + 'static {
         id: KeyId,
         now: i64,
     ) -> Result<bool, StoreError>;
+    /// Per-day charges of the account's keys (or of `key` only) from `since_day`
+    /// (YYYY-MM-DD) on, from the daily roll-up: what window usages are summed from.
+    async fn day_charges(
+        &self,
+        account: AccountId,
+        key: Option<KeyId>,
+        since_day: &str,
+    ) -> Result<Vec<DayCharge>, StoreError>;
     /// Any key, deleted ones included, by the hash of its secret.
     async fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError>;
 
