@@ -26,6 +26,8 @@ pub enum QuotaError {
         limit: Credits,
         remaining: Credits,
         needed: Credits,
+        /// When the limit starts again (a limit with `limit_reset`).
+        resets_at: Option<i64>,
     },
     /// The account's balance would be exceeded.
     Balance { remaining: Credits, needed: Credits },
@@ -34,9 +36,24 @@ pub enum QuotaError {
 impl std::fmt::Display for QuotaError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            QuotaError::KeyLimit { limit, remaining, needed } => write!(
+            QuotaError::KeyLimit {
+                limit,
+                remaining,
+                needed,
+                resets_at: None,
+            } => write!(
                 f,
                 "This request could cost up to {needed} credits, but the key's credit limit of {limit} has {remaining} left (in-flight requests included). Raise credit_limit with PATCH /v1/account/keys/{{id}}, or lower max_tokens."
+            ),
+            QuotaError::KeyLimit {
+                limit,
+                remaining,
+                needed,
+                resets_at: Some(at),
+            } => write!(
+                f,
+                "This request could cost up to {needed} credits, but the key's credit limit of {limit} has {remaining} left in this window (in-flight requests included); it resets at {}. Raise credit_limit with PATCH /v1/account/keys/{{id}}, or lower max_tokens.",
+                crate::rfc3339(*at)
             ),
             QuotaError::Balance { remaining, needed } => write!(
                 f,
@@ -220,6 +237,7 @@ impl LocalBudgets {
                     limit: Credits::from_nanos(limit),
                     remaining: Credits::from_nanos(remaining.max(0)),
                     needed: amount,
+                    resets_at: budget.reset.map(|r| r.window_at(at).resets_at()),
                 }));
             }
         }

@@ -236,6 +236,7 @@ impl SharedBudgets {
                         limit: number(2),
                         remaining: number(3).max(Credits::ZERO),
                         needed: amount,
+                        resets_at: window.map(|w| w.resets_at()),
                     }))
                 }
                 "balance" => {

@@ -108,10 +108,15 @@ impl Gateway {
         let endpoint = inbound.endpoint;
         let request = RequestFields::parse(&body)?;
         let model = plan::model_for(&self.config, endpoint, request.string("model")?)?;
+        plan::check_allowed(&inbound.key, &model)?;
         let stream = request.flag("stream")?;
         let demands = demands::read(endpoint, &request)?;
         demands::pricing(&demands, &model)?;
-        let mut targets = self.router.route(&self.config, &model, endpoint)?;
+        let mut targets = self
+            .router
+            .route_allowed(&self.config, &model, endpoint, &|m| {
+                inbound.key.may_use(&m.id)
+            })?;
         // A fallback that cannot price what the request asks is no target for it.
         targets.retain(|t| demands::pricing(&demands, &t.model).is_ok());
         let asked = plan::Asked {

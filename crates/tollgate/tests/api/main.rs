@@ -1,6 +1,7 @@
 //! Integration tests: each test starts its own server over HTTP on a fresh database.
 
 mod account;
+mod allowlists;
 mod auth;
 mod endpoints;
 mod errors;
@@ -19,3 +20,4 @@ mod public;
 mod routing;
 mod secrets;
 mod translation;
+mod windows;
