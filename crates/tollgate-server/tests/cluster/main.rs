@@ -6,6 +6,7 @@ mod budgets;
 mod faults;
 mod services;
 mod support;
+mod windows;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -70,6 +70,8 @@ pub fn start_replica(dir: &Path, config: &Path, index: usize) -> Replica {
         .current_dir(&home)
         .env("RUST_LOG", "warn")
         .env("UP_KEY", "up-secret")
+        // The replicas' shared test clock (the system's while the file does not exist).
+        .env(tollgate::clock::CLOCK_FILE_ENV, clock_file(dir))
         .env_remove("TOLLGATE_DATABASE_URL")
         .env_remove("TOLLGATE_REDIS_URL")
         .stdout(Stdio::null())
@@ -81,6 +83,11 @@ pub fn start_replica(dir: &Path, config: &Path, index: usize) -> Replica {
         base: format!("http://127.0.0.1:{port}"),
         log,
     }
+}
+
+/// The file every replica of the test reads its budget clock from.
+pub fn clock_file(dir: &Path) -> PathBuf {
+    dir.join("clock")
 }
 
 /// How a test's cluster is set up.
