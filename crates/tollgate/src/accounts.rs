@@ -156,6 +156,26 @@ impl Accounts {
         Ok(updated)
     }
 
+    /// Gives an inference key of the account a new secret (returned, shown once); the old
+    /// one keeps working for `grace_seconds` (0: it stops at once).
+    pub async fn rotate_key(
+        &self,
+        account: AccountId,
+        id: KeyId,
+        grace_seconds: i64,
+    ) -> Result<Option<(KeyRecord, String)>, StoreError> {
+        let minted = auth::mint(KeyKind::Inference);
+        let now = crate::now();
+        let until = (grace_seconds > 0).then(|| now.saturating_add(grace_seconds));
+        let rotated = self
+            .store
+            .rotate_key(account, id, &minted.hash, &minted.hint, until, now)
+            .await?;
+        // Cached identities of the old secret go: its next use finds it as the previous one.
+        self.auth.invalidate(id);
+        Ok(rotated.map(|key| (key, minted.plaintext)))
+    }
+
     /// Deletes an inference key of the account; it stops working at once.
     pub async fn delete_key(&self, account: AccountId, id: KeyId) -> Result<bool, StoreError> {
         let deleted = self

@@ -221,6 +221,7 @@ impl From<AuthError> for ApiError {
             AuthError::Disabled(_) => "key_disabled",
             AuthError::Expired(_) => "key_expired",
             AuthError::Deleted | AuthError::Revoked => "key_deleted",
+            AuthError::Rotated(..) => "key_rotated",
         };
         ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
     }

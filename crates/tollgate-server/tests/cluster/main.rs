@@ -455,3 +455,67 @@ async fn without_redis_requests_are_refused_and_service_recovers_by_itself() {
         back.elapsed().as_millis()
     );
 }
+
+#[tokio::test]
+async fn a_rotated_secret_stops_on_every_replica() {
+    let cluster = start_cluster(30_000, 0).await;
+    let (id, old) = cluster.create_key(0, json!({"name": "rotating"})).await;
+    let models = |r: usize, key: &str| {
+        cluster
+            .client
+            .get(format!("{}/v1/models", cluster.replicas[r].base))
+            .bearer_auth(key.to_string())
+            .send()
+    };
+    // Every replica caches the old secret.
+    for r in 0..3 {
+        assert_eq!(models(r, &old).await.expect("models").status(), 200);
+    }
+    let rotate = |grace: i64| {
+        cluster
+            .client
+            .post(format!(
+                "{}/v1/account/keys/{id}/rotate",
+                cluster.replicas[0].base
+            ))
+            .bearer_auth(&cluster.prov_key)
+            .json(&json!({"grace_seconds": grace}))
+            .send()
+    };
+    // With a grace period: both secrets work everywhere, then the old one stops everywhere.
+    let rotated: Value = rotate(2).await.expect("rotate").json().await.expect("json");
+    let new = rotated["key"].as_str().expect("key").to_string();
+    for r in 0..3 {
+        assert_eq!(models(r, &new).await.expect("models").status(), 200);
+        assert_eq!(
+            models(r, &old).await.expect("models").status(),
+            200,
+            "replica {r}"
+        );
+    }
+    let started = Instant::now();
+    for r in 0..3 {
+        while models(r, &old).await.expect("models").status() != 401 {
+            assert!(
+                started.elapsed() < Duration::from_secs(4),
+                "replica {r}: old secret outlived its grace"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(models(r, &new).await.expect("models").status(), 200);
+    }
+    // Without one: the secret just replaced stops on every replica within a second.
+    let rotated: Value = rotate(0).await.expect("rotate").json().await.expect("json");
+    let newest = rotated["key"].as_str().expect("key").to_string();
+    let at = Instant::now();
+    for r in 0..3 {
+        while models(r, &new).await.expect("models").status() != 401 {
+            assert!(
+                at.elapsed() < Duration::from_secs(1),
+                "replica {r} still takes the replaced secret"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(models(r, &newest).await.expect("models").status(), 200);
+    }
+}

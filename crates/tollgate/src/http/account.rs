@@ -37,6 +37,9 @@ const PATCH_FIELDS: &[&str] = &[
     "limit_reset",
     "allowed_models",
 ];
+/// Grace period of a rotated secret: by default a day, at most 30 days.
+const DEFAULT_GRACE_SECONDS: i64 = 86_400;
+const MAX_GRACE_SECONDS: i64 = 30 * 86_400;
 /// The most model ids an allow-list may name.
 const MAX_ALLOWED_MODELS: usize = 1000;
 
@@ -65,6 +68,8 @@ pub struct KeyView {
     usage_weekly: String,
     usage_monthly: String,
     allowed_models: Option<Vec<String>>,
+    /// Until when the secret before the last rotation still works (while it does).
+    previous_key_expires_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<&'static str>,
 }
@@ -109,6 +114,10 @@ impl KeyView {
             usage_weekly: window(LimitReset::Weekly),
             usage_monthly: window(LimitReset::Monthly),
             allowed_models: key.allowed_models.clone(),
+            previous_key_expires_at: key
+                .previous_key_expires_at
+                .filter(|&t| t > crate::now())
+                .map(crate::rfc3339),
             message: None,
         }
     }
@@ -495,6 +504,55 @@ pub async fn update_key(
         .ok_or_else(|| key_not_found(id))?;
     state.on_key_changed(&key).await;
     Ok(Json(view_of(&state, &key).await?))
+}
+
+/// `POST /v1/account/keys/{id}/rotate`, body `{"grace_seconds": N}` or empty: a new
+/// secret for the same key (shown once); the old one works for the grace period.
+pub async fn rotate_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Json<KeyView>, ApiError> {
+    let owner = state.auth.provisioning(&headers).await?;
+    let id = parse_key_id(&id)?;
+    let bytes = read_body(body, state.config.limits.max_body_bytes).await?;
+    let grace = if bytes.iter().all(u8::is_ascii_whitespace) {
+        DEFAULT_GRACE_SECONDS
+    } else {
+        let map = json_object(&bytes)?;
+        only_fields(&map, &["grace_seconds"])?;
+        match map.get("grace_seconds") {
+            None | Some(Value::Null) => DEFAULT_GRACE_SECONDS,
+            Some(Value::Number(n)) => match n.as_i64() {
+                Some(s) if (0..=MAX_GRACE_SECONDS).contains(&s) => s,
+                _ => {
+                    return Err(ApiError::invalid_field(
+                        "grace_seconds",
+                        format!("'grace_seconds' must be a whole number of seconds from 0 to {MAX_GRACE_SECONDS} (30 days) (got {n})."),
+                    ))
+                }
+            },
+            Some(other) => {
+                return Err(ApiError::invalid_field(
+                    "grace_seconds",
+                    format!("'grace_seconds' must be a number, not {}.", type_name(other)),
+                ))
+            }
+        }
+    };
+    let (key, plaintext) = state
+        .accounts
+        .rotate_key(owner.account_id, id, grace)
+        .await?
+        .ok_or_else(|| key_not_found(id))?;
+    state.on_key_changed(&key).await;
+    let view = view_of(&state, &key).await?;
+    Ok(Json(KeyView {
+        key: Some(plaintext),
+        message: Some("Store this key securely. It will not be shown again."),
+        ..view
+    }))
 }
 
 /// `DELETE /v1/account/keys/{id}` → 204.

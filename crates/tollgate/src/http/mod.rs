@@ -146,6 +146,7 @@ pub fn router(state: AppState) -> Router {
                 .patch(account::update_key)
                 .delete(account::delete_key),
         )
+        .route("/v1/account/keys/{id}/rotate", post(account::rotate_key))
         .route("/v1/account/balance", get(account::balance))
         .route("/v1/account/activity", get(account::activity))
         .route_layer(middleware::from_fn_with_state(

@@ -126,6 +126,22 @@ impl<S: Store> Store for Deadlined<S> {
         deadline(self.0.key_by_hash(hash)).await
     }
 
+    async fn rotate_key(
+        &self,
+        account: AccountId,
+        id: KeyId,
+        hash: &str,
+        hint: &str,
+        previous_until: Option<i64>,
+        now: i64,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        deadline(
+            self.0
+                .rotate_key(account, id, hash, hint, previous_until, now),
+        )
+        .await
+    }
+
     async fn record_usage(&self, batch: &[UsageRecord]) -> Result<Vec<bool>, StoreError> {
         deadline(self.0.record_usage(batch)).await
     }

@@ -54,3 +54,25 @@ pub struct DayCharge {
     pub day: String,
     pub cost: i64,
 }
+
+/// `key_by_hash`: the current secret's hash, or the previous one's; `via_previous` says which.
+pub(super) fn by_hash_query(columns: &str) -> String {
+    format!(
+        "SELECT {columns}, key_hash <> $1 AS via_previous FROM api_keys \
+         WHERE key_hash = $1 OR previous_key_hash = $1 LIMIT 1"
+    )
+}
+
+/// `rotate_key`: `$1` the end of the previous secret's grace (NULL: none), `$2` the new
+/// hash, `$3` its hint, `$4` now, `$5` the key, `$6` its account. The right-hand sides read
+/// the row as it was, so the previous hash is the one being replaced.
+pub(super) fn rotate_query(columns: &str, grace: &str) -> String {
+    format!(
+        "UPDATE api_keys SET \
+           previous_key_hash = CASE WHEN {grace} IS NULL THEN NULL ELSE key_hash END, \
+           previous_key_expires_at = {grace}, \
+           key_hash = $2, hint = $3, updated_at = $4 \
+         WHERE id = $5 AND account_id = $6 AND kind = 'inference' AND deleted_at IS NULL \
+         RETURNING {columns}"
+    )
+}

@@ -229,6 +229,8 @@ pub struct KeyRecord {
     pub allowed_models: Option<Vec<String>>,
     /// Until when the secret before the last rotation still works.
     pub previous_key_expires_at: Option<i64>,
+    /// Found by that previous secret (set by `key_by_hash` only).
+    pub via_previous_secret: bool,
 }
 
 impl KeyRecord {
@@ -461,8 +463,21 @@ pub trait Store: Send + Sync + 'static {
         key: Option<KeyId>,
         since_day: &str,
     ) -> Result<Vec<DayCharge>, StoreError>;
-    /// Any key, deleted ones included, by the hash of its secret.
+    /// Any key, deleted ones included, by the hash of its secret, or of its secret before
+    /// its last rotation (then `via_previous_secret` is set).
     async fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError>;
+    /// Gives a live inference key of the account a new secret (`hash`, `hint`); the one it
+    /// replaces keeps working until `previous_until` (none: it stops at once). A secret
+    /// from an earlier rotation stops at once.
+    async fn rotate_key(
+        &self,
+        account: AccountId,
+        id: KeyId,
+        hash: &str,
+        hint: &str,
+        previous_until: Option<i64>,
+        now: i64,
+    ) -> Result<Option<KeyRecord>, StoreError>;
 
     /// Appends usage records in one transaction. A record whose request id is already
     /// in the ledger is skipped, so a retried batch charges nothing twice.

@@ -156,6 +156,7 @@ fn key_from_row(row: &PgRow) -> Result<KeyRecord, StoreError> {
         limit_reset,
         allowed_models,
         previous_key_expires_at: row.try_get("previous_key_expires_at")?,
+        via_previous_secret: false,
     })
 }
 
@@ -709,15 +710,40 @@ impl Store for PgStore {
     }
 
     async fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError> {
-        sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1"
-        ))
-        .bind(hash)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(key_from_row)
-        .transpose()
+        let Some(row) = sqlx::query(&key_settings::by_hash_query(KEY_COLUMNS))
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(KeyRecord {
+            via_previous_secret: row.try_get("via_previous")?,
+            ..key_from_row(&row)?
+        }))
+    }
+
+    async fn rotate_key(
+        &self,
+        account: AccountId,
+        id: KeyId,
+        hash: &str,
+        hint: &str,
+        previous_until: Option<i64>,
+        now: i64,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        sqlx::query(&key_settings::rotate_query(KEY_COLUMNS, "$1::BIGINT"))
+            .bind(previous_until)
+            .bind(hash)
+            .bind(hint)
+            .bind(now)
+            .bind(id.0)
+            .bind(account.0)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(key_from_row)
+            .transpose()
     }
 
     async fn record_usage(&self, batch: &[UsageRecord]) -> Result<Vec<bool>, StoreError> {
