@@ -279,6 +279,14 @@ impl From<RateLimitError> for ApiError {
                 retry_after: Some(retry_after_seconds(wait)),
                 ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
             },
+            RateLimitError::AccountLimited { wait, .. } => ApiError {
+                retry_after: Some(retry_after_seconds(wait)),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "account_rate_limited",
+                    e.to_string(),
+                )
+            },
             RateLimitError::Unavailable => {
                 tracing::error!("rate limiter unavailable; refusing the request");
                 ApiError::new(

@@ -14,6 +14,7 @@ pub mod connections;
 pub mod error;
 pub mod gateway;
 pub mod http;
+pub mod model_limits;
 pub mod providers;
 pub mod ratelimit;
 pub mod routing;

@@ -519,3 +519,74 @@ async fn a_rotated_secret_stops_on_every_replica() {
         assert_eq!(models(r, &newest).await.expect("models").status(), 200);
     }
 }
+
+#[tokio::test]
+async fn an_account_rate_limit_by_model_pattern_is_exact_across_replicas() {
+    let cluster = start_cluster_with(Setup {
+        extra_config: r#"
+[[models]]
+id = "llama:free"
+provider = "up"
+endpoints = ["chat.completions"]
+max_output_tokens = 1000
+pricing = { input = "0", output = "0" }
+
+[[rate_limits]]
+models = "*:free"
+scope = "account"
+rpm = 10
+rpd = 100
+"#
+        .into(),
+        ..Setup::default()
+    })
+    .await;
+    let (_, a) = cluster.create_key(0, json!({"name": "a"})).await;
+    let (_, b) = cluster.create_key(1, json!({"name": "b"})).await;
+    let body = json!({"model": "llama:free", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
+    let tasks: Vec<_> = (0..36)
+        .map(|i| {
+            let client = cluster.client.clone();
+            let url = format!("{}/v1/chat/completions", cluster.replicas[i % 3].base);
+            let key = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let body = body.clone();
+            tokio::spawn(async move {
+                let r = client
+                    .post(url)
+                    .bearer_auth(key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("request");
+                let retry = r.headers().get("retry-after").is_some();
+                (r.status().as_u16(), retry)
+            })
+        })
+        .collect();
+    let (mut ok, mut limited) = (0, 0);
+    for t in tasks {
+        match t.await.expect("task") {
+            (200, _) => ok += 1,
+            (429, true) => limited += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        (ok, limited),
+        (10, 26),
+        "ten a minute for the account, over both keys and all replicas"
+    );
+    // The account's other models are not limited.
+    for r in 0..3 {
+        let s = cluster
+            .client
+            .post(format!("{}/v1/chat/completions", cluster.replicas[r].base))
+            .bearer_auth(&a)
+            .json(&chat("hi"))
+            .send()
+            .await
+            .expect("request")
+            .status();
+        assert_eq!(s, 200);
+    }
+}

@@ -14,11 +14,13 @@ mod catalog;
 mod front;
 mod pricing;
 mod providers;
+mod rate_limits;
 mod routing;
 
 pub use catalog::{Deployment, Endpoint, Model};
 pub use front::{Cors, ServerLimits};
 pub use providers::{Provider, ProviderKind};
+pub use rate_limits::AccountRateLimit;
 pub use routing::Routing;
 
 /// Default listen address when nothing else is set.
@@ -104,6 +106,8 @@ struct FileConfig {
     models: Vec<catalog::FileModel>,
     #[serde(default)]
     startups: Vec<toml::Table>,
+    #[serde(default)]
+    rate_limits: Vec<rate_limits::FileRateLimit>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -161,6 +165,8 @@ pub struct Config {
     model_index: HashMap<String, usize>,
     /// `GET /v1/startups` entries, served as they are.
     pub startups: Vec<serde_json::Value>,
+    /// Request-rate limits an account shares over the models matching a pattern.
+    pub rate_limits: Vec<AccountRateLimit>,
     /// The clock of budget windows: the system's, or the file named by
     /// `TOLLGATE_CLOCK_FILE` (tests).
     pub clock: crate::clock::Clock,
@@ -283,6 +289,7 @@ impl Config {
         let server = front::server(file.server, origin)?;
         let cors = front::cors(file.cors, origin)?;
         let routing = routing::parse(file.routing, origin)?;
+        let rate_limits = rate_limits::parse(file.rate_limits, origin)?;
         let providers = providers::parse(file.providers, origin, overrides, env)?;
         let catalog = catalog::parse(file.models, origin, &providers)?;
 
@@ -307,6 +314,7 @@ impl Config {
             models: catalog.models,
             model_index: catalog.index,
             startups,
+            rate_limits,
             clock: match env(crate::clock::CLOCK_FILE_ENV) {
                 Some(path) if !path.is_empty() => crate::clock::Clock::from_file(path.into()),
                 _ => crate::clock::Clock::system(),

@@ -27,7 +27,7 @@ impl Gateway {
     pub async fn count_tokens(&self, inbound: Inbound, body: Bytes) -> Result<Response, ApiError> {
         let request = RequestFields::parse(&body)?;
         let model = plan::model_for(&self.config, Endpoint::Messages, request.string("model")?)?;
-        plan::check_allowed(&inbound.key, &model)?;
+        self.admit(&inbound, &model).await?;
         let targets =
             self.router
                 .route_allowed(&self.config, &model, Endpoint::Messages, &|m| {

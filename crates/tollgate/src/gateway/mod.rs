@@ -40,8 +40,10 @@ use tollgate_formats::estimate::Profile;
 
 use crate::billing::meter::Meter;
 use crate::billing::Credits;
+use crate::cluster::Cluster;
 use crate::config::{Config, Endpoint, Model};
 use crate::error::ApiError;
+use crate::model_limits::ModelLimits;
 use crate::providers::{ClientHeaders, ProviderClient, Upstreams};
 use crate::routing::{Router, Target};
 use crate::store::KeyRecord;
@@ -72,6 +74,8 @@ pub struct Gateway {
     router: Router,
     /// How each deployment's upstream model counts input (by `Deployment::id`).
     profiles: Vec<Profile>,
+    /// Account-level request-rate limits by model pattern.
+    limits: ModelLimits,
 }
 
 /// Who is calling, on which endpoint.
@@ -85,7 +89,12 @@ pub struct Inbound {
 }
 
 impl Gateway {
-    pub fn new(config: Arc<Config>, meter: Arc<Meter>, writer: UsageWriter) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        meter: Arc<Meter>,
+        writer: UsageWriter,
+        cluster: Option<&Cluster>,
+    ) -> Self {
         let mut profiles = Vec::new();
         for d in config.models.iter().flat_map(|m| m.deployments.iter()) {
             if profiles.len() <= d.id {
@@ -97,6 +106,7 @@ impl Gateway {
             upstreams: Upstreams::new(&config),
             router: Router::new(&config),
             profiles,
+            limits: ModelLimits::new(config.rate_limits.clone(), cluster),
             config,
             meter,
             writer,
@@ -108,7 +118,7 @@ impl Gateway {
         let endpoint = inbound.endpoint;
         let request = RequestFields::parse(&body)?;
         let model = plan::model_for(&self.config, endpoint, request.string("model")?)?;
-        plan::check_allowed(&inbound.key, &model)?;
+        self.admit(&inbound, &model).await?;
         let stream = request.flag("stream")?;
         let demands = demands::read(endpoint, &request)?;
         demands::pricing(&demands, &model)?;
@@ -178,6 +188,15 @@ impl Gateway {
         let mut response = relay::respond(upstream, settlement, answering).await?;
         response.headers_mut().extend(served);
         Ok(response)
+    }
+
+    /// The key may use the model, and the account's rate limits for it have room.
+    async fn admit(&self, inbound: &Inbound, model: &Model) -> Result<(), ApiError> {
+        plan::check_allowed(&inbound.key, model)?;
+        self.limits
+            .check(inbound.key.account_id, model, &inbound.request_id)
+            .await?;
+        Ok(())
     }
 
     /// Reserves the worst case of a request over its targets: counted by the cheap bound,

@@ -73,7 +73,12 @@ impl AppState {
             ),
         };
         let meter = Arc::new(meter);
-        let gateway = Arc::new(Gateway::new(config.clone(), meter.clone(), writer.clone()));
+        let gateway = Arc::new(Gateway::new(
+            config.clone(),
+            meter.clone(),
+            writer.clone(),
+            cluster.as_ref(),
+        ));
         AppState(Arc::new(Parts {
             config,
             store,
