@@ -67,7 +67,7 @@ pub(super) fn model_for(
 /// The 403 of a model the key may not use: it names the model and the key's allowed ones.
 pub fn check_allowed(key: &KeyRecord, model: &Model) -> Result<(), ApiError> {
     match &key.allowed_models {
-        Some(allowed) if !allowed.iter().any(|m| *m == model.id) => Err(ApiError {
+        Some(allowed) if !allowed.contains(&model.id) => Err(ApiError {
             param: Some("model".into()),
             ..ApiError::new(
                 axum::http::StatusCode::FORBIDDEN,
