@@ -96,6 +96,7 @@ pub async fn bench(args: &WriterArgs) -> anyhow::Result<Vec<WriterResult>> {
                 rate_limit_rpm: None,
                 limit_reset: None,
                 allowed_models: None,
+                clamp_max_tokens: false,
             })
             .await?;
         keys.push(key.id);

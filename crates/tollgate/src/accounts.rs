@@ -23,6 +23,7 @@ pub struct NewInferenceKey {
     pub rate_limit_rpm: Option<i64>,
     pub limit_reset: Option<LimitReset>,
     pub allowed_models: Option<Vec<String>>,
+    pub clamp_max_tokens: bool,
 }
 
 /// Why credits were not granted or adjusted.
@@ -93,6 +94,7 @@ impl Accounts {
                 rate_limit_rpm: new.rate_limit_rpm,
                 limit_reset: new.limit_reset,
                 allowed_models: new.allowed_models,
+                clamp_max_tokens: new.clamp_max_tokens,
             })
             .await?;
         Ok((record, minted.plaintext))

@@ -66,6 +66,7 @@ async fn the_same_settle_run_twice_counts_once() {
             rate_limit_rpm: None,
             limit_reset: None,
             allowed_models: None,
+            clamp_max_tokens: false,
         })
         .await
         .expect("key");

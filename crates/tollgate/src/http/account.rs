@@ -27,6 +27,7 @@ const CREATE_FIELDS: &[&str] = &[
     "rate_limit_rpm",
     "limit_reset",
     "allowed_models",
+    "clamp_max_tokens",
 ];
 const PATCH_FIELDS: &[&str] = &[
     "name",
@@ -36,6 +37,7 @@ const PATCH_FIELDS: &[&str] = &[
     "rate_limit_rpm",
     "limit_reset",
     "allowed_models",
+    "clamp_max_tokens",
 ];
 /// Grace period of a rotated secret: by default a day, at most 30 days.
 const DEFAULT_GRACE_SECONDS: i64 = 86_400;
@@ -70,6 +72,7 @@ pub struct KeyView {
     allowed_models: Option<Vec<String>>,
     /// Until when the secret before the last rotation still works (while it does).
     previous_key_expires_at: Option<String>,
+    clamp_max_tokens: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<&'static str>,
 }
@@ -118,8 +121,19 @@ impl KeyView {
                 .previous_key_expires_at
                 .filter(|&t| t > crate::now())
                 .map(crate::rfc3339),
+            clamp_max_tokens: key.clamp_max_tokens,
             message: None,
         }
+    }
+}
+
+fn parse_flag(name: &str, value: &Value) -> Result<bool, ApiError> {
+    match value {
+        Value::Bool(b) => Ok(*b),
+        other => Err(ApiError::invalid_field(
+            name,
+            format!("'{name}' must be true or false, not {}.", type_name(other)),
+        )),
     }
 }
 
@@ -396,6 +410,11 @@ pub async fn create_key(
             .map(|v| parse_allowed_models(&state, v))
             .transpose()?
             .flatten(),
+        clamp_max_tokens: map
+            .get("clamp_max_tokens")
+            .map(|v| parse_flag("clamp_max_tokens", v))
+            .transpose()?
+            .unwrap_or(false),
     };
     let (key, plaintext) = state
         .accounts
@@ -466,19 +485,10 @@ pub async fn update_key(
     let id = parse_key_id(&id)?;
     let (map, bytes) = body_object(&state, body).await?;
     only_fields(&map, PATCH_FIELDS)?;
-    let is_enabled = match map.get("is_enabled") {
-        None => None,
-        Some(Value::Bool(b)) => Some(*b),
-        Some(other) => {
-            return Err(ApiError::invalid_field(
-                "is_enabled",
-                format!(
-                    "'is_enabled' must be true or false, not {}.",
-                    type_name(other)
-                ),
-            ))
-        }
-    };
+    let is_enabled = map
+        .get("is_enabled")
+        .map(|v| parse_flag("is_enabled", v))
+        .transpose()?;
     let patch = KeyPatch {
         name: map.get("name").map(parse_name).transpose()?,
         is_enabled,
@@ -495,6 +505,10 @@ pub async fn update_key(
         allowed_models: map
             .get("allowed_models")
             .map(|v| parse_allowed_models(&state, v))
+            .transpose()?,
+        clamp_max_tokens: map
+            .get("clamp_max_tokens")
+            .map(|v| parse_flag("clamp_max_tokens", v))
             .transpose()?,
     };
     let key = state

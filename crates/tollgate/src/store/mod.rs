@@ -231,6 +231,8 @@ pub struct KeyRecord {
     pub previous_key_expires_at: Option<i64>,
     /// Found by that previous secret (set by `key_by_hash` only).
     pub via_previous_secret: bool,
+    /// A refused request is sent with the output limit the budget pays for instead.
+    pub clamp_max_tokens: bool,
 }
 
 impl KeyRecord {
@@ -256,6 +258,7 @@ pub struct NewKey {
     pub rate_limit_rpm: Option<i64>,
     pub limit_reset: Option<LimitReset>,
     pub allowed_models: Option<Vec<String>>,
+    pub clamp_max_tokens: bool,
 }
 
 /// A partial update: `None` leaves a field alone; `Some(None)` clears a nullable one.
@@ -268,6 +271,7 @@ pub struct KeyPatch {
     pub rate_limit_rpm: Option<Option<i64>>,
     pub limit_reset: Option<Option<LimitReset>>,
     pub allowed_models: Option<Option<Vec<String>>>,
+    pub clamp_max_tokens: Option<bool>,
 }
 
 /// One metered request, the unit of the ledger.

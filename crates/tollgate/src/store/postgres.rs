@@ -33,7 +33,8 @@ const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 const KEY_COLUMNS: &str = "id, account_id, kind, name, hint, created_at, updated_at, expires_at, \
      is_enabled, credit_limit, usage, last_used_at, deleted_at, rate_limit_rpm, \
-     limit_reset, allowed_models, previous_key_expires_at";
+     limit_reset, allowed_models, previous_key_expires_at, \
+     clamp_max_tokens";
 
 /// Sums held within BIGINT: a sum (NUMERIC) past it would make the cast, and with it
 /// every read of the account, fail.
@@ -157,6 +158,7 @@ fn key_from_row(row: &PgRow) -> Result<KeyRecord, StoreError> {
         allowed_models,
         previous_key_expires_at: row.try_get("previous_key_expires_at")?,
         via_previous_secret: false,
+        clamp_max_tokens: row.try_get("clamp_max_tokens")?,
     })
 }
 
@@ -558,8 +560,8 @@ impl Store for PgStore {
     async fn create_key(&self, key: NewKey) -> Result<KeyRecord, StoreError> {
         let row = sqlx::query(&format!(
             "INSERT INTO api_keys (account_id, kind, name, key_hash, hint, created_at, updated_at, \
-             expires_at, is_enabled, credit_limit, rate_limit_rpm, limit_reset, allowed_models) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, TRUE, $8, $9, $10, $11) RETURNING {KEY_COLUMNS}"
+             expires_at, is_enabled, credit_limit, rate_limit_rpm, limit_reset, allowed_models, clamp_max_tokens) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, TRUE, $8, $9, $10, $11, $12) RETURNING {KEY_COLUMNS}"
         ))
         .bind(key.account_id.0)
         .bind(key.kind.as_str())
@@ -572,6 +574,7 @@ impl Store for PgStore {
         .bind(key.rate_limit_rpm)
         .bind(key.limit_reset.map(LimitReset::as_str))
         .bind(key_settings::allowed_json(key.allowed_models.as_deref()))
+        .bind(key.clamp_max_tokens)
         .fetch_one(&self.pool)
         .await;
         match row {
@@ -636,6 +639,7 @@ impl Store for PgStore {
                rate_limit_rpm = CASE WHEN $7 THEN $8 ELSE rate_limit_rpm END, \
                limit_reset = CASE WHEN $12 THEN $13 ELSE limit_reset END, \
                allowed_models = CASE WHEN $14 THEN $15 ELSE allowed_models END, \
+               clamp_max_tokens = COALESCE($16, clamp_max_tokens), \
                updated_at = $9 \
              WHERE id = $10 AND account_id = $11 AND kind = 'inference' AND deleted_at IS NULL \
              RETURNING {KEY_COLUMNS}"
@@ -657,6 +661,7 @@ impl Store for PgStore {
         .bind(key_settings::allowed_json(
             patch.allowed_models.as_ref().and_then(|m| m.as_deref()),
         ))
+        .bind(patch.clamp_max_tokens)
         .fetch_optional(&self.pool)
         .await?
         .as_ref()

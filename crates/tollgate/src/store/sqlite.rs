@@ -32,7 +32,8 @@ pub struct SqliteStore {
 
 const KEY_COLUMNS: &str = "id, account_id, kind, name, hint, created_at, updated_at, expires_at, \
      is_enabled, credit_limit, usage, last_used_at, deleted_at, rate_limit_rpm, \
-     limit_reset, allowed_models, previous_key_expires_at";
+     limit_reset, allowed_models, previous_key_expires_at, \
+     clamp_max_tokens";
 
 const ACCOUNT_SELECT: &str = "SELECT a.id, a.name, a.created_at, a.charged, \
      COALESCE((SELECT SUM(g.amount) FROM credit_grants g WHERE g.account_id = a.id), 0) AS granted \
@@ -422,6 +423,7 @@ fn key_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
         allowed_models,
         previous_key_expires_at: row.try_get("previous_key_expires_at")?,
         via_previous_secret: false,
+        clamp_max_tokens: row.try_get("clamp_max_tokens")?,
     })
 }
 
@@ -703,8 +705,8 @@ impl Store for SqliteStore {
     async fn create_key(&self, key: NewKey) -> Result<KeyRecord, StoreError> {
         let row = sqlx::query(&format!(
             "INSERT INTO api_keys (account_id, kind, name, key_hash, hint, created_at, updated_at, \
-             expires_at, is_enabled, credit_limit, rate_limit_rpm, limit_reset, allowed_models) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, 1, $8, $9, $10, $11) RETURNING {KEY_COLUMNS}"
+             expires_at, is_enabled, credit_limit, rate_limit_rpm, limit_reset, allowed_models, clamp_max_tokens) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, 1, $8, $9, $10, $11, $12) RETURNING {KEY_COLUMNS}"
         ))
         .bind(key.account_id.0)
         .bind(key.kind.as_str())
@@ -717,6 +719,7 @@ impl Store for SqliteStore {
         .bind(key.rate_limit_rpm)
         .bind(key.limit_reset.map(LimitReset::as_str))
         .bind(key_settings::allowed_json(key.allowed_models.as_deref()))
+        .bind(key.clamp_max_tokens)
         .fetch_one(&self.pool)
         .await;
         match row {
@@ -781,6 +784,7 @@ impl Store for SqliteStore {
                rate_limit_rpm = CASE WHEN $7 THEN $8 ELSE rate_limit_rpm END, \
                limit_reset = CASE WHEN $12 THEN $13 ELSE limit_reset END, \
                allowed_models = CASE WHEN $14 THEN $15 ELSE allowed_models END, \
+               clamp_max_tokens = COALESCE($16, clamp_max_tokens), \
                updated_at = $9 \
              WHERE id = $10 AND account_id = $11 AND kind = 'inference' AND deleted_at IS NULL \
              RETURNING {KEY_COLUMNS}"
@@ -802,6 +806,7 @@ impl Store for SqliteStore {
         .bind(key_settings::allowed_json(
             patch.allowed_models.as_ref().and_then(|m| m.as_deref()),
         ))
+        .bind(patch.clamp_max_tokens)
         .fetch_optional(&self.pool)
         .await?
         .as_ref()
@@ -1028,6 +1033,7 @@ pub(crate) async fn test_store_with_key(
             rate_limit_rpm: None,
             limit_reset: None,
             allowed_models: None,
+            clamp_max_tokens: false,
         })
         .await
         .expect("key");
@@ -1082,6 +1088,7 @@ mod tests {
                 rate_limit_rpm: None,
                 limit_reset: None,
                 allowed_models: None,
+                clamp_max_tokens: false,
             };
             keys.push(store.create_key(key).await.expect("key").id);
         }

@@ -4,6 +4,7 @@ mod account;
 mod account_limits;
 mod allowlists;
 mod auth;
+mod clamp;
 mod endpoints;
 mod errors;
 mod front_door;

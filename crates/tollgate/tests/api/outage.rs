@@ -462,6 +462,7 @@ async fn a_replay_on_a_full_disk_gives_up_clearly_and_the_next_start_charges_onc
             rate_limit_rpm: None,
             limit_reset: None,
             allowed_models: None,
+            clamp_max_tokens: false,
         })
         .await
         .expect("key");

@@ -155,6 +155,7 @@ pub fn new_key(account: AccountId, kind: KeyKind, name: &str) -> NewKey {
         rate_limit_rpm: None,
         limit_reset: None,
         allowed_models: None,
+        clamp_max_tokens: false,
     }
 }
 
