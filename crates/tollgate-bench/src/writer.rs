@@ -94,6 +94,8 @@ pub async fn bench(args: &WriterArgs) -> anyhow::Result<Vec<WriterResult>> {
                 expires_at: None,
                 credit_limit: None,
                 rate_limit_rpm: None,
+                limit_reset: None,
+                allowed_models: None,
                 clamp_max_tokens: false,
             })
             .await?;

@@ -1,8 +1,10 @@
 //! Accounts, keys and credit grants: the operations behind `/v1/account/*` and the CLI.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::auth::{self, Authenticator};
+use crate::billing::window::{self, LimitReset, WindowUsage};
 use crate::billing::Credits;
 use crate::store::{
     Account, AccountId, ActivityRollup, Grant, KeyId, KeyKind, KeyPatch, KeyRecord, NewGrant,
@@ -19,6 +21,8 @@ pub struct NewInferenceKey {
     pub credit_limit: Option<Credits>,
     pub expires_at: Option<i64>,
     pub rate_limit_rpm: Option<i64>,
+    pub limit_reset: Option<LimitReset>,
+    pub allowed_models: Option<Vec<String>>,
     pub clamp_max_tokens: bool,
 }
 
@@ -90,6 +94,8 @@ impl Accounts {
                 expires_at: new.expires_at,
                 credit_limit: new.credit_limit,
                 rate_limit_rpm: new.rate_limit_rpm,
+                limit_reset: new.limit_reset,
+                allowed_models: new.allowed_models,
                 clamp_max_tokens: new.clamp_max_tokens,
             })
             .await?;
@@ -112,6 +118,31 @@ impl Accounts {
         self.store.get_key(account, KeyKind::Inference, id).await
     }
 
+    /// The usage of the account's keys (or of `key`) in the day, week and month holding
+    /// `at`, from the daily roll-up; a key without charges there is absent.
+    pub async fn window_usage(
+        &self,
+        account: AccountId,
+        key: Option<KeyId>,
+        at: i64,
+    ) -> Result<HashMap<KeyId, WindowUsage>, StoreError> {
+        let charges = self
+            .store
+            .day_charges(account, key, &window::earliest_start(at))
+            .await?;
+        let mut per_key: HashMap<KeyId, Vec<(String, i64)>> = HashMap::new();
+        for c in charges {
+            per_key.entry(c.key).or_default().push((c.day, c.cost));
+        }
+        Ok(per_key
+            .into_iter()
+            .map(|(k, days)| {
+                let usage = WindowUsage::from_days(at, days.iter().map(|(d, c)| (d.as_str(), *c)));
+                (k, usage)
+            })
+            .collect())
+    }
+
     /// Applies a patch; the change is seen by this process's next request at once.
     pub async fn update_key(
         &self,
@@ -127,6 +158,26 @@ impl Accounts {
             self.auth.refresh(key);
         }
         Ok(updated)
+    }
+
+    /// Gives an inference key of the account a new secret (returned, shown once); the old
+    /// one keeps working for `grace_seconds` (0: it stops at once).
+    pub async fn rotate_key(
+        &self,
+        account: AccountId,
+        id: KeyId,
+        grace_seconds: i64,
+    ) -> Result<Option<(KeyRecord, String)>, StoreError> {
+        let minted = auth::mint(KeyKind::Inference);
+        let now = crate::now();
+        let until = (grace_seconds > 0).then(|| now.saturating_add(grace_seconds));
+        let rotated = self
+            .store
+            .rotate_key(account, id, &minted.hash, &minted.hint, until, now)
+            .await?;
+        // Cached identities of the old secret go: its next use finds it as the previous one.
+        self.auth.invalidate(id);
+        Ok(rotated.map(|key| (key, minted.plaintext)))
     }
 
     /// Deletes an inference key of the account; it stops working at once.

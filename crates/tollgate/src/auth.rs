@@ -71,6 +71,8 @@ pub enum AuthError {
     Expired(String),
     #[error("This key was deleted and can no longer be used. Create a new key.")]
     Deleted,
+    #[error("This secret was replaced by a rotation of key {0}; its grace period ended{1}. Use the key's new secret.")]
+    Rotated(i64, String),
     #[error("This provisioning key was revoked. Ask your operator for a new one.")]
     Revoked,
 }
@@ -218,7 +220,11 @@ impl Authenticator {
         if let Ok(mut c) = self.cache.write() {
             for cached in c.values_mut() {
                 if cached.id == key.id {
-                    *cached = Arc::new(key.clone());
+                    // A previous secret stays one (and keeps its grace period's end).
+                    *cached = Arc::new(KeyRecord {
+                        via_previous_secret: cached.via_previous_secret,
+                        ..key.clone()
+                    });
                 }
             }
         }
@@ -242,6 +248,20 @@ fn check_live(key: &KeyRecord, now: i64) -> Result<(), AuthError> {
     if let Some(expires_at) = key.expires_at {
         if expires_at <= now {
             return Err(AuthError::Expired(crate::rfc3339(expires_at)));
+        }
+    }
+    // Checked at every use, cached or not: a previous secret stops at its grace's end
+    // on every replica, without waiting for any message.
+    if key.via_previous_secret {
+        match key.previous_key_expires_at {
+            Some(until) if until > now => {}
+            Some(until) => {
+                return Err(AuthError::Rotated(
+                    key.id.0,
+                    format!(" at {}", crate::rfc3339(until)),
+                ))
+            }
+            None => return Err(AuthError::Rotated(key.id.0, String::new())),
         }
     }
     Ok(())

@@ -221,6 +221,7 @@ impl From<AuthError> for ApiError {
             AuthError::Disabled(_) => "key_disabled",
             AuthError::Expired(_) => "key_expired",
             AuthError::Deleted | AuthError::Revoked => "key_deleted",
+            AuthError::Rotated(..) => "key_rotated",
         };
         ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
     }
@@ -277,6 +278,14 @@ impl From<RateLimitError> for ApiError {
             RateLimitError::Limited(wait) => ApiError {
                 retry_after: Some(retry_after_seconds(wait)),
                 ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
+            },
+            RateLimitError::AccountLimited { wait, .. } => ApiError {
+                retry_after: Some(retry_after_seconds(wait)),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "account_rate_limited",
+                    e.to_string(),
+                )
             },
             RateLimitError::Unavailable => {
                 tracing::error!("rate limiter unavailable; refusing the request");

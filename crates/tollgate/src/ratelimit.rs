@@ -22,6 +22,13 @@ pub enum RateLimitError {
     /// The key's limit is reached; the request may be retried after the wait.
     #[error("This key's rate limit (requests per minute) is reached; retry in {} s, or raise rate_limit_rpm with PATCH /v1/account/keys/{{id}}.", retry_after_seconds(*.0))]
     Limited(Duration),
+    /// An account-level limit of the models matching a pattern is reached.
+    #[error("This account's rate limit for the models matching '{models}' ({limit}) is reached; retry in {} s.", retry_after_seconds(*wait))]
+    AccountLimited {
+        models: String,
+        limit: String,
+        wait: Duration,
+    },
     /// The shared limiter cannot be reached: refuse rather than let the key through.
     #[error("Rate limiting is temporarily unavailable; retry shortly.")]
     Unavailable,

@@ -144,6 +144,18 @@ impl Router {
         model: &Arc<Model>,
         endpoint: Endpoint,
     ) -> Result<Vec<Target>, NoDeployment> {
+        self.route_allowed(config, model, endpoint, &|_| true)
+    }
+
+    /// `route`, leaving out every fallback model that `allowed` refuses (the models a key
+    /// may not use): a fallback never leads a request to such a model.
+    pub fn route_allowed(
+        &self,
+        config: &Config,
+        model: &Arc<Model>,
+        endpoint: Endpoint,
+        allowed: &dyn Fn(&Model) -> bool,
+    ) -> Result<Vec<Target>, NoDeployment> {
         let now = Instant::now();
         let limit = self.settings.max_attempts as usize;
         let mut targets = Vec::new();
@@ -152,7 +164,7 @@ impl Router {
             .fallbacks
             .iter()
             .filter_map(|id| config.model(id))
-            .filter(|m| m.endpoints.contains(&endpoint));
+            .filter(|m| m.endpoints.contains(&endpoint) && allowed(m));
         'candidates: for candidate in std::iter::once(model).chain(fallbacks) {
             // A deployment this request probes goes first among its model's of its
             // priority, so that the probe is really made.

@@ -78,12 +78,14 @@ store_cases! {
             update_is_account_and_kind_scoped,
             delete_is_account_and_kind_scoped,
             key_by_hash_includes_deleted_keys,
+            budget_settings_round_trip,
         ],
         usage: [
             idempotent_within_and_across_batches,
             counters_equal_ledger_sums,
             activity_groups_since_day,
             usage_record_lookup,
+            day_charges_per_key_and_day,
             largest_batch,
         ],
         concurrency: [

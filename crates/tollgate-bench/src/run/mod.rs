@@ -17,6 +17,7 @@ use crate::report::{diff, num, targets_table, Latency, Table, Target};
 use crate::seed::{self, SeedArgs};
 use crate::writer::{self, WriterArgs};
 
+mod budgets;
 mod latency;
 mod ledger;
 mod paths;
@@ -54,7 +55,7 @@ pub struct RunArgs {
     /// Also write the tables to this Markdown file.
     #[arg(long)]
     pub results: Option<PathBuf>,
-    /// Run only these scenarios (chat,capacity,stream,held,embeddings,keys,routing,tokenizer,before-after,writer,activity,postgres).
+    /// Run only these scenarios (chat,capacity,stream,held,embeddings,keys,routing,budgets,tokenizer,before-after,writer,activity,postgres).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// A `tollgate` binary built from an earlier commit: the before/after scenario
@@ -525,6 +526,9 @@ async fn scenarios(
     }
     if bench.wants("routing") {
         bench.routing().await?;
+    }
+    if bench.wants("budgets") {
+        bench.budgets().await?;
     }
     if bench.wants("tokenizer") {
         bench.tokenizer_cost();

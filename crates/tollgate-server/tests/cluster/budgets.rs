@@ -64,6 +64,8 @@ async fn the_same_settle_run_twice_counts_once() {
             expires_at: None,
             credit_limit: Some(Credits::from_nanos(500_000)),
             rate_limit_rpm: None,
+            limit_reset: None,
+            allowed_models: None,
             clamp_max_tokens: false,
         })
         .await
@@ -75,6 +77,7 @@ async fn the_same_settle_run_twice_counts_once() {
         store.clone(),
         Duration::from_secs(1),
         Duration::from_secs(3600),
+        tollgate::clock::Clock::system(),
     );
     let n = Credits::from_nanos;
     // The first reservation starts the epoch and waits out its grace window.

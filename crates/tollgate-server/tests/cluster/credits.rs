@@ -84,6 +84,8 @@ async fn an_expiry_lowers_the_shared_budget_and_the_check_agrees() {
             credit_limit: None,
             rate_limit_rpm: None,
             clamp_max_tokens: false,
+            limit_reset: None,
+            allowed_models: None,
         })
         .await
         .expect("key");
@@ -95,6 +97,7 @@ async fn an_expiry_lowers_the_shared_budget_and_the_check_agrees() {
         store.clone(),
         Duration::from_secs(60),
         Duration::from_millis(1),
+        tollgate::clock::Clock::system(),
     );
     let n = Credits::from_nanos;
     // Charges are committed to the ledger before they are settled, as the gateway does.

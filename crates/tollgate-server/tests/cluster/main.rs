@@ -7,6 +7,7 @@ mod credits;
 mod faults;
 mod services;
 mod support;
+mod windows;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -454,4 +455,139 @@ async fn without_redis_requests_are_refused_and_service_recovers_by_itself() {
         "served again {} ms after redis came back",
         back.elapsed().as_millis()
     );
+}
+
+#[tokio::test]
+async fn a_rotated_secret_stops_on_every_replica() {
+    let cluster = start_cluster(30_000, 0).await;
+    let (id, old) = cluster.create_key(0, json!({"name": "rotating"})).await;
+    let models = |r: usize, key: &str| {
+        cluster
+            .client
+            .get(format!("{}/v1/models", cluster.replicas[r].base))
+            .bearer_auth(key.to_string())
+            .send()
+    };
+    // Every replica caches the old secret.
+    for r in 0..3 {
+        assert_eq!(models(r, &old).await.expect("models").status(), 200);
+    }
+    let rotate = |grace: i64| {
+        cluster
+            .client
+            .post(format!(
+                "{}/v1/account/keys/{id}/rotate",
+                cluster.replicas[0].base
+            ))
+            .bearer_auth(&cluster.prov_key)
+            .json(&json!({"grace_seconds": grace}))
+            .send()
+    };
+    // With a grace period: both secrets work everywhere, then the old one stops everywhere.
+    let rotated: Value = rotate(2).await.expect("rotate").json().await.expect("json");
+    let new = rotated["key"].as_str().expect("key").to_string();
+    for r in 0..3 {
+        assert_eq!(models(r, &new).await.expect("models").status(), 200);
+        assert_eq!(
+            models(r, &old).await.expect("models").status(),
+            200,
+            "replica {r}"
+        );
+    }
+    let started = Instant::now();
+    for r in 0..3 {
+        while models(r, &old).await.expect("models").status() != 401 {
+            assert!(
+                started.elapsed() < Duration::from_secs(4),
+                "replica {r}: old secret outlived its grace"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(models(r, &new).await.expect("models").status(), 200);
+    }
+    // Without one: the secret just replaced stops on every replica within a second.
+    let rotated: Value = rotate(0).await.expect("rotate").json().await.expect("json");
+    let newest = rotated["key"].as_str().expect("key").to_string();
+    let at = Instant::now();
+    for r in 0..3 {
+        while models(r, &new).await.expect("models").status() != 401 {
+            assert!(
+                at.elapsed() < Duration::from_secs(1),
+                "replica {r} still takes the replaced secret"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(models(r, &newest).await.expect("models").status(), 200);
+    }
+}
+
+#[tokio::test]
+async fn an_account_rate_limit_by_model_pattern_is_exact_across_replicas() {
+    let cluster = start_cluster_with(Setup {
+        extra_config: r#"
+[[models]]
+id = "llama:free"
+provider = "up"
+endpoints = ["chat.completions"]
+max_output_tokens = 1000
+pricing = { input = "0", output = "0" }
+
+[[rate_limits]]
+models = "*:free"
+scope = "account"
+rpm = 10
+rpd = 100
+"#
+        .into(),
+        ..Setup::default()
+    })
+    .await;
+    let (_, a) = cluster.create_key(0, json!({"name": "a"})).await;
+    let (_, b) = cluster.create_key(1, json!({"name": "b"})).await;
+    let body = json!({"model": "llama:free", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
+    let tasks: Vec<_> = (0..36)
+        .map(|i| {
+            let client = cluster.client.clone();
+            let url = format!("{}/v1/chat/completions", cluster.replicas[i % 3].base);
+            let key = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let body = body.clone();
+            tokio::spawn(async move {
+                let r = client
+                    .post(url)
+                    .bearer_auth(key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("request");
+                let retry = r.headers().get("retry-after").is_some();
+                (r.status().as_u16(), retry)
+            })
+        })
+        .collect();
+    let (mut ok, mut limited) = (0, 0);
+    for t in tasks {
+        match t.await.expect("task") {
+            (200, _) => ok += 1,
+            (429, true) => limited += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        (ok, limited),
+        (10, 26),
+        "ten a minute for the account, over both keys and all replicas"
+    );
+    // The account's other models are not limited.
+    for r in 0..3 {
+        let s = cluster
+            .client
+            .post(format!("{}/v1/chat/completions", cluster.replicas[r].base))
+            .bearer_auth(&a)
+            .json(&chat("hi"))
+            .send()
+            .await
+            .expect("request")
+            .status();
+        assert_eq!(s, 200);
+    }
 }

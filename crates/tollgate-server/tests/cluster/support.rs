@@ -70,6 +70,8 @@ pub fn start_replica(dir: &Path, config: &Path, index: usize) -> Replica {
         .current_dir(&home)
         .env("RUST_LOG", "warn")
         .env("UP_KEY", "up-secret")
+        // The replicas' shared test clock (the system's while the file does not exist).
+        .env(tollgate::clock::CLOCK_FILE_ENV, clock_file(dir))
         .env_remove("TOLLGATE_DATABASE_URL")
         .env_remove("TOLLGATE_REDIS_URL")
         .stdout(Stdio::null())
@@ -83,6 +85,11 @@ pub fn start_replica(dir: &Path, config: &Path, index: usize) -> Replica {
     }
 }
 
+/// The file every replica of the test reads its budget clock from.
+pub fn clock_file(dir: &Path) -> PathBuf {
+    dir.join("clock")
+}
+
 /// How a test's cluster is set up.
 pub struct Setup {
     pub lease_ms: u64,
@@ -91,6 +98,8 @@ pub struct Setup {
     pub check_ms: u64,
     /// Credits granted to the `default` account (a decimal).
     pub grant: String,
+    /// More of the config file (TOML appended to it).
+    pub extra_config: String,
 }
 
 impl Default for Setup {
@@ -100,6 +109,7 @@ impl Default for Setup {
             upstream_latency_ms: 0,
             check_ms: 30_000,
             grant: "100".into(),
+            extra_config: String::new(),
         }
     }
 }
@@ -159,12 +169,14 @@ provider = "up"
 endpoints = ["chat.completions"]
 max_output_tokens = 1000
 pricing = {{ input = "0.40", cached_input = "0.10", output = "1.60" }}
+{extra}
 "#,
             db = db.url,
             redis_url = redis.url,
             lease_ms = setup.lease_ms,
             check_ms = setup.check_ms,
-            base = upstream.base_url()
+            base = upstream.base_url(),
+            extra = setup.extra_config,
         ),
     )
     .expect("config");

@@ -12,7 +12,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::window::{self, LimitReset, Tallies, Window, WindowUsage};
 use super::Credits;
+use crate::clock::Clock;
 use crate::store::{AccountId, KeyId, KeyKind, KeyRecord, Store, StoreError};
 use crate::usage::LedgerError;
 
@@ -24,6 +26,8 @@ pub enum QuotaError {
         limit: Credits,
         remaining: Credits,
         needed: Credits,
+        /// When the limit starts again (a limit with `limit_reset`).
+        resets_at: Option<i64>,
     },
     /// The account's balance would be exceeded.
     Balance { remaining: Credits, needed: Credits },
@@ -32,9 +36,24 @@ pub enum QuotaError {
 impl std::fmt::Display for QuotaError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            QuotaError::KeyLimit { limit, remaining, needed } => write!(
+            QuotaError::KeyLimit {
+                limit,
+                remaining,
+                needed,
+                resets_at: None,
+            } => write!(
                 f,
                 "This request could cost up to {needed} credits, but the key's credit limit of {limit} has {remaining} left (in-flight requests included). Raise credit_limit with PATCH /v1/account/keys/{{id}}, or lower max_tokens."
+            ),
+            QuotaError::KeyLimit {
+                limit,
+                remaining,
+                needed,
+                resets_at: Some(at),
+            } => write!(
+                f,
+                "This request could cost up to {needed} credits, but the key's credit limit of {limit} has {remaining} left in this window (in-flight requests included); it resets at {}. Raise credit_limit with PATCH /v1/account/keys/{{id}}, or lower max_tokens.",
+                crate::rfc3339(*at)
             ),
             QuotaError::Balance { remaining, needed } => write!(
                 f,
@@ -61,6 +80,21 @@ struct KeyBudget {
     usage: i64,
     limit: Option<i64>,
     reserved: i64,
+    reset: Option<LimitReset>,
+    /// Charged and reserved per day, week and month.
+    tallies: Tallies,
+}
+
+impl KeyBudget {
+    fn new(key: &KeyRecord, at: i64, windows: WindowUsage) -> KeyBudget {
+        KeyBudget {
+            usage: key.usage.nanos(),
+            limit: key.credit_limit.map(Credits::nanos),
+            reserved: 0,
+            reset: key.limit_reset,
+            tallies: Tallies::new(at, windows),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -74,6 +108,7 @@ struct AccountBudget {
 /// The single-machine budgets.
 pub struct LocalBudgets {
     store: Arc<dyn Store>,
+    clock: Clock,
     accounts: Mutex<HashMap<AccountId, AccountBudget>>,
 }
 
@@ -85,12 +120,18 @@ pub struct Reservation {
     pub account: AccountId,
     pub key: KeyId,
     pub amount: Credits,
+    /// When it was made (by the budget clock): its charge belongs to the windows holding
+    /// this time, even when the request ends in the next one.
+    pub at: i64,
+    /// The window of the key's limit it is held in; `None` for a lifetime limit.
+    pub window: Option<Window>,
 }
 
 impl LocalBudgets {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn Store>, clock: Clock) -> Self {
         LocalBudgets {
             store,
+            clock,
             accounts: Mutex::new(HashMap::new()),
         }
     }
@@ -101,7 +142,19 @@ impl LocalBudgets {
         self.accounts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn ensure_loaded(&self, key: &KeyRecord) -> Result<(), StoreError> {
+    /// The key's usage in the windows holding `at`, from the ledger.
+    async fn window_usage(&self, key: &KeyRecord, at: i64) -> Result<WindowUsage, StoreError> {
+        let days = self
+            .store
+            .day_charges(key.account_id, Some(key.id), &window::earliest_start(at))
+            .await?;
+        Ok(WindowUsage::from_days(
+            at,
+            days.iter().map(|d| (d.day.as_str(), d.cost)),
+        ))
+    }
+
+    async fn ensure_loaded(&self, key: &KeyRecord, at: i64) -> Result<(), StoreError> {
         let loaded = {
             let accounts = self.lock();
             accounts
@@ -115,13 +168,13 @@ impl LocalBudgets {
                     .store
                     .get_key(key.account_id, KeyKind::Inference, key.id)
                     .await?;
+                let windows = self.window_usage(key, at).await?;
                 let mut accounts = self.lock();
                 if let (Some(account), Some(fresh)) = (accounts.get_mut(&key.account_id), fresh) {
-                    account.keys.entry(key.id).or_insert(KeyBudget {
-                        usage: fresh.usage.nanos(),
-                        limit: fresh.credit_limit.map(Credits::nanos),
-                        reserved: 0,
-                    });
+                    account
+                        .keys
+                        .entry(key.id)
+                        .or_insert_with(|| KeyBudget::new(&fresh, at, windows));
                 }
                 Ok(())
             }
@@ -131,6 +184,7 @@ impl LocalBudgets {
                     .store
                     .get_key(key.account_id, KeyKind::Inference, key.id)
                     .await?;
+                let windows = self.window_usage(key, at).await?;
                 let mut accounts = self.lock();
                 if let Some(account) = account {
                     let entry = accounts.entry(key.account_id).or_insert(AccountBudget {
@@ -140,11 +194,10 @@ impl LocalBudgets {
                         keys: HashMap::new(),
                     });
                     if let Some(fresh) = fresh {
-                        entry.keys.entry(key.id).or_insert(KeyBudget {
-                            usage: fresh.usage.nanos(),
-                            limit: fresh.credit_limit.map(Credits::nanos),
-                            reserved: 0,
-                        });
+                        entry
+                            .keys
+                            .entry(key.id)
+                            .or_insert_with(|| KeyBudget::new(&fresh, at, windows));
                     }
                 }
                 Ok(())
@@ -159,7 +212,8 @@ impl LocalBudgets {
         amount: Credits,
         id: &str,
     ) -> Result<Reservation, ReserveError> {
-        self.ensure_loaded(key).await?;
+        let at = self.clock.now();
+        self.ensure_loaded(key, at).await?;
         let mut accounts = self.lock();
         let Some(account) = accounts.get_mut(&key.account_id) else {
             return Err(StoreError::Corrupt("account of a live key is missing".into()).into());
@@ -170,12 +224,20 @@ impl LocalBudgets {
         };
         let needed = amount.nanos();
         if let Some(limit) = budget.limit {
-            let remaining = limit - budget.usage - budget.reserved;
+            let (used, reserved) = match budget.reset {
+                None => (budget.usage, budget.reserved),
+                Some(reset) => {
+                    let tally = budget.tallies.current(reset, at);
+                    (tally.used, tally.reserved)
+                }
+            };
+            let remaining = limit - used - reserved;
             if needed > remaining {
                 return Err(ReserveError::Quota(QuotaError::KeyLimit {
                     limit: Credits::from_nanos(limit),
                     remaining: Credits::from_nanos(remaining.max(0)),
                     needed: amount,
+                    resets_at: budget.reset.map(|r| r.window_at(at).resets_at()),
                 }));
             }
         }
@@ -186,12 +248,15 @@ impl LocalBudgets {
             }));
         }
         budget.reserved += needed;
+        budget.tallies.reserve(at, needed);
         account.reserved += needed;
         Ok(Reservation {
             id: id.to_string(),
             account: key.account_id,
             key: key.id,
             amount,
+            at,
+            window: budget.reset.map(|r| r.window_at(at)),
         })
     }
 
@@ -204,6 +269,9 @@ impl LocalBudgets {
             if let Some(budget) = account.keys.get_mut(&reservation.key) {
                 budget.reserved -= reservation.amount.nanos();
                 budget.usage += cost.nanos();
+                budget
+                    .tallies
+                    .settle(reservation.at, reservation.amount.nanos(), cost.nanos());
             }
         }
     }
@@ -216,6 +284,7 @@ impl LocalBudgets {
             .and_then(|a| a.keys.get_mut(&key.id))
         {
             budget.limit = key.credit_limit.map(Credits::nanos);
+            budget.reset = key.limit_reset;
         }
     }
 

@@ -3,6 +3,7 @@
 pub mod meter;
 pub mod money;
 pub mod price;
+pub mod window;
 
 pub use money::Credits;
 pub use price::{HostedTool, Pricing, UnitPrice, Usage};

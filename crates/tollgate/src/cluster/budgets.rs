@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 use redis::{Script, ScriptInvocation};
 
 use super::flights::{Flight, Flights, Retry};
-use super::names::Names;
+use super::names::{budget_name, Names};
 use super::scripts::{self, with_constants};
 use super::sync::{Mode, Synced};
 use super::{timed, Cluster, ClusterError};
 use crate::billing::meter::{QuotaError, Reservation, ReserveError};
+use crate::billing::window::LimitReset;
 use crate::billing::Credits;
+use crate::clock::Clock;
 use crate::store::{AccountId, KeyId, KeyRecord, Store};
 
 /// How often each replica runs [`SharedBudgets::tick`] (heartbeat, settle retries).
@@ -111,6 +113,8 @@ pub struct SharedBudgets {
     pub(super) touched: Mutex<HashMap<AccountId, Instant>>,
     pub(super) last_renewal: Mutex<Option<Instant>>,
     pub(super) scripts: Scripts,
+    /// The clock of budget windows.
+    pub(super) clock: Clock,
 }
 
 fn unavailable(e: ClusterError) -> ReserveError {
@@ -125,8 +129,10 @@ impl SharedBudgets {
         store: Arc<dyn Store>,
         lease: Duration,
         check_every: Duration,
+        clock: Clock,
     ) -> Self {
         SharedBudgets {
+            clock,
             cluster,
             store,
             lease,
@@ -169,12 +175,16 @@ impl SharedBudgets {
     ) -> Result<Reservation, ReserveError> {
         let deadline = Instant::now() + PATIENCE;
         loop {
+            // The window is taken afresh on every try: a load may cross a boundary.
+            let at = self.clock.now();
+            let window = key.limit_reset.map(|r| r.window_at(at));
+            let budget: Arc<str> = Arc::from(budget_name(key.id, window.as_ref()));
             let (epoch, seen) = self.flights.epoch();
             let names = Names::new(&epoch);
             let mut call = self.scripts.reserve.prepare_invoke();
             call.key(names.counter())
                 .key(names.account(key.account_id))
-                .key(names.key(key.id))
+                .key(names.budget(&budget))
                 .key(names.leases(key.account_id))
                 .key(names.data(key.account_id))
                 .key(names.markers(key.account_id))
@@ -183,11 +193,11 @@ impl SharedBudgets {
                 .arg(self.lease.as_millis() as u64)
                 .arg(id)
                 .arg(amount.nanos())
-                .arg(key.id.0)
+                .arg(&*budget)
                 .arg(names.key_prefix());
             let flight = |held| Flight {
                 account: key.account_id,
-                key: key.id,
+                budget: budget.clone(),
                 amount: amount.nanos(),
                 epoch: epoch.clone(),
                 held,
@@ -217,6 +227,8 @@ impl SharedBudgets {
                         account: key.account_id,
                         key: key.id,
                         amount,
+                        at,
+                        window,
                     });
                 }
                 "key" => {
@@ -224,6 +236,7 @@ impl SharedBudgets {
                         limit: number(2),
                         remaining: number(3).max(Credits::ZERO),
                         needed: amount,
+                        resets_at: window.map(|w| w.resets_at()),
                     }))
                 }
                 "balance" => {
@@ -267,7 +280,7 @@ impl SharedBudgets {
                 &reservation.id,
                 Flight {
                     account: reservation.account,
-                    key: reservation.key,
+                    budget: Arc::from(budget_name(reservation.key, reservation.window.as_ref())),
                     amount: reservation.amount.nanos(),
                     epoch,
                     held: true,
@@ -304,10 +317,12 @@ impl SharedBudgets {
             Some(f) => f.epoch.clone(),
             None => self.flights.epoch().0,
         };
+        // Charged to the budget of the window the request was reserved in.
+        let budget = budget_name(reservation.key, reservation.window.as_ref());
         self.settle_in(
             &reservation.id,
             reservation.account,
-            reservation.key,
+            &budget,
             cost.nanos(),
             &epoch,
         )
@@ -318,7 +333,7 @@ impl SharedBudgets {
         &self,
         id: &str,
         account: AccountId,
-        key: KeyId,
+        budget: &str,
         cost: i64,
         epoch: &Arc<str>,
     ) -> Result<SettleOutcome, ClusterError> {
@@ -334,7 +349,7 @@ impl SharedBudgets {
         let mut call = self.scripts.settle.prepare_invoke();
         call.key(names.counter())
             .key(names.account(account))
-            .key(names.key(key))
+            .key(names.budget(budget))
             .key(names.leases(account))
             .key(names.data(account))
             .key(names.markers(account))
@@ -378,10 +393,12 @@ impl SharedBudgets {
             // No epoch known yet: the first load reads the limit from the database.
             return Ok(());
         }
+        let window = key.limit_reset.map(|r| r.window_at(self.clock.now()));
+        let budget = budget_name(key.id, window.as_ref());
         let mut conn = self.cluster.conn.clone();
         timed(
             redis::cmd("HSET")
-                .arg(Names::new(&epoch).key(key.id))
+                .arg(Names::new(&epoch).budget(&budget))
                 .arg("limit")
                 .arg(limit)
                 .query_async::<i64>(&mut conn),
@@ -393,13 +410,16 @@ impl SharedBudgets {
     /// Forgets a deleted key's budget.
     pub async fn key_deleted(&self, id: KeyId) -> Result<(), ClusterError> {
         let (epoch, _) = self.flights.epoch();
+        let names = Names::new(&epoch);
+        let at = self.clock.now();
+        let mut del = redis::cmd("DEL");
+        del.arg(names.key(id));
+        // The current window of each kind (older ones expire on their own).
+        for reset in LimitReset::ALL {
+            del.arg(names.budget(&budget_name(id, Some(&reset.window_at(at)))));
+        }
         let mut conn = self.cluster.conn.clone();
-        timed(
-            redis::cmd("DEL")
-                .arg(Names::new(&epoch).key(id))
-                .query_async::<i64>(&mut conn),
-        )
-        .await?;
+        timed(del.query_async::<i64>(&mut conn)).await?;
         Ok(())
     }
 

@@ -29,7 +29,7 @@ impl SharedBudgets {
                     .arg(self.lease.as_millis() as u64)
                     .arg(names.prefix());
                 for (id, f) in chunk {
-                    call.arg(f.account.0).arg(id).arg(f.key.0).arg(f.amount);
+                    call.arg(f.account.0).arg(id).arg(&*f.budget).arg(f.amount);
                 }
                 let reply = self.call(call, &target).await?;
                 match reply.status() {
@@ -102,7 +102,10 @@ impl SharedBudgets {
         for chunk in due.chunks(RETRY_CHUNK) {
             let attempts = chunk.iter().map(|(id, f)| async move {
                 let cost = f.settle.as_ref().map_or(0, |r| r.cost);
-                match self.settle_in(id, f.account, f.key, cost, &f.epoch).await {
+                match self
+                    .settle_in(id, f.account, &f.budget, cost, &f.epoch)
+                    .await
+                {
                     Ok(SettleOutcome::NewEpoch(epoch)) => self.adopt(&epoch).await,
                     Ok(_) => Ok(()),
                     Err(e) => Err(e),

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::store::{AccountId, KeyId};
+use crate::store::AccountId;
 
 /// First wait before a settle that failed is tried again; it doubles up to `RETRY_MAX`.
 const RETRY_FIRST: Duration = Duration::from_millis(500);
@@ -16,7 +16,8 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub(super) struct Flight {
     pub account: AccountId,
-    pub key: KeyId,
+    /// The name of the key's budget it is held in (see `names::budget_name`).
+    pub budget: Arc<str>,
     pub amount: i64,
     /// The epoch the reservation is held in.
     pub epoch: Arc<str>,

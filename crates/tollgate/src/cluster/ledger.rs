@@ -7,15 +7,22 @@ use std::collections::HashMap;
 
 use sqlx::{Postgres, Row, Transaction};
 
+use super::names::budget_name;
 use super::ClusterError;
+use crate::billing::window::{LimitReset, Window};
 use crate::store::{AccountId, KeyId};
 
 /// A key's totals in the snapshot.
 #[derive(Debug)]
 pub(super) struct KeyTotals {
     pub id: KeyId,
+    /// Its budget's name (with the current window when its limit resets).
+    pub budget: String,
+    /// Its usage: in the current window when its limit resets, else ever.
     pub usage: i64,
     pub limit: Option<i64>,
+    /// The current window, when its limit resets.
+    pub window: Option<Window>,
 }
 
 /// An account's totals in the snapshot.
@@ -38,11 +45,13 @@ pub(super) struct Snapshot {
 
 impl Snapshot {
     /// Opens a snapshot and reads the account's totals and its keys' (one key, or every
-    /// live inference key): the snapshot is taken by this first read.
+    /// live inference key): the snapshot is taken by this first read. A key whose limit
+    /// resets is read in its window holding `at`.
     pub async fn open(
         pool: &sqlx::PgPool,
         account: AccountId,
         key: Option<KeyId>,
+        at: i64,
     ) -> Result<(Snapshot, Option<Totals>), ClusterError> {
         let mut tx = pool.begin().await.map_err(ledger_error)?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -63,7 +72,7 @@ impl Snapshot {
         let charged: i64 = row.try_get(0).map_err(ledger_error)?;
         let granted: i64 = row.try_get(1).map_err(ledger_error)?;
         let rows = sqlx::query(
-            "SELECT id, usage, credit_limit FROM api_keys WHERE account_id = $1 \
+            "SELECT id, usage, credit_limit, limit_reset FROM api_keys WHERE account_id = $1 \
              AND kind = 'inference' AND deleted_at IS NULL AND ($2::BIGINT IS NULL OR id = $2) \
              ORDER BY id",
         )
@@ -74,10 +83,33 @@ impl Snapshot {
         .map_err(ledger_error)?;
         let mut keys = Vec::with_capacity(rows.len());
         for row in rows {
+            let id = KeyId(row.try_get(0).map_err(ledger_error)?);
+            let reset: Option<String> = row.try_get(3).map_err(ledger_error)?;
+            let window = reset
+                .as_deref()
+                .and_then(LimitReset::parse)
+                .map(|r| r.window_at(at));
+            let mut usage: i64 = row.try_get(1).map_err(ledger_error)?;
+            if let Some(w) = &window {
+                // The window's days of the roll-up (a record's day is its reservation's).
+                usage = sqlx::query_scalar(
+                    "SELECT COALESCE(SUM(cost), 0)::BIGINT FROM usage_daily \
+                     WHERE account_id = $1 AND key_id = $2 AND day >= $3 AND day < $4",
+                )
+                .bind(account.0)
+                .bind(id.0)
+                .bind(w.first_day())
+                .bind(w.end().to_string())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(ledger_error)?;
+            }
             keys.push(KeyTotals {
-                id: KeyId(row.try_get(0).map_err(ledger_error)?),
-                usage: row.try_get(1).map_err(ledger_error)?,
+                id,
+                budget: budget_name(id, window.as_ref()),
+                usage,
                 limit: row.try_get(2).map_err(ledger_error)?,
+                window,
             });
         }
         Ok((

@@ -2,6 +2,7 @@
 //! Redis's data it belongs to (`tg2:<epoch>:...`), so data that outlived its epoch (a
 //! restore of an old snapshot) is never read as current.
 
+use crate::billing::window::Window;
 use crate::store::{AccountId, KeyId};
 
 /// Prefix of the budget layout.
@@ -14,6 +15,16 @@ pub const EPOCH_KEY: &str = "tg2:epoch";
 /// `sa` (the running sync) or `sl` (its log).
 pub fn budget_key(epoch: &str, kind: &str, id: i64) -> String {
     format!("{BUDGET_PREFIX}:{epoch}:{kind}:{id}")
+}
+
+/// The name of a key's budget in the scripts: its id, and for a limit that resets, the
+/// window (`17@d2027-01-31`). The window is part of the budget's identity: a new window
+/// is a new budget, loaded from the ledger, and nothing resets a counter at midnight.
+pub fn budget_name(key: KeyId, window: Option<&Window>) -> String {
+    match window {
+        None => key.0.to_string(),
+        Some(w) => format!("{}@{}", key.0, w.tag()),
+    }
 }
 
 /// The key that exists while `epoch`'s grace window runs (no budget is loaded then).
@@ -54,6 +65,11 @@ impl Names {
 
     pub fn key(&self, id: KeyId) -> String {
         format!("{}k:{}", self.prefix, id.0)
+    }
+
+    /// The hash of a key's budget by its name (see [`budget_name`]).
+    pub fn budget(&self, name: &str) -> String {
+        format!("{}k:{}", self.prefix, name)
     }
 
     /// Leases of live reservations (zset: id -> expiry).

@@ -56,8 +56,9 @@ seq = tostring(seq)
     };
 }
 
-/// KEYS: counter, account, key, leases, data, markers. ARGV: epoch, seen, lease_ms, id,
-/// amount, key id, key-hash prefix. (No grace check: during an epoch's grace window no
+/// KEYS: counter, account, key budget, leases, data, markers. ARGV: epoch, seen,
+/// lease_ms, id, amount, key budget name (`17`, or `17@d2027-01-31` for a window),
+/// key-hash prefix. (No grace check: during an epoch's grace window no
 /// budget is loaded yet, and an unloaded one answers `load`.)
 pub const RESERVE: &str = concat!(
     prologue!(),

@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use super::budgets::{Reply, SharedBudgets};
-use super::ledger::Snapshot;
+use super::ledger::{KeyTotals, Snapshot};
 use super::names::Names;
 use super::ClusterError;
 use crate::billing::meter::ReserveError;
@@ -130,7 +130,8 @@ impl SharedBudgets {
                 .await
                 .map_err(|e| ClusterError::Ledger(e.to_string()))?;
         }
-        let (snapshot, totals) = Snapshot::open(&self.cluster.ledger, account, key).await?;
+        let at = self.clock.now();
+        let (snapshot, totals) = Snapshot::open(&self.cluster.ledger, account, key, at).await?;
         let Some(totals) = totals else {
             return Err(ClusterError::Ledger(format!(
                 "account {} is not in the ledger",
@@ -177,7 +178,7 @@ impl SharedBudgets {
                 .map_or_else(|| "none".to_string(), |l| l.to_string());
             let load = mode == Mode::Load && Some(k.id) == key;
             apply
-                .arg(k.id.0)
+                .arg(&k.budget)
                 .arg(k.usage)
                 .arg(limit)
                 .arg(if load { 1 } else { 0 });
@@ -190,7 +191,25 @@ impl SharedBudgets {
             return Ok(Synced::Lost);
         }
         report(account, mode, &reply);
+        self.expire_windows(epoch, &totals.keys).await;
         Ok(Synced::Done)
+    }
+
+    /// A window's budget is dropped from Redis two days after the window ended (requests
+    /// reserved in it settle long before; a settle that finds it gone counts the account).
+    async fn expire_windows(&self, epoch: &str, keys: &[KeyTotals]) {
+        let names = Names::new(epoch);
+        for k in keys {
+            if let Some(w) = &k.window {
+                let mut conn = self.cluster.conn.clone();
+                let at = w.resets_at() + 2 * 86_400;
+                let mut set = redis::cmd("EXPIREAT");
+                set.arg(names.budget(&k.budget)).arg(at);
+                if let Err(e) = super::timed(set.query_async::<i64>(&mut conn)).await {
+                    tracing::debug!(error = %e, "setting a window budget's expiry failed");
+                }
+            }
+        }
     }
 
     async fn end_sync(&self, account: AccountId, (epoch, seen): (&str, u64), sync_id: &str) {

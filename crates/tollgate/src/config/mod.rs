@@ -14,12 +14,14 @@ mod catalog;
 mod front;
 mod pricing;
 mod providers;
+mod rate_limits;
 mod routing;
 mod webhooks;
 
 pub use catalog::{Deployment, Endpoint, Model};
 pub use front::{Cors, ServerLimits};
 pub use providers::{Provider, ProviderKind};
+pub use rate_limits::AccountRateLimit;
 pub use routing::Routing;
 pub use webhooks::{OperatorWebhook, WebhookPolicy};
 
@@ -110,6 +112,7 @@ struct FileConfig {
     webhooks: Vec<webhooks::FileWebhook>,
     #[serde(default)]
     webhook_policy: webhooks::FileWebhookPolicy,
+    rate_limits: Vec<rate_limits::FileRateLimit>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -169,6 +172,11 @@ pub struct Config {
     pub startups: Vec<serde_json::Value>,
     /// Operator webhooks and how webhooks are delivered.
     pub webhooks: WebhookPolicy,
+    /// Request-rate limits an account shares over the models matching a pattern.
+    pub rate_limits: Vec<AccountRateLimit>,
+    /// The clock of budget windows: the system's, or the file named by
+    /// `TOLLGATE_CLOCK_FILE` (tests).
+    pub clock: crate::clock::Clock,
 }
 
 impl Config {
@@ -288,6 +296,7 @@ impl Config {
         let server = front::server(file.server, origin)?;
         let cors = front::cors(file.cors, origin)?;
         let routing = routing::parse(file.routing, origin)?;
+        let rate_limits = rate_limits::parse(file.rate_limits, origin)?;
         let providers = providers::parse(file.providers, origin, overrides, env)?;
         let catalog = catalog::parse(file.models, origin, &providers)?;
         let webhooks = webhooks::parse(file.webhooks, file.webhook_policy, origin, overrides, env)?;
@@ -314,6 +323,11 @@ impl Config {
             model_index: catalog.index,
             startups,
             webhooks,
+            rate_limits,
+            clock: match env(crate::clock::CLOCK_FILE_ENV) {
+                Some(path) if !path.is_empty() => crate::clock::Clock::from_file(path.into()),
+                _ => crate::clock::Clock::system(),
+            },
         })
     }
 

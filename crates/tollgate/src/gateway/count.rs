@@ -27,9 +27,12 @@ impl Gateway {
     pub async fn count_tokens(&self, inbound: Inbound, body: Bytes) -> Result<Response, ApiError> {
         let request = RequestFields::parse(&body)?;
         let model = plan::model_for(&self.config, Endpoint::Messages, request.string("model")?)?;
-        let targets = self
-            .router
-            .route(&self.config, &model, Endpoint::Messages)?;
+        self.admit(&inbound, &model).await?;
+        let targets =
+            self.router
+                .route_allowed(&self.config, &model, Endpoint::Messages, &|m| {
+                    inbound.key.may_use(&m.id)
+                })?;
         let mut last: Option<UpstreamError> = None;
         for target in &targets {
             let deployment = target.deployment();

@@ -42,8 +42,10 @@ use tollgate_formats::estimate::Profile;
 
 use crate::billing::meter::{Meter, QuotaError, ReserveError};
 use crate::billing::Credits;
+use crate::cluster::Cluster;
 use crate::config::{Config, Endpoint, Model};
 use crate::error::ApiError;
+use crate::model_limits::ModelLimits;
 use crate::providers::{ClientHeaders, ProviderClient, Upstreams};
 use crate::routing::{Router, Target};
 use crate::store::KeyRecord;
@@ -75,6 +77,8 @@ pub struct Gateway {
     router: Router,
     /// How each deployment's upstream model counts input (by `Deployment::id`).
     profiles: Vec<Profile>,
+    /// Account-level request-rate limits by model pattern.
+    limits: ModelLimits,
 }
 
 /// Who is calling, on which endpoint.
@@ -88,7 +92,12 @@ pub struct Inbound {
 }
 
 impl Gateway {
-    pub fn new(config: Arc<Config>, meter: Arc<Meter>, writer: UsageWriter) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        meter: Arc<Meter>,
+        writer: UsageWriter,
+        cluster: Option<&Cluster>,
+    ) -> Self {
         let mut profiles = Vec::new();
         for d in config.models.iter().flat_map(|m| m.deployments.iter()) {
             if profiles.len() <= d.id {
@@ -100,6 +109,7 @@ impl Gateway {
             upstreams: Upstreams::new(&config),
             router: Router::new(&config),
             profiles,
+            limits: ModelLimits::new(config.rate_limits.clone(), cluster),
             config,
             meter,
             writer,
@@ -122,10 +132,15 @@ impl Gateway {
         let endpoint = inbound.endpoint;
         let request = RequestFields::parse(&body)?;
         let model = plan::model_for(&self.config, endpoint, request.string("model")?)?;
+        self.admit(&inbound, &model).await?;
         let stream = request.flag("stream")?;
         let demands = demands::read(endpoint, &request)?;
         demands::pricing(&demands, &model)?;
-        let mut targets = self.router.route(&self.config, &model, endpoint)?;
+        let mut targets = self
+            .router
+            .route_allowed(&self.config, &model, endpoint, &|m| {
+                inbound.key.may_use(&m.id)
+            })?;
         // A fallback that cannot price what the request asks is no target for it.
         targets.retain(|t| demands::pricing(&demands, &t.model).is_ok());
         let asked = plan::Asked {
@@ -202,6 +217,15 @@ impl Gateway {
                 .insert(MAX_TOKENS_HEADER, HeaderValue::from(limit));
         }
         Ok(response)
+    }
+
+    /// The key may use the model, and the account's rate limits for it have room.
+    async fn admit(&self, inbound: &Inbound, model: &Model) -> Result<(), ApiError> {
+        plan::check_allowed(&inbound.key, model)?;
+        self.limits
+            .check(inbound.key.account_id, model, &inbound.request_id)
+            .await?;
+        Ok(())
     }
 
     /// The output limit a refused request can be served with instead, for a key with

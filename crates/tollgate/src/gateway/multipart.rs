@@ -225,6 +225,7 @@ impl Gateway {
             None
         };
         let model = plan::model_for(&self.config, inbound.endpoint, model_id)?;
+        self.admit(&inbound, &model).await?;
         // An upload is streamed through once: it goes to the first target of the route
         // (weights, health and cooldowns apply) and is not tried again elsewhere.
         let targets = self.router.route(&self.config, &model, inbound.endpoint)?;

@@ -15,6 +15,7 @@ use crate::config::{Config, Deployment, Endpoint, Model};
 use crate::error::{quoted, ApiError};
 use crate::providers::{ClientHeaders, Upstreams, Wire};
 use crate::routing::Target;
+use crate::store::KeyRecord;
 
 /// The format a client speaks on an endpoint (text generation only).
 pub(super) fn client_format(endpoint: Endpoint) -> Option<Format> {
@@ -61,6 +62,29 @@ pub(super) fn model_for(
         });
     }
     Ok(model.clone())
+}
+
+/// The 403 of a model the key may not use: it names the model and the key's allowed ones.
+pub fn check_allowed(key: &KeyRecord, model: &Model) -> Result<(), ApiError> {
+    match &key.allowed_models {
+        Some(allowed) if !allowed.contains(&model.id) => Err(ApiError {
+            param: Some("model".into()),
+            ..ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "model_not_allowed",
+                format!(
+                    "This key may not use the model '{}'; it may use: {}. Change allowed_models with PATCH /v1/account/keys/{{id}}.",
+                    model.id,
+                    if allowed.is_empty() {
+                        "no model".to_string()
+                    } else {
+                        allowed.join(", ")
+                    }
+                ),
+            )
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// The 404 of a model the catalog does not have (as OpenAI and Anthropic answer, so the

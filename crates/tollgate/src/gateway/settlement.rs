@@ -140,7 +140,9 @@ impl Settlement {
             cost,
             status: i64::from(status),
             latency_ms: saturating_i64(self.started.elapsed().as_millis() as u64),
-            created_at: crate::now(),
+            // The time the request was reserved at: a window's usage is summed from the
+            // days of its records, and a request belongs to the window it started in.
+            created_at: self.reservation.as_ref().map_or_else(crate::now, |r| r.at),
             detail: UsageDetail {
                 requested_model: (!Arc::ptr_eq(model, &self.requested))
                     .then(|| self.requested.id.clone()),

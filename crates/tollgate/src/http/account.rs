@@ -15,6 +15,7 @@ use super::extract::{json_object, only_fields, raw_member, read_body, type_name}
 use super::AppState;
 use crate::accounts::{Activity, NewInferenceKey, Totals};
 use crate::billing::money::MoneyError;
+use crate::billing::window::{LimitReset, WindowUsage};
 use crate::billing::Credits;
 use crate::error::ApiError;
 use crate::store::{KeyId, KeyKind, KeyPatch, KeyRecord};
@@ -24,6 +25,8 @@ const CREATE_FIELDS: &[&str] = &[
     "credit_limit",
     "expires_at",
     "rate_limit_rpm",
+    "limit_reset",
+    "allowed_models",
     "clamp_max_tokens",
 ];
 const PATCH_FIELDS: &[&str] = &[
@@ -32,8 +35,15 @@ const PATCH_FIELDS: &[&str] = &[
     "credit_limit",
     "expires_at",
     "rate_limit_rpm",
+    "limit_reset",
+    "allowed_models",
     "clamp_max_tokens",
 ];
+/// Grace period of a rotated secret: by default a day, at most 30 days.
+const DEFAULT_GRACE_SECONDS: i64 = 86_400;
+const MAX_GRACE_SECONDS: i64 = 30 * 86_400;
+/// The most model ids an allow-list may name.
+const MAX_ALLOWED_MODELS: usize = 1000;
 
 /// The key object of API.md; never any key material beyond the hint, except `key`
 /// (the plaintext) in the answer to its creation.
@@ -54,6 +64,14 @@ pub struct KeyView {
     updated_at: String,
     hint: String,
     rate_limit_rpm: Option<i64>,
+    limit_reset: Option<&'static str>,
+    limit_resets_at: Option<String>,
+    usage_daily: String,
+    usage_weekly: String,
+    usage_monthly: String,
+    allowed_models: Option<Vec<String>>,
+    /// Until when the secret before the last rotation still works (while it does).
+    previous_key_expires_at: Option<String>,
     clamp_max_tokens: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<&'static str>,
@@ -65,13 +83,16 @@ pub fn decimal_number(text: String) -> Option<Box<RawValue>> {
 }
 
 impl KeyView {
-    pub fn new(key: &KeyRecord) -> Self {
-        let remaining = key.credit_limit.map(|limit| {
-            limit
-                .saturating_sub(key.usage)
-                .max(Credits::ZERO)
-                .to_string()
-        });
+    /// The key object at the time `now`, with the key's usage in the windows holding it.
+    pub fn new(key: &KeyRecord, windows: WindowUsage, now: i64) -> Self {
+        // A windowed limit counts the current window; a lifetime one counts everything.
+        let counted = key
+            .limit_reset
+            .map_or(key.usage, |r| Credits::from_nanos(windows.of(r)));
+        let remaining = key
+            .credit_limit
+            .map(|limit| limit.saturating_sub(counted).max(Credits::ZERO).to_string());
+        let window = |r: LimitReset| Credits::from_nanos(windows.of(r)).to_string();
         KeyView {
             id: key.id.0,
             name: key.name.clone(),
@@ -88,6 +109,18 @@ impl KeyView {
             updated_at: crate::rfc3339(key.updated_at),
             hint: key.hint.clone(),
             rate_limit_rpm: key.rate_limit_rpm,
+            limit_reset: key.limit_reset.map(LimitReset::as_str),
+            limit_resets_at: key
+                .limit_reset
+                .map(|r| crate::rfc3339(r.window_at(now).resets_at())),
+            usage_daily: window(LimitReset::Daily),
+            usage_weekly: window(LimitReset::Weekly),
+            usage_monthly: window(LimitReset::Monthly),
+            allowed_models: key.allowed_models.clone(),
+            previous_key_expires_at: key
+                .previous_key_expires_at
+                .filter(|&t| t > crate::now())
+                .map(crate::rfc3339),
             clamp_max_tokens: key.clamp_max_tokens,
             message: None,
         }
@@ -223,6 +256,78 @@ fn parse_rate_limit(value: &Value) -> Result<Option<i64>, ApiError> {
     }
 }
 
+fn parse_limit_reset(value: &Value) -> Result<Option<LimitReset>, ApiError> {
+    let refused = |got: String| {
+        ApiError::invalid_field(
+            "limit_reset",
+            format!(
+                "'limit_reset' must be \"daily\", \"weekly\", \"monthly\" or null (got {got})."
+            ),
+        )
+    };
+    match value {
+        Value::Null => Ok(None),
+        Value::String(text) => LimitReset::parse(text)
+            .map(Some)
+            .ok_or_else(|| refused(format!("'{}'", shorten(text)))),
+        other => Err(refused(type_name(other).to_string())),
+    }
+}
+
+/// A list of model ids of the catalog, each once (in the order given), or null.
+fn parse_allowed_models(state: &AppState, value: &Value) -> Result<Option<Vec<String>>, ApiError> {
+    let refused = |why: String| ApiError::invalid_field("allowed_models", why);
+    let items = match value {
+        Value::Null => return Ok(None),
+        Value::Array(items) => items,
+        other => {
+            return Err(refused(format!(
+                "'allowed_models' must be a list of model ids or null, not {}.",
+                type_name(other)
+            )))
+        }
+    };
+    if items.len() > MAX_ALLOWED_MODELS {
+        return Err(refused(format!(
+            "'allowed_models' may name at most {MAX_ALLOWED_MODELS} models (got {}).",
+            items.len()
+        )));
+    }
+    let mut models: Vec<String> = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::String(id) = item else {
+            return Err(refused(format!(
+                "'allowed_models' must hold model ids (strings), not {}.",
+                type_name(item)
+            )));
+        };
+        if state.config.model(id).is_none() {
+            return Err(refused(format!(
+                "'allowed_models' names '{}', which is not a model of this gateway (GET /v1/models lists them).",
+                shorten(id)
+            )));
+        }
+        if !models.contains(id) {
+            models.push(id.clone());
+        }
+    }
+    Ok(Some(models))
+}
+
+/// The key object of `key` now, with its window usages read from the ledger.
+async fn view_of(state: &AppState, key: &KeyRecord) -> Result<KeyView, ApiError> {
+    let now = state.config.clock.now();
+    let usage = state
+        .accounts
+        .window_usage(key.account_id, Some(key.id), now)
+        .await?;
+    Ok(KeyView::new(
+        key,
+        usage.get(&key.id).copied().unwrap_or_default(),
+        now,
+    ))
+}
+
 fn parse_key_id(text: &str) -> Result<KeyId, ApiError> {
     text.parse::<i64>().map(KeyId).map_err(|_| {
         ApiError::invalid_field(
@@ -295,6 +400,16 @@ pub async fn create_key(
             .map(parse_rate_limit)
             .transpose()?
             .flatten(),
+        limit_reset: map
+            .get("limit_reset")
+            .map(parse_limit_reset)
+            .transpose()?
+            .flatten(),
+        allowed_models: map
+            .get("allowed_models")
+            .map(|v| parse_allowed_models(&state, v))
+            .transpose()?
+            .flatten(),
         clamp_max_tokens: map
             .get("clamp_max_tokens")
             .map(|v| parse_flag("clamp_max_tokens", v))
@@ -308,7 +423,7 @@ pub async fn create_key(
     let view = KeyView {
         key: Some(plaintext),
         message: Some("Store this key securely. It will not be shown again."),
-        ..KeyView::new(&key)
+        ..KeyView::new(&key, WindowUsage::default(), state.config.clock.now())
     };
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
@@ -330,8 +445,16 @@ pub async fn list_keys(
         .accounts
         .list_keys(owner.account_id, KeyKind::Inference)
         .await?;
+    let now = state.config.clock.now();
+    let usage = state
+        .accounts
+        .window_usage(owner.account_id, None, now)
+        .await?;
     Ok(Json(KeyList {
-        keys: keys.iter().map(KeyView::new).collect(),
+        keys: keys
+            .iter()
+            .map(|k| KeyView::new(k, usage.get(&k.id).copied().unwrap_or_default(), now))
+            .collect(),
     }))
 }
 
@@ -348,7 +471,7 @@ pub async fn get_key(
         .get_key(owner.account_id, id)
         .await?
         .ok_or_else(|| key_not_found(id))?;
-    Ok(Json(KeyView::new(&key)))
+    Ok(Json(view_of(&state, &key).await?))
 }
 
 /// `PATCH /v1/account/keys/{id}`: absent fields stay, `null` clears a nullable one.
@@ -378,6 +501,11 @@ pub async fn update_key(
             .get("rate_limit_rpm")
             .map(parse_rate_limit)
             .transpose()?,
+        limit_reset: map.get("limit_reset").map(parse_limit_reset).transpose()?,
+        allowed_models: map
+            .get("allowed_models")
+            .map(|v| parse_allowed_models(&state, v))
+            .transpose()?,
         clamp_max_tokens: map
             .get("clamp_max_tokens")
             .map(|v| parse_flag("clamp_max_tokens", v))
@@ -389,7 +517,56 @@ pub async fn update_key(
         .await?
         .ok_or_else(|| key_not_found(id))?;
     state.on_key_changed(&key).await;
-    Ok(Json(KeyView::new(&key)))
+    Ok(Json(view_of(&state, &key).await?))
+}
+
+/// `POST /v1/account/keys/{id}/rotate`, body `{"grace_seconds": N}` or empty: a new
+/// secret for the same key (shown once); the old one works for the grace period.
+pub async fn rotate_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Json<KeyView>, ApiError> {
+    let owner = state.auth.provisioning(&headers).await?;
+    let id = parse_key_id(&id)?;
+    let bytes = read_body(body, state.config.limits.max_body_bytes).await?;
+    let grace = if bytes.iter().all(u8::is_ascii_whitespace) {
+        DEFAULT_GRACE_SECONDS
+    } else {
+        let map = json_object(&bytes)?;
+        only_fields(&map, &["grace_seconds"])?;
+        match map.get("grace_seconds") {
+            None | Some(Value::Null) => DEFAULT_GRACE_SECONDS,
+            Some(Value::Number(n)) => match n.as_i64() {
+                Some(s) if (0..=MAX_GRACE_SECONDS).contains(&s) => s,
+                _ => {
+                    return Err(ApiError::invalid_field(
+                        "grace_seconds",
+                        format!("'grace_seconds' must be a whole number of seconds from 0 to {MAX_GRACE_SECONDS} (30 days) (got {n})."),
+                    ))
+                }
+            },
+            Some(other) => {
+                return Err(ApiError::invalid_field(
+                    "grace_seconds",
+                    format!("'grace_seconds' must be a number, not {}.", type_name(other)),
+                ))
+            }
+        }
+    };
+    let (key, plaintext) = state
+        .accounts
+        .rotate_key(owner.account_id, id, grace)
+        .await?
+        .ok_or_else(|| key_not_found(id))?;
+    state.on_key_changed(&key).await;
+    let view = view_of(&state, &key).await?;
+    Ok(Json(KeyView {
+        key: Some(plaintext),
+        message: Some("Store this key securely. It will not be shown again."),
+        ..view
+    }))
 }
 
 /// `DELETE /v1/account/keys/{id}` → 204.
@@ -498,5 +675,5 @@ pub async fn own_key(
         .get_key(key.account_id, key.id)
         .await?
         .ok_or_else(|| ApiError::from(crate::auth::AuthError::Deleted))?;
-    Ok(Json(KeyView::new(&fresh)))
+    Ok(Json(view_of(&state, &fresh).await?))
 }

@@ -68,16 +68,22 @@ impl AppState {
                     store.clone(),
                     config.reservation_lease,
                     config.budget_check_interval,
+                    config.clock.clone(),
                 ))),
                 RateLimiter::Shared(SharedRateLimiter::new(cluster.clone())),
             ),
             None => (
-                Meter::Local(LocalBudgets::new(store.clone())),
+                Meter::Local(LocalBudgets::new(store.clone(), config.clock.clone())),
                 RateLimiter::local(),
             ),
         };
         let meter = Arc::new(meter);
-        let gateway = Arc::new(Gateway::new(config.clone(), meter.clone(), writer.clone()));
+        let gateway = Arc::new(Gateway::new(
+            config.clone(),
+            meter.clone(),
+            writer.clone(),
+            cluster.as_ref(),
+        ));
         AppState(Arc::new(Parts {
             config,
             store,
@@ -151,6 +157,7 @@ pub fn router(state: AppState) -> Router {
                 .patch(account::update_key)
                 .delete(account::delete_key),
         )
+        .route("/v1/account/keys/{id}/rotate", post(account::rotate_key))
         .route("/v1/account/balance", get(credits::balance))
         .route("/v1/account/credits", get(credits::credits))
         .route(

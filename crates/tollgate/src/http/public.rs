@@ -11,9 +11,12 @@ use serde_json::{json, Value};
 
 use super::account::decimal_number;
 use super::AppState;
+use std::sync::Arc;
+
 use crate::config::Model;
 use crate::error::{ApiError, Shape};
 use crate::gateway::unknown_model;
+use crate::store::KeyRecord;
 
 /// Prices as exact decimal JSON numbers, in a fixed order.
 struct PricingView(Vec<(&'static str, Box<RawValue>)>);
@@ -91,12 +94,21 @@ fn anthropic(headers: &HeaderMap) -> bool {
     headers.contains_key("anthropic-version")
 }
 
-/// The key check of the model listings: anonymous, or a valid inference key.
-async fn optional_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// The key check of the model listings: anonymous, or a valid inference key, whose
+/// allow-list (if any) then limits what is listed.
+async fn optional_key(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Arc<KeyRecord>>, ApiError> {
     if headers.contains_key("authorization") || headers.contains_key("x-api-key") {
-        state.auth.inference(headers).await?;
+        return Ok(Some(state.auth.inference(headers).await?));
     }
-    Ok(())
+    Ok(None)
+}
+
+/// Whether the caller (anonymous, or a key) sees `model` in the catalog.
+fn visible(key: &Option<Arc<KeyRecord>>, model: &Model) -> bool {
+    key.as_ref().is_none_or(|k| k.may_use(&model.id))
 }
 
 /// `GET /v1/models/{id}`: one model of the catalog (ids may hold `/`); a 404 names it.
@@ -110,10 +122,12 @@ pub async fn model(
     } else {
         Shape::OpenAi
     };
-    if let Err(e) = optional_key(&state, &headers).await {
-        return e.into_response_for(shape);
-    }
-    match state.config.model(&id) {
+    let key = match optional_key(&state, &headers).await {
+        Ok(key) => key,
+        Err(e) => return e.into_response_for(shape),
+    };
+    // A model the key may not use is not in its catalog: the same 404 as an unknown one.
+    match state.config.model(&id).filter(|m| visible(&key, m)) {
         None => unknown_model(&id).into_response_for(shape),
         Some(model) if shape == Shape::Anthropic => Json(anthropic_model(model)).into_response(),
         Some(model) => Json(model_view(model)).into_response(),
@@ -125,7 +139,13 @@ pub async fn models(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    optional_key(&state, &headers).await?;
+    let key = optional_key(&state, &headers).await?;
+    let models: Vec<&Arc<Model>> = state
+        .config
+        .models
+        .iter()
+        .filter(|m| visible(&key, m))
+        .collect();
     if anthropic(&headers) {
         #[derive(Serialize)]
         struct AnthropicList<'a> {
@@ -134,7 +154,6 @@ pub async fn models(
             first_id: Option<&'a str>,
             last_id: Option<&'a str>,
         }
-        let models = &state.config.models;
         return Ok(Json(AnthropicList {
             data: models.iter().map(|m| anthropic_model(m)).collect(),
             has_more: false,
@@ -148,7 +167,7 @@ pub async fn models(
         object: &'static str,
         data: Vec<ModelView<'a>>,
     }
-    let data = state.config.models.iter().map(|m| model_view(m)).collect();
+    let data = models.iter().map(|m| model_view(m)).collect();
     Ok(Json(List {
         object: "list",
         data,

@@ -125,8 +125,33 @@ impl<S: Store> Store for Deadlined<S> {
         deadline(self.0.delete_key(account, kind, id, now)).await
     }
 
+    async fn day_charges(
+        &self,
+        account: AccountId,
+        key: Option<KeyId>,
+        since_day: &str,
+    ) -> Result<Vec<DayCharge>, StoreError> {
+        deadline(self.0.day_charges(account, key, since_day)).await
+    }
+
     async fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError> {
         deadline(self.0.key_by_hash(hash)).await
+    }
+
+    async fn rotate_key(
+        &self,
+        account: AccountId,
+        id: KeyId,
+        hash: &str,
+        hint: &str,
+        previous_until: Option<i64>,
+        now: i64,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        deadline(
+            self.0
+                .rotate_key(account, id, hash, hint, previous_until, now),
+        )
+        .await
     }
 
     async fn record_usage(&self, batch: &[UsageRecord]) -> Result<Vec<bool>, StoreError> {

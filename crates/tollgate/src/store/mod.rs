@@ -4,6 +4,7 @@
 mod credits_pg;
 mod credits_sqlite;
 mod deadline;
+mod key_settings;
 mod overflow;
 mod postgres;
 mod sqlite;
@@ -12,9 +13,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::billing::window::LimitReset;
 use crate::billing::Credits;
 
 pub use deadline::{deadline, Deadlined, CALL_DEADLINE};
+pub use key_settings::DayCharge;
 use overflow::{report_corrupt, DailyRow};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -270,8 +273,25 @@ pub struct KeyRecord {
     pub last_used_at: Option<i64>,
     pub deleted_at: Option<i64>,
     pub rate_limit_rpm: Option<i64>,
+    /// The window the credit limit resets in; `None`: a lifetime limit.
+    pub limit_reset: Option<LimitReset>,
+    /// The models the key may use; `None`: every model.
+    pub allowed_models: Option<Vec<String>>,
+    /// Until when the secret before the last rotation still works.
+    pub previous_key_expires_at: Option<i64>,
+    /// Found by that previous secret (set by `key_by_hash` only).
+    pub via_previous_secret: bool,
     /// A refused request is sent with the output limit the budget pays for instead.
     pub clamp_max_tokens: bool,
+}
+
+impl KeyRecord {
+    /// Whether the key may use the model `id`.
+    pub fn may_use(&self, id: &str) -> bool {
+        self.allowed_models
+            .as_ref()
+            .is_none_or(|models| models.iter().any(|m| m == id))
+    }
 }
 
 /// What is needed to insert a key.
@@ -286,6 +306,8 @@ pub struct NewKey {
     pub expires_at: Option<i64>,
     pub credit_limit: Option<Credits>,
     pub rate_limit_rpm: Option<i64>,
+    pub limit_reset: Option<LimitReset>,
+    pub allowed_models: Option<Vec<String>>,
     pub clamp_max_tokens: bool,
 }
 
@@ -297,6 +319,8 @@ pub struct KeyPatch {
     pub credit_limit: Option<Option<Credits>>,
     pub expires_at: Option<Option<i64>>,
     pub rate_limit_rpm: Option<Option<i64>>,
+    pub limit_reset: Option<Option<LimitReset>>,
+    pub allowed_models: Option<Option<Vec<String>>>,
     pub clamp_max_tokens: Option<bool>,
 }
 
@@ -513,8 +537,29 @@ pub trait Store: Send + Sync + 'static {
         id: KeyId,
         now: i64,
     ) -> Result<bool, StoreError>;
-    /// Any key, deleted ones included, by the hash of its secret.
+    /// Per-day charges of the account's keys (or of `key` only) from `since_day`
+    /// (YYYY-MM-DD) on, from the daily roll-up: what window usages are summed from.
+    async fn day_charges(
+        &self,
+        account: AccountId,
+        key: Option<KeyId>,
+        since_day: &str,
+    ) -> Result<Vec<DayCharge>, StoreError>;
+    /// Any key, deleted ones included, by the hash of its secret, or of its secret before
+    /// its last rotation (then `via_previous_secret` is set).
     async fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError>;
+    /// Gives a live inference key of the account a new secret (`hash`, `hint`); the one it
+    /// replaces keeps working until `previous_until` (none: it stops at once). A secret
+    /// from an earlier rotation stops at once.
+    async fn rotate_key(
+        &self,
+        account: AccountId,
+        id: KeyId,
+        hash: &str,
+        hint: &str,
+        previous_until: Option<i64>,
+        now: i64,
+    ) -> Result<Option<KeyRecord>, StoreError>;
 
     /// Appends usage records in one transaction. A record whose request id is already
     /// in the ledger is skipped, so a retried batch charges nothing twice.

@@ -15,6 +15,7 @@ use sqlx::Row;
 
 use super::overflow::{integer, sum_overflowed};
 use super::*;
+use crate::billing::window::LimitReset;
 use crate::billing::Credits;
 
 /// SQLite implementation of [`Store`].
@@ -31,6 +32,7 @@ pub struct SqliteStore {
 
 const KEY_COLUMNS: &str = "id, account_id, kind, name, hint, created_at, updated_at, expires_at, \
      is_enabled, credit_limit, usage, last_used_at, deleted_at, rate_limit_rpm, \
+     limit_reset, allowed_models, previous_key_expires_at, \
      clamp_max_tokens";
 
 const ACCOUNT_SELECT: &str = "SELECT a.id, a.name, a.created_at, a.charged, a.expired, \
@@ -394,6 +396,13 @@ async fn checkpoint(
 fn key_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
     let kind: String = row.try_get("kind")?;
     let id: i64 = row.try_get("id")?;
+    let (limit_reset, allowed_models) = key_settings::parse(
+        id,
+        key_settings::Stored {
+            limit_reset: row.try_get("limit_reset")?,
+            allowed_models: row.try_get("allowed_models")?,
+        },
+    )?;
     Ok(KeyRecord {
         id: KeyId(id),
         account_id: AccountId(row.try_get("account_id")?),
@@ -412,6 +421,10 @@ fn key_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
         last_used_at: row.try_get("last_used_at")?,
         deleted_at: row.try_get("deleted_at")?,
         rate_limit_rpm: row.try_get("rate_limit_rpm")?,
+        limit_reset,
+        allowed_models,
+        previous_key_expires_at: row.try_get("previous_key_expires_at")?,
+        via_previous_secret: false,
         clamp_max_tokens: row.try_get("clamp_max_tokens")?,
     })
 }
@@ -689,8 +702,8 @@ impl Store for SqliteStore {
     async fn create_key(&self, key: NewKey) -> Result<KeyRecord, StoreError> {
         let row = sqlx::query(&format!(
             "INSERT INTO api_keys (account_id, kind, name, key_hash, hint, created_at, updated_at, \
-             expires_at, is_enabled, credit_limit, rate_limit_rpm, clamp_max_tokens) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, 1, $8, $9, $10) RETURNING {KEY_COLUMNS}"
+             expires_at, is_enabled, credit_limit, rate_limit_rpm, limit_reset, allowed_models, clamp_max_tokens) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, 1, $8, $9, $10, $11, $12) RETURNING {KEY_COLUMNS}"
         ))
         .bind(key.account_id.0)
         .bind(key.kind.as_str())
@@ -701,6 +714,8 @@ impl Store for SqliteStore {
         .bind(key.expires_at)
         .bind(key.credit_limit.map(Credits::nanos))
         .bind(key.rate_limit_rpm)
+        .bind(key.limit_reset.map(LimitReset::as_str))
+        .bind(key_settings::allowed_json(key.allowed_models.as_deref()))
         .bind(key.clamp_max_tokens)
         .fetch_one(&self.pool)
         .await;
@@ -764,7 +779,9 @@ impl Store for SqliteStore {
                credit_limit = CASE WHEN $3 THEN $4 ELSE credit_limit END, \
                expires_at = CASE WHEN $5 THEN $6 ELSE expires_at END, \
                rate_limit_rpm = CASE WHEN $7 THEN $8 ELSE rate_limit_rpm END, \
-               clamp_max_tokens = COALESCE($12, clamp_max_tokens), \
+               limit_reset = CASE WHEN $12 THEN $13 ELSE limit_reset END, \
+               allowed_models = CASE WHEN $14 THEN $15 ELSE allowed_models END, \
+               clamp_max_tokens = COALESCE($16, clamp_max_tokens), \
                updated_at = $9 \
              WHERE id = $10 AND account_id = $11 AND kind = 'inference' AND deleted_at IS NULL \
              RETURNING {KEY_COLUMNS}"
@@ -780,6 +797,12 @@ impl Store for SqliteStore {
         .bind(now)
         .bind(id.0)
         .bind(account.0)
+        .bind(patch.limit_reset.is_some())
+        .bind(patch.limit_reset.flatten().map(LimitReset::as_str))
+        .bind(patch.allowed_models.is_some())
+        .bind(key_settings::allowed_json(
+            patch.allowed_models.as_ref().and_then(|m| m.as_deref()),
+        ))
         .bind(patch.clamp_max_tokens)
         .fetch_optional(&self.pool)
         .await?
@@ -808,16 +831,65 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn day_charges(
+        &self,
+        account: AccountId,
+        key: Option<KeyId>,
+        since_day: &str,
+    ) -> Result<Vec<DayCharge>, StoreError> {
+        let rows = sqlx::query(key_settings::WINDOW_USAGE_QUERY)
+            .bind(account.0)
+            .bind(since_day)
+            .bind(key.map(|k| k.0))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let key: i64 = row.try_get("key_id")?;
+                Ok(DayCharge {
+                    key: KeyId(key),
+                    day: row.try_get("day")?,
+                    cost: integer(row, "cost", "usage_daily", key)?,
+                })
+            })
+            .collect()
+    }
+
     async fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError> {
-        sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1"
-        ))
-        .bind(hash)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(key_from_row)
-        .transpose()
+        let Some(row) = sqlx::query(&key_settings::by_hash_query(KEY_COLUMNS))
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(KeyRecord {
+            via_previous_secret: row.try_get("via_previous")?,
+            ..key_from_row(&row)?
+        }))
+    }
+
+    async fn rotate_key(
+        &self,
+        account: AccountId,
+        id: KeyId,
+        hash: &str,
+        hint: &str,
+        previous_until: Option<i64>,
+        now: i64,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        sqlx::query(&key_settings::rotate_query(KEY_COLUMNS, "$1"))
+            .bind(previous_until)
+            .bind(hash)
+            .bind(hint)
+            .bind(now)
+            .bind(id.0)
+            .bind(account.0)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(key_from_row)
+            .transpose()
     }
 
     async fn record_usage(&self, batch: &[UsageRecord]) -> Result<Vec<bool>, StoreError> {
@@ -956,6 +1028,8 @@ pub(crate) async fn test_store_with_key(
             expires_at: None,
             credit_limit: None,
             rate_limit_rpm: None,
+            limit_reset: None,
+            allowed_models: None,
             clamp_max_tokens: false,
         })
         .await
@@ -1009,6 +1083,8 @@ mod tests {
                 expires_at: None,
                 credit_limit: None,
                 rate_limit_rpm: None,
+                limit_reset: None,
+                allowed_models: None,
                 clamp_max_tokens: false,
             };
             keys.push(store.create_key(key).await.expect("key").id);

@@ -1,6 +1,8 @@
 //! Integration tests: each test starts its own server over HTTP on a fresh database.
 
 mod account;
+mod account_limits;
+mod allowlists;
 mod auth;
 mod clamp;
 mod credits;
@@ -18,7 +20,9 @@ mod overflow;
 mod passthrough;
 mod priced;
 mod public;
+mod rotation;
 mod routing;
 mod secrets;
 mod translation;
 mod webhooks;
+mod windows;

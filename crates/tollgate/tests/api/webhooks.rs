@@ -497,6 +497,8 @@ async fn two_replicas_deliver_each_event_once() {
                 credit_limit: Some(tollgate::billing::Credits::from_nanos(1_000)),
                 rate_limit_rpm: None,
                 clamp_max_tokens: false,
+                limit_reset: None,
+                allowed_models: None,
             })
             .await
             .expect("key");

@@ -153,6 +153,8 @@ pub fn new_key(account: AccountId, kind: KeyKind, name: &str) -> NewKey {
         expires_at: None,
         credit_limit: None,
         rate_limit_rpm: None,
+        limit_reset: None,
+        allowed_models: None,
         clamp_max_tokens: false,
     }
 }

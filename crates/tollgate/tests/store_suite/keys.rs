@@ -1,5 +1,6 @@
 //! Keys: creation, listing, partial updates, deletion and lookup by hash.
 
+use tollgate::billing::window::LimitReset;
 use tollgate::store::{KeyId, KeyKind, KeyPatch, NewKey, StoreError};
 
 use crate::harness::*;
@@ -314,6 +315,8 @@ pub async fn update_absent_vs_null(db: TestDb) {
                 expires_at: Some(Some(T0 + 2 * DAY)),
                 clamp_max_tokens: Some(true),
                 rate_limit_rpm: Some(Some(600)),
+                limit_reset: Some(Some(LimitReset::Weekly)),
+                allowed_models: Some(Some(vec!["m-1".into(), "m-2".into()])),
             },
             T0 + 60,
         )
@@ -328,6 +331,8 @@ pub async fn update_absent_vs_null(db: TestDb) {
             credit_limit: Some(nanos(9)),
             expires_at: Some(T0 + 2 * DAY),
             rate_limit_rpm: Some(600),
+            limit_reset: Some(LimitReset::Weekly),
+            allowed_models: Some(vec!["m-1".into(), "m-2".into()]),
             clamp_max_tokens: true,
             updated_at: T0 + 60,
             ..original
@@ -511,4 +516,68 @@ pub async fn key_by_hash_includes_deleted_keys(db: TestDb) {
     assert_eq!(deleted.updated_at, T0 + 9);
     assert!(!deleted.is_enabled);
     assert_eq!(deleted.id, created.id);
+}
+
+/// Window settings and allow-lists round-trip; clearing them (`Some(None)`) differs from
+/// leaving them out (`None`).
+pub async fn budget_settings_round_trip(db: TestDb) {
+    let store = db.open().await;
+    let acme = account(&store, "acme").await;
+    let key = store
+        .create_key(NewKey {
+            limit_reset: Some(LimitReset::Monthly),
+            allowed_models: Some(vec!["a".into(), "b/c".into(), "d\"e".into()]),
+            ..new_key(acme.id, KeyKind::Inference, "k")
+        })
+        .await
+        .expect("key");
+    assert_eq!(key.limit_reset, Some(LimitReset::Monthly));
+    assert_eq!(
+        key.allowed_models.as_deref(),
+        Some(&["a".to_string(), "b/c".into(), "d\"e".into()][..])
+    );
+    assert!(key.may_use("b/c") && !key.may_use("x"));
+    let same = store
+        .update_key(acme.id, key.id, &KeyPatch::default(), T0 + 1)
+        .await
+        .expect("update")
+        .expect("found");
+    assert_eq!(
+        (same.limit_reset, same.allowed_models.clone()),
+        (key.limit_reset, key.allowed_models.clone())
+    );
+    let cleared = store
+        .update_key(
+            acme.id,
+            key.id,
+            &KeyPatch {
+                limit_reset: Some(None),
+                allowed_models: Some(None),
+                ..KeyPatch::default()
+            },
+            T0 + 2,
+        )
+        .await
+        .expect("update")
+        .expect("found");
+    assert_eq!(
+        (cleared.limit_reset, cleared.allowed_models.clone()),
+        (None, None)
+    );
+    assert!(cleared.may_use("anything"));
+    let none_allowed = store
+        .update_key(
+            acme.id,
+            key.id,
+            &KeyPatch {
+                allowed_models: Some(Some(vec![])),
+                ..KeyPatch::default()
+            },
+            T0 + 3,
+        )
+        .await
+        .expect("update")
+        .expect("found");
+    assert_eq!(none_allowed.allowed_models, Some(vec![]));
+    assert!(!none_allowed.may_use("a"), "an empty list allows nothing");
 }

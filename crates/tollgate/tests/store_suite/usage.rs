@@ -352,3 +352,49 @@ pub async fn largest_batch(db: TestDb) {
     eprintln!("{backend}: one batch of 1024 new records written in {elapsed:?}");
     assert_counters_match(&db, &store, &[acme.id, other.id], &batch).await;
 }
+
+/// The per-day charges a key's window usages are summed from: per key and day, from a day
+/// on, for one key or all of an account's, never another account's.
+pub async fn day_charges_per_key_and_day(db: TestDb) {
+    let store = db.open().await;
+    let acme = account(&store, "acme").await;
+    let other = account(&store, "other").await;
+    let k1 = inference_key(&store, acme.id, "k1").await;
+    let k2 = inference_key(&store, acme.id, "k2").await;
+    let ko = inference_key(&store, other.id, "ko").await;
+    let d = 86_400;
+    let batch = vec![
+        record("r1", acme.id, k1, "m", 5, T0),
+        record("r2", acme.id, k1, "m", 7, T0 + d),
+        record("r3", acme.id, k1, "n", 11, T0 + d + 60),
+        record("r4", acme.id, k2, "m", 13, T0 + d),
+        record("r5", other.id, ko, "m", 17, T0 + d),
+        record("r6", acme.id, k1, "m", 19, T0 + d + 120),
+    ];
+    store.record_usage(&batch).await.expect("record");
+    let mut all: Vec<(i64, String, i64)> = store
+        .day_charges(acme.id, None, &day(T0 + d))
+        .await
+        .expect("charges")
+        .into_iter()
+        .map(|c| (c.key.0, c.day, c.cost))
+        .collect();
+    all.sort();
+    assert_eq!(
+        all,
+        vec![
+            (k1.0, day(T0 + d), 11),
+            (k1.0, day(T0 + d), 7 + 19),
+            (k2.0, day(T0 + d), 13),
+        ],
+        "per (key, day, model) from the day on; the day before and other accounts left out"
+    );
+    let one: i64 = store
+        .day_charges(acme.id, Some(k1), &day(T0))
+        .await
+        .expect("charges")
+        .iter()
+        .map(|c| c.cost)
+        .sum();
+    assert_eq!(one, 5 + 7 + 11 + 19);
+}
