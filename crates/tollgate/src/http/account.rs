@@ -85,7 +85,7 @@ impl KeyView {
     }
 }
 
-fn parse_name(value: &Value) -> Result<String, ApiError> {
+pub(crate) fn parse_name(value: &Value) -> Result<String, ApiError> {
     let Value::String(name) = value else {
         return Err(ApiError::invalid_field(
             "name",

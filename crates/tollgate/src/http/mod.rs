@@ -1,10 +1,12 @@
 //! HTTP: the router, request ids and access logs, and the handlers of each surface.
 
 pub mod account;
+pub mod admin;
 pub mod extract;
 pub mod front;
 pub mod inference;
 pub mod public;
+pub mod requests;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,7 +15,7 @@ use axum::extract::{Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::accounts::Accounts;
@@ -147,6 +149,24 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/account/balance", get(account::balance))
         .route("/v1/account/activity", get(account::activity))
+        .route("/v1/account/requests", get(requests::list))
+        .route(
+            "/v1/admin/accounts",
+            get(admin::list_accounts).post(admin::create_account),
+        )
+        .route("/v1/admin/accounts/{id}", get(admin::get_account))
+        .route(
+            "/v1/admin/accounts/{id}/grants",
+            get(admin::list_grants).post(admin::create_grant),
+        )
+        .route(
+            "/v1/admin/accounts/{id}/provisioning-keys",
+            post(admin::create_provisioning_key),
+        )
+        .route(
+            "/v1/admin/provisioning-keys/{id}",
+            delete(admin::revoke_provisioning_key),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             ledger_committed_first,

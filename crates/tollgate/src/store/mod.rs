@@ -1,6 +1,7 @@
 //! Persistence behind the `Store` trait: accounts, grants, keys and the usage ledger.
 //! One implementation per database, chosen by the URL scheme.
 
+mod admin;
 mod deadline;
 mod overflow;
 mod postgres;
@@ -12,6 +13,9 @@ use async_trait::async_trait;
 
 use crate::billing::Credits;
 
+pub use admin::{
+    AdminStore, Cursor, Grant, NewOperatorKey, OperatorKey, RequestFilter, RequestRow, StatusFilter,
+};
 pub use deadline::{deadline, Deadlined, CALL_DEADLINE};
 use overflow::{report_corrupt, DailyRow};
 pub use postgres::PgStore;
@@ -379,7 +383,7 @@ impl ActivityRollup {
 
 /// The persistence operations the rest of the program needs.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: AdminStore + Send + Sync + 'static {
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
     /// Checks that the database answers.

@@ -1,6 +1,7 @@
 //! Integration tests: each test starts its own server over HTTP on a fresh database.
 
 mod account;
+mod admin;
 mod auth;
 mod endpoints;
 mod errors;
