@@ -17,6 +17,7 @@ mod overflow;
 mod passthrough;
 mod priced;
 mod public;
+mod requests;
 mod routing;
 mod secrets;
 mod translation;
