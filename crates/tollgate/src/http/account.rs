@@ -30,7 +30,7 @@ const PATCH_FIELDS: &[&str] = &[
 
 /// The key object of API.md; never any key material beyond the hint, except `key`
 /// (the plaintext) in the answer to its creation.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct KeyView {
     id: i64,
     name: String,
@@ -40,6 +40,7 @@ pub struct KeyView {
     expires_at: Option<String>,
     is_enabled: bool,
     /// A JSON number written from the exact decimal.
+    #[schema(value_type = Option<f64>)]
     credit_limit: Option<Box<RawValue>>,
     usage: String,
     limit_remaining: Option<String>,
@@ -48,6 +49,7 @@ pub struct KeyView {
     hint: String,
     rate_limit_rpm: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     message: Option<&'static str>,
 }
 
@@ -291,7 +293,7 @@ pub async fn create_key(
 
 /// The answer of `GET /v1/account/keys`. Serialized as it is: turned into a [`Value`]
 /// first, each `credit_limit` would go through a float.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct KeyList {
     keys: Vec<KeyView>,
 }

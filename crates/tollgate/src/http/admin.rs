@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::store::{Account, AccountId, Grant, KeyId, StoreError};
 
 /// An account as the operator sees it; money as exact decimal strings.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AccountView {
     id: i64,
     name: String,
@@ -44,7 +44,7 @@ impl AccountView {
 }
 
 /// A credit grant (a negative amount is a correction made with `tollgate credits adjust`).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct GrantView {
     id: i64,
     account_id: i64,
@@ -66,7 +66,7 @@ impl GrantView {
 }
 
 /// The answer to a grant: the grant and the balance after it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct GrantCreated {
     #[serde(flatten)]
     grant: GrantView,
@@ -74,7 +74,7 @@ pub struct GrantCreated {
 }
 
 /// A provisioning key; `key` (the plaintext) only in the answer to its creation.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ProvisioningKeyView {
     id: i64,
     account_id: i64,
@@ -82,15 +82,16 @@ pub struct ProvisioningKeyView {
     hint: String,
     created_at: String,
     key: String,
+    #[schema(value_type = String)]
     message: &'static str,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AccountList {
     accounts: Vec<AccountView>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct GrantList {
     grants: Vec<GrantView>,
 }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod extract;
 pub mod front;
 pub mod inference;
+pub mod openapi;
 pub mod public;
 pub mod requests;
 
@@ -173,6 +174,7 @@ pub fn router(state: AppState) -> Router {
         ));
     let cors = state.config.cors.clone();
     let router = router
+        .route("/openapi.json", get(openapi::document))
         .route("/healthz", get(public::healthz))
         .route("/readyz", get(public::readyz))
         .route("/v1/models", get(public::models))

@@ -27,7 +27,7 @@ const PARAMS: &[&str] = &[
 ];
 
 /// One request of the log.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct RequestView {
     request_id: String,
     created_at: String,
@@ -76,7 +76,7 @@ impl RequestView {
 }
 
 /// A JSON page: its rows and the cursor of the next page (null on the last).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct RequestPage {
     requests: Vec<RequestView>,
     next_cursor: Option<String>,

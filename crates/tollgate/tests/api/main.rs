@@ -12,6 +12,7 @@ mod input;
 mod meter;
 mod meter_props;
 mod money;
+mod openapi;
 mod outage;
 mod overflow;
 mod passthrough;
