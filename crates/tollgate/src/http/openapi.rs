@@ -99,6 +99,10 @@ fn ok_json(description: &str, schema: Value) -> Value {
 }
 
 fn path_id(description: &str) -> Value {
+    json!({"name": "id", "in": "path", "required": true, "description": description, "schema": {"type": "integer"}})
+}
+
+fn path_name(description: &str) -> Value {
     json!({"name": "id", "in": "path", "required": true, "description": description, "schema": {"type": "string"}})
 }
 
@@ -180,7 +184,7 @@ fn public_operations(paths: &mut Map<String, Value>) {
     }
     paths.insert(
         "/v1/models/{id}".into(),
-        json!({"get": operation("One model of the catalog", None, vec![path_id("The model id (may hold '/')")], None, ("200", ok_json("The model", object.clone())))}),
+        json!({"get": operation("One model of the catalog", None, vec![path_name("The model id (may hold '/')")], None, ("200", ok_json("The model", object.clone())))}),
     );
     let ready = json!({"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}});
     paths.insert(
