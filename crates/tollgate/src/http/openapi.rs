@@ -210,6 +210,7 @@ fn account_operations(paths: &mut Map<String, Value>) {
         "credit_limit": {"type": ["number", "null"], "minimum": 0},
         "expires_at": {"type": ["string", "null"], "format": "date-time"},
         "rate_limit_rpm": {"type": ["integer", "null"], "minimum": 1},
+        "clamp_max_tokens": {"type": "boolean"},
     });
     let mut patch_fields = key_fields.clone();
     if let Some(map) = patch_fields.as_object_mut() {

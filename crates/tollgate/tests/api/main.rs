@@ -3,6 +3,7 @@
 mod account;
 mod admin;
 mod auth;
+mod clamp;
 mod endpoints;
 mod errors;
 mod front_door;
