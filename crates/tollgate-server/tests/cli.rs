@@ -903,3 +903,67 @@ fn expiring_grants_from_the_command_line() {
     let expected = tollgate::now() + 60 * 86_400;
     assert!((expires - expected).abs() < 60, "{in_60_days}");
 }
+
+/// `tollgate operator-keys`: the plaintext alone on stdout, a list without secrets, and a
+/// key that works on the operator API of a running server until it is revoked.
+#[tokio::test]
+async fn operator_keys_are_minted_listed_used_and_revoked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (_upstream, config) = upstream_and_config(d).await;
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--config", config.to_str().expect("path")]);
+        tollgate(d, &all)
+    };
+    let port = free_port();
+    let _running = serve(d, port, "log.txt", "debug").await;
+    let key = stdout(&cli(&["operator-keys", "create", "--name", "automation"]));
+    let key = key.trim_end_matches('\n').to_string();
+    assert!(
+        key.starts_with("tg-op-") && !key.contains(char::is_whitespace),
+        "{key:?}"
+    );
+    let listed = stdout(&cli(&["operator-keys", "list", "--json"]));
+    assert!(!listed.contains(&key[6..]));
+    let keys: Value = serde_json::from_str(&listed).expect("json");
+    assert_eq!(keys[0]["name"], "automation");
+    assert!(keys[0]["hint"]
+        .as_str()
+        .expect("hint")
+        .ends_with(&key[key.len() - 4..]));
+    assert!(stdout(&cli(&["operator-keys", "list"])).contains("automation"));
+    let refused_name = refused(&cli(&["operator-keys", "create", "--name", " "]));
+    assert!(refused_name.contains("--name"), "{refused_name}");
+
+    let client = reqwest::Client::new();
+    let accounts = |key: String| {
+        let client = client.clone();
+        async move {
+            client
+                .get(format!("http://127.0.0.1:{port}/v1/admin/accounts"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .expect("request")
+        }
+    };
+    let listed = accounts(key.clone()).await;
+    assert_eq!(listed.status(), 200);
+    let listed: Value = listed.json().await.expect("json");
+    assert_eq!(listed["accounts"][0]["name"], "default");
+
+    let id = keys[0]["id"].as_i64().expect("id").to_string();
+    assert!(stdout(&cli(&["operator-keys", "revoke", &id])).contains("revoked"));
+    assert!(refused(&cli(&["operator-keys", "revoke", &id])).contains("no live operator key"));
+    assert_eq!(accounts(key.clone()).await.status(), 401);
+    let keys: Value =
+        serde_json::from_str(&stdout(&cli(&["operator-keys", "list", "--json"]))).expect("json");
+    assert_eq!(keys, json!([]));
+    drop(_running);
+    let logs = std::fs::read_to_string(d.join("log.txt")).expect("log");
+    assert!(
+        !logs.contains(&key[6..]),
+        "the operator key leaked into the logs"
+    );
+}

@@ -7,8 +7,9 @@ use crate::auth::{self, Authenticator};
 use crate::billing::window::{self, LimitReset, WindowUsage};
 use crate::billing::Credits;
 use crate::store::{
-    Account, AccountId, ActivityRollup, Grant, KeyId, KeyKind, KeyPatch, KeyRecord, NewGrant,
-    NewKey, Store, StoreError,
+    Account, AccountId, ActivityRollup, Cursor, Grant, GrantEntry, KeyId, KeyKind, KeyPatch,
+    KeyRecord, NewGrant, NewKey, NewOperatorKey, OperatorKey, RequestFilter, RequestRow, Store,
+    StoreError,
 };
 
 /// Totals of one group of usage.
@@ -281,6 +282,50 @@ impl Accounts {
             .store
             .grant_credits(account, amount, Some(note), crate::now())
             .await?)
+    }
+
+    /// An account's grants (and corrections), oldest first.
+    pub async fn grants(&self, account: AccountId) -> Result<Vec<GrantEntry>, StoreError> {
+        self.store.list_grants(account).await
+    }
+
+    /// A page of an account's request log, newest first, after `cursor`.
+    pub async fn requests(
+        &self,
+        account: AccountId,
+        filter: &RequestFilter,
+        cursor: Option<Cursor>,
+        limit: u32,
+    ) -> Result<Vec<RequestRow>, StoreError> {
+        self.store.request_log(account, filter, cursor, limit).await
+    }
+
+    /// Creates an operator key; returns it with its plaintext (shown once).
+    pub async fn create_operator_key(
+        &self,
+        name: &str,
+    ) -> Result<(OperatorKey, String), StoreError> {
+        let minted = auth::mint_operator();
+        let key = self
+            .store
+            .create_operator_key(NewOperatorKey {
+                name: name.to_string(),
+                key_hash: minted.hash,
+                hint: minted.hint,
+                created_at: crate::now(),
+            })
+            .await?;
+        Ok((key, minted.plaintext))
+    }
+
+    /// Operator keys not revoked, oldest first.
+    pub async fn list_operator_keys(&self) -> Result<Vec<OperatorKey>, StoreError> {
+        self.store.list_operator_keys().await
+    }
+
+    /// Revokes an operator key; it stops working at once (operator keys are not cached).
+    pub async fn revoke_operator_key(&self, id: i64) -> Result<bool, StoreError> {
+        self.store.revoke_operator_key(id, crate::now()).await
     }
 
     /// Activity of the last `days` days (today included), from the daily roll-up.

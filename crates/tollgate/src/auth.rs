@@ -9,12 +9,14 @@ use axum::http::HeaderMap;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::store::{KeyId, KeyKind, KeyRecord, Store, StoreError};
+use crate::store::{KeyId, KeyKind, KeyRecord, OperatorKey, Store, StoreError};
 
 /// Visible prefix of inference keys.
 pub const INFERENCE_PREFIX: &str = "tg-inf-";
 /// Visible prefix of provisioning keys.
 pub const PROVISIONING_PREFIX: &str = "tg-prov-";
+/// Visible prefix of operator keys (`/v1/admin/*`).
+pub const OPERATOR_PREFIX: &str = "tg-op-";
 
 /// A freshly minted key: the plaintext (shown once) and what is stored.
 pub struct MintedKey {
@@ -25,12 +27,20 @@ pub struct MintedKey {
 
 /// Makes a new random key of a kind (192 bits of entropy).
 pub fn mint(kind: KeyKind) -> MintedKey {
-    let mut bytes = [0u8; 24];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let prefix = match kind {
+    mint_with_prefix(match kind {
         KeyKind::Inference => INFERENCE_PREFIX,
         KeyKind::Provisioning => PROVISIONING_PREFIX,
-    };
+    })
+}
+
+/// Makes a new random operator key.
+pub fn mint_operator() -> MintedKey {
+    mint_with_prefix(OPERATOR_PREFIX)
+}
+
+fn mint_with_prefix(prefix: &str) -> MintedKey {
+    let mut bytes = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
     let plaintext = format!("{prefix}{}", hex::encode(bytes));
     let hint = format!("{prefix}...{}", &plaintext[plaintext.len() - 4..]);
     MintedKey {
@@ -75,6 +85,20 @@ pub enum AuthError {
     Rotated(i64, String),
     #[error("This provisioning key was revoked. Ask your operator for a new one.")]
     Revoked,
+    #[error("Missing operator key. /v1/admin/* endpoints need 'Authorization: Bearer YOUR_OPERATOR_KEY'; create one with `tollgate operator-keys create`.")]
+    MissingOperator,
+    #[error("/v1/admin/* endpoints take the operator key only as 'Authorization: Bearer YOUR_OPERATOR_KEY'.")]
+    OperatorViaApiKeyHeader,
+    #[error("Invalid operator key: no key matches what was sent. Check it for typos or create a new one (`tollgate operator-keys create`).")]
+    UnknownOperator,
+    #[error("This is not an operator key; /v1/admin/* needs an operator key (`tollgate operator-keys create`), sent as 'Authorization: Bearer YOUR_OPERATOR_KEY'.")]
+    AccountKeyOnAdmin,
+    #[error("This is an operator key; it works only on /v1/admin/*. Model endpoints need an inference key and /v1/account/* a provisioning key.")]
+    OperatorKeyElsewhere,
+    #[error(
+        "This operator key was revoked. Create a new one with `tollgate operator-keys create`."
+    )]
+    OperatorRevoked,
 }
 
 /// The failure of an authentication attempt: the key was refused, or the store failed.
@@ -149,6 +173,9 @@ impl Authenticator {
         if token.starts_with(PROVISIONING_PREFIX) {
             return Err(AuthError::ProvisioningKeyOnInference.into());
         }
+        if token.starts_with(OPERATOR_PREFIX) {
+            return Err(AuthError::OperatorKeyElsewhere.into());
+        }
         let hash = hash_key(token);
         let caching = self.caching.load(Ordering::SeqCst);
         let cached = if caching {
@@ -193,6 +220,9 @@ impl Authenticator {
         if token.starts_with(INFERENCE_PREFIX) {
             return Err(AuthError::InferenceKeyOnAccount.into());
         }
+        if token.starts_with(OPERATOR_PREFIX) {
+            return Err(AuthError::OperatorKeyElsewhere.into());
+        }
         let key = self
             .store
             .key_by_hash(&hash_key(token))
@@ -205,6 +235,32 @@ impl Authenticator {
             return Err(AuthError::Revoked.into());
         }
         check_live(&key, crate::now())?;
+        Ok(key)
+    }
+
+    /// The operator key of an operator request (bearer only). Not cached, like
+    /// provisioning keys: a revocation bites at once. Account keys are refused before any
+    /// lookup, and operator keys live in a table of their own, so neither kind of key can
+    /// pass for the other.
+    pub async fn operator(&self, headers: &HeaderMap) -> Result<OperatorKey, AuthFailure> {
+        let token = match presented(headers)? {
+            None => return Err(AuthError::MissingOperator.into()),
+            Some(Presented::ApiKeyHeader(_)) => {
+                return Err(AuthError::OperatorViaApiKeyHeader.into())
+            }
+            Some(Presented::Bearer(t)) => t,
+        };
+        if token.starts_with(INFERENCE_PREFIX) || token.starts_with(PROVISIONING_PREFIX) {
+            return Err(AuthError::AccountKeyOnAdmin.into());
+        }
+        let key = self
+            .store
+            .operator_key_by_hash(&hash_key(token))
+            .await?
+            .ok_or(AuthError::UnknownOperator)?;
+        if key.revoked_at.is_some() {
+            return Err(AuthError::OperatorRevoked.into());
+        }
         Ok(key)
     }
 

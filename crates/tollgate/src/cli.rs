@@ -57,6 +57,25 @@ enum Command {
     /// Manage provisioning keys.
     #[command(subcommand, name = "provisioning-keys")]
     ProvisioningKeys(ProvisioningKeysCommand),
+    /// Manage operator keys (the keys of the operator API, /v1/admin/*).
+    #[command(subcommand, name = "operator-keys")]
+    OperatorKeys(OperatorKeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum OperatorKeysCommand {
+    /// Create an operator key; prints the plaintext key alone on stdout.
+    Create {
+        #[arg(long, default_value = "operator")]
+        name: String,
+    },
+    /// List the operator keys not revoked (never the secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an operator key by id; it stops working at once.
+    Revoke { id: i64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -395,11 +414,55 @@ async fn operator(command: Command, accounts: &Accounts) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::OperatorKeys(command) => operator_keys(command, accounts).await?,
         Command::ProvisioningKeys(ProvisioningKeysCommand::Revoke { id }) => {
             if !accounts.revoke_provisioning_key(KeyId(id)).await? {
                 bail!("no live provisioning key with id {id}");
             }
             println!("revoked provisioning key {id}");
+        }
+    }
+    Ok(())
+}
+
+async fn operator_keys(command: OperatorKeysCommand, accounts: &Accounts) -> anyhow::Result<()> {
+    match command {
+        OperatorKeysCommand::Create { name } => {
+            if name.trim().is_empty() || name.chars().count() > 255 {
+                bail!("--name must be 1 to 255 characters");
+            }
+            let (_, plaintext) = accounts.create_operator_key(&name).await?;
+            println!("{plaintext}");
+        }
+        OperatorKeysCommand::List { json } => {
+            let keys = accounts.list_operator_keys().await?;
+            if json {
+                let rows: Vec<_> = keys
+                    .iter()
+                    .map(|k| {
+                        json!({"id": k.id, "name": k.name, "hint": k.hint,
+                               "created_at": crate::rfc3339(k.created_at)})
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:<6} {:<24} {:<24}  CREATED", "ID", "NAME", "HINT");
+                for k in &keys {
+                    println!(
+                        "{:<6} {:<24} {:<24}  {}",
+                        k.id,
+                        k.name,
+                        k.hint,
+                        crate::rfc3339(k.created_at)
+                    );
+                }
+            }
+        }
+        OperatorKeysCommand::Revoke { id } => {
+            if !accounts.revoke_operator_key(id).await? {
+                bail!("no live operator key with id {id}");
+            }
+            println!("revoked operator key {id}");
         }
     }
     Ok(())

@@ -105,7 +105,7 @@ impl ApiError {
     /// The OpenAI-style `type` of the status.
     pub fn openai_type(&self) -> &'static str {
         match self.status.as_u16() {
-            400 | 405 | 408 | 414 | 415 | 422 | 431 => "invalid_request_error",
+            400 | 405 | 408 | 409 | 414 | 415 | 422 | 431 => "invalid_request_error",
             401 => "authentication_error",
             402 => "insufficient_quota",
             403 => "permission_error",
@@ -120,7 +120,7 @@ impl ApiError {
     /// The Anthropic-style `type` of the status.
     pub fn anthropic_type(&self) -> &'static str {
         match self.status.as_u16() {
-            400 | 405 | 408 | 414 | 415 | 422 | 431 => "invalid_request_error",
+            400 | 405 | 408 | 409 | 414 | 415 | 422 | 431 => "invalid_request_error",
             401 => "authentication_error",
             402 => "billing_error",
             403 => "permission_error",
@@ -210,17 +210,22 @@ impl IntoResponse for ApiError {
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         let code = match e {
-            AuthError::MissingInference | AuthError::MissingProvisioning => "missing_api_key",
-            AuthError::MalformedHeader | AuthError::ProvisioningViaApiKeyHeader => {
-                "malformed_authorization"
-            }
-            AuthError::UnknownInference | AuthError::UnknownProvisioning => "invalid_api_key",
-            AuthError::ProvisioningKeyOnInference | AuthError::InferenceKeyOnAccount => {
-                "wrong_key_kind"
-            }
+            AuthError::MissingInference
+            | AuthError::MissingProvisioning
+            | AuthError::MissingOperator => "missing_api_key",
+            AuthError::MalformedHeader
+            | AuthError::ProvisioningViaApiKeyHeader
+            | AuthError::OperatorViaApiKeyHeader => "malformed_authorization",
+            AuthError::UnknownInference
+            | AuthError::UnknownProvisioning
+            | AuthError::UnknownOperator => "invalid_api_key",
+            AuthError::ProvisioningKeyOnInference
+            | AuthError::InferenceKeyOnAccount
+            | AuthError::AccountKeyOnAdmin
+            | AuthError::OperatorKeyElsewhere => "wrong_key_kind",
             AuthError::Disabled(_) => "key_disabled",
             AuthError::Expired(_) => "key_expired",
-            AuthError::Deleted | AuthError::Revoked => "key_deleted",
+            AuthError::Deleted | AuthError::Revoked | AuthError::OperatorRevoked => "key_deleted",
             AuthError::Rotated(..) => "key_rotated",
         };
         ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())

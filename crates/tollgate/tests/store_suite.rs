@@ -8,6 +8,8 @@
 // A crate root's modules live beside it, so point into the suite's own folder.
 #[path = "store_suite/accounts.rs"]
 mod accounts;
+#[path = "store_suite/admin.rs"]
+mod admin;
 #[path = "store_suite/concurrency.rs"]
 mod concurrency;
 #[path = "store_suite/credits.rs"]
@@ -94,6 +96,11 @@ store_cases! {
             activity_is_consistent_under_writes,
         ],
         migrations: [upgrade_keeps_the_daily_rollup],
+        admin: [
+            operator_keys_create_list_revoke,
+            grants_are_listed_per_account_in_order,
+            request_log_pages_and_filters,
+        ],
         overflow: [absurd_usage_is_held_at_the_limit],
     }
     postgres_only {

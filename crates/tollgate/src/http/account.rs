@@ -47,7 +47,7 @@ const MAX_ALLOWED_MODELS: usize = 1000;
 
 /// The key object of API.md; never any key material beyond the hint, except `key`
 /// (the plaintext) in the answer to its creation.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct KeyView {
     id: i64,
     name: String,
@@ -57,6 +57,7 @@ pub struct KeyView {
     expires_at: Option<String>,
     is_enabled: bool,
     /// A JSON number written from the exact decimal.
+    #[schema(value_type = Option<f64>)]
     credit_limit: Option<Box<RawValue>>,
     usage: String,
     limit_remaining: Option<String>,
@@ -74,6 +75,7 @@ pub struct KeyView {
     previous_key_expires_at: Option<String>,
     clamp_max_tokens: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     message: Option<&'static str>,
 }
 
@@ -137,7 +139,7 @@ fn parse_flag(name: &str, value: &Value) -> Result<bool, ApiError> {
     }
 }
 
-fn parse_name(value: &Value) -> Result<String, ApiError> {
+pub(crate) fn parse_name(value: &Value) -> Result<String, ApiError> {
     let Value::String(name) = value else {
         return Err(ApiError::invalid_field(
             "name",
@@ -430,7 +432,7 @@ pub async fn create_key(
 
 /// The answer of `GET /v1/account/keys`. Serialized as it is: turned into a [`Value`]
 /// first, each `credit_limit` would go through a float.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct KeyList {
     keys: Vec<KeyView>,
 }

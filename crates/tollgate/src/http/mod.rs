@@ -1,11 +1,14 @@
 //! HTTP: the router, request ids and access logs, and the handlers of each surface.
 
 pub mod account;
+pub mod admin;
 pub mod credits;
 pub mod extract;
 pub mod front;
 pub mod inference;
+pub mod openapi;
 pub mod public;
+pub mod requests;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -170,12 +173,31 @@ pub fn router(state: AppState) -> Router {
             get(webhooks::deliveries),
         )
         .route("/v1/account/activity", get(account::activity))
+        .route("/v1/account/requests", get(requests::list))
+        .route(
+            "/v1/admin/accounts",
+            get(admin::list_accounts).post(admin::create_account),
+        )
+        .route("/v1/admin/accounts/{id}", get(admin::get_account))
+        .route(
+            "/v1/admin/accounts/{id}/grants",
+            get(admin::list_grants).post(admin::create_grant),
+        )
+        .route(
+            "/v1/admin/accounts/{id}/provisioning-keys",
+            post(admin::create_provisioning_key),
+        )
+        .route(
+            "/v1/admin/provisioning-keys/{id}",
+            delete(admin::revoke_provisioning_key),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             ledger_committed_first,
         ));
     let cors = state.config.cors.clone();
     let router = router
+        .route("/openapi.json", get(openapi::document))
         .route("/healthz", get(public::healthz))
         .route("/readyz", get(public::readyz))
         .route("/v1/models", get(public::models))

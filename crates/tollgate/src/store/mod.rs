@@ -1,6 +1,7 @@
 //! Persistence behind the `Store` trait: accounts, grants, keys and the usage ledger.
 //! One implementation per database, chosen by the URL scheme.
 
+mod admin;
 mod credits_pg;
 mod credits_sqlite;
 mod deadline;
@@ -16,6 +17,10 @@ use async_trait::async_trait;
 use crate::billing::window::LimitReset;
 use crate::billing::Credits;
 
+pub use admin::{
+    AdminStore, Cursor, GrantEntry, NewOperatorKey, OperatorKey, RequestFilter, RequestRow,
+    StatusFilter,
+};
 pub use deadline::{deadline, Deadlined, CALL_DEADLINE};
 pub use key_settings::DayCharge;
 use overflow::{report_corrupt, DailyRow};
@@ -457,7 +462,7 @@ impl ActivityRollup {
 
 /// The persistence operations the rest of the program needs.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: AdminStore + Send + Sync + 'static {
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
     /// Checks that the database answers.

@@ -2,6 +2,7 @@
 
 mod account;
 mod account_limits;
+mod admin;
 mod allowlists;
 mod auth;
 mod clamp;
@@ -15,11 +16,13 @@ mod input;
 mod meter;
 mod meter_props;
 mod money;
+mod openapi;
 mod outage;
 mod overflow;
 mod passthrough;
 mod priced;
 mod public;
+mod requests;
 mod rotation;
 mod routing;
 mod secrets;
