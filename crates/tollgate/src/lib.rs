@@ -13,6 +13,7 @@ pub mod connections;
 pub mod error;
 pub mod gateway;
 pub mod http;
+pub mod observe;
 pub mod providers;
 pub mod ratelimit;
 pub mod routing;

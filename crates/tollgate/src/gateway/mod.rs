@@ -42,6 +42,7 @@ use crate::billing::meter::Meter;
 use crate::billing::Credits;
 use crate::config::{Config, Endpoint, Model};
 use crate::error::ApiError;
+use crate::observe::RequestObs;
 use crate::providers::{ClientHeaders, ProviderClient, Upstreams};
 use crate::routing::{Router, Target};
 use crate::store::KeyRecord;
@@ -82,6 +83,8 @@ pub struct Inbound {
     pub key: Arc<KeyRecord>,
     pub request_id: Arc<str>,
     pub started: Instant,
+    /// What the request did, for its metrics, span and access line.
+    pub obs: Arc<RequestObs>,
 }
 
 impl Gateway {
@@ -103,6 +106,11 @@ impl Gateway {
         }
     }
 
+    /// The router (deployment health).
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
     /// A JSON model request (every endpoint but the multipart uploads).
     pub async fn json_call(&self, inbound: Inbound, body: Bytes) -> Result<Response, ApiError> {
         let endpoint = inbound.endpoint;
@@ -110,6 +118,7 @@ impl Gateway {
         let model = plan::model_for(&self.config, endpoint, request.string("model")?)?;
         let stream = request.flag("stream")?;
         let demands = demands::read(endpoint, &request)?;
+        inbound.obs.asked(&model, demands.output_limit);
         demands::pricing(&demands, &model)?;
         let mut targets = self.router.route(&self.config, &model, endpoint)?;
         // A fallback that cannot price what the request asks is no target for it.
@@ -231,6 +240,7 @@ impl Gateway {
             request_id: inbound.request_id.clone(),
             key: inbound.key.clone(),
             started: inbound.started,
+            obs: inbound.obs.clone(),
         })
     }
 }

@@ -7,10 +7,8 @@ pub mod inference;
 pub mod public;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::{Request, State};
-use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,6 +21,7 @@ use crate::cluster::{Cluster, SharedBudgets, SharedRateLimiter};
 use crate::config::{Config, Endpoint};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
+use crate::observe::{access, endpoint, Metrics};
 use crate::ratelimit::RateLimiter;
 use crate::store::{AccountId, KeyId, KeyRecord, Store};
 use crate::usage::UsageWriter;
@@ -42,6 +41,7 @@ pub struct Parts {
     pub limiter: Arc<RateLimiter>,
     pub cluster: Option<Cluster>,
     pub writer: UsageWriter,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -72,6 +72,7 @@ impl AppState {
             ),
         };
         let meter = Arc::new(meter);
+        let metrics = Arc::new(Metrics::new(&config, writer.metrics(), &auth.cache_metrics));
         let gateway = Arc::new(Gateway::new(config.clone(), meter.clone(), writer.clone()));
         AppState(Arc::new(Parts {
             config,
@@ -83,6 +84,7 @@ impl AppState {
             limiter: Arc::new(limiter),
             cluster,
             writer,
+            metrics,
         }))
     }
 
@@ -125,8 +127,8 @@ pub fn router(state: AppState) -> Router {
     for endpoint in Endpoint::ALL {
         router = router.route(
             &format!("/v1{}", endpoint.path()),
-            post(move |state, request_id, headers, body| {
-                inference::model_call(endpoint, state, request_id, headers, body)
+            post(move |state, request_id, obs, headers, body| {
+                inference::model_call(endpoint, state, request_id, obs, headers, body)
             }),
         );
     }
@@ -152,6 +154,10 @@ pub fn router(state: AppState) -> Router {
             ledger_committed_first,
         ));
     let cors = state.config.cors.clone();
+    let observability = &state.config.observability;
+    if observability.metrics && observability.metrics_listen.is_none() {
+        router = router.route("/metrics", get(endpoint::metrics));
+    }
     let router = router
         .route("/healthz", get(public::healthz))
         .route("/readyz", get(public::readyz))
@@ -163,7 +169,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(front::not_found)
         .method_not_allowed_fallback(front::method_not_allowed)
         .layer(middleware::from_fn(front::api_errors))
-        .layer(middleware::from_fn(request_id_and_log))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            access::layer,
+        ))
         .with_state(state);
     match cors {
         Some(cors) => router.layer(front::cors_layer(&cors)),
@@ -180,27 +189,4 @@ async fn ledger_committed_first(
         return ApiError::from(e).into_response();
     }
     next.run(request).await
-}
-
-/// Gives every request an id (answered in `x-request-id`) and logs one line per request:
-/// method, path, status and latency, never headers (they carry keys).
-async fn request_id_and_log(mut request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let id: Arc<str> = format!("req_{}", uuid::Uuid::now_v7().simple()).into();
-    request.extensions_mut().insert(RequestId(id.clone()));
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
-    let mut response = next.run(request).await;
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert("x-request-id", value);
-    }
-    tracing::info!(
-        request_id = %id,
-        %method,
-        path = %path,
-        status = response.status().as_u16(),
-        latency_us = started.elapsed().as_micros() as u64,
-        "request"
-    );
-    response
 }

@@ -10,6 +10,7 @@ mod helpers;
 mod input;
 mod meter;
 mod meter_props;
+mod metrics;
 mod money;
 mod outage;
 mod overflow;
