@@ -43,7 +43,9 @@ pub async fn layer(
     let path = request.uri().path().to_string();
     request.extensions_mut().insert(RequestId(id.clone()));
     request.extensions_mut().insert(Observed(obs.clone()));
-    metrics.in_flight.inc();
+    if metrics.enabled {
+        metrics.in_flight.inc();
+    }
     let mut response = next.run(request).instrument(span.clone()).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
@@ -53,7 +55,7 @@ pub async fn layer(
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    if stream {
+    if stream && metrics.enabled {
         metrics.open_streams.inc();
     }
     let end = End {
@@ -113,6 +115,34 @@ impl End {
         let elapsed = self.started.elapsed();
         let facts = self.obs.snapshot();
         let metrics = &self.obs.metrics;
+        if metrics.enabled {
+            self.record(metrics, &facts, elapsed, ending);
+        }
+        let operation = self.route.operation();
+        let _entered = self.span.enter();
+        if trace::enabled() {
+            self.attributes(&facts, operation);
+        }
+        tracing::info!(
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            error_code = self.code,
+            model = %facts.model.0,
+            provider = %facts.provider.0,
+            input_tokens = facts.input_tokens,
+            output_tokens = facts.output_tokens,
+            cost = %facts.cost,
+            attempts = facts.attempts,
+            latency_us = elapsed.as_micros() as u64,
+            ttfb_us = self.first_byte.map_or(0, |d| d.as_micros() as u64),
+            outcome = ending.name(),
+            "request"
+        );
+    }
+
+    /// The request metrics.
+    fn record(&self, metrics: &Metrics, facts: &super::Facts, elapsed: Duration, ending: Ending) {
         metrics.in_flight.dec();
         if self.stream {
             metrics.open_streams.dec();
@@ -160,26 +190,6 @@ impl End {
                     .observe(first.as_secs_f64());
             }
         }
-        let _entered = self.span.enter();
-        if trace::enabled() {
-            self.attributes(&facts, operation);
-        }
-        tracing::info!(
-            method = %self.method,
-            path = %self.path,
-            status = self.status,
-            error_code = self.code,
-            model = %facts.model.0,
-            provider = %facts.provider.0,
-            input_tokens = facts.input_tokens,
-            output_tokens = facts.output_tokens,
-            cost = %facts.cost,
-            attempts = facts.attempts,
-            latency_us = elapsed.as_micros() as u64,
-            ttfb_us = self.first_byte.map_or(0, |d| d.as_micros() as u64),
-            outcome = ending.name(),
-            "request"
-        );
     }
 
     /// The request span's OpenTelemetry attributes (GenAI conventions and Tollgate's).

@@ -72,6 +72,8 @@ pub struct CacheMetrics {
 
 /// Every metric of one server.
 pub struct Metrics {
+    /// `[observability] metrics`: when off, nothing is recorded nor served.
+    pub enabled: bool,
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Histograms<GenAiLabels>,
@@ -101,6 +103,7 @@ impl Metrics {
     pub fn new(config: &Config, writer: &WriterMetrics, cache: &CacheMetrics) -> Metrics {
         let mut registry = Registry::default();
         let metrics = Metrics {
+            enabled: config.observability.metrics,
             registry: Registry::default(),
             requests: Family::default(),
             request_duration: Family::new_with_constructor(durations),

@@ -80,13 +80,15 @@ impl RequestObs {
     /// An upstream attempt on `provider` ended with `outcome`.
     pub fn attempt(&self, provider: &Arc<str>, outcome: AttemptOutcome) {
         let provider = Name(provider.clone());
-        self.metrics
-            .attempts
-            .get_or_create(&AttemptLabels {
-                provider: provider.clone(),
-                outcome,
-            })
-            .inc();
+        if self.metrics.enabled {
+            self.metrics
+                .attempts
+                .get_or_create(&AttemptLabels {
+                    provider: provider.clone(),
+                    outcome,
+                })
+                .inc();
+        }
         let mut facts = self.facts();
         facts.provider = provider;
         facts.attempts += 1;
@@ -112,15 +114,17 @@ impl RequestObs {
         } else {
             self.metrics.model(&requested.id)
         };
-        self.metrics.charged(
-            Route::Model(endpoint).operation(),
-            &served_label,
-            &requested_label,
-            &provider,
-            usage,
-            cost,
-            key,
-        );
+        if self.metrics.enabled {
+            self.metrics.charged(
+                Route::Model(endpoint).operation(),
+                &served_label,
+                &requested_label,
+                &provider,
+                usage,
+                cost,
+                key,
+            );
+        }
         let mut facts = self.facts();
         facts.model = requested_label;
         facts.served = served_label;

@@ -624,3 +624,36 @@ async fn the_metrics_token_and_the_separate_listener() {
         .expect("text");
     assert!(text.contains("tollgate_build_info"));
 }
+
+#[test]
+fn bad_observability_settings_stop_start_up_naming_the_key() {
+    use tollgate::config::{Config, LogFormat, Overrides};
+    let load = |section: &str| {
+        let toml = format!("listen = \"127.0.0.1:0\"\n[observability]\n{section}\n");
+        Config::from_toml(&toml, &Overrides::default(), &|name: &str| {
+            (name == "SET").then(|| "tok".to_string())
+        })
+    };
+    for (section, key) in [
+        ("log_format = \"xml\"", "observability.log_format"),
+        (
+            "metrics_listen = \"not an address\"",
+            "observability.metrics_listen",
+        ),
+        (
+            "metrics_token_env = \"UNSET\"",
+            "observability.metrics_token_env",
+        ),
+        ("key_labels = 100000", "observability.key_labels"),
+        ("unknown = 1", "unknown"),
+    ] {
+        let error = load(section).expect_err(section).to_string();
+        assert!(error.contains(key), "{section}: {error}");
+    }
+    let config =
+        load("log_format = \"json\"\nmetrics_token_env = \"SET\"\nkey_labels = 10").expect("valid");
+    assert_eq!(config.observability.log_format, LogFormat::Json);
+    assert_eq!(config.observability.key_labels, 10);
+    // The token never prints.
+    assert!(!format!("{:?}", config.observability).contains("tok\""));
+}
