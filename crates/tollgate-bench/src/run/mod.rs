@@ -19,6 +19,7 @@ use crate::writer::{self, WriterArgs};
 
 mod latency;
 mod ledger;
+mod observe;
 mod paths;
 mod requests;
 mod setup;
@@ -54,7 +55,7 @@ pub struct RunArgs {
     /// Also write the tables to this Markdown file.
     #[arg(long)]
     pub results: Option<PathBuf>,
-    /// Run only these scenarios (chat,capacity,stream,held,embeddings,keys,routing,tokenizer,before-after,writer,activity,postgres).
+    /// Run only these scenarios (chat,capacity,stream,held,embeddings,keys,routing,tokenizer,observability,before-after,writer,activity,postgres).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// A `tollgate` binary built from an earlier commit: the before/after scenario
@@ -528,6 +529,9 @@ async fn scenarios(
     }
     if bench.wants("tokenizer") {
         bench.tokenizer_cost();
+    }
+    if bench.wants("observability") {
+        bench.observability().await?;
     }
     if bench.wants("before-after") {
         bench.before_after().await?;
