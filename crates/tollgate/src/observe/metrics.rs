@@ -3,7 +3,7 @@
 //! Counters are updated where things happen; the gauges of live state (the usage
 //! writer's backlog, each deployment's health) are read when `/metrics` is scraped.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
@@ -91,8 +91,8 @@ pub struct Metrics {
     deployments: Family<DeploymentLabels, Gauge>,
     key_requests: Family<KeyLabel, Counter>,
     key_cost: Family<KeyLabel, Counter<f64, AtomicU64>>,
-    /// The keys that have a label of their own (at most `key_labels`).
-    keys: Mutex<HashSet<KeyId>>,
+    /// The keys that have a label of their own (at most `key_labels`), made once.
+    keys: Mutex<HashMap<KeyId, Name>>,
     key_labels: usize,
     /// Each model id's label, made once.
     models: HashMap<String, Name>,
@@ -121,7 +121,7 @@ impl Metrics {
             deployments: Family::default(),
             key_requests: Family::default(),
             key_cost: Family::default(),
-            keys: Mutex::new(HashSet::new()),
+            keys: Mutex::new(HashMap::new()),
             key_labels: config.observability.key_labels,
             models: config
                 .models
@@ -308,14 +308,16 @@ impl Metrics {
 
     fn key_label(&self, key: KeyId) -> KeyLabel {
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        let own = keys.contains(&key) || (keys.len() < self.key_labels && keys.insert(key));
-        KeyLabel {
-            key_id: if own {
-                Name::new(&key.0.to_string())
-            } else {
-                self.other_key.clone()
-            },
-        }
+        let key_id = match keys.get(&key) {
+            Some(name) => name.clone(),
+            None if keys.len() < self.key_labels => {
+                let name = Name::new(&key.0.to_string());
+                keys.insert(key, name.clone());
+                name
+            }
+            None => self.other_key.clone(),
+        };
+        KeyLabel { key_id }
     }
 
     /// Reads the live state into the gauges, then writes every metric.
