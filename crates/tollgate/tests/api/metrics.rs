@@ -212,6 +212,15 @@ async fn a_known_mix_of_requests_shows_in_one_scrape_exactly() {
     let (status, _, _) = send(&app, "tg-inf-not-a-key", chat_path, &one).await;
     assert_eq!(status, 401);
 
+    // A token count, forwarded to the Anthropic provider (free: no tokens, no cost).
+    let count = json!({"model": "claude-test", "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(
+        send(&app, &key, "/v1/messages/count_tokens", &count)
+            .await
+            .0,
+        200
+    );
+
     // A client hangs up on an endless stream after its first bytes.
     let endless = json!({"model": "claude-test", "max_tokens": 1000, "stream": true,
         "messages": [{"role": "user", "content": text("endless,chunk_ms=2")}]});
@@ -290,6 +299,16 @@ async fn a_known_mix_of_requests_shows_in_one_scrape_exactly() {
         1.0
     );
     assert_eq!(req("messages", "claude-test", "anthropic", "2xx", ""), 1.0);
+    assert_eq!(
+        req(
+            "messages.count_tokens",
+            "claude-test",
+            "anthropic",
+            "2xx",
+            ""
+        ),
+        1.0
+    );
     // Nothing else on the model endpoints.
     assert_eq!(m.sum(REQUESTS, &[("endpoint", "chat.completions")]), 7.0);
     assert_eq!(m.sum(REQUESTS, &[("endpoint", "messages")]), 2.0);
@@ -322,10 +341,11 @@ async fn a_known_mix_of_requests_shows_in_one_scrape_exactly() {
     };
     assert_eq!(attempt("openai", "success"), 4.0);
     assert_eq!(attempt("openai", "unavailable"), attempts);
-    assert_eq!(attempt("anthropic", "success"), 1.0);
+    // The stream, and the token count.
+    assert_eq!(attempt("anthropic", "success"), 2.0);
     assert_eq!(
         m.sum("tollgate_upstream_attempts_total", &[]),
-        5.0 + attempts
+        6.0 + attempts
     );
 
     // Tokens: what the fake reported, by the model that served.
@@ -380,6 +400,13 @@ async fn a_known_mix_of_requests_shows_in_one_scrape_exactly() {
         m.count(duration, &genai("claude-test", "anthropic", "")),
         1.0
     );
+    let counted = [
+        ("gen_ai_operation_name", "count_tokens"),
+        ("gen_ai_request_model", "claude-test"),
+        ("gen_ai_provider_name", "anthropic"),
+        ("error_type", ""),
+    ];
+    assert_eq!(m.count(duration, &counted), 1.0);
     let ttft = "gen_ai_server_time_to_first_token_seconds";
     assert_eq!(m.count(ttft, &genai("gpt-test", "openai", "")), 1.0);
     assert_eq!(m.count(ttft, &genai("claude-test", "anthropic", "")), 1.0);
@@ -424,7 +451,7 @@ async fn a_known_mix_of_requests_shows_in_one_scrape_exactly() {
     let hits = m.value("tollgate_key_cache_hits_total", &[]);
     let misses = m.value("tollgate_key_cache_misses_total", &[]);
     // Every model request with a well-formed key looked it up: 4 keys met the first time.
-    assert_eq!((hits + misses, misses), (9.0, 4.0));
+    assert_eq!((hits + misses, misses), (10.0, 4.0));
     assert_eq!(
         m.value(
             "tollgate_deployment_state",
