@@ -531,6 +531,7 @@ async fn scenarios(
         bench.tokenizer_cost();
     }
     if bench.wants("observability") {
+        bench.observability_cost().await?;
         bench.observability().await?;
     }
     if bench.wants("before-after") {

@@ -57,7 +57,124 @@ async fn otlp_sink() -> anyhow::Result<(String, Arc<AtomicU64>)> {
     Ok((addr, exports))
 }
 
+/// The CPU time of this thread, in seconds.
+fn thread_cpu() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
+/// CPU µs per request through the access layer with a handler that records what a
+/// model request records (the model asked for, one attempt, a charge), with metrics
+/// `on` or off; no log subscriber (the access line is the same either way).
+async fn recording_cost(on: bool, requests: u32) -> anyhow::Result<f64> {
+    use axum::extract::State as AxumState;
+    use axum::Extension;
+    use http_body_util::BodyExt;
+    use tollgate::observe::{
+        access, metrics::CacheMetrics, metrics::WriterMetrics, Metrics, Observed,
+    };
+    use tower::ServiceExt;
+
+    let toml = format!(
+        "[observability]\nmetrics = {on}\n[[providers]]\nname = \"fake\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key_env = \"K\"\n[[models]]\nid = \"{CHAT_MODEL}\"\nprovider = \"fake\"\nendpoints = [\"chat.completions\"]\npricing = {{ input = \"0.15\", output = \"0.60\" }}\n"
+    );
+    let config = Arc::new(tollgate::config::Config::from_toml(
+        &toml,
+        &tollgate::config::Overrides::default(),
+        &|_| Some("k".into()),
+    )?);
+    let metrics = Arc::new(Metrics::new(
+        &config,
+        &WriterMetrics::default(),
+        &CacheMetrics::default(),
+    ));
+    let provider: Arc<str> = Arc::from("fake");
+    let handler = |AxumState(config): AxumState<Arc<tollgate::config::Config>>,
+                   Extension(obs): Extension<Observed>| async move {
+        let model = config.models[0].clone();
+        obs.0.asked(&model, Some(64));
+        obs.0.attempt(
+            &provider,
+            tollgate::observe::labels::AttemptOutcome::success,
+        );
+        let usage = tollgate::billing::Usage {
+            input_tokens: 20,
+            output_tokens: 10,
+            ..Default::default()
+        };
+        let cost = model.pricing.cost(&usage);
+        obs.0.charged(
+            tollgate::config::Endpoint::ChatCompletions,
+            &model,
+            &model,
+            Some(&provider),
+            &usage,
+            cost,
+            tollgate::store::KeyId(1),
+        );
+        "{\"ok\":true}"
+    };
+    let app = axum::Router::new()
+        .route("/v1/chat/completions", axum::routing::post(handler))
+        .with_state(config)
+        .layer(axum::middleware::from_fn_with_state(metrics, access::layer));
+    let call = |app: axum::Router| async move {
+        let request = axum::http::Request::post("/v1/chat/completions")
+            .body(axum::body::Body::from("{}"))
+            .expect("request");
+        let response = app.oneshot(request).await.expect("infallible");
+        let _ = response.into_body().collect().await;
+    };
+    for _ in 0..1_000 {
+        call(app.clone()).await;
+    }
+    let started = thread_cpu();
+    for _ in 0..requests {
+        call(app.clone()).await;
+    }
+    Ok((thread_cpu() - started) * 1e6 / f64::from(requests))
+}
+
 impl Bench {
+    /// The recording path alone, in process: metrics off and on, alternating rounds.
+    pub(super) async fn observability_cost(&mut self) -> anyhow::Result<()> {
+        let requests = if self.args.quick { 20_000 } else { 100_000 };
+        let mut off = Vec::new();
+        let mut on = Vec::new();
+        for _ in 0..ROUNDS {
+            off.push(recording_cost(false, requests).await?);
+            on.push(recording_cost(true, requests).await?);
+        }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let differences: Vec<f64> = on.iter().zip(&off).map(|(a, b)| a - b).collect();
+        let (off, on, added) = (median(off), median(on), median(differences));
+        let mut table = Table::new(
+            "Observability, the recording path alone (in process)",
+            format!("{requests} requests through the access layer and a handler that records what a model request records (model, one attempt, a charge), on this thread's CPU clock; {ROUNDS} rounds alternating, medians. No log subscriber: the access line is written either way."),
+            &["", "metrics off (µs/request)", "metrics on (µs/request)", "added (µs)"],
+        );
+        table.row(
+            "per request",
+            vec![num(Some(off), 2), num(Some(on), 2), num(Some(added), 2)],
+        );
+        self.emit(table);
+        self.target(
+            "metrics recording alone: CPU per request (in process)",
+            "≤ 5 µs",
+            format!("{added:+.2} µs"),
+            Some(added <= 5.0),
+        );
+        Ok(())
+    }
+
     /// Metrics off / metrics on / metrics and traces on, at 1,000 req/s.
     pub(super) async fn observability(&mut self) -> anyhow::Result<()> {
         let (sink, exports) = otlp_sink().await?;
