@@ -55,7 +55,7 @@ pub struct RunArgs {
     /// Also write the tables to this Markdown file.
     #[arg(long)]
     pub results: Option<PathBuf>,
-    /// Run only these scenarios (chat,capacity,stream,held,embeddings,keys,routing,tokenizer,observability,before-after,writer,activity,postgres).
+    /// Run only these scenarios (chat,capacity,stream,held,embeddings,keys,routing,tokenizer,observability-cost,observability,before-after,writer,activity,postgres).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// A `tollgate` binary built from an earlier commit: the before/after scenario
@@ -530,8 +530,10 @@ async fn scenarios(
     if bench.wants("tokenizer") {
         bench.tokenizer_cost();
     }
-    if bench.wants("observability") {
+    if bench.wants("observability-cost") {
         bench.observability_cost().await?;
+    }
+    if bench.wants("observability") {
         bench.observability().await?;
     }
     if bench.wants("before-after") {
