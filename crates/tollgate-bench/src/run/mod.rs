@@ -28,6 +28,7 @@ mod streams;
 mod targets;
 
 use ledger::postgres;
+pub use observe::recording_costs;
 use setup::*;
 use side::*;
 

@@ -140,22 +140,27 @@ async fn recording_cost(on: bool, requests: u32) -> anyhow::Result<f64> {
     Ok((thread_cpu() - started) * 1e6 / f64::from(requests))
 }
 
+/// Metrics off and on, `ROUNDS` alternating rounds: the medians of off, on and on − off.
+pub async fn recording_costs(requests: u32) -> anyhow::Result<(f64, f64, f64)> {
+    let mut off = Vec::new();
+    let mut on = Vec::new();
+    for _ in 0..ROUNDS {
+        off.push(recording_cost(false, requests).await?);
+        on.push(recording_cost(true, requests).await?);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let differences: Vec<f64> = on.iter().zip(&off).map(|(a, b)| a - b).collect();
+    Ok((median(off), median(on), median(differences)))
+}
+
 impl Bench {
     /// The recording path alone, in process: metrics off and on, alternating rounds.
     pub(super) async fn observability_cost(&mut self) -> anyhow::Result<()> {
         let requests = if self.args.quick { 20_000 } else { 100_000 };
-        let mut off = Vec::new();
-        let mut on = Vec::new();
-        for _ in 0..ROUNDS {
-            off.push(recording_cost(false, requests).await?);
-            on.push(recording_cost(true, requests).await?);
-        }
-        let median = |mut v: Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        let differences: Vec<f64> = on.iter().zip(&off).map(|(a, b)| a - b).collect();
-        let (off, on, added) = (median(off), median(on), median(differences));
+        let (off, on, added) = recording_costs(requests).await?;
         let mut table = Table::new(
             "Observability, the recording path alone (in process)",
             format!("{requests} requests through the access layer and a handler that records what a model request records (model, one attempt, a charge), on this thread's CPU clock; {ROUNDS} rounds alternating, medians. No log subscriber: the access line is written either way."),
