@@ -2,6 +2,7 @@
 
 mod account;
 mod auth;
+mod clamp;
 mod endpoints;
 mod errors;
 mod front_door;
