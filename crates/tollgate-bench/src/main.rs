@@ -5,6 +5,7 @@
 //!   per scenario: direct to the upstream, through Tollgate, and the difference.
 //! - `usage-writer`: the usage write path alone, `UsageWriter` over `store::open(url)`.
 //! - `seed-activity`: fills a ledger with many usage rows (and a consistent roll-up).
+//! - `recording-cost`: the metrics recording path alone, in process (issue 16).
 #![allow(clippy::print_stdout)] // a benchmark tool prints its results
 
 mod load;
@@ -34,6 +35,11 @@ enum Command {
     SeedActivity(seed::SeedArgs),
     /// Where the time of `/v1/account/activity` goes: the store's grouped query, then the rest.
     ActivityBreakdown(seed::BreakdownArgs),
+    /// The metrics recording path alone, in process: CPU µs per request, off and on.
+    RecordingCost {
+        #[arg(long, default_value_t = 100_000)]
+        requests: u32,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,6 +58,11 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::ActivityBreakdown(args) => seed::breakdown(&args).await,
+            Command::RecordingCost { requests } => {
+                let (off, on, added) = run::recording_costs(requests).await?;
+                println!("metrics off {off:.2} µs/request, on {on:.2} µs/request, added {added:+.2} µs (medians of 3 alternating rounds, this thread's CPU clock)");
+                Ok(())
+            }
             Command::SeedActivity(args) => {
                 let seeded = seed::seed(&args).await?;
                 println!("{seeded}");

@@ -19,7 +19,6 @@ pub static MALLOC_CONF: &[u8] = b"background_thread:true\0";
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let _logs = tollgate::cli::init_logging();
     let cli = tollgate::cli::Cli::parse();
     match tollgate::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -148,6 +148,8 @@ pub struct Authenticator {
     store: Arc<dyn Store>,
     cache: Arc<RwLock<HashMap<String, Arc<KeyRecord>>>>,
     caching: Arc<AtomicBool>,
+    /// Hits and misses of the cache (`tollgate_key_cache_*`).
+    pub cache_metrics: crate::observe::metrics::CacheMetrics,
 }
 
 impl Authenticator {
@@ -156,6 +158,7 @@ impl Authenticator {
             store,
             cache: Arc::new(RwLock::new(HashMap::new())),
             caching: Arc::new(AtomicBool::new(true)),
+            cache_metrics: Default::default(),
         }
     }
 
@@ -184,8 +187,12 @@ impl Authenticator {
             None
         };
         let key = match cached {
-            Some(key) => key,
+            Some(key) => {
+                self.cache_metrics.hits.inc();
+                key
+            }
             None => {
+                self.cache_metrics.misses.inc();
                 let key = self
                     .store
                     .key_by_hash(&hash)

@@ -161,37 +161,54 @@ impl GlobalArgs {
     }
 }
 
-/// Sets up logging to stderr; `RUST_LOG` picks the level (default `info`). Lines are
-/// written by a thread of their own, so a slow stderr (a file on a busy disk) never
-/// blocks a request; keep the returned guard alive until exit, it flushes what is queued.
+/// Logging to stderr, and the trace export: keep it alive until exit (it flushes what
+/// is queued).
+pub struct Logging {
+    _lines: tracing_appender::non_blocking::WorkerGuard,
+    _telemetry: crate::observe::logging::Telemetry,
+}
+
+/// Sets up logging to stderr (text or JSON, `[observability] log_format`); `RUST_LOG`
+/// picks the level (default `info`); traces are exported when configured
+/// (docs/observability.md). Lines are written by a thread of their own, so a slow
+/// stderr (a file on a busy disk) never blocks a request.
 /// The queue holds `LOG_QUEUE_LINES` lines (about 256 KB, allocated up front; the
 /// library's default of 128,000 took 4 MB of an idle server's memory). Lines that
 /// arrive while it is full are dropped rather than wait.
-pub fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+pub fn init_logging(config: &crate::config::Observability) -> anyhow::Result<Logging> {
     const LOG_QUEUE_LINES: usize = 8_192;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // The log thread writes every line queued meanwhile, then flushes: under load, one
     // write to stderr carries many lines instead of one system call each.
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .finish(std::io::BufWriter::new(std::io::stderr()));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(writer)
-        .try_init();
-    guard
+    let telemetry = crate::observe::logging::init(
+        config,
+        &|name| std::env::var(name).ok(),
+        writer,
+        std::io::stderr().is_terminal(),
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(endpoint) = &telemetry.endpoint {
+        tracing::info!(%endpoint, "exporting traces (OTLP over HTTP)");
+    }
+    Ok(Logging {
+        _lines: guard,
+        _telemetry: telemetry,
+    })
 }
 
 /// Runs the command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { listen } => {
-            serve(Config::load(&cli.global.overrides(listen, true))?).await
+            let config = Config::load(&cli.global.overrides(listen, true))?;
+            let _logging = init_logging(&config.observability)?;
+            serve(config).await
         }
         command => {
             let config = Config::load(&cli.global.overrides(None, false))?;
+            let _logging = init_logging(&config.observability)?;
             let store = store::open(&config.database_url)
                 .await
                 .with_context(|| "cannot open the database")?;

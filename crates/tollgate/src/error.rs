@@ -149,6 +149,7 @@ impl ApiError {
 
     fn respond(&self, body: serde_json::Value) -> Response {
         let mut response = (self.status, axum::Json(body)).into_response();
+        response.extensions_mut().insert(ErrorCode(self.code));
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()
@@ -175,6 +176,10 @@ impl ApiError {
         }
     }
 }
+
+/// The error code of an error response, for its metrics and access line.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
 
 /// The error shape of an API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,6 +16,7 @@ pub mod error;
 pub mod gateway;
 pub mod http;
 pub mod model_limits;
+pub mod observe;
 pub mod providers;
 pub mod ratelimit;
 pub mod routing;

@@ -18,6 +18,8 @@ use crate::usage::UsageWriter;
 pub struct Server {
     pub state: AppState,
     listener: TcpListener,
+    /// `[observability] metrics_listen`, when `/metrics` has a listener of its own.
+    metrics_listener: Option<TcpListener>,
     writer_task: tokio::task::JoinHandle<()>,
 }
 
@@ -37,6 +39,14 @@ impl Server {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        let metrics_listener = match config.observability.metrics_listen {
+            Some(address) if config.observability.metrics => Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen for /metrics on {address}: {e}"))?,
+            ),
+            _ => None,
+        };
         let cluster = match &config.redis_url {
             Some(url) => Some(
                 Cluster::connect(url, &config.database_url)
@@ -53,8 +63,16 @@ impl Server {
         Ok(Server {
             state,
             listener,
+            metrics_listener,
             writer_task,
         })
+    }
+
+    /// The address of the metrics listener, when `/metrics` has one of its own.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The bound address (useful with port 0).
@@ -92,9 +110,21 @@ impl Server {
         let Server {
             state,
             listener,
+            metrics_listener,
             writer_task,
         } = self;
-        let background = background_tasks(&state);
+        let mut background = background_tasks(&state);
+        background.push(tokio::spawn(crate::observe::endpoint::watch_backends(
+            state.clone(),
+        )));
+        if let Some(metrics_listener) = metrics_listener {
+            let app = crate::observe::endpoint::router(state.clone());
+            background.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(metrics_listener, app).await {
+                    tracing::error!(error = %e, "the metrics listener stopped");
+                }
+            }));
+        }
         let limits = state.config.server;
         let app = router(state);
         let served = crate::connections::serve(listener, app, limits, shutdown).await;

@@ -92,6 +92,8 @@ pub struct UsageWriter {
     finished: watch::Receiver<u64>,
     /// Whether the ledger takes records in time (the admission flag).
     health: Arc<Health>,
+    /// Commit time and records per commit (`tollgate_usage_*`).
+    metrics: crate::observe::metrics::WriterMetrics,
 }
 
 /// A record on its way to the writer: taken when a request is admitted, given up when
@@ -170,12 +172,14 @@ impl UsageWriter {
             sent: Arc::new(AtomicU64::new(0)),
             finished,
             health: Arc::new(Health::new(ledger_wait)),
+            metrics: Default::default(),
         };
         let counters = (
             writer.commits.clone(),
             writer.coming.clone(),
             writer.busy.clone(),
             writer.health.clone(),
+            writer.metrics.clone(),
         );
         let task = tokio::task::spawn_blocking(move || {
             let ends = Ends {
@@ -184,6 +188,7 @@ impl UsageWriter {
                 finished: &finished_tx,
                 journal: journal.as_deref(),
                 health: &counters.3,
+                metrics: &counters.4,
             };
             write_loop(store.as_ref(), &rt, rx, &counters.1, ends);
             counters.3.end();
@@ -195,6 +200,11 @@ impl UsageWriter {
             sent.load(Ordering::Relaxed).saturating_sub(finished)
         }));
         (writer, task)
+    }
+
+    /// The writer's commit histograms.
+    pub fn metrics(&self) -> &crate::observe::metrics::WriterMetrics {
+        &self.metrics
     }
 
     /// The admission check, made before any upstream call: refuses while the writer is
@@ -512,6 +522,7 @@ struct Ends<'a> {
     finished: &'a watch::Sender<u64>,
     journal: Option<&'a Journal>,
     health: &'a Health,
+    metrics: &'a crate::observe::metrics::WriterMetrics,
 }
 
 fn write_loop(
@@ -555,6 +566,7 @@ fn write_loop(
         // while it fails, so the queue behind it stays bounded). Only once the server
         // has stopped serving does the writer give up, keeping the journal as it is.
         let stopped = || rx.is_closed();
+        let commit_started = Instant::now();
         let written = write_batch(
             store,
             rt,
@@ -574,6 +586,10 @@ fn write_loop(
         }
         ends.health.batch_done();
         ends.commits.fetch_add(1, Ordering::Relaxed);
+        ends.metrics
+            .commit_seconds
+            .observe(commit_started.elapsed().as_secs_f64());
+        ends.metrics.records_per_commit.observe(batch.len() as f64);
         let mut journaled = [0; 2];
         for pending in batch.drain(..) {
             if let Some(file) = pending.journal_file {

@@ -20,6 +20,7 @@ use crate::writer::{self, WriterArgs};
 mod budgets;
 mod latency;
 mod ledger;
+mod observe;
 mod paths;
 mod requests;
 mod setup;
@@ -28,6 +29,7 @@ mod streams;
 mod targets;
 
 use ledger::postgres;
+pub use observe::recording_costs;
 use setup::*;
 use side::*;
 
@@ -55,7 +57,7 @@ pub struct RunArgs {
     /// Also write the tables to this Markdown file.
     #[arg(long)]
     pub results: Option<PathBuf>,
-    /// Run only these scenarios (chat,capacity,stream,held,embeddings,keys,routing,budgets,tokenizer,before-after,writer,activity,postgres).
+    /// Run only these scenarios (chat,capacity,stream,held,embeddings,keys,routing,budgets,tokenizer,observability-cost,observability,before-after,writer,activity,postgres).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// A `tollgate` binary built from an earlier commit: the before/after scenario
@@ -532,6 +534,12 @@ async fn scenarios(
     }
     if bench.wants("tokenizer") {
         bench.tokenizer_cost();
+    }
+    if bench.wants("observability-cost") {
+        bench.observability_cost().await?;
+    }
+    if bench.wants("observability") {
+        bench.observability().await?;
     }
     if bench.wants("before-after") {
         bench.before_after().await?;

@@ -106,6 +106,13 @@ impl Cluster {
         })
     }
 
+    /// Whether Redis answers (`tollgate_backend_up{backend="redis"}`).
+    pub async fn ping(&self) -> Result<(), ClusterError> {
+        let mut conn = self.conn.clone();
+        timed(redis::cmd("PING").query_async::<String>(&mut conn)).await?;
+        Ok(())
+    }
+
     /// Tells every replica that a key changed or was deleted.
     pub async fn publish_invalidation(&self, id: KeyId) -> Result<(), ClusterError> {
         let mut conn = self.conn.clone();

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 mod catalog;
 mod front;
+mod observability;
 mod pricing;
 mod providers;
 mod rate_limits;
@@ -20,6 +21,7 @@ mod webhooks;
 
 pub use catalog::{Deployment, Endpoint, Model};
 pub use front::{Cors, ServerLimits};
+pub use observability::{LogFormat, Observability};
 pub use providers::{Provider, ProviderKind};
 pub use rate_limits::AccountRateLimit;
 pub use routing::Routing;
@@ -99,6 +101,8 @@ struct FileConfig {
     #[serde(default)]
     cors: front::FileCors,
     #[serde(default)]
+    observability: observability::FileObservability,
+    #[serde(default)]
     cluster: FileCluster,
     #[serde(default)]
     routing: routing::FileRouting,
@@ -160,6 +164,8 @@ pub struct Config {
     pub server: ServerLimits,
     /// The browser origins allowed to call the gateway; `None`: no CORS answers.
     pub cors: Option<Cors>,
+    /// `[observability]`: metrics, log format, traces.
+    pub observability: Observability,
     /// How long a replica's reservation survives without renewal (cluster mode).
     pub reservation_lease: Duration,
     /// How often each account's shared budget is checked against the ledger (cluster mode).
@@ -295,6 +301,7 @@ impl Config {
 
         let server = front::server(file.server, origin)?;
         let cors = front::cors(file.cors, origin)?;
+        let observability = observability::parse(file.observability, origin, env)?;
         let routing = routing::parse(file.routing, origin)?;
         let rate_limits = rate_limits::parse(file.rate_limits, origin)?;
         let providers = providers::parse(file.providers, origin, overrides, env)?;
@@ -315,6 +322,7 @@ impl Config {
             limits,
             server,
             cors,
+            observability,
             reservation_lease,
             budget_check_interval,
             routing,

@@ -9,12 +9,16 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use rand::Rng;
 use tokio::time::Instant;
+use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::plan::Prepared;
 use super::relay::json::read_limited;
 use super::settlement::Settlement;
 use crate::config::Deployment;
 use crate::error::ApiError;
+use crate::observe::labels::AttemptOutcome;
+use crate::observe::trace;
 use crate::providers::{UpstreamBody, UpstreamError, UpstreamResponse, Upstreams};
 use crate::routing::{Router, Target};
 
@@ -64,12 +68,31 @@ pub(super) async fn first_answer(
         let deployment = prepared.deployment();
         let provider = upstreams.provider(deployment);
         settlement.attempted(prepared.model(), provider.name.clone());
-        let outcome = match tokio::time::timeout_at(deadline, send(upstreams, &prepared)).await {
+        let span = trace::attempt_span(
+            &provider.name,
+            &deployment.upstream_model,
+            settlement.attempts,
+        );
+        let sending = send(upstreams, &prepared, &span).instrument(span.clone());
+        let outcome = match tokio::time::timeout_at(deadline, sending).await {
             Ok(outcome) => outcome,
             Err(_) => Err(UpstreamError::Deadline {
                 seconds: settings.request_timeout.as_secs(),
             }),
         };
+        let attempt_outcome = match &outcome {
+            Ok(_) => AttemptOutcome::success,
+            Err(e) => AttemptOutcome::of(e),
+        };
+        settlement.obs.attempt(&provider.name, attempt_outcome);
+        if trace::enabled() {
+            span.set_attribute("tollgate.attempt.outcome", attempt_outcome.name());
+            if let Err(e) = &outcome {
+                span.set_attribute("error.type", attempt_outcome.name());
+                span.set_attribute("http.response.status_code", i64::from(e.ledger_status()));
+            }
+        }
+        drop(span);
         match outcome {
             Ok(response) => {
                 router.succeeded(deployment);
@@ -102,19 +125,28 @@ fn backoff(base: Duration, attempts: u32) -> Duration {
     Duration::from_millis(rand::thread_rng().gen_range(millis / 2..=millis))
 }
 
-/// Sends a prepared request once.
+/// Sends a prepared request once; with traces on, the provider gets the attempt span's
+/// trace context.
 async fn send(
     upstreams: &Upstreams,
     prepared: &Prepared,
+    span: &Span,
 ) -> Result<UpstreamResponse, UpstreamError> {
     let deployment = prepared.deployment();
+    let traced;
+    let forwarded = if trace::enabled() {
+        traced = trace::with_context(span, &prepared.forwarded);
+        &traced
+    } else {
+        &prepared.forwarded
+    };
     let response = upstreams
         .send(
             deployment,
             prepared.wire.endpoint,
             "application/json",
             UpstreamBody::Bytes(prepared.body.clone()),
-            &prepared.forwarded,
+            forwarded,
         )
         .await?;
     if response.status().is_success() {

@@ -17,6 +17,7 @@ use super::request::RequestFields;
 use super::{plan, Gateway, Inbound};
 use crate::config::Endpoint;
 use crate::error::ApiError;
+use crate::observe::labels::AttemptOutcome;
 use crate::providers::UpstreamError;
 
 /// Largest count_tokens answer read from a provider (it is `{"input_tokens": N}`).
@@ -27,6 +28,7 @@ impl Gateway {
     pub async fn count_tokens(&self, inbound: Inbound, body: Bytes) -> Result<Response, ApiError> {
         let request = RequestFields::parse(&body)?;
         let model = plan::model_for(&self.config, Endpoint::Messages, request.string("model")?)?;
+        inbound.obs.asked(&model, None);
         self.admit(&inbound, &model).await?;
         let targets =
             self.router
@@ -71,8 +73,18 @@ impl Gateway {
                     &forwarded,
                 )
                 .await;
+            let sent = match sent {
+                Ok(response) if response.status().is_success() => Ok(response),
+                Ok(refused) => Err(refusal(&self.upstreams, deployment, refused).await),
+                Err(e) => Err(e),
+            };
+            inbound.obs.attempt(
+                &provider.name,
+                sent.as_ref()
+                    .map_or_else(AttemptOutcome::of, |_| AttemptOutcome::success),
+            );
             let error = match sent {
-                Ok(response) if response.status().is_success() => {
+                Ok(response) => {
                     let answer =
                         read_limited(response, MAX_ANSWER, provider.config.idle_timeout).await;
                     match answer {
@@ -83,7 +95,6 @@ impl Gateway {
                         ),
                     }
                 }
-                Ok(refused) => refusal(&self.upstreams, deployment, refused).await,
                 Err(e) => e,
             };
             let again = error.retryable(false);

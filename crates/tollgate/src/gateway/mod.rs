@@ -46,6 +46,7 @@ use crate::cluster::Cluster;
 use crate::config::{Config, Endpoint, Model};
 use crate::error::ApiError;
 use crate::model_limits::ModelLimits;
+use crate::observe::RequestObs;
 use crate::providers::{ClientHeaders, ProviderClient, Upstreams};
 use crate::routing::{Router, Target};
 use crate::store::KeyRecord;
@@ -89,6 +90,8 @@ pub struct Inbound {
     pub key: Arc<KeyRecord>,
     pub request_id: Arc<str>,
     pub started: Instant,
+    /// What the request did, for its metrics, span and access line.
+    pub obs: Arc<RequestObs>,
 }
 
 impl Gateway {
@@ -116,6 +119,11 @@ impl Gateway {
         }
     }
 
+    /// The router (deployment health).
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
     /// A JSON model request (every endpoint but the multipart uploads).
     pub async fn json_call(&self, inbound: Inbound, body: Bytes) -> Result<Response, ApiError> {
         self.json_call_limited(inbound, body, None).await
@@ -135,6 +143,7 @@ impl Gateway {
         self.admit(&inbound, &model).await?;
         let stream = request.flag("stream")?;
         let demands = demands::read(endpoint, &request)?;
+        inbound.obs.asked(&model, demands.output_limit);
         demands::pricing(&demands, &model)?;
         let mut targets = self
             .router
@@ -309,6 +318,7 @@ impl Gateway {
             request_id: inbound.request_id.clone(),
             key: inbound.key.clone(),
             started: inbound.started,
+            obs: inbound.obs.clone(),
         })
     }
 }

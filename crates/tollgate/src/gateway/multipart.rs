@@ -4,6 +4,7 @@
 //! whole first (at most `max_upload_bytes`): their worst case needs every field (`n`, the
 //! number of images).
 
+use crate::observe::labels::AttemptOutcome;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
@@ -225,6 +226,7 @@ impl Gateway {
             None
         };
         let model = plan::model_for(&self.config, inbound.endpoint, model_id)?;
+        inbound.obs.asked(&model, None);
         self.admit(&inbound, &model).await?;
         // An upload is streamed through once: it goes to the first target of the route
         // (weights, health and cooldowns apply) and is not tried again elsewhere.
@@ -366,8 +368,14 @@ impl Gateway {
             Err(e) => Err(e),
         };
         match &sent {
-            Ok(_) => self.router.succeeded(deployment),
-            Err(e) => self.router.failed(deployment, e),
+            Ok(_) => {
+                self.router.succeeded(deployment);
+                inbound.obs.attempt(&provider.name, AttemptOutcome::success);
+            }
+            Err(e) => {
+                self.router.failed(deployment, e);
+                inbound.obs.attempt(&provider.name, AttemptOutcome::of(e));
+            }
         }
         let upstream = match sent {
             Ok(upstream) => upstream,

@@ -7,6 +7,7 @@ use std::time::Instant;
 use crate::billing::meter::{Meter, Reservation};
 use crate::billing::{Credits, Usage};
 use crate::config::{Endpoint, Model};
+use crate::observe::RequestObs;
 use crate::store::{KeyRecord, UsageDetail, UsageRecord};
 use crate::usage::{Coming, LedgerError};
 
@@ -34,6 +35,7 @@ pub(super) struct Settlement {
     pub(super) request_id: Arc<str>,
     pub(super) key: Arc<KeyRecord>,
     pub(super) started: Instant,
+    pub(super) obs: Arc<RequestObs>,
 }
 
 impl Settlement {
@@ -128,6 +130,17 @@ impl Settlement {
         } else {
             (cost, Credits::ZERO)
         };
+        if self.delivered {
+            self.obs.charged(
+                self.endpoint,
+                &self.requested,
+                model,
+                self.provider.as_ref(),
+                &usage,
+                cost,
+                self.key.id,
+            );
+        }
         let record = UsageRecord {
             request_id: self.request_id.to_string(),
             account_id: self.key.account_id,

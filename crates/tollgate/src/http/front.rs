@@ -79,6 +79,9 @@ pub async fn api_errors(request: Request, next: Next) -> Response {
         text => quoted_up_to(text, MAX_PLAIN_ERROR),
     };
     let error = ApiError::new(status, plain_code(status), message);
+    parts
+        .extensions
+        .insert(crate::error::ErrorCode(plain_code(status)));
     let json = error.into_response_for(shape);
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(

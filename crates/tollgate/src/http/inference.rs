@@ -13,11 +13,13 @@ use super::{AppState, RequestId};
 use crate::config::Endpoint;
 use crate::error::ApiError;
 use crate::gateway::{error_for, Inbound};
+use crate::observe::Observed;
 use crate::providers::ClientHeaders;
 
 async fn call(
     state: &AppState,
     request_id: RequestId,
+    obs: Observed,
     endpoint: Endpoint,
     headers: &HeaderMap,
     body: Body,
@@ -31,6 +33,7 @@ async fn call(
         key,
         request_id: request_id.0,
         started,
+        obs: obs.0,
     };
     match endpoint {
         endpoint if endpoint.is_upload() => {
@@ -47,6 +50,7 @@ async fn call(
 pub async fn count_tokens(
     State(state): State<AppState>,
     Extension(request_id): Extension<RequestId>,
+    Extension(obs): Extension<Observed>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -59,6 +63,7 @@ pub async fn count_tokens(
             key,
             request_id: request_id.0.clone(),
             started: Instant::now(),
+            obs: obs.0.clone(),
         };
         let bytes = read_body(body, state.config.limits.max_body_bytes).await?;
         state.gateway.count_tokens(inbound, bytes).await
@@ -74,10 +79,11 @@ pub async fn model_call(
     endpoint: Endpoint,
     State(state): State<AppState>,
     Extension(request_id): Extension<RequestId>,
+    Extension(obs): Extension<Observed>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match call(&state, request_id, endpoint, &headers, body).await {
+    match call(&state, request_id, obs, endpoint, &headers, body).await {
         Ok(response) => response,
         Err(error) => error_for(endpoint, error),
     }

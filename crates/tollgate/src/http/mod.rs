@@ -12,10 +12,8 @@ pub mod requests;
 pub mod webhooks;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::{Request, State};
-use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -28,6 +26,7 @@ use crate::cluster::{Cluster, SharedBudgets, SharedRateLimiter};
 use crate::config::{Config, Endpoint};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
+use crate::observe::{access, endpoint, Metrics};
 use crate::ratelimit::RateLimiter;
 use crate::store::{AccountId, KeyId, KeyRecord, Store};
 use crate::usage::UsageWriter;
@@ -49,6 +48,7 @@ pub struct Parts {
     pub cluster: Option<Cluster>,
     pub writer: UsageWriter,
     pub webhooks: Arc<Webhooks>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -81,6 +81,7 @@ impl AppState {
             ),
         };
         let meter = Arc::new(meter);
+        let metrics = Arc::new(Metrics::new(&config, writer.metrics(), &auth.cache_metrics));
         let gateway = Arc::new(Gateway::new(
             config.clone(),
             meter.clone(),
@@ -98,6 +99,7 @@ impl AppState {
             cluster,
             writer,
             webhooks,
+            metrics,
         }))
     }
 
@@ -140,8 +142,8 @@ pub fn router(state: AppState) -> Router {
     for endpoint in Endpoint::ALL {
         router = router.route(
             &format!("/v1{}", endpoint.path()),
-            post(move |state, request_id, headers, body| {
-                inference::model_call(endpoint, state, request_id, headers, body)
+            post(move |state, request_id, obs, headers, body| {
+                inference::model_call(endpoint, state, request_id, obs, headers, body)
             }),
         );
     }
@@ -196,6 +198,10 @@ pub fn router(state: AppState) -> Router {
             ledger_committed_first,
         ));
     let cors = state.config.cors.clone();
+    let observability = &state.config.observability;
+    if observability.metrics && observability.metrics_listen.is_none() {
+        router = router.route("/metrics", get(endpoint::metrics));
+    }
     let router = router
         .route("/openapi.json", get(openapi::document))
         .route("/healthz", get(public::healthz))
@@ -208,7 +214,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(front::not_found)
         .method_not_allowed_fallback(front::method_not_allowed)
         .layer(middleware::from_fn(front::api_errors))
-        .layer(middleware::from_fn(request_id_and_log))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            access::layer,
+        ))
         .with_state(state);
     match cors {
         Some(cors) => router.layer(front::cors_layer(&cors)),
@@ -225,27 +234,4 @@ async fn ledger_committed_first(
         return ApiError::from(e).into_response();
     }
     next.run(request).await
-}
-
-/// Gives every request an id (answered in `x-request-id`) and logs one line per request:
-/// method, path, status and latency, never headers (they carry keys).
-async fn request_id_and_log(mut request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let id: Arc<str> = format!("req_{}", uuid::Uuid::now_v7().simple()).into();
-    request.extensions_mut().insert(RequestId(id.clone()));
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
-    let mut response = next.run(request).await;
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert("x-request-id", value);
-    }
-    tracing::info!(
-        request_id = %id,
-        %method,
-        path = %path,
-        status = response.status().as_u16(),
-        latency_us = started.elapsed().as_micros() as u64,
-        "request"
-    );
-    response
 }

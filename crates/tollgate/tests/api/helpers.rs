@@ -19,6 +19,8 @@ pub struct TestApp {
     pub account_id: AccountId,
     pub state: AppState,
     pub dir: TempDir,
+    /// `/metrics`'s own listener, when `[observability] metrics_listen` gives it one.
+    pub metrics_addr: Option<SocketAddr>,
     _shutdown: oneshot::Sender<()>,
 }
 
@@ -61,6 +63,7 @@ pub async fn spawn_app_on(
         .trim()
         .to_string();
     let addr = server.local_addr().expect("addr");
+    let metrics_addr = server.metrics_addr();
     let state = server.state.clone();
     let account_id = state
         .accounts
@@ -80,6 +83,7 @@ pub async fn spawn_app_on(
         account_id,
         state,
         dir,
+        metrics_addr,
         _shutdown: tx,
     }
 }

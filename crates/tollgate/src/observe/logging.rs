@@ -1,0 +1,85 @@
+//! The log subscriber: one line per event, as text or JSON (`[observability]
+//! log_format`), filtered by `RUST_LOG` (default `info`); and, when traces are on, the
+//! layer that turns the request and attempt spans into OpenTelemetry spans. Every line
+//! logged while a request is served is inside its `request` span, so it carries the
+//! request's id (`request{request_id=...}` in text, `"span":{"request_id":...}` in JSON).
+
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+use super::trace;
+use crate::config::{LogFormat, Observability};
+
+/// The trace export, kept until exit: dropping it sends the spans still queued.
+#[derive(Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+    /// Where traces go, when they do.
+    pub endpoint: Option<String>,
+}
+
+impl Telemetry {
+    /// Sends the spans queued so far.
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider {
+            let _ = provider.force_flush();
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Installs the process's subscriber, writing lines to `writer`; `ansi` colours text.
+/// Fails if traces are asked for and the exporter cannot be built.
+pub fn init<W>(
+    config: &Observability,
+    env: &dyn Fn(&str) -> Option<String>,
+    writer: W,
+    ansi: bool,
+) -> Result<Telemetry, String>
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let lines: Box<dyn Layer<Registry> + Send + Sync> = match config.log_format {
+        LogFormat::Text => Box::new(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(ansi)
+                .with_writer(writer),
+        ),
+        LogFormat::Json => Box::new(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(true)
+                .with_span_list(true)
+                .with_writer(writer),
+        ),
+    };
+    let mut telemetry = Telemetry::default();
+    let spans: Option<Box<dyn Layer<Registry> + Send + Sync>> =
+        match trace::export_endpoint(config, env) {
+            Some(endpoint) => {
+                let provider = trace::provider(config, &endpoint)?;
+                let tracer = trace::tracer(&provider);
+                telemetry.provider = Some(provider);
+                telemetry.endpoint = Some(endpoint);
+                Some(Box::new(tracing_opentelemetry::layer().with_tracer(tracer)))
+            }
+            None => None,
+        };
+    let layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> =
+        std::iter::once(lines).chain(spans).collect();
+    let _ = tracing_subscriber::registry()
+        .with(layers.with_filter(filter))
+        .try_init();
+    Ok(telemetry)
+}
