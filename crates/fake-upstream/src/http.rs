@@ -22,7 +22,7 @@ use crate::conn::ConnHandle;
 use crate::directives::Directives;
 use crate::error::{self, Flavor};
 use crate::{
-    audio, chat, completions, control, embeddings, faults, images, messages, misc, responses,
+    audio, azure, chat, completions, control, embeddings, faults, images, messages, misc, responses,
     stream, transcribe, Received, Shared,
 };
 
@@ -46,6 +46,12 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/messages", post(messages::handle))
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/models/{id}", get(misc::model))
+        .route(
+            "/openai/deployments/{deployment}/{*operation}",
+            post(azure::deployment),
+        )
+        .route("/openai/responses", post(azure::responses))
+        .route("/openai/v1/{*operation}", post(azure::v1))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             shared.clone(),

@@ -19,6 +19,8 @@ pub(super) struct FileProvider {
     anthropic_version: Option<String>,
     #[serde(default)]
     chat_only: bool,
+    api_version: Option<String>,
+    auth: Option<String>,
 }
 
 /// The wire format an upstream provider speaks.
@@ -29,6 +31,8 @@ pub enum ProviderKind {
     Openai,
     /// Anthropic's native Messages API.
     Anthropic,
+    /// Azure OpenAI.
+    Azure,
 }
 
 /// One upstream provider.
@@ -46,6 +50,10 @@ pub struct Provider {
     /// An OpenAI-compatible server without the Responses API: `/v1/responses` is
     /// translated to Chat Completions for it.
     pub chat_only: bool,
+    /// Azure: the `api-version` of the deployment-in-the-path form (`None`: the v1 form).
+    pub api_version: Option<String>,
+    /// Azure: the key is sent as `Authorization: Bearer` (an Entra ID token), not `api-key`.
+    pub bearer: bool,
 }
 
 /// Validates the providers of the file.
@@ -85,6 +93,30 @@ pub(super) fn parse(
             (Some(var), true) => env(var).map(Secret::new),
             (None, _) => None,
         };
+        if p.kind != ProviderKind::Azure && p.api_version.is_some() {
+            return Err(err(
+                &key("api_version"),
+                "is only for providers of kind \"azure\"".into(),
+            ));
+        }
+        if let Some(version) = &p.api_version {
+            if version.is_empty() || !version.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                return Err(err(
+                    &key("api_version"),
+                    format!("'{version}' is not an API version such as \"2024-10-21\""),
+                ));
+            }
+        }
+        let bearer = match p.auth.as_deref() {
+            None | Some("api-key") => false,
+            Some("bearer") if p.kind == ProviderKind::Azure => true,
+            Some(other) => {
+                return Err(err(
+                    &key("auth"),
+                    format!("'{other}' is not \"api-key\" or \"bearer\" (azure providers only)"),
+                ))
+            }
+        };
         let ms = |v: Option<u64>, default: u64, field: &str| match v {
             Some(0) => Err(err(&key(field), "must be above 0".into())),
             Some(v) => Ok(Duration::from_millis(v)),
@@ -100,6 +132,8 @@ pub(super) fn parse(
             idle_timeout: ms(p.idle_timeout_ms, 120_000, "idle_timeout_ms")?,
             anthropic_version: p.anthropic_version.unwrap_or_else(|| "2023-06-01".into()),
             chat_only: p.chat_only,
+            api_version: p.api_version,
+            bearer,
         });
     }
 

@@ -4,6 +4,7 @@
 //! that sends one attempt, and the typed error of an attempt. The gateway never matches on provider kinds; it asks the adapter.
 
 mod anthropic;
+mod azure;
 mod client;
 mod error;
 mod headers;
@@ -66,6 +67,7 @@ pub fn adapter(provider: &Provider) -> Box<dyn Adapter> {
     match provider.kind {
         ProviderKind::Openai => Box::new(openai::OpenAi::new(provider)),
         ProviderKind::Anthropic => Box::new(anthropic::Anthropic::new(provider)),
+        ProviderKind::Azure => Box::new(azure::Azure::new(provider)),
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod account;
 mod auth;
+mod azure;
 mod endpoints;
 mod errors;
 mod front_door;
