@@ -22,7 +22,7 @@ use crate::conn::ConnHandle;
 use crate::directives::Directives;
 use crate::error::{self, Flavor};
 use crate::{
-    audio, azure, chat, completions, control, embeddings, faults, images, messages, misc, responses,
+    audio, azure, chat, gemini, completions, control, embeddings, faults, images, messages, misc, responses,
     stream, transcribe, Received, Shared,
 };
 
@@ -51,6 +51,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             post(azure::deployment),
         )
         .route("/openai/responses", post(azure::responses))
+        .route("/v1beta/models/{*target}", post(gemini::handle))
         .route("/openai/v1/{*operation}", post(azure::v1))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(

@@ -17,6 +17,9 @@
 //! Azure OpenAI: `/openai/deployments/{deployment}/…?api-version=…`, `/openai/responses`
 //! and `/openai/v1/…`, with Azure's `api-key` and `api-version` checks (see `azure.rs`).
 //!
+//! Gemini: `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent`,
+//! `:embedContent`, `:batchEmbedContents`, with `x-goog-api-key` (see `gemini.rs`).
+//!
 //! # What Anthropic refuses
 //! `/messages` and `/messages/count_tokens` refuse, with a 400 `invalid_request_error`, what
 //! the real API refuses, so a gateway that drops the `anthropic-beta` header fails a test:
@@ -254,6 +257,7 @@ mod directives;
 mod embeddings;
 mod error;
 mod fast;
+mod gemini;
 mod faults;
 mod http;
 mod images;
@@ -294,6 +298,9 @@ pub struct Options {
     /// When set, the Azure paths require `api-key: <key>` or `Authorization: Bearer <key>`
     /// (otherwise any key, but one must be sent).
     pub azure_api_key: Option<String>,
+    /// When set, the Gemini paths require `x-goog-api-key: <key>` (otherwise any key, but
+    /// one must be sent).
+    pub gemini_api_key: Option<String>,
 }
 
 /// Counters since start.

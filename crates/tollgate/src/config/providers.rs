@@ -33,6 +33,8 @@ pub enum ProviderKind {
     Anthropic,
     /// Azure OpenAI.
     Azure,
+    /// Google's Gemini API (AI Studio), native `generateContent`.
+    Gemini,
 }
 
 /// One upstream provider.

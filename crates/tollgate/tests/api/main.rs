@@ -7,6 +7,7 @@ mod endpoints;
 mod errors;
 mod front_door;
 mod gateway;
+mod gemini;
 mod helpers;
 mod input;
 mod meter;

@@ -12,8 +12,8 @@
 //! | `response_format` `json_object` / `json_schema` | `responseMimeType` / `responseJsonSchema` |
 //! | `reasoning_effort` | `thinkingConfig.thinkingBudget` (`minimal` 0… `high` 24576), `includeThoughts` |
 //!
-//! Dropped as hints (reported): `user`, `store`, `metadata`, `service_tier`,
-//! `parallel_tool_calls`, `stream_options`, `prompt_cache_key`, `safety_identifier`.
+//! `stream_options` is ignored (Gemini always reports usage). Dropped as hints (reported): `user`, `store`, `metadata`, `service_tier`,
+//! `parallel_tool_calls`, `prompt_cache_key`, `safety_identifier`.
 //! Refused: `n` above 1, `logprobs`, `audio` output, a tool that is not a function, a
 //! content part Gemini cannot take.
 
@@ -22,13 +22,12 @@ use serde_json::{json, Value};
 use super::super::{as_array, as_object, as_str, err, Converted, Dropped, Map};
 use crate::conversion::ConversionError;
 
-const HINTS: [&str; 8] = [
+const HINTS: [&str; 7] = [
     "user",
     "store",
     "metadata",
     "service_tier",
     "parallel_tool_calls",
-    "stream_options",
     "prompt_cache_key",
     "safety_identifier",
 ];
@@ -46,7 +45,7 @@ pub fn convert(request: &Value) -> Result<Converted, ConversionError> {
             continue;
         }
         match key.as_str() {
-            "model" | "stream" => {}
+            "model" | "stream" | "stream_options" => {}
             "messages" => {}
             "max_completion_tokens" | "max_tokens" => {
                 config.insert("maxOutputTokens".into(), uint(value, key)?);

@@ -35,7 +35,7 @@ fn a_chat_request_with_tools_becomes_generate_content() {
         "tool_choice": {"type": "function", "function": {"name": "get_weather"}}
     });
     let converted = request::convert(&chat).expect("converts");
-    assert_eq!(converted.dropped, vec!["stream_options", "user"]);
+    assert_eq!(converted.dropped, vec!["user"]);
     assert_eq!(
         converted.body,
         json!({
