@@ -57,6 +57,19 @@ enum Command {
     /// Manage provisioning keys.
     #[command(subcommand, name = "provisioning-keys")]
     ProvisioningKeys(ProvisioningKeysCommand),
+    /// The models served (the config file's and the built-in catalog's).
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// List the models served, their providers and prices (USD per million tokens).
+    List {
+        /// The same objects as `GET /v1/models`, with each model's providers.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,6 +171,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { listen } => {
             serve(Config::load(&cli.global.overrides(listen, true))?).await
         }
+        Command::Models(ModelsCommand::List { json }) => {
+            let config = Config::load(&cli.global.overrides(None, false))?;
+            println!("{}", crate::http::public::models_listing(&config, json));
+            Ok(())
+        }
         command => {
             let config = Config::load(&cli.global.overrides(None, false))?;
             let store = store::open(&config.database_url)
@@ -231,7 +249,7 @@ fn refused(what: &str, amount: Credits, account: &Account, e: GrantError) -> any
 
 async fn operator(command: Command, accounts: &Accounts) -> anyhow::Result<()> {
     match command {
-        Command::Serve { .. } | Command::Migrate => {}
+        Command::Serve { .. } | Command::Migrate | Command::Models(_) => {}
         Command::Accounts(AccountsCommand::Create { name }) => {
             if name.trim().is_empty() || name.chars().count() > 255 {
                 bail!("account name must be 1 to 255 characters");

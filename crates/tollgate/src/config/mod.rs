@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod builtin;
 mod catalog;
 mod front;
 mod pricing;
@@ -104,6 +105,8 @@ struct FileConfig {
     models: Vec<catalog::FileModel>,
     #[serde(default)]
     startups: Vec<toml::Table>,
+    #[serde(default)]
+    catalog: builtin::FileCatalog,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -280,8 +283,10 @@ impl Config {
         let server = front::server(file.server, origin)?;
         let cors = front::cors(file.cors, origin)?;
         let routing = routing::parse(file.routing, origin)?;
-        let providers = providers::parse(file.providers, origin, overrides, env)?;
-        let catalog = catalog::parse(file.models, origin, &providers)?;
+        let (mut file_providers, mut file_models) = (file.providers, file.models);
+        builtin::extend(&file.catalog, &mut file_providers, &mut file_models, env)?;
+        let providers = providers::parse(file_providers, origin, overrides, env)?;
+        let catalog = catalog::parse(file_models, origin, &providers)?;
 
         let startups = file
             .startups

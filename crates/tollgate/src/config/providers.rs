@@ -23,6 +23,29 @@ pub(super) struct FileProvider {
     auth: Option<String>,
 }
 
+impl FileProvider {
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A provider of the built-in catalog: its key from `key_env`.
+    pub(super) fn builtin(name: &str, kind: ProviderKind, base_url: String, key_env: &str) -> Self {
+        FileProvider {
+            name: name.to_string(),
+            kind,
+            base_url,
+            api_key_env: Some(key_env.to_string()),
+            connect_timeout_ms: None,
+            first_byte_timeout_ms: None,
+            idle_timeout_ms: None,
+            anthropic_version: None,
+            chat_only: false,
+            api_version: None,
+            auth: None,
+        }
+    }
+}
+
 /// The wire format an upstream provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -3,6 +3,7 @@
 mod account;
 mod auth;
 mod azure;
+mod builtin;
 mod endpoints;
 mod errors;
 mod front_door;
