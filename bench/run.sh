@@ -4,11 +4,15 @@
 # 127.0.0.1 and prints one table per scenario plus the targets of issue 6.
 #
 #   bench/run.sh [--quick] [--postgres postgres://USER@HOST:PORT/DB] [--only chat,capacity,...]
+#                [--baseline REV]
 #
 # --quick      shorter runs (about 3 minutes instead of about 10, after the build)
 # --postgres   also run the usage writer and the gateway on PostgreSQL: a fresh database
 #              tollgate_bench_<pid> is created on that server and dropped at the end
-# --only       a subset: chat,capacity,stream,held,embeddings,keys,activity,writer,postgres
+# --only       a subset: chat,capacity,stream,held,embeddings,keys,routing,tokenizer,
+#              before-after,activity,writer,postgres
+# --baseline   also build commit REV (once, into target/baseline-REV) and compare it with
+#              this build on the same load (the before-after scenario)
 # --keep       keep the scratch folder's databases (logs and results.md are always kept)
 set -euo pipefail
 
@@ -18,13 +22,15 @@ QUICK=()
 PG=()
 ONLY=()
 KEEP=0
+BASELINE=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=(--quick); shift ;;
         --postgres) PG=(--postgres "$2"); shift 2 ;;
         --only) ONLY=(--only "$2"); shift 2 ;;
         --keep) KEEP=1; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --baseline) BASELINE=$2; shift 2 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -33,6 +39,21 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 echo "== building release binaries into $TARGET"
 CARGO_TARGET_DIR=$TARGET cargo build --release --quiet \
     -p tollgate-server -p fake-upstream -p tollgate-bench
+
+BASE_ARGS=()
+if [ -n "$BASELINE" ]; then
+    REV=$(git rev-parse --short "$BASELINE^{commit}")
+    BASE_TARGET=$TARGET/baseline-$REV
+    if [ ! -x "$BASE_TARGET/release/tollgate" ]; then
+        echo "== building the baseline $REV into $BASE_TARGET (once)"
+        SRC=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-baseline.XXXXXX")
+        git archive "$REV" | tar -x -C "$SRC"
+        CARGO_TARGET_DIR=$BASE_TARGET cargo build --release --quiet \
+            --manifest-path "$SRC/Cargo.toml" -p tollgate-server
+        rm -rf "$SRC"
+    fi
+    BASE_ARGS=(--baseline-bin "$BASE_TARGET/release/tollgate")
+fi
 
 OHA_VERSION=1.16.0
 if [ -x "$ROOT/bench/.tools/bin/oha" ]; then
@@ -67,8 +88,8 @@ status=0
 "$TARGET/release/tollgate-bench" run \
     --bin-dir "$TARGET/release" --oha "$OHA" "${NGINX_ARGS[@]}" \
     --work-dir "$WORK" --results "$WORK/results.md" \
-    "${QUICK[@]}" "${PG[@]}" "${ONLY[@]}" || status=$?
+    "${QUICK[@]}" "${PG[@]}" "${ONLY[@]}" "${BASE_ARGS[@]}" || status=$?
 if [ "$KEEP" = 0 ]; then
-    rm -rf "$WORK"/sqlite-data "$WORK"/writer-bench.db* "$WORK"/pg-data
+    rm -rf "$WORK"/sqlite-data "$WORK"/baseline-data "$WORK"/writer-bench.db* "$WORK"/pg-data
 fi
 exit "$status"

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sqlx::{Connection, Row};
 
+#[path = "cli/failover.rs"]
+mod failover;
+
 fn tollgate(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(args)
