@@ -124,7 +124,9 @@ async fn run(
             generate(s, ctx, model, &req, Some(sse)).await
         }
         "embedContent" => {
-            let content = req.get("content").ok_or_else(|| error(400, "* EmbedContentRequest.content: content is required.\n"))?;
+            let content = req.get("content").ok_or_else(|| {
+                error(400, "* EmbedContentRequest.content: content is required.\n")
+            })?;
             let values = embedding(content, req.get("outputDimensionality"));
             Ok(axum::Json(json!({"embedding": {"values": values}})).into_response())
         }
@@ -132,7 +134,12 @@ async fn run(
             let requests = req
                 .get("requests")
                 .and_then(Value::as_array)
-                .ok_or_else(|| error(400, "* BatchEmbedContentsRequest.requests: requests is required.\n"))?;
+                .ok_or_else(|| {
+                    error(
+                        400,
+                        "* BatchEmbedContentsRequest.requests: requests is required.\n",
+                    )
+                })?;
             let want = format!("models/{model}");
             let mut out = Vec::new();
             for (i, one) in requests.iter().enumerate() {
@@ -163,7 +170,12 @@ fn embedding(content: &Value, dimensions: Option<&Value>) -> Vec<Value> {
 /// The text of a content's parts (function responses as JSON text).
 fn texts(content: &Value) -> Vec<String> {
     let mut out = Vec::new();
-    for part in content.get("parts").and_then(Value::as_array).into_iter().flatten() {
+    for part in content
+        .get("parts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(t) = part.get("text").and_then(Value::as_str) {
             out.push(t.to_string());
         }
@@ -182,19 +194,32 @@ fn validate(req: &Value) -> Result<&Vec<Value>, Response> {
         return Err(error(400, "Invalid JSON payload received."));
     };
     if let Some(unknown) = map.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(error(400, &format!("Invalid JSON payload received. Unknown name \"{unknown}\": Cannot find field.")));
+        return Err(error(
+            400,
+            &format!(
+                "Invalid JSON payload received. Unknown name \"{unknown}\": Cannot find field."
+            ),
+        ));
     }
     let contents = req
         .get("contents")
         .and_then(Value::as_array)
         .filter(|c| !c.is_empty())
-        .ok_or_else(|| error(400, "* GenerateContentRequest.contents: contents is not specified\n"))?;
+        .ok_or_else(|| {
+            error(
+                400,
+                "* GenerateContentRequest.contents: contents is not specified\n",
+            )
+        })?;
     for (i, c) in contents.iter().enumerate() {
         match c.get("role").and_then(Value::as_str) {
             None | Some("user" | "model") => {}
             Some(_) => return Err(error(400, "Please use a valid role: user, model.")),
         }
-        if c.get("parts").and_then(Value::as_array).is_none_or(|p| p.is_empty()) {
+        if c.get("parts")
+            .and_then(Value::as_array)
+            .is_none_or(|p| p.is_empty())
+        {
             return Err(error(400, &format!("* GenerateContentRequest.contents[{i}].parts: contents.parts must not be empty.\n")));
         }
     }
@@ -214,32 +239,49 @@ async fn generate(
         .rev()
         .find(|c| c.get("role").and_then(Value::as_str) != Some("model"));
     let last_texts: Vec<String> = last_user.map(texts).unwrap_or_default();
-    let dirs = Directives::parse(last_texts.iter().map(String::as_str))
-        .map_err(|m| error(400, &m))?;
+    let dirs =
+        Directives::parse(last_texts.iter().map(String::as_str)).map_err(|m| error(400, &m))?;
     if let Some(r) = http::prelude(s, ctx, &dirs, crate::error::Flavor::OpenAi).await {
         // A `status=N` directive: the error in Google's shape.
         if let Some(code) = dirs.status {
-            return Err(error(code, "Fake upstream error injected by a [[fake:status]] directive."));
+            return Err(error(
+                code,
+                "Fake upstream error injected by a [[fake:status]] directive.",
+            ));
         }
         return Ok(r);
     }
     let mut input: u64 = contents
         .iter()
-        .map(|c| 4 + texts(c).iter().map(|t| content::count_words(t)).sum::<u64>())
+        .map(|c| {
+            4 + texts(c)
+                .iter()
+                .map(|t| content::count_words(t))
+                .sum::<u64>()
+        })
         .sum();
     if let Some(system) = req.get("systemInstruction") {
-        input += 4 + texts(system).iter().map(|t| content::count_words(t)).sum::<u64>();
+        input += 4 + texts(system)
+            .iter()
+            .map(|t| content::count_words(t))
+            .sum::<u64>();
     }
     let config = req.get("generationConfig");
-    let declarations = req.pointer("/tools/0/functionDeclarations").and_then(Value::as_array);
+    let declarations = req
+        .pointer("/tools/0/functionDeclarations")
+        .and_then(Value::as_array);
     let tool = declarations.and_then(|d| {
         let pick = match &dirs.tool_name {
-            Some(name) => d.iter().find(|t| t.get("name").and_then(Value::as_str) == Some(name)),
+            Some(name) => d
+                .iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some(name)),
             None => d.first(),
         }?;
         Some(ToolSpec {
             name: pick.get("name").and_then(Value::as_str)?,
-            schema: pick.get("parametersJsonSchema").or_else(|| pick.get("parameters")),
+            schema: pick
+                .get("parametersJsonSchema")
+                .or_else(|| pick.get("parameters")),
         })
     });
     let stops: Vec<&str> = config
@@ -255,12 +297,16 @@ async fn generate(
         PlanInput {
             words: dirs.words,
             want_tool: dirs.tool,
-            max_tokens: dirs.max_tokens(config.and_then(|c| c.get("maxOutputTokens")).and_then(Value::as_u64)),
+            max_tokens: dirs.max_tokens(
+                config
+                    .and_then(|c| c.get("maxOutputTokens"))
+                    .and_then(Value::as_u64),
+            ),
             stop: stops,
             tool,
             last_is_tool_result,
         },
-        || String::new(),
+        String::new,
     );
     let include_thoughts = config
         .and_then(|c| c.pointer("/thinkingConfig/includeThoughts"))
@@ -307,8 +353,10 @@ async fn generate(
             b
         }),
         Some(_) => Some(envelope(
-            Some(json!({"finishReason": "SAFETY", "index": 0, "safetyRatings": [
-                {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": true}]})),
+            Some(
+                json!({"finishReason": "SAFETY", "index": 0, "safetyRatings": [
+                {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": true}]}),
+            ),
             Some(usage(true)),
         )),
         None => None,
@@ -317,8 +365,9 @@ async fn generate(
         Finish::Length => "MAX_TOKENS",
         _ => "STOP",
     };
-    let thought = (include_thoughts && dirs.thoughts > 0)
-        .then(|| json!({"text": "**Considering the request** I will answer plainly.", "thought": true}));
+    let thought = (include_thoughts && dirs.thoughts > 0).then(
+        || json!({"text": "**Considering the request** I will answer plainly.", "thought": true}),
+    );
     let Some(sse) = stream else {
         if dirs.malformed {
             return Ok(http::malformed());
@@ -333,7 +382,9 @@ async fn generate(
                 "args": serde_json::from_str::<Value>(&call.arguments).unwrap_or(json!({}))}})),
         }
         let answer = envelope(
-            Some(json!({"content": {"parts": parts, "role": "model"}, "finishReason": finish, "index": 0})),
+            Some(
+                json!({"content": {"parts": parts, "role": "model"}, "finishReason": finish, "index": 0}),
+            ),
             Some(usage(false)),
         );
         return Ok(axum::Json(answer).into_response());
@@ -367,9 +418,11 @@ async fn generate(
                 }
             }
             Reply::Tool(call) => frames.push(Frame::content(frame(&envelope(
-                Some(json!({"content": {"parts": [{"functionCall": {"name": call.name,
+                Some(
+                    json!({"content": {"parts": [{"functionCall": {"name": call.name,
                     "args": serde_json::from_str::<Value>(&call.arguments).unwrap_or(json!({}))}}],
-                    "role": "model"}, "index": 0})),
+                    "role": "model"}, "index": 0}),
+                ),
                 Some(usage(true)),
             )))),
         }
@@ -379,9 +432,14 @@ async fn generate(
         ))));
     }
     let delay = dirs.chunk_delay(s.opts.chunk_delay);
-    let fault = http::fault(&dirs, || Bytes::new());
+    let fault = http::fault(&dirs, Bytes::new);
     if sse {
-        return Ok(http::sse_response(stream::body(s.clone(), frames, delay, fault)));
+        return Ok(http::sse_response(stream::body(
+            s.clone(),
+            frames,
+            delay,
+            fault,
+        )));
     }
     // Without `alt=sse`: one JSON array of the chunks.
     let mut array = Vec::from(&b"["[..]);
@@ -392,5 +450,9 @@ async fn generate(
         array.extend_from_slice(&f.bytes);
     }
     array.push(b']');
-    Ok(([(header::CONTENT_TYPE, "application/json")], Bytes::from(array)).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Bytes::from(array),
+    )
+        .into_response())
 }

@@ -22,8 +22,8 @@ use crate::conn::ConnHandle;
 use crate::directives::Directives;
 use crate::error::{self, Flavor};
 use crate::{
-    audio, azure, chat, gemini, completions, control, embeddings, faults, images, messages, misc, responses,
-    stream, transcribe, Received, Shared,
+    audio, azure, chat, completions, control, embeddings, faults, gemini, images, messages, misc,
+    responses, stream, transcribe, Received, Shared,
 };
 
 pub(crate) type AppState = State<Arc<Shared>>;

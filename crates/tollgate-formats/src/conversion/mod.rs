@@ -43,8 +43,8 @@
 
 pub mod chat_to_messages;
 pub mod gemini;
-pub mod native;
 pub mod messages_to_chat;
+pub mod native;
 pub mod responses_to_chat;
 pub mod responses_to_messages;
 

@@ -49,8 +49,8 @@ pub(super) fn extend(
     if section.builtin == Some(false) {
         return Ok(());
     }
-    let builtin: Builtin = toml::from_str(CATALOG)
-        .map_err(|e| ConfigError::new("built-in catalog", e.to_string()))?;
+    let builtin: Builtin =
+        toml::from_str(CATALOG).map_err(|e| ConfigError::new("built-in catalog", e.to_string()))?;
     for kind in builtin.kinds {
         if providers.iter().any(|p| p.name() == kind.name) {
             continue;
@@ -84,8 +84,11 @@ mod tests {
     fn every_builtin_model_has_complete_prices_and_a_dated_source() {
         assert!(CATALOG.contains("2025-10") && CATALOG.contains("https://ai.google.dev"));
         let env = |name: &str| {
-            matches!(name, "OPENAI_API_KEY" | "ANTHROPIC_API_KEY" | "GEMINI_API_KEY")
-                .then(|| "k".to_string())
+            matches!(
+                name,
+                "OPENAI_API_KEY" | "ANTHROPIC_API_KEY" | "GEMINI_API_KEY"
+            )
+            .then(|| "k".to_string())
         };
         let config = crate::config::Config::from_toml("", &Default::default(), &env)
             .expect("the built-in catalog is a valid catalog");
@@ -96,8 +99,12 @@ mod tests {
             sonnet.pricing.output.map(|p| p.usd_per_unit().to_string()),
             Some("0.000015".into())
         );
-        let off = crate::config::Config::from_toml("[catalog]\nbuiltin = false\n", &Default::default(), &env)
-            .expect("config");
+        let off = crate::config::Config::from_toml(
+            "[catalog]\nbuiltin = false\n",
+            &Default::default(),
+            &env,
+        )
+        .expect("config");
         assert!(off.models.is_empty() && off.providers.is_empty());
     }
 
@@ -110,7 +117,8 @@ mod tests {
         };
         let file = "[[models]]\nid = \"gpt-4.1\"\nprovider = \"openai\"\nendpoints = [\"chat.completions\"]\npricing = { input = \"9\", output = \"9\" }\n\
 [[models]]\nid = \"my-alias\"\nprovider = \"openai\"\nupstream_model = \"gpt-4.1-mini\"\nendpoints = [\"chat.completions\"]\npricing = { input = \"1\", output = \"1\" }\n";
-        let config = crate::config::Config::from_toml(file, &Default::default(), &env).expect("config");
+        let config =
+            crate::config::Config::from_toml(file, &Default::default(), &env).expect("config");
         assert_eq!(config.providers.len(), 1);
         assert_eq!(config.providers[0].base_url, "http://127.0.0.1:9/v1");
         assert!(config.model("claude-sonnet-4-5").is_none());
@@ -120,7 +128,8 @@ mod tests {
         assert_eq!(overridden.endpoints.len(), 1);
         // A file provider named like a built-in kind replaces it, and its models.
         let file = "[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"http://vllm:8000/v1\"\n";
-        let config = crate::config::Config::from_toml(file, &Default::default(), &env).expect("config");
+        let config =
+            crate::config::Config::from_toml(file, &Default::default(), &env).expect("config");
         assert!(config.models.is_empty());
     }
 }

@@ -125,7 +125,11 @@ pub(super) fn parse(
             ));
         }
         if let Some(version) = &p.api_version {
-            if version.is_empty() || !version.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            if version.is_empty()
+                || !version
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
                 return Err(err(
                     &key("api_version"),
                     format!("'{version}' is not an API version such as \"2024-10-21\""),

@@ -160,7 +160,13 @@ pub(super) fn prepare(
     }
     prepared.body = Bytes::from(serde_json::to_vec(&converted.body).map_err(ApiError::internal)?);
     prepared.native = Some(NativeCall {
-        base64: asked.request.string("encoding_format").ok().flatten().as_deref() == Some("base64"),
+        base64: asked
+            .request
+            .string("encoding_format")
+            .ok()
+            .flatten()
+            .as_deref()
+            == Some("base64"),
     });
     Ok(prepared)
 }

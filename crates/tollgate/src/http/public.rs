@@ -237,7 +237,11 @@ pub fn models_listing(config: &crate::config::Config, json: bool) -> String {
             per_million(m.pricing.input),
             per_million(m.pricing.cached_input),
             per_million(m.pricing.output),
-            m.endpoints.iter().map(|e| e.name()).collect::<Vec<_>>().join(",")
+            m.endpoints
+                .iter()
+                .map(|e| e.name())
+                .collect::<Vec<_>>()
+                .join(",")
         ));
     }
     out.push_str("(USD per million tokens)");

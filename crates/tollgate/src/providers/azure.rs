@@ -52,10 +52,9 @@ impl Adapter for Azure {
 
     fn url(&self, endpoint: Endpoint, upstream_model: &str) -> String {
         match &self.api_version {
-            Some(version) if endpoint == Endpoint::Responses => format!(
-                "{}/openai/responses?api-version={}",
-                self.base_url, version
-            ),
+            Some(version) if endpoint == Endpoint::Responses => {
+                format!("{}/openai/responses?api-version={}", self.base_url, version)
+            }
             Some(version) => format!(
                 "{}/openai/deployments/{}{}?api-version={}",
                 self.base_url,

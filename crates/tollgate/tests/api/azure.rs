@@ -2,7 +2,7 @@
 //! `api-key` header and the bearer form, Azure's refusals, and a model whose Azure
 //! deployment fails over to its OpenAI deployment, charged once.
 
-use fake_upstream::{Fault, FakeUpstream, Options};
+use fake_upstream::{FakeUpstream, Fault, Options};
 use serde_json::{json, Value};
 
 use crate::gateway::{chat, cost, ledger, GPT};
@@ -55,7 +55,11 @@ async fn the_deployment_form_sends_api_key_and_version_and_is_metered() {
     );
     let (app, key) = start(&config, "up-azure").await;
     let response = app
-        .post("/v1/chat/completions", &key, &chat("gpt-test", "hi there [[fake:cached=2]]"))
+        .post(
+            "/v1/chat/completions",
+            &key,
+            &chat("gpt-test", "hi there [[fake:cached=2]]"),
+        )
         .await;
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "x-tollgate-provider"), "az");
@@ -94,7 +98,11 @@ async fn the_deployment_form_sends_api_key_and_version_and_is_metered() {
 
     // Responses go to Azure's deployment-less path.
     let response = app
-        .post("/v1/responses", &key, &json!({"model": "gpt-test", "input": "hello"}))
+        .post(
+            "/v1/responses",
+            &key,
+            &json!({"model": "gpt-test", "input": "hello"}),
+        )
         .await;
     assert_eq!(response.status(), 200);
     let sent = &up.received()[2];
@@ -112,7 +120,11 @@ async fn the_v1_form_with_a_bearer_token() {
     );
     let (app, key) = start(&config, "up-azure").await;
     let response = app
-        .post("/v1/embeddings", &key, &json!({"model": "gpt-test", "input": "one two three"}))
+        .post(
+            "/v1/embeddings",
+            &key,
+            &json!({"model": "gpt-test", "input": "one two three"}),
+        )
         .await;
     assert_eq!(response.status(), 200);
     let sent = &up.received()[0];
@@ -133,7 +145,9 @@ async fn azure_refusals_are_upstream_errors_and_free() {
         azure("az", &up.root_url(), "api_version = \"2024-10-21\"\n")
     );
     let (app, key) = start(&config, "wrong").await;
-    let response = app.post("/v1/chat/completions", &key, &chat("gpt-test", "hi")).await;
+    let response = app
+        .post("/v1/chat/completions", &key, &chat("gpt-test", "hi"))
+        .await;
     assert_eq!(response.status(), 502);
     let text = response.text().await.expect("body");
     assert!(!text.contains("wrong"), "{text}");
@@ -143,11 +157,15 @@ async fn azure_refusals_are_upstream_errors_and_free() {
         azure("az", &up.root_url(), "api_version = \"1999-01-01\"\n")
     );
     let (app2, key2) = start(&config, "up-azure").await;
-    let response = app2.post("/v1/chat/completions", &key2, &chat("gpt-test", "hi")).await;
+    let response = app2
+        .post("/v1/chat/completions", &key2, &chat("gpt-test", "hi"))
+        .await;
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.expect("json");
     assert!(
-        body["error"]["message"].as_str().is_some_and(|m| m.contains("API version not supported")),
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("API version not supported")),
         "{body}"
     );
     for app in [&app, &app2] {
@@ -161,7 +179,13 @@ async fn azure_refusals_are_upstream_errors_and_free() {
 async fn a_failing_azure_deployment_fails_over_to_openai_charged_once() {
     let (az, oa) = (upstream().await, upstream().await);
     az.faults()
-        .next(1, Fault::Status { status: 503, retry_after: None })
+        .next(
+            1,
+            Fault::Status {
+                status: 503,
+                retry_after: None,
+            },
+        )
         .await
         .expect("fault");
     let config = format!(
@@ -170,14 +194,19 @@ async fn a_failing_azure_deployment_fails_over_to_openai_charged_once() {
         oa.base_url()
     );
     let (app, key) = start(&config, "up-azure").await;
-    let response = app.post("/v1/chat/completions", &key, &chat("gpt-test", "failover")).await;
+    let response = app
+        .post("/v1/chat/completions", &key, &chat("gpt-test", "failover"))
+        .await;
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "x-tollgate-provider"), "openai");
     assert_eq!(header(&response, "x-tollgate-attempts"), "2");
     let body: Value = response.json().await.expect("json");
     assert_eq!(az.stats().faulted, 1);
     assert_eq!(oa.received()[0].path, "/v1/chat/completions");
-    assert_eq!(oa.received()[0].json().expect("json")["model"], "gpt-4.1-mini");
+    assert_eq!(
+        oa.received()[0].json().expect("json")["model"],
+        "gpt-4.1-mini"
+    );
     let rows = ledger(&app).await;
     assert_eq!(rows.len(), 1, "charged once");
     let input = body["usage"]["prompt_tokens"].as_i64().expect("input");

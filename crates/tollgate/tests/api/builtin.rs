@@ -23,17 +23,29 @@ async fn only_an_openai_key_serves_the_builtin_openai_models() {
         _ => None,
     };
     let app = spawn_app_env("", &env).await;
-    let listed: Value = reqwest::get(app.url("/v1/models")).await.expect("get").json().await.expect("json");
+    let listed: Value = reqwest::get(app.url("/v1/models"))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
     let ids: Vec<&str> = listed["data"]
         .as_array()
         .expect("data")
         .iter()
         .filter_map(|m| m["id"].as_str())
         .collect();
-    for id in ["gpt-5", "gpt-4.1-mini", "gpt-4o-mini", "text-embedding-3-small"] {
+    for id in [
+        "gpt-5",
+        "gpt-4.1-mini",
+        "gpt-4o-mini",
+        "text-embedding-3-small",
+    ] {
         assert!(ids.contains(&id), "{id} missing from {ids:?}");
     }
-    assert!(!ids.iter().any(|id| id.starts_with("claude") || id.starts_with("gemini")));
+    assert!(!ids
+        .iter()
+        .any(|id| id.starts_with("claude") || id.starts_with("gemini")));
     let mini = listed["data"]
         .as_array()
         .and_then(|d| d.iter().find(|m| m["id"] == "gpt-4.1-mini"))
@@ -45,7 +57,11 @@ async fn only_an_openai_key_serves_the_builtin_openai_models() {
     app.grant("10").await;
     let key = app.inference_key().await;
     let response = app
-        .post("/v1/chat/completions", &key, &chat("gpt-4.1-mini", "hello builtin"))
+        .post(
+            "/v1/chat/completions",
+            &key,
+            &chat("gpt-4.1-mini", "hello builtin"),
+        )
         .await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.expect("json");
@@ -64,6 +80,11 @@ async fn only_an_openai_key_serves_the_builtin_openai_models() {
 async fn the_catalog_can_be_turned_off() {
     let env = |name: &str| (name == "OPENAI_API_KEY").then(|| "sk".to_string());
     let app = spawn_app_env("[catalog]\nbuiltin = false\n", &env).await;
-    let listed: Value = reqwest::get(app.url("/v1/models")).await.expect("get").json().await.expect("json");
+    let listed: Value = reqwest::get(app.url("/v1/models"))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(listed["data"], json!([]));
 }

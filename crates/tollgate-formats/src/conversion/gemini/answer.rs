@@ -47,13 +47,17 @@ pub(crate) fn read_parts(answer: &Value, response_id: &str, first_call: usize) -
 /// The Chat Completions answer of a whole Gemini answer, named `public_model`.
 pub fn convert(answer: &Value, public_model: &str, created: u64) -> Result<Value, AnswerError> {
     if !answer.is_object() {
-        return Err(AnswerError::Malformed("the answer is not a JSON object".into()));
+        return Err(AnswerError::Malformed(
+            "the answer is not a JSON object".into(),
+        ));
     }
     if let Some(block) = blocked(answer) {
         return Err(block.into());
     }
     let Some(candidate) = answer.pointer("/candidates/0") else {
-        return Err(AnswerError::Malformed("an answer without candidates".into()));
+        return Err(AnswerError::Malformed(
+            "an answer without candidates".into(),
+        ));
     };
     let response_id = answer
         .get("responseId")

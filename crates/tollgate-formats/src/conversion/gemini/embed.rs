@@ -10,7 +10,10 @@ use serde_json::{json, Value};
 use crate::conversion::{ConversionError, Converted};
 
 /// The `batchEmbedContents` request of an OpenAI embeddings request for `upstream_model`.
-pub fn convert_request(request: &Value, upstream_model: &str) -> Result<Converted, ConversionError> {
+pub fn convert_request(
+    request: &Value,
+    upstream_model: &str,
+) -> Result<Converted, ConversionError> {
     let input = request
         .get("input")
         .ok_or_else(|| ConversionError::new("input", "is required"))?;
@@ -25,7 +28,12 @@ pub fn convert_request(request: &Value, upstream_model: &str) -> Result<Converte
                 })
             })
             .collect::<Result<_, _>>()?,
-        _ => return Err(ConversionError::new("input", "must be a string or an array of strings")),
+        _ => {
+            return Err(ConversionError::new(
+                "input",
+                "must be a string or an array of strings",
+            ))
+        }
     };
     let dimensions = request.get("dimensions").and_then(Value::as_u64);
     let model = format!("models/{upstream_model}");
@@ -64,7 +72,10 @@ pub fn convert_answer(answer: &Value, public_model: &str, base64: bool) -> Resul
         let vector = if base64 {
             let mut bytes = Vec::with_capacity(values.len() * 4);
             for v in values {
-                let f = v.as_f64().ok_or("an embedding value that is not a number")? as f32;
+                let f = v
+                    .as_f64()
+                    .ok_or("an embedding value that is not a number")?
+                    as f32;
                 bytes.extend_from_slice(&f.to_le_bytes());
             }
             Value::String(crate::conversion::native::base64(&bytes))

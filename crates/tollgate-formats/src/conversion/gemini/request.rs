@@ -80,7 +80,10 @@ pub fn convert(request: &Value) -> Result<Converted, ConversionError> {
             }
             "logprobs" | "top_logprobs" => {
                 if value != &Value::Bool(false) {
-                    return err(key.as_str(), "log probabilities are not available from Gemini here");
+                    return err(
+                        key.as_str(),
+                        "log probabilities are not available from Gemini here",
+                    );
                 }
             }
             "response_format" => response_format(value, &mut config)?,
@@ -100,22 +103,17 @@ pub fn convert(request: &Value) -> Result<Converted, ConversionError> {
             "tools" => {
                 let tools = tools(value)?;
                 if !tools.is_empty() {
-                    out.insert(
-                        "tools".into(),
-                        json!([{"functionDeclarations": tools}]),
-                    );
+                    out.insert("tools".into(), json!([{"functionDeclarations": tools}]));
                 }
             }
             "tool_choice" => {
                 out.insert("toolConfig".into(), tool_choice(value)?);
             }
             hint if HINTS.contains(&hint) => dropped.push(hint),
-            other => {
-                return err(
-                    other,
-                    "this field has no equivalent in Gemini's API and cannot be sent to a Gemini model",
-                )
-            }
+            other => return err(
+                other,
+                "this field has no equivalent in Gemini's API and cannot be sent to a Gemini model",
+            ),
         }
     }
     let messages = as_array(
@@ -153,12 +151,20 @@ pub fn convert(request: &Value) -> Result<Converted, ConversionError> {
                     None => Vec::new(),
                 };
                 if let Some(calls) = message.get("tool_calls").filter(|c| !c.is_null()) {
-                    for (j, call) in as_array(calls, &format!("{path}.tool_calls"))?.iter().enumerate() {
+                    for (j, call) in as_array(calls, &format!("{path}.tool_calls"))?
+                        .iter()
+                        .enumerate()
+                    {
                         let cpath = format!("{path}.tool_calls[{j}]");
                         let name = call
                             .pointer("/function/name")
                             .and_then(Value::as_str)
-                            .ok_or_else(|| ConversionError::new(format!("{cpath}.function.name"), "is required"))?;
+                            .ok_or_else(|| {
+                                ConversionError::new(
+                                    format!("{cpath}.function.name"),
+                                    "is required",
+                                )
+                            })?;
                         let arguments = call
                             .pointer("/function/arguments")
                             .and_then(Value::as_str)
@@ -167,11 +173,17 @@ pub fn convert(request: &Value) -> Result<Converted, ConversionError> {
                             json!({})
                         } else {
                             serde_json::from_str(arguments).map_err(|_| {
-                                ConversionError::new(format!("{cpath}.function.arguments"), "must be a JSON object")
+                                ConversionError::new(
+                                    format!("{cpath}.function.arguments"),
+                                    "must be a JSON object",
+                                )
                             })?
                         };
                         if !args.is_object() {
-                            return err(format!("{cpath}.function.arguments"), "must be a JSON object");
+                            return err(
+                                format!("{cpath}.function.arguments"),
+                                "must be a JSON object",
+                            );
                         }
                         if let Some(id) = call.get("id").and_then(Value::as_str) {
                             call_names.push((id.to_string(), name.to_string()));
@@ -185,9 +197,12 @@ pub fn convert(request: &Value) -> Result<Converted, ConversionError> {
                 push(&mut contents, "model", out);
             }
             "tool" => {
-                let id = message.get("tool_call_id").and_then(Value::as_str).ok_or_else(|| {
-                    ConversionError::new(format!("{path}.tool_call_id"), "is required")
-                })?;
+                let id = message
+                    .get("tool_call_id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        ConversionError::new(format!("{path}.tool_call_id"), "is required")
+                    })?;
                 let Some((_, name)) = call_names.iter().rev().find(|(c, _)| c == id) else {
                     return err(
                         format!("{path}.tool_call_id"),
@@ -217,7 +232,10 @@ pub fn convert(request: &Value) -> Result<Converted, ConversionError> {
         }
     }
     if contents.is_empty() {
-        return err("messages", "must hold at least one user message for a Gemini model");
+        return err(
+            "messages",
+            "must hold at least one user message for a Gemini model",
+        );
     }
     out.insert("contents".into(), Value::Array(contents));
     if !system.is_empty() {
@@ -273,14 +291,19 @@ fn parts(content: &Value, path: &str) -> Result<Vec<Value>, ConversionError> {
         let kind = item.get("type").and_then(Value::as_str).unwrap_or("");
         match kind {
             "text" => {
-                let text = as_str(item.get("text").unwrap_or(&Value::Null), &format!("{ipath}.text"))?;
+                let text = as_str(
+                    item.get("text").unwrap_or(&Value::Null),
+                    &format!("{ipath}.text"),
+                )?;
                 out.push(json!({"text": text}));
             }
             "image_url" => {
                 let url = item
                     .pointer("/image_url/url")
                     .and_then(Value::as_str)
-                    .ok_or_else(|| ConversionError::new(format!("{ipath}.image_url.url"), "is required"))?;
+                    .ok_or_else(|| {
+                        ConversionError::new(format!("{ipath}.image_url.url"), "is required")
+                    })?;
                 out.push(media(url, &format!("{ipath}.image_url.url"))?);
             }
             "input_audio" => {
@@ -289,7 +312,9 @@ fn parts(content: &Value, path: &str) -> Result<Vec<Value>, ConversionError> {
                 let (Some(data), Some(format)) = (data, format) else {
                     return err(format!("{ipath}.input_audio"), "needs `data` and `format`");
                 };
-                out.push(json!({"inlineData": {"mimeType": format!("audio/{format}"), "data": data}}));
+                out.push(
+                    json!({"inlineData": {"mimeType": format!("audio/{format}"), "data": data}}),
+                );
             }
             other => {
                 return err(
@@ -306,7 +331,10 @@ fn parts(content: &Value, path: &str) -> Result<Vec<Value>, ConversionError> {
 fn media(url: &str, path: &str) -> Result<Value, ConversionError> {
     if let Some(rest) = url.strip_prefix("data:") {
         let Some((mime, data)) = rest.split_once(";base64,") else {
-            return err(path, "a data URL must be base64 (`data:image/png;base64,...`)");
+            return err(
+                path,
+                "a data URL must be base64 (`data:image/png;base64,...`)",
+            );
         };
         return Ok(json!({"inlineData": {"mimeType": mime, "data": data}}));
     }
@@ -330,13 +358,18 @@ fn response_format(value: &Value, config: &mut Map) -> Result<(), ConversionErro
             config.insert("responseMimeType".into(), "application/json".into());
         }
         Some("json_schema") => {
-            let schema = value
-                .pointer("/json_schema/schema")
-                .ok_or_else(|| ConversionError::new("response_format.json_schema.schema", "is required"))?;
+            let schema = value.pointer("/json_schema/schema").ok_or_else(|| {
+                ConversionError::new("response_format.json_schema.schema", "is required")
+            })?;
             config.insert("responseMimeType".into(), "application/json".into());
             config.insert("responseJsonSchema".into(), schema.clone());
         }
-        _ => return err("response_format.type", "must be text, json_object or json_schema"),
+        _ => {
+            return err(
+                "response_format.type",
+                "must be text, json_object or json_schema",
+            )
+        }
     }
     Ok(())
 }
@@ -346,7 +379,10 @@ fn tools(value: &Value) -> Result<Vec<Value>, ConversionError> {
     for (i, tool) in as_array(value, "tools")?.iter().enumerate() {
         let path = format!("tools[{i}]");
         if tool.get("type").and_then(Value::as_str) != Some("function") {
-            return err(format!("{path}.type"), "only function tools can be offered to a Gemini model");
+            return err(
+                format!("{path}.type"),
+                "only function tools can be offered to a Gemini model",
+            );
         }
         let function = as_object(
             tool.get("function").unwrap_or(&Value::Null),

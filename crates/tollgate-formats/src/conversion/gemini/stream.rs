@@ -60,7 +60,10 @@ impl NativeStream for GeminiStream {
         let chunk: Value = serde_json::from_str(&event.data)
             .map_err(|_| ConversionError::new("", "the provider sent a malformed event"))?;
         if let Some(message) = chunk.pointer("/error/message").and_then(Value::as_str) {
-            return Err(ConversionError::new("", format!("the provider reported an error: {message}")));
+            return Err(ConversionError::new(
+                "",
+                format!("the provider reported an error: {message}"),
+            ));
         }
         if let Some(block) = blocked(&chunk) {
             return Err(ConversionError::new("", block.to_string()));
@@ -70,7 +73,10 @@ impl NativeStream for GeminiStream {
         }
         let mut out = Vec::new();
         if self.id.is_none() {
-            let id = chunk.get("responseId").and_then(Value::as_str).unwrap_or("gemini");
+            let id = chunk
+                .get("responseId")
+                .and_then(Value::as_str)
+                .unwrap_or("gemini");
             self.id = Some(format!("chatcmpl-{id}"));
             out.push(self.chunk(json!({"role": "assistant", "content": ""}), None));
         }

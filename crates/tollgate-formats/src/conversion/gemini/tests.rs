@@ -160,7 +160,10 @@ fn blocked_prompts_and_answers_are_errors() {
     capped["candidates"][0]["finishReason"] = "MAX_TOKENS".into();
     let chat = answer::convert(&capped, "gem", 0).expect("converts");
     assert_eq!(chat["choices"][0]["finish_reason"], "length");
-    assert!(matches!(answer::convert(&json!({}), "gem", 0), Err(AnswerError::Malformed(_))));
+    assert!(matches!(
+        answer::convert(&json!({}), "gem", 0),
+        Err(AnswerError::Malformed(_))
+    ));
 }
 
 fn event(data: Value) -> SseEvent {
@@ -185,9 +188,13 @@ fn a_stream_becomes_chat_chunks_with_the_final_usage() {
         "candidates": [{"content": {"role": "model", "parts": [{"text": "Hmm.", "thought": true}]}, "index": 0}],
         "usageMetadata": {"promptTokenCount": 9, "totalTokenCount": 9},
         "responseId": "r1"}))).expect("chunk"));
-    out.extend(stream.push(&event(json!({
+    out.extend(
+        stream
+            .push(&event(json!({
         "candidates": [{"content": {"role": "model", "parts": [{"text": "Hello"}]}, "index": 0}],
-        "responseId": "r1"}))).expect("chunk"));
+        "responseId": "r1"})))
+            .expect("chunk"),
+    );
     out.extend(stream.push(&event(json!({
         "candidates": [{"content": {"role": "model", "parts": [
             {"functionCall": {"id": "fc-7", "name": "f", "args": {"a": 1}}}]}, "finishReason": "STOP", "index": 0}],
@@ -207,8 +214,11 @@ fn a_stream_becomes_chat_chunks_with_the_final_usage() {
             base(json!({"role": "assistant", "content": ""}), Value::Null),
             base(json!({"reasoning_content": "Hmm."}), Value::Null),
             base(json!({"content": "Hello"}), Value::Null),
-            base(json!({"tool_calls": [{"id": "fc-7", "type": "function", "index": 0,
-                "function": {"name": "f", "arguments": "{\"a\":1}"}}]}), Value::Null),
+            base(
+                json!({"tool_calls": [{"id": "fc-7", "type": "function", "index": 0,
+                "function": {"name": "f", "arguments": "{\"a\":1}"}}]}),
+                Value::Null
+            ),
             base(json!({}), json!("tool_calls")),
             json!({"id": "chatcmpl-r1", "object": "chat.completion.chunk", "created": 7,
                 "model": "gemini-2.5-flash", "choices": [],
@@ -224,8 +234,10 @@ fn a_stream_becomes_chat_chunks_with_the_final_usage() {
 fn a_stream_cut_before_its_finish_ends_without_usage_and_a_block_is_an_error() {
     let mut stream = GeminiStream::new("m", 0);
     stream
-        .push(&event(json!({"candidates": [{"content": {"parts": [{"text": "Hi"}]}}],
-            "usageMetadata": {"promptTokenCount": 3}})))
+        .push(&event(
+            json!({"candidates": [{"content": {"parts": [{"text": "Hi"}]}}],
+            "usageMetadata": {"promptTokenCount": 3}}),
+        ))
         .expect("chunk");
     assert!(stream.finish().is_empty());
     let mut stream = GeminiStream::new("m", 0);
@@ -234,7 +246,12 @@ fn a_stream_cut_before_its_finish_ends_without_usage_and_a_block_is_an_error() {
         blocked.map_err(|e| e.message),
         Err("the provider blocked the answer (SAFETY)".into())
     );
-    assert!(stream.push(&SseEvent { event: None, data: "{not json".into() }).is_err());
+    assert!(stream
+        .push(&SseEvent {
+            event: None,
+            data: "{not json".into()
+        })
+        .is_err());
 }
 
 #[test]

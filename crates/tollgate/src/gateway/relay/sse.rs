@@ -13,11 +13,11 @@ use axum::http::{header, HeaderValue};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use tollgate_formats::conversion::native::NativeStream;
 use tollgate_formats::frames::{self, StreamFailure};
 use tollgate_formats::model_name;
 use tollgate_formats::sse::{self, SseDecoder, SseEvent};
 use tollgate_formats::usage as wire_usage;
-use tollgate_formats::conversion::native::NativeStream;
 use tollgate_formats::{Format, StreamConverter, UsageTracker};
 
 use super::cutoff::Cutoff;
