@@ -13,7 +13,7 @@ use tollgate_formats::Format;
 #[allow(unused_imports)]
 use super::*;
 
-const ROUNDS: usize = 3;
+pub(super) const ROUNDS: usize = 3;
 
 /// A chat body for `model` whose user message holds about `prompt_bytes` of English
 /// text.
@@ -38,7 +38,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// Each figure of a side, the median over the rounds.
-fn median_side(rounds: &[Side]) -> Side {
+pub(super) fn median_side(rounds: &[Side]) -> Side {
     let of = |get: &dyn Fn(&Side) -> f64| median(rounds.iter().map(get).collect());
     let mut side = rounds[0];
     side.latency.p50_ms = of(&|s| s.latency.p50_ms);
@@ -54,7 +54,7 @@ fn median_side(rounds: &[Side]) -> Side {
 }
 
 /// The median over the rounds of `after - before` for one figure.
-fn median_difference(
+pub(super) fn median_difference(
     rounds: &[Vec<Side>],
     before: usize,
     after: usize,
@@ -90,7 +90,7 @@ fn time_per_call(min: Duration, mut f: impl FnMut()) -> f64 {
 }
 
 impl Bench {
-    fn round_length(&self) -> Duration {
+    pub(super) fn round_length(&self) -> Duration {
         (self.lengths.open / ROUNDS as u32).max(Duration::from_secs(3))
     }
 
