@@ -94,6 +94,7 @@ pub async fn bench(args: &WriterArgs) -> anyhow::Result<Vec<WriterResult>> {
                 expires_at: None,
                 credit_limit: None,
                 rate_limit_rpm: None,
+                clamp_max_tokens: false,
             })
             .await?;
         keys.push(key.id);

@@ -19,6 +19,7 @@ pub struct NewInferenceKey {
     pub credit_limit: Option<Credits>,
     pub expires_at: Option<i64>,
     pub rate_limit_rpm: Option<i64>,
+    pub clamp_max_tokens: bool,
 }
 
 /// Why credits were not granted or adjusted.
@@ -87,6 +88,7 @@ impl Accounts {
                 expires_at: new.expires_at,
                 credit_limit: new.credit_limit,
                 rate_limit_rpm: new.rate_limit_rpm,
+                clamp_max_tokens: new.clamp_max_tokens,
             })
             .await?;
         Ok((record, minted.plaintext))

@@ -64,6 +64,7 @@ async fn the_same_settle_run_twice_counts_once() {
             expires_at: None,
             credit_limit: Some(Credits::from_nanos(500_000)),
             rate_limit_rpm: None,
+            clamp_max_tokens: false,
         })
         .await
         .expect("key");

@@ -151,7 +151,17 @@ pub(super) fn most_expensive(
     profiles: &[Profile],
     counting: Counting,
 ) -> Result<Credits, ApiError> {
-    let mut most = Credits::ZERO;
+    most_expensive_of(asked, &input_bounds(asked, targets, profiles, counting)?)
+}
+
+/// The input bound of each distinct model among `targets` (the first target of each).
+pub(super) fn input_bounds<'t>(
+    asked: &Asked<'_>,
+    targets: &'t [Target],
+    profiles: &[Profile],
+    counting: Counting,
+) -> Result<Vec<(&'t Target, u64)>, ApiError> {
+    let mut bounds = Vec::with_capacity(targets.len());
     for (i, target) in targets.iter().enumerate() {
         if targets[..i]
             .iter()
@@ -159,21 +169,32 @@ pub(super) fn most_expensive(
         {
             continue;
         }
-        let model = &target.model;
-        let profile = profiles[target.deployment().id];
         let input = input_bound(
             asked.endpoint,
             asked.body,
-            profile,
+            profiles[target.deployment().id],
             counting,
-            model,
+            &target.model,
             asked.demands,
         )?;
+        bounds.push((target, input));
+    }
+    Ok(bounds)
+}
+
+/// The most expensive worst case of a request over its models, given their input bounds.
+pub(super) fn most_expensive_of(
+    asked: &Asked<'_>,
+    input_bounds: &[(&Target, u64)],
+) -> Result<Credits, ApiError> {
+    let mut most = Credits::ZERO;
+    for (target, input) in input_bounds {
+        let model = &target.model;
         let pricing = demands::pricing(asked.demands, model)?;
         let worst = worst_case(
             asked.endpoint,
             asked.request,
-            input,
+            *input,
             model,
             asked.demands,
             pricing,

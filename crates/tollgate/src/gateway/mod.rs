@@ -15,8 +15,10 @@
 //! | `translate` | the converters between client and provider formats |
 //! | `multipart` | audio uploads and image edits, streamed through |
 //! | `count` | `/v1/messages/count_tokens`: forwarded, or counted locally; free |
+//! | `clamp` | a key's `clamp_max_tokens`: the output limit its budget pays for, instead of a 402 |
 
 mod attempt;
+mod clamp;
 mod count;
 mod demands;
 mod estimate;
@@ -32,13 +34,13 @@ mod translate;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tollgate_formats::conversion::DROPPED_FIELDS_HEADER;
 use tollgate_formats::estimate::Profile;
 
-use crate::billing::meter::Meter;
+use crate::billing::meter::{Meter, QuotaError, ReserveError};
 use crate::billing::Credits;
 use crate::config::{Config, Endpoint, Model};
 use crate::error::ApiError;
@@ -47,6 +49,7 @@ use crate::routing::{Router, Target};
 use crate::store::KeyRecord;
 use crate::usage::UsageWriter;
 use attempt::Unanswered;
+pub use clamp::MAX_TOKENS_HEADER;
 use estimate::Counting;
 pub use plan::unknown_model;
 use plan::Prepared;
@@ -105,6 +108,17 @@ impl Gateway {
 
     /// A JSON model request (every endpoint but the multipart uploads).
     pub async fn json_call(&self, inbound: Inbound, body: Bytes) -> Result<Response, ApiError> {
+        self.json_call_limited(inbound, body, None).await
+    }
+
+    /// A JSON model request; `clamped` is the output limit the gateway has already lowered
+    /// it to (see `clamp`).
+    async fn json_call_limited(
+        &self,
+        inbound: Inbound,
+        body: Bytes,
+        clamped: Option<u64>,
+    ) -> Result<Response, ApiError> {
         let endpoint = inbound.endpoint;
         let request = RequestFields::parse(&body)?;
         let model = plan::model_for(&self.config, endpoint, request.string("model")?)?;
@@ -125,9 +139,19 @@ impl Gateway {
         };
         let prepare = |target: &Target| plan::prepare(&self.upstreams, target, &asked);
         let first = prepare(&targets[0])?;
-        let mut settlement = self
-            .reserve_worst(&inbound, &model, &asked, &targets)
-            .await?;
+        let mut settlement = match self.reserve_worst(&inbound, &model, &asked, &targets).await {
+            Ok(settlement) => settlement,
+            Err(Unreserved::Quota(quota)) => {
+                let limit = match self.clamp(&inbound, &asked, &targets, &quota)? {
+                    Some(limit) if clamped.is_none_or(|c| limit < c) => limit,
+                    _ => return Err(ReserveError::Quota(quota).into()),
+                };
+                let body = clamp::rewrite(endpoint, &request, &demands, limit);
+                drop(request);
+                return Box::pin(self.json_call_limited(inbound, body, Some(limit))).await;
+            }
+            Err(Unreserved::Refused(e)) => return Err(e),
+        };
         settlement.tier = demands.tier.clone();
         let tried = attempt::first_answer(
             &self.upstreams,
@@ -172,7 +196,33 @@ impl Gateway {
         };
         let mut response = relay::respond(upstream, settlement, answering).await?;
         response.headers_mut().extend(served);
+        if let Some(limit) = clamped {
+            response
+                .headers_mut()
+                .insert(MAX_TOKENS_HEADER, HeaderValue::from(limit));
+        }
         Ok(response)
+    }
+
+    /// The output limit a refused request can be served with instead, for a key with
+    /// `clamp_max_tokens`; `None` when the key has not opted in or nothing fits.
+    fn clamp(
+        &self,
+        inbound: &Inbound,
+        asked: &plan::Asked<'_>,
+        targets: &[Target],
+        quota: &QuotaError,
+    ) -> Result<Option<u64>, ApiError> {
+        if !inbound.key.clamp_max_tokens || !clamp::clampable(asked.endpoint) {
+            return Ok(None);
+        }
+        let available = match quota {
+            QuotaError::KeyLimit { remaining, .. } | QuotaError::Balance { remaining, .. } => {
+                *remaining
+            }
+        };
+        let asked_for = demands::output_bound(asked.demands, asked.model);
+        clamp::affordable(asked, targets, &self.profiles, available, asked_for)
     }
 
     /// Reserves the worst case of a request over its targets: counted by the cheap bound,
@@ -184,12 +234,11 @@ impl Gateway {
         model: &Arc<Model>,
         asked: &plan::Asked<'_>,
         targets: &[Target],
-    ) -> Result<Settlement, ApiError> {
+    ) -> Result<Settlement, Unreserved> {
         let cheap = estimate::most_expensive(asked, targets, &self.profiles, Counting::Bytes)?;
         match self.reserve(inbound, model, cheap).await {
-            Err(refused)
-                if refused.status == StatusCode::PAYMENT_REQUIRED
-                    && estimate::exact_is_tighter(targets, &self.profiles) =>
+            Err(refused @ Unreserved::Quota(_))
+                if estimate::exact_is_tighter(targets, &self.profiles) =>
             {
                 let exact =
                     estimate::most_expensive(asked, targets, &self.profiles, Counting::Exact)?;
@@ -209,13 +258,18 @@ impl Gateway {
         inbound: &Inbound,
         model: &Arc<Model>,
         amount: Credits,
-    ) -> Result<Settlement, ApiError> {
+    ) -> Result<Settlement, Unreserved> {
         // Nothing is generated that the ledger cannot record.
-        self.writer.admit()?;
-        let reservation = self
+        self.writer.admit().map_err(ApiError::from)?;
+        let reservation = match self
             .meter
             .reserve(&inbound.key, amount, &inbound.request_id)
-            .await?;
+            .await
+        {
+            Ok(reservation) => reservation,
+            Err(ReserveError::Quota(quota)) => return Err(Unreserved::Quota(quota)),
+            Err(e) => return Err(Unreserved::Refused(e.into())),
+        };
         Ok(Settlement {
             meter: self.meter.clone(),
             coming: Some(self.writer.coming()),
@@ -232,6 +286,28 @@ impl Gateway {
             key: inbound.key.clone(),
             started: inbound.started,
         })
+    }
+}
+
+/// Why no reservation was made: the budget's refusal (which a clamp may answer), or
+/// another refusal.
+enum Unreserved {
+    Quota(QuotaError),
+    Refused(ApiError),
+}
+
+impl From<ApiError> for Unreserved {
+    fn from(e: ApiError) -> Self {
+        Unreserved::Refused(e)
+    }
+}
+
+impl From<Unreserved> for ApiError {
+    fn from(e: Unreserved) -> Self {
+        match e {
+            Unreserved::Quota(quota) => ReserveError::Quota(quota).into(),
+            Unreserved::Refused(e) => e,
+        }
     }
 }
 

@@ -19,13 +19,20 @@ use crate::billing::Credits;
 use crate::error::ApiError;
 use crate::store::{KeyId, KeyKind, KeyPatch, KeyRecord};
 
-const CREATE_FIELDS: &[&str] = &["name", "credit_limit", "expires_at", "rate_limit_rpm"];
+const CREATE_FIELDS: &[&str] = &[
+    "name",
+    "credit_limit",
+    "expires_at",
+    "rate_limit_rpm",
+    "clamp_max_tokens",
+];
 const PATCH_FIELDS: &[&str] = &[
     "name",
     "is_enabled",
     "credit_limit",
     "expires_at",
     "rate_limit_rpm",
+    "clamp_max_tokens",
 ];
 
 /// The key object of API.md; never any key material beyond the hint, except `key`
@@ -47,6 +54,7 @@ pub struct KeyView {
     updated_at: String,
     hint: String,
     rate_limit_rpm: Option<i64>,
+    clamp_max_tokens: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<&'static str>,
 }
@@ -80,8 +88,19 @@ impl KeyView {
             updated_at: crate::rfc3339(key.updated_at),
             hint: key.hint.clone(),
             rate_limit_rpm: key.rate_limit_rpm,
+            clamp_max_tokens: key.clamp_max_tokens,
             message: None,
         }
+    }
+}
+
+fn parse_flag(name: &str, value: &Value) -> Result<bool, ApiError> {
+    match value {
+        Value::Bool(b) => Ok(*b),
+        other => Err(ApiError::invalid_field(
+            name,
+            format!("'{name}' must be true or false, not {}.", type_name(other)),
+        )),
     }
 }
 
@@ -276,6 +295,11 @@ pub async fn create_key(
             .map(parse_rate_limit)
             .transpose()?
             .flatten(),
+        clamp_max_tokens: map
+            .get("clamp_max_tokens")
+            .map(|v| parse_flag("clamp_max_tokens", v))
+            .transpose()?
+            .unwrap_or(false),
     };
     let (key, plaintext) = state
         .accounts
@@ -338,19 +362,10 @@ pub async fn update_key(
     let id = parse_key_id(&id)?;
     let (map, bytes) = body_object(&state, body).await?;
     only_fields(&map, PATCH_FIELDS)?;
-    let is_enabled = match map.get("is_enabled") {
-        None => None,
-        Some(Value::Bool(b)) => Some(*b),
-        Some(other) => {
-            return Err(ApiError::invalid_field(
-                "is_enabled",
-                format!(
-                    "'is_enabled' must be true or false, not {}.",
-                    type_name(other)
-                ),
-            ))
-        }
-    };
+    let is_enabled = map
+        .get("is_enabled")
+        .map(|v| parse_flag("is_enabled", v))
+        .transpose()?;
     let patch = KeyPatch {
         name: map.get("name").map(parse_name).transpose()?,
         is_enabled,
@@ -362,6 +377,10 @@ pub async fn update_key(
         rate_limit_rpm: map
             .get("rate_limit_rpm")
             .map(parse_rate_limit)
+            .transpose()?,
+        clamp_max_tokens: map
+            .get("clamp_max_tokens")
+            .map(|v| parse_flag("clamp_max_tokens", v))
             .transpose()?,
     };
     let key = state

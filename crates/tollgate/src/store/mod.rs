@@ -220,6 +220,8 @@ pub struct KeyRecord {
     pub last_used_at: Option<i64>,
     pub deleted_at: Option<i64>,
     pub rate_limit_rpm: Option<i64>,
+    /// A refused request is sent with the output limit the budget pays for instead.
+    pub clamp_max_tokens: bool,
 }
 
 /// What is needed to insert a key.
@@ -234,6 +236,7 @@ pub struct NewKey {
     pub expires_at: Option<i64>,
     pub credit_limit: Option<Credits>,
     pub rate_limit_rpm: Option<i64>,
+    pub clamp_max_tokens: bool,
 }
 
 /// A partial update: `None` leaves a field alone; `Some(None)` clears a nullable one.
@@ -244,6 +247,7 @@ pub struct KeyPatch {
     pub credit_limit: Option<Option<Credits>>,
     pub expires_at: Option<Option<i64>>,
     pub rate_limit_rpm: Option<Option<i64>>,
+    pub clamp_max_tokens: Option<bool>,
 }
 
 /// One metered request, the unit of the ledger.

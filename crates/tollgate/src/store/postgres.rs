@@ -31,7 +31,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 const KEY_COLUMNS: &str = "id, account_id, kind, name, hint, created_at, updated_at, expires_at, \
-     is_enabled, credit_limit, usage, last_used_at, deleted_at, rate_limit_rpm";
+     is_enabled, credit_limit, usage, last_used_at, deleted_at, rate_limit_rpm, \
+     clamp_max_tokens";
 
 /// Sums held within BIGINT: a sum (NUMERIC) past it would make the cast, and with it
 /// every read of the account, fail.
@@ -144,6 +145,7 @@ fn key_from_row(row: &PgRow) -> Result<KeyRecord, StoreError> {
         last_used_at: row.try_get("last_used_at")?,
         deleted_at: row.try_get("deleted_at")?,
         rate_limit_rpm: row.try_get("rate_limit_rpm")?,
+        clamp_max_tokens: row.try_get("clamp_max_tokens")?,
     })
 }
 
@@ -545,8 +547,8 @@ impl Store for PgStore {
     async fn create_key(&self, key: NewKey) -> Result<KeyRecord, StoreError> {
         let row = sqlx::query(&format!(
             "INSERT INTO api_keys (account_id, kind, name, key_hash, hint, created_at, updated_at, \
-             expires_at, is_enabled, credit_limit, rate_limit_rpm) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, TRUE, $8, $9) RETURNING {KEY_COLUMNS}"
+             expires_at, is_enabled, credit_limit, rate_limit_rpm, clamp_max_tokens) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, TRUE, $8, $9, $10) RETURNING {KEY_COLUMNS}"
         ))
         .bind(key.account_id.0)
         .bind(key.kind.as_str())
@@ -557,6 +559,7 @@ impl Store for PgStore {
         .bind(key.expires_at)
         .bind(key.credit_limit.map(Credits::nanos))
         .bind(key.rate_limit_rpm)
+        .bind(key.clamp_max_tokens)
         .fetch_one(&self.pool)
         .await;
         match row {
@@ -619,6 +622,7 @@ impl Store for PgStore {
                credit_limit = CASE WHEN $3 THEN $4 ELSE credit_limit END, \
                expires_at = CASE WHEN $5 THEN $6 ELSE expires_at END, \
                rate_limit_rpm = CASE WHEN $7 THEN $8 ELSE rate_limit_rpm END, \
+               clamp_max_tokens = COALESCE($12, clamp_max_tokens), \
                updated_at = $9 \
              WHERE id = $10 AND account_id = $11 AND kind = 'inference' AND deleted_at IS NULL \
              RETURNING {KEY_COLUMNS}"
@@ -634,6 +638,7 @@ impl Store for PgStore {
         .bind(now)
         .bind(id.0)
         .bind(account.0)
+        .bind(patch.clamp_max_tokens)
         .fetch_optional(&self.pool)
         .await?
         .as_ref()

@@ -30,7 +30,8 @@ pub struct SqliteStore {
 }
 
 const KEY_COLUMNS: &str = "id, account_id, kind, name, hint, created_at, updated_at, expires_at, \
-     is_enabled, credit_limit, usage, last_used_at, deleted_at, rate_limit_rpm";
+     is_enabled, credit_limit, usage, last_used_at, deleted_at, rate_limit_rpm, \
+     clamp_max_tokens";
 
 const ACCOUNT_SELECT: &str = "SELECT a.id, a.name, a.created_at, a.charged, \
      COALESCE((SELECT SUM(g.amount) FROM credit_grants g WHERE g.account_id = a.id), 0) AS granted \
@@ -409,6 +410,7 @@ fn key_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
         last_used_at: row.try_get("last_used_at")?,
         deleted_at: row.try_get("deleted_at")?,
         rate_limit_rpm: row.try_get("rate_limit_rpm")?,
+        clamp_max_tokens: row.try_get("clamp_max_tokens")?,
     })
 }
 
@@ -690,8 +692,8 @@ impl Store for SqliteStore {
     async fn create_key(&self, key: NewKey) -> Result<KeyRecord, StoreError> {
         let row = sqlx::query(&format!(
             "INSERT INTO api_keys (account_id, kind, name, key_hash, hint, created_at, updated_at, \
-             expires_at, is_enabled, credit_limit, rate_limit_rpm) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, 1, $8, $9) RETURNING {KEY_COLUMNS}"
+             expires_at, is_enabled, credit_limit, rate_limit_rpm, clamp_max_tokens) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, 1, $8, $9, $10) RETURNING {KEY_COLUMNS}"
         ))
         .bind(key.account_id.0)
         .bind(key.kind.as_str())
@@ -702,6 +704,7 @@ impl Store for SqliteStore {
         .bind(key.expires_at)
         .bind(key.credit_limit.map(Credits::nanos))
         .bind(key.rate_limit_rpm)
+        .bind(key.clamp_max_tokens)
         .fetch_one(&self.pool)
         .await;
         match row {
@@ -764,6 +767,7 @@ impl Store for SqliteStore {
                credit_limit = CASE WHEN $3 THEN $4 ELSE credit_limit END, \
                expires_at = CASE WHEN $5 THEN $6 ELSE expires_at END, \
                rate_limit_rpm = CASE WHEN $7 THEN $8 ELSE rate_limit_rpm END, \
+               clamp_max_tokens = COALESCE($12, clamp_max_tokens), \
                updated_at = $9 \
              WHERE id = $10 AND account_id = $11 AND kind = 'inference' AND deleted_at IS NULL \
              RETURNING {KEY_COLUMNS}"
@@ -779,6 +783,7 @@ impl Store for SqliteStore {
         .bind(now)
         .bind(id.0)
         .bind(account.0)
+        .bind(patch.clamp_max_tokens)
         .fetch_optional(&self.pool)
         .await?
         .as_ref()
@@ -954,6 +959,7 @@ pub(crate) async fn test_store_with_key(
             expires_at: None,
             credit_limit: None,
             rate_limit_rpm: None,
+            clamp_max_tokens: false,
         })
         .await
         .expect("key");
@@ -1006,6 +1012,7 @@ mod tests {
                 expires_at: None,
                 credit_limit: None,
                 rate_limit_rpm: None,
+                clamp_max_tokens: false,
             };
             keys.push(store.create_key(key).await.expect("key").id);
         }

@@ -4,6 +4,7 @@ mod account;
 mod auth;
 mod azure;
 mod builtin;
+mod clamp;
 mod endpoints;
 mod errors;
 mod front_door;

@@ -460,6 +460,7 @@ async fn a_replay_on_a_full_disk_gives_up_clearly_and_the_next_start_charges_onc
             expires_at: None,
             credit_limit: None,
             rate_limit_rpm: None,
+            clamp_max_tokens: false,
         })
         .await
         .expect("key");

@@ -153,6 +153,7 @@ pub fn new_key(account: AccountId, kind: KeyKind, name: &str) -> NewKey {
         expires_at: None,
         credit_limit: None,
         rate_limit_rpm: None,
+        clamp_max_tokens: false,
     }
 }
 

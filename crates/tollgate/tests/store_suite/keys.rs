@@ -14,6 +14,7 @@ pub async fn create_list_and_get(db: TestDb) {
             expires_at: Some(T0 + DAY),
             credit_limit: Some(nanos(5_000_000_000)),
             rate_limit_rpm: Some(60),
+            clamp_max_tokens: true,
             ..new_key(acme.id, KeyKind::Inference, "first")
         })
         .await
@@ -26,6 +27,7 @@ pub async fn create_list_and_get(db: TestDb) {
     assert_eq!(first.expires_at, Some(T0 + DAY));
     assert_eq!(first.credit_limit, Some(nanos(5_000_000_000)));
     assert_eq!(first.rate_limit_rpm, Some(60));
+    assert!(first.clamp_max_tokens);
     assert!(first.is_enabled);
     assert_eq!(first.usage, nanos(0));
     assert_eq!((first.last_used_at, first.deleted_at), (None, None));
@@ -42,6 +44,7 @@ pub async fn create_list_and_get(db: TestDb) {
         ),
         (None, None, None)
     );
+    assert!(!second.clamp_max_tokens, "off unless asked for");
     let prov = store
         .create_key(new_key(acme.id, KeyKind::Provisioning, "prov"))
         .await
@@ -231,6 +234,29 @@ pub async fn update_absent_vs_null(db: TestDb) {
     );
     assert_eq!(no_limit.name, "renamed");
     assert!(!no_limit.is_enabled);
+    assert!(!no_limit.clamp_max_tokens);
+
+    // clamp_max_tokens on, then off; other fields stay.
+    for on in [true, false] {
+        let clamped = store
+            .update_key(
+                acme.id,
+                id,
+                &KeyPatch {
+                    clamp_max_tokens: Some(on),
+                    ..KeyPatch::default()
+                },
+                T0 + 35,
+            )
+            .await
+            .expect("update")
+            .expect("found");
+        assert_eq!(clamped.clamp_max_tokens, on);
+        assert_eq!(
+            (clamped.name.as_str(), clamped.rate_limit_rpm),
+            ("renamed", Some(60))
+        );
+    }
 
     let no_expiry = store
         .update_key(
@@ -286,6 +312,7 @@ pub async fn update_absent_vs_null(db: TestDb) {
                 is_enabled: Some(true),
                 credit_limit: Some(Some(nanos(9))),
                 expires_at: Some(Some(T0 + 2 * DAY)),
+                clamp_max_tokens: Some(true),
                 rate_limit_rpm: Some(Some(600)),
             },
             T0 + 60,
@@ -301,6 +328,7 @@ pub async fn update_absent_vs_null(db: TestDb) {
             credit_limit: Some(nanos(9)),
             expires_at: Some(T0 + 2 * DAY),
             rate_limit_rpm: Some(600),
+            clamp_max_tokens: true,
             updated_at: T0 + 60,
             ..original
         }
