@@ -207,17 +207,18 @@ pub fn models_listing(config: &crate::config::Config, json: bool) -> String {
             .collect()
     };
     if json {
-        let list: Vec<Value> = config
+        // Written as text: the prices stay the exact decimals `GET /v1/models` sends.
+        let list: Vec<String> = config
             .models
             .iter()
             .map(|m| {
-                let mut view = serde_json::to_value(model_view(m)).unwrap_or(Value::Null);
-                view["providers"] = json!(providers(m));
+                let mut view = serde_json::to_string(&model_view(m)).unwrap_or_default();
+                view.pop();
+                view.push_str(&format!(",\"providers\":{}}}", json!(providers(m))));
                 view
             })
             .collect();
-        return serde_json::to_string_pretty(&json!({"object": "list", "data": list}))
-            .unwrap_or_default();
+        return format!("{{\"object\":\"list\",\"data\":[{}]}}", list.join(","));
     }
     // Per million tokens: femto-USD per token are nano-USD per million.
     let per_million = |p: Option<crate::billing::UnitPrice>| {
