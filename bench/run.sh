@@ -9,7 +9,7 @@
 # --quick      shorter runs (about 3 minutes instead of about 10, after the build)
 # --postgres   also run the usage writer and the gateway on PostgreSQL: a fresh database
 #              tollgate_bench_<pid> is created on that server and dropped at the end
-# --only       a subset: chat,capacity,stream,held,embeddings,keys,routing,tokenizer,
+# --only       a subset: chat,capacity,stream,held,embeddings,keys,routing,providers,tokenizer,
 #              budgets,observability-cost,observability,before-after,activity,writer,postgres
 # --baseline   also build commit REV (once, into target/baseline-REV) and compare it with
 #              this build on the same load (the before-after scenario)

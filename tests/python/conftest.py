@@ -36,6 +36,7 @@ for _var in ("NO_PROXY", "no_proxy"):
 
 UPSTREAM_OPENAI_KEY = "up-openai"
 UPSTREAM_ANTHROPIC_KEY = "up-anthropic"
+UPSTREAM_GEMINI_KEY = "up-gemini"
 
 # Log files of the processes, printed when a test fails.
 _LOGS: dict[str, Path] = {}
@@ -143,9 +144,11 @@ def gateway() -> Gateway:
     env = {k: v for k, v in os.environ.items()
            if k not in ("TOLLGATE_CONFIG", "TOLLGATE_LISTEN", "TOLLGATE_DATABASE_URL",
                         "TOLLGATE_REDIS_URL", "FAKE_UPSTREAM_OPENAI_API_KEY",
-                        "FAKE_UPSTREAM_ANTHROPIC_API_KEY")}
+                        "FAKE_UPSTREAM_ANTHROPIC_API_KEY",
+                        "FAKE_UPSTREAM_GEMINI_API_KEY")}
     env["FAKE_OPENAI_KEY"] = UPSTREAM_OPENAI_KEY
     env["FAKE_ANTHROPIC_KEY"] = UPSTREAM_ANTHROPIC_KEY
+    env["FAKE_GEMINI_KEY"] = UPSTREAM_GEMINI_KEY
     env.setdefault("RUST_LOG", "info")
     env["NO_COLOR"] = "1"
 
@@ -157,7 +160,8 @@ def gateway() -> Gateway:
         fake = subprocess.Popen(
             [str(fake_bin), "--listen", "127.0.0.1:0",
              "--openai-api-key", UPSTREAM_OPENAI_KEY,
-             "--anthropic-api-key", UPSTREAM_ANTHROPIC_KEY],
+             "--anthropic-api-key", UPSTREAM_ANTHROPIC_KEY,
+             "--gemini-api-key", UPSTREAM_GEMINI_KEY],
             stdout=subprocess.PIPE, stderr=fake_log_file, env=env, cwd=workdir,
         )
         line: list[bytes] = []

@@ -39,6 +39,10 @@ pub(crate) struct Directives {
     pub(crate) pad_bytes: Option<u64>,
     pub(crate) echo_headers: bool,
     pub(crate) trickle: Option<Duration>,
+    /// Gemini: `blocked=prompt` or `blocked=answer` (a safety block).
+    pub(crate) blocked: Option<String>,
+    /// Gemini: thought tokens the answer reports (and one thought part).
+    pub(crate) thoughts: u64,
 }
 
 const OPEN: &str = "[[fake:";
@@ -160,6 +164,11 @@ impl Directives {
             }
             "echo_headers" => self.echo_headers = flag(key, value)?,
             "trickle_ms" => self.trickle = Some(Duration::from_millis(number(key, value)?)),
+            "blocked" => match value {
+                Some(v @ ("prompt" | "answer")) => self.blocked = Some(v.to_string()),
+                _ => return Err("fake directive `blocked` is `prompt` or `answer`".into()),
+            },
+            "thoughts" => self.thoughts = number(key, value)?,
             other => return Err(format!("unknown fake directive `{other}`")),
         }
         Ok(())

@@ -22,8 +22,8 @@ use crate::conn::ConnHandle;
 use crate::directives::Directives;
 use crate::error::{self, Flavor};
 use crate::{
-    audio, chat, completions, control, embeddings, faults, images, messages, misc, responses,
-    stream, transcribe, Received, Shared,
+    audio, azure, chat, completions, control, embeddings, faults, gemini, images, messages, misc,
+    responses, stream, transcribe, Received, Shared,
 };
 
 pub(crate) type AppState = State<Arc<Shared>>;
@@ -46,6 +46,13 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/messages", post(messages::handle))
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/models/{id}", get(misc::model))
+        .route(
+            "/openai/deployments/{deployment}/{*operation}",
+            post(azure::deployment),
+        )
+        .route("/openai/responses", post(azure::responses))
+        .route("/v1beta/models/{*target}", post(gemini::handle))
+        .route("/openai/v1/{*operation}", post(azure::v1))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             shared.clone(),

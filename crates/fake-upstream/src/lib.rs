@@ -14,6 +14,12 @@
 //! is sent. An unknown model id is a 404 in the provider's shape (OpenAI: `The model 'x' does
 //! not exist`, code `model_not_found`; Anthropic: `not_found_error`, `model: x`).
 //!
+//! Azure OpenAI: `/openai/deployments/{deployment}/…?api-version=…`, `/openai/responses`
+//! and `/openai/v1/…`, with Azure's `api-key` and `api-version` checks (see `azure.rs`).
+//!
+//! Gemini: `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent`,
+//! `:embedContent`, `:batchEmbedContents`, with `x-goog-api-key` (see `gemini.rs`).
+//!
 //! # What Anthropic refuses
 //! `/messages` and `/messages/count_tokens` refuse, with a 400 `invalid_request_error`, what
 //! the real API refuses, so a gateway that drops the `anthropic-beta` header fails a test:
@@ -241,6 +247,7 @@
 #![allow(clippy::result_large_err)]
 
 mod audio;
+mod azure;
 mod chat;
 mod completions;
 mod conn;
@@ -251,6 +258,7 @@ mod embeddings;
 mod error;
 mod fast;
 mod faults;
+mod gemini;
 mod http;
 mod images;
 mod messages;
@@ -287,6 +295,12 @@ pub struct Options {
     pub openai_api_key: Option<String>,
     /// When set, `/v1/messages` requires `x-api-key: <key>` (otherwise any `x-api-key`).
     pub anthropic_api_key: Option<String>,
+    /// When set, the Azure paths require `api-key: <key>` or `Authorization: Bearer <key>`
+    /// (otherwise any key, but one must be sent).
+    pub azure_api_key: Option<String>,
+    /// When set, the Gemini paths require `x-goog-api-key: <key>` (otherwise any key, but
+    /// one must be sent).
+    pub gemini_api_key: Option<String>,
 }
 
 /// Counters since start.

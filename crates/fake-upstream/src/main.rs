@@ -31,6 +31,12 @@ struct Args {
     /// Require this key as `x-api-key` on Anthropic endpoints.
     #[arg(long, env = "FAKE_UPSTREAM_ANTHROPIC_API_KEY")]
     anthropic_api_key: Option<String>,
+    /// Require this key as `api-key` (or a bearer token) on the Azure paths.
+    #[arg(long, env = "FAKE_UPSTREAM_AZURE_API_KEY")]
+    azure_api_key: Option<String>,
+    /// Require this key as `x-goog-api-key` on the Gemini paths.
+    #[arg(long, env = "FAKE_UPSTREAM_GEMINI_API_KEY")]
+    gemini_api_key: Option<String>,
 }
 
 #[tokio::main]
@@ -49,6 +55,8 @@ async fn main() -> anyhow::Result<()> {
         fast: args.fast,
         openai_api_key: args.openai_api_key,
         anthropic_api_key: args.anthropic_api_key,
+        azure_api_key: args.azure_api_key,
+        gemini_api_key: args.gemini_api_key,
     };
     let upstream = fake_upstream::start_on(args.listen, opts).await?;
     // The one line a launcher waits for.

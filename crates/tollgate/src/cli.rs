@@ -60,6 +60,9 @@ enum Command {
     /// Manage operator keys (the keys of the operator API, /v1/admin/*).
     #[command(subcommand, name = "operator-keys")]
     OperatorKeys(OperatorKeysCommand),
+    /// The models served (the config file's and the built-in catalog's).
+    #[command(subcommand)]
+    Models(ModelsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,6 +79,16 @@ enum OperatorKeysCommand {
     },
     /// Revoke an operator key by id; it stops working at once.
     Revoke { id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// List the models served, their providers and prices (USD per million tokens).
+    List {
+        /// The same objects as `GET /v1/models`, with each model's providers.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -206,6 +219,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let _logging = init_logging(&config.observability)?;
             serve(config).await
         }
+        Command::Models(ModelsCommand::List { json }) => {
+            let config = Config::load(&cli.global.overrides(None, false))?;
+            println!("{}", crate::http::public::models_listing(&config, json));
+            Ok(())
+        }
         command => {
             let config = Config::load(&cli.global.overrides(None, false))?;
             let _logging = init_logging(&config.observability)?;
@@ -298,7 +316,7 @@ fn refused(what: &str, amount: Credits, account: &Account, e: GrantError) -> any
 
 async fn operator(command: Command, accounts: &Accounts) -> anyhow::Result<()> {
     match command {
-        Command::Serve { .. } | Command::Migrate => {}
+        Command::Serve { .. } | Command::Migrate | Command::Models(_) => {}
         Command::Accounts(AccountsCommand::Create { name }) => {
             if name.trim().is_empty() || name.chars().count() > 255 {
                 bail!("account name must be 1 to 255 characters");

@@ -22,6 +22,7 @@ mod latency;
 mod ledger;
 mod observe;
 mod paths;
+mod providers;
 mod requests;
 mod setup;
 mod side;
@@ -57,7 +58,7 @@ pub struct RunArgs {
     /// Also write the tables to this Markdown file.
     #[arg(long)]
     pub results: Option<PathBuf>,
-    /// Run only these scenarios (chat,capacity,stream,held,embeddings,keys,routing,budgets,tokenizer,observability-cost,observability,before-after,writer,activity,postgres).
+    /// Run only these scenarios (chat,capacity,stream,held,embeddings,keys,routing,providers,budgets,tokenizer,observability-cost,observability,before-after,writer,activity,postgres).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// A `tollgate` binary built from an earlier commit: the before/after scenario
@@ -71,6 +72,7 @@ const EMBED_MODEL: &str = "text-embedding-3-small";
 const SLOW_MODEL: &str = "slow-stream";
 const ROUTED_MODEL: &str = "routed";
 const FAILOVER_MODEL: &str = "failover";
+const GEMINI_MODEL: &str = "gemini-flash";
 const OPEN_RATE: u32 = 1_000;
 const CONNECTIONS_OPEN: u32 = 32;
 const CONNECTIONS_CLOSED: u32 = 64;
@@ -531,6 +533,9 @@ async fn scenarios(
     }
     if bench.wants("budgets") {
         bench.budgets().await?;
+    }
+    if bench.wants("providers") {
+        bench.providers().await?;
     }
     if bench.wants("tokenizer") {
         bench.tokenizer_cost();

@@ -90,7 +90,7 @@ fn time_per_call(min: Duration, mut f: impl FnMut()) -> f64 {
 }
 
 impl Bench {
-    fn round_length(&self) -> Duration {
+    pub(super) fn round_length(&self) -> Duration {
         (self.lengths.open / ROUNDS as u32).max(Duration::from_secs(3))
     }
 

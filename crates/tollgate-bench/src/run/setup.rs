@@ -95,6 +95,20 @@ fn routing_config(fast: &str) -> anyhow::Result<String> {
     let dead = procs::free_port()?;
     Ok(format!(
         r#"
+[[providers]]
+name = "fake-gemini"
+kind = "gemini"
+base_url = "http://{fast}/v1beta"
+api_key_env = "BENCH_UPSTREAM_KEY"
+
+[[models]]
+id = "{GEMINI_MODEL}"
+provider = "fake-gemini"
+upstream_model = "gemini-2.5-flash"
+endpoints = ["chat.completions"]
+max_output_tokens = 16384
+pricing = {{ input = "0.30", cached_input = "0.03", output = "2.50" }}
+
 [routing]
 cooldown_failures = 1000000000
 

@@ -10,6 +10,9 @@
 //! | [`responses_to_chat`] | OpenAI Responses | OpenAI Chat Completions |
 //! | [`responses_to_messages`] | OpenAI Responses | Anthropic Messages |
 //!
+//! Providers with a wire format of their own are read and written as Chat Completions by
+//! [`gemini`] (see [`native`]).
+//!
 //! Every field of every direction, and why it is mapped, dropped or refused, is tabled in
 //! `docs/translation.md`.
 //!
@@ -39,7 +42,9 @@
 //!   current OpenAI name (reasoning models reject `max_tokens`).
 
 pub mod chat_to_messages;
+pub mod gemini;
 pub mod messages_to_chat;
+pub mod native;
 pub mod responses_to_chat;
 pub mod responses_to_messages;
 

@@ -37,6 +37,19 @@ pub(super) struct FileModel {
     free: bool,
 }
 
+impl FileModel {
+    /// The model's public id.
+    pub(super) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The model served by one provider (the built-in catalog's models).
+    pub(super) fn on_provider(mut self, provider: &str) -> Self {
+        self.provider = Some(provider.to_string());
+        self
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileDeployment {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod builtin;
 mod catalog;
 mod front;
 mod observability;
@@ -116,7 +117,10 @@ struct FileConfig {
     webhooks: Vec<webhooks::FileWebhook>,
     #[serde(default)]
     webhook_policy: webhooks::FileWebhookPolicy,
+    #[serde(default)]
     rate_limits: Vec<rate_limits::FileRateLimit>,
+    #[serde(default)]
+    catalog: builtin::FileCatalog,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -304,8 +308,10 @@ impl Config {
         let observability = observability::parse(file.observability, origin, env)?;
         let routing = routing::parse(file.routing, origin)?;
         let rate_limits = rate_limits::parse(file.rate_limits, origin)?;
-        let providers = providers::parse(file.providers, origin, overrides, env)?;
-        let catalog = catalog::parse(file.models, origin, &providers)?;
+        let (mut file_providers, mut file_models) = (file.providers, file.models);
+        builtin::extend(&file.catalog, &mut file_providers, &mut file_models, env)?;
+        let providers = providers::parse(file_providers, origin, overrides, env)?;
+        let catalog = catalog::parse(file_models, origin, &providers)?;
         let webhooks = webhooks::parse(file.webhooks, file.webhook_policy, origin, overrides, env)?;
 
         let startups = file

@@ -19,6 +19,31 @@ pub(super) struct FileProvider {
     anthropic_version: Option<String>,
     #[serde(default)]
     chat_only: bool,
+    api_version: Option<String>,
+    auth: Option<String>,
+}
+
+impl FileProvider {
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A provider of the built-in catalog: its key from `key_env`.
+    pub(super) fn builtin(name: &str, kind: ProviderKind, base_url: String, key_env: &str) -> Self {
+        FileProvider {
+            name: name.to_string(),
+            kind,
+            base_url,
+            api_key_env: Some(key_env.to_string()),
+            connect_timeout_ms: None,
+            first_byte_timeout_ms: None,
+            idle_timeout_ms: None,
+            anthropic_version: None,
+            chat_only: false,
+            api_version: None,
+            auth: None,
+        }
+    }
 }
 
 /// The wire format an upstream provider speaks.
@@ -29,6 +54,10 @@ pub enum ProviderKind {
     Openai,
     /// Anthropic's native Messages API.
     Anthropic,
+    /// Azure OpenAI.
+    Azure,
+    /// Google's Gemini API (AI Studio), native `generateContent`.
+    Gemini,
 }
 
 /// One upstream provider.
@@ -46,6 +75,10 @@ pub struct Provider {
     /// An OpenAI-compatible server without the Responses API: `/v1/responses` is
     /// translated to Chat Completions for it.
     pub chat_only: bool,
+    /// Azure: the `api-version` of the deployment-in-the-path form (`None`: the v1 form).
+    pub api_version: Option<String>,
+    /// Azure: the key is sent as `Authorization: Bearer` (an Entra ID token), not `api-key`.
+    pub bearer: bool,
 }
 
 /// Validates the providers of the file.
@@ -85,6 +118,34 @@ pub(super) fn parse(
             (Some(var), true) => env(var).map(Secret::new),
             (None, _) => None,
         };
+        if p.kind != ProviderKind::Azure && p.api_version.is_some() {
+            return Err(err(
+                &key("api_version"),
+                "is only for providers of kind \"azure\"".into(),
+            ));
+        }
+        if let Some(version) = &p.api_version {
+            if version.is_empty()
+                || !version
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
+                return Err(err(
+                    &key("api_version"),
+                    format!("'{version}' is not an API version such as \"2024-10-21\""),
+                ));
+            }
+        }
+        let bearer = match p.auth.as_deref() {
+            None | Some("api-key") => false,
+            Some("bearer") if p.kind == ProviderKind::Azure => true,
+            Some(other) => {
+                return Err(err(
+                    &key("auth"),
+                    format!("'{other}' is not \"api-key\" or \"bearer\" (azure providers only)"),
+                ))
+            }
+        };
         let ms = |v: Option<u64>, default: u64, field: &str| match v {
             Some(0) => Err(err(&key(field), "must be above 0".into())),
             Some(v) => Ok(Duration::from_millis(v)),
@@ -100,6 +161,8 @@ pub(super) fn parse(
             idle_timeout: ms(p.idle_timeout_ms, 120_000, "idle_timeout_ms")?,
             anthropic_version: p.anthropic_version.unwrap_or_else(|| "2023-06-01".into()),
             chat_only: p.chat_only,
+            api_version: p.api_version,
+            bearer,
         });
     }
 

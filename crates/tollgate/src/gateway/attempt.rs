@@ -144,6 +144,7 @@ async fn send(
         .send(
             deployment,
             prepared.wire.endpoint,
+            prepared.stream,
             "application/json",
             UpstreamBody::Bytes(prepared.body.clone()),
             forwarded,

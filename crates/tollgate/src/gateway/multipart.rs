@@ -357,6 +357,7 @@ impl Gateway {
             .send(
                 deployment,
                 inbound.endpoint,
+                false,
                 &format!("multipart/form-data; boundary={boundary}"),
                 UpstreamBody::stream(stream),
                 &inbound.headers.for_provider(provider.config.kind, false),
@@ -407,6 +408,7 @@ impl Gateway {
         }
         let render = *render.lock().unwrap_or_else(|p| p.into_inner());
         let whole = relay::json::Whole {
+            native: None,
             provider: &provider.config.name,
             idle_timeout: provider.config.idle_timeout,
             deadline,

@@ -120,6 +120,17 @@ pub(super) struct Prepared {
     pub(super) dropped: Option<String>,
     /// The client's headers this provider receives.
     pub(super) forwarded: Vec<(HeaderName, HeaderValue)>,
+    /// The client asked for an event stream.
+    pub(super) stream: bool,
+    /// The body was translated to the provider's native format (see
+    /// `providers::Native`); `base64`: the embeddings client asked for base64 vectors.
+    pub(super) native: Option<NativeCall>,
+}
+
+/// What reading a native provider's answer needs.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct NativeCall {
+    pub(super) base64: bool,
 }
 
 impl Prepared {
@@ -146,8 +157,46 @@ pub(super) struct Asked<'a> {
     pub(super) headers: &'a ClientHeaders,
 }
 
-/// Prepares the upstream request of one target of a request's route.
+/// Prepares the upstream request of one target of a request's route: in the wire's
+/// format, then, for a provider with a format of its own, translated to it.
 pub(super) fn prepare(
+    upstreams: &Upstreams,
+    target: &Target,
+    asked: &Asked<'_>,
+) -> Result<Prepared, ApiError> {
+    let mut prepared = prepare_hub(upstreams, target, asked)?;
+    let provider = upstreams.provider(target.deployment());
+    let Some(native) = provider.adapter.native() else {
+        return Ok(prepared);
+    };
+    let converted = native
+        .request(
+            prepared.wire.endpoint,
+            &prepared.body,
+            &target.deployment().upstream_model,
+        )
+        .map_err(super::translate::untranslatable)?;
+    if let Some(more) = converted.header_value() {
+        prepared.dropped = Some(match prepared.dropped.take() {
+            Some(first) => format!("{first}, {more}"),
+            None => more,
+        });
+    }
+    prepared.body = Bytes::from(serde_json::to_vec(&converted.body).map_err(ApiError::internal)?);
+    prepared.native = Some(NativeCall {
+        base64: asked
+            .request
+            .string("encoding_format")
+            .ok()
+            .flatten()
+            .as_deref()
+            == Some("base64"),
+    });
+    Ok(prepared)
+}
+
+/// Prepares the upstream request of one target in the wire's format.
+fn prepare_hub(
     upstreams: &Upstreams,
     target: &Target,
     asked: &Asked<'_>,
@@ -195,6 +244,8 @@ pub(super) fn prepare(
         rename: renamed.then(|| model.id.clone()),
         dropped: None,
         forwarded: headers.for_provider(provider.config.kind, translation.is_some()),
+        stream,
+        native: None,
     };
     let bound = demands::output_bound(demands, model);
     if let Some(translation) = translation {

@@ -139,7 +139,7 @@ impl Translation {
 }
 
 /// A translation that cannot be made is the client's 400, naming the field.
-fn untranslatable(e: ConversionError) -> ApiError {
+pub(super) fn untranslatable(e: ConversionError) -> ApiError {
     ApiError {
         code: "untranslatable",
         ..ApiError::invalid_field(&e.param, e.to_string())

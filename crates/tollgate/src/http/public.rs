@@ -213,3 +213,57 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         }
     }
 }
+
+/// What `tollgate models list` prints: a table (id, providers, endpoints, USD per million
+/// input / cached input / output tokens), or with `json` the `GET /v1/models` objects, each
+/// with the names of the providers that serve it.
+pub fn models_listing(config: &crate::config::Config, json: bool) -> String {
+    let providers = |model: &Model| -> Vec<&str> {
+        model
+            .deployments
+            .iter()
+            .map(|d| config.providers[d.provider].name.as_str())
+            .collect()
+    };
+    if json {
+        // Written as text: the prices stay the exact decimals `GET /v1/models` sends.
+        let list: Vec<String> = config
+            .models
+            .iter()
+            .map(|m| {
+                let mut view = serde_json::to_string(&model_view(m)).unwrap_or_default();
+                view.pop();
+                view.push_str(&format!(",\"providers\":{}}}", json!(providers(m))));
+                view
+            })
+            .collect();
+        return format!("{{\"object\":\"list\",\"data\":[{}]}}", list.join(","));
+    }
+    // Per million tokens: femto-USD per token are nano-USD per million.
+    let per_million = |p: Option<crate::billing::UnitPrice>| {
+        p.map_or("-".to_string(), |p| {
+            crate::billing::Credits::from_nanos(p.femtos()).to_decimal_string(2)
+        })
+    };
+    let mut out = format!(
+        "{:<28} {:<16} {:>10} {:>10} {:>10}  endpoints\n",
+        "model", "provider", "input", "cached", "output"
+    );
+    for m in &config.models {
+        out.push_str(&format!(
+            "{:<28} {:<16} {:>10} {:>10} {:>10}  {}\n",
+            m.id,
+            providers(m).join(","),
+            per_million(m.pricing.input),
+            per_million(m.pricing.cached_input),
+            per_million(m.pricing.output),
+            m.endpoints
+                .iter()
+                .map(|e| e.name())
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    }
+    out.push_str("(USD per million tokens)");
+    out
+}

@@ -43,7 +43,9 @@ pub struct ProviderClient {
 /// upstream URL of every endpoint of every deployment (by `Deployment::id`).
 pub struct Upstreams {
     providers: Vec<ProviderClient>,
-    uris: Vec<Vec<(Endpoint, Uri)>>,
+    /// Per deployment and endpoint: the URL, and the URL of streamed requests when the
+    /// provider has one.
+    uris: Vec<Vec<(Endpoint, Uri, Option<Uri>)>>,
     /// Takes the providers' secrets out of any upstream text relayed to a client or a log.
     pub scrubber: Scrubber,
 }
@@ -115,7 +117,10 @@ impl Upstreams {
                 .iter()
                 .filter_map(|&e| {
                     let uri = adapter.url(e, &deployment.upstream_model).parse::<Uri>();
-                    uri.ok().map(|uri| (e, uri))
+                    let streamed = adapter
+                        .stream_url(e, &deployment.upstream_model)
+                        .and_then(|u| u.parse::<Uri>().ok());
+                    uri.ok().map(|uri| (e, uri, streamed))
                 })
                 .collect();
             if uris.len() <= deployment.id {
@@ -138,11 +143,14 @@ impl Upstreams {
     /// Sends one attempt to a deployment's provider and waits for the response headers,
     /// within the provider's connect and first-byte timeouts. `forwarded` are the client's
     /// headers this provider may receive (`ClientHeaders::for_provider`). A non-2xx answer
-    /// is returned as it is: the caller reads its body and classifies it.
+    /// is returned as it is: the caller reads its body and classifies it. `stream`: the
+    /// request asks for an event stream (some providers stream at another URL).
+    #[allow(clippy::too_many_arguments)]
     pub async fn send(
         &self,
         deployment: &Deployment,
         endpoint: Endpoint,
+        stream: bool,
         content_type: &str,
         body: UpstreamBody,
         forwarded: &[(HeaderName, HeaderValue)],
@@ -151,8 +159,11 @@ impl Upstreams {
         let uri = self
             .uris
             .get(deployment.id)
-            .and_then(|uris| uris.iter().find(|(e, _)| *e == endpoint))
-            .map(|(_, uri)| uri.clone())
+            .and_then(|uris| uris.iter().find(|(e, _, _)| *e == endpoint))
+            .map(|(_, uri, streamed)| match streamed {
+                Some(streamed) if stream => streamed.clone(),
+                _ => uri.clone(),
+            })
             .ok_or_else(|| {
                 tracing::error!(provider = %provider.name, endpoint = endpoint.name(), "no upstream URL");
                 UpstreamError::Broken {

@@ -102,7 +102,8 @@ pub fn allowed(kind: ProviderKind, translated: bool, name: &str) -> bool {
     match kind {
         ProviderKind::Anthropic if name == "anthropic-version" => !translated,
         ProviderKind::Anthropic => ANTHROPIC.contains(&name.as_str()),
-        ProviderKind::Openai => OPENAI.contains(&name.as_str()),
+        ProviderKind::Openai | ProviderKind::Azure => OPENAI.contains(&name.as_str()),
+        ProviderKind::Gemini => false,
     }
 }
 

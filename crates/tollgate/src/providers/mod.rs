@@ -4,14 +4,19 @@
 //! that sends one attempt, and the typed error of an attempt. The gateway never matches on provider kinds; it asks the adapter.
 
 mod anthropic;
+mod azure;
 mod client;
 mod error;
+mod gemini;
 mod headers;
 mod openai;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde_json::Value;
-use tollgate_formats::{Format, SseDecoder};
+use tollgate_formats::conversion::gemini::AnswerError;
+use tollgate_formats::conversion::native::NativeStream;
+use tollgate_formats::conversion::Converted;
+use tollgate_formats::{ConversionError, Format, SseDecoder};
 
 pub use client::{
     chunks, ProviderClient, UpstreamBody, UpstreamChunks, UpstreamResponse, Upstreams,
@@ -44,6 +49,18 @@ pub trait Adapter: Send + Sync {
     /// log shows them) and API versions.
     fn headers(&self) -> Vec<(HeaderName, HeaderValue)>;
 
+    /// The URL of a streamed request, when the provider streams at another URL than it
+    /// answers whole (Gemini's `streamGenerateContent`).
+    fn stream_url(&self, _endpoint: Endpoint, _upstream_model: &str) -> Option<String> {
+        None
+    }
+
+    /// The translation of the hub formats to the provider's own wire format, for a
+    /// provider that speaks none of the client formats (see [`Native`]).
+    fn native(&self) -> Option<&dyn Native> {
+        None
+    }
+
     /// A decoder of the provider's event streams into events.
     fn stream_decoder(&self, max_frame_bytes: usize) -> SseDecoder {
         SseDecoder::new(max_frame_bytes)
@@ -61,11 +78,39 @@ pub trait Adapter: Send + Sync {
     }
 }
 
+/// A provider with a wire format of its own: the gateway prepares a Chat Completions (or
+/// OpenAI embeddings) request as for an OpenAI provider, this translates it, and reads the
+/// provider's answers and streams back as Chat Completions, before any metering.
+pub trait Native: Send + Sync {
+    /// The provider's request for a hub request to `endpoint` (the wire's endpoint).
+    fn request(
+        &self,
+        endpoint: Endpoint,
+        body: &[u8],
+        upstream_model: &str,
+    ) -> Result<Converted, ConversionError>;
+
+    /// The hub answer of a whole answer; `base64` when the embeddings client asked for
+    /// `encoding_format: "base64"`.
+    fn answer(
+        &self,
+        endpoint: Endpoint,
+        answer: &Value,
+        public_model: &str,
+        base64: bool,
+    ) -> Result<Value, AnswerError>;
+
+    /// A reader of one event stream as Chat Completions events.
+    fn stream(&self, upstream_model: &str) -> Box<dyn NativeStream + Send>;
+}
+
 /// The adapter of a configured provider.
 pub fn adapter(provider: &Provider) -> Box<dyn Adapter> {
     match provider.kind {
         ProviderKind::Openai => Box::new(openai::OpenAi::new(provider)),
         ProviderKind::Anthropic => Box::new(anthropic::Anthropic::new(provider)),
+        ProviderKind::Azure => Box::new(azure::Azure::new(provider)),
+        ProviderKind::Gemini => Box::new(gemini::Gemini::new(provider)),
     }
 }
 

@@ -254,7 +254,8 @@ async fn start_up_refuses_a_model_its_provider_cannot_serve() {
         "{}\n[[models]]\nid = \"claude-embed\"\nprovider = \"anthropic\"\nendpoints = [\"embeddings\"]\npricing = {{ input = \"1\" }}\n",
         catalog(&upstream)
     );
-    let env = |name: &str| Some(format!("{name}-value"));
+    // Every variable is set but the base URLs (which would have to be URLs).
+    let env = |name: &str| (!name.ends_with("_BASE_URL")).then(|| format!("{name}-value"));
     let dir = tempfile::tempdir().expect("dir");
     let toml = format!(
         "listen = \"127.0.0.1:0\"\ndatabase_url = \"sqlite://{}/t.db\"\n{bad}",
@@ -294,6 +295,7 @@ async fn start_up_refuses_a_model_its_provider_cannot_serve() {
 }
 
 async fn spawn_app_with_env(config: &str) -> TestApp {
-    let env = |name: &str| Some(format!("{name}-value"));
+    // Every variable is set but the base URLs (which would have to be URLs).
+    let env = |name: &str| (!name.ends_with("_BASE_URL")).then(|| format!("{name}-value"));
     crate::helpers::spawn_app_env(config, &env).await
 }

@@ -47,9 +47,18 @@ pub(in crate::gateway) struct Convert<'a> {
     pub(in crate::gateway) public_model: &'a str,
 }
 
+/// A native provider's answer, read as the hub format before anything else.
+pub(in crate::gateway) struct NativeAnswer<'a> {
+    pub(in crate::gateway) native: &'a dyn providers::Native,
+    pub(in crate::gateway) endpoint: crate::config::Endpoint,
+    pub(in crate::gateway) public_model: &'a str,
+    pub(in crate::gateway) base64: bool,
+}
+
 /// How one answer is relayed.
 pub(in crate::gateway) struct Whole<'a> {
     pub(in crate::gateway) provider: &'a str,
+    pub(in crate::gateway) native: Option<NativeAnswer<'a>>,
     pub(in crate::gateway) idle_timeout: Duration,
     pub(in crate::gateway) deadline: Instant,
     pub(in crate::gateway) billing: Billing,
@@ -90,7 +99,10 @@ pub(in crate::gateway) async fn finish(
         .get(header::CONTENT_TYPE)
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_static("application/json"));
-    let must_be_whole = w.convert.is_some() || w.render.is_some() || w.billing.reads_whole_answer();
+    let must_be_whole = w.convert.is_some()
+        || w.render.is_some()
+        || w.native.is_some()
+        || w.billing.reads_whole_answer();
     let limit = if must_be_whole {
         MAX_WHOLE.min(usize::try_from(w.max_bytes).unwrap_or(MAX_WHOLE))
     } else {
@@ -116,7 +128,49 @@ pub(in crate::gateway) async fn finish(
             }
         }
     }
-    whole(head.freeze(), settlement, content_type, w).await
+    let bytes = head.freeze();
+    let (bytes, content_type) = match &w.native {
+        Some(native) => match read_native(native, &bytes) {
+            Ok(hub) => (hub, HeaderValue::from_static("application/json")),
+            Err((status, error)) => {
+                settlement.settle_undelivered(status).await;
+                return Err(error);
+            }
+        },
+        None => (bytes, content_type),
+    };
+    whole(bytes, settlement, content_type, w).await
+}
+
+/// A native provider's whole answer in the hub format; a blocked prompt or answer is the
+/// client's 400 (`content_policy_violation`, nothing delivered, nothing charged), an
+/// unreadable one the provider's fault.
+fn read_native(native: &NativeAnswer<'_>, bytes: &[u8]) -> Result<Bytes, (u16, ApiError)> {
+    use tollgate_formats::conversion::gemini::AnswerError;
+    let malformed = |what: String| {
+        (
+            502,
+            ApiError::from(UpstreamError::malformed("the provider", what)),
+        )
+    };
+    let answer: Value =
+        serde_json::from_slice(bytes).map_err(|_| malformed("invalid JSON".into()))?;
+    match native
+        .native
+        .answer(native.endpoint, &answer, native.public_model, native.base64)
+    {
+        Ok(hub) => serde_json::to_vec(&hub)
+            .map(Bytes::from)
+            .map_err(|e| malformed(e.to_string())),
+        Err(AnswerError::Blocked(blocked)) => Err((
+            400,
+            ApiError::bad_request(
+                "content_policy_violation",
+                format!("The request was refused: {blocked}."),
+            ),
+        )),
+        Err(AnswerError::Malformed(what)) => Err(malformed(what)),
+    }
 }
 
 /// A whole answer in hand: measured (estimated when it reports no usage), translated if

@@ -74,8 +74,15 @@ pub(super) async fn respond(
                 rename: prepared.rename.clone(),
             },
         };
+        let native = prepared.native.and_then(|_| {
+            provider
+                .adapter
+                .native()
+                .map(|n| n.stream(&prepared.deployment().upstream_model))
+        });
         let relay = Relay {
             upstream: providers::chunks(upstream),
+            native,
             decoder: provider.adapter.stream_decoder(a.max_frame_bytes),
             tracker: UsageTracker::new(upstream_format),
             upstream_format,
@@ -118,8 +125,18 @@ pub(super) async fn respond(
         }),
         _ => None,
     };
+    let native = match (prepared.native, provider.adapter.native()) {
+        (Some(call), Some(native)) => Some(json::NativeAnswer {
+            native,
+            endpoint: prepared.wire.endpoint,
+            public_model: &prepared.model().id,
+            base64: call.base64,
+        }),
+        _ => None,
+    };
     let whole = Whole {
         provider: &provider.config.name,
+        native,
         idle_timeout,
         deadline,
         billing: a.billing,

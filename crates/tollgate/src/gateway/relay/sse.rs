@@ -13,6 +13,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use tollgate_formats::conversion::native::NativeStream;
 use tollgate_formats::frames::{self, StreamFailure};
 use tollgate_formats::model_name;
 use tollgate_formats::sse::{self, SseDecoder, SseEvent};
@@ -101,6 +102,8 @@ impl Transform {
 /// passes. Dropped early (the client went away), it charges what was generated.
 pub(super) struct Relay {
     pub(super) upstream: UpstreamChunks,
+    /// A native provider's stream, read as Chat Completions events before anything else.
+    pub(super) native: Option<Box<dyn NativeStream + Send>>,
     pub(super) decoder: SseDecoder,
     pub(super) tracker: UsageTracker,
     pub(super) upstream_format: Format,
@@ -137,7 +140,7 @@ impl Relay {
                 Ok(Some(Ok(chunk))) => match self.decoder.push(&chunk) {
                     Ok(events) => {
                         for event in events {
-                            self.handle(event).await;
+                            self.handle_native(event).await;
                         }
                     }
                     Err(e) => {
@@ -148,6 +151,10 @@ impl Relay {
                 Ok(Some(Err(_))) => self.fail("the provider's stream broke off").await,
                 Ok(None) => {
                     if let Some(event) = self.decoder.finish() {
+                        self.handle_native(event).await;
+                    }
+                    let ending = self.native.as_mut().map(|n| n.finish());
+                    for event in ending.into_iter().flatten() {
                         self.handle(event).await;
                     }
                     if self.settlement.is_some() {
@@ -170,6 +177,27 @@ impl Relay {
                     .await
                 }
                 Err(_) => self.fail("the provider's stream stalled").await,
+            }
+        }
+    }
+
+    /// An upstream event, read as Chat Completions first when the provider is native.
+    async fn handle_native(&mut self, event: SseEvent) {
+        let Some(native) = self.native.as_mut() else {
+            return self.handle(event).await;
+        };
+        if self.done {
+            return;
+        }
+        match native.push(&event) {
+            Ok(events) => {
+                for event in events {
+                    self.handle(event).await;
+                }
+            }
+            Err(e) => {
+                let message = self.scrubber.scrub(&e.message).into_owned();
+                self.fail(&message).await
             }
         }
     }
