@@ -475,6 +475,28 @@ async fn first_start_leaves_a_working_key_and_logs_no_secret() {
     );
 }
 
+/// Grants the `default` account 100 credits, then creates an inference key named `name`
+/// through the account API of the server at `base`; returns its plaintext.
+async fn funded_key(dir: &Path, config: &str, base: &str, name: &str) -> String {
+    stdout(&tollgate(
+        dir,
+        &["credits", "grant", "default", "100", "--config", config],
+    ));
+    let prov = std::fs::read_to_string(dir.join("tollgate-data/provisioning-key.txt"))
+        .expect("provisioning key");
+    let created: Value = reqwest::Client::new()
+        .post(format!("{base}/v1/account/keys"))
+        .bearer_auth(prov.trim())
+        .json(&json!({"name": name}))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    created["key"].as_str().expect("key").to_string()
+}
+
 fn nanos(text: &str) -> i64 {
     text.parse::<tollgate::billing::Credits>()
         .expect("decimal")
@@ -489,24 +511,8 @@ async fn kill_9_before_the_ledger_commits_loses_no_delivered_charge() {
     let base = format!("http://127.0.0.1:{port}");
     let server = serve(dir.path(), port, "first.log", "info").await;
     let config = config.to_str().expect("path");
-    stdout(&tollgate(
-        dir.path(),
-        &["credits", "grant", "default", "100", "--config", config],
-    ));
-    let prov = std::fs::read_to_string(dir.path().join("tollgate-data/provisioning-key.txt"))
-        .expect("provisioning key");
+    let key = funded_key(dir.path(), config, &base, "load").await;
     let client = reqwest::Client::new();
-    let created: Value = client
-        .post(format!("{base}/v1/account/keys"))
-        .bearer_auth(prov.trim())
-        .json(&json!({"name": "load"}))
-        .send()
-        .await
-        .expect("create")
-        .json()
-        .await
-        .expect("json");
-    let key = created["key"].as_str().expect("key").to_string();
 
     // Another connection takes the database's write lock, as a stalled disk would hold
     // up commits: from now on the ledger can commit nothing.
@@ -582,6 +588,8 @@ async fn kill_9_before_the_ledger_commits_loses_no_delivered_charge() {
     let log = std::fs::read_to_string(dir.path().join("second.log")).expect("log");
     assert!(log.contains("left in the journal"), "{log}");
     // And the balance the API shows agrees.
+    let prov = std::fs::read_to_string(dir.path().join("tollgate-data/provisioning-key.txt"))
+        .expect("provisioning key");
     let balance: Value = client
         .get(format!("{base}/v1/account/balance"))
         .bearer_auth(prov.trim())
@@ -679,24 +687,8 @@ async fn a_start_on_a_full_disk_fails_clearly_and_in_time() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let server = serve(dir.path(), port, "first.log", "info").await;
-    stdout(&tollgate(
-        dir.path(),
-        &["credits", "grant", "default", "100", "--config", config],
-    ));
-    let prov = std::fs::read_to_string(dir.path().join("tollgate-data/provisioning-key.txt"))
-        .expect("provisioning key");
+    let key = funded_key(dir.path(), config, &base, "disk").await;
     let client = reqwest::Client::new();
-    let created: Value = client
-        .post(format!("{base}/v1/account/keys"))
-        .bearer_auth(prov.trim())
-        .json(&json!({"name": "disk"}))
-        .send()
-        .await
-        .expect("create")
-        .json()
-        .await
-        .expect("json");
-    let key = created["key"].as_str().expect("key").to_string();
 
     // Answers whose records are only in the journal (the ledger's write lock is held
     // elsewhere), then kill -9: the next start must write them to the ledger.

@@ -11,7 +11,7 @@ use fake_upstream::Fault;
 use serde_json::{json, Value};
 use sqlx::{Connection, Row};
 
-use super::{free_port, nanos, serve, stdout, tollgate, UPSTREAM_SECRET};
+use super::{free_port, funded_key, nanos, serve, UPSTREAM_SECRET};
 
 /// Requests sent at once; the kill lands while about half are in flight.
 const REQUESTS: usize = 60;
@@ -56,28 +56,12 @@ async fn kill_9_while_failing_over_loses_no_delivered_charge_and_charges_it_once
     );
     let config_path = dir.path().join("tollgate.toml");
     std::fs::write(&config_path, config).expect("config");
-    let config_arg = config_path.to_str().expect("path");
+    let config = config_path.to_str().expect("path");
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let server = serve(dir.path(), port, "first.log", "info").await;
-    stdout(&tollgate(
-        dir.path(),
-        &["credits", "grant", "default", "100", "--config", config_arg],
-    ));
-    let prov = std::fs::read_to_string(dir.path().join("tollgate-data/provisioning-key.txt"))
-        .expect("provisioning key");
+    let key = funded_key(dir.path(), config, &base, "failover").await;
     let client = reqwest::Client::new();
-    let created: Value = client
-        .post(format!("{base}/v1/account/keys"))
-        .bearer_auth(prov.trim())
-        .json(&json!({"name": "failover"}))
-        .send()
-        .await
-        .expect("create")
-        .json()
-        .await
-        .expect("json");
-    let key = created["key"].as_str().expect("key").to_string();
 
     // Every request fails over (a refused connection, or a 503 then the fallback model)
     // and its served attempt waits up to 1.2 s for its first byte: the kill at 600 ms
