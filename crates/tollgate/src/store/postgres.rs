@@ -1,12 +1,12 @@
 //! The PostgreSQL store, shared by several replicas: the source of truth when scaled out.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::Row;
 
 use super::day_of;
 use super::*;
@@ -43,20 +43,6 @@ const ACCOUNT_SELECT: &str = "SELECT a.id, a.name, a.created_at, a.charged, a.ex
      (SELECT MIN(g.expires_at) FROM credit_grants g WHERE g.account_id = a.id \
       AND g.amount > g.consumed + g.expired) AS next_expiry \
      FROM accounts a";
-
-/// `column + delta` held within BIGINT (past it PostgreSQL raises an error, which would
-/// refuse the whole usage batch); `delta` is a parameter or another column.
-macro_rules! saturating_add {
-    ($column:literal, $delta:literal) => {
-        concat!(
-            "LEAST(GREATEST(",
-            $column,
-            "::NUMERIC + ",
-            $delta,
-            ", -9223372036854775808), 9223372036854775807)::BIGINT"
-        )
-    };
-}
 
 /// `SUM(column)` (a NUMERIC) held within BIGINT.
 macro_rules! bounded_sum {
@@ -203,20 +189,13 @@ fn unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
-/// Per-day roll-up of newly written records: (account, day, key, model) →
-/// (requests, cost, input tokens, output tokens).
-/// Per (account, day, key, model): requests, cost, input tokens, output tokens, estimated
-/// requests, fallback requests.
-type DailyTotals = BTreeMap<(i64, String, i64, String), [i64; 6]>;
-
-/// Inserts the records (request ids distinct) and returns the request ids that were new.
+/// Writes the records (request ids distinct) in one round trip, with the account
+/// charges, key usage and daily roll-up of the new ones (the function of migration 0010,
+/// one statement and so one transaction); returns the request ids that were new.
 ///
-/// Rows are inserted in request-id order: two replicas writing overlapping batches then
-/// wait on each other's request ids in the same order and cannot deadlock.
-async fn insert_records(
-    tx: &mut Transaction<'_, Postgres>,
-    records: &[&UsageRecord],
-) -> Result<HashSet<String>, StoreError> {
+/// Rows are locked in one global order (request id, account id, key id, roll-up key), so
+/// two replicas writing overlapping batches wait on each other and cannot deadlock.
+async fn write_records(pool: &PgPool, records: &[&UsageRecord]) -> Result<HashSet<String>, StoreError> {
     let n = records.len();
     let mut request_ids = Vec::with_capacity(n);
     let mut account_ids = Vec::with_capacity(n);
@@ -235,6 +214,7 @@ async fn insert_records(
     let mut attempts = Vec::with_capacity(n);
     let mut estimated = Vec::with_capacity(n);
     let mut losses = Vec::with_capacity(n);
+    let mut days = Vec::with_capacity(n);
     for r in records {
         request_ids.push(r.request_id.as_str());
         account_ids.push(r.account_id.0);
@@ -253,17 +233,14 @@ async fn insert_records(
         attempts.push(r.detail.attempts);
         estimated.push(r.detail.estimated);
         losses.push(r.detail.loss.nanos());
+        days.push(day_of(r.created_at));
     }
-    let rows = sqlx::query(&format!(
-        "INSERT INTO usage_records ({USAGE_COLUMNS}) \
-         SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], \
-           $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], \
-           $12::BIGINT[], $13::TEXT[], $14::TEXT[], $15::BIGINT[], $16::BOOLEAN[], \
-           $17::BIGINT[]) AS v({USAGE_COLUMNS}) \
-         ORDER BY request_id \
-         ON CONFLICT (request_id) DO NOTHING \
-         RETURNING request_id"
-    ))
+    let rows = sqlx::query(
+        "SELECT tollgate_record_usage($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[], \
+           $5::TEXT[], $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], \
+           $11::BIGINT[], $12::BIGINT[], $13::TEXT[], $14::TEXT[], $15::BIGINT[], \
+           $16::BOOLEAN[], $17::BIGINT[], $18::TEXT[])",
+    )
     .bind(&request_ids)
     .bind(&account_ids)
     .bind(&key_ids)
@@ -281,161 +258,12 @@ async fn insert_records(
     .bind(&attempts)
     .bind(&estimated)
     .bind(&losses)
-    .fetch_all(&mut **tx)
+    .bind(&days)
+    .fetch_all(pool)
     .await?;
     rows.iter()
         .map(|row| row.try_get::<String, _>(0).map_err(StoreError::from))
         .collect()
-}
-
-/// Locks rows of `table` by id in ascending order, so concurrent batches that touch the
-/// same accounts or keys take their row locks in one global order and cannot deadlock.
-async fn lock_rows(
-    tx: &mut Transaction<'_, Postgres>,
-    table: &str,
-    ids: &[i64],
-) -> Result<(), StoreError> {
-    if ids.len() > 1 {
-        sqlx::query(&format!(
-            "SELECT id FROM {table} WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE"
-        ))
-        .bind(ids)
-        .fetch_all(&mut **tx)
-        .await?;
-    }
-    Ok(())
-}
-
-/// Applies the derived counters of newly written records: account charges, key usage and
-/// last use, and the daily roll-up. Every update adds to the stored value, so concurrent
-/// writers lose nothing.
-async fn apply_totals(
-    tx: &mut Transaction<'_, Postgres>,
-    written: &[&UsageRecord],
-) -> Result<(), StoreError> {
-    let mut by_account: BTreeMap<i64, i64> = BTreeMap::new();
-    let mut by_key: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
-    let mut daily: DailyTotals = BTreeMap::new();
-    for r in written {
-        let cost = r.cost.nanos();
-        let charged = by_account.entry(r.account_id.0).or_default();
-        *charged = charged.saturating_add(cost);
-        let key = by_key.entry(r.key_id.0).or_insert((0, r.created_at));
-        key.0 = key.0.saturating_add(cost);
-        key.1 = key.1.max(r.created_at);
-        let day = daily
-            .entry((
-                r.account_id.0,
-                day_of(r.created_at),
-                r.key_id.0,
-                r.model.clone(),
-            ))
-            .or_default();
-        for (sum, add) in day.iter_mut().zip(daily_counts(r)) {
-            *sum = sum.saturating_add(add);
-        }
-    }
-
-    let (ids, amounts): (Vec<i64>, Vec<i64>) = by_account.into_iter().unzip();
-    lock_rows(tx, "accounts", &ids).await?;
-    // Every counter is held within BIGINT (`saturating_add!`): past it PostgreSQL would
-    // refuse the batch, and the writer would give up these records.
-    sqlx::query(concat!(
-        "UPDATE accounts AS a SET charged = ",
-        saturating_add!("a.charged", "v.cost"),
-        " FROM UNNEST($1::BIGINT[], $2::BIGINT[]) AS v(id, cost) WHERE a.id = v.id"
-    ))
-    .bind(&ids)
-    .bind(&amounts)
-    .execute(&mut **tx)
-    .await?;
-
-    let mut ids = Vec::with_capacity(by_key.len());
-    let mut amounts = Vec::with_capacity(by_key.len());
-    let mut last_used = Vec::with_capacity(by_key.len());
-    for (id, (cost, last)) in by_key {
-        ids.push(id);
-        amounts.push(cost);
-        last_used.push(last);
-    }
-    lock_rows(tx, "api_keys", &ids).await?;
-    sqlx::query(concat!(
-        "UPDATE api_keys AS k SET usage = ",
-        saturating_add!("k.usage", "v.cost"),
-        ", last_used_at = GREATEST(k.last_used_at, v.last_used_at) \
-         FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[]) AS v(id, cost, last_used_at) \
-         WHERE k.id = v.id"
-    ))
-    .bind(&ids)
-    .bind(&amounts)
-    .bind(&last_used)
-    .execute(&mut **tx)
-    .await?;
-
-    let n = daily.len();
-    let mut account_ids = Vec::with_capacity(n);
-    let mut days = Vec::with_capacity(n);
-    let mut key_ids = Vec::with_capacity(n);
-    let mut models = Vec::with_capacity(n);
-    let mut requests = Vec::with_capacity(n);
-    let mut costs = Vec::with_capacity(n);
-    let mut input_tokens = Vec::with_capacity(n);
-    let mut output_tokens = Vec::with_capacity(n);
-    let mut estimated = Vec::with_capacity(n);
-    let mut fallbacks = Vec::with_capacity(n);
-    for ((account, day, key, model), sums) in daily {
-        account_ids.push(account);
-        days.push(day);
-        key_ids.push(key);
-        models.push(model);
-        requests.push(sums[0]);
-        costs.push(sums[1]);
-        input_tokens.push(sums[2]);
-        output_tokens.push(sums[3]);
-        estimated.push(sums[4]);
-        fallbacks.push(sums[5]);
-    }
-    // Sorted by the primary key for the same reason as the ledger insert.
-    sqlx::query(concat!(
-        "INSERT INTO usage_daily (account_id, day, key_id, model, requests, cost, input_tokens, \
-           output_tokens, estimated_requests, fallback_requests) \
-         SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], \
-           $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[]) \
-           AS v(account_id, day, key_id, model, requests, cost, input_tokens, output_tokens, \
-             estimated_requests, fallback_requests) \
-         ORDER BY account_id, day, key_id, model \
-         ON CONFLICT (account_id, day, key_id, model) DO UPDATE SET requests = ",
-        saturating_add!("usage_daily.requests", "excluded.requests"),
-        ", cost = ",
-        saturating_add!("usage_daily.cost", "excluded.cost"),
-        ", input_tokens = ",
-        saturating_add!("usage_daily.input_tokens", "excluded.input_tokens"),
-        ", output_tokens = ",
-        saturating_add!("usage_daily.output_tokens", "excluded.output_tokens"),
-        ", estimated_requests = ",
-        saturating_add!(
-            "usage_daily.estimated_requests",
-            "excluded.estimated_requests"
-        ),
-        ", fallback_requests = ",
-        saturating_add!(
-            "usage_daily.fallback_requests",
-            "excluded.fallback_requests"
-        ),
-    ))
-    .bind(&account_ids)
-    .bind(&days)
-    .bind(&key_ids)
-    .bind(&models)
-    .bind(&requests)
-    .bind(&costs)
-    .bind(&input_tokens)
-    .bind(&output_tokens)
-    .bind(&estimated)
-    .bind(&fallbacks)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 #[async_trait]
@@ -744,16 +572,7 @@ impl Store for PgStore {
             }
         }
 
-        let mut tx = self.pool.begin().await?;
-        let new_ids = insert_records(&mut tx, &distinct).await?;
-        let written: Vec<&UsageRecord> = distinct
-            .into_iter()
-            .filter(|r| new_ids.contains(&r.request_id))
-            .collect();
-        if !written.is_empty() {
-            apply_totals(&mut tx, &written).await?;
-        }
-        tx.commit().await?;
+        let new_ids = write_records(&self.pool, &distinct).await?;
 
         Ok(batch
             .iter()
