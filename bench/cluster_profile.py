@@ -238,6 +238,14 @@ pricing = {{ input = "0.15", output = "0.60" }}
         for _ in range(20):
             post(url, key, CHAT)
         time.sleep(1.2)  # let a background tick pass before counting
+        p0, r0 = proxy.snapshot(), redis_stats(rport)
+        time.sleep(5)
+        p1, r1 = proxy.snapshot(), redis_stats(rport)
+        idle = {k: v - p0[1].get(k, 0) for k, v in p1[1].items() if v - p0[1].get(k, 0)}
+        print(f"== idle replica: {(p1[0] - p0[0]) / 5:.1f} PostgreSQL round trips/s, "
+              f"{sum(c for c, _ in diff(r0, r1).values()) / 5:.1f} Redis commands/s")
+        for k, v in sorted(idle.items(), key=lambda x: -x[1]):
+            print(f"   statement {k!r:64} {v / 5:.1f}/s")
         for conc in [int(c) for c in args.concurrency.split(",")]:
             n = args.requests
             r0, p0 = redis_stats(rport), proxy.snapshot()

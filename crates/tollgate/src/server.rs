@@ -182,6 +182,13 @@ fn background_tasks(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
                 }
             }
         }));
+        // The change feed of credit grants (a full scan only when it may have missed one).
+        let meter = state.meter.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Meter::Shared(shared) = &*meter {
+                shared.run_grant_feed().await;
+            }
+        }));
     }
     if let Some(cluster) = &state.cluster {
         tasks.push(tokio::spawn(

@@ -112,12 +112,14 @@ pub struct SharedBudgets {
     /// Accounts used here, with the time of their next check against the ledger.
     pub(super) touched: Mutex<HashMap<AccountId, Instant>>,
     pub(super) last_renewal: Mutex<Option<Instant>>,
+    /// What the change feed of credit grants has told (`grants.rs`).
+    pub(super) grants: Mutex<super::grants::GrantFeed>,
     pub(super) scripts: Scripts,
     /// The clock of budget windows.
     pub(super) clock: Clock,
 }
 
-fn unavailable(e: ClusterError) -> ReserveError {
+pub(super) fn unavailable(e: ClusterError) -> ReserveError {
     ReserveError::Unavailable(e.to_string())
 }
 
@@ -141,6 +143,7 @@ impl SharedBudgets {
             adopting: tokio::sync::Mutex::new(()),
             touched: Mutex::new(HashMap::new()),
             last_renewal: Mutex::new(None),
+            grants: Mutex::new(Default::default()),
             scripts: Scripts::new(),
         }
     }
@@ -423,30 +426,6 @@ impl SharedBudgets {
         Ok(())
     }
 
-    /// Copies the credit grants of the accounts used here from the database, processing
-    /// the expiries that are due first.
-    pub async fn refresh_grants(&self) -> Result<(), ReserveError> {
-        let touched: Vec<AccountId> = {
-            let touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
-            touched.keys().copied().collect()
-        };
-        let now = crate::now();
-        for account in self.store.list_accounts().await? {
-            // Due expiries are processed on every account (keeping what any replica's
-            // requests hold), so a balance drops on time also where it is not used.
-            match account.next_expiry {
-                Some(due) if due <= now => {
-                    self.settle_credits(account.id).await?;
-                }
-                _ if touched.contains(&account.id) => {
-                    self.set_granted(&account).await.map_err(unavailable)?
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
     /// Processes the account's due expiries, keeping what every replica's requests in
     /// flight hold (the account's `reserved` in Redis), and copies the result to Redis.
     pub async fn settle_credits(
@@ -487,7 +466,7 @@ impl SharedBudgets {
     }
 
     /// Sets the shared budget's grants (net of expired remainders), if it is loaded.
-    async fn set_granted(&self, account: &crate::store::Account) -> Result<(), ClusterError> {
+    pub(super) async fn set_granted(&self, account: &crate::store::Account) -> Result<(), ClusterError> {
         let (epoch, _) = self.flights.epoch();
         if epoch.is_empty() {
             return Ok(());

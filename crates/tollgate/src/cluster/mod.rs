@@ -11,6 +11,7 @@
 mod budgets;
 mod epochs;
 mod flights;
+mod grants;
 mod ledger;
 mod names;
 mod ratelimit;
@@ -35,8 +36,9 @@ pub const PREFIX: &str = "tg1";
 pub const INVALIDATION_CHANNEL: &str = "tg1:invalidate";
 /// How long one Redis operation may take before the request is refused.
 const OP_TIMEOUT: Duration = Duration::from_millis(1500);
-/// Connections of the pool that reads ledger snapshots (loads and checks of budgets).
-const LEDGER_CONNECTIONS: u32 = 4;
+/// Connections of the pool that reads ledger snapshots (loads and checks of budgets), one
+/// of them held by the change feed of grants.
+const LEDGER_CONNECTIONS: u32 = 5;
 
 /// Failures talking to Redis (or reading the ledger for it).
 #[derive(Debug, thiserror::Error)]

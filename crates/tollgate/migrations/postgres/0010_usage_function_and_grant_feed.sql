@@ -96,3 +96,16 @@ BEGIN
     RETURN QUERY SELECT unnest(written);
 END
 $fn$;
+
+-- The change feed of credit grants (docs/cluster.md): every replica listens on
+-- `tollgate_grants` and re-reads only the accounts named, instead of every account
+-- every second. A grant, a correction or an expiry changes a row of credit_grants.
+CREATE FUNCTION tollgate_notify_grant() RETURNS TRIGGER LANGUAGE plpgsql AS $fn$
+BEGIN
+    PERFORM pg_notify('tollgate_grants', COALESCE(NEW.account_id, OLD.account_id)::TEXT);
+    RETURN NULL;
+END
+$fn$;
+
+CREATE TRIGGER credit_grants_notify AFTER INSERT OR UPDATE OR DELETE ON credit_grants
+    FOR EACH ROW EXECUTE FUNCTION tollgate_notify_grant();
