@@ -1,14 +1,16 @@
 //! Keys: their format, hashing, the two kinds, and authentication of a request's key
 //! through an in-memory identity cache with invalidation.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use axum::http::HeaderMap;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+mod cache;
+
+pub use cache::KeyCache;
 use crate::store::{KeyId, KeyKind, KeyRecord, OperatorKey, Store, StoreError};
 
 /// Visible prefix of inference keys.
@@ -146,7 +148,7 @@ fn presented(headers: &HeaderMap) -> Result<Option<Presented<'_>>, AuthError> {
 #[derive(Clone)]
 pub struct Authenticator {
     store: Arc<dyn Store>,
-    cache: Arc<RwLock<HashMap<String, Arc<KeyRecord>>>>,
+    cache: KeyCache,
     caching: Arc<AtomicBool>,
     /// Hits and misses of the cache (`tollgate_key_cache_*`).
     pub cache_metrics: crate::observe::metrics::CacheMetrics,
@@ -156,7 +158,7 @@ impl Authenticator {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Authenticator {
             store,
-            cache: Arc::new(RwLock::new(HashMap::new())),
+            cache: KeyCache::new(cache::DEFAULT_CAPACITY),
             caching: Arc::new(AtomicBool::new(true)),
             cache_metrics: Default::default(),
         }
@@ -182,7 +184,7 @@ impl Authenticator {
         let hash = hash_key(token);
         let caching = self.caching.load(Ordering::SeqCst);
         let cached = if caching {
-            self.cache.read().ok().and_then(|c| c.get(&hash).cloned())
+            self.cache.get(&hash)
         } else {
             None
         };
@@ -200,9 +202,7 @@ impl Authenticator {
                     .ok_or(AuthError::UnknownInference)?;
                 let key = Arc::new(key);
                 if caching && key.kind == KeyKind::Inference {
-                    if let Ok(mut c) = self.cache.write() {
-                        c.insert(hash, key.clone());
-                    }
+                    self.cache.insert(hash, key.clone());
                 }
                 key
             }
@@ -273,31 +273,21 @@ impl Authenticator {
 
     /// Forgets a key so its next use reads the store again.
     pub fn invalidate(&self, id: KeyId) {
-        if let Ok(mut c) = self.cache.write() {
-            c.retain(|_, key| key.id != id);
-        }
+        self.cache.remove_id(id);
     }
 
     /// Replaces the cached copy of a key after a change made here.
     pub fn refresh(&self, key: &KeyRecord) {
-        if let Ok(mut c) = self.cache.write() {
-            for cached in c.values_mut() {
-                if cached.id == key.id {
-                    // A previous secret stays one (and keeps its grace period's end).
-                    *cached = Arc::new(KeyRecord {
-                        via_previous_secret: cached.via_previous_secret,
-                        ..key.clone()
-                    });
-                }
-            }
-        }
+        // A previous secret stays one (and keeps its grace period's end).
+        self.cache.update_id(key.id, |cached| KeyRecord {
+            via_previous_secret: cached.via_previous_secret,
+            ..key.clone()
+        });
     }
 
     /// Forgets every cached key (after the cluster bus lost messages).
     pub fn clear(&self) {
-        if let Ok(mut c) = self.cache.write() {
-            c.clear();
-        }
+        self.cache.clear();
     }
 }
 

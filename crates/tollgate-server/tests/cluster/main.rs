@@ -5,6 +5,7 @@
 mod budgets;
 mod credits;
 mod faults;
+mod feed;
 mod services;
 mod support;
 mod windows;
