@@ -18,6 +18,7 @@ use crate::seed::{self, SeedArgs};
 use crate::writer::{self, WriterArgs};
 
 mod budgets;
+mod cluster;
 mod latency;
 mod ledger;
 mod observe;
@@ -49,6 +50,9 @@ pub struct RunArgs {
     /// A PostgreSQL server URL; a fresh database is made on it and dropped after.
     #[arg(long)]
     pub postgres: Option<String>,
+    /// The Redis of the cluster scenario; by default a `redis-server` of the bench's own.
+    #[arg(long)]
+    pub redis: Option<String>,
     /// Shorter runs (about 3 minutes in all).
     #[arg(long)]
     pub quick: bool,
@@ -58,7 +62,7 @@ pub struct RunArgs {
     /// Also write the tables to this Markdown file.
     #[arg(long)]
     pub results: Option<PathBuf>,
-    /// Run only these scenarios (chat,capacity,stream,held,embeddings,keys,routing,providers,budgets,tokenizer,observability-cost,observability,before-after,writer,activity,postgres).
+    /// Run only these scenarios (chat,capacity,stream,held,embeddings,keys,routing,providers,budgets,tokenizer,observability-cost,observability,before-after,writer,activity,postgres,cluster).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// A `tollgate` binary built from an earlier commit: the before/after scenario
@@ -574,6 +578,11 @@ async fn scenarios(
         if let Some(url) = pg_urls.get(1) {
             if bench.wants("postgres") {
                 postgres(bench, url).await?;
+            }
+        }
+        if let Some(server) = bench.args.postgres.clone() {
+            if bench.wants("cluster") {
+                cluster::cluster(bench, &server).await?;
             }
         }
         anyhow::Ok(())
