@@ -25,6 +25,8 @@ pub struct PgStore {
 const MAX_CONNECTIONS: u32 = 16;
 /// How long to wait for a connection before failing, so an unreachable database is an error.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A pooled connection idle for longer is tested (one round trip) before it is used.
+const PING_IF_IDLE: Duration = Duration::from_secs(1);
 /// The server cancels a statement that runs longer (`statement_timeout`), so a stuck
 /// statement frees its connection and its locks; migrations run without it. The client
 /// side has its own deadline on every call ([`super::deadline`]), for a server that no
@@ -103,6 +105,18 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // sqlx tests every connection on release; testing it again on acquire cost a
+            // round trip per statement (a third of a usage commit's). Only a connection
+            // idle for a while (the database may have restarted meanwhile) is tested.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > PING_IF_IDLE {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await?;
         Ok(PgStore { pool, unbounded })
