@@ -425,12 +425,19 @@ impl Meter {
                         Some(commit) => commit.await,
                         None => Ok(()),
                     };
-                    // A record not yet committed (the ledger is stuck) is not settled
-                    // in Redis: its reservation holds the cost until its lease ends,
-                    // and the periodic check counts the charge once it is committed.
-                    if committed.is_ok() {
-                        if let Some(reservation) = reservation {
+                    if let Some(reservation) = reservation {
+                        if committed.is_ok() {
                             meter.settle(reservation, cost).await;
+                        } else if matches!(&*meter, Meter::Shared(_)) {
+                            // Not committed in time (the ledger is stuck): the record
+                            // stays queued, and its reservation holds the cost until
+                            // the record is in the ledger; then it is settled.
+                            let meter = meter.clone();
+                            tokio::spawn(async move {
+                                if let Meter::Shared(shared) = &*meter {
+                                    shared.settle_when_recorded(reservation, cost).await;
+                                }
+                            });
                         }
                     }
                     committed

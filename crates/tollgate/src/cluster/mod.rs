@@ -17,6 +17,7 @@ mod names;
 mod ratelimit;
 mod scripts;
 mod sync;
+mod withheld;
 
 use std::time::Duration;
 
@@ -36,6 +37,8 @@ pub const PREFIX: &str = "tg1";
 pub const INVALIDATION_CHANNEL: &str = "tg1:invalidate";
 /// How long one Redis operation may take before the request is refused.
 const OP_TIMEOUT: Duration = Duration::from_millis(1500);
+/// The longest pause between two attempts at reconnecting to Redis.
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
 /// Connections of the pool that reads ledger snapshots (loads and checks of budgets), one
 /// of them held by the change feed of grants.
 const LEDGER_CONNECTIONS: u32 = 5;
@@ -100,7 +103,15 @@ impl Cluster {
             .connect_lazy(database_url)
             .map_err(|e| ClusterError::Ledger(e.to_string()))?;
         let client = redis::Client::open(url)?;
-        let conn = timed(client.get_connection_manager()).await?;
+        // redis-rs' default reconnection backoff grows by a factor of 100 up to 60 s
+        // (1 s, then 60 s, ...): a replica cut off from Redis for a few seconds stayed
+        // refusing requests for minutes after it was reachable again (bench/cluster_faults.py).
+        // Retries every second instead, each connection attempt bounded.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_factor(2)
+            .set_max_delay(RECONNECT_MAX_DELAY.as_millis() as u64)
+            .set_connection_timeout(OP_TIMEOUT);
+        let conn = timed(client.get_connection_manager_with_config(config)).await?;
         Ok(Cluster {
             client,
             conn,
@@ -133,9 +144,10 @@ impl Cluster {
     pub async fn run_invalidation_listener(self, auth: Authenticator) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.client.get_async_pubsub().await {
+            // Bounded: a connection attempt to an unreachable Redis may otherwise hang.
+            match timed(self.client.get_async_pubsub()).await {
                 Ok(mut pubsub) => {
-                    if pubsub.subscribe(INVALIDATION_CHANNEL).await.is_ok() {
+                    if timed(pubsub.subscribe(INVALIDATION_CHANNEL)).await.is_ok() {
                         // Anything may have changed while we were not listening.
                         auth.clear();
                         auth.set_caching(true);

@@ -1,0 +1,334 @@
+#!/usr/bin/env python3
+"""Faults in cluster mode, measured under load (docs/cluster.md, "Faults under load"):
+three replicas on a fresh PostgreSQL database and a redis-server of the script's own;
+replica 0 reaches Redis and PostgreSQL through loopback proxies that the script can cut
+(new connections are refused and open ones dropped: what a partition looks like to it).
+Load runs on all replicas throughout, against keys with small credit limits, while:
+  1. replica 0 is cut off from Redis, then reconnected;
+  2. replica 0 is cut off from PostgreSQL, then reconnected;
+  3. replica 2 is killed (SIGKILL).
+Then it checks: no key over its limit in the ledger (no overspend), every answer
+delivered with 200 has its usage record (no lost delivered charge), Redis' reservations
+back to zero once leases ran out, and prints how long replica 0 took to serve again
+after each reconnection (no restart).
+
+    python3 bench/cluster_faults.py [--bin target/release] [--pg postgres://postgres@127.0.0.1:5432/test]
+"""
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+CHAT = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}],
+                   "max_tokens": 64})
+LEASE_MS = 3000
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+class Proxy:
+    """A loopback TCP proxy that can be cut: open connections are dropped and new ones
+    refused until it is restored."""
+
+    def __init__(self, target_port):
+        self.target = ("127.0.0.1", target_port)
+        self.port = free_port()
+        self.cut_off = False
+        self.lock = threading.Lock()
+        self.pairs = []
+        self.srv = socket.socket()
+        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.srv.bind(("127.0.0.1", self.port))
+        self.srv.listen(256)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self):
+        with self.lock:
+            self.cut_off = True
+            pairs, self.pairs = self.pairs, []
+        for pair in pairs:
+            for s in pair:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                    s.close()
+                except OSError:
+                    pass
+
+    def restore(self):
+        with self.lock:
+            self.cut_off = False
+
+    def _accept(self):
+        while True:
+            c, _ = self.srv.accept()
+            with self.lock:
+                if self.cut_off:
+                    c.close()
+                    continue
+            try:
+                u = socket.create_connection(self.target)
+            except OSError:
+                c.close()
+                continue
+            with self.lock:
+                self.pairs.append((c, u))
+            threading.Thread(target=self._pipe, args=(c, u), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(u, c), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b):
+        try:
+            while True:
+                data = a.recv(65536)
+                if not data:
+                    break
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
+def psql(url, sql):
+    return subprocess.run(["psql", url, "-Atqc", sql], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+class Load:
+    """Threads sending chat completions round robin over replicas and keys; every
+    answer is kept as (time, replica, status, request id, key)."""
+
+    def __init__(self, ports, keys, per_replica=4):
+        self.ports, self.keys = ports, keys
+        self.alive = [True] * len(ports)
+        self.results = []
+        self.lock = threading.Lock()
+        self.stop = False
+        self.n = 0
+        # Clients of their own per replica (as behind a load balancer that keeps sending
+        # to every replica), so a replica that hangs cannot starve the others' load.
+        self.threads = [threading.Thread(target=self._run, args=(r,))
+                        for r in range(len(ports)) for _ in range(per_replica)]
+        for t in self.threads:
+            t.start()
+
+    def _next(self):
+        with self.lock:
+            self.n += 1
+            return self.keys[self.n % len(self.keys)]
+
+    def _run(self, r):
+        c = None
+        while not self.stop:
+            if not self.alive[r]:
+                return
+            key = self._next()
+            t = time.time()
+            try:
+                c = c or http.client.HTTPConnection("127.0.0.1", self.ports[r], timeout=10)
+                c.request("POST", "/v1/chat/completions", body=CHAT, headers={
+                    "authorization": f"Bearer {key}", "content-type": "application/json"})
+                resp = c.getresponse()
+                resp.read()
+                status, rid = resp.status, resp.getheader("x-request-id")
+            except (OSError, http.client.HTTPException):
+                c = None
+                status, rid = 0, None
+                time.sleep(0.05)
+            with self.lock:
+                self.results.append((t, r, status, rid, key))
+
+    def finish(self):
+        self.stop = True
+        for t in self.threads:
+            t.join()
+
+    def window(self, replica, since, until):
+        with self.lock:
+            return [x for x in self.results if x[1] == replica and since <= x[0] < until]
+
+
+def first_ok_after(load, replica, since, deadline=60):
+    while time.time() < since + deadline:
+        with load.lock:
+            # 200 or 402: the replica decides from the shared budget again.
+            ok = [x[0] for x in load.results if x[1] == replica and x[0] >= since and x[2] in (200, 402)]
+        if ok:
+            return min(ok) - since
+        time.sleep(0.05)
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default="target/release")
+    ap.add_argument("--pg", default="postgres://postgres@127.0.0.1:5432/test")
+    ap.add_argument("--keys", type=int, default=20)
+    ap.add_argument("--phase", type=float, default=5.0)
+    args = ap.parse_args()
+    bin_dir = os.path.abspath(args.bin)
+    pg_port = int(re.search(r":(\d+)/", args.pg).group(1))
+    root = args.pg.rsplit("/", 1)[0]
+    db = f"tg_faults_{os.getpid()}"
+    work = tempfile.mkdtemp(prefix="tg-cluster-faults.")
+    procs = []
+    try:
+        psql(args.pg, f"CREATE DATABASE {db}")
+        rport = free_port()
+        procs.append(subprocess.Popen(["redis-server", "--port", str(rport), "--save", "",
+                                       "--appendonly", "no", "--dir", work],
+                                      stdout=subprocess.DEVNULL))
+        up = subprocess.Popen([os.path.join(bin_dir, "fake-upstream"), "--listen", "127.0.0.1:0",
+                               "--fast", "--latency-ms", "20"], stdout=subprocess.PIPE, text=True)
+        procs.append(up)
+        up_addr = up.stdout.readline().strip()
+        redis_proxy, pg_proxy = Proxy(rport), Proxy(pg_port)
+        env = dict(os.environ, BENCH_UPSTREAM_KEY="sk-bench", RUST_LOG="warn")
+
+        def config(i, pg, redis):
+            path = os.path.join(work, f"replica-{i}.toml")
+            with open(path, "w") as f:
+                f.write(f'''database_url = "{root.replace(str(pg_port), str(pg))}/{db}"
+redis_url = "redis://127.0.0.1:{redis}/0"
+data_dir = "{work}/data-{i}"
+
+[cluster]
+reservation_lease_ms = {LEASE_MS}
+
+[[providers]]
+name = "fake"
+kind = "openai"
+base_url = "http://{up_addr}/v1"
+api_key_env = "BENCH_UPSTREAM_KEY"
+
+[[models]]
+id = "gpt-4o-mini"
+provider = "fake"
+endpoints = ["chat.completions"]
+max_output_tokens = 16384
+pricing = {{ input = "0.15", output = "0.60" }}
+''')
+            return path
+
+        def start(i, cfg):
+            port = free_port()
+            p = subprocess.Popen([os.path.join(bin_dir, "tollgate"), "serve", "--config", cfg,
+                                  "--listen", f"127.0.0.1:{port}"], env=env, cwd=work,
+                                 stderr=open(os.path.join(work, f"replica-{i}.log"), "w"))
+            for _ in range(600):
+                try:
+                    c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+                    c.request("GET", "/readyz")
+                    if c.getresponse().status == 200:
+                        return p, port
+                except OSError:
+                    pass
+                time.sleep(0.05)
+            raise SystemExit(f"replica {i} did not start")
+
+        cfgs = [config(0, pg_proxy.port, redis_proxy.port), config(1, pg_port, rport),
+                config(2, pg_port, rport)]
+        first, p0 = start(0, cfgs[0])
+        procs.append(first)
+        others = [start(i, cfgs[i]) for i in (1, 2)]
+        procs.extend(p for p, _ in others)
+        ports = [p0] + [port for _, port in others]
+        subprocess.run([os.path.join(bin_dir, "tollgate"), "--config", cfgs[1], "credits", "grant",
+                        "default", "1000"], env=env, check=True, capture_output=True)
+        prov = open(os.path.join(work, "data-0", "provisioning-key.txt")).read().strip()
+        # Limits of 0.0005, 0.001, ... credits (about 45 answers of the fake upstream per
+        # 0.0005): keys run out one after another, each raced for on every replica.
+        keys = []
+        for n in range(args.keys):
+            c = http.client.HTTPConnection("127.0.0.1", ports[1])
+            c.request("POST", "/v1/account/keys", body=json.dumps({"name": f"k{n}", "credit_limit": round(0.0005 * (n + 1), 6)}),
+                      headers={"authorization": f"Bearer {prov}", "content-type": "application/json"})
+            keys.append(json.loads(c.getresponse().read())["key"])
+        time.sleep(4)  # the first epoch's grace window
+        load = Load(ports, keys)
+        report = []
+        time.sleep(args.phase)
+
+        def phase(name, cut, restore, replica=0):
+            t0 = time.time()
+            cut()
+            time.sleep(args.phase)
+            during = load.window(replica, t0 + 2, time.time())
+            t1 = time.time()
+            restore()
+            back = first_ok_after(load, replica, t1)
+            others_ok = sum(1 for r in (1, 2) for x in load.window(r, t0, t1) if x[2] in (200, 402))
+            statuses = {}
+            for x in during:
+                statuses[x[2]] = statuses.get(x[2], 0) + 1
+            report.append((name, statuses, others_ok, back))
+
+        phase("replica 0 cut off from Redis", redis_proxy.cut, redis_proxy.restore)
+        phase("replica 0 cut off from PostgreSQL", pg_proxy.cut, pg_proxy.restore)
+        t0 = time.time()
+        others[1][0].kill()
+        load.alive[2] = False
+        time.sleep(args.phase)
+        load.finish()
+        killed_at = t0
+        time.sleep(LEASE_MS / 1000 + 2)
+        # Leases that ran out are given back by the next reservation on the account.
+        c = http.client.HTTPConnection("127.0.0.1", ports[1], timeout=10)
+        c.request("POST", "/v1/chat/completions", body=CHAT, headers={
+            "authorization": f"Bearer {keys[-1]}", "content-type": "application/json"})
+        c.getresponse().read()
+
+        url = f"{root}/{db}"
+        over = psql(url, "SELECT COUNT(*) FROM api_keys WHERE kind = 'inference' AND credit_limit IS NOT NULL AND usage > credit_limit")
+        ledger_ids = set(psql(url, "SELECT request_id FROM usage_records").split())
+        delivered = [x for x in load.results if x[2] == 200]
+        lost = [x for x in delivered if x[3] not in ledger_ids]
+        reserved = subprocess.run(["redis-cli", "-p", str(rport), "--scan", "--pattern", "tg2:*:a:*"],
+                                  capture_output=True, text=True).stdout.split()
+        held = sum(int(subprocess.run(["redis-cli", "-p", str(rport), "HGET", k, "reserved"],
+                                      capture_output=True, text=True).stdout.strip() or 0)
+                   for k in reserved)
+        refused_402 = sum(1 for x in load.results if x[2] == 402)
+        print(f"\n{len(load.results)} requests, {len(delivered)} answered 200, {refused_402} "
+              f"refused 402 (key limit reached)")
+        for name, statuses, others_ok, back in report:
+            print(f"- {name}: its answers while cut {statuses}; the other replicas answered "
+                  f"{others_ok} with 200 or 402 meanwhile; serving again {back:.2f} s after the "
+                  f"reconnection" if back is not None else f"- {name}: NOT serving again within 60 s")
+        after_kill = sum(1 for r in (0, 1) for x in load.window(r, killed_at, killed_at + args.phase) if x[2] in (200, 402))
+        print(f"- replica 2 killed: the others answered {after_kill} with 200 or 402 in the next "
+              f"{args.phase:.0f} s; Redis reservations held {LEASE_MS / 1000 + 2:.0f} s after "
+              f"the load stopped, after one more request: {held} nanos")
+        print(f"keys over their limit in the ledger: {over}")
+        print(f"answers delivered with 200 but missing from the ledger: {len(lost)}")
+        ok = over == "0" and not lost and held == 0 and all(b is not None for *_, b in report)
+        print("RESULT:", "ok" if ok else "FAILED")
+    finally:
+        for p in reversed(procs):
+            p.kill()
+            p.wait()
+        psql(args.pg, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        if os.environ.get("KEEP"):
+            print("kept", work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
