@@ -4,7 +4,8 @@ three replicas on a fresh PostgreSQL database and a redis-server of the script's
 replica 0 reaches Redis and PostgreSQL through loopback proxies that the script can cut
 (new connections are refused and open ones dropped: what a partition looks like to it).
 Load runs on all replicas throughout, against keys with small credit limits, while:
-  1. replica 0 is cut off from Redis, then reconnected;
+  1. replica 0 is cut off from Redis, then reconnected; then partitioned from it (packets
+     held, not refused) while a key is deleted on replica 1;
   2. replica 0 is cut off from PostgreSQL, then reconnected;
   3. replica 2 is killed (SIGKILL).
 Then it checks: no key over its limit in the ledger (no overspend), every answer
@@ -40,13 +41,17 @@ def free_port():
 
 
 class Proxy:
-    """A loopback TCP proxy that can be cut: open connections are dropped and new ones
-    refused until it is restored."""
+    """A loopback TCP proxy that can be cut (open connections are dropped and new ones
+    refused until it is restored) or stalled (nothing passes either way and new
+    connections wait, as in a partition that drops packets: TCP holds what was sent and
+    delivers it once the partition heals)."""
 
     def __init__(self, target_port):
         self.target = ("127.0.0.1", target_port)
         self.port = free_port()
         self.cut_off = False
+        self.flowing = threading.Event()
+        self.flowing.set()
         self.lock = threading.Lock()
         self.pairs = []
         self.srv = socket.socket()
@@ -67,13 +72,18 @@ class Proxy:
                 except OSError:
                     pass
 
+    def stall(self):
+        self.flowing.clear()
+
     def restore(self):
         with self.lock:
             self.cut_off = False
+        self.flowing.set()
 
     def _accept(self):
         while True:
             c, _ = self.srv.accept()
+            self.flowing.wait()
             with self.lock:
                 if self.cut_off:
                     c.close()
@@ -88,11 +98,12 @@ class Proxy:
             threading.Thread(target=self._pipe, args=(c, u), daemon=True).start()
             threading.Thread(target=self._pipe, args=(u, c), daemon=True).start()
 
-    @staticmethod
-    def _pipe(a, b):
+    def _pipe(self, a, b):
         try:
             while True:
+                self.flowing.wait()
                 data = a.recv(65536)
+                self.flowing.wait()
                 if not data:
                     break
                 b.sendall(data)
@@ -254,12 +265,25 @@ pricing = {{ input = "0.15", output = "0.60" }}
         prov = open(os.path.join(work, "data-0", "provisioning-key.txt")).read().strip()
         # Limits of 0.0005, 0.001, ... credits (about 45 answers of the fake upstream per
         # 0.0005): keys run out one after another, each raced for on every replica.
-        keys = []
-        for n in range(args.keys):
+        def make_key(name, limit):
             c = http.client.HTTPConnection("127.0.0.1", ports[1])
-            c.request("POST", "/v1/account/keys", body=json.dumps({"name": f"k{n}", "credit_limit": round(0.0005 * (n + 1), 6)}),
+            c.request("POST", "/v1/account/keys", body=json.dumps({"name": name, "credit_limit": limit}),
                       headers={"authorization": f"Bearer {prov}", "content-type": "application/json"})
-            keys.append(json.loads(c.getresponse().read())["key"])
+            made = json.loads(c.getresponse().read())
+            return made["id"], made["key"]
+
+        def call(port, key):
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                c.request("POST", "/v1/chat/completions", body=CHAT, headers={
+                    "authorization": f"Bearer {key}", "content-type": "application/json"})
+                r = c.getresponse()
+                r.read()
+                return r.status
+            except OSError:
+                return 0
+
+        keys = [make_key(f"k{n}", round(0.0005 * (n + 1), 6))[1] for n in range(args.keys)]
         time.sleep(4)  # the first epoch's grace window
         load = Load(ports, keys)
         report = []
@@ -280,6 +304,26 @@ pricing = {{ input = "0.15", output = "0.60" }}
             report.append((name, statuses, others_ok, back))
 
         phase("replica 0 cut off from Redis", redis_proxy.cut, redis_proxy.restore)
+
+        # A partition that drops packets, with a key deleted elsewhere meanwhile.
+        victim_id, victim = make_key("victim", None)
+        for _ in range(3):
+            assert call(ports[0], victim) == 200
+        redis_proxy.stall()
+        time.sleep(1)
+        c = http.client.HTTPConnection("127.0.0.1", ports[1])
+        c.request("DELETE", f"/v1/account/keys/{victim_id}", headers={"authorization": f"Bearer {prov}"})
+        assert c.getresponse().status == 204
+        deleted_at = time.time()
+        time.sleep(args.phase)
+        during = call(ports[0], victim)
+        redis_proxy.restore()
+        healed_at = time.time()
+        while call(ports[0], victim) != 401 and time.time() < healed_at + 30:
+            time.sleep(0.02)
+        revoked = time.time() - healed_at
+        report.append(("replica 0 partitioned from Redis (packets held)", {"deleted key during": during},
+                       None, revoked))
         phase("replica 0 cut off from PostgreSQL", pg_proxy.cut, pg_proxy.restore)
         t0 = time.time()
         others[1][0].kill()
@@ -308,6 +352,10 @@ pricing = {{ input = "0.15", output = "0.60" }}
         print(f"\n{len(load.results)} requests, {len(delivered)} answered 200, {refused_402} "
               f"refused 402 (key limit reached)")
         for name, statuses, others_ok, back in report:
+            if others_ok is None:
+                print(f"- {name}: a key deleted on replica 1 during it was answered {statuses} "
+                      f"by replica 0; refused (401) by replica 0 {back:.2f} s after the partition healed")
+                continue
             print(f"- {name}: its answers while cut {statuses}; the other replicas answered "
                   f"{others_ok} with 200 or 402 meanwhile; serving again {back:.2f} s after the "
                   f"reconnection" if back is not None else f"- {name}: NOT serving again within 60 s")
@@ -317,7 +365,7 @@ pricing = {{ input = "0.15", output = "0.60" }}
               f"the load stopped, after one more request: {held} nanos")
         print(f"keys over their limit in the ledger: {over}")
         print(f"answers delivered with 200 but missing from the ledger: {len(lost)}")
-        ok = over == "0" and not lost and held == 0 and all(b is not None for *_, b in report)
+        ok = over == "0" and not lost and held == 0 and all(b is not None and b < 30 for *_, b in report)
         print("RESULT:", "ok" if ok else "FAILED")
     finally:
         for p in reversed(procs):

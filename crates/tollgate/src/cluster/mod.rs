@@ -37,6 +37,8 @@ pub const PREFIX: &str = "tg1";
 pub const INVALIDATION_CHANNEL: &str = "tg1:invalidate";
 /// How long one Redis operation may take before the request is refused.
 const OP_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How often the invalidation bus' connection is checked.
+const BUS_PING: Duration = Duration::from_secs(1);
 /// The longest pause between two attempts at reconnecting to Redis.
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
 /// Connections of the pool that reads ledger snapshots (loads and checks of budgets), one
@@ -152,10 +154,26 @@ impl Cluster {
                         auth.clear();
                         auth.set_caching(true);
                         backoff = Duration::from_millis(100);
-                        let mut messages = pubsub.on_message();
-                        while let Some(message) = messages.next().await {
-                            if let Ok(id) = message.get_payload::<i64>() {
-                                auth.invalidate(KeyId(id));
+                        let (mut sink, mut messages) = pubsub.split();
+                        // A connection cut off without a word (a partition that drops
+                        // packets) would look subscribed for ever while messages are lost:
+                        // a ping every second that gets no answer ends it.
+                        let mut ping = tokio::time::interval(BUS_PING);
+                        loop {
+                            tokio::select! {
+                                message = messages.next() => match message {
+                                    Some(message) => {
+                                        if let Ok(id) = message.get_payload::<i64>() {
+                                            auth.invalidate(KeyId(id));
+                                        }
+                                    }
+                                    None => break,
+                                },
+                                _ = ping.tick() => {
+                                    if timed(sink.ping::<redis::Value>()).await.is_err() {
+                                        break;
+                                    }
+                                }
                             }
                         }
                     }
