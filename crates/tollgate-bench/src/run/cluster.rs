@@ -212,7 +212,7 @@ pub(super) async fn cluster(bench: &mut Bench, server: &str) -> anyhow::Result<(
                 let conf = bench.path("nginx-cluster.conf");
                 std::fs::write(&conf, nginx_round_robin(&bench.work, port, &addrs))?;
                 let mut cmd = Command::new(nginx);
-                cmd.arg("-c").arg(&conf).arg("-e").arg(bench.path("nginx-cluster-error.log"));
+                cmd.arg("-c").arg(&conf).arg("-p").arg(&bench.work).arg("-e").arg(bench.path("nginx-cluster-error.log"));
                 let proxy = Proc::spawn("nginx", cmd, &bench.path("nginx-cluster.out"), false)?;
                 wait_ready(&bench.client, &format!("http://127.0.0.1:{port}/readyz")).await?;
                 let pids: Vec<u32> = replicas.iter().map(|(p, _)| p.pid()).collect();
