@@ -126,30 +126,32 @@ api_key_env = "BENCH_UPSTREAM_KEY"
 
 [[models]]
 id = "{ROUTED_MODEL}"
-upstream_model = "{CHAT_MODEL}"
 endpoints = ["chat.completions"]
 max_output_tokens = 16384
 pricing = {{ input = "0.15", cached_input = "0.075", output = "0.60" }}
 
 [[models.deployments]]
 provider = "fake"
+upstream_model = "{CHAT_MODEL}"
 
 [[models.deployments]]
 provider = "fake-b"
+upstream_model = "{CHAT_MODEL}"
 
 [[models]]
 id = "{FAILOVER_MODEL}"
-upstream_model = "{CHAT_MODEL}"
 endpoints = ["chat.completions"]
 max_output_tokens = 16384
 pricing = {{ input = "0.15", cached_input = "0.075", output = "0.60" }}
 
 [[models.deployments]]
 provider = "dead"
+upstream_model = "{CHAT_MODEL}"
 priority = 0
 
 [[models.deployments]]
 provider = "fake"
+upstream_model = "{CHAT_MODEL}"
 priority = 1
 "#
     ))
