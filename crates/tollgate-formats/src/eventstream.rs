@@ -1,0 +1,443 @@
+//! AWS's binary event-stream framing (`application/vnd.amazon.eventstream`), as Bedrock's
+//! `ConverseStream` and `InvokeModelWithResponseStream` send it, decoded incrementally into
+//! the gateway's [`SseEvent`]s so that the stream path is the same for every provider.
+//!
+//! A message is: total length (u32 BE), headers length (u32 BE), the CRC32 of those 8 bytes,
+//! the headers (name length u8, name, value type u8, value), the payload, and the CRC32 of
+//! everything before it. Both checksums are checked: a corrupted message is an error that
+//! ends the stream, never an event.
+//!
+//! Each message becomes one event: an `event` message is named by its `:event-type`
+//! header and carries its payload as data, except Bedrock's InvokeModel `chunk`s, whose
+//! payload `{"bytes": "<base64>"}` wraps the model's own event (an Anthropic Messages
+//! event): that event is unwrapped and named by its `type`, so the stream reads as the
+//! model's native SSE stream. An `exception` (or `error`) message becomes an
+//! [`ERROR_EVENT`] whose data is `{"type":"error","error":{"type","message"}}`.
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::sse::{SseDecoder, SseError, SseEvent};
+
+/// The event name given to an exception message.
+pub const ERROR_EVENT: &str = "error";
+
+/// The largest message AWS sends (16 MB), and the prelude and checksum sizes.
+const MAX_MESSAGE: usize = 16 << 20;
+const PRELUDE: usize = 12;
+const TRAILER: usize = 4;
+
+/// One decoded message: its string headers and its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The headers whose values are strings (the only kind Bedrock sends); others are
+    /// skipped.
+    pub headers: Vec<(String, String)>,
+    pub payload: Vec<u8>,
+}
+
+impl Message {
+    /// A string header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Incremental decoder of event-stream messages.
+#[derive(Debug, Clone)]
+pub struct EventStreamDecoder {
+    max_message_bytes: usize,
+    buffer: Vec<u8>,
+    failed: Option<SseError>,
+}
+
+impl EventStreamDecoder {
+    /// A decoder that rejects messages larger than `max_message_bytes` (at most 16 MB).
+    pub fn new(max_message_bytes: usize) -> Self {
+        EventStreamDecoder {
+            max_message_bytes: max_message_bytes.min(MAX_MESSAGE),
+            buffer: Vec::new(),
+            failed: None,
+        }
+    }
+
+    /// Feeds the next chunk and returns the messages it completed. After an error every
+    /// later call fails too (the framing cannot be resynchronised).
+    pub fn push_messages(&mut self, chunk: &[u8]) -> Result<Vec<Message>, SseError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        self.buffer.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        let mut start = 0;
+        loop {
+            let rest = &self.buffer[start..];
+            if rest.len() < PRELUDE {
+                break;
+            }
+            match decode_one(rest, self.max_message_bytes) {
+                Ok(Some((message, used))) => {
+                    out.push(message);
+                    start += used;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.failed = Some(e.clone());
+                    return Err(e);
+                }
+            }
+        }
+        self.buffer.drain(..start);
+        Ok(out)
+    }
+
+    /// Feeds the next chunk and returns its messages as events (see the module docs).
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<SseEvent>, SseError> {
+        self.push_messages(chunk)?
+            .into_iter()
+            .map(|m| to_event(&m))
+            .collect()
+    }
+
+    /// Whether the stream ended in the middle of a message.
+    pub fn has_partial(&self) -> bool {
+        !self.buffer.is_empty()
+    }
+}
+
+fn malformed(what: impl Into<String>) -> SseError {
+    SseError::Malformed(what.into())
+}
+
+fn be32(bytes: &[u8]) -> usize {
+    u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize
+}
+
+/// Decodes the message at the start of `bytes`: `None` while it is incomplete.
+fn decode_one(bytes: &[u8], max: usize) -> Result<Option<(Message, usize)>, SseError> {
+    let total = be32(&bytes[0..4]);
+    let headers_len = be32(&bytes[4..8]);
+    if crc32fast::hash(&bytes[0..8]) as usize != be32(&bytes[8..12]) {
+        return Err(malformed("an event-stream prelude failed its CRC check"));
+    }
+    if total > max {
+        return Err(SseError::FrameTooLarge { max_bytes: max });
+    }
+    if total < PRELUDE + TRAILER || headers_len > total - PRELUDE - TRAILER {
+        return Err(malformed(
+            "an event-stream prelude gives impossible lengths",
+        ));
+    }
+    if bytes.len() < total {
+        return Ok(None);
+    }
+    let body_end = total - TRAILER;
+    if crc32fast::hash(&bytes[..body_end]) as usize != be32(&bytes[body_end..total]) {
+        return Err(malformed("an event-stream message failed its CRC check"));
+    }
+    let headers = parse_headers(&bytes[PRELUDE..PRELUDE + headers_len])?;
+    Ok(Some((
+        Message {
+            headers,
+            payload: bytes[PRELUDE + headers_len..body_end].to_vec(),
+        },
+        total,
+    )))
+}
+
+fn parse_headers(mut bytes: &[u8]) -> Result<Vec<(String, String)>, SseError> {
+    let truncated = || malformed("an event-stream header is truncated");
+    let mut out = Vec::new();
+    while let Some((&name_len, rest)) = bytes.split_first() {
+        let name_len = usize::from(name_len);
+        let name = rest.get(..name_len).ok_or_else(truncated)?;
+        let (&kind, rest) = rest[name_len..].split_first().ok_or_else(truncated)?;
+        let fixed = match kind {
+            0 | 1 => Some(0),
+            2 => Some(1),
+            3 => Some(2),
+            4 => Some(4),
+            5 | 8 => Some(8),
+            9 => Some(16),
+            6 | 7 => None,
+            other => {
+                return Err(malformed(format!(
+                    "unknown event-stream header type {other}"
+                )))
+            }
+        };
+        let (value, rest) = match fixed {
+            Some(n) => (None, rest.get(n..).ok_or_else(truncated)?),
+            None => {
+                let len = rest.get(..2).ok_or_else(truncated)?;
+                let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+                let value = rest.get(2..2 + len).ok_or_else(truncated)?;
+                (Some(value), &rest[2 + len..])
+            }
+        };
+        if let (7, Some(value)) = (kind, value) {
+            out.push((
+                String::from_utf8_lossy(name).into_owned(),
+                String::from_utf8_lossy(value).into_owned(),
+            ));
+        }
+        bytes = rest;
+    }
+    Ok(out)
+}
+
+/// The event of one message (see the module docs).
+fn to_event(message: &Message) -> Result<SseEvent, SseError> {
+    let payload = std::str::from_utf8(&message.payload)
+        .map_err(|_| malformed("an event-stream payload is not UTF-8"))?;
+    match message.header(":message-type").unwrap_or("event") {
+        "event" => {
+            let name = message.header(":event-type").unwrap_or("");
+            if name == "chunk" {
+                return unwrap_chunk(payload);
+            }
+            Ok(SseEvent {
+                event: Some(name.to_string()),
+                data: payload.to_string(),
+            })
+        }
+        _ => {
+            let kind = message
+                .header(":exception-type")
+                .or_else(|| message.header(":error-code"))
+                .unwrap_or("error");
+            let text = serde_json::from_str::<Value>(payload)
+                .ok()
+                .and_then(|v| {
+                    v.get("message")
+                        .or_else(|| v.get("Message"))
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
+                .or_else(|| message.header(":error-message").map(str::to_string))
+                .unwrap_or_else(|| payload.to_string());
+            Ok(SseEvent {
+                event: Some(ERROR_EVENT.to_string()),
+                data: json!({"type": "error", "error": {"type": kind, "message": text}})
+                    .to_string(),
+            })
+        }
+    }
+}
+
+/// An InvokeModel stream `chunk`: `{"bytes": base64 of the model's event JSON}`.
+fn unwrap_chunk(payload: &str) -> Result<SseEvent, SseError> {
+    let wrapper: Value =
+        serde_json::from_str(payload).map_err(|_| malformed("a Bedrock chunk is not JSON"))?;
+    let bytes = wrapper
+        .get("bytes")
+        .and_then(Value::as_str)
+        .ok_or_else(|| malformed("a Bedrock chunk has no `bytes`"))?;
+    let inner = base64::engine::general_purpose::STANDARD
+        .decode(bytes)
+        .map_err(|_| malformed("a Bedrock chunk's `bytes` is not base64"))?;
+    let data =
+        String::from_utf8(inner).map_err(|_| malformed("a Bedrock chunk's event is not UTF-8"))?;
+    let name = serde_json::from_str::<Value>(&data)
+        .ok()
+        .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_string));
+    Ok(SseEvent { event: name, data })
+}
+
+/// The decoder of a provider's streams: SSE, or AWS's event-stream framing.
+#[derive(Debug, Clone)]
+pub enum StreamDecoder {
+    Sse(SseDecoder),
+    EventStream(EventStreamDecoder),
+}
+
+impl StreamDecoder {
+    /// Feeds the next chunk and returns the events it completed, in order.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<SseEvent>, SseError> {
+        match self {
+            StreamDecoder::Sse(d) => d.push(chunk),
+            StreamDecoder::EventStream(d) => d.push(chunk),
+        }
+    }
+
+    /// Ends the stream: an SSE frame left without its blank line; nothing for an event
+    /// stream (a partial message is not an event).
+    pub fn finish(&mut self) -> Option<SseEvent> {
+        match self {
+            StreamDecoder::Sse(d) => d.finish(),
+            StreamDecoder::EventStream(_) => None,
+        }
+    }
+}
+
+/// Encodes one message with string headers (for tests and tools; the fake upstream has its
+/// own encoder, so that the two check each other).
+pub fn encode(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
+    let mut head = Vec::new();
+    for (name, value) in headers {
+        head.push(name.len() as u8);
+        head.extend_from_slice(name.as_bytes());
+        head.push(7);
+        head.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        head.extend_from_slice(value.as_bytes());
+    }
+    let total = PRELUDE + head.len() + payload.len() + TRAILER;
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(&(total as u32).to_be_bytes());
+    out.extend_from_slice(&(head.len() as u32).to_be_bytes());
+    let prelude_crc = crc32fast::hash(&out);
+    out.extend_from_slice(&prelude_crc.to_be_bytes());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(payload);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    /// The "one header" vector of AWS's event-stream test suite (aws-c-event-stream).
+    const AWS_VECTOR: &str = "0000003d0000002007fd83960c636f6e74656e742d747970650700106170706c69636174696f6e2f6a736f6e7b27666f6f273a27626172277d8d9c08b1";
+
+    #[test]
+    fn aws_published_message_decodes_and_encodes_byte_for_byte() {
+        let bytes = unhex(AWS_VECTOR);
+        let mut decoder = EventStreamDecoder::new(1 << 20);
+        let messages = decoder.push_messages(&bytes).expect("decodes");
+        assert_eq!(
+            messages,
+            vec![Message {
+                headers: vec![("content-type".into(), "application/json".into())],
+                payload: b"{'foo':'bar'}".to_vec(),
+            }]
+        );
+        assert_eq!(
+            encode(&[("content-type", "application/json")], b"{'foo':'bar'}"),
+            bytes
+        );
+    }
+
+    #[test]
+    fn messages_split_anywhere_decode_in_order() {
+        let mut stream = encode(
+            &[(":event-type", "messageStart"), (":message-type", "event")],
+            br#"{"role":"assistant"}"#,
+        );
+        stream.extend(encode(
+            &[
+                (":event-type", "contentBlockDelta"),
+                (":message-type", "event"),
+            ],
+            br#"{"contentBlockIndex":0,"delta":{"text":"Hi"}}"#,
+        ));
+        for split in 0..stream.len() {
+            let mut decoder = StreamDecoder::EventStream(EventStreamDecoder::new(1 << 20));
+            let mut events = decoder.push(&stream[..split]).expect("first half");
+            events.extend(decoder.push(&stream[split..]).expect("second half"));
+            let names: Vec<_> = events.iter().map(|e| e.event.clone()).collect();
+            assert_eq!(
+                names,
+                vec![
+                    Some("messageStart".to_string()),
+                    Some("contentBlockDelta".to_string())
+                ],
+                "split at {split}"
+            );
+            assert_eq!(
+                events[1].data,
+                r#"{"contentBlockIndex":0,"delta":{"text":"Hi"}}"#
+            );
+        }
+    }
+
+    #[test]
+    fn a_corrupted_message_or_prelude_is_an_error_not_an_event() {
+        let good = encode(
+            &[(":event-type", "messageStop")],
+            br#"{"stopReason":"end_turn"}"#,
+        );
+        for at in [2, 9, 20, good.len() - 6, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x40;
+            let mut decoder = EventStreamDecoder::new(1 << 20);
+            let result = decoder.push(&bad);
+            assert!(
+                matches!(
+                    result,
+                    Err(SseError::Malformed(_)) | Err(SseError::FrameTooLarge { .. })
+                ),
+                "byte {at}: {result:?}"
+            );
+            assert!(decoder.push(&good).is_err(), "no resynchronisation");
+        }
+    }
+
+    #[test]
+    fn an_oversized_message_is_refused_before_it_is_buffered() {
+        let big = encode(&[(":event-type", "x")], &[b'a'; 2048]);
+        let mut decoder = EventStreamDecoder::new(1024);
+        assert_eq!(
+            decoder.push(&big[..16]),
+            Err(SseError::FrameTooLarge { max_bytes: 1024 })
+        );
+    }
+
+    #[test]
+    fn invoke_model_chunks_unwrap_to_the_models_own_events() {
+        let inner =
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#;
+        let payload = json!({"bytes": base64::engine::general_purpose::STANDARD.encode(inner), "p": "abcdefgh"});
+        let frame = encode(
+            &[
+                (":event-type", "chunk"),
+                (":content-type", "application/json"),
+                (":message-type", "event"),
+            ],
+            payload.to_string().as_bytes(),
+        );
+        let events = EventStreamDecoder::new(1 << 20)
+            .push(&frame)
+            .expect("decodes");
+        assert_eq!(
+            events,
+            vec![SseEvent {
+                event: Some("content_block_delta".into()),
+                data: inner.into()
+            }]
+        );
+    }
+
+    #[test]
+    fn an_exception_message_is_an_error_event() {
+        let frame = encode(
+            &[
+                (":exception-type", "throttlingException"),
+                (":content-type", "application/json"),
+                (":message-type", "exception"),
+            ],
+            br#"{"message":"Too many requests, please wait before trying again."}"#,
+        );
+        let events = EventStreamDecoder::new(1 << 20)
+            .push(&frame)
+            .expect("decodes");
+        assert_eq!(events[0].event.as_deref(), Some(ERROR_EVENT));
+        let data: Value = serde_json::from_str(&events[0].data).expect("json");
+        assert_eq!(
+            data,
+            json!({"type": "error", "error": {"type": "throttlingException",
+                "message": "Too many requests, please wait before trying again."}})
+        );
+    }
+}
