@@ -27,7 +27,8 @@ struct Kind {
     kind: ProviderKind,
     key_env: String,
     base_url_env: String,
-    base_url: String,
+    /// Absent for Bedrock: the region's endpoint.
+    base_url: Option<String>,
     models: Vec<FileModel>,
 }
 
@@ -60,13 +61,16 @@ pub(super) fn extend(
         }
         let base_url = env(&kind.base_url_env)
             .filter(|u| !u.is_empty())
-            .unwrap_or(kind.base_url);
-        providers.push(FileProvider::builtin(
-            &kind.name,
-            kind.kind,
-            base_url,
-            &kind.key_env,
-        ));
+            .or(kind.base_url);
+        let mut provider = FileProvider::builtin(&kind.name, kind.kind, base_url, &kind.key_env);
+        if kind.kind == ProviderKind::Bedrock {
+            let region = env("AWS_REGION")
+                .or_else(|| env("AWS_DEFAULT_REGION"))
+                .filter(|r| !r.is_empty())
+                .unwrap_or_else(|| "us-east-1".to_string());
+            provider = provider.with_region(Some(region));
+        }
+        providers.push(provider);
         for model in kind.models {
             if !models.iter().any(|m| m.id() == model.id()) {
                 models.push(model.on_provider(&kind.name));

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 mod builtin;
 mod catalog;
+mod clouds;
 mod front;
 mod observability;
 mod pricing;
@@ -21,6 +22,7 @@ mod routing;
 mod webhooks;
 
 pub use catalog::{Deployment, Endpoint, Model};
+pub use clouds::{AwsCredentials, Cloud, GoogleAuth, ServiceAccount};
 pub use front::{Cors, ServerLimits};
 pub use observability::{LogFormat, Observability};
 pub use providers::{Provider, ProviderKind};

@@ -210,6 +210,16 @@ impl Upstreams {
         let broken = || UpstreamError::Broken {
             provider: provider.name.clone(),
         };
+        let signed = match (provider.adapter.signer(), &body) {
+            (None, _) => Vec::new(),
+            (Some(signer), UpstreamBody::Bytes(bytes)) => {
+                signer
+                    .sign(&provider.name, &uri, content_type, bytes)
+                    .await?
+            }
+            // A signature covers the whole body: a streamed upload cannot be signed.
+            (Some(_), UpstreamBody::Stream(_)) => return Err(broken()),
+        };
         let content_type = HeaderValue::from_str(content_type).map_err(|_| broken())?;
         let payload = match body {
             UpstreamBody::Bytes(bytes) => Either::Left(Full::new(bytes)),
@@ -220,7 +230,7 @@ impl Upstreams {
             .body(payload)
             .map_err(|_| broken())?;
         let headers = request.headers_mut();
-        for (name, value) in &provider.headers {
+        for (name, value) in provider.headers.iter().chain(&signed) {
             headers.insert(name.clone(), value.clone());
         }
         // The client's version replaces the provider's; its betas are added. Credentials

@@ -103,7 +103,7 @@ pub fn allowed(kind: ProviderKind, translated: bool, name: &str) -> bool {
         ProviderKind::Anthropic if name == "anthropic-version" => !translated,
         ProviderKind::Anthropic => ANTHROPIC.contains(&name.as_str()),
         ProviderKind::Openai | ProviderKind::Azure => OPENAI.contains(&name.as_str()),
-        ProviderKind::Gemini => false,
+        ProviderKind::Gemini | ProviderKind::Bedrock | ProviderKind::Vertex => false,
     }
 }
 
