@@ -20,6 +20,9 @@
 //! Gemini: `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent`,
 //! `:embedContent`, `:batchEmbedContents`, with `x-goog-api-key` (see `gemini.rs`).
 //!
+//! AWS Bedrock: `POST /model/{modelId}/converse`, `/converse-stream`, `/invoke`,
+//! `/invoke-with-response-stream`, SigV4-verified, event-stream framed (see `bedrock/`).
+//!
 //! # What Anthropic refuses
 //! `/messages` and `/messages/count_tokens` refuse, with a 400 `invalid_request_error`, what
 //! the real API refuses, so a gateway that drops the `anthropic-beta` header fails a test:
@@ -248,6 +251,7 @@
 
 mod audio;
 mod azure;
+mod bedrock;
 mod chat;
 mod completions;
 mod conn;
@@ -301,7 +305,18 @@ pub struct Options {
     /// When set, the Gemini paths require `x-goog-api-key: <key>` (otherwise any key, but
     /// one must be sent).
     pub gemini_api_key: Option<String>,
+    /// Bedrock: the access key whose signatures are accepted (default
+    /// [`TEST_AWS_ACCESS_KEY_ID`] / [`TEST_AWS_SECRET_ACCESS_KEY`]).
+    pub aws_access_key_id: Option<String>,
+    pub aws_secret_access_key: Option<String>,
+    /// Bedrock: when set, requests must carry and sign this `x-amz-security-token`.
+    pub aws_session_token: Option<String>,
 }
+
+/// The AWS access key the fake's Bedrock accepts unless told otherwise (test-only).
+pub const TEST_AWS_ACCESS_KEY_ID: &str = "AKIATOLLGATEFAKETEST";
+/// The secret of [`TEST_AWS_ACCESS_KEY_ID`] (test-only; not an AWS credential).
+pub const TEST_AWS_SECRET_ACCESS_KEY: &str = "tollgate/fake+upstream/test-only/secret/0123";
 
 /// Counters since start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -6,6 +6,7 @@ mod admin;
 mod allowlists;
 mod auth;
 mod azure;
+mod bedrock;
 mod builtin;
 mod clamp;
 mod credits;
