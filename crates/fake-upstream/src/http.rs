@@ -23,7 +23,7 @@ use crate::directives::Directives;
 use crate::error::{self, Flavor};
 use crate::{
     audio, azure, bedrock, chat, completions, control, embeddings, faults, gemini, images,
-    messages, misc, responses, stream, transcribe, Received, Shared,
+    messages, misc, responses, stream, transcribe, vertex, Received, Shared,
 };
 
 pub(crate) type AppState = State<Arc<Shared>>;
@@ -53,6 +53,11 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/openai/responses", post(azure::responses))
         .route("/v1beta/models/{*target}", post(gemini::handle))
         .route("/model/{model}/{operation}", post(bedrock::handle))
+        .route("/token", post(vertex::issue))
+        .route(
+            "/v1/projects/{project}/locations/{region}/publishers/{publisher}/models/{target}",
+            post(vertex::handle),
+        )
         .route("/openai/v1/{*operation}", post(azure::v1))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(

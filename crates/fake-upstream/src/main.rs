@@ -46,6 +46,9 @@ struct Args {
     /// A session token Bedrock requests must carry.
     #[arg(long, env = "FAKE_UPSTREAM_AWS_SESSION_TOKEN")]
     aws_session_token: Option<String>,
+    /// A bearer token the Vertex paths accept besides those `/token` issues.
+    #[arg(long, env = "FAKE_UPSTREAM_VERTEX_ACCESS_TOKEN")]
+    vertex_access_token: Option<String>,
 }
 
 #[tokio::main]
@@ -69,6 +72,8 @@ async fn main() -> anyhow::Result<()> {
         aws_access_key_id: args.aws_access_key_id,
         aws_secret_access_key: args.aws_secret_access_key,
         aws_session_token: args.aws_session_token,
+        vertex_access_token: args.vertex_access_token,
+        vertex_token_lifetime: None,
     };
     let upstream = fake_upstream::start_on(args.listen, opts).await?;
     // The one line a launcher waits for.

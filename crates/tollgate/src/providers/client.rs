@@ -22,7 +22,7 @@ use crate::config::{Config, Deployment, Endpoint, Provider};
 use crate::secrets::Scrubber;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type RequestBody = Either<Full<Bytes>, UnsyncBoxBody<Bytes, BoxError>>;
+pub(super) type RequestBody = Either<Full<Bytes>, UnsyncBoxBody<Bytes, BoxError>>;
 
 /// An upstream answer: its status and headers, and a body still to be read.
 pub type UpstreamResponse = Response<Incoming>;
@@ -76,7 +76,9 @@ pub fn chunks(response: UpstreamResponse) -> UpstreamChunks {
     BodyDataStream::new(response.into_body())
 }
 
-fn pooled_client(provider: &Provider) -> Client<HttpsConnector<HttpConnector>, RequestBody> {
+pub(super) fn pooled_client(
+    provider: &Provider,
+) -> Client<HttpsConnector<HttpConnector>, RequestBody> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);

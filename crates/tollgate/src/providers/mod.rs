@@ -9,6 +9,7 @@ mod bedrock;
 mod client;
 mod error;
 mod gemini;
+mod google_auth;
 mod headers;
 mod openai;
 mod sigv4;

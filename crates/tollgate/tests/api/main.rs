@@ -34,5 +34,6 @@ mod routing;
 mod scrape;
 mod secrets;
 mod translation;
+mod vertex;
 mod webhooks;
 mod windows;
