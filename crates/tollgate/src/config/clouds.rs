@@ -218,3 +218,66 @@ fn service_account(path: &str) -> Result<ServiceAccount, String> {
             .unwrap_or_else(|| "https://oauth2.googleapis.com/token".to_string()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn load(file: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
+        Config::from_toml(
+            &format!("[catalog]\nbuiltin = false\n{file}"),
+            &Default::default(),
+            env,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn cloud_fields_are_checked_and_named() {
+        let aws = |name: &str| match name {
+            "AWS_ACCESS_KEY_ID" => Some("AKID".to_string()),
+            "AWS_SECRET_ACCESS_KEY" => Some("secret".to_string()),
+            _ => None,
+        };
+        let bedrock = load(
+            "[[providers]]\nname = \"b\"\nkind = \"bedrock\"\nregion = \"eu-west-3\"\n",
+            &aws,
+        )
+        .expect("bedrock");
+        assert_eq!(
+            bedrock.providers[0].base_url,
+            "https://bedrock-runtime.eu-west-3.amazonaws.com"
+        );
+        let no_region = load("[[providers]]\nname = \"b\"\nkind = \"bedrock\"\n", &aws);
+        assert!(no_region.is_err_and(|e| e.contains("providers[0].region")));
+        let no_keys = load(
+            "[[providers]]\nname = \"b\"\nkind = \"bedrock\"\nregion = \"us-east-1\"\n",
+            &|_: &str| None,
+        );
+        assert!(no_keys.is_err_and(|e| e.contains("AWS_SECRET_ACCESS_KEY")));
+        let misplaced = load(
+            "[[providers]]\nname = \"o\"\nkind = \"openai\"\nbase_url = \"http://x\"\nregion = \"us-east-1\"\n",
+            &aws,
+        );
+        assert!(misplaced.is_err_and(|e| e.contains("providers[0].region")));
+        let vertex = load(
+            "[[providers]]\nname = \"v\"\nkind = \"vertex\"\nproject = \"p\"\nregion = \"us-east5\"\naccess_token_env = \"T\"\n",
+            &|name: &str| (name == "T").then(|| "tok".to_string()),
+        )
+        .expect("vertex");
+        assert_eq!(
+            vertex.providers[0].base_url,
+            "https://us-east5-aiplatform.googleapis.com"
+        );
+        let no_credentials = load(
+            "[[providers]]\nname = \"v\"\nkind = \"vertex\"\nproject = \"p\"\nregion = \"us-east5\"\n",
+            &aws,
+        );
+        assert!(no_credentials.is_err_and(|e| e.contains("credentials_file")));
+        let missing_file = load(
+            "[[providers]]\nname = \"v\"\nkind = \"vertex\"\nproject = \"p\"\nregion = \"us-east5\"\ncredentials_file = \"/nonexistent/sa.json\"\n",
+            &aws,
+        );
+        assert!(missing_file.is_err_and(|e| e.contains("cannot read")));
+    }
+}
