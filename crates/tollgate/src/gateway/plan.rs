@@ -177,6 +177,7 @@ pub(super) fn prepare(
             upstream_model,
             prepared.stream,
             prepared.body,
+            &prepared.forwarded,
         )
         .map_err(super::translate::untranslatable)?;
     Ok(prepared)

@@ -65,11 +65,13 @@ pub fn is_anthropic(upstream_model: &str) -> bool {
             })
 }
 
-/// Removes the fields the path carries (`model`, `stream`) and adds `version`.
+/// Removes the fields the path carries (`model`, `stream`) and adds `version` (and
+/// `stream` again when given, and the betas as `anthropic_beta` when there are some).
 pub(super) fn messages_body(
     body: &[u8],
     version: &str,
     stream: Option<bool>,
+    betas: &[String],
 ) -> Result<Bytes, ConversionError> {
     let mut value: Value = serde_json::from_slice(body)
         .map_err(|e| ConversionError::new("", format!("the request is not JSON: {e}")))?;
@@ -85,6 +87,9 @@ pub(super) fn messages_body(
         map.insert("stream".into(), stream.into());
     }
     map.insert("anthropic_version".into(), version.into());
+    if !betas.is_empty() {
+        map.insert("anthropic_beta".into(), betas.into());
+    }
     serde_json::to_vec(&value)
         .map(Bytes::from)
         .map_err(|e| ConversionError::new("", e.to_string()))
@@ -145,9 +150,21 @@ impl Adapter for Bedrock {
         _upstream_model: &str,
         _stream: bool,
         body: Bytes,
+        forwarded: &[(HeaderName, HeaderValue)],
     ) -> Result<Bytes, ConversionError> {
         match wire.format {
-            Some(Format::AnthropicMessages) => messages_body(&body, ANTHROPIC_VERSION, None),
+            Some(Format::AnthropicMessages) => {
+                // Bedrock takes the betas in the body, not as a header.
+                let betas: Vec<String> = forwarded
+                    .iter()
+                    .filter(|(name, _)| name.as_str().eq_ignore_ascii_case("anthropic-beta"))
+                    .filter_map(|(_, value)| value.to_str().ok())
+                    .flat_map(|v| v.split(','))
+                    .map(|b| b.trim().to_string())
+                    .filter(|b| !b.is_empty())
+                    .collect();
+                messages_body(&body, ANTHROPIC_VERSION, None, &betas)
+            }
             _ => Ok(body),
         }
     }
@@ -315,12 +332,13 @@ mod tests {
     #[test]
     fn the_messages_body_loses_model_and_stream_and_gains_the_version() {
         let body = br#"{"model":"claude","stream":true,"max_tokens":5,"messages":[]}"#;
-        let out: Value =
-            serde_json::from_slice(&messages_body(body, ANTHROPIC_VERSION, None).expect("body"))
-                .expect("json");
+        let out: Value = serde_json::from_slice(
+            &messages_body(body, ANTHROPIC_VERSION, None, &["b-1".to_string()]).expect("body"),
+        )
+        .expect("json");
         assert_eq!(
             out,
-            serde_json::json!({"max_tokens": 5, "messages": [], "anthropic_version": "bedrock-2023-05-31"})
+            serde_json::json!({"max_tokens": 5, "messages": [], "anthropic_version": "bedrock-2023-05-31", "anthropic_beta": ["b-1"]})
         );
     }
 }

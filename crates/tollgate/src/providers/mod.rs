@@ -73,13 +73,15 @@ pub trait Adapter: Send + Sync {
     }
 
     /// The body as the provider takes it, from the body in the wire's format (or the
-    /// native one): a cloud names the model in the path and its API version in the body.
+    /// native one): a cloud names the model in the path and its API version (and, on
+    /// Bedrock, the client's `forwarded` betas) in the body.
     fn upstream_body(
         &self,
         _wire: Wire,
         _upstream_model: &str,
         _stream: bool,
         body: Bytes,
+        _forwarded: &[(HeaderName, HeaderValue)],
     ) -> Result<Bytes, ConversionError> {
         Ok(body)
     }

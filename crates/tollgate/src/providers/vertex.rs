@@ -114,10 +114,12 @@ impl Adapter for Vertex {
         _upstream_model: &str,
         stream: bool,
         body: Bytes,
+        _forwarded: &[(HeaderName, HeaderValue)],
     ) -> Result<Bytes, ConversionError> {
         match wire.format {
+            // Vertex takes the betas as the `anthropic-beta` header.
             Some(Format::AnthropicMessages) => {
-                messages_body(&body, ANTHROPIC_VERSION, stream.then_some(true))
+                messages_body(&body, ANTHROPIC_VERSION, stream.then_some(true), &[])
             }
             _ => Ok(body),
         }

@@ -369,3 +369,33 @@ async fn aws_throttling_and_validation_errors_reach_the_client_as_theirs() {
     let rows = ledger(&app).await;
     assert!(rows.iter().all(|r| r.4 == 0));
 }
+
+#[tokio::test]
+async fn anthropic_betas_travel_in_the_invoke_model_body() {
+    let (app, up, key) = setup().await;
+    let body = json!({"model": "claude-bedrock", "max_tokens": 20,
+        "context_management": {"edits": []},
+        "messages": [{"role": "user", "content": "Hi [[fake:words=2]]"}]});
+    let send = |beta: Option<&str>| {
+        let mut request = app
+            .client
+            .post(app.url("/v1/messages"))
+            .bearer_auth(&key)
+            .json(&body);
+        if let Some(beta) = beta {
+            request = request.header("anthropic-beta", beta);
+        }
+        request.send()
+    };
+    let response = send(Some("context-management-2025-06-27"))
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        last(&up).json().expect("json")["anthropic_beta"],
+        json!(["context-management-2025-06-27"])
+    );
+    // Without the beta, the fake refuses the field as Bedrock's Claude does.
+    let response = send(None).await.expect("send");
+    assert_eq!(response.status(), 400);
+}
