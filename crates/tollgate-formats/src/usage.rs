@@ -255,7 +255,7 @@ impl UsageTracker {
             }
             if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
                 for call in calls {
-                    self.count_text(call.pointer("/function/arguments"));
+                    self.count_text(call.get("function").and_then(|f| f.get("arguments")));
                 }
             }
         }

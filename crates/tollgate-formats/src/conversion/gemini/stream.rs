@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::answer::read_parts;
 use super::{blocked, chat_usage, finish_reason};
-use crate::conversion::native::NativeStream;
+use crate::conversion::native::{ChunkWriter, NativeStream};
 use crate::conversion::ConversionError;
 use crate::sse::{SseEvent, DONE};
 
@@ -20,6 +20,8 @@ pub struct GeminiStream {
     model: String,
     created: u64,
     id: Option<String>,
+    /// Made with the first chunk, which gives the stream's id.
+    writer: Option<ChunkWriter>,
     calls: usize,
     finished: bool,
     usage: Option<Value>,
@@ -33,24 +35,27 @@ impl GeminiStream {
             model: model.to_string(),
             created,
             id: None,
+            writer: None,
             calls: 0,
             finished: false,
             usage: None,
         }
     }
 
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> SseEvent {
-        let data = json!({
-            "id": self.id.as_deref().unwrap_or("chatcmpl-gemini"),
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-            "usage": null,
-        });
-        SseEvent {
-            event: None,
-            data: data.to_string(),
+    /// A chunk of `delta` (a JSON object's text).
+    fn chunk(&self, delta: &str, finish: Option<&str>) -> SseEvent {
+        match &self.writer {
+            Some(writer) => writer.chunk(delta, finish),
+            None => {
+                ChunkWriter::new("chatcmpl-gemini", self.created, &self.model).chunk(delta, finish)
+            }
+        }
+    }
+
+    fn text(&self, key: &str, text: &str) -> SseEvent {
+        match &self.writer {
+            Some(writer) => writer.text(key, text),
+            None => ChunkWriter::new("chatcmpl-gemini", self.created, &self.model).text(key, text),
         }
     }
 }
@@ -59,7 +64,11 @@ impl NativeStream for GeminiStream {
     fn push(&mut self, event: &SseEvent) -> Result<Vec<SseEvent>, ConversionError> {
         let chunk: Value = serde_json::from_str(&event.data)
             .map_err(|_| ConversionError::new("", "the provider sent a malformed event"))?;
-        if let Some(message) = chunk.pointer("/error/message").and_then(Value::as_str) {
+        if let Some(message) = chunk
+            .get("error")
+            .and_then(|e| e.get("message"))
+            .and_then(Value::as_str)
+        {
             return Err(ConversionError::new(
                 "",
                 format!("the provider reported an error: {message}"),
@@ -77,33 +86,35 @@ impl NativeStream for GeminiStream {
                 .get("responseId")
                 .and_then(Value::as_str)
                 .unwrap_or("gemini");
-            self.id = Some(format!("chatcmpl-{id}"));
-            out.push(self.chunk(json!({"role": "assistant", "content": ""}), None));
+            let id = format!("chatcmpl-{id}");
+            self.writer = Some(ChunkWriter::new(&id, self.created, &self.model));
+            self.id = Some(id);
+            out.push(self.chunk(r#"{"role":"assistant","content":""}"#, None));
         }
         let response_id = self.id.clone().unwrap_or_default();
         let response_id = response_id.trim_start_matches("chatcmpl-");
         let parts = read_parts(&chunk, response_id, self.calls);
         if !parts.thoughts.is_empty() {
-            out.push(self.chunk(json!({"reasoning_content": parts.thoughts}), None));
+            out.push(self.text("reasoning_content", &parts.thoughts));
         }
         if !parts.text.is_empty() {
-            out.push(self.chunk(json!({"content": parts.text}), None));
+            out.push(self.text("content", &parts.text));
         }
         for call in parts.calls {
             let index = self.calls;
             self.calls += 1;
             let mut call = call;
             call["index"] = index.into();
-            out.push(self.chunk(json!({"tool_calls": [call]}), None));
+            out.push(self.chunk(&json!({"tool_calls": [call]}).to_string(), None));
         }
-        if let Some(reason) = chunk
-            .pointer("/candidates/0/finishReason")
+        if let Some(reason) = super::candidate(&chunk)
+            .and_then(|c| c.get("finishReason"))
             .and_then(Value::as_str)
         {
             if !self.finished {
                 self.finished = true;
                 let finish = finish_reason(reason, self.calls > 0);
-                out.push(self.chunk(json!({}), Some(finish)));
+                out.push(self.chunk("{}", Some(finish)));
             }
         }
         Ok(out)
