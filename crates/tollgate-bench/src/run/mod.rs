@@ -73,6 +73,11 @@ const SLOW_MODEL: &str = "slow-stream";
 const ROUTED_MODEL: &str = "routed";
 const FAILOVER_MODEL: &str = "failover";
 const GEMINI_MODEL: &str = "gemini-flash";
+const BEDROCK_MODEL: &str = "nova-pro";
+/// The fake upstream's test-only AWS key (`fake_upstream::TEST_AWS_*`): its Bedrock
+/// verifies every signature with it.
+const FAKE_AWS_ACCESS_KEY_ID: &str = "AKIATOLLGATEFAKETEST";
+const FAKE_AWS_SECRET_ACCESS_KEY: &str = "tollgate/fake+upstream/test-only/secret/0123";
 const OPEN_RATE: u32 = 1_000;
 const CONNECTIONS_OPEN: u32 = 32;
 const CONNECTIONS_CLOSED: u32 = 64;
@@ -236,7 +241,10 @@ impl Bench {
             .arg("--listen")
             .arg(&addr)
             .env("RUST_LOG", log_level)
-            .env("BENCH_UPSTREAM_KEY", "sk-bench-upstream");
+            .env("BENCH_UPSTREAM_KEY", "sk-bench-upstream")
+            .env("AWS_ACCESS_KEY_ID", FAKE_AWS_ACCESS_KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", FAKE_AWS_SECRET_ACCESS_KEY)
+            .env_remove("AWS_SESSION_TOKEN");
         let log = self.path(&format!(
             "tollgate-{}-{}-{log_level}.log",
             deployment.name, self.restarts

@@ -109,6 +109,20 @@ endpoints = ["chat.completions"]
 max_output_tokens = 16384
 pricing = {{ input = "0.30", cached_input = "0.03", output = "2.50" }}
 
+[[providers]]
+name = "fake-bedrock"
+kind = "bedrock"
+region = "us-east-1"
+base_url = "http://{fast}"
+
+[[models]]
+id = "{BEDROCK_MODEL}"
+provider = "fake-bedrock"
+upstream_model = "amazon.nova-pro-v1:0"
+endpoints = ["chat.completions"]
+max_output_tokens = 16384
+pricing = {{ input = "0.80", cached_input = "0.20", output = "3.20" }}
+
 [routing]
 cooldown_failures = 1000000000
 
