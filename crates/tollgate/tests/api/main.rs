@@ -31,7 +31,6 @@ mod requests;
 mod rotation;
 mod routing;
 mod scrape;
-mod secrets;
 mod translation;
 mod webhooks;
 mod windows;
