@@ -399,3 +399,31 @@ async fn anthropic_betas_travel_in_the_invoke_model_body() {
     let response = send(None).await.expect("send");
     assert_eq!(response.status(), 400);
 }
+
+#[tokio::test]
+async fn a_responses_client_reaches_converse_whole_and_streamed() {
+    let (app, up, key) = setup().await;
+    let body = json!({"model": "nova", "instructions": "Be brief.", "max_output_tokens": 50,
+        "input": "Hello there [[fake:words=3]]"});
+    let response = app.post("/v1/responses", &key, &body).await;
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.expect("json");
+    assert_eq!(answer["object"], "response");
+    assert_eq!(answer["status"], "completed");
+    assert_eq!(answer["usage"]["output_tokens"], 3);
+    let native = last(&up).json().expect("json");
+    assert_eq!(native["system"], json!([{"text": "Be brief."}]));
+    assert_eq!(native["inferenceConfig"]["maxTokens"], 50);
+
+    let body = json!({"model": "nova", "stream": true, "input": "Count [[fake:words=4]]"});
+    let response = app.post("/v1/responses", &key, &body).await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("stream");
+    assert!(text.contains("event: response.completed"), "{text}");
+    let rows = ledger(&app).await;
+    assert_eq!(rows.len(), 2);
+    // Whole: system (4 + 2) + user (4 + 3); streamed: 4 + 2.
+    assert_eq!((rows[0].1, rows[0].3), (13, 3));
+    assert_eq!((rows[1].1, rows[1].3), (6, 4));
+    assert_eq!(rows[1].4, cost(&NOVA, 6, 0, 4));
+}

@@ -158,6 +158,26 @@ async fn gemini_on_vertex_streams_tools_through_the_gemini_translation() {
 }
 
 #[tokio::test]
+async fn gemini_on_vertex_whole_from_a_messages_client() {
+    let up = upstream(None).await;
+    let (app, key, _dir) = with_account(&up, TEST_VERTEX_CLIENT_EMAIL).await;
+    let body = json!({"model": "gemini-vertex", "max_tokens": 50,
+        "messages": [{"role": "user", "content": "Hello [[fake:words=3]]"}]});
+    let response = app.post("/v1/messages", &key, &body).await;
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.expect("json");
+    assert_eq!(answer["type"], "message");
+    assert_eq!(answer["model"], "gemini-vertex");
+    assert_eq!(answer["usage"]["output_tokens"], 3);
+    assert!(last(&up)
+        .path
+        .ends_with("/publishers/google/models/gemini-2.5-flash:generateContent"));
+    let rows = ledger(&app).await;
+    assert_eq!((rows[0].1, rows[0].3), (6, 3));
+    assert_eq!(rows[0].4, cost(&FLASH, 6, 0, 3));
+}
+
+#[tokio::test]
 async fn the_token_is_fetched_once_for_many_requests_and_again_after_it_expires() {
     let up = upstream(Some(Duration::from_secs(2))).await;
     let (app, key, _dir) = with_account(&up, TEST_VERTEX_CLIENT_EMAIL).await;
