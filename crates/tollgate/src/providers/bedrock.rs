@@ -196,14 +196,18 @@ impl Adapter for Bedrock {
     }
 }
 
-/// AWS's error message, prefixed with its type (`ValidationException: …`).
+/// AWS's error message, prefixed with its type (`ValidationException: …`); a body in
+/// OpenAI's or Anthropic's shape (a proxy in front of Bedrock) is read too.
 pub(super) fn aws_error(headers: &HeaderMap, body: &[u8]) -> Option<String> {
-    let message = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
-        v.get("message")
-            .or_else(|| v.get("Message"))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    })?;
+    let message = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("message")
+                .or_else(|| v.get("Message"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .or_else(|| super::error_message(body))?;
     let kind = headers
         .get("x-amzn-errortype")
         .and_then(|v| v.to_str().ok())
