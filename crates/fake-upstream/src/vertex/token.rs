@@ -148,3 +148,65 @@ pub(crate) async fn issue(State(s): State<Arc<Shared>>, body: Bytes) -> Response
     )
     .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vertex::test_key::TEST_VERTEX_PRIVATE_KEY_PEM;
+
+    /// An assertion signed with the test key, with `claims`.
+    fn assertion(claims: &Value) -> String {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let body: String = TEST_VERTEX_PRIVATE_KEY_PEM
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .expect("pem");
+        let key = ring::signature::RsaKeyPair::from_pkcs8(&der).expect("key");
+        let signed = format!(
+            "{}.{}",
+            b64.encode(json!({"alg": "RS256", "typ": "JWT"}).to_string()),
+            b64.encode(claims.to_string())
+        );
+        let mut signature = vec![0; key.public().modulus_len()];
+        key.sign(
+            &ring::signature::RSA_PKCS1_SHA256,
+            &ring::rand::SystemRandom::new(),
+            signed.as_bytes(),
+            &mut signature,
+        )
+        .expect("sign");
+        format!("{signed}.{}", b64.encode(signature))
+    }
+
+    #[test]
+    fn only_a_correctly_signed_current_assertion_gets_a_token() {
+        let now = now();
+        let claims = json!({"iss": TEST_VERTEX_CLIENT_EMAIL, "scope": SCOPE,
+            "aud": "http://127.0.0.1:1/token", "iat": now, "exp": now + 3600});
+        let good = assertion(&claims);
+        assert_eq!(check(&good), Ok(()));
+        // One character inside the signature changed (not the last, whose low bits are
+        // padding: the RSA check must be what refuses it).
+        let mut forged = good.clone().into_bytes();
+        let at = forged.len() - 10;
+        forged[at] = if forged[at] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).expect("ascii");
+        assert_eq!(check(&forged), Err("Invalid JWT Signature."));
+        // The claims changed under the same signature.
+        let parts: Vec<&str> = good.split('.').collect();
+        let other = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+            json!({"iss": "someone@else", "scope": SCOPE, "aud": "x/token", "iat": now, "exp": now + 3600})
+                .to_string(),
+        );
+        assert_eq!(
+            check(&format!("{}.{other}.{}", parts[0], parts[2])),
+            Err("Invalid JWT Signature.")
+        );
+        let expired = json!({"iss": TEST_VERTEX_CLIENT_EMAIL, "scope": SCOPE,
+            "aud": "http://127.0.0.1:1/token", "iat": now - 7200, "exp": now - 3600});
+        assert!(check(&assertion(&expired)).is_err());
+    }
+}
