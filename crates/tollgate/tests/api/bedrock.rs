@@ -427,3 +427,67 @@ async fn a_responses_client_reaches_converse_whole_and_streamed() {
     assert_eq!((rows[1].1, rows[1].3), (6, 4));
     assert_eq!(rows[1].4, cost(&NOVA, 6, 0, 4));
 }
+
+#[tokio::test]
+async fn a_throttled_bedrock_deployment_fails_over_to_openai_charged_once() {
+    let (bedrock, openai) = (
+        fake_upstream::start(Options::default())
+            .await
+            .expect("fake"),
+        fake_upstream::start(Options::default())
+            .await
+            .expect("fake"),
+    );
+    let config = format!(
+        "[[providers]]\nname = \"bedrock\"\nkind = \"bedrock\"\nregion = \"us-east-1\"\nbase_url = \"{}\"\n\
+[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"{}\"\napi_key_env = \"OA_KEY\"\n\
+[[models]]\nid = \"smart\"\nendpoints = [\"chat.completions\"]\nmax_output_tokens = 100\npricing = {{ input = \"0.80\", cached_input = \"0.20\", output = \"3.20\" }}\n\
+[[models.deployments]]\nprovider = \"bedrock\"\nupstream_model = \"{NOVA_ID}\"\npriority = 1\n\
+[[models.deployments]]\nprovider = \"openai\"\nupstream_model = \"gpt-4.1-mini\"\npriority = 2\n",
+        bedrock.root_url(),
+        openai.base_url()
+    );
+    let env = |name: &str| match name {
+        "AWS_ACCESS_KEY_ID" => Some(TEST_AWS_ACCESS_KEY_ID.to_string()),
+        "AWS_SECRET_ACCESS_KEY" => Some(TEST_AWS_SECRET_ACCESS_KEY.to_string()),
+        "OA_KEY" => Some("sk-any".to_string()),
+        _ => None,
+    };
+    let app = spawn_app_env(&config, &env).await;
+    app.grant("10").await;
+    let key = app.inference_key().await;
+    // Bedrock's first answer is a 429 (the fake's fault injection).
+    let throttled = json!({"model": "smart", "max_tokens": 50,
+        "messages": [{"role": "user", "content": "Hi [[fake:words=3]]"}]});
+    bedrock
+        .faults()
+        .next(
+            1,
+            fake_upstream::Fault::Status {
+                status: 429,
+                retry_after: None,
+            },
+        )
+        .await
+        .expect("fault");
+    let response = app.post("/v1/chat/completions", &key, &throttled).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response
+            .headers()
+            .get("x-tollgate-provider")
+            .and_then(|v| v.to_str().ok()),
+        Some("openai")
+    );
+    let answer: Value = response.json().await.expect("json");
+    assert_eq!(bedrock.stats().faulted, 1);
+    assert_eq!(openai.received()[0].path, "/v1/chat/completions");
+    let rows = ledger(&app).await;
+    assert_eq!(rows.len(), 1, "charged once");
+    let input = answer["usage"]["prompt_tokens"].as_i64().expect("input");
+    let output = answer["usage"]["completion_tokens"]
+        .as_i64()
+        .expect("output");
+    assert_eq!(rows[0].4, cost(&NOVA, input.into(), 0, output.into()));
+    assert_eq!(rows[0].5, 200);
+}
