@@ -179,7 +179,9 @@ async fn gemini_on_vertex_whole_from_a_messages_client() {
 
 #[tokio::test]
 async fn the_token_is_fetched_once_for_many_requests_and_again_after_it_expires() {
-    let up = upstream(Some(Duration::from_secs(2))).await;
+    // Five seconds: refreshed 0.5 s ahead, long enough for five requests on a loaded
+    // machine.
+    let up = upstream(Some(Duration::from_secs(5))).await;
     let (app, key, _dir) = with_account(&up, TEST_VERTEX_CLIENT_EMAIL).await;
     let body = json!({"model": "claude-vertex", "max_tokens": 20,
         "messages": [{"role": "user", "content": "Hi [[fake:words=2]]"}]});
@@ -189,7 +191,7 @@ async fn the_token_is_fetched_once_for_many_requests_and_again_after_it_expires(
     }
     assert_eq!(token_requests(&up), 1);
     let first = last(&up).header("authorization").map(str::to_string);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(5100)).await;
     let response = app.post("/v1/messages", &key, &body).await;
     assert_eq!(response.status(), 200, "a fresh token was used");
     assert_eq!(token_requests(&up), 2);
