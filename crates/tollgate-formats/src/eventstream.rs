@@ -228,22 +228,33 @@ fn to_event(message: &Message) -> Result<SseEvent, SseError> {
     }
 }
 
+/// An InvokeModel chunk's payload (read into borrowed fields, not a JSON tree: once per
+/// streamed token).
+#[derive(serde::Deserialize)]
+struct Chunk<'a> {
+    #[serde(borrow)]
+    bytes: std::borrow::Cow<'a, str>,
+}
+
+/// The `type` of the model's event.
+#[derive(serde::Deserialize)]
+struct Typed<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+}
+
 /// An InvokeModel stream `chunk`: `{"bytes": base64 of the model's event JSON}`.
 fn unwrap_chunk(payload: &str) -> Result<SseEvent, SseError> {
-    let wrapper: Value =
-        serde_json::from_str(payload).map_err(|_| malformed("a Bedrock chunk is not JSON"))?;
-    let bytes = wrapper
-        .get("bytes")
-        .and_then(Value::as_str)
-        .ok_or_else(|| malformed("a Bedrock chunk has no `bytes`"))?;
+    let wrapper: Chunk<'_> = serde_json::from_str(payload)
+        .map_err(|_| malformed("a Bedrock chunk is not JSON with `bytes`"))?;
     let inner = base64::engine::general_purpose::STANDARD
-        .decode(bytes)
+        .decode(wrapper.bytes.as_bytes())
         .map_err(|_| malformed("a Bedrock chunk's `bytes` is not base64"))?;
     let data =
         String::from_utf8(inner).map_err(|_| malformed("a Bedrock chunk's event is not UTF-8"))?;
-    let name = serde_json::from_str::<Value>(&data)
+    let name = serde_json::from_str::<Typed<'_>>(&data)
         .ok()
-        .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_string));
+        .map(|t| t.kind.into_owned());
     Ok(SseEvent { event: name, data })
 }
 
