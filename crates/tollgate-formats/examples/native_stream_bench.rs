@@ -8,7 +8,10 @@
 //!
 //! `cargo run --release -p tollgate-formats --example native_stream_bench`
 //!
-//! With an argument (`openai`, `gemini` or `bedrock`) and a count, it relays only that
+//! It also compares Claude's Messages stream passed through from Anthropic (SSE) with the
+//! same stream from Bedrock's InvokeModelWithResponseStream (event-stream chunks, unwrapped).
+//!
+//! With an argument (`openai`, `gemini`, `bedrock`, `anthropic` or `invoke`) and a count, it relays only that
 //! kind's stream that many times, for an instruction count under
 //! `valgrind --tool=callgrind` (noise-free ratios):
 //! `valgrind --tool=callgrind target/release/examples/native_stream_bench bedrock 1000`
@@ -88,6 +91,55 @@ fn bedrock_body() -> Vec<u8> {
     out
 }
 
+/// Claude's Messages stream of 8 words: as Anthropic sends it (SSE) and as Bedrock's
+/// InvokeModelWithResponseStream wraps it (event-stream `chunk`s of base64 events).
+fn claude_events() -> Vec<serde_json::Value> {
+    let mut out = vec![
+        json!({"type": "message_start", "message": {"id": "msg_01", "type": "message", "role": "assistant",
+            "model": "claude-sonnet-4-5-20250929", "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": 20, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 1}}}),
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    ];
+    for w in WORDS {
+        out.push(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}));
+    }
+    out.push(json!({"type": "content_block_stop", "index": 0}));
+    out.push(
+        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+        "usage": {"output_tokens": 8}}),
+    );
+    out.push(json!({"type": "message_stop"}));
+    out
+}
+
+fn anthropic_body() -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in claude_events() {
+        let name = e["type"].as_str().unwrap_or("").to_string();
+        out.extend_from_slice(&sse::encode_json(Some(&name), &e));
+    }
+    out
+}
+
+fn invoke_body() -> Vec<u8> {
+    use base64::Engine;
+    let mut out = Vec::new();
+    for e in claude_events() {
+        let bytes = base64::engine::general_purpose::STANDARD.encode(e.to_string());
+        out.extend(eventstream::encode(
+            &[
+                (":event-type", "chunk"),
+                (":content-type", "application/json"),
+                (":message-type", "event"),
+            ],
+            json!({"bytes": bytes, "p": "abcdefgh"})
+                .to_string()
+                .as_bytes(),
+        ));
+    }
+    out
+}
+
 fn openai_body() -> Vec<u8> {
     let mut out = Vec::new();
     let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
@@ -129,17 +181,26 @@ enum Kind {
     OpenAi,
     Gemini,
     Bedrock,
+    /// Claude's own stream from Anthropic, passed through.
+    Anthropic,
+    /// Claude's stream from Bedrock's InvokeModel, unwrapped and passed through.
+    Invoke,
 }
 
 /// One stream relayed: decoded, (translated,) metered and re-encoded; returns bytes out.
 fn relay(body: &[u8], kind: Kind) -> usize {
     let mut decoder = match kind {
-        Kind::Bedrock => StreamDecoder::EventStream(EventStreamDecoder::new(1 << 20)),
+        Kind::Bedrock | Kind::Invoke => {
+            StreamDecoder::EventStream(EventStreamDecoder::new(1 << 20))
+        }
         _ => StreamDecoder::Sse(SseDecoder::new(1 << 20)),
     };
-    let mut tracker = UsageTracker::new(Format::ChatCompletions);
+    let mut tracker = UsageTracker::new(match kind {
+        Kind::Anthropic | Kind::Invoke => Format::AnthropicMessages,
+        _ => Format::ChatCompletions,
+    });
     let mut native: Option<Box<dyn NativeStream>> = match kind {
-        Kind::OpenAi => None,
+        Kind::OpenAi | Kind::Anthropic | Kind::Invoke => None,
         Kind::Gemini => Some(Box::new(GeminiStream::new(
             "gemini-2.5-flash",
             1_700_000_000,
@@ -175,12 +236,15 @@ fn relay(body: &[u8], kind: Kind) -> usize {
 
 fn main() {
     let (gemini, openai, bedrock) = (gemini_body(), openai_body(), bedrock_body());
+    let (anthropic, invoke) = (anthropic_body(), invoke_body());
     let mut args = std::env::args().skip(1);
     if let Some(kind) = args.next() {
         let n: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(1000);
         let (body, kind) = match kind.as_str() {
             "gemini" => (&gemini, Kind::Gemini),
             "bedrock" => (&bedrock, Kind::Bedrock),
+            "anthropic" => (&anthropic, Kind::Anthropic),
+            "invoke" => (&invoke, Kind::Invoke),
             _ => (&openai, Kind::OpenAi),
         };
         for _ in 0..n {
@@ -188,13 +252,15 @@ fn main() {
         }
         return;
     }
-    let mut cpu = [Duration::ZERO; 3];
+    let mut cpu = [Duration::ZERO; 5];
     let rounds = 20;
     let per_round = 2_000;
     let kinds = [
         (&openai, Kind::OpenAi),
         (&gemini, Kind::Gemini),
         (&bedrock, Kind::Bedrock),
+        (&anthropic, Kind::Anthropic),
+        (&invoke, Kind::Invoke),
     ];
     for _ in 0..rounds {
         for (i, (body, kind)) in kinds.into_iter().enumerate() {
@@ -228,6 +294,17 @@ fn main() {
         "  Bedrock ConverseStream, translated: {:.2} µs ({} bytes in)",
         us(cpu[2]),
         bedrock.len()
+    );
+    println!(
+        "  Claude from Anthropic, passed through: {:.2} µs ({} bytes in)",
+        us(cpu[3]),
+        anthropic.len()
+    );
+    println!(
+        "  Claude from Bedrock InvokeModel:      {:.2} µs ({} bytes in), {:+.0} % vs Anthropic",
+        us(cpu[4]),
+        invoke.len(),
+        (us(cpu[4]) / us(cpu[3]) - 1.0) * 100.0
     );
     for (name, i) in [("Gemini", 1), ("Bedrock", 2)] {
         println!(

@@ -67,39 +67,59 @@ impl EventStreamDecoder {
     /// Feeds the next chunk and returns the messages it completed. After an error every
     /// later call fails too (the framing cannot be resynchronised).
     pub fn push_messages(&mut self, chunk: &[u8]) -> Result<Vec<Message>, SseError> {
+        self.push_with(chunk, |frame| {
+            Ok(Message {
+                headers: frame
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
+                payload: frame.payload.to_vec(),
+            })
+        })
+    }
+
+    /// Feeds the next chunk and returns its messages as events (see the module docs).
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<SseEvent>, SseError> {
+        self.push_with(chunk, to_event)
+    }
+
+    /// Decodes the complete messages in the buffer, each read in place by `read`.
+    fn push_with<T>(
+        &mut self,
+        chunk: &[u8],
+        mut read: impl FnMut(&Frame<'_>) -> Result<T, SseError>,
+    ) -> Result<Vec<T>, SseError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
         self.buffer.extend_from_slice(chunk);
         let mut out = Vec::new();
         let mut start = 0;
-        loop {
-            let rest = &self.buffer[start..];
-            if rest.len() < PRELUDE {
-                break;
-            }
-            match decode_one(rest, self.max_message_bytes) {
-                Ok(Some((message, used))) => {
-                    out.push(message);
+        let mut failure = None;
+        while self.buffer.len() - start >= PRELUDE {
+            match decode_one(&self.buffer[start..], self.max_message_bytes).and_then(|decoded| {
+                decoded
+                    .map(|(frame, used)| Ok((read(&frame)?, used)))
+                    .transpose()
+            }) {
+                Ok(Some((item, used))) => {
+                    out.push(item);
                     start += used;
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    self.failed = Some(e.clone());
-                    return Err(e);
+                    failure = Some(e);
+                    break;
                 }
             }
         }
+        if let Some(e) = failure {
+            self.failed = Some(e.clone());
+            return Err(e);
+        }
         self.buffer.drain(..start);
         Ok(out)
-    }
-
-    /// Feeds the next chunk and returns its messages as events (see the module docs).
-    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<SseEvent>, SseError> {
-        self.push_messages(chunk)?
-            .into_iter()
-            .map(|m| to_event(&m))
-            .collect()
     }
 
     /// Whether the stream ended in the middle of a message.
@@ -116,8 +136,23 @@ fn be32(bytes: &[u8]) -> usize {
     u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize
 }
 
+/// One message, read in place: its string headers and its payload.
+struct Frame<'a> {
+    headers: Vec<(&'a str, &'a str)>,
+    payload: &'a [u8],
+}
+
+impl<'a> Frame<'a> {
+    fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+    }
+}
+
 /// Decodes the message at the start of `bytes`: `None` while it is incomplete.
-fn decode_one(bytes: &[u8], max: usize) -> Result<Option<(Message, usize)>, SseError> {
+fn decode_one(bytes: &[u8], max: usize) -> Result<Option<(Frame<'_>, usize)>, SseError> {
     let total = be32(&bytes[0..4]);
     let headers_len = be32(&bytes[4..8]);
     if crc32fast::hash(&bytes[0..8]) as usize != be32(&bytes[8..12]) {
@@ -140,15 +175,15 @@ fn decode_one(bytes: &[u8], max: usize) -> Result<Option<(Message, usize)>, SseE
     }
     let headers = parse_headers(&bytes[PRELUDE..PRELUDE + headers_len])?;
     Ok(Some((
-        Message {
+        Frame {
             headers,
-            payload: bytes[PRELUDE + headers_len..body_end].to_vec(),
+            payload: &bytes[PRELUDE + headers_len..body_end],
         },
         total,
     )))
 }
 
-fn parse_headers(mut bytes: &[u8]) -> Result<Vec<(String, String)>, SseError> {
+fn parse_headers(mut bytes: &[u8]) -> Result<Vec<(&str, &str)>, SseError> {
     let truncated = || malformed("an event-stream header is truncated");
     let mut out = Vec::new();
     while let Some((&name_len, rest)) = bytes.split_first() {
@@ -179,10 +214,10 @@ fn parse_headers(mut bytes: &[u8]) -> Result<Vec<(String, String)>, SseError> {
             }
         };
         if let (7, Some(value)) = (kind, value) {
-            out.push((
-                String::from_utf8_lossy(name).into_owned(),
-                String::from_utf8_lossy(value).into_owned(),
-            ));
+            // Bedrock's headers are ASCII; one that is not UTF-8 is no header it sends.
+            if let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value)) {
+                out.push((name, value));
+            }
         }
         bytes = rest;
     }
@@ -190,8 +225,8 @@ fn parse_headers(mut bytes: &[u8]) -> Result<Vec<(String, String)>, SseError> {
 }
 
 /// The event of one message (see the module docs).
-fn to_event(message: &Message) -> Result<SseEvent, SseError> {
-    let payload = std::str::from_utf8(&message.payload)
+fn to_event(message: &Frame<'_>) -> Result<SseEvent, SseError> {
+    let payload = std::str::from_utf8(message.payload)
         .map_err(|_| malformed("an event-stream payload is not UTF-8"))?;
     match message.header(":message-type").unwrap_or("event") {
         "event" => {
@@ -245,16 +280,36 @@ struct Typed<'a> {
 
 /// An InvokeModel stream `chunk`: `{"bytes": base64 of the model's event JSON}`.
 fn unwrap_chunk(payload: &str) -> Result<SseEvent, SseError> {
-    let wrapper: Chunk<'_> = serde_json::from_str(payload)
-        .map_err(|_| malformed("a Bedrock chunk is not JSON with `bytes`"))?;
+    // Bedrock writes `{"bytes":"…"` first, and base64 has no quote or escape: the common
+    // case needs no JSON parse; anything else is parsed.
+    let quick = payload
+        .strip_prefix("{\"bytes\":\"")
+        .and_then(|rest| rest.split_once('"'))
+        .map(|(bytes, _)| std::borrow::Cow::Borrowed(bytes));
+    let bytes = match quick {
+        Some(bytes) => bytes,
+        None => {
+            serde_json::from_str::<Chunk<'_>>(payload)
+                .map_err(|_| malformed("a Bedrock chunk is not JSON with `bytes`"))?
+                .bytes
+        }
+    };
     let inner = base64::engine::general_purpose::STANDARD
-        .decode(wrapper.bytes.as_bytes())
+        .decode(bytes.as_bytes())
         .map_err(|_| malformed("a Bedrock chunk's `bytes` is not base64"))?;
     let data =
         String::from_utf8(inner).map_err(|_| malformed("a Bedrock chunk's event is not UTF-8"))?;
-    let name = serde_json::from_str::<Typed<'_>>(&data)
-        .ok()
-        .map(|t| t.kind.into_owned());
+    // Claude's events start with their `type`; the gateway's relay checks the whole event.
+    let quick = data
+        .strip_prefix("{\"type\":\"")
+        .and_then(|rest| rest.split_once('"'))
+        .map(|(kind, _)| kind.to_string())
+        .filter(|kind| !kind.contains('\\'));
+    let name = quick.or_else(|| {
+        serde_json::from_str::<Typed<'_>>(&data)
+            .ok()
+            .map(|t| t.kind.into_owned())
+    });
     Ok(SseEvent { event: name, data })
 }
 
@@ -428,6 +483,23 @@ mod tests {
                 data: inner.into()
             }]
         );
+    }
+
+    #[test]
+    fn chunks_in_another_field_order_unwrap_the_same() {
+        let inner = r#"{"index":0,"type":"content_block_stop"}"#;
+        let payload = format!(
+            r#"{{"p":"abc","bytes":"{}"}}"#,
+            base64::engine::general_purpose::STANDARD.encode(inner)
+        );
+        let frame = encode(&[(":event-type", "chunk")], payload.as_bytes());
+        let events = EventStreamDecoder::new(1 << 20)
+            .push(&frame)
+            .expect("decodes");
+        assert_eq!(events[0].event.as_deref(), Some("content_block_stop"));
+        assert_eq!(events[0].data, inner);
+        let bad = encode(&[(":event-type", "chunk")], br#"{"bytes":"not base64!"}"#);
+        assert!(EventStreamDecoder::new(1 << 20).push(&bad).is_err());
     }
 
     #[test]
