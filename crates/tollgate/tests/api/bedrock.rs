@@ -491,3 +491,26 @@ async fn a_throttled_bedrock_deployment_fails_over_to_openai_charged_once() {
     assert_eq!(rows[0].4, cost(&NOVA, input.into(), 0, output.into()));
     assert_eq!(rows[0].5, 200);
 }
+
+#[tokio::test]
+async fn an_exception_mid_stream_ends_it_with_an_error_and_charges_what_was_delivered() {
+    let (app, _up, key) = setup().await;
+    for model in ["claude-bedrock", "nova"] {
+        let body = json!({"model": model, "max_tokens": 50, "stream": true,
+            "messages": [{"role": "user", "content": "Count [[fake:words=6,error_after=2]]"}]});
+        let response = app.post("/v1/messages", &key, &body).await;
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.expect("stream");
+        assert!(text.contains("event: error"), "{model}: {text}");
+        assert!(!text.contains("event: message_stop"), "{model}: {text}");
+    }
+    let rows = ledger(&app).await;
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        assert_eq!(row.5, 502, "{rows:?}");
+        assert!(
+            row.3 >= 2 && row.4 > 0,
+            "the delivered words are charged: {rows:?}"
+        );
+    }
+}
