@@ -7,6 +7,7 @@ mod allowlists;
 mod auth;
 mod azure;
 mod bedrock;
+mod bedrock_refusals;
 mod builtin;
 mod clamp;
 mod credits;
