@@ -140,33 +140,62 @@ api_key_env = "BENCH_UPSTREAM_KEY"
 
 [[models]]
 id = "{ROUTED_MODEL}"
-upstream_model = "{CHAT_MODEL}"
 endpoints = ["chat.completions"]
 max_output_tokens = 16384
 pricing = {{ input = "0.15", cached_input = "0.075", output = "0.60" }}
 
 [[models.deployments]]
 provider = "fake"
+upstream_model = "{CHAT_MODEL}"
 
 [[models.deployments]]
 provider = "fake-b"
+upstream_model = "{CHAT_MODEL}"
 
 [[models]]
 id = "{FAILOVER_MODEL}"
-upstream_model = "{CHAT_MODEL}"
 endpoints = ["chat.completions"]
 max_output_tokens = 16384
 pricing = {{ input = "0.15", cached_input = "0.075", output = "0.60" }}
 
 [[models.deployments]]
 provider = "dead"
+upstream_model = "{CHAT_MODEL}"
 priority = 0
 
 [[models.deployments]]
 provider = "fake"
+upstream_model = "{CHAT_MODEL}"
 priority = 1
 "#
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The configuration a run writes is one the gateway accepts (with and without the
+    /// routing scenario's models): it broke unseen once, when routing moved
+    /// `upstream_model` onto each deployment.
+    #[test]
+    fn the_written_configuration_is_accepted() {
+        let dir = tempfile::tempdir().expect("dir");
+        for routing in [false, true] {
+            let path = dir.path().join("tollgate.toml");
+            let url = format!("sqlite://{}/t.db", dir.path().display());
+            write_config(&path, &url, dir.path(), "127.0.0.1:1", "127.0.0.1:2", routing)
+                .expect("written");
+            let text = std::fs::read_to_string(&path).expect("read");
+            let env = |name: &str| (name.starts_with("BENCH_")).then(|| "k".to_string());
+            let config = tollgate::config::Config::from_toml(
+                &text,
+                &tollgate::config::Overrides::default(),
+                &env,
+            );
+            assert!(config.is_ok(), "routing {routing}: {:?}", config.err());
+        }
+    }
 }
 
 pub(super) fn nginx_config(work: &Path, port: u16, upstream: &str) -> String {
