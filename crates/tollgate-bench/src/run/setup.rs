@@ -184,10 +184,23 @@ mod tests {
         for routing in [false, true] {
             let path = dir.path().join("tollgate.toml");
             let url = format!("sqlite://{}/t.db", dir.path().display());
-            write_config(&path, &url, dir.path(), "127.0.0.1:1", "127.0.0.1:2", routing)
-                .expect("written");
+            write_config(
+                &path,
+                &url,
+                dir.path(),
+                "127.0.0.1:1",
+                "127.0.0.1:2",
+                routing,
+            )
+            .expect("written");
             let text = std::fs::read_to_string(&path).expect("read");
-            let env = |name: &str| (name.starts_with("BENCH_")).then(|| "k".to_string());
+            // What a run gives the gateway (the `tollgate serve` command of a run): the upstream key and
+            // the fake's AWS key for the Bedrock provider.
+            let env = |name: &str| match name {
+                "AWS_ACCESS_KEY_ID" => Some(FAKE_AWS_ACCESS_KEY_ID.to_string()),
+                "AWS_SECRET_ACCESS_KEY" => Some(FAKE_AWS_SECRET_ACCESS_KEY.to_string()),
+                _ => name.starts_with("BENCH_").then(|| "k".to_string()),
+            };
             let config = tollgate::config::Config::from_toml(
                 &text,
                 &tollgate::config::Overrides::default(),
