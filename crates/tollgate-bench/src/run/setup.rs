@@ -170,8 +170,15 @@ mod tests {
         for routing in [false, true] {
             let path = dir.path().join("tollgate.toml");
             let url = format!("sqlite://{}/t.db", dir.path().display());
-            write_config(&path, &url, dir.path(), "127.0.0.1:1", "127.0.0.1:2", routing)
-                .expect("written");
+            write_config(
+                &path,
+                &url,
+                dir.path(),
+                "127.0.0.1:1",
+                "127.0.0.1:2",
+                routing,
+            )
+            .expect("written");
             let text = std::fs::read_to_string(&path).expect("read");
             let env = |name: &str| (name.starts_with("BENCH_")).then(|| "k".to_string());
             let config = tollgate::config::Config::from_toml(
