@@ -157,40 +157,6 @@ priority = 1
     ))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The configuration a run writes is one the gateway accepts (with and without the
-    /// routing scenario's models): it broke unseen once, when routing moved
-    /// `upstream_model` onto each deployment.
-    #[test]
-    fn the_written_configuration_is_accepted() {
-        let dir = tempfile::tempdir().expect("dir");
-        for routing in [false, true] {
-            let path = dir.path().join("tollgate.toml");
-            let url = format!("sqlite://{}/t.db", dir.path().display());
-            write_config(
-                &path,
-                &url,
-                dir.path(),
-                "127.0.0.1:1",
-                "127.0.0.1:2",
-                routing,
-            )
-            .expect("written");
-            let text = std::fs::read_to_string(&path).expect("read");
-            let env = |name: &str| (name.starts_with("BENCH_")).then(|| "k".to_string());
-            let config = tollgate::config::Config::from_toml(
-                &text,
-                &tollgate::config::Overrides::default(),
-                &env,
-            );
-            assert!(config.is_ok(), "routing {routing}: {:?}", config.err());
-        }
-    }
-}
-
 pub(super) fn nginx_config(work: &Path, port: u16, upstream: &str) -> String {
     let w = work.display();
     format!(
@@ -358,4 +324,38 @@ pub(super) async fn provision_typical(
     create_keys(&bench.client, &base, &provisioning_key, names).await?;
     bench.stop_gate();
     Ok(provisioning_key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The configuration a run writes is one the gateway accepts (with and without the
+    /// routing scenario's models): it broke unseen once, when routing moved
+    /// `upstream_model` onto each deployment.
+    #[test]
+    fn the_written_configuration_is_accepted() {
+        let dir = tempfile::tempdir().expect("dir");
+        for routing in [false, true] {
+            let path = dir.path().join("tollgate.toml");
+            let url = format!("sqlite://{}/t.db", dir.path().display());
+            write_config(
+                &path,
+                &url,
+                dir.path(),
+                "127.0.0.1:1",
+                "127.0.0.1:2",
+                routing,
+            )
+            .expect("written");
+            let text = std::fs::read_to_string(&path).expect("read");
+            let env = |name: &str| (name.starts_with("BENCH_")).then(|| "k".to_string());
+            let config = tollgate::config::Config::from_toml(
+                &text,
+                &tollgate::config::Overrides::default(),
+                &env,
+            );
+            assert!(config.is_ok(), "routing {routing}: {:?}", config.err());
+        }
+    }
 }
