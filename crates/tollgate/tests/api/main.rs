@@ -8,6 +8,7 @@ mod auth;
 mod azure;
 mod builtin;
 mod clamp;
+mod console;
 mod credits;
 mod endpoints;
 mod errors;

@@ -127,7 +127,11 @@ fn limit_text(k: &KeyView) -> String {
         None => "No limit".into(),
         Some(limit) => {
             let per = k.limit_reset.map(|r| format!(" {r}")).unwrap_or_default();
-            format!("{}{per}", usd(limit.get()))
+            let shown = limit
+                .get()
+                .parse::<crate::billing::Credits>()
+                .map_or(limit.get().to_string(), |c| c.to_string());
+            format!("{}{per}", usd(&shown))
         }
     }
 }
