@@ -99,7 +99,8 @@ pub fn respond(markup: Markup) -> Response {
 }
 
 /// The headers of every console response: no caching (pages may show a key once), no
-/// framing, no inline script, no referrer.
+/// framing, no inline script, no referrer to other sites (same-origin: with none at all,
+/// Chromium sends `Origin: null` on the console's own forms).
 pub fn protect(headers: &mut HeaderMap) {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(
@@ -113,7 +114,7 @@ pub fn protect(headers: &mut HeaderMap) {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
 }
 
