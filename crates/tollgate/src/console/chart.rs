@@ -94,6 +94,9 @@ fn step_for(max: f64) -> f64 {
 }
 
 fn axis_label(value: f64, step: f64) -> String {
+    if value == 0.0 {
+        return "$0".into();
+    }
     let decimals = if step >= 0.01 {
         2
     } else {

@@ -136,8 +136,8 @@ pub async fn list(
         (filters(&ctx, &query, &keys))
         @if let Some(error) = &error { (notice("error", error)) }
         section.panel aria-labelledby="log-title" {
-            h2 id="log-title" {
-                "Requests" small { "newest first" }
+            div.panel-head {
+                h2 id="log-title" { "Requests" small { "newest first" } }
                 a.button.secondary href={ "/console/requests/export?" (query_string(&query, &[])) } download="requests.csv" { "Export CSV" }
             }
             @if let Some(page) = &result { (table(page)) }
