@@ -148,7 +148,28 @@ pub fn render(spend: &Spend) -> Markup {
     let totals: Vec<i64> = spend
         .days
         .iter()
-        .map(|d| series.iter().fold(0i64, |a, s| a.saturating_add(cost(d, s))))
+        .map(|d| {
+            series
+                .iter()
+                .fold(0i64, |a, s| a.saturating_add(cost(d, s)))
+        })
+        .collect();
+    // Each day's segments, bottom up: the series, its cost and the cost below it.
+    let stacks: Vec<Vec<(&Series, i64, i64)>> = spend
+        .days
+        .iter()
+        .map(|d| {
+            let mut base = 0i64;
+            series
+                .iter()
+                .filter_map(|s| {
+                    let c = cost(d, s);
+                    let below = base;
+                    base = base.saturating_add(c);
+                    (c > 0).then_some((s, c, below))
+                })
+                .collect()
+        })
         .collect();
     let period_total = totals.iter().fold(0i64, |a, t| a.saturating_add(*t));
     let max = totals.iter().copied().max().unwrap_or(0);
@@ -191,17 +212,12 @@ pub fn render(spend: &Spend) -> Markup {
                     @let x = LEFT + slot * i as f64 + (slot - bar_w) / 2.0;
                     g.day data-day=(day) data-total=(Credits::from_nanos(totals[i]).to_string()) {
                         title { (day) ": " (money(totals[i])) }
-                        @let mut base = 0i64;
-                        @for s in &series {
-                            @let c = cost(day, s);
-                            @if c > 0 {
-                                @let y0 = y(dollars(base));
-                                @let y1 = y(dollars(base.saturating_add(c)));
-                                rect class=(s.class) x=(x) y=(y1) width=(bar_w) height=((y0 - y1).max(0.5))
-                                    data-model=(s.name) data-cost=(Credits::from_nanos(c).to_string()) {
-                                    title { (day) " · " (s.name) ": " (money(c)) }
-                                }
-                                @let _ = { base = base.saturating_add(c); };
+                        @for (s, c, base) in &stacks[i] {
+                            @let y0 = y(dollars(*base));
+                            @let y1 = y(dollars(base.saturating_add(*c)));
+                            rect class=(s.class) x=(x) y=(y1) width=(bar_w) height=((y0 - y1).max(0.5))
+                                data-model=(s.name) data-cost=(Credits::from_nanos(*c).to_string()) {
+                                title { (day) " · " (s.name) ": " (money(*c)) }
                             }
                         }
                         @if totals[i] > 0 {

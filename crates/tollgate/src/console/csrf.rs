@@ -102,7 +102,10 @@ mod tests {
             ("host", "a.test"),
             ("origin", "https://evil.test")
         ])));
-        assert!(!same_site(&headers(&[("origin", "null"), ("host", "a.test")])));
+        assert!(!same_site(&headers(&[
+            ("origin", "null"),
+            ("host", "a.test")
+        ])));
         assert!(!same_site(&headers(&[("sec-fetch-site", "cross-site")])));
         assert!(same_site(&headers(&[("sec-fetch-site", "same-origin")])));
     }

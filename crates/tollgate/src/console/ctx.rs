@@ -114,7 +114,10 @@ pub fn protect(headers: &mut HeaderMap) {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
 }
 
@@ -125,13 +128,7 @@ impl Ctx {
             .await?
             .ok_or(Fail::SignIn)?;
         let account = match session.role {
-            Role::Account(id) => Some(
-                state
-                    .accounts
-                    .account(id)
-                    .await?
-                    .ok_or(Fail::SignIn)?,
-            ),
+            Role::Account(id) => Some(state.accounts.account(id).await?.ok_or(Fail::SignIn)?),
             Role::Operator => None,
         };
         Ok(Ctx {

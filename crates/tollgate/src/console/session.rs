@@ -208,7 +208,10 @@ mod tests {
             HeaderValue::from_static("a=1; tollgate_session=abc ; b=2"),
         );
         assert_eq!(cookie_token(&h), Some("abc"));
-        h.insert(header::COOKIE, HeaderValue::from_static("tollgate_session="));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("tollgate_session="),
+        );
         assert_eq!(cookie_token(&h), None);
         assert_eq!(cookie_token(&HeaderMap::new()), None);
     }

@@ -482,7 +482,11 @@ pub async fn get_key(
 }
 
 /// The key object of an inference key of `account` (404 for any other).
-pub async fn key_view(state: &AppState, account: AccountId, id: KeyId) -> Result<KeyView, ApiError> {
+pub async fn key_view(
+    state: &AppState,
+    account: AccountId,
+    id: KeyId,
+) -> Result<KeyView, ApiError> {
     let key = state
         .accounts
         .get_key(account, id)
@@ -612,7 +616,11 @@ pub async fn delete_key(
 }
 
 /// Deletes an inference key of `account` (404 for any other); it stops working at once.
-pub async fn delete_key_of(state: &AppState, account: AccountId, id: KeyId) -> Result<(), ApiError> {
+pub async fn delete_key_of(
+    state: &AppState,
+    account: AccountId,
+    id: KeyId,
+) -> Result<(), ApiError> {
     if !state.accounts.delete_key(account, id).await? {
         return Err(key_not_found(id));
     }

@@ -112,7 +112,12 @@ impl<'a> Browser<'a> {
     async fn signed_in(app: &'a TestApp, key: &str) -> Browser<'a> {
         let mut browser = Browser::new(app);
         let page = browser.sign_in(key).await;
-        assert!(page.redirects_to("/console"), "{} {}", page.status, page.body);
+        assert!(
+            page.redirects_to("/console"),
+            "{} {}",
+            page.status,
+            page.body
+        );
         browser
     }
 
@@ -144,11 +149,18 @@ async fn no_page_answers_without_a_valid_session() {
     assert!(anonymous.get("/").await.redirects_to("/console"));
     for path in ACCOUNT_PAGES {
         let page = anonymous.get(path).await;
-        assert!(page.redirects_to("/console/sign-in"), "{path}: {}", page.status);
+        assert!(
+            page.redirects_to("/console/sign-in"),
+            "{path}: {}",
+            page.status
+        );
     }
     anonymous.cookie = Some("f".repeat(64));
     for path in ACCOUNT_PAGES {
-        assert!(anonymous.get(path).await.redirects_to("/console/sign-in"), "{path}");
+        assert!(
+            anonymous.get(path).await.redirects_to("/console/sign-in"),
+            "{path}"
+        );
     }
     let page = anonymous
         .post("/console/keys", &[("name", "sneaky"), ("csrf", "x")])
@@ -220,11 +232,19 @@ async fn signing_in_gives_a_strict_http_only_cookie_and_keeps_no_key() {
     let page = other.sign_in("tg-prov-0000").await;
     assert_eq!(page.status, 401);
     assert!(page.set_cookie.is_none());
-    assert!(page.body.contains("Invalid provisioning key"), "{}", page.body);
+    assert!(
+        page.body.contains("Invalid provisioning key"),
+        "{}",
+        page.body
+    );
     let inference = app.inference_key().await;
     let page = other.sign_in(&inference).await;
     assert_eq!(page.status, 401);
-    assert!(page.body.contains("This is an inference key"), "{}", page.body);
+    assert!(
+        page.body.contains("This is an inference key"),
+        "{}",
+        page.body
+    );
 }
 
 #[tokio::test]
@@ -252,7 +272,10 @@ async fn a_post_without_the_sessions_csrf_token_is_refused() {
     // Another session's token.
     let other = Browser::signed_in(&app, &app.prov_key).await;
     let page = browser
-        .post("/console/keys", &[("name", "x"), ("csrf", &other.csrf().await)])
+        .post(
+            "/console/keys",
+            &[("name", "x"), ("csrf", &other.csrf().await)],
+        )
         .await;
     assert_eq!(page.status, 403);
     let keys: serde_json::Value = app
@@ -280,7 +303,11 @@ async fn the_plaintext_key_appears_in_exactly_one_response() {
     let created = browser
         .post(
             "/console/keys",
-            &[("name", "CI worker"), ("credit_limit", "25.50"), ("csrf", &token)],
+            &[
+                ("name", "CI worker"),
+                ("credit_limit", "25.50"),
+                ("csrf", &token),
+            ],
         )
         .await;
     assert_eq!(created.status, 200, "{}", created.body);
@@ -289,7 +316,12 @@ async fn the_plaintext_key_appears_in_exactly_one_response() {
     assert!(secret.starts_with("tg-inf-"));
     assert_eq!(created.body.matches(&secret).count(), 1);
     // It works, with the limit typed in the form.
-    let me: serde_json::Value = app.get("/v1/key", &secret).await.json().await.expect("json");
+    let me: serde_json::Value = app
+        .get("/v1/key", &secret)
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(me["name"], "CI worker");
     assert_eq!(me["credit_limit"], json!(25.5));
     let id = me["id"].as_i64().expect("id");
@@ -302,7 +334,10 @@ async fn the_plaintext_key_appears_in_exactly_one_response() {
     ] {
         let page = browser.get(&path).await;
         assert_eq!(page.status, 200, "{path}");
-        assert!(!page.body.contains(&secret), "{path} shows the secret again");
+        assert!(
+            !page.body.contains(&secret),
+            "{path} shows the secret again"
+        );
         assert!(page.secret().is_none(), "{path}");
     }
 }
@@ -312,7 +347,11 @@ async fn a_session_of_one_account_never_reaches_another_accounts_keys() {
     let app = spawn_app().await;
     let (b_account, b_prov) = app.new_account("b").await;
     let response = app
-        .post("/v1/account/keys", &b_prov, &json!({"name": "B's secret key"}))
+        .post(
+            "/v1/account/keys",
+            &b_prov,
+            &json!({"name": "B's secret key"}),
+        )
         .await;
     assert_eq!(response.status(), 201);
     let b_key: serde_json::Value = response.json().await.expect("json");
@@ -352,9 +391,15 @@ async fn a_session_of_one_account_never_reaches_another_accounts_keys() {
     }
     let edits: [(String, Vec<(&str, &str)>); 4] = [
         (format!("/console/keys/{b_id}"), vec![("toggle", "disable")]),
-        (format!("/console/keys/{b_id}"), vec![("name", "taken"), ("is_enabled", "on")]),
+        (
+            format!("/console/keys/{b_id}"),
+            vec![("name", "taken"), ("is_enabled", "on")],
+        ),
         (format!("/console/keys/{b_id}/delete"), vec![]),
-        (format!("/console/accounts/{}/grants", b_account.0), vec![("amount", "5")]),
+        (
+            format!("/console/accounts/{}/grants", b_account.0),
+            vec![("amount", "5")],
+        ),
     ];
     for (path, mut form) in edits {
         form.push(("csrf", &token));
@@ -395,7 +440,10 @@ async fn sessions_end_at_expiry_at_sign_out_and_when_their_key_is_revoked() {
         .set_cookie
         .as_deref()
         .is_some_and(|c| c.starts_with("tollgate_session=;") && c.contains("Max-Age=0")));
-    assert!(browser.get("/console").await.redirects_to("/console/sign-in"));
+    assert!(browser
+        .get("/console")
+        .await
+        .redirects_to("/console/sign-in"));
 
     // Expiry: twelve hours.
     let browser = Browser::signed_in(&app, &app.prov_key).await;
@@ -403,7 +451,10 @@ async fn sessions_end_at_expiry_at_sign_out_and_when_their_key_is_revoked() {
     app.state.config.clock.set(tollgate::now() + 12 * 3600 - 60);
     assert_eq!(browser.get("/console/keys").await.status, 200);
     app.state.config.clock.set(tollgate::now() + 12 * 3600 + 1);
-    assert!(browser.get("/console/keys").await.redirects_to("/console/sign-in"));
+    assert!(browser
+        .get("/console/keys")
+        .await
+        .redirects_to("/console/sign-in"));
     app.state.config.clock.set(tollgate::now());
 
     // Revoking the provisioning key ends its sessions at once.
@@ -422,7 +473,10 @@ async fn sessions_end_at_expiry_at_sign_out_and_when_their_key_is_revoked() {
         .revoke_provisioning_key(keys[0].id)
         .await
         .expect("revoke"));
-    assert!(browser.get("/console").await.redirects_to("/console/sign-in"));
+    assert!(browser
+        .get("/console")
+        .await
+        .redirects_to("/console/sign-in"));
 }
 
 #[tokio::test]
@@ -469,12 +523,20 @@ async fn the_operator_creates_an_account_grants_credits_and_mints_a_key_from_the
     let granted = op
         .post(
             &format!("/console/accounts/{id}/grants"),
-            &[("amount", "12.50"), ("note", "Invoice 31"), ("csrf", &token)],
+            &[
+                ("amount", "12.50"),
+                ("note", "Invoice 31"),
+                ("csrf", &token),
+            ],
         )
         .await;
     assert_eq!(granted.status, 303);
     let page = op.get(&format!("/console/accounts/{id}")).await;
-    assert!(page.body.contains("data-balance=\"12.50\""), "{}", page.body);
+    assert!(
+        page.body.contains("data-balance=\"12.50\""),
+        "{}",
+        page.body
+    );
     assert!(page.body.contains("Invoice 31"));
     let minted = op
         .post(
@@ -485,7 +547,11 @@ async fn the_operator_creates_an_account_grants_credits_and_mints_a_key_from_the
     assert_eq!(minted.status, 200);
     let prov = minted.secret().expect("plaintext once");
     assert!(prov.starts_with("tg-prov-"));
-    assert!(!op.get(&format!("/console/accounts/{id}")).await.body.contains(&prov));
+    assert!(!op
+        .get(&format!("/console/accounts/{id}"))
+        .await
+        .body
+        .contains(&prov));
     // The account holder signs in with it and sees the balance.
     let holder = Browser::signed_in(&app, &prov).await;
     let overview = holder.get("/console").await;
@@ -493,7 +559,10 @@ async fn the_operator_creates_an_account_grants_credits_and_mints_a_key_from_the
     assert!(overview.body.contains("data-balance=\"12.50\""));
     // Revoking it from the console ends the holder's session.
     let page = op.get(&format!("/console/accounts/{id}")).await;
-    let at = page.body.find("/console/provisioning-keys/").expect("revoke form");
+    let at = page
+        .body
+        .find("/console/provisioning-keys/")
+        .expect("revoke form");
     let key_id: String = page.body[at + 27..]
         .chars()
         .take_while(char::is_ascii_digit)
@@ -505,7 +574,10 @@ async fn the_operator_creates_an_account_grants_credits_and_mints_a_key_from_the
         )
         .await;
     assert_eq!(revoked.status, 303);
-    assert!(holder.get("/console").await.redirects_to("/console/sign-in"));
+    assert!(holder
+        .get("/console")
+        .await
+        .redirects_to("/console/sign-in"));
 }
 
 #[tokio::test]
@@ -538,11 +610,19 @@ async fn a_model_call_shows_in_the_chart_the_log_and_the_csv() {
             ],
         )
         .await;
-    assert!(edited.redirects_to("/console/keys?done=saved"), "{}", edited.body);
+    assert!(
+        edited.redirects_to("/console/keys?done=saved"),
+        "{}",
+        edited.body
+    );
     let bad = browser
         .post(
             &format!("/console/keys/{id}"),
-            &[("name", "chart key"), ("credit_limit", "lots"), ("csrf", &token)],
+            &[
+                ("name", "chart key"),
+                ("credit_limit", "lots"),
+                ("csrf", &token),
+            ],
         )
         .await;
     assert_eq!(bad.status, 400);
@@ -572,14 +652,20 @@ async fn a_model_call_shows_in_the_chart_the_log_and_the_csv() {
     assert!(overview.body.contains("data-model=\"gpt-test\""));
     let keys = browser.get("/console/keys").await;
     assert!(keys.body.contains("$5.00 daily"), "{}", keys.body);
-    let log = browser.get(&format!("/console/requests?key_id={id}&status=success")).await;
+    let log = browser
+        .get(&format!("/console/requests?key_id={id}&status=success"))
+        .await;
     assert!(log.body.contains(&request_id), "{}", log.body);
     let none = browser.get("/console/requests?status=error").await;
     assert!(!none.body.contains(&request_id));
-    let detail = browser.get(&format!("/console/requests/{request_id}")).await;
+    let detail = browser
+        .get(&format!("/console/requests/{request_id}"))
+        .await;
     assert_eq!(detail.status, 200);
     assert!(detail.body.contains("gpt-test"));
-    let csv = browser.get(&format!("/console/requests/export?key_id={id}")).await;
+    let csv = browser
+        .get(&format!("/console/requests/export?key_id={id}"))
+        .await;
     assert_eq!(csv.status, 200);
     assert!(csv.body.starts_with("request_id,created_at"));
     assert!(csv.body.contains(&request_id));
@@ -589,4 +675,76 @@ async fn a_model_call_shows_in_the_chart_the_log_and_the_csv() {
         .await;
     assert!(deleted.redirects_to("/console/keys?done=deleted"));
     assert_eq!(app.get("/v1/key", &secret).await.status(), 401);
+}
+
+#[tokio::test]
+async fn the_console_works_on_postgresql() {
+    crate::overflow::with_postgres_database(|url| async move {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let app = crate::helpers::spawn_app_on(dir, &url, "", &|_| None).await;
+        app.grant("3").await;
+        let browser = Browser::signed_in(&app, &app.prov_key).await;
+        let token = browser.csrf().await;
+        let created = browser
+            .post("/console/keys", &[("name", "pg key"), ("csrf", &token)])
+            .await;
+        let secret = created.secret().expect("secret");
+        let me: serde_json::Value = app
+            .get("/v1/key", &secret)
+            .await
+            .json()
+            .await
+            .expect("json");
+        let id = me["id"].as_i64().expect("id");
+        app.state
+            .store
+            .record_usage(&[UsageRecord {
+                request_id: "req_pg_console".into(),
+                account_id: app.account_id,
+                key_id: KeyId(id),
+                model: "pg-model".into(),
+                endpoint: "chat.completions".into(),
+                input_tokens: 3,
+                cached_input_tokens: 0,
+                output_tokens: 4,
+                cost: Credits::from_nanos(1_250_000_000),
+                status: 200,
+                latency_ms: 9,
+                created_at: tollgate::now(),
+                detail: UsageDetail::default(),
+            }])
+            .await
+            .expect("usage");
+        let overview = browser.get("/console").await;
+        let today = time::OffsetDateTime::now_utc().date().to_string();
+        assert!(
+            overview
+                .body
+                .contains(&format!("data-day=\"{today}\" data-total=\"1.25\"")),
+            "{}",
+            overview.body
+        );
+        assert!(overview.body.contains("data-balance=\"1.75\""));
+        assert!(browser
+            .get("/console/requests")
+            .await
+            .body
+            .contains("req_pg_console"));
+        let (_, op_key) = app
+            .state
+            .accounts
+            .create_operator_key("pg")
+            .await
+            .expect("operator key");
+        let op = Browser::signed_in(&app, &op_key).await;
+        let accounts = op.get("/console").await;
+        assert!(accounts.body.contains("$1.25"), "{}", accounts.body);
+        let out = browser.post("/console/sign-out", &[("csrf", &token)]).await;
+        assert!(out.redirects_to("/console/sign-in"));
+        assert!(browser
+            .get("/console")
+            .await
+            .redirects_to("/console/sign-in"));
+    })
+    .await;
 }

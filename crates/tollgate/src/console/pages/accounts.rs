@@ -101,7 +101,9 @@ pub async fn create(
     let (ctx, form) = Ctx::form(&state, &headers, body).await?;
     ctx.require_operator()?;
     match admin::create_account_from(&state, &object(&[("name", form.text("name"))])).await {
-        Ok(account) => Ok(Redirect::to(&format!("/console/accounts/{}?done=created", account.id)).into_response()),
+        Ok(account) => Ok(
+            Redirect::to(&format!("/console/accounts/{}?done=created", account.id)).into_response(),
+        ),
         Err(e) if e.status.is_client_error() => {
             let mut response = accounts_page(&ctx, Some(&e.message), Some(&form)).await?;
             *response.status_mut() = e.status;
@@ -210,7 +212,12 @@ async fn detail_page(
             }
         }
     };
-    Ok(page(ctx, Nav::Accounts, &format!("Account “{}”", view.name), body))
+    Ok(page(
+        ctx,
+        Nav::Accounts,
+        &format!("Account “{}”", view.name),
+        body,
+    ))
 }
 
 #[derive(serde::Deserialize)]
@@ -227,9 +234,15 @@ pub async fn detail(
 ) -> Result<Response, Fail> {
     let ctx = Ctx::operator(&state, &headers).await?;
     let top = match done.done.as_deref() {
-        Some("created") => Some(notice("ok", "Account created. Grant it credits and mint a provisioning key for its holder.")),
+        Some("created") => Some(notice(
+            "ok",
+            "Account created. Grant it credits and mint a provisioning key for its holder.",
+        )),
         Some("granted") => Some(notice("ok", "Credits granted.")),
-        Some("revoked") => Some(notice("ok", "The provisioning key was revoked; its sessions ended.")),
+        Some("revoked") => Some(notice(
+            "ok",
+            "The provisioning key was revoked; its sessions ended.",
+        )),
         _ => None,
     };
     detail_page(&ctx, &id, top, None).await
@@ -257,7 +270,10 @@ pub async fn grant(
     let account = admin::account_of_path(&state, &id).await?;
     let map = object(&[("amount", form.text("amount")), ("note", form.text("note"))]);
     match admin::create_grant_from(&state, &account, &map, b"").await {
-        Ok(_) => Ok(Redirect::to(&format!("/console/accounts/{}?done=granted", account.id.0)).into_response()),
+        Ok(_) => Ok(
+            Redirect::to(&format!("/console/accounts/{}?done=granted", account.id.0))
+                .into_response(),
+        ),
         Err(e) => again(&ctx, &id, e, &form).await,
     }
 }
@@ -299,9 +315,20 @@ pub async fn revoke_key(
     let (ctx, form) = Ctx::form(&state, &headers, body).await?;
     ctx.require_operator()?;
     let id = id.parse::<i64>().map(KeyId).map_err(|_| {
-        ApiError::invalid_field("id", format!("The key id must be an integer (got '{}').", crate::error::quoted(&id)))
+        ApiError::invalid_field(
+            "id",
+            format!(
+                "The key id must be an integer (got '{}').",
+                crate::error::quoted(&id)
+            ),
+        )
     })?;
     admin::revoke_provisioning_key_by_id(&state, id).await?;
-    let back = form.text("account_id").parse::<i64>().map_or("/console".to_string(), |a| format!("/console/accounts/{a}?done=revoked"));
+    let back = form
+        .text("account_id")
+        .parse::<i64>()
+        .map_or("/console".to_string(), |a| {
+            format!("/console/accounts/{a}?done=revoked")
+        });
     Ok(Redirect::to(&back).into_response())
 }

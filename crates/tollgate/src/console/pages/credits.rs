@@ -16,7 +16,10 @@ async fn render(ctx: &Ctx) -> Result<Response, Fail> {
     let account = ctx.account_id()?;
     let settled = crate::http::credits::settled(state, account).await?;
     let grants = state.accounts.credit_grants(account).await?;
-    let grants: Vec<Value> = grants.iter().map(crate::http::credits::grant_json).collect();
+    let grants: Vec<Value> = grants
+        .iter()
+        .map(crate::http::credits::grant_json)
+        .collect();
     let text = |g: &Value, name: &str| g.get(name).and_then(Value::as_str).map(str::to_string);
     let body = html! {
         div.stats {

@@ -101,7 +101,10 @@ fn models(form: &Form, clear: bool) -> Option<Member> {
 fn members(form: &Form, clear: bool) -> Vec<(&'static str, Member)> {
     let mut m = vec![("name", Member::Value(form.text("name").into()))];
     if clear {
-        m.push(("is_enabled", Member::Value(form.checked("is_enabled").into())));
+        m.push((
+            "is_enabled",
+            Member::Value(form.checked("is_enabled").into()),
+        ));
     }
     let optional = [
         ("credit_limit", number(form, "credit_limit", clear)),
@@ -167,7 +170,12 @@ fn key_fields(ctx: &Ctx, key: Option<&KeyView>, form: Option<&Form>) -> Markup {
     );
     let expires = value(
         "expires_at",
-        key.and_then(|k| k.expires_at.as_ref().and_then(|e| e.get(..16)).map(str::to_string)),
+        key.and_then(|k| {
+            k.expires_at
+                .as_ref()
+                .and_then(|e| e.get(..16))
+                .map(str::to_string)
+        }),
     );
     let rpm = value(
         "rate_limit_rpm",
@@ -180,7 +188,13 @@ fn key_fields(ctx: &Ctx, key: Option<&KeyView>, form: Option<&Form>) -> Markup {
     let clamp = form.map_or(key.is_some_and(|k| k.clamp_max_tokens), |f| {
         f.checked("clamp_max_tokens")
     });
-    let catalog: Vec<&str> = ctx.state.config.models.iter().map(|m| m.id.as_str()).collect();
+    let catalog: Vec<&str> = ctx
+        .state
+        .config
+        .models
+        .iter()
+        .map(|m| m.id.as_str())
+        .collect();
     html! {
         div.fields {
             div.field {
@@ -309,7 +323,10 @@ pub async fn list(
 ) -> Result<Response, Fail> {
     let ctx = Ctx::account(&state, &headers).await?;
     let top = match done.done.as_deref() {
-        Some("deleted") => Some(notice("ok", "The key was deleted. It no longer works anywhere.")),
+        Some("deleted") => Some(notice(
+            "ok",
+            "The key was deleted. It no longer works anywhere.",
+        )),
         Some("saved") => Some(notice("ok", "Saved.")),
         _ => None,
     };
@@ -337,7 +354,13 @@ pub async fn create(
             list_page(&ctx, Some(top), None, StatusCode::OK).await
         }
         Err(e) if e.status.is_client_error() => {
-            list_page(&ctx, Some(notice("error", &e.message)), Some(&form), e.status).await
+            list_page(
+                &ctx,
+                Some(notice("error", &e.message)),
+                Some(&form),
+                e.status,
+            )
+            .await
         }
         Err(e) => Err(e.into()),
     }

@@ -23,7 +23,10 @@ fn per_million(p: Option<UnitPrice>) -> Markup {
 fn per_unit(p: Option<UnitPrice>, unit: &str) -> Option<String> {
     p.map(|p| {
         let nanos = p.femtos() / 1_000_000;
-        format!("${} {unit}", Credits::from_nanos(nanos).to_decimal_string(2))
+        format!(
+            "${} {unit}",
+            Credits::from_nanos(nanos).to_decimal_string(2)
+        )
     })
 }
 

@@ -12,9 +12,21 @@ use crate::console::layout::{self, Nav};
 use crate::http::AppState;
 
 const GROUPS: &[(&str, &str, &str)] = &[
-    ("inference", "Model endpoints", "An inference key (tg-inf-…), as Authorization: Bearer or x-api-key."),
-    ("provisioning", "Account endpoints", "A provisioning key (tg-prov-…), as Authorization: Bearer."),
-    ("operator", "Operator endpoints", "An operator key (tg-op-…), as Authorization: Bearer."),
+    (
+        "inference",
+        "Model endpoints",
+        "An inference key (tg-inf-…), as Authorization: Bearer or x-api-key.",
+    ),
+    (
+        "provisioning",
+        "Account endpoints",
+        "A provisioning key (tg-prov-…), as Authorization: Bearer.",
+    ),
+    (
+        "operator",
+        "Operator endpoints",
+        "An operator key (tg-op-…), as Authorization: Bearer.",
+    ),
     ("", "Public endpoints", "No key."),
 ];
 
@@ -29,7 +41,10 @@ fn scheme(op: &Value) -> String {
 }
 
 fn body_fields(op: &Value, doc: &Value) -> Vec<String> {
-    let Some(content) = op.pointer("/requestBody/content").and_then(Value::as_object) else {
+    let Some(content) = op
+        .pointer("/requestBody/content")
+        .and_then(Value::as_object)
+    else {
         return Vec::new();
     };
     let Some(schema) = content.values().next().and_then(|c| c.get("schema")) else {
