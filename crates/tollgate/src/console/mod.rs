@@ -24,9 +24,6 @@ use crate::http::AppState;
 
 pub use ctx::{Ctx, Fail};
 
-/// How long a session lasts unless `[console] session_hours` says otherwise.
-pub const DEFAULT_SESSION: Duration = Duration::from_secs(12 * 3600);
-
 /// The console's own parts.
 pub struct Console {
     db: Result<db::Db, String>,

@@ -91,8 +91,8 @@ impl AppState {
         ));
         let console = crate::console::Console::new(
             &config.database_url,
-            crate::console::DEFAULT_SESSION,
-            false,
+            config.console.session,
+            config.console.secure_cookie,
         );
         AppState(Arc::new(Parts {
             console,

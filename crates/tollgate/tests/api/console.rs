@@ -748,3 +748,34 @@ async fn the_console_works_on_postgresql() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_console_section_sets_the_session_length_and_secure_cookies() {
+    let app =
+        crate::helpers::spawn_app_with("[console]\nsession_hours = 1\nsecure_cookie = true\n")
+            .await;
+    let mut browser = Browser::new(&app);
+    let cookie = browser
+        .sign_in(&app.prov_key)
+        .await
+        .set_cookie
+        .expect("cookie");
+    assert!(cookie.contains("Max-Age=3600"), "{cookie}");
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
+    app.state.config.clock.set(tollgate::now() + 3601);
+    assert!(browser
+        .get("/console")
+        .await
+        .redirects_to("/console/sign-in"));
+    for (bad, says) in [
+        ("session_hours = 0", "console.session_hours"),
+        ("session_hours = 721", "console.session_hours"),
+        ("lifetime = 3", "unknown field `lifetime`"),
+    ] {
+        let toml = format!("[console]\n{bad}\n");
+        let e = tollgate::config::Config::from_toml(&toml, &Default::default(), &|_| None)
+            .expect_err(bad)
+            .to_string();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}
