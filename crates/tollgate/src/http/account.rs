@@ -20,7 +20,7 @@ use crate::billing::Credits;
 use crate::error::ApiError;
 use crate::store::{AccountId, KeyId, KeyKind, KeyPatch, KeyRecord};
 
-const CREATE_FIELDS: &[&str] = &[
+pub(crate) const CREATE_FIELDS: &[&str] = &[
     "name",
     "credit_limit",
     "expires_at",
@@ -29,7 +29,7 @@ const CREATE_FIELDS: &[&str] = &[
     "allowed_models",
     "clamp_max_tokens",
 ];
-const PATCH_FIELDS: &[&str] = &[
+pub(crate) const PATCH_FIELDS: &[&str] = &[
     "name",
     "is_enabled",
     "credit_limit",

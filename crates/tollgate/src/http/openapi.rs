@@ -210,7 +210,21 @@ fn account_operations(paths: &mut Map<String, Value>) {
         "credit_limit": {"type": ["number", "null"], "minimum": 0},
         "expires_at": {"type": ["string", "null"], "format": "date-time"},
         "rate_limit_rpm": {"type": ["integer", "null"], "minimum": 1},
-        "clamp_max_tokens": {"type": "boolean"},
+        "limit_reset": {
+            "type": ["string", "null"],
+            "enum": ["daily", "weekly", "monthly", null],
+            "description": "The window credit_limit counts (resets at 00:00 UTC, Monday, the 1st); null: a lifetime limit",
+        },
+        "allowed_models": {
+            "type": ["array", "null"],
+            "items": {"type": "string"},
+            "maxItems": 1000,
+            "description": "Model ids of the catalog the key may use; null: every model",
+        },
+        "clamp_max_tokens": {
+            "type": "boolean",
+            "description": "Send a request the budget cannot pay for with the largest max_tokens it can pay for, instead of refusing it (402)",
+        },
     });
     let mut patch_fields = key_fields.clone();
     if let Some(map) = patch_fields.as_object_mut() {
@@ -247,6 +261,45 @@ fn account_operations(paths: &mut Map<String, Value>) {
             ),
             "delete": operation("Delete a key", prov, vec![key_id], None, ("204", json!({"description": "Deleted"}))),
         }),
+    );
+    paths.insert(
+        "/v1/account/keys/{id}/rotate".into(),
+        json!({"post": operation(
+            "Give a key a new secret (in this answer only); the old one works for the grace period",
+            prov,
+            vec![path_id("The key's integer id")],
+            Some(json_body(json!({"type": "object", "properties": {
+                "grace_seconds": {"type": ["integer", "null"], "minimum": 0, "maximum": 2_592_000, "description": "How long the old secret keeps working (default a day)"},
+            }, "additionalProperties": false}), false)),
+            ("200", ok_json("The key with its new plaintext", reference("KeyView"))),
+        )}),
+    );
+    let money = json!({"type": "string", "description": "Credits (USD), exact decimal"});
+    let grant = json!({"type": "object",
+    "required": ["id", "amount", "remaining", "expired", "note", "created_at", "expires_at", "status"],
+    "properties": {
+        "id": {"type": "integer"},
+        "amount": money, "remaining": money, "expired": money,
+        "note": {"type": ["string", "null"]},
+        "created_at": {"type": "string", "format": "date-time"},
+        "expires_at": {"type": ["string", "null"], "format": "date-time", "description": "When what is left of the grant leaves the balance; null: never"},
+        "status": {"type": "string", "enum": ["active", "used", "expiring", "expired", "correction"]},
+    }});
+    paths.insert(
+        "/v1/account/credits".into(),
+        json!({"get": operation(
+            "The balance and every credit grant, newest first",
+            prov,
+            vec![],
+            None,
+            ("200", ok_json("The credits", json!({"type": "object",
+                "required": ["balance", "expired", "next_expiry", "credits"],
+                "properties": {
+                    "balance": money, "expired": money,
+                    "next_expiry": {"type": ["string", "null"], "format": "date-time"},
+                    "credits": {"type": "array", "items": grant},
+                }}))),
+        )}),
     );
     paths.insert(
         "/v1/account/balance".into(),
@@ -411,6 +464,46 @@ mod tests {
             !required.contains(&json!("key")),
             "the plaintext is optional"
         );
+        // The key bodies name exactly the fields the handlers take.
+        let body_fields = |method: &str, path: &str| -> Vec<String> {
+            let mut names: Vec<String> = doc["paths"][path][method]["requestBody"]["content"]
+                ["application/json"]["schema"]["properties"]
+                .as_object()
+                .expect("properties")
+                .keys()
+                .cloned()
+                .collect();
+            names.sort();
+            names
+        };
+        let sorted = |fields: &[&str]| -> Vec<String> {
+            let mut names: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(
+            body_fields("post", "/v1/account/keys"),
+            sorted(super::super::account::CREATE_FIELDS)
+        );
+        assert_eq!(
+            body_fields("patch", "/v1/account/keys/{id}"),
+            sorted(super::super::account::PATCH_FIELDS)
+        );
+        for field in [
+            "usage_daily",
+            "usage_weekly",
+            "usage_monthly",
+            "limit_remaining",
+            "limit_resets_at",
+            "limit_reset",
+            "allowed_models",
+            "clamp_max_tokens",
+        ] {
+            assert!(key["properties"][field].is_object(), "KeyView.{field}");
+        }
+        let grant = &doc["paths"]["/v1/account/credits"]["get"]["responses"]["200"]["content"]
+            ["application/json"]["schema"]["properties"]["credits"]["items"];
+        assert!(grant["properties"]["expires_at"].is_object(), "{grant}");
         assert!(doc["paths"]["/v1/chat/completions"]["post"].is_object());
         assert!(
             doc["paths"]["/v1/images/edits"]["post"]["requestBody"]["content"]
