@@ -18,6 +18,8 @@ use crate::http::AppState;
 
 /// Days the overview covers.
 const DAYS: u32 = 30;
+/// Rows of the top models and usage-per-key tables.
+const TOP: usize = 20;
 
 /// `GET /console`
 pub async fn home(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, Fail> {
@@ -120,7 +122,7 @@ async fn overview(ctx: &Ctx, account: crate::store::AccountId) -> Result<Respons
                     div.table-wrap { table {
                         thead { tr { th scope="col" { "Model" } th.num scope="col" { "Requests" } th.num scope="col" { "Tokens in / out" } th.num scope="col" { "Cost" } } }
                         tbody {
-                            @for (model, t) in activity.models.iter().take(10) {
+                            @for (model, t) in activity.models.iter().take(TOP) {
                                 tr { td { (model) (meter(t.cost, total)) } (totals_cells(t)) }
                             }
                         }
@@ -135,11 +137,14 @@ async fn overview(ctx: &Ctx, account: crate::store::AccountId) -> Result<Respons
                     div.table-wrap { table {
                         thead { tr { th scope="col" { "Key" } th.num scope="col" { "Requests" } th.num scope="col" { "Tokens in / out" } th.num scope="col" { "Cost" } } }
                         tbody {
-                            @for (id, name, t) in &activity.keys {
+                            @for (id, name, t) in activity.keys.iter().take(TOP) {
                                 tr { td { a href={ "/console/keys/" (id.0) } { (name) } (meter(t.cost, total)) } (totals_cells(t)) }
                             }
                         }
                     } }
+                    @if activity.keys.len() > TOP {
+                        p.muted { "The " (TOP) " most expensive of " (activity.keys.len()) " keys used; " a href="/console/keys" { "every key" } " shows its usage." }
+                    }
                 }
             }
         }
