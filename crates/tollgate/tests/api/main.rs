@@ -32,7 +32,6 @@ mod requests;
 mod rotation;
 mod routing;
 mod scrape;
-mod secrets;
 mod translation;
 mod webhooks;
 mod windows;

@@ -1,6 +1,15 @@
 //! Provider secrets never leave in relayed text: a provider whose 400 echoes the request's
 //! headers (raw, JSON-escaped and URL-encoded) has them scrubbed before the client or the
 //! log sees them.
+//!
+//! A test process of its own: the log subscriber is global. A scoped one
+//! (`set_default`) in the shared api binary missed events whenever another test thread
+//! registered the same callsites first (tracing's interest cache), and the "logs were
+//! captured" check then failed at random.
+
+#[allow(dead_code)]
+#[path = "api/helpers.rs"]
+mod helpers;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -102,7 +111,7 @@ async fn a_provider_echoing_its_credentials_never_shows_them() {
         .with_ansi(false)
         .with_writer(logs.clone())
         .finish();
-    let _logging = tracing::subscriber::set_default(subscriber);
+    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
 
     let (addr, sent) = echoing_provider().await;
     let config = format!(
