@@ -221,6 +221,10 @@ async fn signing_in_gives_a_strict_http_only_cookie_and_keeps_no_key() {
         assert!(!hash.contains(&token) && !csrf.contains(&token));
         assert!(!hash.contains(&app.prov_key) && !csrf.contains(&app.prov_key));
     }
+    // A gateway without models says how to add a provider.
+    let overview = browser.get("/console").await;
+    assert!(overview.body.contains("No models yet"));
+    assert!(overview.body.contains("[[providers]]"));
     // Pages never carry the key.
     for path in ["/console", "/console/keys", "/console/credits"] {
         let page = browser.get(path).await;
@@ -650,6 +654,7 @@ async fn a_model_call_shows_in_the_chart_the_log_and_the_csv() {
         overview.body
     );
     assert!(overview.body.contains("data-model=\"gpt-test\""));
+    assert!(!overview.body.contains("No models yet"));
     let keys = browser.get("/console/keys").await;
     assert!(keys.body.contains("$5.00 daily"), "{}", keys.body);
     let log = browser
