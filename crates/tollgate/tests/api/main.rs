@@ -9,6 +9,7 @@ mod azure;
 mod builtin;
 mod clamp;
 mod console;
+mod console_flows;
 mod credits;
 mod endpoints;
 mod errors;

@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod credits;
+mod key_form;
 pub mod keys;
 pub mod models;
 pub mod overview;
