@@ -185,10 +185,10 @@ pub fn key_fields(ctx: &Ctx, key: Option<&KeyView>, form: Option<&Form>) -> Mark
                 span.hint id="expires-hint" { "Empty: never." }
             }
             div.field {
-                label for="rate_limit_rpm" { "Rate limit (requests per minute)" }
+                label for="rate_limit_rpm" { "Rate limit (requests/min)" }
                 input id="rate_limit_rpm" name="rate_limit_rpm" type="text" inputmode="numeric" value=(rpm) placeholder="No limit";
             }
-            div.field {
+            div.field.wide {
                 label for="allowed_models" { "Allowed models" }
                 input id="allowed_models" name="allowed_models" type="text" value=(allowed) placeholder="Every model" aria-describedby="allowed-hint";
                 span.hint id="allowed-hint" {

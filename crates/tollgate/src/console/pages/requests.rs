@@ -12,7 +12,6 @@ use maud::{html, Markup};
 use crate::console::ctx::{Ctx, Fail};
 use crate::console::layout::{notice, page, usd, when, when_unix, Nav};
 use crate::error::ApiError;
-use crate::http::account::key_views;
 use crate::http::requests::{self as api, RequestPage};
 use crate::http::AppState;
 
@@ -122,10 +121,12 @@ pub async fn list(
     let account = ctx.account_id()?;
     state.writer.caught_up().await.map_err(ApiError::from)?;
     let query = cleaned(query);
-    let keys: Vec<(i64, String)> = key_views(&state, account)
+    let keys: Vec<(i64, String)> = state
+        .accounts
+        .list_keys(account, crate::store::KeyKind::Inference)
         .await?
         .into_iter()
-        .map(|k| (k.id, k.name))
+        .map(|k| (k.id.0, k.name))
         .collect();
     let (result, error) = match api::page(&state, account, &query).await {
         Ok(page) => (Some(page), None),
