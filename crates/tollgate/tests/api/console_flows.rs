@@ -310,3 +310,103 @@ async fn the_console_section_sets_the_session_length_and_secure_cookies() {
         assert!(e.contains(says), "{bad}: {e}");
     }
 }
+
+#[tokio::test]
+async fn the_edit_form_changes_every_field_the_api_can_and_clears_them_again() {
+    let (app, _upstream, _) = setup().await;
+    let browser = Browser::signed_in(&app, &app.prov_key).await;
+    let token = browser.csrf().await;
+    let (id, _) = app.create_key(serde_json::json!({"name": "edited"})).await;
+    let path = format!("/console/keys/{id}");
+    let saved = browser
+        .post(
+            &path,
+            &[
+                ("name", "renamed"),
+                ("credit_limit", "12345678.123456789"),
+                ("limit_reset", "weekly"),
+                ("expires_at", "2099-12-31T23:30"),
+                ("rate_limit_rpm", "60"),
+                ("allowed_models", "gpt-test, gpt-renamed"),
+                ("clamp_max_tokens", "on"),
+                ("csrf", &token),
+            ],
+        )
+        .await;
+    assert!(
+        saved.redirects_to("/console/keys?done=saved"),
+        "{}",
+        saved.body
+    );
+    let key: serde_json::Value = app
+        .get(&format!("/v1/account/keys/{id}"), &app.prov_key)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(key["name"], "renamed");
+    assert_eq!(key["is_enabled"], false, "the box was not ticked");
+    assert_eq!(key["limit_reset"], "weekly");
+    assert_eq!(key["expires_at"], "2099-12-31T23:30:00Z");
+    assert_eq!(key["rate_limit_rpm"], 60);
+    assert_eq!(
+        key["allowed_models"],
+        serde_json::json!(["gpt-test", "gpt-renamed"])
+    );
+    assert_eq!(key["clamp_max_tokens"], true);
+    let raw = app
+        .get(&format!("/v1/account/keys/{id}"), &app.prov_key)
+        .await
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        raw.contains("\"credit_limit\":12345678.123456789"),
+        "exact: {raw}"
+    );
+    // The edit page shows what is set; an unknown model is the API's refusal.
+    let page = browser.get(&path).await;
+    assert!(page.body.contains("value=\"2099-12-31T23:30\""));
+    assert!(page.body.contains("value=\"gpt-test, gpt-renamed\""));
+    let refused = browser
+        .post(
+            &path,
+            &[
+                ("name", "renamed"),
+                ("allowed_models", "nope"),
+                ("csrf", &token),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status, 400);
+    assert!(
+        refused.body.contains("not a model of this gateway"),
+        "{}",
+        refused.body
+    );
+    // Empty fields clear what they can.
+    let cleared = browser
+        .post(
+            &path,
+            &[("name", "renamed"), ("is_enabled", "on"), ("csrf", &token)],
+        )
+        .await;
+    assert!(cleared.redirects_to("/console/keys?done=saved"));
+    let key: serde_json::Value = app
+        .get(&format!("/v1/account/keys/{id}"), &app.prov_key)
+        .await
+        .json()
+        .await
+        .expect("json");
+    for field in [
+        "credit_limit",
+        "limit_reset",
+        "expires_at",
+        "rate_limit_rpm",
+        "allowed_models",
+    ] {
+        assert!(key[field].is_null(), "{field} in {key}");
+    }
+    assert_eq!(key["is_enabled"], true);
+    assert_eq!(key["clamp_max_tokens"], false);
+}
