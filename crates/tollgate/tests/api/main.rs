@@ -8,6 +8,8 @@ mod auth;
 mod azure;
 mod builtin;
 mod clamp;
+mod console;
+mod console_flows;
 mod credits;
 mod endpoints;
 mod errors;
