@@ -18,6 +18,7 @@ use crate::seed::{self, SeedArgs};
 use crate::writer::{self, WriterArgs};
 
 mod budgets;
+mod console;
 mod latency;
 mod ledger;
 mod observe;
@@ -58,7 +59,7 @@ pub struct RunArgs {
     /// Also write the tables to this Markdown file.
     #[arg(long)]
     pub results: Option<PathBuf>,
-    /// Run only these scenarios (chat,capacity,stream,held,embeddings,keys,routing,providers,budgets,tokenizer,observability-cost,observability,before-after,writer,activity,postgres).
+    /// Run only these scenarios (chat,capacity,stream,held,embeddings,keys,routing,providers,budgets,tokenizer,observability-cost,observability,before-after,writer,activity,console,postgres).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// A `tollgate` binary built from an earlier commit: the before/after scenario
@@ -559,6 +560,9 @@ async fn scenarios(
     }
     if bench.wants("activity") {
         bench.activity_sqlite(shapes).await?;
+    }
+    if bench.wants("console") {
+        bench.console().await?;
     }
     bench.stop_gate();
     // Two fresh databases: the writer bench's accounts would keep the gateway's first

@@ -23,7 +23,7 @@ mod webhooks;
 
 pub use catalog::{Deployment, Endpoint, Model};
 pub use clouds::{AwsCredentials, Cloud, GoogleAuth, ServiceAccount};
-pub use front::{Cors, ServerLimits};
+pub use front::{ConsoleSettings, Cors, ServerLimits};
 pub use observability::{LogFormat, Observability};
 pub use providers::{Provider, ProviderKind};
 pub use rate_limits::AccountRateLimit;
@@ -104,6 +104,8 @@ struct FileConfig {
     #[serde(default)]
     cors: front::FileCors,
     #[serde(default)]
+    console: front::FileConsole,
+    #[serde(default)]
     observability: observability::FileObservability,
     #[serde(default)]
     cluster: FileCluster,
@@ -170,6 +172,8 @@ pub struct Config {
     pub server: ServerLimits,
     /// The browser origins allowed to call the gateway; `None`: no CORS answers.
     pub cors: Option<Cors>,
+    /// `[console]`: the web console's sessions.
+    pub console: ConsoleSettings,
     /// `[observability]`: metrics, log format, traces.
     pub observability: Observability,
     /// How long a replica's reservation survives without renewal (cluster mode).
@@ -307,6 +311,7 @@ impl Config {
 
         let server = front::server(file.server, origin)?;
         let cors = front::cors(file.cors, origin)?;
+        let console = front::console(file.console, origin)?;
         let observability = observability::parse(file.observability, origin, env)?;
         let routing = routing::parse(file.routing, origin)?;
         let rate_limits = rate_limits::parse(file.rate_limits, origin)?;
@@ -330,6 +335,7 @@ impl Config {
             limits,
             server,
             cors,
+            console,
             observability,
             reservation_lease,
             budget_check_interval,

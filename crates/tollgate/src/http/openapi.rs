@@ -494,6 +494,31 @@ mod tests {
         for field in ["limit_reset", "allowed_models", "clamp_max_tokens"] {
             assert!(create[field].is_object(), "{field} in {create}");
         }
+        // The key bodies name exactly the fields the handlers take.
+        let body_fields = |method: &str, path: &str| -> Vec<String> {
+            let mut names: Vec<String> = doc["paths"][path][method]["requestBody"]["content"]
+                ["application/json"]["schema"]["properties"]
+                .as_object()
+                .expect("properties")
+                .keys()
+                .cloned()
+                .collect();
+            names.sort();
+            names
+        };
+        let sorted = |fields: &[&str]| -> Vec<String> {
+            let mut names: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(
+            body_fields("post", "/v1/account/keys"),
+            sorted(super::super::account::CREATE_FIELDS)
+        );
+        assert_eq!(
+            body_fields("patch", "/v1/account/keys/{id}"),
+            sorted(super::super::account::PATCH_FIELDS)
+        );
         assert!(
             doc["paths"]["/v1/images/edits"]["post"]["requestBody"]["content"]
                 ["multipart/form-data"]

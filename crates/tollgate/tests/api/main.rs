@@ -10,6 +10,8 @@ mod bedrock;
 mod bedrock_refusals;
 mod builtin;
 mod clamp;
+mod console;
+mod console_flows;
 mod credits;
 mod endpoints;
 mod errors;
