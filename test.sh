@@ -8,4 +8,5 @@ cargo build --all-targets
 cargo test
 tests/python/run.sh
 tests/node/run.sh
+tests/browser/run.sh
 tests/agents/run.sh

@@ -10,7 +10,7 @@
 # --postgres   also run the usage writer and the gateway on PostgreSQL: a fresh database
 #              tollgate_bench_<pid> is created on that server and dropped at the end
 # --only       a subset: chat,capacity,stream,held,embeddings,keys,routing,providers,tokenizer,
-#              budgets,observability-cost,observability,before-after,activity,writer,postgres
+#              budgets,observability-cost,observability,before-after,activity,console,writer,postgres
 # --baseline   also build commit REV (once, into target/baseline-REV) and compare it with
 #              this build on the same load (the before-after scenario)
 # --keep       keep the scratch folder's databases (logs and results.md are always kept)

@@ -1,6 +1,7 @@
 // The real coding agents, pinned in tests/node/package.json, run non-interactively through
 // the gateway to the fake upstream: Claude Code (`claude -p --output-format json`) on a
-// Messages-native model and on an OpenAI-compatible one, Codex (`codex exec`, Responses
+// Messages-native model, on Claude on AWS Bedrock and on Google Vertex AI, and on an
+// OpenAI-compatible one, Codex (`codex exec`, Responses
 // wire API) on an OpenAI model, a chat-only model and an Anthropic model. Each run makes a
 // tool round trip (the fake calls the agent's shell tool with a harmless `echo`, the agent
 // runs it and sends the output back) and is metered exactly: the key's ledger equals what
@@ -13,7 +14,7 @@ import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 
-import { PRICES, REPO, costNanos, startGateway } from "../node/harness.mjs";
+import { BEDROCK_CLAUDE, PRICES, REPO, VERTEX_CLAUDE, costNanos, startGateway } from "../node/harness.mjs";
 
 const BIN = path.join(REPO, "tests", "node", "node_modules", ".bin");
 const MARK = "tollgate-tool-round-trip";
@@ -116,6 +117,22 @@ test("Claude Code on a Messages-native model: its betas pass, a tool round trip,
   const betas = answers[0].headers["anthropic-beta"] ?? "";
   assert.ok(betas.includes("claude-code-"), `Claude Code's betas did not reach the provider: '${betas}'`);
   assert.equal(answers[0].headers["x-api-key"], "up-anthropic", "the provider's key, not the client's");
+});
+
+test("Claude Code on Claude on AWS Bedrock (InvokeModel, SigV4, event stream): its betas in the body, a tool round trip, metered exactly", async () => {
+  const answers = await claudeCode("bedrock-claude-sonnet-4-5", `/model/${encodeURIComponent(BEDROCK_CLAUDE)}/`, PRICES.claude);
+  const body = JSON.parse(answers[0].request);
+  assert.equal(body.anthropic_version, "bedrock-2023-05-31");
+  assert.equal(body.model, undefined);
+  assert.ok((body.anthropic_beta ?? []).some((b) => b.startsWith("claude-code-")), `Claude Code's betas did not reach Bedrock: ${JSON.stringify(body.anthropic_beta)}`);
+  assert.ok(answers[0].headers.authorization.startsWith("AWS4-HMAC-SHA256 Credential=AKIATOLLGATEFAKETEST/"));
+});
+
+test("Claude Code on Claude on Google Vertex AI (rawPredict, bearer token): a tool round trip, metered exactly", async () => {
+  const answers = await claudeCode("vertex-claude-sonnet-4-5", `/v1/projects/fake-project/locations/us-east5/publishers/anthropic/models/${VERTEX_CLAUDE}:`, PRICES.claude);
+  const body = JSON.parse(answers[0].request);
+  assert.equal(body.anthropic_version, "vertex-2023-10-16");
+  assert.equal(answers[0].headers.authorization, "Bearer vertex-token-for-agent-tests");
 });
 
 test("Claude Code on an OpenAI-compatible model: translated, a tool round trip, metered exactly", async () => {

@@ -28,6 +28,39 @@ function binary(envVar, name) {
   return found;
 }
 
+/** Claude's ids on Bedrock (a US inference profile) and on Vertex. */
+export const BEDROCK_CLAUDE = "us.anthropic.claude-sonnet-4-5-20250929-v1:0";
+export const VERTEX_CLAUDE = "claude-sonnet-4-5@20250929";
+/** The fake upstream's test-only AWS key (fake_upstream::TEST_AWS_*) and Vertex token. */
+const FAKE_AWS = { AWS_ACCESS_KEY_ID: "AKIATOLLGATEFAKETEST", AWS_SECRET_ACCESS_KEY: "tollgate/fake+upstream/test-only/secret/0123" };
+const FAKE_VERTEX_TOKEN = "vertex-token-for-agent-tests";
+
+/** The messages of an AWS event stream (Bedrock), with their string headers. */
+function eventStreamMessages(buf) {
+  const out = [];
+  let at = 0;
+  while (at + 12 <= buf.length) {
+    const total = buf.readUInt32BE(at);
+    const headersLen = buf.readUInt32BE(at + 4);
+    if (total < 16 || at + total > buf.length) break;
+    const headers = {};
+    let h = at + 12;
+    const end = h + headersLen;
+    while (h < end) {
+      const n = buf[h];
+      const name = buf.toString("utf8", h + 1, h + 1 + n);
+      h += 1 + n;
+      if (buf[h] !== 7) break;
+      const len = buf.readUInt16BE(h + 1);
+      headers[name] = buf.toString("utf8", h + 3, h + 3 + len);
+      h += 3 + len;
+    }
+    out.push({ headers, payload: buf.toString("utf8", end, at + total - 4) });
+    at += total;
+  }
+  return out;
+}
+
 /** Prices in USD per million tokens, as the config writes them. */
 export const PRICES = {
   claude: { input: "3.00", cached_input: "0.30", cache_write: "3.75", output: "15.00", web_search: "0.01" },
@@ -68,6 +101,20 @@ base_url = "${proxy}/v1"
 api_key_env = "FAKE_ANTHROPIC_KEY"
 
 [[providers]]
+name = "bedrock"
+kind = "bedrock"
+region = "us-east-1"
+base_url = "${proxy}"
+
+[[providers]]
+name = "vertex"
+kind = "vertex"
+project = "fake-project"
+region = "us-east5"
+base_url = "${proxy}"
+access_token_env = "FAKE_VERTEX_TOKEN"
+
+[[providers]]
 name = "local"
 kind = "openai"
 base_url = "${proxy}/v1"
@@ -75,6 +122,8 @@ api_key_env = "FAKE_OPENAI_KEY"
 chat_only = true
 ${model("claude-sonnet-4-5", "anthropic", text, PRICES.claude)}
 ${model("claude-haiku-4-5", "anthropic", text, PRICES.claude)}
+${model("bedrock-claude-sonnet-4-5", "bedrock", text, PRICES.claude, `upstream_model = "${BEDROCK_CLAUDE}"`)}
+${model("vertex-claude-sonnet-4-5", "vertex", text, PRICES.claude, `upstream_model = "${VERTEX_CLAUDE}"`)}
 ${model("gpt-5-codex", "openai", text, PRICES.gpt)}
 ${model("gpt-4.1-mini", "openai", text, PRICES.gpt)}
 ${model("qwen3-coder", "local", text, PRICES.gpt)}
@@ -131,10 +180,22 @@ function startProxy(target) {
         up.on("data", (c) => { chunks.push(c); res.write(c); });
         up.on("end", () => {
           res.end();
-          const body = Buffer.concat(chunks).toString("utf8");
+          const raw = Buffer.concat(chunks);
+          const body = raw.toString("utf8");
           const seen = { path: req.url, status: up.statusCode, input: 0, cached: 0, cache_write: 0, output: 0, searches: 0,
             request: Buffer.concat(sent).toString("utf8"), headers: req.headers };
-          if ((up.headers["content-type"] || "").startsWith("text/event-stream")) {
+          if ((up.headers["content-type"] || "").startsWith("application/vnd.amazon.eventstream")) {
+            // Bedrock: each chunk wraps the model's own event, base64.
+            for (const m of eventStreamMessages(raw)) {
+              try {
+                const payload = JSON.parse(m.payload);
+                const event = m.headers[":event-type"] === "chunk"
+                  ? JSON.parse(Buffer.from(payload.bytes, "base64").toString("utf8"))
+                  : payload;
+                usageOf(event, seen);
+              } catch { /* not JSON */ }
+            }
+          } else if ((up.headers["content-type"] || "").startsWith("text/event-stream")) {
             for (const line of body.split("\n")) {
               if (!line.startsWith("data: ") || line === "data: [DONE]") continue;
               try { usageOf(JSON.parse(line.slice(6)), seen); } catch { /* not JSON */ }
@@ -166,10 +227,10 @@ export async function startGateway() {
   const tollgate = binary("TOLLGATE_BIN", "tollgate");
   const fakeBin = binary("FAKE_UPSTREAM_BIN", "fake-upstream");
   const dir = mkdtempSync(path.join(os.tmpdir(), "tollgate-node-"));
-  const env = { ...process.env, FAKE_OPENAI_KEY: "up-openai", FAKE_ANTHROPIC_KEY: "up-anthropic", RUST_LOG: "info", NO_COLOR: "1" };
-  for (const v of ["TOLLGATE_CONFIG", "TOLLGATE_LISTEN", "TOLLGATE_DATABASE_URL", "TOLLGATE_REDIS_URL"]) delete env[v];
+  const env = { ...process.env, FAKE_OPENAI_KEY: "up-openai", FAKE_ANTHROPIC_KEY: "up-anthropic", ...FAKE_AWS, FAKE_VERTEX_TOKEN, RUST_LOG: "info", NO_COLOR: "1" };
+  for (const v of ["TOLLGATE_CONFIG", "TOLLGATE_LISTEN", "TOLLGATE_DATABASE_URL", "TOLLGATE_REDIS_URL", "AWS_SESSION_TOKEN", "FAKE_UPSTREAM_AWS_ACCESS_KEY_ID", "FAKE_UPSTREAM_AWS_SECRET_ACCESS_KEY", "FAKE_UPSTREAM_AWS_SESSION_TOKEN"]) delete env[v];
 
-  const fake = spawn(fakeBin, ["--listen", "127.0.0.1:0", "--openai-api-key", "up-openai", "--anthropic-api-key", "up-anthropic"], { env, stdio: ["ignore", "pipe", "ignore"] });
+  const fake = spawn(fakeBin, ["--listen", "127.0.0.1:0", "--openai-api-key", "up-openai", "--anthropic-api-key", "up-anthropic", "--vertex-access-token", FAKE_VERTEX_TOKEN], { env, stdio: ["ignore", "pipe", "ignore"] });
   const fakeAddr = await new Promise((resolve, reject) => {
     let text = "";
     fake.stdout.on("data", (d) => { text += d; if (text.includes("\n")) resolve(text.trim().split("\n")[0]); });

@@ -145,10 +145,15 @@ def gateway() -> Gateway:
            if k not in ("TOLLGATE_CONFIG", "TOLLGATE_LISTEN", "TOLLGATE_DATABASE_URL",
                         "TOLLGATE_REDIS_URL", "FAKE_UPSTREAM_OPENAI_API_KEY",
                         "FAKE_UPSTREAM_ANTHROPIC_API_KEY",
-                        "FAKE_UPSTREAM_GEMINI_API_KEY")}
+                        "FAKE_UPSTREAM_GEMINI_API_KEY", "AWS_SESSION_TOKEN",
+                        "FAKE_UPSTREAM_AWS_ACCESS_KEY_ID", "FAKE_UPSTREAM_AWS_SECRET_ACCESS_KEY",
+                        "FAKE_UPSTREAM_AWS_SESSION_TOKEN")}
     env["FAKE_OPENAI_KEY"] = UPSTREAM_OPENAI_KEY
     env["FAKE_ANTHROPIC_KEY"] = UPSTREAM_ANTHROPIC_KEY
     env["FAKE_GEMINI_KEY"] = UPSTREAM_GEMINI_KEY
+    env["AWS_ACCESS_KEY_ID"] = gwlib.FAKE_AWS_ACCESS_KEY_ID
+    env["AWS_SECRET_ACCESS_KEY"] = gwlib.FAKE_AWS_SECRET_ACCESS_KEY
+    env["FAKE_VERTEX_TOKEN"] = gwlib.FAKE_VERTEX_TOKEN
     env.setdefault("RUST_LOG", "info")
     env["NO_COLOR"] = "1"
 
@@ -161,7 +166,8 @@ def gateway() -> Gateway:
             [str(fake_bin), "--listen", "127.0.0.1:0",
              "--openai-api-key", UPSTREAM_OPENAI_KEY,
              "--anthropic-api-key", UPSTREAM_ANTHROPIC_KEY,
-             "--gemini-api-key", UPSTREAM_GEMINI_KEY],
+             "--gemini-api-key", UPSTREAM_GEMINI_KEY,
+             "--vertex-access-token", gwlib.FAKE_VERTEX_TOKEN],
             stdout=subprocess.PIPE, stderr=fake_log_file, env=env, cwd=workdir,
         )
         line: list[bytes] = []

@@ -81,6 +81,29 @@ MODELS: dict[str, dict] = {
         "max_output_tokens": 8192,
         "pricing": {"input": "0.40", "cached_input": "0.10", "output": "1.60"},
     },
+    "nova-pro": {
+        "provider": "bedrock",
+        "upstream_model": "amazon.nova-pro-v1:0",
+        "endpoints": ["chat.completions", "responses", "messages"],
+        "max_output_tokens": 10000,
+        "pricing": {"input": "0.80", "cached_input": "0.20", "output": "3.20"},
+    },
+    "claude-bedrock": {
+        "provider": "bedrock",
+        "upstream_model": "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "endpoints": ["messages", "chat.completions"],
+        "max_output_tokens": 8192,
+        "pricing": {"input": "3.00", "cached_input": "0.30", "cache_write": "3.75",
+                    "output": "15.00"},
+    },
+    "claude-vertex": {
+        "provider": "vertex",
+        "upstream_model": "claude-sonnet-4-5@20250929",
+        "endpoints": ["messages", "chat.completions"],
+        "max_output_tokens": 8192,
+        "pricing": {"input": "3.00", "cached_input": "0.30", "cache_write": "3.75",
+                    "output": "15.00"},
+    },
     "chat-only-model": {
         "provider": "chatonly",
         "upstream_model": "gpt-4o-mini",
@@ -91,6 +114,13 @@ MODELS: dict[str, dict] = {
 }
 
 GRANTED = Decimal("100")
+
+# The fake upstream's test-only AWS key (fake_upstream::TEST_AWS_ACCESS_KEY_ID and
+# TEST_AWS_SECRET_ACCESS_KEY): its Bedrock checks every SigV4 signature with it.
+FAKE_AWS_ACCESS_KEY_ID = "AKIATOLLGATEFAKETEST"
+FAKE_AWS_SECRET_ACCESS_KEY = "tollgate/fake+upstream/test-only/secret/0123"
+# The bearer token the fake's Vertex paths accept (--vertex-access-token).
+FAKE_VERTEX_TOKEN = "vertex-token-for-python-tests"
 
 # --------------------------------------------------------------------------------------
 # The fake upstream's deterministic content (see crates/fake-upstream/src/lib.rs).
@@ -268,6 +298,20 @@ def config_toml(fake_addr: str) -> str:
         'kind = "gemini"',
         f'base_url = "http://{fake_addr}/v1beta"',
         'api_key_env = "FAKE_GEMINI_KEY"',
+        "",
+        "[[providers]]",
+        'name = "bedrock"',
+        'kind = "bedrock"',
+        'region = "us-east-1"',
+        f'base_url = "http://{fake_addr}"',
+        "",
+        "[[providers]]",
+        'name = "vertex"',
+        'kind = "vertex"',
+        'project = "fake-project"',
+        'region = "us-east5"',
+        f'base_url = "http://{fake_addr}"',
+        'access_token_env = "FAKE_VERTEX_TOKEN"',
         "",
         "[[providers]]",
         'name = "down"',

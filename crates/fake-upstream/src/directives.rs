@@ -43,6 +43,8 @@ pub(crate) struct Directives {
     pub(crate) blocked: Option<String>,
     /// Gemini: thought tokens the answer reports (and one thought part).
     pub(crate) thoughts: u64,
+    /// Bedrock: the second event-stream message of a stream has a wrong CRC.
+    pub(crate) bad_crc: bool,
 }
 
 const OPEN: &str = "[[fake:";
@@ -169,6 +171,7 @@ impl Directives {
                 _ => return Err("fake directive `blocked` is `prompt` or `answer`".into()),
             },
             "thoughts" => self.thoughts = number(key, value)?,
+            "bad_crc" => self.bad_crc = flag(key, value)?,
             other => return Err(format!("unknown fake directive `{other}`")),
         }
         Ok(())

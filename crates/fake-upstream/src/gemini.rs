@@ -39,7 +39,7 @@ use crate::http::{self, Ctx};
 use crate::stream::{self, Frame};
 use crate::Shared;
 
-type Params = std::collections::HashMap<String, String>;
+pub(crate) type Params = std::collections::HashMap<String, String>;
 
 const FIELDS: [&str; 7] = [
     "contents",
@@ -99,22 +99,27 @@ pub(crate) async fn handle(
     ctx: Ctx,
     body: Bytes,
 ) -> Response {
-    match run(&s, &target, &params, &ctx, &body).await {
+    match run(&s, &target, &params, &ctx, &body, true).await {
         Ok(r) | Err(r) => r,
     }
 }
 
-async fn run(
+/// Answers `{model}:{method}`; `check_key`: the API key is required (Vertex AI
+/// authenticates with a bearer token instead, checked by its caller).
+pub(crate) async fn run(
     s: &Arc<Shared>,
     target: &str,
     params: &Params,
     ctx: &Ctx,
     body: &Bytes,
+    check_key_first: bool,
 ) -> Result<Response, Response> {
     let Some((model, method)) = target.split_once(':') else {
         return Err(error(404, "Method not found."));
     };
-    check_key(s, ctx, params)?;
+    if check_key_first {
+        check_key(s, ctx, params)?;
+    }
     let req: Value = serde_json::from_slice(body)
         .map_err(|e| error(400, &format!("Invalid JSON payload received. {e}")))?;
     match method {

@@ -22,8 +22,8 @@ use crate::conn::ConnHandle;
 use crate::directives::Directives;
 use crate::error::{self, Flavor};
 use crate::{
-    audio, azure, chat, completions, control, embeddings, faults, gemini, images, messages, misc,
-    responses, stream, transcribe, Received, Shared,
+    audio, azure, bedrock, chat, completions, control, embeddings, faults, gemini, images,
+    messages, misc, responses, stream, transcribe, vertex, Received, Shared,
 };
 
 pub(crate) type AppState = State<Arc<Shared>>;
@@ -52,6 +52,12 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/openai/responses", post(azure::responses))
         .route("/v1beta/models/{*target}", post(gemini::handle))
+        .route("/model/{model}/{operation}", post(bedrock::handle))
+        .route("/token", post(vertex::issue))
+        .route(
+            "/v1/projects/{project}/locations/{region}/publishers/{publisher}/models/{target}",
+            post(vertex::handle),
+        )
         .route("/openai/v1/{*operation}", post(azure::v1))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(

@@ -20,6 +20,13 @@
 //! Gemini: `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent`,
 //! `:embedContent`, `:batchEmbedContents`, with `x-goog-api-key` (see `gemini.rs`).
 //!
+//! AWS Bedrock: `POST /model/{modelId}/converse`, `/converse-stream`, `/invoke`,
+//! `/invoke-with-response-stream`, SigV4-verified, event-stream framed (see `bedrock/`).
+//!
+//! Google Vertex AI: `POST /token` (the service-account JWT flow) and
+//! `/v1/projects/{p}/locations/{r}/publishers/{anthropic|google}/models/{model}:{method}`
+//! with the bearer token it issued (see `vertex/`).
+//!
 //! # What Anthropic refuses
 //! `/messages` and `/messages/count_tokens` refuse, with a 400 `invalid_request_error`, what
 //! the real API refuses, so a gateway that drops the `anthropic-beta` header fails a test:
@@ -248,6 +255,7 @@
 
 mod audio;
 mod azure;
+mod bedrock;
 mod chat;
 mod completions;
 mod conn;
@@ -270,6 +278,7 @@ mod shared;
 mod stream;
 mod tier;
 mod transcribe;
+mod vertex;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -281,6 +290,7 @@ use bytes::Bytes;
 pub use faults::{Fault, Faults};
 use server::Server;
 pub(crate) use shared::Shared;
+pub use vertex::{TEST_VERTEX_CLIENT_EMAIL, TEST_VERTEX_PRIVATE_KEY_PEM};
 
 /// How the fake upstream behaves.
 #[derive(Debug, Clone, Default)]
@@ -301,7 +311,22 @@ pub struct Options {
     /// When set, the Gemini paths require `x-goog-api-key: <key>` (otherwise any key, but
     /// one must be sent).
     pub gemini_api_key: Option<String>,
+    /// Bedrock: the access key whose signatures are accepted (default
+    /// [`TEST_AWS_ACCESS_KEY_ID`] / [`TEST_AWS_SECRET_ACCESS_KEY`]).
+    pub aws_access_key_id: Option<String>,
+    pub aws_secret_access_key: Option<String>,
+    /// Bedrock: when set, requests must carry and sign this `x-amz-security-token`.
+    pub aws_session_token: Option<String>,
+    /// Vertex: a bearer token accepted besides those the token endpoint issues.
+    pub vertex_access_token: Option<String>,
+    /// Vertex: the lifetime of the tokens `/token` issues (default 3599 s).
+    pub vertex_token_lifetime: Option<Duration>,
 }
+
+/// The AWS access key the fake's Bedrock accepts unless told otherwise (test-only).
+pub const TEST_AWS_ACCESS_KEY_ID: &str = "AKIATOLLGATEFAKETEST";
+/// The secret of [`TEST_AWS_ACCESS_KEY_ID`] (test-only; not an AWS credential).
+pub const TEST_AWS_SECRET_ACCESS_KEY: &str = "tollgate/fake+upstream/test-only/secret/0123";
 
 /// Counters since start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -37,6 +37,18 @@ struct Args {
     /// Require this key as `x-goog-api-key` on the Gemini paths.
     #[arg(long, env = "FAKE_UPSTREAM_GEMINI_API_KEY")]
     gemini_api_key: Option<String>,
+    /// The AWS access key id whose SigV4 signatures Bedrock accepts.
+    #[arg(long, env = "FAKE_UPSTREAM_AWS_ACCESS_KEY_ID")]
+    aws_access_key_id: Option<String>,
+    /// Its secret.
+    #[arg(long, env = "FAKE_UPSTREAM_AWS_SECRET_ACCESS_KEY")]
+    aws_secret_access_key: Option<String>,
+    /// A session token Bedrock requests must carry.
+    #[arg(long, env = "FAKE_UPSTREAM_AWS_SESSION_TOKEN")]
+    aws_session_token: Option<String>,
+    /// A bearer token the Vertex paths accept besides those `/token` issues.
+    #[arg(long, env = "FAKE_UPSTREAM_VERTEX_ACCESS_TOKEN")]
+    vertex_access_token: Option<String>,
 }
 
 #[tokio::main]
@@ -57,6 +69,11 @@ async fn main() -> anyhow::Result<()> {
         anthropic_api_key: args.anthropic_api_key,
         azure_api_key: args.azure_api_key,
         gemini_api_key: args.gemini_api_key,
+        aws_access_key_id: args.aws_access_key_id,
+        aws_secret_access_key: args.aws_secret_access_key,
+        aws_session_token: args.aws_session_token,
+        vertex_access_token: args.vertex_access_token,
+        vertex_token_lifetime: None,
     };
     let upstream = fake_upstream::start_on(args.listen, opts).await?;
     // The one line a launcher waits for.

@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub(crate) canned: Option<fast::Canned>,
     pub(crate) faults: FaultState,
     pub(crate) conns: Arc<Conns>,
+    /// The Vertex access tokens issued.
+    pub(crate) tokens: crate::vertex::Tokens,
 }
 
 #[derive(Default)]
@@ -79,6 +81,7 @@ impl Shared {
             canned,
             faults: FaultState::default(),
             conns: Arc::default(),
+            tokens: crate::vertex::Tokens::default(),
         }
     }
 

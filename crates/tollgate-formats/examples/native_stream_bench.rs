@@ -1,19 +1,30 @@
 //! Measures what a native stream costs the gateway beyond a passed-through one, in
 //! process: a Gemini `streamGenerateContent?alt=sse` stream of 8 words (decoded, read as
-//! Chat Completions chunks by `GeminiStream`, metered, re-encoded) against an OpenAI chat
-//! stream of 8 words with its usage chunk (decoded, metered, re-encoded), CPU per stream,
-//! both on one thread, alternating. The gateway path around them (HTTP, reservation,
-//! ledger) is the same for both.
+//! Chat Completions chunks by `GeminiStream`, metered, re-encoded) and a Bedrock
+//! `ConverseStream` of 8 words (AWS event-stream messages, CRCs checked, read by
+//! `ConverseStream`) against an OpenAI chat stream of 8 words with its usage chunk
+//! (decoded, metered, re-encoded), CPU per stream, all on one thread, alternating. The
+//! gateway path around them (HTTP, reservation, ledger) is the same for all.
 //!
 //! `cargo run --release -p tollgate-formats --example native_stream_bench`
+//!
+//! It also compares Claude's Messages stream passed through from Anthropic (SSE) with the
+//! same stream from Bedrock's InvokeModelWithResponseStream (event-stream chunks, unwrapped).
+//!
+//! With an argument (`openai`, `gemini`, `bedrock`, `anthropic` or `invoke`) and a count, it relays only that
+//! kind's stream that many times, for an instruction count under
+//! `valgrind --tool=callgrind` (noise-free ratios):
+//! `valgrind --tool=callgrind target/release/examples/native_stream_bench bedrock 1000`
 
 #![allow(clippy::print_stdout)]
 
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tollgate_formats::conversion::bedrock::stream::ConverseStream;
 use tollgate_formats::conversion::gemini::stream::GeminiStream;
 use tollgate_formats::conversion::native::NativeStream;
+use tollgate_formats::eventstream::{self, EventStreamDecoder, StreamDecoder};
 use tollgate_formats::{sse, Format, SseDecoder, UsageTracker};
 
 const WORDS: [&str; 8] = [
@@ -39,6 +50,93 @@ fn gemini_body() -> Vec<u8> {
         "usageMetadata": {"promptTokenCount": 20, "candidatesTokenCount": 8, "totalTokenCount": 28},
         "modelVersion": "gemini-2.5-flash", "responseId": "abcdefghijklmnopqrstuv"});
     out.extend_from_slice(format!("data: {last}\r\n\r\n").as_bytes());
+    out
+}
+
+/// A ConverseStream of 8 words as Bedrock frames it (with its `p` padding).
+fn bedrock_body() -> Vec<u8> {
+    let frame = |name: &str, payload: serde_json::Value| {
+        eventstream::encode(
+            &[
+                (":event-type", name),
+                (":content-type", "application/json"),
+                (":message-type", "event"),
+            ],
+            payload.to_string().as_bytes(),
+        )
+    };
+    let mut out = frame(
+        "messageStart",
+        json!({"role": "assistant", "p": "abcdefgh"}),
+    );
+    for w in WORDS {
+        out.extend(frame(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 0, "delta": {"text": w}, "p": "abcdefghijklmnop"}),
+        ));
+    }
+    out.extend(frame(
+        "contentBlockStop",
+        json!({"contentBlockIndex": 0, "p": "abcd"}),
+    ));
+    out.extend(frame(
+        "messageStop",
+        json!({"stopReason": "end_turn", "p": "abcdefgh"}),
+    ));
+    out.extend(frame(
+        "metadata",
+        json!({"usage": {"inputTokens": 20, "outputTokens": 8, "totalTokens": 28},
+            "metrics": {"latencyMs": 300}, "p": "abcdefghijkl"}),
+    ));
+    out
+}
+
+/// Claude's Messages stream of 8 words: as Anthropic sends it (SSE) and as Bedrock's
+/// InvokeModelWithResponseStream wraps it (event-stream `chunk`s of base64 events).
+fn claude_events() -> Vec<serde_json::Value> {
+    let mut out = vec![
+        json!({"type": "message_start", "message": {"id": "msg_01", "type": "message", "role": "assistant",
+            "model": "claude-sonnet-4-5-20250929", "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": 20, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 1}}}),
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    ];
+    for w in WORDS {
+        out.push(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}));
+    }
+    out.push(json!({"type": "content_block_stop", "index": 0}));
+    out.push(
+        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+        "usage": {"output_tokens": 8}}),
+    );
+    out.push(json!({"type": "message_stop"}));
+    out
+}
+
+fn anthropic_body() -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in claude_events() {
+        let name = e["type"].as_str().unwrap_or("").to_string();
+        out.extend_from_slice(&sse::encode_json(Some(&name), &e));
+    }
+    out
+}
+
+fn invoke_body() -> Vec<u8> {
+    use base64::Engine;
+    let mut out = Vec::new();
+    for e in claude_events() {
+        let bytes = base64::engine::general_purpose::STANDARD.encode(e.to_string());
+        out.extend(eventstream::encode(
+            &[
+                (":event-type", "chunk"),
+                (":content-type", "application/json"),
+                (":message-type", "event"),
+            ],
+            json!({"bytes": bytes, "p": "abcdefgh"})
+                .to_string()
+                .as_bytes(),
+        ));
+    }
     out
 }
 
@@ -77,17 +175,47 @@ fn thread_cpu() -> Duration {
         .map_or_else(|| Duration::ZERO, Duration::from_nanos)
 }
 
+/// The kinds of stream compared.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    OpenAi,
+    Gemini,
+    Bedrock,
+    /// Claude's own stream from Anthropic, passed through.
+    Anthropic,
+    /// Claude's stream from Bedrock's InvokeModel, unwrapped and passed through.
+    Invoke,
+}
+
 /// One stream relayed: decoded, (translated,) metered and re-encoded; returns bytes out.
-fn relay(body: &[u8], native: bool) -> usize {
-    let mut decoder = SseDecoder::new(1 << 20);
-    let mut tracker = UsageTracker::new(Format::ChatCompletions);
-    let mut gemini = native.then(|| GeminiStream::new("gemini-2.5-flash", 1_700_000_000));
+fn relay(body: &[u8], kind: Kind) -> usize {
+    let mut decoder = match kind {
+        Kind::Bedrock | Kind::Invoke => {
+            StreamDecoder::EventStream(EventStreamDecoder::new(1 << 20))
+        }
+        _ => StreamDecoder::Sse(SseDecoder::new(1 << 20)),
+    };
+    let mut tracker = UsageTracker::new(match kind {
+        Kind::Anthropic | Kind::Invoke => Format::AnthropicMessages,
+        _ => Format::ChatCompletions,
+    });
+    let mut native: Option<Box<dyn NativeStream>> = match kind {
+        Kind::OpenAi | Kind::Anthropic | Kind::Invoke => None,
+        Kind::Gemini => Some(Box::new(GeminiStream::new(
+            "gemini-2.5-flash",
+            1_700_000_000,
+        ))),
+        Kind::Bedrock => Some(Box::new(ConverseStream::new(
+            "amazon.nova-pro-v1:0",
+            1_700_000_000,
+        ))),
+    };
     let mut out = 0;
     // Upstream bytes arrive in a few TCP reads.
     for piece in body.chunks(512) {
         for event in decoder.push(piece).unwrap_or_default() {
-            let events = match gemini.as_mut() {
-                Some(g) => g.push(&event).unwrap_or_default(),
+            let events = match native.as_mut() {
+                Some(n) => n.push(&event).unwrap_or_default(),
                 None => vec![event],
             };
             for e in events {
@@ -96,8 +224,8 @@ fn relay(body: &[u8], native: bool) -> usize {
             }
         }
     }
-    if let Some(g) = gemini.as_mut() {
-        for e in g.finish() {
+    if let Some(n) = native.as_mut() {
+        for e in n.finish() {
             tracker.observe(&e);
             out += sse::encode(e.event.as_deref(), &e.data).len();
         }
@@ -107,16 +235,39 @@ fn relay(body: &[u8], native: bool) -> usize {
 }
 
 fn main() {
-    let (gemini, openai) = (gemini_body(), openai_body());
-    let mut cpu = [Duration::ZERO; 2];
+    let (gemini, openai, bedrock) = (gemini_body(), openai_body(), bedrock_body());
+    let (anthropic, invoke) = (anthropic_body(), invoke_body());
+    let mut args = std::env::args().skip(1);
+    if let Some(kind) = args.next() {
+        let n: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(1000);
+        let (body, kind) = match kind.as_str() {
+            "gemini" => (&gemini, Kind::Gemini),
+            "bedrock" => (&bedrock, Kind::Bedrock),
+            "anthropic" => (&anthropic, Kind::Anthropic),
+            "invoke" => (&invoke, Kind::Invoke),
+            _ => (&openai, Kind::OpenAi),
+        };
+        for _ in 0..n {
+            std::hint::black_box(relay(body, kind));
+        }
+        return;
+    }
+    let mut cpu = [Duration::ZERO; 5];
     let rounds = 20;
     let per_round = 2_000;
+    let kinds = [
+        (&openai, Kind::OpenAi),
+        (&gemini, Kind::Gemini),
+        (&bedrock, Kind::Bedrock),
+        (&anthropic, Kind::Anthropic),
+        (&invoke, Kind::Invoke),
+    ];
     for _ in 0..rounds {
-        for (i, (body, native)) in [(&openai, false), (&gemini, true)].into_iter().enumerate() {
+        for (i, (body, kind)) in kinds.into_iter().enumerate() {
             let start = thread_cpu();
             let wall = Instant::now();
             for _ in 0..per_round {
-                std::hint::black_box(relay(body, native));
+                std::hint::black_box(relay(body, kind));
             }
             let spent = thread_cpu().saturating_sub(start);
             cpu[i] += if spent.is_zero() {
@@ -140,8 +291,26 @@ fn main() {
         gemini.len()
     );
     println!(
-        "  difference: {:+.2} µs ({:+.0} %)",
-        us(cpu[1]) - us(cpu[0]),
-        (us(cpu[1]) / us(cpu[0]) - 1.0) * 100.0
+        "  Bedrock ConverseStream, translated: {:.2} µs ({} bytes in)",
+        us(cpu[2]),
+        bedrock.len()
     );
+    println!(
+        "  Claude from Anthropic, passed through: {:.2} µs ({} bytes in)",
+        us(cpu[3]),
+        anthropic.len()
+    );
+    println!(
+        "  Claude from Bedrock InvokeModel:      {:.2} µs ({} bytes in), {:+.0} % vs Anthropic",
+        us(cpu[4]),
+        invoke.len(),
+        (us(cpu[4]) / us(cpu[3]) - 1.0) * 100.0
+    );
+    for (name, i) in [("Gemini", 1), ("Bedrock", 2)] {
+        println!(
+            "  {name} difference: {:+.2} µs ({:+.0} %)",
+            us(cpu[i]) - us(cpu[0]),
+            (us(cpu[i]) / us(cpu[0]) - 1.0) * 100.0
+        );
+    }
 }

@@ -57,6 +57,7 @@
 
 pub mod conversion;
 pub mod estimate;
+pub mod eventstream;
 pub mod frames;
 pub mod hosted;
 pub mod model_name;

@@ -39,6 +39,9 @@ pub enum SseError {
         /// The configured limit.
         max_bytes: usize,
     },
+    /// The stream's framing is broken (a binary event stream's length or checksum).
+    #[error("the stream's framing is malformed: {0}")]
+    Malformed(String),
 }
 
 /// The data of OpenAI's end-of-stream marker event.

@@ -11,6 +11,10 @@
 //! | Anthropic Messages | `input_tokens + cache_read_input_tokens + cache_creation_input_tokens` | `cache_read_input_tokens` | `cache_creation_input_tokens` | `output_tokens` |
 //! | embeddings | `prompt_tokens` | 0 | 0 | 0 |
 //!
+//! `reasoning_tokens` (part of `output_tokens`, for metrics) is Chat Completions'
+//! `completion_tokens_details.reasoning_tokens` and Responses'
+//! `output_tokens_details.reasoning_tokens`; Anthropic does not report it apart.
+//!
 //! Counts that are missing, negative or not numbers read as 0; sums saturate.
 
 use std::borrow::Cow;
@@ -45,6 +49,10 @@ pub struct Usage {
     pub cache_write_tokens: u64,
     /// Generated tokens, reasoning included.
     pub output_tokens: u64,
+    /// The part of `output_tokens` spent on reasoning, where the provider tells it (for
+    /// metrics only: reasoning is priced as output).
+    #[serde(default)]
+    pub reasoning_tokens: u64,
 }
 
 impl Usage {
@@ -93,6 +101,7 @@ pub fn from_chat_usage(usage: &Value) -> Usage {
         cached_input_tokens: count_at(usage, &["prompt_tokens_details", "cached_tokens"]),
         cache_write_tokens: count_at(usage, &["prompt_tokens_details", "cache_write_tokens"]),
         output_tokens: count_at(usage, &["completion_tokens"]),
+        reasoning_tokens: count_at(usage, &["completion_tokens_details", "reasoning_tokens"]),
     }
 }
 
@@ -103,6 +112,7 @@ pub fn from_responses_usage(usage: &Value) -> Usage {
         cached_input_tokens: count_at(usage, &["input_tokens_details", "cached_tokens"]),
         cache_write_tokens: count_at(usage, &["input_tokens_details", "cache_write_tokens"]),
         output_tokens: count_at(usage, &["output_tokens"]),
+        reasoning_tokens: count_at(usage, &["output_tokens_details", "reasoning_tokens"]),
     }
 }
 
@@ -179,6 +189,7 @@ impl AnthropicCounts {
             cached_input_tokens: self.cache_read,
             cache_write_tokens: self.cache_creation,
             output_tokens: self.output,
+            reasoning_tokens: 0,
         }
     }
 }
@@ -255,7 +266,7 @@ impl UsageTracker {
             }
             if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
                 for call in calls {
-                    self.count_text(call.pointer("/function/arguments"));
+                    self.count_text(call.get("function").and_then(|f| f.get("arguments")));
                 }
             }
         }
@@ -614,14 +625,16 @@ mod tests {
     #[test]
     fn chat_response_usage_with_cache() {
         let response = json!({"usage": {"prompt_tokens": 1000, "completion_tokens": 10,
-            "prompt_tokens_details": {"cached_tokens": 300, "cache_write_tokens": 200}}});
+            "prompt_tokens_details": {"cached_tokens": 300, "cache_write_tokens": 200},
+            "completion_tokens_details": {"reasoning_tokens": 6}}});
         assert_eq!(
             from_chat_response(&response),
             Some(Usage {
                 input_tokens: 1000,
                 cached_input_tokens: 300,
                 cache_write_tokens: 200,
-                output_tokens: 10
+                output_tokens: 10,
+                reasoning_tokens: 6,
             })
         );
         assert_eq!(from_chat_response(&json!({"usage": null})), None);
@@ -698,7 +711,8 @@ mod tests {
         tracker.observe(&event(
             Some("response.incomplete"),
             json!({"type": "response.incomplete", "response": {"usage": {"input_tokens": 12,
-                "output_tokens": 8, "input_tokens_details": {"cached_tokens": 2}}}}),
+                "output_tokens": 8, "input_tokens_details": {"cached_tokens": 2},
+                "output_tokens_details": {"reasoning_tokens": 5}}}}),
         ));
         assert_eq!(tracker.output_tokens_seen_so_far(), 1);
         assert_eq!(
@@ -707,7 +721,8 @@ mod tests {
                 input_tokens: 12,
                 cached_input_tokens: 2,
                 cache_write_tokens: 0,
-                output_tokens: 8
+                output_tokens: 8,
+                reasoning_tokens: 5,
             })
         );
     }
@@ -741,7 +756,8 @@ mod tests {
                 input_tokens: 115,
                 cached_input_tokens: 100,
                 cache_write_tokens: 0,
-                output_tokens: 21
+                output_tokens: 21,
+                reasoning_tokens: 0,
             })
         );
         assert!(tracker.has_final_usage());

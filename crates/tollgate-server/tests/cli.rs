@@ -250,6 +250,10 @@ async fn first_start_leaves_a_working_key_and_logs_no_secret() {
         "the log says where the key is"
     );
     assert!(
+        logs.contains(&format!("sign in to the console at {base}/console")),
+        "the log names the console next to the key file"
+    );
+    assert!(
         logs.contains("TRACE") || logs.contains("DEBUG"),
         "logs were verbose"
     );

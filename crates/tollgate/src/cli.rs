@@ -238,16 +238,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let server = Server::bind(config).await?;
+    let console = format!("http://{}/console", server.local_addr()?);
     if let Some(boot) = server.bootstrap().await? {
         tracing::warn!(
             account = %boot.account_name,
             file = %boot.key_file.display(),
-            "empty database: created account '{}' and its first provisioning key, written to {} (readable by you only)",
+            console = %console,
+            "empty database: created account '{}' and its first provisioning key, written to {} (readable by you only); sign in to the console at {} with it",
             boot.account_name,
-            boot.key_file.display()
+            boot.key_file.display(),
+            console
         );
     }
-    tracing::info!(address = %server.local_addr()?, "tollgate listening");
+    tracing::info!(address = %server.local_addr()?, console = %console, "tollgate listening");
     server.run(shutdown_signal()).await?;
     tracing::info!("tollgate stopped");
     Ok(())

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod connections;
+pub mod console;
 pub mod credits;
 pub mod error;
 pub mod gateway;

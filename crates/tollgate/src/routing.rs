@@ -50,6 +50,11 @@ impl Target {
     pub fn deployment(&self) -> &Deployment {
         &self.model.deployments[self.deployment]
     }
+
+    /// Whether both name the same deployment of the same model.
+    pub fn same_deployment(&self, other: &Target) -> bool {
+        Arc::ptr_eq(&self.model, &other.model) && self.deployment == other.deployment
+    }
 }
 
 /// Why a request has nowhere to go.

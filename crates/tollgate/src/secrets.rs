@@ -51,12 +51,13 @@ enum Matcher {
 impl Scrubber {
     /// A scrubber for the API keys of the configured providers.
     pub fn for_providers(providers: &[Provider]) -> Scrubber {
-        Scrubber::new(
-            providers
-                .iter()
-                .filter_map(|p| p.api_key.as_ref())
-                .map(|key| key.expose()),
-        )
+        Scrubber::new(providers.iter().flat_map(|p| {
+            p.api_key
+                .as_ref()
+                .map(|key| key.expose())
+                .into_iter()
+                .chain(p.cloud.secrets())
+        }))
     }
 
     /// A scrubber for these secrets (empty ones are ignored).

@@ -58,7 +58,8 @@ impl Server {
         let (writer, writer_task) =
             UsageWriter::start(store.clone(), config.limits.ledger_wait).await?;
         let webhooks = Webhooks::new(&config.database_url, store.clone(), config.webhooks.clone())
-            .map_err(|e| anyhow::anyhow!("cannot open the webhooks' tables: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("cannot open the webhooks' tables: {e}"))?
+            .with_clock(config.clock.clone());
         let state = AppState::new(Arc::new(config), store, writer, cluster, Arc::new(webhooks));
         Ok(Server {
             state,

@@ -26,7 +26,8 @@ pub(crate) async fn handle(State(s): State<Arc<Shared>>, ctx: Ctx, body: Bytes) 
     }
 }
 
-async fn run(s: &Arc<Shared>, ctx: &Ctx, body: &Bytes) -> Result<Response, Response> {
+/// The Messages API's answer to a request (Bedrock's and Vertex's Claude reuse it).
+pub(crate) async fn run(s: &Arc<Shared>, ctx: &Ctx, body: &Bytes) -> Result<Response, Response> {
     http::check_anthropic(s, ctx)?;
     if let Some(canned) = &s.canned {
         return Ok(fast::messages(s, canned, body).await);
@@ -119,7 +120,7 @@ fn offers_web_search(tools: Option<&Value>) -> bool {
     })
 }
 
-fn last_user_texts(messages: &[Value]) -> Vec<&str> {
+pub(crate) fn last_user_texts(messages: &[Value]) -> Vec<&str> {
     messages
         .iter()
         .rev()

@@ -19,6 +19,7 @@ use crate::writer::{self, WriterArgs};
 
 mod budgets;
 mod cluster;
+mod console;
 mod latency;
 mod ledger;
 mod observe;
@@ -62,7 +63,7 @@ pub struct RunArgs {
     /// Also write the tables to this Markdown file.
     #[arg(long)]
     pub results: Option<PathBuf>,
-    /// Run only these scenarios (chat,capacity,stream,held,embeddings,keys,routing,providers,budgets,tokenizer,observability-cost,observability,before-after,writer,activity,postgres,cluster).
+    /// Run only these scenarios (chat,capacity,stream,held,embeddings,keys,routing,providers,budgets,tokenizer,observability-cost,observability,before-after,writer,activity,console,postgres,cluster).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// A `tollgate` binary built from an earlier commit: the before/after scenario
@@ -77,6 +78,11 @@ const SLOW_MODEL: &str = "slow-stream";
 const ROUTED_MODEL: &str = "routed";
 const FAILOVER_MODEL: &str = "failover";
 const GEMINI_MODEL: &str = "gemini-flash";
+const BEDROCK_MODEL: &str = "nova-pro";
+/// The fake upstream's test-only AWS key (`fake_upstream::TEST_AWS_*`): its Bedrock
+/// verifies every signature with it.
+const FAKE_AWS_ACCESS_KEY_ID: &str = "AKIATOLLGATEFAKETEST";
+const FAKE_AWS_SECRET_ACCESS_KEY: &str = "tollgate/fake+upstream/test-only/secret/0123";
 const OPEN_RATE: u32 = 1_000;
 const CONNECTIONS_OPEN: u32 = 32;
 const CONNECTIONS_CLOSED: u32 = 64;
@@ -240,7 +246,10 @@ impl Bench {
             .arg("--listen")
             .arg(&addr)
             .env("RUST_LOG", log_level)
-            .env("BENCH_UPSTREAM_KEY", "sk-bench-upstream");
+            .env("BENCH_UPSTREAM_KEY", "sk-bench-upstream")
+            .env("AWS_ACCESS_KEY_ID", FAKE_AWS_ACCESS_KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", FAKE_AWS_SECRET_ACCESS_KEY)
+            .env_remove("AWS_SESSION_TOKEN");
         let log = self.path(&format!(
             "tollgate-{}-{}-{log_level}.log",
             deployment.name, self.restarts
@@ -555,6 +564,9 @@ async fn scenarios(
     }
     if bench.wants("activity") {
         bench.activity_sqlite(shapes).await?;
+    }
+    if bench.wants("console") {
+        bench.console().await?;
     }
     bench.stop_gate();
     // Two fresh databases: the writer bench's accounts would keep the gateway's first

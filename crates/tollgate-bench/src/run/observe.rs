@@ -86,7 +86,7 @@ async fn recording_cost(on: bool, requests: u32) -> anyhow::Result<f64> {
     let config = Arc::new(tollgate::config::Config::from_toml(
         &toml,
         &tollgate::config::Overrides::default(),
-        &|_| Some("k".into()),
+        &|name: &str| (name == "K").then(|| "k".into()),
     )?);
     let metrics = Arc::new(Metrics::new(
         &config,

@@ -109,6 +109,20 @@ endpoints = ["chat.completions"]
 max_output_tokens = 16384
 pricing = {{ input = "0.30", cached_input = "0.03", output = "2.50" }}
 
+[[providers]]
+name = "fake-bedrock"
+kind = "bedrock"
+region = "us-east-1"
+base_url = "http://{fast}"
+
+[[models]]
+id = "{BEDROCK_MODEL}"
+provider = "fake-bedrock"
+upstream_model = "amazon.nova-pro-v1:0"
+endpoints = ["chat.completions"]
+max_output_tokens = 16384
+pricing = {{ input = "0.80", cached_input = "0.20", output = "3.20" }}
+
 [routing]
 cooldown_failures = 1000000000
 
@@ -324,4 +338,44 @@ pub(super) async fn provision_typical(
     create_keys(&bench.client, &base, &provisioning_key, names).await?;
     bench.stop_gate();
     Ok(provisioning_key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The configuration a run writes is one the gateway accepts (with and without the
+    /// routing scenario's models): it broke unseen once, when routing moved
+    /// `upstream_model` onto each deployment.
+    #[test]
+    fn the_written_configuration_is_accepted() {
+        let dir = tempfile::tempdir().expect("dir");
+        for routing in [false, true] {
+            let path = dir.path().join("tollgate.toml");
+            let url = format!("sqlite://{}/t.db", dir.path().display());
+            write_config(
+                &path,
+                &url,
+                dir.path(),
+                "127.0.0.1:1",
+                "127.0.0.1:2",
+                routing,
+            )
+            .expect("written");
+            let text = std::fs::read_to_string(&path).expect("read");
+            // What a run gives the gateway (the `tollgate serve` command of a run): the upstream key and
+            // the fake's AWS key for the Bedrock provider.
+            let env = |name: &str| match name {
+                "AWS_ACCESS_KEY_ID" => Some(FAKE_AWS_ACCESS_KEY_ID.to_string()),
+                "AWS_SECRET_ACCESS_KEY" => Some(FAKE_AWS_SECRET_ACCESS_KEY.to_string()),
+                _ => name.starts_with("BENCH_").then(|| "k".to_string()),
+            };
+            let config = tollgate::config::Config::from_toml(
+                &text,
+                &tollgate::config::Overrides::default(),
+                &env,
+            );
+            assert!(config.is_ok(), "routing {routing}: {:?}", config.err());
+        }
+    }
 }

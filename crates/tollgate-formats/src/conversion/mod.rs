@@ -41,6 +41,7 @@
 //! - **Max tokens to a Chat Completions upstream** are sent as `max_completion_tokens`, the
 //!   current OpenAI name (reasoning models reject `max_tokens`).
 
+pub mod bedrock;
 pub mod chat_to_messages;
 pub mod gemini;
 pub mod messages_to_chat;

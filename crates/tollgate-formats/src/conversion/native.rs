@@ -38,3 +38,69 @@ pub fn base64(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// Writes the Chat Completions chunks of one stream: the part before the delta (id,
+/// object, created, model) is serialized once per stream, not once per chunk.
+#[derive(Debug, Clone)]
+pub struct ChunkWriter {
+    prefix: String,
+}
+
+impl ChunkWriter {
+    /// The writer of the chunks of stream `id`, created at `created`, naming `model`.
+    pub fn new(id: &str, created: u64, model: &str) -> Self {
+        let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+        ChunkWriter {
+            prefix: format!(
+                "{{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{created},\"model\":{},\"choices\":[{{\"index\":0,\"delta\":",
+                quote(id),
+                quote(model)
+            ),
+        }
+    }
+
+    /// A chunk whose delta is the JSON object `delta`, with `finish_reason`.
+    pub fn chunk(&self, delta: &str, finish: Option<&str>) -> SseEvent {
+        let mut data = String::with_capacity(self.prefix.len() + delta.len() + 64);
+        data.push_str(&self.prefix);
+        data.push_str(delta);
+        data.push_str(",\"logprobs\":null,\"finish_reason\":");
+        match finish {
+            Some(reason) => {
+                data.push('"');
+                data.push_str(reason);
+                data.push('"');
+            }
+            None => data.push_str("null"),
+        }
+        data.push_str("}],\"usage\":null}");
+        SseEvent { event: None, data }
+    }
+
+    /// A chunk whose delta is `{"<key>": "<text>"}` (`content`, `reasoning_content`).
+    pub fn text(&self, key: &str, text: &str) -> SseEvent {
+        let quoted = serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into());
+        self.chunk(&format!("{{\"{key}\":{quoted}}}"), None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_written_once_per_stream_are_the_chunks_json_would_write() {
+        let writer = ChunkWriter::new("chatcmpl-\"x\"", 7, "m");
+        let text: serde_json::Value =
+            serde_json::from_str(&writer.text("content", "a \"quoted\"\nline").data).expect("json");
+        assert_eq!(
+            text,
+            serde_json::json!({"id": "chatcmpl-\"x\"", "object": "chat.completion.chunk", "created": 7,
+                "model": "m", "choices": [{"index": 0, "delta": {"content": "a \"quoted\"\nline"},
+                "logprobs": null, "finish_reason": null}], "usage": null})
+        );
+        let stop: serde_json::Value =
+            serde_json::from_str(&writer.chunk("{}", Some("stop")).data).expect("json");
+        assert_eq!(stop["choices"][0]["finish_reason"], "stop");
+    }
+}

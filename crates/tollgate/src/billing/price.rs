@@ -105,6 +105,8 @@ pub struct Usage {
     pub cached_input_tokens: u64,
     pub cache_write_tokens: u64,
     pub output_tokens: u64,
+    /// The part of `output_tokens` spent reasoning (metrics only: priced as output).
+    pub reasoning_tokens: u64,
     pub images: u64,
     pub audio_seconds: u64,
     pub characters: u64,

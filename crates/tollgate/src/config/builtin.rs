@@ -1,5 +1,6 @@
 //! The built-in catalog (`builtin.toml`): for each provider kind whose key is in the
-//! environment (`OPENAI_API_KEY`, `ANTHROPIC_API_KEY`, `GEMINI_API_KEY`), a provider of
+//! environment (`OPENAI_API_KEY`, `ANTHROPIC_API_KEY`, `GEMINI_API_KEY`,
+//! `AWS_ACCESS_KEY_ID` for Bedrock), a provider of
 //! that kind and the models it offers today with their prices, so that `tollgate serve`
 //! needs no config file. A config file's `[[providers]]` of the same name replaces the
 //! built-in provider (and its models are then the file's alone); its `[[models]]` of the
@@ -27,7 +28,8 @@ struct Kind {
     kind: ProviderKind,
     key_env: String,
     base_url_env: String,
-    base_url: String,
+    /// Absent for Bedrock: the region's endpoint.
+    base_url: Option<String>,
     models: Vec<FileModel>,
 }
 
@@ -60,13 +62,16 @@ pub(super) fn extend(
         }
         let base_url = env(&kind.base_url_env)
             .filter(|u| !u.is_empty())
-            .unwrap_or(kind.base_url);
-        providers.push(FileProvider::builtin(
-            &kind.name,
-            kind.kind,
-            base_url,
-            &kind.key_env,
-        ));
+            .or(kind.base_url);
+        let mut provider = FileProvider::builtin(&kind.name, kind.kind, base_url, &kind.key_env);
+        if kind.kind == ProviderKind::Bedrock {
+            let region = env("AWS_REGION")
+                .or_else(|| env("AWS_DEFAULT_REGION"))
+                .filter(|r| !r.is_empty())
+                .unwrap_or_else(|| "us-east-1".to_string());
+            provider = provider.with_region(Some(region));
+        }
+        providers.push(provider);
         for model in kind.models {
             if !models.iter().any(|m| m.id() == model.id()) {
                 models.push(model.on_provider(&kind.name));
@@ -86,14 +91,26 @@ mod tests {
         let env = |name: &str| {
             matches!(
                 name,
-                "OPENAI_API_KEY" | "ANTHROPIC_API_KEY" | "GEMINI_API_KEY"
+                "OPENAI_API_KEY"
+                    | "ANTHROPIC_API_KEY"
+                    | "GEMINI_API_KEY"
+                    | "AWS_ACCESS_KEY_ID"
+                    | "AWS_SECRET_ACCESS_KEY"
             )
             .then(|| "k".to_string())
         };
         let config = crate::config::Config::from_toml("", &Default::default(), &env)
             .expect("the built-in catalog is a valid catalog");
-        assert_eq!(config.providers.len(), 3);
-        assert!(config.models.len() >= 15);
+        assert_eq!(config.providers.len(), 4);
+        assert!(config.models.len() >= 21);
+        let bedrock = &config.providers[3];
+        assert_eq!(
+            bedrock.base_url,
+            "https://bedrock-runtime.us-east-1.amazonaws.com"
+        );
+        assert!(bedrock.api_key.is_none() && bedrock.cloud.aws.is_some());
+        let nova = config.model("bedrock/nova-pro").expect("nova");
+        assert_eq!(nova.deployments[0].upstream_model, "amazon.nova-pro-v1:0");
         let sonnet = config.model("claude-sonnet-4-5").expect("sonnet");
         assert_eq!(
             sonnet.pricing.output.map(|p| p.usd_per_unit().to_string()),

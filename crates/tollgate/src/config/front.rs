@@ -87,3 +87,40 @@ pub(super) fn cors(file: FileCors, origin: &str) -> Result<Option<Cors>, ConfigE
     }
     Ok(Some(Cors::Origins(file.allowed_origins)))
 }
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileConsole {
+    session_hours: Option<u64>,
+    secure_cookie: Option<bool>,
+}
+
+/// The `[console]` section: the web console's sessions.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsoleSettings {
+    /// How long a console session lasts after sign-in.
+    pub session: Duration,
+    /// Session cookies are always `Secure` (else only behind `X-Forwarded-Proto: https`).
+    pub secure_cookie: bool,
+}
+
+/// Most hours a session may last (30 days).
+const MAX_SESSION_HOURS: u64 = 720;
+
+pub(super) fn console(file: FileConsole, origin: &str) -> Result<ConsoleSettings, ConfigError> {
+    let hours = match file.session_hours {
+        None => 12,
+        Some(h) if (1..=MAX_SESSION_HOURS).contains(&h) => h,
+        Some(h) => {
+            return Err(ConfigError::at(
+                origin,
+                "console.session_hours",
+                format!("must be 1 to {MAX_SESSION_HOURS} hours (got {h})"),
+            ))
+        }
+    };
+    Ok(ConsoleSettings {
+        session: Duration::from_secs(hours * 3600),
+        secure_cookie: file.secure_cookie.unwrap_or(false),
+    })
+}

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 mod builtin;
 mod catalog;
+mod clouds;
 mod front;
 mod observability;
 mod pricing;
@@ -21,7 +22,8 @@ mod routing;
 mod webhooks;
 
 pub use catalog::{Deployment, Endpoint, Model};
-pub use front::{Cors, ServerLimits};
+pub use clouds::{AwsCredentials, Cloud, GoogleAuth, ServiceAccount};
+pub use front::{ConsoleSettings, Cors, ServerLimits};
 pub use observability::{LogFormat, Observability};
 pub use providers::{Provider, ProviderKind};
 pub use rate_limits::AccountRateLimit;
@@ -102,6 +104,8 @@ struct FileConfig {
     #[serde(default)]
     cors: front::FileCors,
     #[serde(default)]
+    console: front::FileConsole,
+    #[serde(default)]
     observability: observability::FileObservability,
     #[serde(default)]
     cluster: FileCluster,
@@ -168,6 +172,8 @@ pub struct Config {
     pub server: ServerLimits,
     /// The browser origins allowed to call the gateway; `None`: no CORS answers.
     pub cors: Option<Cors>,
+    /// `[console]`: the web console's sessions.
+    pub console: ConsoleSettings,
     /// `[observability]`: metrics, log format, traces.
     pub observability: Observability,
     /// How long a replica's reservation survives without renewal (cluster mode).
@@ -305,6 +311,7 @@ impl Config {
 
         let server = front::server(file.server, origin)?;
         let cors = front::cors(file.cors, origin)?;
+        let console = front::console(file.console, origin)?;
         let observability = observability::parse(file.observability, origin, env)?;
         let routing = routing::parse(file.routing, origin)?;
         let rate_limits = rate_limits::parse(file.rate_limits, origin)?;
@@ -328,6 +335,7 @@ impl Config {
             limits,
             server,
             cors,
+            console,
             observability,
             reservation_lease,
             budget_check_interval,

@@ -4,14 +4,15 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::clouds::{self, Cloud};
 use super::{ConfigError, Overrides, Secret};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileProvider {
     name: String,
-    kind: ProviderKind,
-    base_url: String,
+    pub(super) kind: ProviderKind,
+    base_url: Option<String>,
     api_key_env: Option<String>,
     connect_timeout_ms: Option<u64>,
     first_byte_timeout_ms: Option<u64>,
@@ -21,6 +22,11 @@ pub(super) struct FileProvider {
     chat_only: bool,
     api_version: Option<String>,
     auth: Option<String>,
+    /// Bedrock and Vertex (see `clouds`).
+    pub(super) region: Option<String>,
+    pub(super) project: Option<String>,
+    pub(super) credentials_file: Option<String>,
+    pub(super) access_token_env: Option<String>,
 }
 
 impl FileProvider {
@@ -28,13 +34,25 @@ impl FileProvider {
         &self.name
     }
 
+    /// Sets the region of a built-in provider (Bedrock's, from `AWS_REGION`).
+    pub(super) fn with_region(mut self, region: Option<String>) -> Self {
+        self.region = region;
+        self
+    }
+
     /// A provider of the built-in catalog: its key from `key_env`.
-    pub(super) fn builtin(name: &str, kind: ProviderKind, base_url: String, key_env: &str) -> Self {
+    pub(super) fn builtin(
+        name: &str,
+        kind: ProviderKind,
+        base_url: Option<String>,
+        key_env: &str,
+    ) -> Self {
         FileProvider {
             name: name.to_string(),
             kind,
             base_url,
-            api_key_env: Some(key_env.to_string()),
+            // Bedrock's credentials are the standard AWS variables (see `clouds`).
+            api_key_env: (kind != ProviderKind::Bedrock).then(|| key_env.to_string()),
             connect_timeout_ms: None,
             first_byte_timeout_ms: None,
             idle_timeout_ms: None,
@@ -42,6 +60,10 @@ impl FileProvider {
             chat_only: false,
             api_version: None,
             auth: None,
+            region: None,
+            project: None,
+            credentials_file: None,
+            access_token_env: None,
         }
     }
 }
@@ -58,6 +80,10 @@ pub enum ProviderKind {
     Azure,
     /// Google's Gemini API (AI Studio), native `generateContent`.
     Gemini,
+    /// AWS Bedrock: Converse, and InvokeModel for Anthropic models; SigV4-signed.
+    Bedrock,
+    /// Google Vertex AI: Anthropic (`rawPredict`) and Gemini models; OAuth.
+    Vertex,
 }
 
 /// One upstream provider.
@@ -79,6 +105,8 @@ pub struct Provider {
     pub api_version: Option<String>,
     /// Azure: the key is sent as `Authorization: Bearer` (an Entra ID token), not `api-key`.
     pub bearer: bool,
+    /// Bedrock and Vertex: region, project and credentials.
+    pub cloud: Cloud,
 }
 
 /// Validates the providers of the file.
@@ -98,14 +126,18 @@ pub(super) fn parse(
         if providers.iter().any(|q: &Provider| q.name == p.name) {
             return Err(err(&key("name"), format!("'{}' is used twice", p.name)));
         }
-        let base_url = p.base_url.trim_end_matches('/').to_string();
+        let cloud = clouds::parse(&p, &key, origin, overrides, env)?;
+        let Some(base_url) = p.base_url.clone().or_else(|| cloud.default_base_url()) else {
+            return Err(err(&key("base_url"), "is required".into()));
+        };
+        let base_url = base_url.trim_end_matches('/').to_string();
         let uri = base_url.parse::<axum::http::Uri>();
         if !uri.is_ok_and(|u| {
             matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
         }) {
             return Err(err(
                 &key("base_url"),
-                format!("'{}' is not an http(s) URL", p.base_url),
+                format!("'{base_url}' is not an http(s) URL"),
             ));
         }
         let api_key = match (&p.api_key_env, overrides.without_provider_secrets) {
@@ -163,6 +195,7 @@ pub(super) fn parse(
             chat_only: p.chat_only,
             api_version: p.api_version,
             bearer,
+            cloud,
         });
     }
 

@@ -32,7 +32,8 @@ pub struct Routing {
     pub retry_on_timeout: bool,
     /// Bounds everything before the first byte of the answer.
     pub request_timeout: Duration,
-    /// Base of the pause before another attempt (doubled per attempt, with jitter).
+    /// Base of the pause before a deployment is tried again in the same request (doubled
+    /// per attempt, with jitter); another deployment is tried at once.
     pub backoff: Duration,
 }
 

@@ -1,5 +1,6 @@
 //! Trying a request's route: each target in turn until one answers with a 2xx status,
-//! within the request's deadline, with a short jittered pause between attempts. A
+//! within the request's deadline. Another deployment is tried at once; a deployment
+//! tried again (a route shorter than `max_attempts`) after a short jittered pause. A
 //! failure that is the client's own fault, or a first-byte timeout (unless
 //! `retry_on_timeout`), ends the tries; a non-2xx answer is read (at most 64 KB) and
 //! classified by the provider's adapter. Every outcome is reported to the router.
@@ -47,6 +48,7 @@ pub(super) async fn first_answer(
     let deadline = Instant::now() + settings.request_timeout;
     let mut next = Some(first);
     let mut last: Option<UpstreamError> = None;
+    let mut tried: Vec<&Target> = Vec::with_capacity(targets.len());
     for (i, target) in targets.iter().enumerate() {
         let prepared = match next.take().map(Ok).unwrap_or_else(|| prepare(target)) {
             Ok(prepared) => prepared,
@@ -58,13 +60,17 @@ pub(super) async fn first_answer(
             }
             Err(e) => return Err(Unanswered::Request(e)),
         };
-        if settlement.attempts > 0 {
+        // Failing over to another deployment needs no pause: only the one that failed
+        // may need time. Trying that one again waits, which also spreads out the retries
+        // of many requests that failed at once.
+        if tried.iter().any(|t| t.same_deployment(target)) {
             let pause = backoff(settings.backoff, settlement.attempts);
             if Instant::now() + pause >= deadline {
                 break;
             }
             tokio::time::sleep(pause).await;
         }
+        tried.push(target);
         let deployment = prepared.deployment();
         let provider = upstreams.provider(deployment);
         settlement.attempted(prepared.model(), provider.name.clone());

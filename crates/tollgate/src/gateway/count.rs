@@ -39,10 +39,11 @@ impl Gateway {
         for target in &targets {
             let deployment = target.deployment();
             let provider = self.upstreams.provider(deployment);
-            let native = provider
-                .adapter
-                .wire(Endpoint::Messages)
-                .is_some_and(|w| w.format == Some(Format::AnthropicMessages));
+            let native = provider.adapter.counts_tokens()
+                && provider
+                    .adapter
+                    .wire(Endpoint::Messages, &deployment.upstream_model)
+                    .is_some_and(|w| w.format == Some(Format::AnthropicMessages));
             if !native {
                 let profile = self.profiles[deployment.id];
                 let tokens = count_tokens_upper_bound(&body, &profile).map_err(|e| match e {

@@ -50,6 +50,7 @@ pub(super) fn tokens_usage(u: wire_usage::Usage) -> Usage {
         cached_input_tokens: u.cached_input_tokens,
         cache_write_tokens: u.cache_write_tokens,
         output_tokens: u.output_tokens,
+        reasoning_tokens: u.reasoning_tokens.min(u.output_tokens),
         ..Usage::default()
     }
 }

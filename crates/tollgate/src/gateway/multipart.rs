@@ -237,7 +237,7 @@ impl Gateway {
             .upstreams
             .provider(deployment)
             .adapter
-            .wire(inbound.endpoint);
+            .wire(inbound.endpoint, &deployment.upstream_model);
         if wire.is_none_or(|w| w.format.is_some()) {
             return Err(ApiError::invalid_field(
                 "model",

@@ -166,15 +166,32 @@ pub(super) fn prepare(
 ) -> Result<Prepared, ApiError> {
     let mut prepared = prepare_hub(upstreams, target, asked)?;
     let provider = upstreams.provider(target.deployment());
-    let Some(native) = provider.adapter.native() else {
-        return Ok(prepared);
-    };
-    let converted = native
-        .request(
-            prepared.wire.endpoint,
-            &prepared.body,
-            &target.deployment().upstream_model,
+    let upstream_model = &target.deployment().upstream_model;
+    if let Some(native) = provider.adapter.native(upstream_model) {
+        native_request(native, &mut prepared, asked, upstream_model)?;
+    }
+    prepared.body = provider
+        .adapter
+        .upstream_body(
+            prepared.wire,
+            upstream_model,
+            prepared.stream,
+            prepared.body,
+            &prepared.forwarded,
         )
+        .map_err(super::translate::untranslatable)?;
+    Ok(prepared)
+}
+
+/// Translates a prepared hub request to a native provider's format.
+fn native_request(
+    native: &dyn crate::providers::Native,
+    prepared: &mut Prepared,
+    asked: &Asked<'_>,
+    upstream_model: &str,
+) -> Result<(), ApiError> {
+    let converted = native
+        .request(prepared.wire.endpoint, &prepared.body, upstream_model)
         .map_err(super::translate::untranslatable)?;
     if let Some(more) = converted.header_value() {
         prepared.dropped = Some(match prepared.dropped.take() {
@@ -192,7 +209,7 @@ pub(super) fn prepare(
             .as_deref()
             == Some("base64"),
     });
-    Ok(prepared)
+    Ok(())
 }
 
 /// Prepares the upstream request of one target in the wire's format.
@@ -224,7 +241,10 @@ fn prepare_hub(
             ),
         )
     };
-    let wire = provider.adapter.wire(endpoint).ok_or_else(cannot)?;
+    let wire = provider
+        .adapter
+        .wire(endpoint, &deployment.upstream_model)
+        .ok_or_else(cannot)?;
     let translation = match (client_format, wire.format) {
         (Some(client), Some(upstream)) => {
             Translation::between(client, upstream).map_err(|()| cannot())?

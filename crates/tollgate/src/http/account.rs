@@ -18,9 +18,9 @@ use crate::billing::money::MoneyError;
 use crate::billing::window::{LimitReset, WindowUsage};
 use crate::billing::Credits;
 use crate::error::ApiError;
-use crate::store::{KeyId, KeyKind, KeyPatch, KeyRecord};
+use crate::store::{AccountId, KeyId, KeyKind, KeyPatch, KeyRecord};
 
-const CREATE_FIELDS: &[&str] = &[
+pub(crate) const CREATE_FIELDS: &[&str] = &[
     "name",
     "credit_limit",
     "expires_at",
@@ -29,7 +29,7 @@ const CREATE_FIELDS: &[&str] = &[
     "allowed_models",
     "clamp_max_tokens",
 ];
-const PATCH_FIELDS: &[&str] = &[
+pub(crate) const PATCH_FIELDS: &[&str] = &[
     "name",
     "is_enabled",
     "credit_limit",
@@ -49,34 +49,34 @@ const MAX_ALLOWED_MODELS: usize = 1000;
 /// (the plaintext) in the answer to its creation.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct KeyView {
-    id: i64,
-    name: String,
+    pub id: i64,
+    pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    key: Option<String>,
-    created_at: String,
-    expires_at: Option<String>,
-    is_enabled: bool,
+    pub key: Option<String>,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub is_enabled: bool,
     /// A JSON number written from the exact decimal.
     #[schema(value_type = Option<f64>)]
-    credit_limit: Option<Box<RawValue>>,
-    usage: String,
-    limit_remaining: Option<String>,
-    last_used_at: Option<String>,
-    updated_at: String,
-    hint: String,
-    rate_limit_rpm: Option<i64>,
-    limit_reset: Option<&'static str>,
-    limit_resets_at: Option<String>,
-    usage_daily: String,
-    usage_weekly: String,
-    usage_monthly: String,
-    allowed_models: Option<Vec<String>>,
+    pub credit_limit: Option<Box<RawValue>>,
+    pub usage: String,
+    pub limit_remaining: Option<String>,
+    pub last_used_at: Option<String>,
+    pub updated_at: String,
+    pub hint: String,
+    pub rate_limit_rpm: Option<i64>,
+    pub limit_reset: Option<&'static str>,
+    pub limit_resets_at: Option<String>,
+    pub usage_daily: String,
+    pub usage_weekly: String,
+    pub usage_monthly: String,
+    pub allowed_models: Option<Vec<String>>,
     /// Until when the secret before the last rotation still works (while it does).
-    previous_key_expires_at: Option<String>,
-    clamp_max_tokens: bool,
+    pub previous_key_expires_at: Option<String>,
+    pub clamp_max_tokens: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
-    message: Option<&'static str>,
+    pub message: Option<&'static str>,
 }
 
 /// An exact decimal written as a JSON number.
@@ -330,7 +330,7 @@ async fn view_of(state: &AppState, key: &KeyRecord) -> Result<KeyView, ApiError>
     ))
 }
 
-fn parse_key_id(text: &str) -> Result<KeyId, ApiError> {
+pub(crate) fn parse_key_id(text: &str) -> Result<KeyId, ApiError> {
     text.parse::<i64>().map(KeyId).map_err(|_| {
         ApiError::invalid_field(
             "id",
@@ -347,7 +347,7 @@ fn key_not_found(id: KeyId) -> ApiError {
 }
 
 /// A JSON object body, parsed, and its bytes (money is read from their text).
-async fn body_object(
+pub(crate) async fn body_object(
     state: &AppState,
     body: Body,
 ) -> Result<(Map<String, Value>, bytes::Bytes), ApiError> {
@@ -375,7 +375,19 @@ pub async fn create_key(
 ) -> Result<Response, ApiError> {
     let owner = state.auth.provisioning(&headers).await?;
     let (map, bytes) = body_object(&state, body).await?;
-    only_fields(&map, CREATE_FIELDS)?;
+    let view = create_key_from(&state, owner.account_id, &map, &bytes).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// Creates an inference key of `account` from a `POST /v1/account/keys` body (`bytes` is
+/// its text, `map` the parsed object): the key object with its plaintext, shown once.
+pub async fn create_key_from(
+    state: &AppState,
+    account: AccountId,
+    map: &Map<String, Value>,
+    bytes: &[u8],
+) -> Result<KeyView, ApiError> {
+    only_fields(map, CREATE_FIELDS)?;
     let name = match map.get("name") {
         Some(v) => parse_name(v)?,
         None => {
@@ -389,7 +401,7 @@ pub async fn create_key(
         name,
         credit_limit: map
             .get("credit_limit")
-            .map(|v| parse_credit_limit(v, raw_member(&bytes, "credit_limit")))
+            .map(|v| parse_credit_limit(v, raw_member(bytes, "credit_limit")))
             .transpose()?
             .flatten(),
         expires_at: map
@@ -409,7 +421,7 @@ pub async fn create_key(
             .flatten(),
         allowed_models: map
             .get("allowed_models")
-            .map(|v| parse_allowed_models(&state, v))
+            .map(|v| parse_allowed_models(state, v))
             .transpose()?
             .flatten(),
         clamp_max_tokens: map
@@ -418,16 +430,12 @@ pub async fn create_key(
             .transpose()?
             .unwrap_or(false),
     };
-    let (key, plaintext) = state
-        .accounts
-        .create_inference_key(owner.account_id, new)
-        .await?;
-    let view = KeyView {
+    let (key, plaintext) = state.accounts.create_inference_key(account, new).await?;
+    Ok(KeyView {
         key: Some(plaintext),
         message: Some("Store this key securely. It will not be shown again."),
         ..KeyView::new(&key, WindowUsage::default(), state.config.clock.now())
-    };
-    Ok((StatusCode::CREATED, Json(view)).into_response())
+    })
 }
 
 /// The answer of `GET /v1/account/keys`. Serialized as it is: turned into a [`Value`]
@@ -443,21 +451,23 @@ pub async fn list_keys(
     headers: HeaderMap,
 ) -> Result<Json<KeyList>, ApiError> {
     let owner = state.auth.provisioning(&headers).await?;
+    Ok(Json(KeyList {
+        keys: key_views(&state, owner.account_id).await?,
+    }))
+}
+
+/// The key objects of an account's inference keys.
+pub async fn key_views(state: &AppState, account: AccountId) -> Result<Vec<KeyView>, ApiError> {
     let keys = state
         .accounts
-        .list_keys(owner.account_id, KeyKind::Inference)
+        .list_keys(account, KeyKind::Inference)
         .await?;
     let now = state.config.clock.now();
-    let usage = state
-        .accounts
-        .window_usage(owner.account_id, None, now)
-        .await?;
-    Ok(Json(KeyList {
-        keys: keys
-            .iter()
-            .map(|k| KeyView::new(k, usage.get(&k.id).copied().unwrap_or_default(), now))
-            .collect(),
-    }))
+    let usage = state.accounts.window_usage(account, None, now).await?;
+    Ok(keys
+        .iter()
+        .map(|k| KeyView::new(k, usage.get(&k.id).copied().unwrap_or_default(), now))
+        .collect())
 }
 
 /// `GET /v1/account/keys/{id}`
@@ -468,12 +478,21 @@ pub async fn get_key(
 ) -> Result<Json<KeyView>, ApiError> {
     let owner = state.auth.provisioning(&headers).await?;
     let id = parse_key_id(&id)?;
+    Ok(Json(key_view(&state, owner.account_id, id).await?))
+}
+
+/// The key object of an inference key of `account` (404 for any other).
+pub async fn key_view(
+    state: &AppState,
+    account: AccountId,
+    id: KeyId,
+) -> Result<KeyView, ApiError> {
     let key = state
         .accounts
-        .get_key(owner.account_id, id)
+        .get_key(account, id)
         .await?
         .ok_or_else(|| key_not_found(id))?;
-    Ok(Json(view_of(&state, &key).await?))
+    view_of(state, &key).await
 }
 
 /// `PATCH /v1/account/keys/{id}`: absent fields stay, `null` clears a nullable one.
@@ -486,7 +505,20 @@ pub async fn update_key(
     let owner = state.auth.provisioning(&headers).await?;
     let id = parse_key_id(&id)?;
     let (map, bytes) = body_object(&state, body).await?;
-    only_fields(&map, PATCH_FIELDS)?;
+    Ok(Json(
+        update_key_from(&state, owner.account_id, id, &map, &bytes).await?,
+    ))
+}
+
+/// Applies a `PATCH /v1/account/keys/{id}` body to a key of `account` (404 for any other).
+pub async fn update_key_from(
+    state: &AppState,
+    account: AccountId,
+    id: KeyId,
+    map: &Map<String, Value>,
+    bytes: &[u8],
+) -> Result<KeyView, ApiError> {
+    only_fields(map, PATCH_FIELDS)?;
     let is_enabled = map
         .get("is_enabled")
         .map(|v| parse_flag("is_enabled", v))
@@ -496,7 +528,7 @@ pub async fn update_key(
         is_enabled,
         credit_limit: map
             .get("credit_limit")
-            .map(|v| parse_credit_limit(v, raw_member(&bytes, "credit_limit")))
+            .map(|v| parse_credit_limit(v, raw_member(bytes, "credit_limit")))
             .transpose()?,
         expires_at: map.get("expires_at").map(parse_expires_at).transpose()?,
         rate_limit_rpm: map
@@ -506,7 +538,7 @@ pub async fn update_key(
         limit_reset: map.get("limit_reset").map(parse_limit_reset).transpose()?,
         allowed_models: map
             .get("allowed_models")
-            .map(|v| parse_allowed_models(&state, v))
+            .map(|v| parse_allowed_models(state, v))
             .transpose()?,
         clamp_max_tokens: map
             .get("clamp_max_tokens")
@@ -515,11 +547,11 @@ pub async fn update_key(
     };
     let key = state
         .accounts
-        .update_key(owner.account_id, id, &patch)
+        .update_key(account, id, &patch)
         .await?
         .ok_or_else(|| key_not_found(id))?;
     state.on_key_changed(&key).await;
-    Ok(Json(view_of(&state, &key).await?))
+    view_of(state, &key).await
 }
 
 /// `POST /v1/account/keys/{id}/rotate`, body `{"grace_seconds": N}` or empty: a new
@@ -579,11 +611,21 @@ pub async fn delete_key(
 ) -> Result<StatusCode, ApiError> {
     let owner = state.auth.provisioning(&headers).await?;
     let id = parse_key_id(&id)?;
-    if !state.accounts.delete_key(owner.account_id, id).await? {
+    delete_key_of(&state, owner.account_id, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes an inference key of `account` (404 for any other); it stops working at once.
+pub async fn delete_key_of(
+    state: &AppState,
+    account: AccountId,
+    id: KeyId,
+) -> Result<(), ApiError> {
+    if !state.accounts.delete_key(account, id).await? {
         return Err(key_not_found(id));
     }
-    state.on_key_deleted(owner.account_id, id).await;
-    Ok(StatusCode::NO_CONTENT)
+    state.on_key_deleted(account, id).await;
+    Ok(())
 }
 
 fn totals_json(t: &Totals) -> Map<String, Value> {

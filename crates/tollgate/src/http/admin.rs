@@ -22,12 +22,12 @@ use crate::store::{Account, AccountId, GrantEntry, KeyId, StoreError};
 /// An account as the operator sees it; money as exact decimal strings.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct AccountView {
-    id: i64,
-    name: String,
-    created_at: String,
-    balance: String,
-    total_granted: String,
-    total_charged: String,
+    pub id: i64,
+    pub name: String,
+    pub created_at: String,
+    pub balance: String,
+    pub total_granted: String,
+    pub total_charged: String,
 }
 
 impl AccountView {
@@ -46,11 +46,11 @@ impl AccountView {
 /// A credit grant (a negative amount is a correction made with `tollgate credits adjust`).
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct GrantView {
-    id: i64,
-    account_id: i64,
-    amount: String,
-    note: Option<String>,
-    created_at: String,
+    pub id: i64,
+    pub account_id: i64,
+    pub amount: String,
+    pub note: Option<String>,
+    pub created_at: String,
 }
 
 impl GrantView {
@@ -69,21 +69,21 @@ impl GrantView {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct GrantCreated {
     #[serde(flatten)]
-    grant: GrantView,
-    balance: String,
+    pub grant: GrantView,
+    pub balance: String,
 }
 
 /// A provisioning key; `key` (the plaintext) only in the answer to its creation.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ProvisioningKeyView {
-    id: i64,
-    account_id: i64,
-    name: String,
-    hint: String,
-    created_at: String,
-    key: String,
+    pub id: i64,
+    pub account_id: i64,
+    pub name: String,
+    pub hint: String,
+    pub created_at: String,
+    pub key: String,
     #[schema(value_type = String)]
-    message: &'static str,
+    pub message: &'static str,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -109,7 +109,7 @@ fn account_not_found(id: i64) -> ApiError {
     ApiError::not_found("account_not_found", format!("No account with id {id}."))
 }
 
-async fn account_of_path(state: &AppState, id: &str) -> Result<Account, ApiError> {
+pub(crate) async fn account_of_path(state: &AppState, id: &str) -> Result<Account, ApiError> {
     let id = parse_id(id, "/v1/admin/accounts/3")?;
     state
         .accounts
@@ -146,7 +146,16 @@ pub async fn create_account(
 ) -> Result<Response, ApiError> {
     state.auth.operator(&headers).await?;
     let (map, _) = object_body(&state, body).await?;
-    only_fields(&map, &["name"])?;
+    let account = create_account_from(&state, &map).await?;
+    Ok((StatusCode::CREATED, Json(account)).into_response())
+}
+
+/// Creates an account from a `POST /v1/admin/accounts` body.
+pub async fn create_account_from(
+    state: &AppState,
+    map: &Map<String, Value>,
+) -> Result<AccountView, ApiError> {
+    only_fields(map, &["name"])?;
     let name = match map.get("name") {
         Some(v) => parse_name(v)?,
         None => {
@@ -170,7 +179,7 @@ pub async fn create_account(
         }
         Err(e) => return Err(e.into()),
     };
-    Ok((StatusCode::CREATED, Json(AccountView::new(&account))).into_response())
+    Ok(AccountView::new(&account))
 }
 
 /// `GET /v1/admin/accounts/{id}`
@@ -249,9 +258,20 @@ pub async fn create_grant(
     state.auth.operator(&headers).await?;
     let account = account_of_path(&state, &id).await?;
     let (map, bytes) = object_body(&state, body).await?;
-    only_fields(&map, &["amount", "note"])?;
+    let created = create_grant_from(&state, &account, &map, &bytes).await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// Grants credits to `account` from a `POST /v1/admin/accounts/{id}/grants` body.
+pub async fn create_grant_from(
+    state: &AppState,
+    account: &Account,
+    map: &Map<String, Value>,
+    bytes: &[u8],
+) -> Result<GrantCreated, ApiError> {
+    only_fields(map, &["amount", "note"])?;
     let amount = match map.get("amount") {
-        Some(v) => parse_grant_amount(v, raw_member(&bytes, "amount").map(|r| r.get()))?,
+        Some(v) => parse_grant_amount(v, raw_member(bytes, "amount").map(|r| r.get()))?,
         None => {
             return Err(ApiError::invalid_field(
                 "amount",
@@ -302,7 +322,7 @@ pub async fn create_grant(
         grant: GrantView::new(&grant),
         balance: after.balance().to_string(),
     };
-    Ok((StatusCode::CREATED, Json(created)).into_response())
+    Ok(created)
 }
 
 /// `POST /v1/admin/accounts/{id}/provisioning-keys` `{"name"}` (optional) → 201 with
@@ -326,11 +346,21 @@ pub async fn create_provisioning_key(
             None => "provisioning".to_string(),
         }
     };
+    let view = create_provisioning_key_named(&state, &account, &name).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// Mints a provisioning key of `account`: the answer holds the plaintext, shown once.
+pub async fn create_provisioning_key_named(
+    state: &AppState,
+    account: &Account,
+    name: &str,
+) -> Result<ProvisioningKeyView, ApiError> {
     let (key, plaintext) = state
         .accounts
-        .create_provisioning_key(account.id, &name)
+        .create_provisioning_key(account.id, name)
         .await?;
-    let view = ProvisioningKeyView {
+    Ok(ProvisioningKeyView {
         id: key.id.0,
         account_id: key.account_id.0,
         name: key.name,
@@ -338,8 +368,7 @@ pub async fn create_provisioning_key(
         created_at: crate::rfc3339(key.created_at),
         key: plaintext,
         message: "Store this key securely. It will not be shown again.",
-    };
-    Ok((StatusCode::CREATED, Json(view)).into_response())
+    })
 }
 
 /// `DELETE /v1/admin/provisioning-keys/{id}` → 204; it stops working at once.
@@ -350,11 +379,17 @@ pub async fn revoke_provisioning_key(
 ) -> Result<StatusCode, ApiError> {
     state.auth.operator(&headers).await?;
     let id = KeyId(parse_id(&id, "/v1/admin/provisioning-keys/4")?);
+    revoke_provisioning_key_by_id(&state, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revokes a provisioning key (404 when there is no live one with that id).
+pub async fn revoke_provisioning_key_by_id(state: &AppState, id: KeyId) -> Result<(), ApiError> {
     if !state.accounts.revoke_provisioning_key(id).await? {
         return Err(ApiError::not_found(
             "key_not_found",
             format!("No live provisioning key with id {}.", id.0),
         ));
     }
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }

@@ -45,7 +45,7 @@ fn status(g: &Grant, now: i64) -> &'static str {
 
 /// The account with its due expiries processed. If that cannot be done now (Redis down in
 /// a cluster), the account as the database has it, and a warning in the log.
-async fn settled(state: &AppState, account: AccountId) -> Result<Account, ApiError> {
+pub(crate) async fn settled(state: &AppState, account: AccountId) -> Result<Account, ApiError> {
     let settled = match state.meter.settle_credits(account).await {
         Ok(settled) => settled,
         Err(e) => {

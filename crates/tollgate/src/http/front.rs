@@ -46,6 +46,10 @@ pub async fn method_not_allowed(request: Request) -> Response {
 /// every error response that is not JSON (axum's rejections: a path segment that is not
 /// UTF-8, a query that does not parse ...) in the API's JSON shape.
 pub async fn api_errors(request: Request, next: Next) -> Response {
+    // The console answers in pages of its own.
+    if crate::console::owns(request.uri().path()) {
+        return next.run(request).await;
+    }
     let shape = Shape::of_path(request.uri().path());
     if let Some(encoding) = request.headers().get(header::CONTENT_ENCODING) {
         let identity = encoding

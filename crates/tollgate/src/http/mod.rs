@@ -49,6 +49,7 @@ pub struct Parts {
     pub writer: UsageWriter,
     pub webhooks: Arc<Webhooks>,
     pub metrics: Arc<Metrics>,
+    pub console: crate::console::Console,
 }
 
 impl AppState {
@@ -88,7 +89,13 @@ impl AppState {
             writer.clone(),
             cluster.as_ref(),
         ));
+        let console = crate::console::Console::new(
+            &config.database_url,
+            config.console.session,
+            config.console.secure_cookie,
+        );
         AppState(Arc::new(Parts {
+            console,
             config,
             store,
             auth,
@@ -211,6 +218,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/messages/count_tokens", post(inference::count_tokens))
         .route("/v1/startups", get(public::startups))
         .merge(account)
+        .merge(crate::console::router())
         .fallback(front::not_found)
         .method_not_allowed_fallback(front::method_not_allowed)
         .layer(middleware::from_fn(front::api_errors))

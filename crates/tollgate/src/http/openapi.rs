@@ -211,6 +211,8 @@ fn account_operations(paths: &mut Map<String, Value>) {
         "expires_at": {"type": ["string", "null"], "format": "date-time"},
         "rate_limit_rpm": {"type": ["integer", "null"], "minimum": 1},
         "clamp_max_tokens": {"type": "boolean"},
+        "limit_reset": {"enum": ["daily", "weekly", "monthly", null], "description": "When credit_limit starts again: 00:00 UTC, Mondays, the first of the month; null: never"},
+        "allowed_models": {"type": ["array", "null"], "items": {"type": "string"}, "maxItems": 1000, "description": "The model ids the key may use; null: all"},
     });
     let mut patch_fields = key_fields.clone();
     if let Some(map) = patch_fields.as_object_mut() {
@@ -358,12 +360,78 @@ fn error_schema() -> Value {
     ]})
 }
 
+/// Key rotation, credits and webhooks (the budgets of docs/credits.md and docs/webhooks.md).
+fn budget_operations(paths: &mut Map<String, Value>) {
+    let prov = Some("provisioning");
+    let id = |what: &str| path_id(what);
+    let object = |properties: Value| json!({"type": "object", "properties": properties});
+    paths.insert(
+        "/v1/account/keys/{id}/rotate".into(),
+        json!({"post": operation(
+            "A new secret for the key (in this answer only); the old one works for grace_seconds more",
+            prov,
+            vec![id("The key's integer id")],
+            Some(json_body(json!({"type": "object", "properties": {"grace_seconds": {"type": "integer", "minimum": 0, "maximum": 2_592_000}}, "additionalProperties": false}), false)),
+            ("200", ok_json("The key with its new plaintext", reference("KeyView"))),
+        )}),
+    );
+    let grant = object(json!({
+        "id": {"type": "integer"}, "amount": {"type": "string"}, "remaining": {"type": "string"},
+        "expired": {"type": "string"}, "note": {"type": ["string", "null"]},
+        "created_at": {"type": "string", "format": "date-time"},
+        "expires_at": {"type": ["string", "null"], "format": "date-time"},
+        "status": {"enum": ["active", "used", "expiring", "expired", "correction"]},
+    }));
+    paths.insert(
+        "/v1/account/credits".into(),
+        json!({"get": operation("The balance and every credit grant, newest first", prov, vec![], None, ("200", ok_json("The credits", json!({
+            "type": "object",
+            "required": ["balance", "expired", "credits"],
+            "properties": {"balance": {"type": "string"}, "expired": {"type": "string"},
+                "next_expiry": {"type": ["string", "null"], "format": "date-time"},
+                "credits": {"type": "array", "items": grant}},
+        }))))}),
+    );
+    let hook = object(json!({
+        "id": {"type": "integer"}, "url": {"type": "string"},
+        "low_balance": {"type": ["string", "null"]},
+        "created_at": {"type": "string", "format": "date-time"},
+        "events": {"type": "array", "items": {"type": "string"}},
+    }));
+    paths.insert(
+        "/v1/account/webhooks".into(),
+        json!({
+            "get": operation("The account's webhooks (never their secrets)", prov, vec![], None, ("200", ok_json("The webhooks", json!({"type": "object", "required": ["webhooks"], "properties": {"webhooks": {"type": "array", "items": hook}}})))),
+            "post": operation(
+                "Add a webhook: signed deliveries of the account's events",
+                prov,
+                vec![],
+                Some(json_body(json!({"type": "object", "required": ["url", "secret"], "properties": {
+                    "url": {"type": "string", "maxLength": 2048},
+                    "secret": {"type": "string", "minLength": 16, "maxLength": 256},
+                    "low_balance": {"type": ["string", "number", "null"]},
+                }, "additionalProperties": false}), true)),
+                ("201", ok_json("The webhook", hook)),
+            ),
+        }),
+    );
+    paths.insert(
+        "/v1/account/webhooks/{id}".into(),
+        json!({"delete": operation("Delete a webhook", prov, vec![id("The webhook's integer id")], None, ("204", json!({"description": "Deleted"})))}),
+    );
+    paths.insert(
+        "/v1/account/webhooks/{id}/deliveries".into(),
+        json!({"get": operation("The webhook's last 100 deliveries, newest first", prov, vec![id("The webhook's integer id")], None, ("200", ok_json("The deliveries", json!({"type": "object", "required": ["deliveries"], "properties": {"deliveries": {"type": "array", "items": {"type": "object"}}}}))))}),
+    );
+}
+
 /// The whole document.
 pub fn build() -> Value {
     let mut paths = Map::new();
     model_operations(&mut paths);
     public_operations(&mut paths);
     account_operations(&mut paths);
+    budget_operations(&mut paths);
     admin_operations(&mut paths);
     let mut schemas = derived_schemas();
     schemas.insert("Error".into(), error_schema());
@@ -412,6 +480,45 @@ mod tests {
             "the plaintext is optional"
         );
         assert!(doc["paths"]["/v1/chat/completions"]["post"].is_object());
+        for path in [
+            "/v1/account/keys/{id}/rotate",
+            "/v1/account/credits",
+            "/v1/account/webhooks",
+            "/v1/account/webhooks/{id}",
+            "/v1/account/webhooks/{id}/deliveries",
+        ] {
+            assert!(doc["paths"][path].is_object(), "{path} is documented");
+        }
+        let create = &doc["paths"]["/v1/account/keys"]["post"]["requestBody"]["content"]
+            ["application/json"]["schema"]["properties"];
+        for field in ["limit_reset", "allowed_models", "clamp_max_tokens"] {
+            assert!(create[field].is_object(), "{field} in {create}");
+        }
+        // The key bodies name exactly the fields the handlers take.
+        let body_fields = |method: &str, path: &str| -> Vec<String> {
+            let mut names: Vec<String> = doc["paths"][path][method]["requestBody"]["content"]
+                ["application/json"]["schema"]["properties"]
+                .as_object()
+                .expect("properties")
+                .keys()
+                .cloned()
+                .collect();
+            names.sort();
+            names
+        };
+        let sorted = |fields: &[&str]| -> Vec<String> {
+            let mut names: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(
+            body_fields("post", "/v1/account/keys"),
+            sorted(super::super::account::CREATE_FIELDS)
+        );
+        assert_eq!(
+            body_fields("patch", "/v1/account/keys/{id}"),
+            sorted(super::super::account::PATCH_FIELDS)
+        );
         assert!(
             doc["paths"]["/v1/images/edits"]["post"]["requestBody"]["content"]
                 ["multipart/form-data"]

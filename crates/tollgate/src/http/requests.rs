@@ -29,26 +29,26 @@ const PARAMS: &[&str] = &[
 /// One request of the log.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct RequestView {
-    request_id: String,
-    created_at: String,
-    key_id: i64,
-    key_name: Option<String>,
+    pub request_id: String,
+    pub created_at: String,
+    pub key_id: i64,
+    pub key_name: Option<String>,
     /// The model that served.
-    model: String,
+    pub model: String,
     /// The model asked for, when a fallback served instead; otherwise null.
-    requested_model: Option<String>,
-    provider: Option<String>,
-    endpoint: String,
-    status: i64,
-    input_tokens: i64,
-    cached_input_tokens: i64,
-    output_tokens: i64,
+    pub requested_model: Option<String>,
+    pub provider: Option<String>,
+    pub endpoint: String,
+    pub status: i64,
+    pub input_tokens: i64,
+    pub cached_input_tokens: i64,
+    pub output_tokens: i64,
     /// Exact decimal credits (USD).
-    cost: String,
-    latency_ms: i64,
-    attempts: i64,
+    pub cost: String,
+    pub latency_ms: i64,
+    pub attempts: i64,
     /// The usage was counted by the gateway (the provider reported none).
-    estimated: bool,
+    pub estimated: bool,
 }
 
 impl RequestView {
@@ -78,8 +78,8 @@ impl RequestView {
 /// A JSON page: its rows and the cursor of the next page (null on the last).
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct RequestPage {
-    requests: Vec<RequestView>,
-    next_cursor: Option<String>,
+    pub requests: Vec<RequestView>,
+    pub next_cursor: Option<String>,
 }
 
 /// What the query string asked for.
@@ -243,15 +243,38 @@ pub async fn list(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let owner = state.auth.provisioning(&headers).await?;
-    let ask = parse_ask(&query, &headers)?;
+    respond(&state, owner.account_id, &query, &headers).await
+}
+
+/// The answer of `GET /v1/account/requests` for `account`: a JSON page or the CSV.
+pub async fn respond(
+    state: &AppState,
+    account: AccountId,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let ask = parse_ask(query, headers)?;
     if ask.csv {
-        return Ok(csv_response(state.accounts.clone(), owner.account_id, ask));
+        return Ok(csv_response(state.accounts.clone(), account, ask));
     }
+    Ok(Json(page_of(state, account, ask).await?).into_response())
+}
+
+/// A JSON page of `account`'s request log for a query string of this API (no CSV).
+pub async fn page(
+    state: &AppState,
+    account: AccountId,
+    query: &HashMap<String, String>,
+) -> Result<RequestPage, ApiError> {
+    page_of(state, account, parse_ask(query, &HeaderMap::new())?).await
+}
+
+async fn page_of(state: &AppState, account: AccountId, ask: Ask) -> Result<RequestPage, ApiError> {
     let limit = ask.limit.unwrap_or(DEFAULT_LIMIT);
     // One row more than asked says whether there is a next page.
     let mut rows = state
         .accounts
-        .requests(owner.account_id, &ask.filter, ask.cursor, limit + 1)
+        .requests(account, &ask.filter, ask.cursor, limit + 1)
         .await?;
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
@@ -260,11 +283,10 @@ pub async fn list(
     } else {
         None
     };
-    Ok(Json(RequestPage {
+    Ok(RequestPage {
         requests: rows.iter().map(RequestView::new).collect(),
         next_cursor,
     })
-    .into_response())
 }
 
 const CSV_HEADER: &str = "request_id,created_at,key_id,key_name,model,requested_model,provider,endpoint,status,input_tokens,cached_input_tokens,output_tokens,cost,latency_ms,attempts,estimated\r\n";

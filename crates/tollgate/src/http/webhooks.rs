@@ -50,6 +50,7 @@ fn store_error(e: WebhookError) -> ApiError {
         WebhookError::Target(t) => ApiError::invalid_field("url", t.to_string()),
         WebhookError::TooMany => ApiError::bad_request("too_many_webhooks", e.to_string()),
         WebhookError::Database(e) => ApiError::internal(e),
+        WebhookError::Store(e) => ApiError::internal(e),
     }
 }
 

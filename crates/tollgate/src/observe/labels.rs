@@ -208,6 +208,7 @@ pub enum TokenType {
     output,
     cached_input,
     cache_write,
+    reasoning,
 }
 
 /// `tollgate_requests_total`.

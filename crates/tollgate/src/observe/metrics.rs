@@ -153,7 +153,7 @@ impl Metrics {
         );
         r.register(
             "tollgate_tokens",
-            "Tokens charged, by model and type (input includes cached_input and cache_write)",
+            "Tokens charged, by model and type (input includes cached_input and cache_write, output includes reasoning)",
             metrics.tokens.clone(),
         );
         r.register(
@@ -269,6 +269,7 @@ impl Metrics {
             (TokenType::output, usage.output_tokens),
             (TokenType::cached_input, usage.cached_input_tokens),
             (TokenType::cache_write, usage.cache_write_tokens),
+            (TokenType::reasoning, usage.reasoning_tokens),
         ];
         for (kind, count) in tokens {
             if count > 0 {

@@ -25,7 +25,7 @@ impl Anthropic {
 }
 
 impl Adapter for Anthropic {
-    fn wire(&self, endpoint: Endpoint) -> Option<Wire> {
+    fn wire(&self, endpoint: Endpoint, _upstream_model: &str) -> Option<Wire> {
         match endpoint {
             Endpoint::Messages | Endpoint::ChatCompletions | Endpoint::Responses => Some(Wire {
                 endpoint: Endpoint::Messages,

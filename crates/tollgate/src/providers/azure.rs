@@ -33,7 +33,7 @@ impl Azure {
 }
 
 impl Adapter for Azure {
-    fn wire(&self, endpoint: Endpoint) -> Option<Wire> {
+    fn wire(&self, endpoint: Endpoint, _upstream_model: &str) -> Option<Wire> {
         let format = match endpoint {
             Endpoint::ChatCompletions | Endpoint::Messages => {
                 return Some(Wire {
@@ -124,6 +124,8 @@ mod tests {
         let bearer = azure(None, true).headers();
         assert_eq!(bearer[0].0, AUTHORIZATION);
         assert_eq!(bearer[0].1, "Bearer k");
-        assert!(azure(None, false).wire(Endpoint::AudioSpeech).is_none());
+        assert!(azure(None, false)
+            .wire(Endpoint::AudioSpeech, "m")
+            .is_none());
     }
 }

@@ -22,7 +22,7 @@ use crate::config::{Config, Deployment, Endpoint, Provider};
 use crate::secrets::Scrubber;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type RequestBody = Either<Full<Bytes>, UnsyncBoxBody<Bytes, BoxError>>;
+pub(super) type RequestBody = Either<Full<Bytes>, UnsyncBoxBody<Bytes, BoxError>>;
 
 /// An upstream answer: its status and headers, and a body still to be read.
 pub type UpstreamResponse = Response<Incoming>;
@@ -76,7 +76,9 @@ pub fn chunks(response: UpstreamResponse) -> UpstreamChunks {
     BodyDataStream::new(response.into_body())
 }
 
-fn pooled_client(provider: &Provider) -> Client<HttpsConnector<HttpConnector>, RequestBody> {
+pub(super) fn pooled_client(
+    provider: &Provider,
+) -> Client<HttpsConnector<HttpConnector>, RequestBody> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -210,6 +212,16 @@ impl Upstreams {
         let broken = || UpstreamError::Broken {
             provider: provider.name.clone(),
         };
+        let signed = match (provider.adapter.signer(), &body) {
+            (None, _) => Vec::new(),
+            (Some(signer), UpstreamBody::Bytes(bytes)) => {
+                signer
+                    .sign(&provider.name, &uri, content_type, bytes)
+                    .await?
+            }
+            // A signature covers the whole body: a streamed upload cannot be signed.
+            (Some(_), UpstreamBody::Stream(_)) => return Err(broken()),
+        };
         let content_type = HeaderValue::from_str(content_type).map_err(|_| broken())?;
         let payload = match body {
             UpstreamBody::Bytes(bytes) => Either::Left(Full::new(bytes)),
@@ -220,7 +232,7 @@ impl Upstreams {
             .body(payload)
             .map_err(|_| broken())?;
         let headers = request.headers_mut();
-        for (name, value) in &provider.headers {
+        for (name, value) in provider.headers.iter().chain(&signed) {
             headers.insert(name.clone(), value.clone());
         }
         // The client's version replaces the provider's; its betas are added. Credentials

@@ -30,7 +30,7 @@ impl Gemini {
 }
 
 impl Adapter for Gemini {
-    fn wire(&self, endpoint: Endpoint) -> Option<Wire> {
+    fn wire(&self, endpoint: Endpoint, _upstream_model: &str) -> Option<Wire> {
         match endpoint {
             Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::Responses => Some(Wire {
                 endpoint: Endpoint::ChatCompletions,
@@ -61,7 +61,7 @@ impl Adapter for Gemini {
         })
     }
 
-    fn native(&self) -> Option<&dyn Native> {
+    fn native(&self, _upstream_model: &str) -> Option<&dyn Native> {
         Some(self)
     }
 

@@ -2,12 +2,12 @@
 //! API versions, trace context), and a deny-list that never passes, whatever the lists say
 //! (the client's credentials, cookies, hop-by-hop headers, the operator's provider account).
 //!
-//! | header | Anthropic provider | OpenAI-compatible provider |
-//! |---|---|---|
-//! | `anthropic-beta` | forwarded | — |
-//! | `anthropic-version` | forwarded when the client spoke Messages (replaces the provider's) | — |
-//! | `openai-beta` | — | forwarded |
-//! | `traceparent`, `tracestate` | forwarded | forwarded |
+//! | header | Anthropic provider | OpenAI-compatible provider | Bedrock, Vertex |
+//! |---|---|---|---|
+//! | `anthropic-beta` | forwarded | — | forwarded (Bedrock: also as the body's `anthropic_beta`) |
+//! | `anthropic-version` | forwarded when the client spoke Messages (replaces the provider's) | — | — (the body's `anthropic_version`) |
+//! | `openai-beta` | — | forwarded | — |
+//! | `traceparent`, `tracestate` | forwarded | forwarded | forwarded |
 //!
 //! A header reaches a provider when it is on that provider kind's list, whatever API the
 //! client spoke: a Chat Completions client may enable an Anthropic beta (a 1M context
@@ -103,6 +103,7 @@ pub fn allowed(kind: ProviderKind, translated: bool, name: &str) -> bool {
         ProviderKind::Anthropic if name == "anthropic-version" => !translated,
         ProviderKind::Anthropic => ANTHROPIC.contains(&name.as_str()),
         ProviderKind::Openai | ProviderKind::Azure => OPENAI.contains(&name.as_str()),
+        ProviderKind::Bedrock | ProviderKind::Vertex => name == "anthropic-beta",
         ProviderKind::Gemini => false,
     }
 }

@@ -5,17 +5,27 @@
 
 mod anthropic;
 mod azure;
+mod bedrock;
 mod client;
 mod error;
 mod gemini;
+mod google_auth;
 mod headers;
 mod openai;
+mod sigv4;
+mod vertex;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use bytes::Bytes;
 use serde_json::Value;
 use tollgate_formats::conversion::gemini::AnswerError;
 use tollgate_formats::conversion::native::NativeStream;
 use tollgate_formats::conversion::Converted;
+use tollgate_formats::eventstream::StreamDecoder;
 use tollgate_formats::{ConversionError, Format, SseDecoder};
 
 pub use client::{
@@ -38,8 +48,9 @@ pub struct Wire {
 
 /// What one provider kind knows about itself.
 pub trait Adapter: Send + Sync {
-    /// How the provider serves a client endpoint, or `None` when it cannot.
-    fn wire(&self, endpoint: Endpoint) -> Option<Wire>;
+    /// How the provider serves a client endpoint for a model, or `None` when it cannot
+    /// (a cloud serves some models in one format and others in another).
+    fn wire(&self, endpoint: Endpoint, upstream_model: &str) -> Option<Wire>;
 
     /// The URL of one of the provider's endpoints for a model (some providers put the
     /// model or deployment in the path).
@@ -56,14 +67,44 @@ pub trait Adapter: Send + Sync {
     }
 
     /// The translation of the hub formats to the provider's own wire format, for a
-    /// provider that speaks none of the client formats (see [`Native`]).
-    fn native(&self) -> Option<&dyn Native> {
+    /// provider that speaks none of the client formats for this model (see [`Native`]).
+    fn native(&self, _upstream_model: &str) -> Option<&dyn Native> {
+        None
+    }
+
+    /// The body as the provider takes it, from the body in the wire's format (or the
+    /// native one): a cloud names the model in the path and its API version (and, on
+    /// Bedrock, the client's `forwarded` betas) in the body.
+    fn upstream_body(
+        &self,
+        _wire: Wire,
+        _upstream_model: &str,
+        _stream: bool,
+        body: Bytes,
+        _forwarded: &[(HeaderName, HeaderValue)],
+    ) -> Result<Bytes, ConversionError> {
+        Ok(body)
+    }
+
+    /// Authentication computed per request (a signature over the body, a token that
+    /// expires), for a provider whose [`headers`](Self::headers) cannot hold it.
+    fn signer(&self) -> Option<&dyn Signer> {
         None
     }
 
     /// A decoder of the provider's event streams into events.
-    fn stream_decoder(&self, max_frame_bytes: usize) -> SseDecoder {
-        SseDecoder::new(max_frame_bytes)
+    fn stream_decoder(&self, max_frame_bytes: usize) -> StreamDecoder {
+        StreamDecoder::Sse(SseDecoder::new(max_frame_bytes))
+    }
+
+    /// Whether an answer of this content type is an event stream.
+    fn is_stream(&self, content_type: &str) -> bool {
+        content_type.starts_with("text/event-stream")
+    }
+
+    /// Whether the provider's Messages endpoint has `/messages/count_tokens` beside it.
+    fn counts_tokens(&self) -> bool {
+        true
     }
 
     /// Classifies a non-2xx answer from its status, headers and (the start of) its body.
@@ -104,6 +145,23 @@ pub trait Native: Send + Sync {
     fn stream(&self, upstream_model: &str) -> Box<dyn NativeStream + Send>;
 }
 
+/// The headers a [`Signer`] adds, or why it could not.
+pub type Signing<'a> = Pin<
+    Box<dyn Future<Output = Result<Vec<(HeaderName, HeaderValue)>, UpstreamError>> + Send + 'a>,
+>;
+
+/// Per-request authentication (see [`Adapter::signer`]).
+pub trait Signer: Send + Sync {
+    /// The headers authenticating a POST of `body` to `uri`, sent with `content_type`.
+    fn sign<'a>(
+        &'a self,
+        provider: &'a Arc<str>,
+        uri: &'a Uri,
+        content_type: &'a str,
+        body: &'a [u8],
+    ) -> Signing<'a>;
+}
+
 /// The adapter of a configured provider.
 pub fn adapter(provider: &Provider) -> Box<dyn Adapter> {
     match provider.kind {
@@ -111,6 +169,8 @@ pub fn adapter(provider: &Provider) -> Box<dyn Adapter> {
         ProviderKind::Anthropic => Box::new(anthropic::Anthropic::new(provider)),
         ProviderKind::Azure => Box::new(azure::Azure::new(provider)),
         ProviderKind::Gemini => Box::new(gemini::Gemini::new(provider)),
+        ProviderKind::Bedrock => Box::new(bedrock::Bedrock::new(provider)),
+        ProviderKind::Vertex => Box::new(vertex::Vertex::new(provider)),
     }
 }
 
@@ -123,7 +183,7 @@ pub fn check_catalog(config: &crate::config::Config) -> Result<(), String> {
             let provider = &config.providers[deployment.provider];
             let adapter = adapter(provider);
             for &endpoint in &model.endpoints {
-                let Some(wire) = adapter.wire(endpoint) else {
+                let Some(wire) = adapter.wire(endpoint, &deployment.upstream_model) else {
                     return Err(format!(
                         "the model '{}' lists the endpoint {}, which its provider '{}' ({:?}) cannot serve; remove it from the model's `endpoints`",
                         model.id,

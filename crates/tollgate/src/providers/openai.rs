@@ -27,7 +27,7 @@ impl OpenAi {
 }
 
 impl Adapter for OpenAi {
-    fn wire(&self, endpoint: Endpoint) -> Option<Wire> {
+    fn wire(&self, endpoint: Endpoint, _upstream_model: &str) -> Option<Wire> {
         let chat = Wire {
             endpoint: Endpoint::ChatCompletions,
             format: Some(Format::ChatCompletions),

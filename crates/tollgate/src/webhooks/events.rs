@@ -10,8 +10,9 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{KeyUse, Webhooks};
+use crate::billing::window::{self, LimitReset, WindowUsage};
 use crate::billing::Credits;
-use crate::store::AccountId;
+use crate::store::{AccountId, KeyId, StoreError};
 
 /// Percentages of a key's limit that raise an event, once each per window.
 pub const THRESHOLDS: [i64; 3] = [50, 80, 100];
@@ -23,9 +24,9 @@ const RESCAN: i64 = 1_000;
 /// How long finished deliveries stay in the log.
 const LOG_DAYS: i64 = 30;
 
-/// The window a key's usage is counted in, part of its events' identity. Keys have one
-/// lifetime window today; a reset window (daily, weekly, monthly) names its start here,
-/// so each window gets its own 50/80/100 % events.
+/// The window a key's usage is counted in, part of its events' identity: `lifetime` for
+/// a key without resets, else the current window's tag (`d2027-01-31`, `w2027-01-25`,
+/// `m2027-01`), so each window gets its own 50/80/100 % events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyWindow(pub String);
 
@@ -76,7 +77,9 @@ impl Webhooks {
         let top = self.db.max_usage_id().await?;
         if top > seen {
             for key in self.db.keys_used_since((seen - RESCAN).max(0)).await? {
-                self.key_thresholds(&key, &KeyWindow::lifetime()).await?;
+                let (usage, window) = self.key_window(&key).await?;
+                self.key_thresholds(&KeyUse { usage, ..key }, &window)
+                    .await?;
             }
         }
         self.low_balances().await?;
@@ -84,6 +87,29 @@ impl Webhooks {
             self.expiring_credits().await?;
         }
         Ok(top.max(seen))
+    }
+
+    /// The key's usage in the window its limit counts now, and that window: its lifetime
+    /// usage for a key without resets, else the sum of the daily roll-up's days in the
+    /// current day, week or month (the same figure as the key object's `usage_daily`…).
+    async fn key_window(&self, key: &KeyUse) -> Result<(i64, KeyWindow), super::WebhookError> {
+        let Some(reset) = key.limit_reset.as_deref() else {
+            return Ok((key.usage, KeyWindow::lifetime()));
+        };
+        let reset = LimitReset::parse(reset).ok_or_else(|| {
+            StoreError::Corrupt(format!("limit_reset '{reset}' of key {}", key.id))
+        })?;
+        let at = self.clock.now();
+        let days = self
+            .store
+            .day_charges(
+                AccountId(key.account_id),
+                Some(KeyId(key.id)),
+                &window::earliest_start(at),
+            )
+            .await?;
+        let usage = WindowUsage::from_days(at, days.iter().map(|d| (d.day.as_str(), d.cost)));
+        Ok((usage.of(reset), KeyWindow(reset.window_at(at).tag())))
     }
 
     async fn key_thresholds(

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::billing::Credits;
+use crate::clock::Clock;
 use crate::config::WebhookPolicy;
 use crate::store::{AccountId, Store};
 
@@ -43,6 +44,8 @@ pub enum WebhookError {
     TooMany,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// The webhooks of this process.
@@ -53,6 +56,8 @@ pub struct Webhooks {
     wake: Notify,
     slots: Arc<Semaphore>,
     clients: deliver::Clients,
+    /// The time that places a key's usage in its budget window (the gateway's clock).
+    clock: Clock,
 }
 
 impl Webhooks {
@@ -69,7 +74,14 @@ impl Webhooks {
             policy,
             wake: Notify::new(),
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            clock: Clock::system(),
         })
+    }
+
+    /// The same webhooks counting key windows on `clock` (the gateway's own).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Creates an account holder's webhook after checking where it points.

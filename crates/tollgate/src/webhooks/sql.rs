@@ -237,7 +237,7 @@ pub async fn max_usage_id(pool: &P) -> sqlx::Result<i64> {
 /// Keys with a limit charged by usage records with an id above `since`.
 pub async fn keys_used_since(pool: &P, since: i64) -> sqlx::Result<Vec<KeyUse>> {
     let rows = sqlx::query(
-        "SELECT k.id, k.account_id, k.name, k.usage, k.credit_limit FROM api_keys k \
+        "SELECT k.id, k.account_id, k.name, k.usage, k.credit_limit, k.limit_reset FROM api_keys k \
          WHERE k.credit_limit IS NOT NULL AND k.credit_limit > 0 AND k.deleted_at IS NULL \
          AND k.id IN (SELECT DISTINCT key_id FROM usage_records WHERE id > $1)",
     )
@@ -252,6 +252,7 @@ pub async fn keys_used_since(pool: &P, since: i64) -> sqlx::Result<Vec<KeyUse>> 
                 name: row.try_get(2)?,
                 usage: row.try_get(3)?,
                 limit: row.try_get(4)?,
+                limit_reset: row.try_get(5)?,
             })
         })
         .collect()

@@ -47,4 +47,6 @@ pub struct KeyUse {
     pub name: String,
     pub usage: i64,
     pub limit: i64,
+    /// The key's `limit_reset` as stored (`daily`, `weekly`, `monthly`; none: lifetime).
+    pub limit_reset: Option<String>,
 }

@@ -88,3 +88,65 @@ async fn the_catalog_can_be_turned_off() {
         .expect("json");
     assert_eq!(listed["data"], json!([]));
 }
+
+#[tokio::test]
+async fn aws_credentials_alone_serve_the_builtin_bedrock_models() {
+    let up = fake_upstream::start(Options::default())
+        .await
+        .expect("fake upstream");
+    let root = up.root_url();
+    let env = move |name: &str| match name {
+        "AWS_ACCESS_KEY_ID" => Some(fake_upstream::TEST_AWS_ACCESS_KEY_ID.to_string()),
+        "AWS_SECRET_ACCESS_KEY" => Some(fake_upstream::TEST_AWS_SECRET_ACCESS_KEY.to_string()),
+        "AWS_REGION" => Some("eu-west-3".to_string()),
+        "BEDROCK_BASE_URL" => Some(root.clone()),
+        _ => None,
+    };
+    let app = spawn_app_env("", &env).await;
+    let listed: Value = reqwest::get(app.url("/v1/models"))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let data = listed["data"].as_array().expect("data");
+    assert!(data.iter().all(|m| m["id"]
+        .as_str()
+        .is_some_and(|id| id.starts_with("bedrock/"))));
+    let nova = data
+        .iter()
+        .find(|m| m["id"] == "bedrock/nova-pro")
+        .expect("bedrock/nova-pro");
+    assert_eq!(
+        nova["pricing"],
+        json!({"per_input_token": 0.0000008, "per_cached_input_token": 0.0000002, "per_output_token": 0.0000032})
+    );
+    assert!(data.iter().any(|m| m["id"] == "bedrock/claude-sonnet-4-5"));
+    app.grant("10").await;
+    let key = app.inference_key().await;
+    let response = app
+        .post(
+            "/v1/chat/completions",
+            &key,
+            &chat("bedrock/nova-pro", "hello builtin"),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let sent = &up.received()[0];
+    assert_eq!(sent.path, "/model/amazon.nova-pro-v1%3A0/converse");
+    // Signed for the region of the environment.
+    assert!(sent
+        .header("authorization")
+        .is_some_and(|a| a.contains("/eu-west-3/bedrock/aws4_request")));
+    let rows = ledger(&app).await;
+    assert_eq!(rows.len(), 1);
+    let nova_prices = crate::gateway::Prices {
+        input: 800_000_000,
+        cached: 200_000_000,
+        output: 3_200_000_000,
+    };
+    assert_eq!(
+        rows[0].4,
+        cost(&nova_prices, rows[0].1.into(), 0, rows[0].3.into())
+    );
+}

@@ -254,8 +254,12 @@ async fn start_up_refuses_a_model_its_provider_cannot_serve() {
         "{}\n[[models]]\nid = \"claude-embed\"\nprovider = \"anthropic\"\nendpoints = [\"embeddings\"]\npricing = {{ input = \"1\" }}\n",
         catalog(&upstream)
     );
-    // Every variable is set but the base URLs (which would have to be URLs).
-    let env = |name: &str| (!name.ends_with("_BASE_URL")).then(|| format!("{name}-value"));
+    // Every variable is set but the base URLs and regions (which would have to be URLs and
+    // regions).
+    let env = |name: &str| {
+        (!name.ends_with("_BASE_URL") && !name.ends_with("_REGION"))
+            .then(|| format!("{name}-value"))
+    };
     let dir = tempfile::tempdir().expect("dir");
     let toml = format!(
         "listen = \"127.0.0.1:0\"\ndatabase_url = \"sqlite://{}/t.db\"\n{bad}",
@@ -295,7 +299,11 @@ async fn start_up_refuses_a_model_its_provider_cannot_serve() {
 }
 
 async fn spawn_app_with_env(config: &str) -> TestApp {
-    // Every variable is set but the base URLs (which would have to be URLs).
-    let env = |name: &str| (!name.ends_with("_BASE_URL")).then(|| format!("{name}-value"));
+    // Every variable is set but the base URLs and regions (which would have to be URLs and
+    // regions).
+    let env = |name: &str| {
+        (!name.ends_with("_BASE_URL") && !name.ends_with("_REGION"))
+            .then(|| format!("{name}-value"))
+    };
     crate::helpers::spawn_app_env(config, &env).await
 }

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use crate::gateway::{cost, ledger, Prices};
 use crate::helpers::{spawn_app_env, TestApp};
+use crate::scrape::Metrics;
 
 /// gemini-2.5-flash: $0.30 input, $0.03 cached, $2.50 output per million tokens.
 pub const FLASH: Prices = Prices {
@@ -91,6 +92,15 @@ async fn chat_whole_with_thoughts_and_cache_is_metered_exactly() {
     assert_eq!(rows.len(), 1);
     assert_eq!((rows[0].1, rows[0].2, rows[0].3), (13, 3, 12));
     assert_eq!(rows[0].4, cost(&FLASH, 13, 3, 12));
+    // The thoughts are counted apart in the metrics, as part of the output.
+    let (metrics, _) = Metrics::scrape(&app, None).await;
+    let tokens = |kind: &str| {
+        metrics.value(
+            "tollgate_tokens_total",
+            &[("model", "flash"), ("type", kind)],
+        )
+    };
+    assert_eq!((tokens("output"), tokens("reasoning")), (12.0, 7.0));
 }
 
 #[tokio::test]

@@ -119,8 +119,9 @@ async fn unknown_routes_and_methods() {
         "route_not_found",
     )
     .await;
+    // `/` is the console's; any other unknown path is the API's JSON 404.
     assert_error(
-        app.get("/", "x").await,
+        app.get("/nope", "x").await,
         404,
         "not_found_error",
         "route_not_found",

@@ -395,3 +395,41 @@ async fn a_429_with_retry_after_moves_traffic_away_for_that_long_then_back() {
         "traffic never came back to A"
     );
 }
+
+/// Failing over to another deployment does not wait: with a pause longer than the whole
+/// request may take, the live deployment still serves. Trying the same deployment again
+/// does wait: the pause would pass the deadline, so the request ends after one attempt.
+#[tokio::test]
+async fn another_deployment_is_tried_at_once_the_same_one_after_a_pause() {
+    let live = upstream().await;
+    let dead = format!("http://127.0.0.1:{}/v1", closed_port());
+    let model = |id: &str, deployments: &[&str]| {
+        let mut text = format!("[[models]]\nid = \"{id}\"\nendpoints = [\"chat.completions\"]\nmax_output_tokens = 100\npricing = {{ input = \"0.40\", output = \"1.60\" }}\n");
+        for (priority, d) in deployments.iter().enumerate() {
+            text.push_str(&format!(
+                "[[models.deployments]]\nprovider = \"{d}\"\npriority = {priority}\n"
+            ));
+        }
+        text
+    };
+    let config = format!(
+        "[routing]\nmax_attempts = 2\ncooldown_failures = 1000\nbackoff_ms = 60000\nrequest_timeout_ms = 20000\n{}{}{}{}",
+        provider("dead", "openai", &dead),
+        provider("live", "openai", &live.base_url()),
+        model("two", &["dead", "live"]),
+        model("one", &["dead"]),
+    );
+    let (app, key) = app(&config).await;
+    let response = app
+        .post("/v1/chat/completions", &key, &chat("two", "hi"))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-tollgate-provider"), "live");
+    assert_eq!(header(&response, "x-tollgate-attempts"), "2");
+
+    let response = app
+        .post("/v1/chat/completions", &key, &chat("one", "hi"))
+        .await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(header(&response, "x-tollgate-attempts"), "1");
+}

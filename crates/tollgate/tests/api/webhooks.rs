@@ -561,3 +561,89 @@ async fn two_replicas_deliver_each_event_once() {
     })
     .await;
 }
+
+/// A key whose limit resets daily crosses its thresholds once per day, counted on that
+/// day's usage alone: yesterday's spending neither raises nor holds back today's events.
+#[tokio::test]
+async fn a_windowed_key_crosses_its_thresholds_once_per_window() {
+    let (hook_url, got) = receiver(0).await;
+    let app = spawn_app_env(
+        "[webhook_policy]\nallow_private_targets = true\nretry_base_ms = 200\n",
+        &|_| None,
+    )
+    .await;
+    let day_one = tollgate::parse_rfc3339("2026-12-01T12:00:00Z").expect("time");
+    app.state.config.clock.set(day_one);
+    app.grant("10").await;
+    let response = create(&app, json!({"url": hook_url, "secret": SECRET})).await;
+    assert_eq!(response.status(), 201);
+    let (key_id, _) = app
+        .create_key(json!({"name": "ci", "credit_limit": 1, "limit_reset": "daily"}))
+        .await;
+    let spend = |id: &str, cost: i64, at: i64| tollgate::store::UsageRecord {
+        request_id: id.into(),
+        account_id: app.account_id,
+        key_id: tollgate::store::KeyId(key_id),
+        model: "m".into(),
+        endpoint: "/v1/chat/completions".into(),
+        input_tokens: 1,
+        cached_input_tokens: 0,
+        output_tokens: 1,
+        cost: tollgate::billing::Credits::from_nanos(cost),
+        status: 200,
+        latency_ms: 1,
+        created_at: at,
+        detail: Default::default(),
+    };
+    let crossings = async || -> Vec<String> {
+        let mut seen: Vec<String> = events(&got)
+            .await
+            .iter()
+            .filter(|e| e["type"] == "key.usage_threshold")
+            .map(|e| format!("{} {}", e["data"]["window"], e["data"]["threshold_percent"]))
+            .collect();
+        seen.sort();
+        seen.dedup();
+        seen
+    };
+
+    // Day one: 60 % of the day's limit.
+    app.state
+        .store
+        .record_usage(&[spend("d1", 600_000_000, day_one)])
+        .await
+        .expect("usage");
+    wait_for("day one's 50 %", async || {
+        (crossings().await == ["\"d2026-12-01\" 50"]).then_some(())
+    })
+    .await;
+
+    // Day two: 30 % more (90 % of the lifetime, 30 % of the day) raises nothing...
+    let day_two = day_one + 86_400;
+    app.state.config.clock.set(day_two);
+    app.state
+        .store
+        .record_usage(&[spend("d2a", 300_000_000, day_two)])
+        .await
+        .expect("usage");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(crossings().await, ["\"d2026-12-01\" 50"]);
+
+    // ...and 55 % of the day is day two's own 50 %, sent although day one's was.
+    app.state
+        .store
+        .record_usage(&[spend("d2b", 250_000_000, day_two)])
+        .await
+        .expect("usage");
+    wait_for("day two's 50 %", async || {
+        (crossings().await == ["\"d2026-12-01\" 50", "\"d2026-12-02\" 50"]).then_some(())
+    })
+    .await;
+    let view: Value = app
+        .get(&format!("/v1/account/keys/{key_id}"), &app.prov_key)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(view["usage_daily"], "0.55", "{view}");
+}

@@ -21,7 +21,10 @@ pub(crate) struct Parts {
 pub(crate) fn read_parts(answer: &Value, response_id: &str, first_call: usize) -> Parts {
     let mut out = Parts::default();
     let parts = answer
-        .pointer("/candidates/0/content/parts")
+        .get("candidates")
+        .and_then(|c| c.get(0))
+        .and_then(|c| c.get("content"))
+        .and_then(|c| c.get("parts"))
         .and_then(Value::as_array);
     for part in parts.into_iter().flatten() {
         if let Some(call) = part.get("functionCall") {

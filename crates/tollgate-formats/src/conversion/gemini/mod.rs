@@ -57,11 +57,18 @@ const BLOCKING: [&str; 7] = [
     "IMAGE_PROHIBITED_CONTENT",
 ];
 
+/// The first candidate of an answer or chunk (read without `Value::pointer`, which
+/// allocates for every path segment: this runs once per streamed chunk).
+pub(crate) fn candidate(answer: &Value) -> Option<&Value> {
+    answer.get("candidates")?.get(0)
+}
+
 /// The block of a chunk or answer: its prompt feedback's, or its first candidate's finish
 /// reason when that is a blocking one.
 pub(crate) fn blocked(answer: &Value) -> Option<Blocked> {
     if let Some(reason) = answer
-        .pointer("/promptFeedback/blockReason")
+        .get("promptFeedback")
+        .and_then(|f| f.get("blockReason"))
         .and_then(Value::as_str)
     {
         return Some(Blocked {
@@ -69,8 +76,8 @@ pub(crate) fn blocked(answer: &Value) -> Option<Blocked> {
             reason: reason.to_string(),
         });
     }
-    let reason = answer
-        .pointer("/candidates/0/finishReason")
+    let reason = candidate(answer)?
+        .get("finishReason")
         .and_then(Value::as_str)?;
     BLOCKING.contains(&reason).then(|| Blocked {
         what: "the answer",

@@ -53,7 +53,7 @@ pub(super) async fn respond(
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
+        .is_some_and(|v| provider.adapter.is_stream(v));
     if is_sse {
         let (Some(upstream_format), Some(client_format)) =
             (prepared.wire.format, prepared.client_format)
@@ -77,7 +77,7 @@ pub(super) async fn respond(
         let native = prepared.native.and_then(|_| {
             provider
                 .adapter
-                .native()
+                .native(&prepared.deployment().upstream_model)
                 .map(|n| n.stream(&prepared.deployment().upstream_model))
         });
         let relay = Relay {
@@ -125,7 +125,12 @@ pub(super) async fn respond(
         }),
         _ => None,
     };
-    let native = match (prepared.native, provider.adapter.native()) {
+    let native = match (
+        prepared.native,
+        provider
+            .adapter
+            .native(&prepared.deployment().upstream_model),
+    ) {
         (Some(call), Some(native)) => Some(json::NativeAnswer {
             native,
             endpoint: prepared.wire.endpoint,

@@ -14,9 +14,10 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tollgate_formats::conversion::native::NativeStream;
+use tollgate_formats::eventstream::StreamDecoder;
 use tollgate_formats::frames::{self, StreamFailure};
 use tollgate_formats::model_name;
-use tollgate_formats::sse::{self, SseDecoder, SseEvent};
+use tollgate_formats::sse::{self, SseEvent};
 use tollgate_formats::usage as wire_usage;
 use tollgate_formats::{Format, StreamConverter, UsageTracker};
 
@@ -104,7 +105,7 @@ pub(super) struct Relay {
     pub(super) upstream: UpstreamChunks,
     /// A native provider's stream, read as Chat Completions events before anything else.
     pub(super) native: Option<Box<dyn NativeStream + Send>>,
-    pub(super) decoder: SseDecoder,
+    pub(super) decoder: StreamDecoder,
     pub(super) tracker: UsageTracker,
     pub(super) upstream_format: Format,
     pub(super) client_format: Format,

@@ -1,6 +1,15 @@
 //! Provider secrets never leave in relayed text: a provider whose 400 echoes the request's
 //! headers (raw, JSON-escaped and URL-encoded) has them scrubbed before the client or the
 //! log sees them.
+//!
+//! A test process of its own: the log subscriber is global. A scoped one
+//! (`set_default`) in the shared api binary missed events whenever another test thread
+//! registered the same callsites first (tracing's interest cache), and the "logs were
+//! captured" check then failed at random.
+
+#[allow(dead_code)]
+#[path = "api/helpers.rs"]
+mod helpers;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -17,7 +26,10 @@ use crate::helpers::spawn_app_env;
 /// in every form (letters are never escaped).
 const OPENAI_SECRET: &str = r#"sk-echo/QZXJ+123="quoted"\end"#;
 const ANTHROPIC_SECRET: &str = "sk-ant-WVKP/only=plain";
-const MARKERS: [&str; 2] = ["qzxj", "wvkp"];
+/// Bedrock's: the secret key signs and is never sent; the session token is sent.
+const AWS_SECRET: &str = "HJTDsecret/key+0123456789abcdefghijklmn";
+const AWS_TOKEN: &str = "FwoGZXIvYXdzMKRB//token+with=signs";
+const MARKERS: [&str; 4] = ["qzxj", "wvkp", "hjtd", "mkrb"];
 
 /// Every message the echoing provider sent, to check the test shows what it claims.
 type Sent = Arc<Mutex<Vec<String>>>;
@@ -102,7 +114,7 @@ async fn a_provider_echoing_its_credentials_never_shows_them() {
         .with_ansi(false)
         .with_writer(logs.clone())
         .finish();
-    let _logging = tracing::subscriber::set_default(subscriber);
+    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
 
     let (addr, sent) = echoing_provider().await;
     let config = format!(
@@ -118,6 +130,20 @@ name = "echo-anthropic"
 kind = "anthropic"
 base_url = "http://{addr}/v1"
 api_key_env = "ECHO_ANTHROPIC"
+
+[[providers]]
+name = "echo-bedrock"
+kind = "bedrock"
+region = "us-east-1"
+base_url = "http://{addr}"
+
+[[models]]
+id = "echo-nova"
+provider = "echo-bedrock"
+upstream_model = "amazon.nova-pro-v1:0"
+endpoints = ["chat.completions"]
+max_output_tokens = 100
+pricing = {{ input = "1", output = "1" }}
 
 [[models]]
 id = "echo-gpt"
@@ -137,6 +163,9 @@ pricing = {{ input = "1", output = "1" }}
     let env = |name: &str| match name {
         "ECHO_OPENAI" => Some(OPENAI_SECRET.to_string()),
         "ECHO_ANTHROPIC" => Some(ANTHROPIC_SECRET.to_string()),
+        "AWS_ACCESS_KEY_ID" => Some("AKIAECHOTEST".to_string()),
+        "AWS_SECRET_ACCESS_KEY" => Some(AWS_SECRET.to_string()),
+        "AWS_SESSION_TOKEN" => Some(AWS_TOKEN.to_string()),
         _ => None,
     };
     let app = spawn_app_env(&config, &env).await;
@@ -179,9 +208,27 @@ pricing = {{ input = "1", output = "1" }}
     let message = body["error"]["message"].as_str().expect("message");
     assert!(message.contains("x-api-key: [REDACTED]"), "{message}");
 
+    let bedrock = app
+        .post(
+            "/v1/chat/completions",
+            &key,
+            &json!({"model": "echo-nova", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(bedrock.status(), 400);
+    let text = bedrock.text().await.expect("body");
+    assert_no_secret(&text, "bedrock error");
+    let body: Value = serde_json::from_str(&text).expect("json");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("x-amz-security-token: [REDACTED]"),
+        "{message}"
+    );
+
     // The provider did echo both secrets, in every form: the test saw real leaks stopped.
     let sent = sent.lock().expect("sent").join("\n");
     assert!(sent.contains(OPENAI_SECRET) && sent.contains(ANTHROPIC_SECRET));
+    assert!(sent.contains(AWS_TOKEN) && !sent.contains(AWS_SECRET));
     assert!(
         sent.contains(r#"QZXJ+123=\"quoted\"\\end"#),
         "JSON-escaped form"

@@ -1,0 +1,99 @@
+//! The console's tables and read-only roll-up queries, on a small pool of their own over
+//! the store's database (the queries are in `sql.rs`, written once for both databases).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+mod sqlite {
+    type Db = sqlx::Sqlite;
+    include!("sql.rs");
+}
+
+mod pg {
+    type Db = sqlx::Postgres;
+    include!("sql.rs");
+}
+
+/// A session as stored (the token itself is never stored, only its hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    /// The account of an account holder's session.
+    pub account_id: Option<i64>,
+    /// The provisioning key an account holder signed in with.
+    pub key_id: Option<i64>,
+    /// The operator key the operator signed in with.
+    pub operator_key_id: Option<i64>,
+    pub csrf_token: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// What an account spent on one model on one day (nano-USD).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DayModelCost {
+    pub day: String,
+    pub model: String,
+    pub cost: i64,
+}
+
+/// A pool on the store's database.
+#[derive(Clone)]
+pub enum Db {
+    Sqlite(sqlx::SqlitePool),
+    Pg(sqlx::PgPool),
+}
+
+macro_rules! each {
+    ($self:expr, $f:ident($($arg:expr),*)) => {
+        match $self {
+            Db::Sqlite(p) => sqlite::$f(p, $($arg),*).await,
+            Db::Pg(p) => pg::$f(p, $($arg),*).await,
+        }
+    };
+}
+
+impl Db {
+    /// A pool of two connections to the database at `url` (already migrated by the
+    /// store), connected on first use.
+    pub fn open(url: &str) -> Result<Db, sqlx::Error> {
+        if url.starts_with("sqlite:") {
+            let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?
+                .busy_timeout(Duration::from_secs(10))
+                // As the store's connections: checkpoints run in the store's background task.
+                .pragma("wal_autocheckpoint", "0");
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(2)
+                .connect_lazy_with(options);
+            Ok(Db::Sqlite(pool))
+        } else {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(2)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_lazy(url)?;
+            Ok(Db::Pg(pool))
+        }
+    }
+
+    pub async fn create_session(&self, row: &SessionRow, token_hash: &str) -> sqlx::Result<()> {
+        each!(self, create_session(row, token_hash))
+    }
+    pub async fn session(&self, token_hash: &str, now: i64) -> sqlx::Result<Option<SessionRow>> {
+        each!(self, session(token_hash, now))
+    }
+    pub async fn delete_session(&self, token_hash: &str) -> sqlx::Result<()> {
+        each!(self, delete_session(token_hash))
+    }
+    pub async fn delete_expired(&self, now: i64) -> sqlx::Result<u64> {
+        each!(self, delete_expired(now))
+    }
+    pub async fn day_model_costs(
+        &self,
+        account: i64,
+        since_day: &str,
+    ) -> sqlx::Result<Vec<DayModelCost>> {
+        each!(self, day_model_costs(account, since_day))
+    }
+    pub async fn account_costs(&self, since_day: &str) -> sqlx::Result<Vec<(i64, i64)>> {
+        each!(self, account_costs(since_day))
+    }
+}
