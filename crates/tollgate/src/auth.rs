@@ -10,8 +10,8 @@ use sha2::{Digest, Sha256};
 
 mod cache;
 
-pub use cache::KeyCache;
 use crate::store::{KeyId, KeyKind, KeyRecord, OperatorKey, Store, StoreError};
+pub use cache::KeyCache;
 
 /// Visible prefix of inference keys.
 pub const INFERENCE_PREFIX: &str = "tg-inf-";
@@ -183,11 +183,7 @@ impl Authenticator {
         }
         let hash = hash_key(token);
         let caching = self.caching.load(Ordering::SeqCst);
-        let cached = if caching {
-            self.cache.get(&hash)
-        } else {
-            None
-        };
+        let cached = if caching { self.cache.get(&hash) } else { None };
         let key = match cached {
             Some(key) => {
                 self.cache_metrics.hits.inc();

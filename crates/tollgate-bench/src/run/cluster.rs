@@ -14,7 +14,11 @@ use std::sync::Arc;
 const CAPACITY_CONNECTIONS: usize = 32;
 
 /// Starts a replica of `deployment` (its config names PostgreSQL and Redis).
-async fn replica(bench: &Bench, deployment: &Deployment, i: usize) -> anyhow::Result<(Proc, String)> {
+async fn replica(
+    bench: &Bench,
+    deployment: &Deployment,
+    i: usize,
+) -> anyhow::Result<(Proc, String)> {
     let addr = format!("127.0.0.1:{}", procs::free_port()?);
     let mut cmd = Command::new(&deployment.bin);
     cmd.arg("serve")
@@ -27,7 +31,9 @@ async fn replica(bench: &Bench, deployment: &Deployment, i: usize) -> anyhow::Re
     let log = bench.path(&format!("tollgate-cluster-{i}.log"));
     let proc = Proc::spawn("tollgate", cmd, &log, false)?;
     let started = Instant::now();
-    let probe = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let probe = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
     loop {
         if let Ok(r) = probe.get(format!("http://{addr}/readyz")).send().await {
             if r.status().is_success() {
@@ -85,13 +91,24 @@ struct Measured {
 }
 
 /// Closed loop: `CAPACITY_CONNECTIONS` clients sending one request after another.
-async fn capacity(client: &reqwest::Client, url: &str, key: &str, body: &str, d: Duration) -> (f64, u64) {
+async fn capacity(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: &str,
+    d: Duration,
+) -> (f64, u64) {
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for _ in 0..CAPACITY_CONNECTIONS {
-        let (client, url, key, body) = (client.clone(), url.to_string(), key.to_string(), body.to_string());
+        let (client, url, key, body) = (
+            client.clone(),
+            url.to_string(),
+            key.to_string(),
+            body.to_string(),
+        );
         let (done, failed, stop) = (done.clone(), failed.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
@@ -121,7 +138,10 @@ async fn capacity(client: &reqwest::Client, url: &str, key: &str, body: &str, d:
         let _ = t.await;
     }
     let secs = started.elapsed().as_secs_f64();
-    (done.load(Ordering::Relaxed) as f64 / secs, failed.load(Ordering::Relaxed))
+    (
+        done.load(Ordering::Relaxed) as f64 / secs,
+        failed.load(Ordering::Relaxed),
+    )
 }
 
 async fn measure(bench: &Bench, url: &str, key: &str, pids: &[u32]) -> anyhow::Result<Measured> {
@@ -145,7 +165,8 @@ async fn measure(bench: &Bench, url: &str, key: &str, pids: &[u32]) -> anyhow::R
     let open = load::open_loop(&client, &run).await?;
     let cpu = procs::group_cpu_seconds(pids) - cpu0;
     let (capacity, failed) = capacity(&client, url, &bearer, &body, bench.lengths.closed).await;
-    let cpu_us = (open.completed > 0 && !pids.is_empty()).then(|| cpu * 1e6 / open.completed as f64);
+    let cpu_us =
+        (open.completed > 0 && !pids.is_empty()).then(|| cpu * 1e6 / open.completed as f64);
     Ok(Measured {
         failed: failed + open.failed,
         open,

@@ -17,7 +17,9 @@ async fn a_grant_reaches_the_shared_budget_through_the_change_feed() {
         ..Setup::default()
     })
     .await;
-    let (_, key) = cluster.create_key(0, serde_json::json!({"name": "k"})).await;
+    let (_, key) = cluster
+        .create_key(0, serde_json::json!({"name": "k"}))
+        .await;
     // Every replica uses the account, so its shared budget is loaded and followed.
     for r in &cluster.replicas {
         let status = cluster
@@ -61,7 +63,11 @@ async fn a_grant_reaches_the_shared_budget_through_the_change_feed() {
         .arg(&cluster.config)
         .output()
         .expect("grant");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     loop {
         if cluster.shared_field("a", account, "granted").await == Some(nanos("6")) {
             break;

@@ -141,7 +141,10 @@ mod tests {
             assert_eq!(cache.get("h0").map(|k| k.id), Some(KeyId(0)), "at {i}");
             assert!(cache.len() <= 100, "{} entries at {i}", cache.len());
         }
-        assert!(cache.get("h1").is_none(), "a key seen once long ago is gone");
+        assert!(
+            cache.get("h1").is_none(),
+            "a key seen once long ago is gone"
+        );
         assert_eq!(cache.get("h9999").map(|k| k.id), Some(KeyId(9999)));
     }
 

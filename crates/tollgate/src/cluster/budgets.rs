@@ -466,7 +466,10 @@ impl SharedBudgets {
     }
 
     /// Sets the shared budget's grants (net of expired remainders), if it is loaded.
-    pub(super) async fn set_granted(&self, account: &crate::store::Account) -> Result<(), ClusterError> {
+    pub(super) async fn set_granted(
+        &self,
+        account: &crate::store::Account,
+    ) -> Result<(), ClusterError> {
         let (epoch, _) = self.flights.epoch();
         if epoch.is_empty() {
             return Ok(());

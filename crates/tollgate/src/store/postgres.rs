@@ -215,7 +215,10 @@ fn unique_violation(e: &sqlx::Error) -> bool {
 ///
 /// Rows are locked in one global order (request id, account id, key id, roll-up key), so
 /// two replicas writing overlapping batches wait on each other and cannot deadlock.
-async fn write_records(pool: &PgPool, records: &[&UsageRecord]) -> Result<HashSet<String>, StoreError> {
+async fn write_records(
+    pool: &PgPool,
+    records: &[&UsageRecord],
+) -> Result<HashSet<String>, StoreError> {
     let n = records.len();
     let mut request_ids = Vec::with_capacity(n);
     let mut account_ids = Vec::with_capacity(n);
