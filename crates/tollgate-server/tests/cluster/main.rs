@@ -9,6 +9,7 @@ mod feed;
 mod services;
 mod support;
 mod windows;
+mod withheld;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
