@@ -124,7 +124,7 @@ const REQUEST_COLUMNS: &str = "r.id, r.request_id, r.account_id, r.key_id, r.mod
      k.name AS key_name";
 
 /// The request-log query and its values. The index read is the one of the narrowest
-/// equality filter (key, else model, else the account's); each is in (created_at, id)
+/// filter (errors, else key, else model, else the account's); each is in (created_at, id)
 /// order, so the page is read in order from the cursor and nothing is sorted. SQLite is
 /// told which (`sqlite`: it has no statistics to choose by); PostgreSQL chooses.
 fn request_log_query(
@@ -156,7 +156,10 @@ fn request_log_query(
             &mut conditions,
         );
     }
-    match filter.status {
+    // Errors are rare: a filter to them reads the partial index of error records
+    // (migration 0011), whose condition the query states (`status >= 400`) so that both
+    // databases may use it.
+    let errors_only = match filter.status {
         Some(StatusFilter::Exact(status)) => {
             bind(
                 &mut binds,
@@ -164,10 +167,17 @@ fn request_log_query(
                 "r.status = ?",
                 &mut conditions,
             );
+            status >= 400
         }
-        Some(StatusFilter::Success) => conditions.push("r.status < 400".into()),
-        Some(StatusFilter::Error) => conditions.push("r.status >= 400".into()),
-        None => {}
+        Some(StatusFilter::Success) => {
+            conditions.push("r.status < 400".into());
+            false
+        }
+        Some(StatusFilter::Error) => true,
+        None => false,
+    };
+    if errors_only {
+        conditions.push("r.status >= 400".into());
     }
     if let Some(from) = filter.from {
         bind(
@@ -203,6 +213,7 @@ fn request_log_query(
     }
     let index = match (sqlite, filter.key.is_some(), filter.model.is_some()) {
         (false, _, _) => "",
+        _ if errors_only => " INDEXED BY usage_records_account_errors",
         (true, true, _) => " INDEXED BY usage_records_key_time",
         (true, false, true) => " INDEXED BY usage_records_account_model_time",
         (true, false, false) => " INDEXED BY usage_records_account_time",
@@ -417,7 +428,11 @@ mod tests {
             id: 99,
         };
         let (sql, binds) = request_log_query(AccountId(3), &filter, Some(cursor), 50, true);
-        assert!(sql.contains("INDEXED BY usage_records_key_time"), "{sql}");
+        // Errors are the rarest rows: their partial index, whatever else is filtered.
+        assert!(
+            sql.contains("INDEXED BY usage_records_account_errors"),
+            "{sql}"
+        );
         assert!(sql.contains("r.account_id = $1 AND r.key_id = $2 AND r.model = $3 AND r.status >= 400 AND r.created_at >= $4 AND r.created_at < $5 AND r.created_at <= $6 AND (r.created_at < $6 OR r.id < $7)"), "{sql}");
         assert!(sql.ends_with("LIMIT $8"), "{sql}");
         assert_eq!(
@@ -433,6 +448,22 @@ mod tests {
                 Bind::Int(50)
             ]
         );
+        let by = |status| RequestFilter {
+            key: Some(KeyId(7)),
+            status: Some(status),
+            ..RequestFilter::default()
+        };
+        let (sql, _) =
+            request_log_query(AccountId(3), &by(StatusFilter::Exact(429)), None, 5, true);
+        assert!(
+            sql.contains("INDEXED BY usage_records_account_errors"),
+            "{sql}"
+        );
+        assert!(sql.contains("r.status = $3 AND r.status >= 400"), "{sql}");
+        for status in [StatusFilter::Exact(200), StatusFilter::Success] {
+            let (sql, _) = request_log_query(AccountId(3), &by(status), None, 5, true);
+            assert!(sql.contains("INDEXED BY usage_records_key_time"), "{sql}");
+        }
         let (sql, binds) =
             request_log_query(AccountId(3), &RequestFilter::default(), None, 5, false);
         assert!(!sql.contains("INDEXED BY"), "{sql}");
