@@ -64,8 +64,10 @@ for q in "" "key_id=$KEY_ID" "model=text-embedding-3-small" "status=error" \
     "from=$FROM&to=$TO" "key_id=$KEY_ID&model=gpt-4o-mini&from=$FROM&to=$TO" \
     "cursor=$CURSOR"; do
     out=$("$OHA" -n 200 -c 1 --no-tui -H "authorization: Bearer $PROV" "$URL/v1/account/requests?limit=100&$q")
-    p50=$(echo "$out" | awk '/50.00% in/ {printf "%.2f", $3*1000}')
-    p99=$(echo "$out" | awk '/99.00% in/ {printf "%.2f", $3*1000}')
+    # oha prints each percentile with its own unit (secs, ms, µs).
+    ms='{ v = $3; u = $4; if (u ~ /^sec/) v *= 1000; else if (u ~ /^(µs|us)/) v /= 1000; printf "%.2f", v }'
+    p50=$(echo "$out" | awk "/50.00% in/ $ms")
+    p99=$(echo "$out" | awk "/99.00% in/ $ms")
     codes=$(echo "$out" | grep -oE '\[[0-9]+\] [0-9]+' | tr '\n' ' ')
     echo "| \`?limit=100&$q\` ($codes) | $p50 | $p99 |"
 done
