@@ -234,28 +234,46 @@ pub async fn max_usage_id(pool: &P) -> sqlx::Result<i64> {
     row.try_get(0)
 }
 
-/// Keys with a limit charged by usage records with an id above `since`.
+/// Keys with a limit charged by usage records with an id above `since`. The records'
+/// keys are read by their ids alone and de-duplicated here: with `DISTINCT` (or the
+/// same as a subquery) SQLite scanned the whole key index instead of the id range, 30 ms
+/// a second over a million records, a cost every request paid a share of.
 pub async fn keys_used_since(pool: &P, since: i64) -> sqlx::Result<Vec<KeyUse>> {
-    let rows = sqlx::query(
-        "SELECT k.id, k.account_id, k.name, k.usage, k.credit_limit, k.limit_reset FROM api_keys k \
-         WHERE k.credit_limit IS NOT NULL AND k.credit_limit > 0 AND k.deleted_at IS NULL \
-         AND k.id IN (SELECT DISTINCT key_id FROM usage_records WHERE id > $1)",
-    )
-    .bind(since)
-    .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(KeyUse {
+    let used: std::collections::BTreeSet<i64> =
+        sqlx::query_scalar::<_, i64>("SELECT key_id FROM usage_records WHERE id > $1")
+            .bind(since)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect();
+    let used: Vec<i64> = used.into_iter().collect();
+    let mut keys = Vec::new();
+    for chunk in used.chunks(500) {
+        let list = (1..=chunk.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT k.id, k.account_id, k.name, k.usage, k.credit_limit, k.limit_reset \
+             FROM api_keys k WHERE k.credit_limit IS NOT NULL AND k.credit_limit > 0 \
+             AND k.deleted_at IS NULL AND k.id IN ({list})"
+        );
+        let mut query = sqlx::query(&sql);
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(pool).await? {
+            keys.push(KeyUse {
                 id: row.try_get(0)?,
                 account_id: row.try_get(1)?,
                 name: row.try_get(2)?,
                 usage: row.try_get(3)?,
                 limit: row.try_get(4)?,
                 limit_reset: row.try_get(5)?,
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    Ok(keys)
 }
 
 /// Grants with a remainder that expire in (now, until] (seconds): (id, account,
