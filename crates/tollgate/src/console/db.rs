@@ -1,8 +1,7 @@
 //! The console's tables and read-only roll-up queries, on a small pool of their own over
 //! the store's database (the queries are in `sql.rs`, written once for both databases).
 
-use std::str::FromStr;
-use std::time::Duration;
+use crate::store::side_pool::SidePool;
 
 mod sqlite {
     type Db = sqlx::Sqlite;
@@ -38,40 +37,21 @@ pub struct DayModelCost {
 
 /// A pool on the store's database.
 #[derive(Clone)]
-pub enum Db {
-    Sqlite(sqlx::SqlitePool),
-    Pg(sqlx::PgPool),
-}
+pub struct Db(SidePool);
 
 macro_rules! each {
     ($self:expr, $f:ident($($arg:expr),*)) => {
-        match $self {
-            Db::Sqlite(p) => sqlite::$f(p, $($arg),*).await,
-            Db::Pg(p) => pg::$f(p, $($arg),*).await,
+        match &$self.0 {
+            SidePool::Sqlite(p) => sqlite::$f(p, $($arg),*).await,
+            SidePool::Pg(p) => pg::$f(p, $($arg),*).await,
         }
     };
 }
 
 impl Db {
-    /// A pool of two connections to the database at `url` (already migrated by the
-    /// store), connected on first use.
+    /// The pool on the database at `url` (already migrated by the store).
     pub fn open(url: &str) -> Result<Db, sqlx::Error> {
-        if url.starts_with("sqlite:") {
-            let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?
-                .busy_timeout(Duration::from_secs(10))
-                // As the store's connections: checkpoints run in the store's background task.
-                .pragma("wal_autocheckpoint", "0");
-            let pool = sqlx::sqlite::SqlitePoolOptions::new()
-                .max_connections(2)
-                .connect_lazy_with(options);
-            Ok(Db::Sqlite(pool))
-        } else {
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(2)
-                .acquire_timeout(Duration::from_secs(5))
-                .connect_lazy(url)?;
-            Ok(Db::Pg(pool))
-        }
+        SidePool::open(url).map(Db)
     }
 
     pub async fn create_session(&self, row: &SessionRow, token_hash: &str) -> sqlx::Result<()> {

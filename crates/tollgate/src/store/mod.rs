@@ -8,6 +8,7 @@ mod deadline;
 mod key_settings;
 mod overflow;
 mod postgres;
+pub(crate) mod side_pool;
 mod sqlite;
 
 use std::sync::Arc;
