@@ -210,8 +210,8 @@ fn unique_violation(e: &sqlx::Error) -> bool {
 }
 
 /// Writes the records (request ids distinct) in one round trip, with the account
-/// charges, key usage and daily roll-up of the new ones (the function of migration 0010,
-/// one statement and so one transaction); returns the request ids that were new.
+/// charges, key usage and daily roll-up of the new ones (the function of migrations 0010
+/// and 0012, one statement and so one transaction); returns the request ids that were new.
 ///
 /// Rows are locked in one global order (request id, account id, key id, roll-up key), so
 /// two replicas writing overlapping batches wait on each other and cannot deadlock.

@@ -1,0 +1,2 @@
+-- PostgreSQL only (a leaner usage function); nothing to do on SQLite.
+SELECT 1;
