@@ -78,4 +78,7 @@ SELECT account_id, to_char(to_timestamp(created_at) AT TIME ZONE 'UTC', 'YYYY-MM
 FROM usage_records WHERE request_id LIKE 'seed\_%'
 GROUP BY 1, 2, 3, 4;
 COMMIT;
-ANALYZE;
+-- What autovacuum does to a live database's settled pages: the visibility map lets the
+-- roll-up be read by index only (the activity query: 76 -> 22 ms without the join fix,
+-- docs/cluster.md). A bulk load leaves every page unmarked until then.
+VACUUM (ANALYZE);

@@ -1,7 +1,8 @@
 //! Cluster mode side by side (`--only cluster`, needs `--postgres`): the SQLite single
 //! process, one replica on PostgreSQL + Redis, and three replicas behind nginx (round
 //! robin) on the same PostgreSQL + Redis; open loop at `OPEN_RATE` and capacity (closed
-//! loop), measured with this crate's own client so that no other tool is needed. Redis
+//! loop) for each of `WORKLOADS` (one key; a key mix over 1,000 keys; streamed),
+//! measured with this crate's own client so that no other tool is needed. Redis
 //! is a `redis-server` of the bench's own (no persistence) unless `--redis` names one.
 
 #[allow(unused_imports)]
@@ -90,11 +91,39 @@ struct Measured {
     cpu_us: Option<f64>,
 }
 
-/// Closed loop: `CAPACITY_CONNECTIONS` clients sending one request after another.
+/// One workload of the comparison.
+struct Workload {
+    title: &'static str,
+    stream: bool,
+    /// Half the requests on the hot key, the other half over the cold keys in turn
+    /// (each deployment's first use of a key: identity read, budget loaded).
+    mix: bool,
+}
+
+const WORKLOADS: [Workload; 3] = [
+    Workload {
+        title: "chat completions, non-streamed, one key",
+        stream: false,
+        mix: false,
+    },
+    Workload {
+        title: "chat completions, non-streamed, key mix (half on one key, half over 1,000 others in turn)",
+        stream: false,
+        mix: true,
+    },
+    Workload {
+        title: "chat completions, streamed, one key",
+        stream: true,
+        mix: false,
+    },
+];
+
+/// Closed loop: `CAPACITY_CONNECTIONS` clients sending one request after another;
+/// client i uses `keys[i % keys.len()]`.
 async fn capacity(
     client: &reqwest::Client,
     url: &str,
-    key: &str,
+    keys: &[String],
     body: &str,
     d: Duration,
 ) -> (f64, u64) {
@@ -102,11 +131,11 @@ async fn capacity(
     let failed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for _ in 0..CAPACITY_CONNECTIONS {
+    for i in 0..CAPACITY_CONNECTIONS {
         let (client, url, key, body) = (
             client.clone(),
             url.to_string(),
-            key.to_string(),
+            keys[i % keys.len()].clone(),
             body.to_string(),
         );
         let (done, failed, stop) = (done.clone(), failed.clone(), stop.clone());
@@ -144,35 +173,47 @@ async fn capacity(
     )
 }
 
-async fn measure(bench: &Bench, url: &str, key: &str, pids: &[u32]) -> anyhow::Result<Measured> {
-    let body = chat_body(false);
-    let bearer = format!("Bearer {key}");
-    let client = load::client()?;
-    // Warm: connections, caches, budgets loaded.
-    let warm = load::OpenLoop {
-        url: url.to_string(),
-        body: Bytes::from(body.clone()),
-        keys: vec![bearer.clone()],
-        rate: OPEN_RATE as f64,
-        duration: bench.lengths.warm,
-    };
-    load::open_loop(&client, &warm).await?;
-    let cpu0 = procs::group_cpu_seconds(pids);
-    let run = load::OpenLoop {
-        duration: bench.lengths.open,
-        ..warm
-    };
-    let open = load::open_loop(&client, &run).await?;
-    let cpu = procs::group_cpu_seconds(pids) - cpu0;
-    let (capacity, failed) = capacity(&client, url, &bearer, &body, bench.lengths.closed).await;
-    let cpu_us =
-        (open.completed > 0 && !pids.is_empty()).then(|| cpu * 1e6 / open.completed as f64);
-    Ok(Measured {
-        failed: failed + open.failed,
-        open,
-        capacity,
-        cpu_us,
-    })
+/// Every workload against one deployment; `keys` are its keys, the hot one first.
+async fn measure(
+    bench: &Bench,
+    url: &str,
+    keys: &[String],
+    pids: &[u32],
+) -> anyhow::Result<Vec<Measured>> {
+    let mut out = Vec::new();
+    for w in &WORKLOADS {
+        let body = chat_body(w.stream);
+        let used = if w.mix { keys } else { &keys[..1] };
+        let bearers: Vec<String> = used.iter().map(|k| format!("Bearer {k}")).collect();
+        let client = load::client()?;
+        // Warm: connections, caches, budgets loaded.
+        let warm = load::OpenLoop {
+            url: url.to_string(),
+            body: Bytes::from(body.clone()),
+            keys: bearers.clone(),
+            rate: OPEN_RATE as f64,
+            duration: bench.lengths.warm,
+        };
+        load::open_loop(&client, &warm).await?;
+        let cpu0 = procs::group_cpu_seconds(pids);
+        let run = load::OpenLoop {
+            duration: bench.lengths.open,
+            ..warm
+        };
+        let open = load::open_loop(&client, &run).await?;
+        let cpu = procs::group_cpu_seconds(pids) - cpu0;
+        let (capacity, failed) =
+            capacity(&client, url, &bearers, &body, bench.lengths.closed).await;
+        let cpu_us =
+            (open.completed > 0 && !pids.is_empty()).then(|| cpu * 1e6 / open.completed as f64);
+        out.push(Measured {
+            failed: failed + open.failed,
+            open,
+            capacity,
+            cpu_us,
+        });
+    }
+    Ok(out)
 }
 
 /// The cluster scenario; `server` is the PostgreSQL server URL of `--postgres`.
@@ -206,88 +247,99 @@ pub(super) async fn cluster(bench: &mut Bench, server: &str) -> anyhow::Result<(
             database_url: url.clone(),
             data_dir,
         };
-        let (_, hot, _) = provision(bench, &deployment, 0).await?;
+        let (_, hot, cold) = provision(bench, &deployment, COLD_KEYS).await?;
+        let keys: Vec<String> = std::iter::once(hot).chain(cold).collect();
 
         let path = "/v1/chat/completions";
         // The direct baseline (added latency is against it).
-        let direct = measure(bench, &bench.direct_url(path), &hot, &[bench.fast.pid()]).await?;
+        let direct = measure(bench, &bench.direct_url(path), &keys, &[bench.fast.pid()]).await?;
         // SQLite, single process.
         bench.restart_sqlite("warn").await?;
         let sqlite_url = bench.gate_url(path)?;
-        let sqlite_key = bench.hot_key.clone();
-        let sqlite = measure(bench, &sqlite_url, &sqlite_key, &[bench.gate_pid()?]).await?;
+        let sqlite_keys: Vec<String> =
+            std::iter::once(bench.hot_key.clone()).chain(bench.cold_keys.clone()).collect();
+        let sqlite = measure(bench, &sqlite_url, &sqlite_keys, &[bench.gate_pid()?]).await?;
         bench.stop_gate();
         // One replica.
         let (one, addr) = replica(bench, &deployment, 0).await?;
-        let single = measure(bench, &format!("http://{addr}{path}"), &hot, &[one.pid()]).await?;
+        let single = measure(bench, &format!("http://{addr}{path}"), &keys, &[one.pid()]).await?;
         one.stop(Duration::from_secs(15));
-        // Three replicas behind nginx.
-        let three = match &bench.args.nginx {
+        // One, then three replicas behind nginx (one behind nginx tells the proxy's share
+        // from the scale-out's).
+        let mut proxied = Vec::new();
+        match &bench.args.nginx {
             Some(nginx) => {
-                let mut replicas = Vec::new();
-                for i in 1..=3 {
-                    replicas.push(replica(bench, &deployment, i).await?);
+                for (n, first) in [(1, 1), (3, 2)] {
+                    let mut replicas = Vec::new();
+                    for i in first..first + n {
+                        replicas.push(replica(bench, &deployment, i).await?);
+                    }
+                    let port = procs::free_port()?;
+                    let addrs: Vec<String> = replicas.iter().map(|(_, a)| a.clone()).collect();
+                    let conf = bench.path(&format!("nginx-cluster-{n}.conf"));
+                    std::fs::write(&conf, nginx_round_robin(&bench.work, port, &addrs))?;
+                    let mut cmd = Command::new(nginx);
+                    cmd.arg("-c").arg(&conf).arg("-p").arg(&bench.work).arg("-e").arg(bench.path("nginx-cluster-error.log"));
+                    let proxy = Proc::spawn("nginx", cmd, &bench.path(&format!("nginx-cluster-{n}.out")), false)?;
+                    wait_ready(&bench.client, &format!("http://127.0.0.1:{port}/readyz")).await?;
+                    let pids: Vec<u32> = replicas.iter().map(|(p, _)| p.pid()).collect();
+                    proxied.push(measure(bench, &format!("http://127.0.0.1:{port}{path}"), &keys, &pids).await?);
+                    proxy.stop(Duration::from_secs(5));
+                    for (p, _) in replicas {
+                        p.stop(Duration::from_secs(15));
+                    }
                 }
-                let port = procs::free_port()?;
-                let addrs: Vec<String> = replicas.iter().map(|(_, a)| a.clone()).collect();
-                let conf = bench.path("nginx-cluster.conf");
-                std::fs::write(&conf, nginx_round_robin(&bench.work, port, &addrs))?;
-                let mut cmd = Command::new(nginx);
-                cmd.arg("-c").arg(&conf).arg("-p").arg(&bench.work).arg("-e").arg(bench.path("nginx-cluster-error.log"));
-                let proxy = Proc::spawn("nginx", cmd, &bench.path("nginx-cluster.out"), false)?;
-                wait_ready(&bench.client, &format!("http://127.0.0.1:{port}/readyz")).await?;
-                let pids: Vec<u32> = replicas.iter().map(|(p, _)| p.pid()).collect();
-                let m = measure(bench, &format!("http://127.0.0.1:{port}{path}"), &hot, &pids).await?;
-                proxy.stop(Duration::from_secs(5));
-                for (p, _) in replicas {
-                    p.stop(Duration::from_secs(15));
-                }
-                Some(m)
             }
-            None => {
-                println!("  nginx not found: three replicas behind nginx are skipped");
-                None
-            }
-        };
-
-        let mut t = Table::new(
-            "Cluster mode: chat completions, non-streamed",
-            format!(
-                "One run, same fake upstream: direct; Tollgate on SQLite (one process); one replica on PostgreSQL + Redis; three replicas behind nginx (round robin) on the same PostgreSQL + Redis. Open loop {OPEN_RATE} req/s for {} s (this crate's client, one hot key); capacity: closed loop, {CAPACITY_CONNECTIONS} connections for {} s. Added latency is over the direct run; CPU is the Tollgate processes' (not Redis', PostgreSQL's or nginx's) per request of the open loop.",
-                bench.lengths.open.as_secs(),
-                bench.lengths.closed.as_secs()
-            ),
-            &["deployment", "p50 (ms)", "p99 (ms)", "p99.9 (ms)", "added p50 / p99 / p99.9 (ms)", "capacity (req/s)", "vs SQLite", "CPU (µs/req)", "failed"],
-        );
-        let rows: Vec<(&str, &Measured)> = [
-            ("direct", Some(&direct)),
-            ("SQLite, one process", Some(&sqlite)),
-            ("PostgreSQL + Redis, one replica", Some(&single)),
-            ("PostgreSQL + Redis, three replicas + nginx", three.as_ref()),
-        ]
-        .into_iter()
-        .filter_map(|(n, m)| m.map(|m| (n, m)))
-        .collect();
-        let d = &direct.open.total;
-        for (label, m) in &rows {
-            let l = &m.open.total;
-            t.row(
-                label,
-                vec![
-                    num(Some(l.p50_ms), 2),
-                    num(Some(l.p99_ms), 2),
-                    num(Some(l.p999_ms), 2),
-                    format!("{:+.2} / {:+.2} / {:+.2}", l.p50_ms - d.p50_ms, l.p99_ms - d.p99_ms, l.p999_ms - d.p999_ms),
-                    num(Some(m.capacity), 0),
-                    format!("{:.2}×", m.capacity / sqlite.capacity),
-                    num(m.cpu_us, 0),
-                    m.failed.to_string(),
-                ],
-            );
+            None => println!("  nginx not found: replicas behind nginx are skipped"),
         }
-        bench.emit(t);
+        let one_proxied = proxied.first();
+        let three = proxied.get(1);
+
+        for (i, w) in WORKLOADS.iter().enumerate() {
+            let mut t = Table::new(
+                &format!("Cluster mode: {}", w.title),
+                format!(
+                    "One run, same fake upstream: direct; Tollgate on SQLite (one process); one replica on PostgreSQL + Redis, alone and behind nginx; three replicas behind nginx (round robin) on the same PostgreSQL + Redis. Open loop {OPEN_RATE} req/s for {} s (this crate's client); capacity: closed loop, {CAPACITY_CONNECTIONS} connections for {} s. Added latency is over the direct run (to the last byte); CPU is the Tollgate processes' (not Redis', PostgreSQL's or nginx's) per request of the open loop.",
+                    bench.lengths.open.as_secs(),
+                    bench.lengths.closed.as_secs()
+                ),
+                &["deployment", "p50 (ms)", "p99 (ms)", "p99.9 (ms)", "added p50 / p99 / p99.9 (ms)", "capacity (req/s)", "vs SQLite", "CPU (µs/req)", "failed"],
+            );
+            let rows: Vec<(&str, &Measured)> = [
+                ("direct", Some(&direct[i])),
+                ("SQLite, one process", Some(&sqlite[i])),
+                ("PostgreSQL + Redis, one replica", Some(&single[i])),
+                ("PostgreSQL + Redis, one replica + nginx", one_proxied.map(|m| &m[i])),
+                ("PostgreSQL + Redis, three replicas + nginx", three.map(|m| &m[i])),
+            ]
+            .into_iter()
+            .filter_map(|(n, m)| m.map(|m| (n, m)))
+            .collect();
+            let d = &direct[i].open.total;
+            for (label, m) in &rows {
+                let l = &m.open.total;
+                t.row(
+                    label,
+                    vec![
+                        num(Some(l.p50_ms), 2),
+                        num(Some(l.p99_ms), 2),
+                        num(Some(l.p999_ms), 2),
+                        format!("{:+.2} / {:+.2} / {:+.2}", l.p50_ms - d.p50_ms, l.p99_ms - d.p99_ms, l.p999_ms - d.p999_ms),
+                        num(Some(m.capacity), 0),
+                        format!("{:.2}×", m.capacity / sqlite[i].capacity),
+                        num(m.cpu_us, 0),
+                        m.failed.to_string(),
+                    ],
+                );
+            }
+            bench.emit(t);
+        }
+        // The targets are the issue's: non-streamed, one key.
+        let (direct, sqlite, single) = (&direct[0], &sqlite[0], &single[0]);
+        let three = three.map(|m| &m[0]);
+        let d = &direct.open.total;
         let added = |m: &Measured| (m.open.total.p50_ms - d.p50_ms, m.open.total.p99_ms - d.p99_ms, m.open.total.p999_ms - d.p999_ms);
-        let (p50, p99, p999) = added(&single);
+        let (p50, p99, p999) = added(single);
         bench.target(
             "cluster: one replica, added latency at 1,000 req/s",
             "p50 ≤ 0.5, p99 ≤ 2, p99.9 ≤ 10 ms",
@@ -301,7 +353,7 @@ pub(super) async fn cluster(bench: &mut Bench, server: &str) -> anyhow::Result<(
             format!("{ratio:.2}× ({:.0} vs {:.0} req/s)", single.capacity, sqlite.capacity),
             Some(ratio >= 0.6),
         );
-        if let Some(three) = &three {
+        if let Some(three) = three {
             bench.target(
                 "cluster: three replicas vs one",
                 "≥ 1×",
