@@ -11,7 +11,7 @@ use redis::{Script, ScriptInvocation};
 use super::flights::{Flight, Flights, Retry};
 use super::names::{budget_name, Names};
 use super::scripts::{self, with_constants};
-use super::sync::{Mode, Synced};
+use super::sync::Synced;
 use super::{timed, Cluster, ClusterError};
 use crate::billing::meter::{QuotaError, Reservation, ReserveError};
 use crate::billing::window::LimitReset;
@@ -111,6 +111,10 @@ pub struct SharedBudgets {
     pub(super) adopting: tokio::sync::Mutex<()>,
     /// Accounts used here, with the time of their next check against the ledger.
     pub(super) touched: Mutex<HashMap<AccountId, Instant>>,
+    /// Keys waiting for their budget's first load, per account (`sync.rs`).
+    pub(super) loads: Mutex<HashMap<AccountId, Arc<super::sync::KeyLoads>>>,
+    /// Loads run here (each one sync of one or more keys), for diagnostics.
+    pub(super) loads_run: std::sync::atomic::AtomicU64,
     pub(super) last_renewal: Mutex<Option<Instant>>,
     /// What the change feed of credit grants has told (`grants.rs`).
     pub(super) grants: Mutex<super::grants::GrantFeed>,
@@ -142,6 +146,8 @@ impl SharedBudgets {
             flights: Flights::new(),
             adopting: tokio::sync::Mutex::new(()),
             touched: Mutex::new(HashMap::new()),
+            loads: Mutex::new(HashMap::new()),
+            loads_run: Default::default(),
             last_renewal: Mutex::new(None),
             grants: Mutex::new(Default::default()),
             scripts: Scripts::new(),
@@ -249,7 +255,7 @@ impl SharedBudgets {
                     }))
                 }
                 "epoch" => self.adopt(reply.text(2)).await.map_err(unavailable)?,
-                "load" => match self.sync(key.account_id, Some(key.id), Mode::Load).await? {
+                "load" => match self.load(key.account_id, key.id).await? {
                     Synced::Done | Synced::Skipped => {}
                     Synced::Busy | Synced::Lost => {
                         tokio::time::sleep(Duration::from_millis(20)).await
@@ -371,6 +377,11 @@ impl SharedBudgets {
         };
         self.flights.done(id);
         Ok(outcome)
+    }
+
+    /// Budget loads run here (each loads one or more keys), for diagnostics.
+    pub fn loads_run(&self) -> u64 {
+        self.loads_run.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// (reservations held here, settles waiting for Redis), for diagnostics.

@@ -44,13 +44,13 @@ pub(super) struct Snapshot {
 }
 
 impl Snapshot {
-    /// Opens a snapshot and reads the account's totals and its keys' (one key, or every
-    /// live inference key): the snapshot is taken by this first read. A key whose limit
-    /// resets is read in its window holding `at`.
+    /// Opens a snapshot and reads the account's totals and its keys' (those named, or
+    /// every live inference key): the snapshot is taken by this first read. A key whose
+    /// limit resets is read in its window holding `at`.
     pub async fn open(
         pool: &sqlx::PgPool,
         account: AccountId,
-        key: Option<KeyId>,
+        keys: Option<&[KeyId]>,
         at: i64,
     ) -> Result<(Snapshot, Option<Totals>), ClusterError> {
         let mut tx = pool.begin().await.map_err(ledger_error)?;
@@ -71,13 +71,20 @@ impl Snapshot {
         };
         let charged: i64 = row.try_get(0).map_err(ledger_error)?;
         let granted: i64 = row.try_get(1).map_err(ledger_error)?;
-        let rows = sqlx::query(
-            "SELECT id, usage, credit_limit, limit_reset FROM api_keys WHERE account_id = $1 \
-             AND kind = 'inference' AND deleted_at IS NULL AND ($2::BIGINT IS NULL OR id = $2) \
-             ORDER BY id",
-        )
-        .bind(account.0)
-        .bind(key.map(|k| k.0))
+        let rows = match keys {
+            // Named keys by their primary key (an account may have 100,000 keys).
+            Some(keys) => sqlx::query(
+                "SELECT id, usage, credit_limit, limit_reset FROM api_keys WHERE id = ANY($2) \
+                 AND account_id = $1 AND kind = 'inference' AND deleted_at IS NULL ORDER BY id",
+            )
+            .bind(account.0)
+            .bind(keys.iter().map(|k| k.0).collect::<Vec<i64>>()),
+            None => sqlx::query(
+                "SELECT id, usage, credit_limit, limit_reset FROM api_keys WHERE account_id = $1 \
+                 AND kind = 'inference' AND deleted_at IS NULL ORDER BY id",
+            )
+            .bind(account.0),
+        }
         .fetch_all(&mut *tx)
         .await
         .map_err(ledger_error)?;

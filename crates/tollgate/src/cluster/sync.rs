@@ -10,6 +10,8 @@
 //! commits, then settles), which is why a settle before (1) is always in the snapshot.
 //! docs/cluster.md has the full argument.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::budgets::{Reply, SharedBudgets};
@@ -18,6 +20,20 @@ use super::names::Names;
 use super::ClusterError;
 use crate::billing::meter::ReserveError;
 use crate::store::{AccountId, KeyId};
+
+/// First uses of an account's keys waiting for a load here (see [`SharedBudgets::load`]).
+#[derive(Default)]
+pub(super) struct KeyLoads {
+    queued: Mutex<HashSet<KeyId>>,
+    /// Held while a load of the account runs here.
+    running: tokio::sync::Mutex<()>,
+}
+
+impl KeyLoads {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<KeyId>> {
+        self.queued.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// How long a sync may take (its settle log lasts this long).
 const WINDOW: Duration = Duration::from_secs(5);
@@ -46,11 +62,11 @@ pub(super) enum Synced {
 }
 
 impl SharedBudgets {
-    /// Loads or checks the account's budget (and `key`'s, or every loaded key's).
+    /// Loads or checks the account's budget (and the budgets of `keys`, or of every key).
     pub(super) async fn sync(
         &self,
         account: AccountId,
-        key: Option<KeyId>,
+        keys: Option<&[KeyId]>,
         mode: Mode,
     ) -> Result<Synced, ReserveError> {
         let (epoch, seen) = self.flights.epoch();
@@ -87,7 +103,7 @@ impl SharedBudgets {
         let started = Instant::now();
         let outcome = tokio::time::timeout(
             WINDOW,
-            self.sync_started(account, key, mode, (&epoch, seen), &sync_id),
+            self.sync_started(account, keys, mode, (&epoch, seen), &sync_id),
         )
         .await;
         let outcome = match outcome {
@@ -109,10 +125,49 @@ impl SharedBudgets {
         outcome.map_err(unavailable)
     }
 
+    /// Loads the budget of `key` (and its account's) for a reservation that found it not
+    /// loaded. The first uses of an account's keys are loaded together: each sync holds
+    /// the account's lock, so one sync per key in turn made a burst of new keys wait
+    /// (1,000 keys first used at 500 a second: p99 1.6 s); a load now takes every key
+    /// queued here while the previous one ran.
+    pub(super) async fn load(
+        &self,
+        account: AccountId,
+        key: KeyId,
+    ) -> Result<Synced, ReserveError> {
+        let queue = {
+            let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+            loads.entry(account).or_default().clone()
+        };
+        queue.lock().insert(key);
+        let outcome = {
+            let _running = queue.running.lock().await;
+            let keys: Vec<KeyId> = std::mem::take(&mut *queue.lock()).into_iter().collect();
+            if keys.is_empty() {
+                // The load that ran meanwhile took this key; the caller tries again.
+                Ok(Synced::Done)
+            } else {
+                self.loads_run
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.sync(account, Some(&keys), Mode::Load).await
+            }
+        };
+        let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+        drop(queue);
+        // Forgotten once nobody waits on it.
+        if loads
+            .get(&account)
+            .is_some_and(|q| Arc::strong_count(q) == 1)
+        {
+            loads.remove(&account);
+        }
+        outcome
+    }
+
     async fn sync_started(
         &self,
         account: AccountId,
-        key: Option<KeyId>,
+        keys: Option<&[KeyId]>,
         mode: Mode,
         (epoch, seen): (&str, u64),
         sync_id: &str,
@@ -131,14 +186,14 @@ impl SharedBudgets {
                 .map_err(|e| ClusterError::Ledger(e.to_string()))?;
         }
         let at = self.clock.now();
-        let (snapshot, totals) = Snapshot::open(&self.cluster.ledger, account, key, at).await?;
+        let (snapshot, totals) = Snapshot::open(&self.cluster.ledger, account, keys, at).await?;
         let Some(totals) = totals else {
             return Err(ClusterError::Ledger(format!(
                 "account {} is not in the ledger",
                 account.0
             )));
         };
-        if mode == Mode::Load && key.is_some() && totals.keys.is_empty() {
+        if mode == Mode::Load && keys.is_some() && totals.keys.is_empty() {
             return Err(ClusterError::Ledger("the key is not in the ledger".into()));
         }
         let names = Names::new(epoch);
@@ -176,7 +231,7 @@ impl SharedBudgets {
             let limit = k
                 .limit
                 .map_or_else(|| "none".to_string(), |l| l.to_string());
-            let load = mode == Mode::Load && Some(k.id) == key;
+            let load = mode == Mode::Load && keys.is_some_and(|keys| keys.contains(&k.id));
             apply
                 .arg(&k.budget)
                 .arg(k.usage)
