@@ -297,7 +297,7 @@ pub(super) async fn cluster(bench: &mut Bench, server: &str) -> anyhow::Result<(
 
         for (i, w) in WORKLOADS.iter().enumerate() {
             let mut t = Table::new(
-                &format!("Cluster mode: {}", w.title),
+                format!("Cluster mode: {}", w.title),
                 format!(
                     "One run, same fake upstream: direct; Tollgate on SQLite (one process); one replica on PostgreSQL + Redis, alone and behind nginx; three replicas behind nginx (round robin) on the same PostgreSQL + Redis. Open loop {OPEN_RATE} req/s for {} s (this crate's client); capacity: closed loop, {CAPACITY_CONNECTIONS} connections for {} s. Added latency is over the direct run (to the last byte); CPU is the Tollgate processes' (not Redis', PostgreSQL's or nginx's) per request of the open loop.",
                     bench.lengths.open.as_secs(),
