@@ -87,6 +87,7 @@ store_cases! {
             counters_equal_ledger_sums,
             activity_groups_since_day,
             usage_record_lookup,
+            records_of_unknown_accounts_or_keys_are_refused,
             day_charges_per_key_and_day,
             largest_batch,
         ],

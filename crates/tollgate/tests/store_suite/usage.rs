@@ -314,6 +314,31 @@ pub async fn usage_record_lookup(db: TestDb) {
     assert_eq!(store.usage_record("req-other").await.expect("lookup"), None);
 }
 
+/// A record naming an account or a key that does not exist is refused, and nothing of its
+/// batch is written or charged (SQLite: its foreign keys; PostgreSQL: the usage function's
+/// own checks, migration 0013).
+pub async fn records_of_unknown_accounts_or_keys_are_refused(db: TestDb) {
+    let store = db.open().await;
+    let acme = account(&store, "acme").await;
+    let key = inference_key(&store, acme.id, "k").await;
+    let good = record("req-good", acme.id, key, "m", 100, T0);
+    let unknown_key = record("req-no-key", acme.id, KeyId(key.0 + 1000), "m", 5, T0);
+    let mut unknown_account = record("req-no-account", acme.id, key, "m", 7, T0);
+    unknown_account.account_id = tollgate::store::AccountId(acme.id.0 + 1000);
+    for bad in [unknown_key, unknown_account] {
+        let refused = store.record_usage(&[good.clone(), bad.clone()]).await;
+        assert!(refused.is_err(), "{} was written", bad.request_id);
+        assert!(!refused.expect_err("refused").is_transient());
+        assert_eq!(store.usage_record("req-good").await.expect("lookup"), None);
+    }
+    assert_counters_match(&db, &store, &[acme.id], &[]).await;
+    assert_eq!(
+        store.record_usage(&[good.clone()]).await.expect("alone"),
+        vec![true]
+    );
+    assert_counters_match(&db, &store, &[acme.id], &[good]).await;
+}
+
 /// The usage writer sends up to 1024 records in one transaction.
 pub async fn largest_batch(db: TestDb) {
     let store = db.open().await;
