@@ -333,7 +333,10 @@ pub async fn records_of_unknown_accounts_or_keys_are_refused(db: TestDb) {
     }
     assert_counters_match(&db, &store, &[acme.id], &[]).await;
     assert_eq!(
-        store.record_usage(&[good.clone()]).await.expect("alone"),
+        store
+            .record_usage(std::slice::from_ref(&good))
+            .await
+            .expect("alone"),
         vec![true]
     );
     assert_counters_match(&db, &store, &[acme.id], &[good]).await;
