@@ -385,7 +385,47 @@ impl Bench {
     // ---- scenarios ----
 }
 
+/// The scenarios `--only` may name; the last two need `--postgres`.
+const SCENARIOS: [&str; 18] = [
+    "chat",
+    "capacity",
+    "stream",
+    "held",
+    "embeddings",
+    "keys",
+    "routing",
+    "providers",
+    "budgets",
+    "tokenizer",
+    "observability-cost",
+    "observability",
+    "before-after",
+    "writer",
+    "activity",
+    "console",
+    "postgres",
+    "cluster",
+];
+
+/// Refuses an `--only` that names no scenario, or one that needs `--postgres` without it,
+/// before the set-up (which takes a minute) runs for nothing.
+fn check_only(args: &RunArgs) -> anyhow::Result<()> {
+    for name in &args.only {
+        if !SCENARIOS.contains(&name.as_str()) {
+            bail!(
+                "--only {name}: no such scenario; the scenarios are {}",
+                SCENARIOS.join(",")
+            );
+        }
+        if matches!(name.as_str(), "postgres" | "cluster") && args.postgres.is_none() {
+            bail!("--only {name} needs --postgres postgres://USER@HOST:PORT/DB");
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    check_only(&args)?;
     let work = args.work_dir.clone();
     std::fs::create_dir_all(&work)?;
     let lengths = Lengths::new(args.quick);
@@ -609,4 +649,35 @@ async fn scenarios(
         }
     }
     result
+}
+
+#[cfg(test)]
+mod only_tests {
+    use super::*;
+
+    fn args(only: &[&str], postgres: bool) -> RunArgs {
+        RunArgs {
+            bin_dir: PathBuf::from("bin"),
+            oha: PathBuf::from("oha"),
+            nginx: None,
+            postgres: postgres.then(|| "postgres://u@h:5432/d".to_string()),
+            redis: None,
+            quick: true,
+            work_dir: PathBuf::from("work"),
+            results: None,
+            only: only.iter().map(|s| s.to_string()).collect(),
+            baseline_bin: None,
+        }
+    }
+
+    #[test]
+    fn only_names_scenarios_and_what_they_need() {
+        assert!(check_only(&args(&[], false)).is_ok());
+        assert!(check_only(&args(&["chat", "console"], false)).is_ok());
+        let typo = check_only(&args(&["clustr"], true)).expect_err("a typo");
+        assert!(typo.to_string().contains("no such scenario"), "{typo}");
+        let alone = check_only(&args(&["cluster"], false)).expect_err("no --postgres");
+        assert!(alone.to_string().contains("needs --postgres"), "{alone}");
+        assert!(check_only(&args(&["writer", "cluster"], true)).is_ok());
+    }
 }
