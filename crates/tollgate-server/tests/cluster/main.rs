@@ -2,7 +2,6 @@
 //! and a Redis of the test's own, in front of the fake upstream. Each test gets a fresh
 //! PostgreSQL database and its own `redis-server` (tests restart, pause and flush it).
 
-mod answer;
 mod budgets;
 mod credits;
 mod faults;

@@ -393,7 +393,7 @@ impl Meter {
     }
 
     /// Settles a request at `cost` and commits its usage record (`commit`), and
-    /// waits for the commit. On one machine the budget is settled first, then the record
+    /// waits for both. On one machine the budget is settled first, then the record
     /// committed, as a single machine's budgets are the authority. In a cluster the
     /// record is committed first, then the shared budget settled (Redis never counts a
     /// charge the ledger lacks; until the settle, the reservation still holds the cost),
@@ -420,17 +420,11 @@ impl Meter {
             }
             Meter::Shared(_) => {
                 let meter = self.clone();
-                // The caller waits for the commit only (what "nothing is lost" needs):
-                // the settle follows in the same task without yielding first, so it is
-                // queued on the replica's one Redis connection while the answer is
-                // still being written, ahead of the client's next reservation here.
-                let (tell, told) = tokio::sync::oneshot::channel();
-                tokio::spawn(async move {
+                let both = tokio::spawn(async move {
                     let committed = match commit {
                         Some(commit) => commit.await,
                         None => Ok(()),
                     };
-                    let _ = tell.send(committed.clone());
                     if let Some(reservation) = reservation {
                         if committed.is_ok() {
                             meter.settle(reservation, cost).await;
@@ -446,11 +440,12 @@ impl Meter {
                             });
                         }
                     }
+                    committed
                 });
-                match told.await {
+                match both.await {
                     Ok(committed) => committed,
-                    Err(_) => {
-                        tracing::error!("recording a request failed: its task ended early");
+                    Err(e) => {
+                        tracing::error!(error = %e, "settling a request failed");
                         Ok(())
                     }
                 }
