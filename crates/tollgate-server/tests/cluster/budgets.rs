@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tollgate::billing::Credits;
 use tollgate::cluster::{budget_key, Cluster as Shared, SettleOutcome, SharedBudgets, EPOCH_KEY};
-use tollgate::store::{KeyKind, NewKey};
 
 use crate::support::*;
 
@@ -55,20 +54,12 @@ async fn the_same_settle_run_twice_counts_once() {
         .await
         .expect("grant");
     let key = store
-        .create_key(NewKey {
-            account_id: account.id,
-            kind: KeyKind::Inference,
-            name: "k".into(),
-            key_hash: "hash".into(),
-            hint: "hint".into(),
-            created_at: now,
-            expires_at: None,
-            credit_limit: Some(Credits::from_nanos(500_000)),
-            rate_limit_rpm: None,
-            limit_reset: None,
-            allowed_models: None,
-            clamp_max_tokens: false,
-        })
+        .create_key(new_key(
+            account.id,
+            "k",
+            Some(Credits::from_nanos(500_000)),
+            now,
+        ))
         .await
         .expect("key");
     let cluster = Shared::connect(&redis.url, &db.url).await.expect("connect");
@@ -124,20 +115,12 @@ async fn a_burst_of_new_keys_is_loaded_together() {
     let mut keys = Vec::new();
     for i in 0..60i64 {
         let key = store
-            .create_key(NewKey {
-                account_id: account.id,
-                kind: KeyKind::Inference,
-                name: format!("k{i}"),
-                key_hash: format!("hash-{i}"),
-                hint: "hint".into(),
-                created_at: now,
-                expires_at: None,
-                credit_limit: Some(Credits::from_nanos(1_000 + i)),
-                rate_limit_rpm: None,
-                limit_reset: None,
-                allowed_models: None,
-                clamp_max_tokens: false,
-            })
+            .create_key(new_key(
+                account.id,
+                &format!("k{i}"),
+                Some(Credits::from_nanos(1_000 + i)),
+                now,
+            ))
             .await
             .expect("key");
         keys.push(key);

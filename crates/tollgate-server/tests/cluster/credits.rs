@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tollgate::billing::Credits;
 use tollgate::cluster::{budget_key, Cluster as Shared, SharedBudgets, EPOCH_KEY};
-use tollgate::store::{KeyKind, NewGrant, NewKey, UsageRecord};
+use tollgate::store::{NewGrant, UsageRecord};
 
 use crate::support::*;
 
@@ -73,20 +73,7 @@ async fn an_expiry_lowers_the_shared_budget_and_the_check_agrees() {
         .await
         .expect("grant");
     let key = store
-        .create_key(NewKey {
-            account_id: account.id,
-            kind: KeyKind::Inference,
-            name: "k".into(),
-            key_hash: "hash".into(),
-            hint: "hint".into(),
-            created_at: now,
-            expires_at: None,
-            credit_limit: None,
-            rate_limit_rpm: None,
-            clamp_max_tokens: false,
-            limit_reset: None,
-            allowed_models: None,
-        })
+        .create_key(new_key(account.id, "k", None, now))
         .await
         .expect("key");
     let k = key.id.0;

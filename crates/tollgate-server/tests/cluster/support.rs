@@ -375,6 +375,30 @@ impl Cluster {
     }
 }
 
+/// An inference key of `account` named `name` (hash `hash-<name>`), for tests that open
+/// the store themselves.
+pub fn new_key(
+    account: tollgate::store::AccountId,
+    name: &str,
+    credit_limit: Option<tollgate::billing::Credits>,
+    now: i64,
+) -> tollgate::store::NewKey {
+    tollgate::store::NewKey {
+        account_id: account,
+        kind: tollgate::store::KeyKind::Inference,
+        name: name.into(),
+        key_hash: format!("hash-{name}"),
+        hint: "hint".into(),
+        created_at: now,
+        expires_at: None,
+        credit_limit,
+        rate_limit_rpm: None,
+        limit_reset: None,
+        allowed_models: None,
+        clamp_max_tokens: false,
+    }
+}
+
 pub fn chat(text: &str) -> Value {
     json!({"model": "gpt-test", "max_tokens": 100, "messages": [{"role": "user", "content": text}]})
 }

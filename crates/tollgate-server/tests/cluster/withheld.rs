@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tollgate::billing::Credits;
 use tollgate::cluster::{budget_key, Cluster as Shared, SharedBudgets, EPOCH_KEY};
-use tollgate::store::{AccountId, KeyId, KeyKind, NewGrant, NewKey, UsageRecord};
+use tollgate::store::{AccountId, KeyId, NewGrant, UsageRecord};
 
 use crate::support::*;
 
@@ -72,20 +72,7 @@ async fn a_withheld_answer_is_settled_once_its_record_reaches_the_ledger() {
         .await
         .expect("grant");
     let key = store
-        .create_key(NewKey {
-            account_id: account.id,
-            kind: KeyKind::Inference,
-            name: "k".into(),
-            key_hash: "hash".into(),
-            hint: "hint".into(),
-            created_at: now,
-            expires_at: None,
-            credit_limit: None,
-            rate_limit_rpm: None,
-            clamp_max_tokens: false,
-            limit_reset: None,
-            allowed_models: None,
-        })
+        .create_key(new_key(account.id, "k", None, now))
         .await
         .expect("key");
     let cluster = Shared::connect(&redis.url, &db.url).await.expect("connect");
