@@ -18,6 +18,7 @@
 //! secret in it is returned as it is, without a copy.
 
 use std::borrow::Cow;
+use std::sync::{Arc, Mutex, RwLock};
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -27,6 +28,10 @@ use crate::config::Provider;
 /// What a secret is replaced with.
 pub const REDACTED: &str = "[REDACTED]";
 
+/// Secrets learned at run time (OAuth access tokens) kept per scrubber: the newest few, so
+/// that an answer still in flight with the previous token is scrubbed of it too.
+const LEARNED_KEPT: usize = 8;
+
 /// Every byte but RFC 3986's unreserved characters (`A-Z a-z 0-9 - . _ ~`).
 const RFC3986: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
@@ -34,11 +39,21 @@ const RFC3986: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// Replaces known secrets in text; cheap to clone and to call.
+/// Replaces known secrets in text; cheap to clone and to call. Clones share what is
+/// learned later ([`Scrubber::learn`]).
 #[derive(Clone, Debug, Default)]
-pub struct Scrubber(Matcher);
+pub struct Scrubber(Arc<Shared>);
 
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
+struct Shared {
+    /// The configured secrets.
+    fixed: Vec<String>,
+    /// Secrets obtained at run time, oldest first.
+    learned: Mutex<Vec<String>>,
+    matcher: RwLock<Arc<Matcher>>,
+}
+
+#[derive(Debug, Default)]
 enum Matcher {
     /// No secret to look for.
     #[default]
@@ -62,40 +77,75 @@ impl Scrubber {
 
     /// A scrubber for these secrets (empty ones are ignored).
     pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Scrubber {
-        let mut patterns: Vec<String> = Vec::new();
-        for secret in secrets.into_iter().filter(|s| !s.is_empty()) {
-            patterns.extend(forms(secret));
+        let fixed: Vec<String> = secrets
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        let matcher = RwLock::new(Arc::new(matcher(&fixed)));
+        Scrubber(Arc::new(Shared {
+            fixed,
+            learned: Mutex::new(Vec::new()),
+            matcher,
+        }))
+    }
+
+    /// Adds a secret obtained at run time (a provider's OAuth access token), for this
+    /// scrubber and every clone of it, keeping the newest [`LEARNED_KEPT`].
+    pub fn learn(&self, secret: &str) {
+        if secret.is_empty() {
+            return;
         }
-        patterns.sort();
-        patterns.dedup();
-        if patterns.is_empty() {
-            return Scrubber(Matcher::Nothing);
+        let shared = &*self.0;
+        let mut learned = shared.learned.lock().unwrap_or_else(|p| p.into_inner());
+        if learned.iter().any(|s| s == secret) {
+            return;
         }
-        // Leftmost-longest: where one form is a prefix of another (the secret and its
-        // encoding share a start), the longer match is replaced whole.
-        let matcher = AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostLongest)
-            .ascii_case_insensitive(true)
-            .build(&patterns);
-        match matcher {
-            Ok(matcher) => Scrubber(Matcher::Secrets(matcher)),
-            Err(e) => {
-                // Only a pattern set past the library's size limits fails (thousands of
-                // very long secrets); then no upstream text is relayed at all.
-                tracing::error!(error = %e, "cannot build the secret scrubber; upstream error text is withheld");
-                Scrubber(Matcher::Withhold)
-            }
+        learned.push(secret.to_string());
+        if learned.len() > LEARNED_KEPT {
+            learned.remove(0);
         }
+        let all: Vec<String> = shared.fixed.iter().chain(learned.iter()).cloned().collect();
+        // Built under the `learned` lock, so two tokens learned at once both end up in.
+        let rebuilt = Arc::new(matcher(&all));
+        *shared.matcher.write().unwrap_or_else(|p| p.into_inner()) = rebuilt;
     }
 
     /// The text with every secret replaced by [`REDACTED`]; borrowed when there was none.
     pub fn scrub<'t>(&self, text: &'t str) -> Cow<'t, str> {
-        match &self.0 {
+        // Held while matching: a write (a token learned) happens about once an hour.
+        let matcher = self.0.matcher.read().unwrap_or_else(|p| p.into_inner());
+        match &**matcher {
             Matcher::Secrets(matcher) if matcher.is_match(text) => {
                 Cow::Owned(matcher.replace_all(text, &vec![REDACTED; matcher.patterns_len()]))
             }
             Matcher::Withhold => Cow::Borrowed(REDACTED),
             _ => Cow::Borrowed(text),
+        }
+    }
+}
+
+/// The matcher of every form of these secrets.
+fn matcher(secrets: &[String]) -> Matcher {
+    let mut patterns: Vec<String> = secrets.iter().flat_map(|s| forms(s)).collect();
+    patterns.sort();
+    patterns.dedup();
+    if patterns.is_empty() {
+        return Matcher::Nothing;
+    }
+    // Leftmost-longest: where one form is a prefix of another (the secret and its
+    // encoding share a start), the longer match is replaced whole.
+    let built = AhoCorasick::builder()
+        .match_kind(MatchKind::LeftmostLongest)
+        .ascii_case_insensitive(true)
+        .build(&patterns);
+    match built {
+        Ok(matcher) => Matcher::Secrets(matcher),
+        Err(e) => {
+            // Only a pattern set past the library's size limits fails (thousands of
+            // very long secrets); then no upstream text is relayed at all.
+            tracing::error!(error = %e, "cannot build the secret scrubber; upstream error text is withheld");
+            Matcher::Withhold
         }
     }
 }
@@ -177,5 +227,32 @@ mod tests {
         assert!(matches!(scrubber.scrub(text), Cow::Borrowed(t) if t == text));
         let none = Scrubber::new([""]);
         assert!(matches!(none.scrub("anything"), Cow::Borrowed("anything")));
+    }
+
+    /// A token obtained after start (Vertex's OAuth access tokens) is scrubbed by every
+    /// clone of the scrubber, made before or after; the configured secrets stay; only the
+    /// newest few learned tokens are kept.
+    #[test]
+    fn secrets_learned_at_run_time_are_redacted_by_every_clone() {
+        let scrubber = Scrubber::new([SECRET]);
+        let relay = scrubber.clone();
+        let token = "ya29.c.runtime-token-1";
+        assert_eq!(relay.scrub(token), token);
+        scrubber.learn(token);
+        scrubber.learn(token);
+        assert_eq!(relay.scrub(&format!("Bearer {token}")), "Bearer [REDACTED]");
+        assert_eq!(relay.scrub(SECRET), REDACTED);
+        let later = scrubber.clone();
+        for i in 2..=LEARNED_KEPT + 1 {
+            later.learn(&format!("ya29.c.runtime-token-{i}"));
+        }
+        assert_eq!(relay.scrub("ya29.c.runtime-token-2!"), "[REDACTED]!");
+        assert_eq!(
+            relay.scrub(&format!("ya29.c.runtime-token-{}", LEARNED_KEPT + 1)),
+            REDACTED
+        );
+        // The oldest learned token made room for the newest.
+        assert_eq!(relay.scrub(token), token);
+        assert_eq!(relay.scrub(SECRET), REDACTED);
     }
 }

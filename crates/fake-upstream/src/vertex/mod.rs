@@ -24,7 +24,7 @@ mod token;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::HeaderValue;
 use axum::response::Response;
 use bytes::Bytes;
 use serde_json::Value;
@@ -122,7 +122,9 @@ async fn anthropic(
         ));
     }
     map.insert("model".into(), model.into());
-    let mut headers = HeaderMap::new();
+    // The Messages handler serves it with its own credentials; the rest of the request's
+    // headers stay, so an error that quotes them (`echo_headers`) quotes what Vertex got.
+    let mut headers = ctx.headers.clone();
     let key = s
         .opts
         .anthropic_api_key
@@ -132,9 +134,6 @@ async fn anthropic(
         headers.insert("x-api-key", value);
     }
     headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
-    if let Some(beta) = ctx.headers.get("anthropic-beta") {
-        headers.insert("anthropic-beta", beta.clone());
-    }
     let inner = Ctx {
         headers,
         conn: ctx.conn.clone(),

@@ -97,11 +97,12 @@ pub(super) fn pooled_client(
 
 impl Upstreams {
     pub fn new(config: &Config) -> Self {
+        let scrubber = Scrubber::for_providers(&config.providers);
         let providers: Vec<ProviderClient> = config
             .providers
             .iter()
             .map(|p| {
-                let adapter = adapter(p);
+                let adapter = adapter(p, &scrubber);
                 ProviderClient {
                     client: pooled_client(p),
                     headers: adapter.headers(),
@@ -133,7 +134,7 @@ impl Upstreams {
         Upstreams {
             providers,
             uris,
-            scrubber: Scrubber::for_providers(&config.providers),
+            scrubber,
         }
     }
 

@@ -22,6 +22,7 @@ use tokio::sync::Mutex;
 use super::client::RequestBody;
 use super::UpstreamError;
 use crate::config::{GoogleAuth, Provider, Secret, ServiceAccount};
+use crate::secrets::Scrubber;
 
 const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 /// Largest token answer read.
@@ -42,10 +43,13 @@ pub struct AccountTokens {
     client: Client<HttpsConnector<HttpConnector>, RequestBody>,
     timeout: Duration,
     cached: Mutex<Option<(Secret, Instant)>>,
+    /// Learns each token fetched, so that an upstream echoing it is scrubbed.
+    scrubber: Scrubber,
 }
 
 impl Tokens {
-    pub fn new(provider: &Provider) -> Tokens {
+    /// `scrubber` learns every token fetched at run time.
+    pub fn new(provider: &Provider, scrubber: &Scrubber) -> Tokens {
         match &provider.cloud.google {
             Some(GoogleAuth::Token(token)) => Tokens::Fixed(token.clone()),
             Some(GoogleAuth::ServiceAccount(account)) => {
@@ -59,6 +63,7 @@ impl Tokens {
                     client: super::client::pooled_client(provider),
                     timeout: provider.first_byte_timeout,
                     cached: Mutex::new(None),
+                    scrubber: scrubber.clone(),
                 }))
             }
             None => Tokens::None,
@@ -108,6 +113,7 @@ impl AccountTokens {
             }
         }
         let (token, lifetime) = self.fetch(provider).await?;
+        self.scrubber.learn(token.expose());
         let ahead = (lifetime / 10).min(Duration::from_secs(60));
         *cached = Some((token.clone(), Instant::now() + lifetime - ahead));
         Ok(token)

@@ -35,6 +35,7 @@ pub use error::{StatusClass, UpstreamError};
 pub use headers::ClientHeaders;
 
 use crate::config::{Endpoint, Provider, ProviderKind};
+use crate::secrets::Scrubber;
 
 /// How a provider serves one client endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,14 +164,15 @@ pub trait Signer: Send + Sync {
 }
 
 /// The adapter of a configured provider.
-pub fn adapter(provider: &Provider) -> Box<dyn Adapter> {
+/// The adapter of a provider; `scrubber` learns the secrets it obtains at run time.
+pub fn adapter(provider: &Provider, scrubber: &Scrubber) -> Box<dyn Adapter> {
     match provider.kind {
         ProviderKind::Openai => Box::new(openai::OpenAi::new(provider)),
         ProviderKind::Anthropic => Box::new(anthropic::Anthropic::new(provider)),
         ProviderKind::Azure => Box::new(azure::Azure::new(provider)),
         ProviderKind::Gemini => Box::new(gemini::Gemini::new(provider)),
         ProviderKind::Bedrock => Box::new(bedrock::Bedrock::new(provider)),
-        ProviderKind::Vertex => Box::new(vertex::Vertex::new(provider)),
+        ProviderKind::Vertex => Box::new(vertex::Vertex::new(provider, scrubber)),
     }
 }
 
@@ -181,7 +183,7 @@ pub fn check_catalog(config: &crate::config::Config) -> Result<(), String> {
     for model in &config.models {
         for deployment in &model.deployments {
             let provider = &config.providers[deployment.provider];
-            let adapter = adapter(provider);
+            let adapter = adapter(provider, &Scrubber::default());
             for &endpoint in &model.endpoints {
                 let Some(wire) = adapter.wire(endpoint, &deployment.upstream_model) else {
                     return Err(format!(

@@ -18,6 +18,7 @@ use super::gemini::Gemini;
 use super::google_auth::Tokens;
 use super::{secret_header, Adapter, Native, Signer, Signing, Wire};
 use crate::config::{Endpoint, Provider};
+use crate::secrets::Scrubber;
 
 /// The `anthropic_version` Vertex's Claude models take in the body.
 pub const ANTHROPIC_VERSION: &str = "vertex-2023-10-16";
@@ -31,7 +32,7 @@ pub struct Vertex {
 }
 
 impl Vertex {
-    pub fn new(provider: &Provider) -> Self {
+    pub fn new(provider: &Provider, scrubber: &Scrubber) -> Self {
         let cloud = &provider.cloud;
         Vertex {
             publishers: format!(
@@ -41,7 +42,7 @@ impl Vertex {
                 cloud.region.as_deref().unwrap_or("")
             ),
             gemini: Gemini::new(provider),
-            tokens: Tokens::new(provider),
+            tokens: Tokens::new(provider, scrubber),
         }
     }
 }

@@ -242,3 +242,33 @@ async fn a_token_from_the_environment_and_refusals() {
     assert_ne!(response.status(), 200);
     assert!(ledger(&app).await.iter().all(|r| r.4 == 0));
 }
+
+/// The service account's access token is obtained at run time, not configured: an
+/// upstream that quotes the request's headers in an error must not hand it to the client
+/// (before, only configured secrets were scrubbed, and this answer carried the token).
+#[tokio::test]
+async fn a_fetched_access_token_echoed_by_the_upstream_is_redacted() {
+    let up = upstream(None).await;
+    let (app, key, _dir) = with_account(&up, TEST_VERTEX_CLIENT_EMAIL).await;
+    for (path, stream) in [("/v1/messages", false), ("/v1/chat/completions", true)] {
+        let body = json!({"model": "claude-vertex", "max_tokens": 20, "stream": stream,
+            "messages": [{"role": "user", "content": "Hi [[fake:status=400,echo_headers]]"}]});
+        let response = app.post(path, &key, &body).await;
+        assert_eq!(response.status(), 400, "{path}");
+        let text = response.text().await.expect("body");
+        let sent = last(&up)
+            .header("authorization")
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .expect("a bearer token reached the upstream")
+            .to_string();
+        assert_eq!(token_requests(&up), 1);
+        assert!(
+            !text.contains(&sent),
+            "{path}: the token reached the client: {text}"
+        );
+        assert!(
+            text.contains("authorization: Bearer [REDACTED]"),
+            "{path}: the echo is relayed, scrubbed: {text}"
+        );
+    }
+}
