@@ -211,6 +211,7 @@ impl SharedBudgets {
                 epoch: epoch.clone(),
                 held,
                 settle: (!held).then(|| Retry::new(0)),
+                registering: false,
             };
             let reply = match self.call(call, &epoch).await {
                 Ok(reply) => reply,
@@ -294,12 +295,20 @@ impl SharedBudgets {
                     epoch,
                     held: true,
                     settle: Some(Retry::new(cost.nanos())),
+                    registering: false,
                 },
             );
         }
-        for _ in 0..2 {
+        for _ in 0..3 {
             match self.settle_once(&reservation, cost).await {
-                Ok(SettleOutcome::Counted | SettleOutcome::AlreadyCounted) => return,
+                Ok(SettleOutcome::Counted | SettleOutcome::AlreadyCounted) => {
+                    if self.flights.get(&reservation.id).is_none() {
+                        return;
+                    }
+                    // Counted in an epoch Redis has since left, and held in the new one
+                    // too: settle it there once its registration is answered.
+                    drop(self.adopting.lock().await);
+                }
                 Ok(SettleOutcome::NewEpoch(epoch)) => {
                     if let Err(e) = self.adopt(&epoch).await {
                         tracing::warn!(error = %e, "moving to a new epoch failed; the settle is retried");
@@ -375,7 +384,7 @@ impl SharedBudgets {
             "epoch" => return Ok(SettleOutcome::NewEpoch(reply.text(2).to_string())),
             other => return Err(ClusterError::Answer(other.to_string())),
         };
-        self.flights.done(id);
+        self.flights.settled(id, epoch);
         Ok(outcome)
     }
 

@@ -16,6 +16,13 @@ impl SharedBudgets {
     /// reservation it holds, then works in it.
     pub(super) async fn adopt(&self, target: &str) -> Result<(), ClusterError> {
         let _one = self.adopting.lock().await;
+        let moved = self.register_in(target).await;
+        self.flights.registration_over();
+        moved
+    }
+
+    /// `adopt`'s work, under its lock.
+    async fn register_in(&self, target: &str) -> Result<(), ClusterError> {
         let mut target: Arc<str> = Arc::from(target);
         let previous = self.flights.epoch().0;
         while let Some(stale) = self.flights.stale_or_adopt(&target) {

@@ -26,6 +26,9 @@ pub(super) struct Flight {
     pub held: bool,
     /// Set once the request is settled: the cost, until Redis has counted it.
     pub settle: Option<Retry>,
+    /// Being registered in a newer epoch (`adopt`): until the registration is answered,
+    /// a settle counted in the old epoch does not finish the flight.
+    pub registering: bool,
 }
 
 /// A settle waiting for Redis.
@@ -121,15 +124,33 @@ impl Flights {
         self.lock().flights.get(id).cloned()
     }
 
-    /// Forgets a request whose settle Redis counted.
-    pub fn done(&self, id: &str) {
+    /// Forgets a request, wherever it is held.
+    pub fn forget(&self, id: &str) {
         let mut state = self.lock();
         state.flights.remove(id);
         state.unheld_since.remove(id);
     }
 
-    /// Reservations not yet registered in `target`, as (id, flight). Unheld ones of an
-    /// older epoch are dropped (a new epoch holds nothing for them). If there are none,
+    /// Notes that Redis counted the settle of `id` in `epoch`, and forgets the request,
+    /// unless it is (or is being) registered in a newer epoch: a settle counted in the old
+    /// epoch just before Redis lost its data leaves the reservation held in the new one,
+    /// where it must be settled too (or it stays held, its cost already in the ledger).
+    /// Answers whether the request is done.
+    pub fn settled(&self, id: &str, epoch: &str) -> bool {
+        let mut state = self.lock();
+        match state.flights.get(id) {
+            Some(f) if f.registering || &*f.epoch != epoch => false,
+            _ => {
+                state.flights.remove(id);
+                state.unheld_since.remove(id);
+                true
+            }
+        }
+    }
+
+    /// Reservations not yet registered in `target`, as (id, flight), marked as being
+    /// registered. Unheld ones of an older epoch are dropped (a new epoch holds nothing
+    /// for them). If there are none,
     /// `target` becomes this replica's epoch (in the same step, so a reservation recorded
     /// later in an older epoch is seen as stale by `hold`).
     pub fn stale_or_adopt(&self, target: &Arc<str>) -> Option<Vec<(String, Flight)>> {
@@ -147,9 +168,12 @@ impl Flights {
             keep
         });
         let stale: Vec<(String, Flight)> = flights
-            .iter()
+            .iter_mut()
             .filter(|(_, f)| f.epoch != *target)
-            .map(|(id, f)| (id.clone(), f.clone()))
+            .map(|(id, f)| {
+                f.registering = true;
+                (id.clone(), f.clone())
+            })
             .collect();
         if stale.is_empty() {
             if state.epoch != *target {
@@ -168,7 +192,16 @@ impl Flights {
         for id in ids {
             if let Some(f) = state.flights.get_mut(id) {
                 f.epoch = epoch.clone();
+                f.registering = false;
             }
+        }
+    }
+
+    /// Ends a move to a new epoch: flights it did not register (it failed, or Redis moved
+    /// on again) are no longer being registered.
+    pub fn registration_over(&self) {
+        for f in self.lock().flights.values_mut() {
+            f.registering = false;
         }
     }
 
@@ -226,5 +259,61 @@ impl Flights {
             .filter(|f| f.settle.is_some())
             .count();
         (state.flights.len(), waiting)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flight(epoch: &Arc<str>) -> Flight {
+        Flight {
+            account: AccountId(1),
+            budget: Arc::from("7"),
+            amount: 100,
+            epoch: epoch.clone(),
+            held: true,
+            settle: None,
+            registering: false,
+        }
+    }
+
+    /// Redis lost its data while a settle was on its way: the settle counted in the old
+    /// epoch, and its answer came back after the move to the new epoch had taken the
+    /// reservation to register it there. Forgetting it then would leave it held in the new
+    /// epoch for good (its cost already in the ledger), so it stays until settled there.
+    #[test]
+    fn a_settle_counted_in_an_old_epoch_does_not_finish_a_reservation_registered_in_a_new_one() {
+        let (old, new): (Arc<str>, Arc<str>) = (Arc::from("1"), Arc::from("2"));
+        let flights = Flights::new();
+        assert!(flights.stale_or_adopt(&old).is_none());
+        assert!(!flights.hold("r", flight(&old)));
+        flights.settling("r", 40);
+
+        let stale = flights.stale_or_adopt(&new).expect("held in the old epoch");
+        assert_eq!(stale.len(), 1);
+        // The old epoch's answer arrives while the registration is under way.
+        assert!(!flights.settled("r", &old));
+        flights.registered(&["r".to_string()], &new);
+        // Late, once registered: still not the epoch it is held in.
+        assert!(!flights.settled("r", &old));
+        let kept = flights.get("r").expect("kept");
+        assert_eq!(&*kept.epoch, "2");
+        assert_eq!(kept.settle.map(|s| s.cost), Some(40));
+        assert!(flights.settled("r", &new));
+        assert!(flights.get("r").is_none());
+    }
+
+    /// A registration that failed leaves the reservation in its epoch, not being
+    /// registered, so a settle there finishes it.
+    #[test]
+    fn a_failed_registration_leaves_the_flight_settleable_where_it_is() {
+        let (old, new): (Arc<str>, Arc<str>) = (Arc::from("1"), Arc::from("2"));
+        let flights = Flights::new();
+        assert!(flights.stale_or_adopt(&old).is_none());
+        assert!(!flights.hold("r", flight(&old)));
+        assert!(flights.stale_or_adopt(&new).is_some());
+        flights.registration_over();
+        assert!(flights.settled("r", &old));
     }
 }

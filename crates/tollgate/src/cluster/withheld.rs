@@ -34,7 +34,7 @@ impl SharedBudgets {
                     request_id = %reservation.id,
                     "a withheld answer's usage record is not in the ledger after 10 minutes; its reservation is let go (the periodic check counts the charge if it comes)"
                 );
-                self.flights.done(&reservation.id);
+                self.flights.forget(&reservation.id);
                 return;
             }
             pause = (pause * 2).min(MAX_PAUSE);
