@@ -1,4 +1,5 @@
 //! Scrubbing secrets out of text relayed from upstream: every configured provider key,
+//! and every token obtained at run time (a Vertex service account's OAuth access tokens),
 //! in each form an upstream may echo it in, becomes `[REDACTED]` before the text reaches
 //! a client or a log.
 //!
@@ -14,8 +15,9 @@
 //!
 //! Letters match in either case, so a secret echoed upper-cased is caught too (a text
 //! that merely equals a secret but for case is redacted as well: harmless).
-//! The matcher (Aho-Corasick over all those forms) is built once at start; a text with no
-//! secret in it is returned as it is, without a copy.
+//! The matcher (Aho-Corasick over all those forms) is built at start and again when a
+//! token is learned (about once an hour); a text with no secret in it is returned as it
+//! is, without a copy.
 
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex, RwLock};

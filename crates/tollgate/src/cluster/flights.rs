@@ -150,9 +150,8 @@ impl Flights {
 
     /// Reservations not yet registered in `target`, as (id, flight), marked as being
     /// registered. Unheld ones of an older epoch are dropped (a new epoch holds nothing
-    /// for them). If there are none,
-    /// `target` becomes this replica's epoch (in the same step, so a reservation recorded
-    /// later in an older epoch is seen as stale by `hold`).
+    /// for them). If there are none, `target` becomes this replica's epoch (in the same
+    /// step, so a reservation recorded later in an older epoch is seen as stale by `hold`).
     pub fn stale_or_adopt(&self, target: &Arc<str>) -> Option<Vec<(String, Flight)>> {
         let mut state = self.lock();
         let State {

@@ -163,8 +163,8 @@ pub trait Signer: Send + Sync {
     ) -> Signing<'a>;
 }
 
-/// The adapter of a configured provider.
-/// The adapter of a provider; `scrubber` learns the secrets it obtains at run time.
+/// The adapter of a configured provider; `scrubber` learns the secrets it obtains at run
+/// time.
 pub fn adapter(provider: &Provider, scrubber: &Scrubber) -> Box<dyn Adapter> {
     match provider.kind {
         ProviderKind::Openai => Box::new(openai::OpenAi::new(provider)),
