@@ -95,6 +95,7 @@ store_cases! {
             concurrent_writers_are_exact,
             two_replicas_charge_each_request_once,
             activity_is_consistent_under_writes,
+            the_usage_writer_commits_concurrent_records_once_in_shared_batches,
         ],
         migrations: [upgrade_keeps_the_daily_rollup],
         admin: [

@@ -7,6 +7,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tollgate::store::{AccountId, KeyId, Store, UsageRecord, UsageTotals};
+use tollgate::usage::UsageWriter;
 
 use crate::harness::*;
 
@@ -76,6 +77,37 @@ pub async fn concurrent_writers_are_exact(db: TestDb) {
     }
     assert_eq!(ledger.len(), 1600);
     assert_counters_match(&db, &store, &accounts, &ledger).await;
+}
+
+/// The usage writer as the server runs it on this store (a task of the runtime on
+/// PostgreSQL, a thread of its own on SQLite): 400 records sent at once, every tenth twice
+/// as a retried request would send it, are each committed once, in far fewer commits
+/// than records, and every counter matches the ledger.
+pub async fn the_usage_writer_commits_concurrent_records_once_in_shared_batches(db: TestDb) {
+    let store = db.open().await;
+    let (accounts, keys) = accounts_and_keys(&store).await;
+    let all = records("writer", 400, &keys);
+    let wait = std::time::Duration::from_secs(10);
+    let (writer, task) = UsageWriter::start(store.clone(), wait)
+        .await
+        .expect("writer");
+    let mut waits = Vec::new();
+    for (i, record) in all.iter().enumerate() {
+        for _ in 0..if i % 10 == 0 { 2 } else { 1 } {
+            let (writer, record) = (writer.clone(), record.clone());
+            waits.push(tokio::spawn(async move { writer.record(record).await }));
+        }
+    }
+    for wait in waits {
+        wait.await.expect("task").expect("the record is safe");
+    }
+    writer.flushed().await;
+    let commits = writer.commits();
+    assert!(commits < 100, "{commits} commits for 440 records");
+    drop(writer);
+    task.await
+        .expect("the writer ends once its handles are gone");
+    assert_counters_match(&db, &store, &accounts, &all).await;
 }
 
 /// Two replicas on one database write overlapping batches in opposite orders, as after a
