@@ -7,11 +7,13 @@ Load runs on all replicas throughout, against keys with small credit limits, whi
   1. replica 0 is cut off from Redis, then reconnected; then partitioned from it (packets
      held, not refused) while a key is deleted on replica 1;
   2. replica 0 is cut off from PostgreSQL, then reconnected;
-  3. replica 2 is killed (SIGKILL).
+  3. PostgreSQL itself is restarted (`pg_ctlcluster ... restart -m fast`: every replica
+     loses its connections at once; skipped where there is no pg_ctlcluster);
+  4. replica 2 is killed (SIGKILL).
 Then it checks: no key over its limit in the ledger (no overspend), every answer
 delivered with 200 has its usage record (no lost delivered charge), Redis' reservations
 back to zero once leases ran out, and prints how long replica 0 took to serve again
-after each reconnection (no restart).
+after each reconnection (no restart of a replica).
 
     python3 bench/cluster_faults.py [--bin target/release] [--pg postgres://postgres@127.0.0.1:5432/test]
 """
@@ -325,6 +327,21 @@ pricing = {{ input = "0.15", output = "0.60" }}
         report.append(("replica 0 partitioned from Redis (packets held)", {"deleted key during": during},
                        None, revoked))
         phase("replica 0 cut off from PostgreSQL", pg_proxy.cut, pg_proxy.restore)
+        restarted = None
+        if shutil.which("pg_ctlcluster") and os.path.isdir("/etc/postgresql"):
+            # Fast shutdown: open connections are terminated, as in a fail-over.
+            version = sorted(os.listdir("/etc/postgresql"))[-1]
+            t0 = time.time()
+            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main",
+                            "restart", "-m", "fast"], check=True, capture_output=True)
+            t1 = time.time()
+            backs = [first_ok_after(load, r, t1) for r in range(3)]
+            statuses = {}
+            for r in range(3):
+                for x in load.window(r, t0, t1):
+                    statuses[x[2]] = statuses.get(x[2], 0) + 1
+            restarted = (t1 - t0, statuses, backs)
+            report.append(("PostgreSQL restarted", statuses, None, max(b or 1e9 for b in backs)))
         t0 = time.time()
         others[1][0].kill()
         load.alive[2] = False
@@ -352,6 +369,13 @@ pricing = {{ input = "0.15", output = "0.60" }}
         print(f"\n{len(load.results)} requests, {len(delivered)} answered 200, {refused_402} "
               f"refused 402 (key limit reached)")
         for name, statuses, others_ok, back in report:
+            if name == "PostgreSQL restarted":
+                took, _, backs = restarted
+                print(f"- PostgreSQL restarted under load (down and up again in {took:.2f} s): "
+                      f"the replicas' answers meanwhile {statuses}; each serving again "
+                      + ", ".join("never" if b is None else f"{b:.2f} s" for b in backs)
+                      + " after it was back")
+                continue
             if others_ok is None:
                 print(f"- {name}: a key deleted on replica 1 during it was answered {statuses} "
                       f"by replica 0; refused (401) by replica 0 {back:.2f} s after the partition healed")

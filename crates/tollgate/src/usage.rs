@@ -8,10 +8,8 @@
 //!   share each commit and waiting for it costs less CPU than a `write` per record.
 //!
 //! Under load a batch stays open a little while records are still arriving (see
-//! `BUSY_RATE`). Where the writer runs follows the store ([`Runner`]): on a thread of its
-//! own (the runtime's blocking pool) when the ledger connection is synchronous (SQLite),
-//! committing on it directly; as a task of the runtime when a commit is network I/O
-//! (PostgreSQL).
+//! `BUSY_RATE`). The writer runs on a thread of its own (the runtime's blocking pool), so
+//! a store with a synchronous ledger connection commits a batch on it directly.
 //!
 //! Waits are bounded (`[limits] ledger_wait_ms`): a record not safe within the bound
 //! fails its request with [`LedgerError`] (it stays queued and is committed once the
@@ -32,7 +30,7 @@ use health::Health;
 pub use health::{LedgerError, WriterStatus, MAX_QUEUE};
 pub use journal::{Frame, Journal};
 
-use crate::store::{BlockingLedger, Outage, Store, StoreError, UsageRecord};
+use crate::store::{Outage, Store, StoreError, UsageRecord};
 
 /// How long a request waits for its usage record to be safe, unless configured.
 pub const DEFAULT_LEDGER_WAIT: Duration = Duration::from_secs(5);
@@ -164,6 +162,7 @@ impl UsageWriter {
     ) -> (UsageWriter, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (finished_tx, finished) = watch::channel(0);
+        let rt = Handle::current();
         let writer = UsageWriter {
             tx,
             journal: journal.clone(),
@@ -182,8 +181,7 @@ impl UsageWriter {
             writer.health.clone(),
             writer.metrics.clone(),
         );
-        let blocks = store.blocking_ledger().is_some();
-        let task = Runner::spawn(blocks, async move {
+        let task = tokio::task::spawn_blocking(move || {
             let ends = Ends {
                 commits: &counters.0,
                 busy: &counters.2,
@@ -192,7 +190,7 @@ impl UsageWriter {
                 health: &counters.3,
                 metrics: &counters.4,
             };
-            write_loop(Runner::of(store.as_ref()), rx, &counters.1, ends).await;
+            write_loop(store.as_ref(), &rt, rx, &counters.1, ends);
             counters.3.end();
         });
         // The watchdog holds no sender: it does not keep the writer alive.
@@ -350,7 +348,7 @@ enum Attempts<'a> {
     /// Until it passes (records of the running server are never dropped), unless the
     /// function says the server has stopped serving: every request has then been
     /// answered, so a record still waiting was withheld or is in the journal.
-    Unlimited(&'a (dyn Fn() -> bool + Sync)),
+    Unlimited(&'a dyn Fn() -> bool),
     /// At most this many attempts in all (the journal's records at start-up).
     AtMost(u32),
 }
@@ -364,17 +362,18 @@ enum WriteError {
 
 /// Writes records, retrying transient failures with backoff (10 ms doubling up to
 /// `MAX_BACKOFF`), and tells `health` how each attempt went.
-async fn write_with_retries(
-    runner: Runner<'_>,
+fn write_with_retries(
+    store: &dyn Store,
+    rt: &Handle,
     records: &[UsageRecord],
     health: &Health,
-    attempts: Attempts<'_>,
+    attempts: Attempts,
 ) -> Result<(), WriteError> {
     let mut backoff = Duration::from_millis(10);
     let mut made = 0;
     loop {
         made += 1;
-        match runner.commit(records).await {
+        match store.record_usage_blocking(rt, records) {
             Ok(_) => {
                 health.committed();
                 return Ok(());
@@ -389,7 +388,7 @@ async fn write_with_retries(
                     return Err(WriteError::GaveUp(e));
                 }
                 tracing::warn!(error = %e, batch = records.len(), retry_in_ms = backoff.as_millis() as u64, "writing usage failed; retrying");
-                runner.pause(backoff).await;
+                std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(e) => {
@@ -447,20 +446,21 @@ fn drain(rx: &mut mpsc::UnboundedReceiver<Pending>, batch: &mut Vec<Pending>) {
 /// it, writes its records one by one so one bad record cannot hold back every other
 /// charge. Records are idempotent by request id, so retrying a batch whose commit may or
 /// may not have happened charges nothing twice. Fails only when `attempts` run out.
-async fn write_batch(
-    runner: Runner<'_>,
+fn write_batch(
+    store: &dyn Store,
+    rt: &Handle,
     records: &[UsageRecord],
     health: &Health,
-    attempts: Attempts<'_>,
+    attempts: Attempts,
 ) -> Result<(), StoreError> {
-    let e = match write_with_retries(runner, records, health, attempts).await {
+    let e = match write_with_retries(store, rt, records, health, attempts) {
         Ok(()) => return Ok(()),
         Err(WriteError::GaveUp(e)) => return Err(e),
         Err(WriteError::Refused(e)) => e,
     };
     tracing::error!(error = %e, batch = records.len(), "a usage batch was refused; writing its records one by one");
     for record in records {
-        match write_with_retries(runner, std::slice::from_ref(record), health, attempts).await {
+        match write_with_retries(store, rt, std::slice::from_ref(record), health, attempts) {
             Ok(()) => {}
             Err(WriteError::GaveUp(e)) => return Err(e),
             Err(WriteError::Refused(e)) => tracing::error!(
@@ -485,14 +485,13 @@ async fn replay(
     journal: &Journal,
     left: Vec<UsageRecord>,
 ) -> Result<(), StoreError> {
-    let writer_store = store.clone();
+    let (writer_store, rt) = (store.clone(), Handle::current());
     let records = left.len();
-    let written = Runner::spawn(store.blocking_ledger().is_some(), async move {
+    let written = tokio::task::spawn_blocking(move || {
         let health = Health::new(DEFAULT_LEDGER_WAIT);
-        let runner = Runner::of(writer_store.as_ref());
         for chunk in left.chunks(MAX_BATCH) {
             let attempts = Attempts::AtMost(REPLAY_ATTEMPTS);
-            write_batch(runner, chunk, &health, attempts).await?;
+            write_batch(writer_store.as_ref(), &rt, chunk, &health, attempts)?;
         }
         Ok::<_, StoreError>(())
     })
@@ -516,67 +515,6 @@ async fn replay(
     Ok(())
 }
 
-/// Where the writer runs and how it commits and waits.
-#[derive(Clone, Copy)]
-enum Runner<'a> {
-    /// On a thread of its own, committing on it: the ledger connection is synchronous
-    /// (SQLite), so a batch goes to no other thread and back.
-    Thread(&'a dyn BlockingLedger),
-    /// A task of the runtime, awaiting the store's commit (PostgreSQL): on a thread of
-    /// its own, the commit's network I/O woke the runtime's I/O thread, which woke the
-    /// writer, which woke the request (three hand-offs per commit); as a task, the reply
-    /// is read and the requests woken where it arrives.
-    Task(&'a dyn Store),
-}
-
-impl<'a> Runner<'a> {
-    fn of(store: &'a dyn Store) -> Runner<'a> {
-        match store.blocking_ledger() {
-            Some(ledger) => Runner::Thread(ledger),
-            None => Runner::Task(store),
-        }
-    }
-
-    /// Runs `work` where a runner of such a store runs: on a blocking thread if `blocks`
-    /// (the store has a [`BlockingLedger`]), as a task otherwise.
-    fn spawn<F>(blocks: bool, work: F) -> tokio::task::JoinHandle<F::Output>
-    where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        if blocks {
-            let rt = Handle::current();
-            tokio::task::spawn_blocking(move || rt.block_on(work))
-        } else {
-            tokio::spawn(work)
-        }
-    }
-
-    async fn commit(self, records: &[UsageRecord]) -> Result<Vec<bool>, StoreError> {
-        match self {
-            Runner::Thread(ledger) => ledger.commit_usage(records),
-            Runner::Task(store) => store.record_usage(records).await,
-        }
-    }
-
-    async fn pause(self, time: Duration) {
-        match self {
-            Runner::Thread(_) => std::thread::sleep(time),
-            Runner::Task(_) => tokio::time::sleep(time).await,
-        }
-    }
-
-    /// One step of a batch kept open under load: on a thread, `LINGER_STEP`; as a task,
-    /// one turn of the runtime, in which the requests ready to run send their records
-    /// (a timer step would be a millisecond, the runtime's timer resolution).
-    async fn linger_step(self) {
-        match self {
-            Runner::Thread(_) => std::thread::sleep(LINGER_STEP),
-            Runner::Task(_) => tokio::task::yield_now().await,
-        }
-    }
-}
-
 /// Where the writer reports what it has done.
 struct Ends<'a> {
     commits: &'a AtomicU64,
@@ -587,8 +525,9 @@ struct Ends<'a> {
     metrics: &'a crate::observe::metrics::WriterMetrics,
 }
 
-async fn write_loop(
-    runner: Runner<'_>,
+fn write_loop(
+    store: &dyn Store,
+    rt: &Handle,
     mut rx: mpsc::UnboundedReceiver<Pending>,
     coming: &AtomicU64,
     ends: Ends<'_>,
@@ -596,13 +535,13 @@ async fn write_loop(
     let mut batch: Vec<Pending> = Vec::new();
     let mut records: Vec<UsageRecord> = Vec::new();
     let mut rate = Rate::new(Instant::now());
-    while let Some(first) = rx.recv().await {
+    while let Some(first) = rx.blocking_recv() {
         ends.health.batch_taken(Instant::now());
         batch.push(first);
         drain(&mut rx, &mut batch);
         if batch.iter().all(|p| p.done.is_none()) {
             // Nobody waits for this commit: let the records of the next moment share it.
-            runner.pause(JOURNALED_LINGER).await;
+            std::thread::sleep(JOURNALED_LINGER);
             drain(&mut rx, &mut batch);
         } else if rate.busy(Instant::now()) {
             let until = Instant::now() + LINGER;
@@ -610,7 +549,7 @@ async fn write_loop(
                 && coming.load(Ordering::Relaxed) > 0
                 && Instant::now() < until
             {
-                runner.linger_step().await;
+                std::thread::sleep(LINGER_STEP);
                 let before = batch.len();
                 drain(&mut rx, &mut batch);
                 if batch.len() == before {
@@ -628,8 +567,13 @@ async fn write_loop(
         // has stopped serving does the writer give up, keeping the journal as it is.
         let stopped = || rx.is_closed();
         let commit_started = Instant::now();
-        let written =
-            write_batch(runner, &records, ends.health, Attempts::Unlimited(&stopped)).await;
+        let written = write_batch(
+            store,
+            rt,
+            &records,
+            ends.health,
+            Attempts::Unlimited(&stopped),
+        );
         if let Err(e) = written {
             let journaled = batch.iter().filter(|p| p.journal_file.is_some()).count();
             tracing::error!(

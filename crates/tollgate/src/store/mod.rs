@@ -461,12 +461,6 @@ impl ActivityRollup {
     }
 }
 
-/// A ledger written on the calling thread (see [`Store::blocking_ledger`]).
-pub trait BlockingLedger: Send + Sync {
-    /// [`Store::record_usage`], blocking the calling thread until it is committed.
-    fn commit_usage(&self, batch: &[UsageRecord]) -> Result<Vec<bool>, StoreError>;
-}
-
 /// The persistence operations the rest of the program needs.
 #[async_trait]
 pub trait Store: AdminStore + Send + Sync + 'static {
@@ -577,12 +571,15 @@ pub trait Store: AdminStore + Send + Sync + 'static {
     /// in the ledger is skipped, so a retried batch charges nothing twice.
     /// Returns, per record, whether it was newly written.
     async fn record_usage(&self, batch: &[UsageRecord]) -> Result<Vec<bool>, StoreError>;
-    /// The ledger's synchronous connection, if it has one (SQLite): the usage writer
-    /// then runs on a thread of its own and commits on it, handing no batch to another
-    /// thread and back. `None` (PostgreSQL): a commit is network I/O, and the writer is a
-    /// task of the runtime awaiting `record_usage`.
-    fn blocking_ledger(&self) -> Option<&dyn BlockingLedger> {
-        None
+    /// `record_usage` on a thread that may block (the usage writer's). A store whose
+    /// ledger connection is synchronous writes on the calling thread, without handing
+    /// the batch to another thread and back; others run `record_usage` on `rt`.
+    fn record_usage_blocking(
+        &self,
+        rt: &tokio::runtime::Handle,
+        batch: &[UsageRecord],
+    ) -> Result<Vec<bool>, StoreError> {
+        rt.block_on(self.record_usage(batch))
     }
     /// The ledger file whose usage journal (see [`crate::usage::Journal`]) may stand in
     /// for a commit while a response waits: SQLite's database file, on this machine.

@@ -79,8 +79,7 @@ pub async fn concurrent_writers_are_exact(db: TestDb) {
     assert_counters_match(&db, &store, &accounts, &ledger).await;
 }
 
-/// The usage writer as the server runs it on this store (a task of the runtime on
-/// PostgreSQL, a thread of its own on SQLite): 400 records sent at once, every tenth twice
+/// The usage writer as the server runs it on this store: 400 records sent at once, every tenth twice
 /// as a retried request would send it, are each committed once, in far fewer commits
 /// than records, and every counter matches the ledger.
 pub async fn the_usage_writer_commits_concurrent_records_once_in_shared_batches(db: TestDb) {

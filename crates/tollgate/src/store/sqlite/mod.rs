@@ -190,12 +190,6 @@ fn unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
-impl BlockingLedger for SqliteStore {
-    fn commit_usage(&self, batch: &[UsageRecord]) -> Result<Vec<bool>, StoreError> {
-        append_locked(&self.ledger, batch)
-    }
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -487,8 +481,12 @@ impl Store for SqliteStore {
             .map_err(|e| StoreError::Open(format!("usage writer thread: {e}")))?
     }
 
-    fn blocking_ledger(&self) -> Option<&dyn BlockingLedger> {
-        Some(self)
+    fn record_usage_blocking(
+        &self,
+        _rt: &tokio::runtime::Handle,
+        batch: &[UsageRecord],
+    ) -> Result<Vec<bool>, StoreError> {
+        append_locked(&self.ledger, batch)
     }
 
     fn usage_journal_ledger(&self) -> Option<std::path::PathBuf> {
