@@ -341,7 +341,7 @@ pricing = {{ input = "0.15", output = "0.60" }}
                 for x in load.window(r, t0, t1):
                     statuses[x[2]] = statuses.get(x[2], 0) + 1
             restarted = (t1 - t0, statuses, backs)
-            report.append(("PostgreSQL restarted", statuses, None, max(b or 1e9 for b in backs)))
+            report.append(("PostgreSQL restarted", statuses, None, max(1e9 if b is None else b for b in backs)))
         t0 = time.time()
         others[1][0].kill()
         load.alive[2] = False

@@ -79,9 +79,9 @@ pub async fn concurrent_writers_are_exact(db: TestDb) {
     assert_counters_match(&db, &store, &accounts, &ledger).await;
 }
 
-/// The usage writer as the server runs it on this store: 400 records sent at once, every tenth twice
-/// as a retried request would send it, are each committed once, in far fewer commits
-/// than records, and every counter matches the ledger.
+/// The usage writer as the server runs it on this store: 400 records sent at once, every
+/// tenth twice as a retried request would send it, are each committed once, in far fewer
+/// commits than records, and every counter matches the ledger.
 pub async fn the_usage_writer_commits_concurrent_records_once_in_shared_batches(db: TestDb) {
     let store = db.open().await;
     let (accounts, keys) = accounts_and_keys(&store).await;
