@@ -10,9 +10,10 @@
 # --postgres   also run the usage writer and the gateway on PostgreSQL: a fresh database
 #              tollgate_bench_<pid> is created on that server and dropped at the end
 # --only       a subset: chat,capacity,stream,held,embeddings,keys,routing,providers,tokenizer,
-#              budgets,observability-cost,observability,before-after,activity,console,writer,postgres
+#              budgets,observability-cost,observability,before-after,activity,console,writer,postgres,
+#              cluster,cluster-before-after
 # --baseline   also build commit REV (once, into target/baseline-REV) and compare it with
-#              this build on the same load (the before-after scenario)
+#              this build on the same load (the before-after scenarios)
 # --keep       keep the scratch folder's databases (logs and results.md are always kept)
 set -euo pipefail
 
@@ -30,7 +31,7 @@ while [ $# -gt 0 ]; do
         --only) ONLY=(--only "$2"); shift 2 ;;
         --keep) KEEP=1; shift ;;
         --baseline) BASELINE=$2; shift 2 ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done

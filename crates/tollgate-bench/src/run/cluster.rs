@@ -15,7 +15,7 @@ use std::sync::Arc;
 const CAPACITY_CONNECTIONS: usize = 32;
 
 /// Starts a replica of `deployment` (its config names PostgreSQL and Redis).
-async fn replica(
+pub(super) async fn replica(
     bench: &Bench,
     deployment: &Deployment,
     i: usize,
@@ -84,15 +84,15 @@ http {{
 }
 
 /// What one deployment measured.
-struct Measured {
-    open: load::LoadResult,
-    capacity: f64,
-    failed: u64,
-    cpu_us: Option<f64>,
+pub(super) struct Measured {
+    pub(super) open: load::LoadResult,
+    pub(super) capacity: f64,
+    pub(super) failed: u64,
+    pub(super) cpu_us: Option<f64>,
 }
 
 /// One workload of the comparison.
-struct Workload {
+pub(super) struct Workload {
     title: &'static str,
     stream: bool,
     /// Half the requests on the hot key, the other half over the cold keys in turn
@@ -100,7 +100,7 @@ struct Workload {
     mix: bool,
 }
 
-const WORKLOADS: [Workload; 3] = [
+pub(super) const WORKLOADS: [Workload; 3] = [
     Workload {
         title: "chat completions, non-streamed, one key",
         stream: false,
@@ -173,15 +173,16 @@ async fn capacity(
     )
 }
 
-/// Every workload against one deployment; `keys` are its keys, the hot one first.
-async fn measure(
+/// The workloads against one deployment; `keys` are its keys, the hot one first.
+pub(super) async fn measure(
     bench: &Bench,
     url: &str,
     keys: &[String],
     pids: &[u32],
+    workloads: &[Workload],
 ) -> anyhow::Result<Vec<Measured>> {
     let mut out = Vec::new();
-    for w in &WORKLOADS {
+    for w in workloads {
         let body = chat_body(w.stream);
         let used = if w.mix { keys } else { &keys[..1] };
         let bearers: Vec<String> = used.iter().map(|k| format!("Bearer {k}")).collect();
@@ -216,53 +217,124 @@ async fn measure(
     Ok(out)
 }
 
+/// What the cluster scenarios share: a Redis (the bench's own unless `--redis` names
+/// one; stopped when dropped) and a deployment provisioned on it and `url`'s database,
+/// whose keys are `keys`, the hot one first.
+pub(super) struct Shared {
+    pub(super) _redis: Option<Proc>,
+    pub(super) deployment: Deployment,
+    pub(super) keys: Vec<String>,
+}
+
+pub(super) async fn shared(bench: &mut Bench, url: &str) -> anyhow::Result<Shared> {
+    let mut redis = None;
+    let redis_url = match &bench.args.redis {
+        Some(u) => u.clone(),
+        None => {
+            let port = procs::free_port()?;
+            let mut cmd = Command::new("redis-server");
+            cmd.args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]);
+            cmd.arg("--dir").arg(&bench.work);
+            redis = Some(Proc::spawn(
+                "redis-server",
+                cmd,
+                &bench.path("redis.log"),
+                false,
+            )?);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            format!("redis://127.0.0.1:{port}/0")
+        }
+    };
+    let data_dir = bench.work.join("cluster-data");
+    std::fs::create_dir_all(&data_dir)?;
+    let config = bench.work.join("tollgate-cluster.toml");
+    write_config(
+        &config,
+        url,
+        &data_dir,
+        &bench.fast_addr,
+        &bench.slow_addr,
+        false,
+    )?;
+    let text = std::fs::read_to_string(&config)?;
+    std::fs::write(&config, format!("redis_url = \"{redis_url}\"\n{text}"))?;
+    let deployment = Deployment {
+        bin: bench.bin_dir.join("tollgate"),
+        name: "cluster",
+        config,
+        database_url: url.to_string(),
+        data_dir,
+    };
+    let (_, hot, cold) = provision(bench, &deployment, COLD_KEYS).await?;
+    let keys = std::iter::once(hot).chain(cold).collect();
+    Ok(Shared {
+        _redis: redis,
+        deployment,
+        keys,
+    })
+}
+
+/// `n` replicas of `deployment` (numbered from `first`) behind nginx, round robin: the
+/// replicas, nginx, and nginx's address.
+pub(super) async fn behind_nginx(
+    bench: &Bench,
+    nginx: &Path,
+    deployment: &Deployment,
+    n: usize,
+    first: usize,
+) -> anyhow::Result<(Vec<Proc>, Proc, String)> {
+    let mut replicas = Vec::new();
+    for i in first..first + n {
+        replicas.push(replica(bench, deployment, i).await?);
+    }
+    let port = procs::free_port()?;
+    let addrs: Vec<String> = replicas.iter().map(|(_, a)| a.clone()).collect();
+    let conf = bench.path(&format!("nginx-cluster-{n}.conf"));
+    std::fs::write(&conf, nginx_round_robin(&bench.work, port, &addrs))?;
+    let mut cmd = Command::new(nginx);
+    cmd.arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(&bench.work)
+        .arg("-e")
+        .arg(bench.path("nginx-cluster-error.log"));
+    let proxy = Proc::spawn(
+        "nginx",
+        cmd,
+        &bench.path(&format!("nginx-cluster-{n}.out")),
+        false,
+    )?;
+    let addr = format!("127.0.0.1:{port}");
+    wait_ready(&bench.client, &format!("http://{addr}/readyz")).await?;
+    Ok((replicas.into_iter().map(|(p, _)| p).collect(), proxy, addr))
+}
+
 /// The cluster scenario; `server` is the PostgreSQL server URL of `--postgres`.
 pub(super) async fn cluster(bench: &mut Bench, server: &str) -> anyhow::Result<()> {
     let name = format!("tollgate_bench_{}_cluster", std::process::id());
     let url = fresh_pg_database(server, &name).await?;
-    let mut redis = None;
     let result = async {
-        let redis_url = match &bench.args.redis {
-            Some(u) => u.clone(),
-            None => {
-                let port = procs::free_port()?;
-                let mut cmd = Command::new("redis-server");
-                cmd.args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"]);
-                cmd.arg("--dir").arg(&bench.work);
-                redis = Some(Proc::spawn("redis-server", cmd, &bench.path("redis.log"), false)?);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                format!("redis://127.0.0.1:{port}/0")
-            }
-        };
-        let data_dir = bench.work.join("cluster-data");
-        std::fs::create_dir_all(&data_dir)?;
-        let config = bench.work.join("tollgate-cluster.toml");
-        write_config(&config, &url, &data_dir, &bench.fast_addr, &bench.slow_addr, false)?;
-        let text = std::fs::read_to_string(&config)?;
-        std::fs::write(&config, format!("redis_url = \"{redis_url}\"\n{text}"))?;
-        let deployment = Deployment {
-            bin: bench.bin_dir.join("tollgate"),
-            name: "cluster",
-            config,
-            database_url: url.clone(),
-            data_dir,
-        };
-        let (_, hot, cold) = provision(bench, &deployment, COLD_KEYS).await?;
-        let keys: Vec<String> = std::iter::once(hot).chain(cold).collect();
-
+        let Shared { deployment, keys, _redis } = shared(bench, &url).await?;
         let path = "/v1/chat/completions";
         // The direct baseline (added latency is against it).
-        let direct = measure(bench, &bench.direct_url(path), &keys, &[bench.fast.pid()]).await?;
+        let direct = measure(bench, &bench.direct_url(path), &keys, &[bench.fast.pid()], &WORKLOADS).await?;
         // SQLite, single process.
         bench.restart_sqlite("warn").await?;
         let sqlite_url = bench.gate_url(path)?;
         let sqlite_keys: Vec<String> =
             std::iter::once(bench.hot_key.clone()).chain(bench.cold_keys.clone()).collect();
-        let sqlite = measure(bench, &sqlite_url, &sqlite_keys, &[bench.gate_pid()?]).await?;
+        let sqlite = measure(bench, &sqlite_url, &sqlite_keys, &[bench.gate_pid()?], &WORKLOADS).await?;
         bench.stop_gate();
         // One replica.
         let (one, addr) = replica(bench, &deployment, 0).await?;
-        let single = measure(bench, &format!("http://{addr}{path}"), &keys, &[one.pid()]).await?;
+        let single = measure(bench, &format!("http://{addr}{path}"), &keys, &[one.pid()], &WORKLOADS).await?;
         one.stop(Duration::from_secs(15));
         // One, then three replicas behind nginx (one behind nginx tells the proxy's share
         // from the scale-out's).
@@ -270,22 +342,11 @@ pub(super) async fn cluster(bench: &mut Bench, server: &str) -> anyhow::Result<(
         match &bench.args.nginx {
             Some(nginx) => {
                 for (n, first) in [(1, 1), (3, 2)] {
-                    let mut replicas = Vec::new();
-                    for i in first..first + n {
-                        replicas.push(replica(bench, &deployment, i).await?);
-                    }
-                    let port = procs::free_port()?;
-                    let addrs: Vec<String> = replicas.iter().map(|(_, a)| a.clone()).collect();
-                    let conf = bench.path(&format!("nginx-cluster-{n}.conf"));
-                    std::fs::write(&conf, nginx_round_robin(&bench.work, port, &addrs))?;
-                    let mut cmd = Command::new(nginx);
-                    cmd.arg("-c").arg(&conf).arg("-p").arg(&bench.work).arg("-e").arg(bench.path("nginx-cluster-error.log"));
-                    let proxy = Proc::spawn("nginx", cmd, &bench.path(&format!("nginx-cluster-{n}.out")), false)?;
-                    wait_ready(&bench.client, &format!("http://127.0.0.1:{port}/readyz")).await?;
-                    let pids: Vec<u32> = replicas.iter().map(|(p, _)| p.pid()).collect();
-                    proxied.push(measure(bench, &format!("http://127.0.0.1:{port}{path}"), &keys, &pids).await?);
+                    let (replicas, proxy, addr) = behind_nginx(bench, nginx, &deployment, n, first).await?;
+                    let pids: Vec<u32> = replicas.iter().map(Proc::pid).collect();
+                    proxied.push(measure(bench, &format!("http://{addr}{path}"), &keys, &pids, &WORKLOADS).await?);
                     proxy.stop(Duration::from_secs(5));
-                    for (p, _) in replicas {
+                    for p in replicas {
                         p.stop(Duration::from_secs(15));
                     }
                 }
@@ -365,9 +426,6 @@ pub(super) async fn cluster(bench: &mut Bench, server: &str) -> anyhow::Result<(
     }
     .await;
     bench.stop_gate();
-    if let Some(r) = redis {
-        r.stop(Duration::from_secs(5));
-    }
     if let Err(e) = drop_pg_database(server, &name).await {
         println!("  (could not drop {name}: {e})");
     }

@@ -19,6 +19,7 @@ use crate::writer::{self, WriterArgs};
 
 mod budgets;
 mod cluster;
+mod cluster_before_after;
 mod console;
 mod latency;
 mod ledger;
@@ -63,11 +64,12 @@ pub struct RunArgs {
     /// Also write the tables to this Markdown file.
     #[arg(long)]
     pub results: Option<PathBuf>,
-    /// Run only these scenarios (chat,capacity,stream,held,embeddings,keys,routing,providers,budgets,tokenizer,observability-cost,observability,before-after,writer,activity,console,postgres,cluster).
+    /// Run only these scenarios (chat,capacity,stream,held,embeddings,keys,routing,providers,budgets,tokenizer,observability-cost,observability,before-after,writer,activity,console,postgres,cluster,cluster-before-after).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
-    /// A `tollgate` binary built from an earlier commit: the before/after scenario
-    /// compares it with this one on the same load, in alternating rounds.
+    /// A `tollgate` binary built from an earlier commit: the before/after scenarios
+    /// (`before-after` on SQLite, `cluster-before-after` on PostgreSQL + Redis) compare it
+    /// with this one on the same load, in alternating rounds.
     #[arg(long)]
     pub baseline_bin: Option<PathBuf>,
 }
@@ -385,8 +387,8 @@ impl Bench {
     // ---- scenarios ----
 }
 
-/// The scenarios `--only` may name; the last two need `--postgres`.
-const SCENARIOS: [&str; 18] = [
+/// The scenarios `--only` may name; the last three need `--postgres`.
+const SCENARIOS: [&str; 19] = [
     "chat",
     "capacity",
     "stream",
@@ -405,6 +407,7 @@ const SCENARIOS: [&str; 18] = [
     "console",
     "postgres",
     "cluster",
+    "cluster-before-after",
 ];
 
 /// Refuses an `--only` that names no scenario, or one that needs `--postgres` without it,
@@ -417,7 +420,11 @@ fn check_only(args: &RunArgs) -> anyhow::Result<()> {
                 SCENARIOS.join(",")
             );
         }
-        if matches!(name.as_str(), "postgres" | "cluster") && args.postgres.is_none() {
+        if matches!(
+            name.as_str(),
+            "postgres" | "cluster" | "cluster-before-after"
+        ) && args.postgres.is_none()
+        {
             bail!("--only {name} needs --postgres postgres://USER@HOST:PORT/DB");
         }
     }
@@ -636,6 +643,9 @@ async fn scenarios(
             if bench.wants("cluster") {
                 cluster::cluster(bench, &server).await?;
             }
+            if bench.wants("cluster-before-after") {
+                cluster_before_after::cluster_before_after(bench, &server).await?;
+            }
         }
         anyhow::Ok(())
     }
@@ -679,5 +689,7 @@ mod only_tests {
         let alone = check_only(&args(&["cluster"], false)).expect_err("no --postgres");
         assert!(alone.to_string().contains("needs --postgres"), "{alone}");
         assert!(check_only(&args(&["writer", "cluster"], true)).is_ok());
+        let ab = check_only(&args(&["cluster-before-after"], false)).expect_err("no --postgres");
+        assert!(ab.to_string().contains("needs --postgres"), "{ab}");
     }
 }

@@ -32,7 +32,7 @@ fn prompt_body(model: &str, prompt_bytes: usize) -> String {
     .to_string()
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(super) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
