@@ -9,7 +9,9 @@
 //!
 //! Under load a batch stays open a little while records are still arriving (see
 //! `BUSY_RATE`). The writer runs on a thread of its own (the runtime's blocking pool), so
-//! a store with a synchronous ledger connection commits a batch on it directly.
+//! a store with a synchronous ledger connection commits a batch on it directly, and one
+//! over the network (PostgreSQL) on a connection of the writer's own, driven by a
+//! runtime of that thread.
 //!
 //! Waits are bounded (`[limits] ledger_wait_ms`): a record not safe within the bound
 //! fails its request with [`LedgerError`] (it stays queued and is committed once the
@@ -30,7 +32,7 @@ use health::Health;
 pub use health::{LedgerError, WriterStatus, MAX_QUEUE};
 pub use journal::{Frame, Journal};
 
-use crate::store::{Outage, Store, StoreError, UsageRecord};
+use crate::store::{Outage, OwnLedger, Store, StoreError, UsageRecord};
 
 /// How long a request waits for its usage record to be safe, unless configured.
 pub const DEFAULT_LEDGER_WAIT: Duration = Duration::from_secs(5);
@@ -190,7 +192,7 @@ impl UsageWriter {
                 health: &counters.3,
                 metrics: &counters.4,
             };
-            write_loop(store.as_ref(), &rt, rx, &counters.1, ends);
+            write_loop(Ledger::on_this_thread(store, rt), rx, &counters.1, ends);
             counters.3.end();
         });
         // The watchdog holds no sender: it does not keep the writer alive.
@@ -342,6 +344,42 @@ impl UsageWriter {
     }
 }
 
+/// Where the writer commits.
+enum Ledger {
+    /// With [`Store::record_usage_blocking`]: on the store's synchronous connection
+    /// (SQLite), or on the main runtime.
+    Shared(Arc<dyn Store>, Handle),
+    /// On the store's [`Store::own_ledger`], on a runtime of the writer's thread.
+    Own(Box<dyn OwnLedger>, tokio::runtime::Runtime),
+}
+
+impl Ledger {
+    /// The store's own ledger on a current-thread runtime of the calling thread if it
+    /// has one (and the runtime can be made), the shared one on `rt` otherwise.
+    fn on_this_thread(store: Arc<dyn Store>, rt: Handle) -> Ledger {
+        let Some(ledger) = store.own_ledger() else {
+            return Ledger::Shared(store, rt);
+        };
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(own) => Ledger::Own(ledger, own),
+            Err(e) => {
+                tracing::warn!(error = %e, "no runtime of its own for the usage writer; it commits on the main one");
+                Ledger::Shared(store, rt)
+            }
+        }
+    }
+
+    fn commit(&mut self, batch: &[UsageRecord]) -> Result<Vec<bool>, StoreError> {
+        match self {
+            Ledger::Shared(store, rt) => store.record_usage_blocking(rt, batch),
+            Ledger::Own(ledger, rt) => rt.block_on(ledger.record_usage(batch)),
+        }
+    }
+}
+
 /// How many times a transient failure is retried.
 #[derive(Clone, Copy)]
 enum Attempts<'a> {
@@ -363,8 +401,7 @@ enum WriteError {
 /// Writes records, retrying transient failures with backoff (10 ms doubling up to
 /// `MAX_BACKOFF`), and tells `health` how each attempt went.
 fn write_with_retries(
-    store: &dyn Store,
-    rt: &Handle,
+    ledger: &mut Ledger,
     records: &[UsageRecord],
     health: &Health,
     attempts: Attempts,
@@ -373,7 +410,7 @@ fn write_with_retries(
     let mut made = 0;
     loop {
         made += 1;
-        match store.record_usage_blocking(rt, records) {
+        match ledger.commit(records) {
             Ok(_) => {
                 health.committed();
                 return Ok(());
@@ -447,20 +484,19 @@ fn drain(rx: &mut mpsc::UnboundedReceiver<Pending>, batch: &mut Vec<Pending>) {
 /// charge. Records are idempotent by request id, so retrying a batch whose commit may or
 /// may not have happened charges nothing twice. Fails only when `attempts` run out.
 fn write_batch(
-    store: &dyn Store,
-    rt: &Handle,
+    ledger: &mut Ledger,
     records: &[UsageRecord],
     health: &Health,
     attempts: Attempts,
 ) -> Result<(), StoreError> {
-    let e = match write_with_retries(store, rt, records, health, attempts) {
+    let e = match write_with_retries(ledger, records, health, attempts) {
         Ok(()) => return Ok(()),
         Err(WriteError::GaveUp(e)) => return Err(e),
         Err(WriteError::Refused(e)) => e,
     };
     tracing::error!(error = %e, batch = records.len(), "a usage batch was refused; writing its records one by one");
     for record in records {
-        match write_with_retries(store, rt, std::slice::from_ref(record), health, attempts) {
+        match write_with_retries(ledger, std::slice::from_ref(record), health, attempts) {
             Ok(()) => {}
             Err(WriteError::GaveUp(e)) => return Err(e),
             Err(WriteError::Refused(e)) => tracing::error!(
@@ -485,13 +521,13 @@ async fn replay(
     journal: &Journal,
     left: Vec<UsageRecord>,
 ) -> Result<(), StoreError> {
-    let (writer_store, rt) = (store.clone(), Handle::current());
+    let mut writer_ledger = Ledger::Shared(store.clone(), Handle::current());
     let records = left.len();
     let written = tokio::task::spawn_blocking(move || {
         let health = Health::new(DEFAULT_LEDGER_WAIT);
         for chunk in left.chunks(MAX_BATCH) {
             let attempts = Attempts::AtMost(REPLAY_ATTEMPTS);
-            write_batch(writer_store.as_ref(), &rt, chunk, &health, attempts)?;
+            write_batch(&mut writer_ledger, chunk, &health, attempts)?;
         }
         Ok::<_, StoreError>(())
     })
@@ -526,8 +562,7 @@ struct Ends<'a> {
 }
 
 fn write_loop(
-    store: &dyn Store,
-    rt: &Handle,
+    mut ledger: Ledger,
     mut rx: mpsc::UnboundedReceiver<Pending>,
     coming: &AtomicU64,
     ends: Ends<'_>,
@@ -568,8 +603,7 @@ fn write_loop(
         let stopped = || rx.is_closed();
         let commit_started = Instant::now();
         let written = write_batch(
-            store,
-            rt,
+            &mut ledger,
             &records,
             ends.health,
             Attempts::Unlimited(&stopped),

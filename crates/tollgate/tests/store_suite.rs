@@ -106,7 +106,11 @@ store_cases! {
         overflow: [absurd_usage_is_held_at_the_limit],
     }
     postgres_only {
-        replicas: [replicas_start_at_once],
+        replicas: [
+            replicas_start_at_once,
+            the_usage_writer_reconnects_after_the_database_ends_its_connection,
+            the_usage_writer_gives_up_a_connection_attempt_that_hangs,
+        ],
     }
 }
 

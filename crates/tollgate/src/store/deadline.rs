@@ -162,6 +162,10 @@ impl<S: Store> Store for Deadlined<S> {
         self.0.usage_journal_ledger()
     }
 
+    fn own_ledger(&self) -> Option<Box<dyn OwnLedger>> {
+        self.0.own_ledger()
+    }
+
     async fn activity(
         &self,
         account: AccountId,

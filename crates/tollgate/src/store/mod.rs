@@ -461,6 +461,13 @@ impl ActivityRollup {
     }
 }
 
+/// The usage writer's own ledger connection (see [`Store::own_ledger`]).
+#[async_trait]
+pub trait OwnLedger: Send {
+    /// As [`Store::record_usage`].
+    async fn record_usage(&mut self, batch: &[UsageRecord]) -> Result<Vec<bool>, StoreError>;
+}
+
 /// The persistence operations the rest of the program needs.
 #[async_trait]
 pub trait Store: AdminStore + Send + Sync + 'static {
@@ -580,6 +587,14 @@ pub trait Store: AdminStore + Send + Sync + 'static {
         batch: &[UsageRecord],
     ) -> Result<Vec<bool>, StoreError> {
         rt.block_on(self.record_usage(batch))
+    }
+    /// A ledger connection of the usage writer's own, for stores over the network: the
+    /// writer uses it on a runtime of its own thread (it connects there), so a
+    /// commit's reply wakes the writer directly instead of passing through the main
+    /// runtime's I/O driver and a worker thread (docs/cluster.md, "Sixth look"). `None`:
+    /// the writer commits with [`Store::record_usage_blocking`].
+    fn own_ledger(&self) -> Option<Box<dyn OwnLedger>> {
+        None
     }
     /// The ledger file whose usage journal (see [`crate::usage::Journal`]) may stand in
     /// for a commit while a response waits: SQLite's database file, on this machine.

@@ -2,11 +2,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, Row};
 
 use super::day_of;
 use super::*;
@@ -21,12 +21,18 @@ pub struct PgStore {
     unbounded: PgConnectOptions,
 }
 
-/// Connections per replica; the usage writer needs one, the rest serve key and account reads.
+/// Pooled connections per replica (key and account reads, the account endpoints); the
+/// usage writer has one of its own ([`PgLedger`]).
 const MAX_CONNECTIONS: u32 = 16;
 /// How long to wait for a connection before failing, so an unreachable database is an error.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A pooled connection idle for longer is tested (one round trip) before it is used.
 const PING_IF_IDLE: Duration = Duration::from_secs(1);
+/// How long the usage writer waits for a new connection before it counts the attempt as
+/// failed and retries (its backoff): a connection takes milliseconds, tens with TLS far
+/// away. One made while the database restarts can hang (`bench/cluster_faults.py` saw
+/// one wait out the call's whole deadline, 8 s, while the database was back after 2.5 s).
+const WRITER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The server cancels a statement that runs longer (`statement_timeout`), so a stuck
 /// statement frees its connection and its locks; migrations run without it. The client
 /// side has its own deadline on every call ([`super::deadline`]), for a server that no
@@ -218,8 +224,8 @@ fn unique_violation(e: &sqlx::Error) -> bool {
 ///
 /// Rows are locked in one global order (request id, account id, key id, roll-up key), so
 /// two replicas writing overlapping batches wait on each other and cannot deadlock.
-async fn write_records(
-    pool: &PgPool,
+async fn write_records<'e>(
+    db: impl sqlx::PgExecutor<'e>,
     records: &[&UsageRecord],
 ) -> Result<HashSet<String>, StoreError> {
     let n = records.len();
@@ -285,11 +291,90 @@ async fn write_records(
     .bind(&estimated)
     .bind(&losses)
     .bind(&days)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?;
     rows.iter()
         .map(|row| row.try_get::<String, _>(0).map_err(StoreError::from))
         .collect()
+}
+
+/// [`Store::record_usage`] on `db`.
+async fn record_usage<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    batch: &[UsageRecord],
+) -> Result<Vec<bool>, StoreError> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Within a batch the first record of a request id wins, as in the SQLite store.
+    let mut first_of: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
+    let mut distinct = Vec::with_capacity(batch.len());
+    for (i, record) in batch.iter().enumerate() {
+        if !first_of.contains_key(record.request_id.as_str()) {
+            first_of.insert(&record.request_id, i);
+            distinct.push(record);
+        }
+    }
+
+    let new_ids = write_records(db, &distinct).await?;
+
+    Ok(batch
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            first_of.get(r.request_id.as_str()) == Some(&i) && new_ids.contains(&r.request_id)
+        })
+        .collect())
+}
+
+/// The usage writer's own connection ([`Store::own_ledger`]), with the pool's options
+/// (`statement_timeout`, no JIT) and every call under [`deadline`]. Made when first
+/// needed and made again after any failure but the database refusing the records (a
+/// call cut short may have left it mid-statement); tested first when idle for longer
+/// than `PING_IF_IDLE`, as the pool's are, so a database restarted meanwhile costs a
+/// new connection rather than a failed commit. Unlike a pooled connection it is not
+/// tested again after each commit (sqlx's pool does: one more round trip per commit).
+struct PgLedger {
+    options: PgConnectOptions,
+    /// The connection and when it was last used.
+    conn: Option<(PgConnection, Instant)>,
+}
+
+impl PgLedger {
+    async fn write(&mut self, batch: &[UsageRecord]) -> Result<Vec<bool>, StoreError> {
+        if let Some((conn, used)) = &mut self.conn {
+            if used.elapsed() > PING_IF_IDLE && conn.ping().await.is_err() {
+                self.conn = None;
+            }
+        }
+        let (conn, used) = match &mut self.conn {
+            Some(open) => open,
+            None => {
+                let connect = PgConnection::connect_with(&self.options);
+                let conn = tokio::time::timeout(WRITER_CONNECT_TIMEOUT, connect)
+                    .await
+                    .map_err(|_| StoreError::Timeout(WRITER_CONNECT_TIMEOUT))??;
+                self.conn.insert((conn, Instant::now()))
+            }
+        };
+        let written = record_usage(&mut *conn, batch).await;
+        *used = Instant::now();
+        written
+    }
+}
+
+#[async_trait]
+impl OwnLedger for PgLedger {
+    async fn record_usage(&mut self, batch: &[UsageRecord]) -> Result<Vec<bool>, StoreError> {
+        let written = deadline(self.write(batch)).await;
+        if let Err(e) = &written {
+            let refused = matches!(e, StoreError::Database(sqlx::Error::Database(_)));
+            if !refused || e.is_transient() {
+                self.conn = None;
+            }
+        }
+        written
+    }
 }
 
 #[async_trait]
@@ -585,28 +670,14 @@ impl Store for PgStore {
     }
 
     async fn record_usage(&self, batch: &[UsageRecord]) -> Result<Vec<bool>, StoreError> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Within a batch the first record of a request id wins, as in the SQLite store.
-        let mut first_of: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
-        let mut distinct = Vec::with_capacity(batch.len());
-        for (i, record) in batch.iter().enumerate() {
-            if !first_of.contains_key(record.request_id.as_str()) {
-                first_of.insert(&record.request_id, i);
-                distinct.push(record);
-            }
-        }
+        record_usage(&self.pool, batch).await
+    }
 
-        let new_ids = write_records(&self.pool, &distinct).await?;
-
-        Ok(batch
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                first_of.get(r.request_id.as_str()) == Some(&i) && new_ids.contains(&r.request_id)
-            })
-            .collect())
+    fn own_ledger(&self) -> Option<Box<dyn OwnLedger>> {
+        Some(Box::new(PgLedger {
+            options: (*self.pool.connect_options()).clone(),
+            conn: None,
+        }))
     }
 
     async fn activity(

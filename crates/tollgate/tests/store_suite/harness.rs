@@ -29,6 +29,11 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// The same database at another URL (through a proxy, say).
+    pub fn at(url: String) -> TestDb {
+        TestDb { url }
+    }
+
     /// The database URL, as `tollgate serve` would be given it.
     pub fn url(&self) -> &str {
         &self.url
