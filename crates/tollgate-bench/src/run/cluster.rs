@@ -426,8 +426,6 @@ pub(super) async fn cluster(bench: &mut Bench, server: &str) -> anyhow::Result<(
     }
     .await;
     bench.stop_gate();
-    if let Err(e) = drop_pg_database(server, &name).await {
-        println!("  (could not drop {name}: {e})");
-    }
+    drop_pg_database(server, &name).await;
     result
 }

@@ -103,8 +103,6 @@ pub(super) async fn cluster_before_after(bench: &mut Bench, server: &str) -> any
         anyhow::Ok(())
     }
     .await;
-    if let Err(e) = drop_pg_database(server, &name).await {
-        println!("  (could not drop {name}: {e})");
-    }
+    drop_pg_database(server, &name).await;
     result
 }

@@ -411,8 +411,14 @@ const SCENARIOS: [&str; 19] = [
 ];
 
 /// Refuses an `--only` that names no scenario, or one that needs `--postgres` without it,
-/// before the set-up (which takes a minute) runs for nothing.
+/// and a `--baseline-bin` that is not a file, before the set-up (which takes a minute)
+/// runs for nothing.
 fn check_only(args: &RunArgs) -> anyhow::Result<()> {
+    if let Some(bin) = &args.baseline_bin {
+        if !bin.is_file() {
+            bail!("--baseline-bin {}: no such file", bin.display());
+        }
+    }
     for name in &args.only {
         if !SCENARIOS.contains(&name.as_str()) {
             bail!(
@@ -653,9 +659,7 @@ async fn scenarios(
     bench.stop_gate();
     if let Some(server) = &bench.args.postgres {
         for name in pg_names.iter().take(pg_urls.len()) {
-            if let Err(e) = drop_pg_database(server, name).await {
-                println!("  (could not drop {name}: {e})");
-            }
+            drop_pg_database(server, name).await;
         }
     }
     result
@@ -691,5 +695,9 @@ mod only_tests {
         assert!(check_only(&args(&["writer", "cluster"], true)).is_ok());
         let ab = check_only(&args(&["cluster-before-after"], false)).expect_err("no --postgres");
         assert!(ab.to_string().contains("needs --postgres"), "{ab}");
+        let mut missing = args(&["cluster-before-after"], true);
+        missing.baseline_bin = Some(PathBuf::from("/nonexistent/tollgate"));
+        let missing = check_only(&missing).expect_err("no baseline binary");
+        assert!(missing.to_string().contains("no such file"), "{missing}");
     }
 }

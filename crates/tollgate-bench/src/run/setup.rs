@@ -23,13 +23,19 @@ pub(super) async fn fresh_pg_database(server_url: &str, name: &str) -> anyhow::R
     Ok(format!("{root}/{name}{query}"))
 }
 
-pub(super) async fn drop_pg_database(server_url: &str, name: &str) -> anyhow::Result<()> {
+/// Drops a scenario's database once it is done; a failure is only reported (the run's
+/// figures stand, and the next run of the scenario drops it before creating it again).
+pub(super) async fn drop_pg_database(server_url: &str, name: &str) {
     use sqlx::{Connection, Executor};
-    let mut conn = sqlx::PgConnection::connect(server_url).await?;
-    conn.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-        .await?;
-    conn.close().await?;
-    Ok(())
+    let dropped = async {
+        let mut conn = sqlx::PgConnection::connect(server_url).await?;
+        conn.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+            .await?;
+        conn.close().await
+    };
+    if let Err(e) = dropped.await {
+        println!("  (could not drop {name}: {e})");
+    }
 }
 
 pub(super) fn write_config(
