@@ -1,7 +1,7 @@
 //! The shared budgets' own promises: a settle run twice counts once (also when its
-//! lease ran out before it came), the periodic check against the ledger repairs
-//! drift while never "repairing" a budget that is merely busy, and the first uses of
-//! many keys at once are loaded together.
+//! lease ran out before it came), a renewal counts lost only leases that ran out, the
+//! periodic check against the ledger repairs drift while never "repairing" a budget that
+//! is merely busy, and the first uses of many keys at once are loaded together.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -95,6 +95,77 @@ async fn the_same_settle_run_twice_counts_once() {
     budgets.settle(c, n(0)).await;
     assert_eq!(shared(&redis, key.id.0).await, [2200, 0, 2200, 0]);
     assert_eq!(budgets.in_flight(), (0, 0));
+}
+
+/// A renewal finds no lease for a reservation whose lease ran out, and none for one
+/// settled since the replica listed what it holds (under load, one a renewal or so): only
+/// the first is lost. Counting both logged "lease ran out" for requests that were fine.
+#[tokio::test]
+async fn a_renewal_counts_only_leases_that_ran_out() {
+    let redis = PrivateRedis::start().await;
+    let db = Database::create().await;
+    let store = tollgate::store::open(&db.url).await.expect("store");
+    let now = tollgate::now();
+    let account = store.create_account("acme", now).await.expect("account");
+    store
+        .grant_credits(account.id, Credits::from_nanos(1_000_000), None, now)
+        .await
+        .expect("grant");
+    let key = store
+        .create_key(new_key(account.id, "k", None, now))
+        .await
+        .expect("key");
+    let cluster = Shared::connect(&redis.url, &db.url).await.expect("connect");
+    // A one-second lease that nothing renews until the test calls `tick`.
+    let budgets = SharedBudgets::new(
+        cluster,
+        store.clone(),
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+        tollgate::clock::Clock::system(),
+    );
+    let n = Credits::from_nanos;
+    let ran_out = budgets
+        .reserve(&key, n(1000), "req_out")
+        .await
+        .expect("out");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // The next reservations give the lapsed one's amount back (its data marked `x`).
+    let settled = budgets
+        .reserve(&key, n(1000), "req_settled")
+        .await
+        .expect("settled");
+    let live = budgets
+        .reserve(&key, n(1000), "req_live")
+        .await
+        .expect("live");
+    assert_eq!(shared(&redis, key.id.0).await, [0, 2000, 0, 2000]);
+    // What a settle does in Redis, run after this replica listed what it holds: the
+    // reservation's lease and data are gone while the replica still renews it.
+    let mut conn = redis.conn().await;
+    let epoch: String = redis::cmd("GET")
+        .arg(EPOCH_KEY)
+        .query_async(&mut conn)
+        .await
+        .expect("epoch");
+    let acct = account.id.0;
+    let _: i64 = redis::cmd("ZREM")
+        .arg(budget_key(&epoch, "r", acct))
+        .arg(&settled.id)
+        .query_async(&mut conn)
+        .await
+        .expect("zrem");
+    let _: i64 = redis::cmd("HDEL")
+        .arg(budget_key(&epoch, "rd", acct))
+        .arg(&settled.id)
+        .query_async(&mut conn)
+        .await
+        .expect("hdel");
+    assert_eq!(budgets.in_flight().0, 3, "all three are still held here");
+    budgets.tick().await;
+    assert_eq!(budgets.leases_lost(), 1, "only the lapsed lease is lost");
+    budgets.settle(live, n(0)).await;
+    budgets.settle(ran_out, n(0)).await;
 }
 
 /// 60 keys of one account used for the first time at once: each needs its budget loaded,

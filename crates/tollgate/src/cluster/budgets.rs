@@ -115,6 +115,8 @@ pub struct SharedBudgets {
     pub(super) loads: Mutex<HashMap<AccountId, Arc<super::sync::KeyLoads>>>,
     /// Loads run here (each one sync of one or more keys), for diagnostics.
     pub(super) loads_run: std::sync::atomic::AtomicU64,
+    /// Reservations of this replica found with their lease run out, for diagnostics.
+    pub(super) leases_lost: std::sync::atomic::AtomicU64,
     pub(super) last_renewal: Mutex<Option<Instant>>,
     /// What the change feed of credit grants has told (`grants.rs`).
     pub(super) grants: Mutex<super::grants::GrantFeed>,
@@ -148,6 +150,7 @@ impl SharedBudgets {
             touched: Mutex::new(HashMap::new()),
             loads: Mutex::new(HashMap::new()),
             loads_run: Default::default(),
+            leases_lost: Default::default(),
             last_renewal: Mutex::new(None),
             grants: Mutex::new(Default::default()),
             scripts: Scripts::new(),
@@ -391,6 +394,12 @@ impl SharedBudgets {
     /// Budget loads run here (each loads one or more keys), for diagnostics.
     pub fn loads_run(&self) -> u64 {
         self.loads_run.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Reservations held here that a renewal found with their lease run out (given back
+    /// while their request ran), for diagnostics.
+    pub fn leases_lost(&self) -> u64 {
+        self.leases_lost.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// (reservations held here, settles waiting for Redis), for diagnostics.

@@ -148,6 +148,10 @@ impl SharedBudgets {
             match reply.status() {
                 "ok" => {
                     if reply.number(2) > 0 {
+                        self.leases_lost.fetch_add(
+                            reply.number(2) as u64,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
                         tracing::warn!(
                             count = reply.number(2),
                             "reservations in flight here are no longer held in redis (lease ran out)"

@@ -132,7 +132,9 @@ return {'ok', seq}
 );
 
 /// KEYS: counter. ARGV: epoch, seen, lease_ms, epoch prefix, then (account, id) pairs.
-/// Extends the leases still held (never shortens one); answers how many were not held.
+/// Extends the leases still held (never shortens one); answers how many ran out (their
+/// data marked `x`/`X`). A reservation settled since the replica listed its pairs has no
+/// lease either, but is not lost: it is not counted.
 /// With no pairs it is the heartbeat that notices a new epoch.
 pub const RENEW: &str = concat!(
     prologue!(),
@@ -144,7 +146,9 @@ for i = 5, #ARGV, 2 do
   if redis.call('ZSCORE', z, ARGV[i + 1]) then
     redis.call('ZADD', z, 'XX', 'GT', expiry, ARGV[i + 1])
   else
-    lost = lost + 1
+    local d = redis.call('HGET', ARGV[4] .. 'rd:' .. ARGV[i], ARGV[i + 1])
+    local s = d and string.sub(d, 1, 1)
+    if s == 'x' or s == 'X' then lost = lost + 1 end
   end
 end
 return {'ok', seq, tostring(lost)}
