@@ -42,8 +42,17 @@ async fn shared(redis: &PrivateRedis, key: i64) -> [i64; 4] {
     out
 }
 
-#[tokio::test]
-async fn the_same_settle_run_twice_counts_once() {
+/// One account (1,000,000 nanos granted) with one key of `limit`, and its shared budgets
+/// with a one-second lease that nothing renews (no background tick runs here).
+struct OneKey {
+    redis: PrivateRedis,
+    _db: Database,
+    account: tollgate::store::AccountId,
+    key: tollgate::store::KeyRecord,
+    budgets: SharedBudgets,
+}
+
+async fn one_key(limit: Option<i64>) -> OneKey {
     let redis = PrivateRedis::start().await;
     let db = Database::create().await;
     let store = tollgate::store::open(&db.url).await.expect("store");
@@ -57,20 +66,38 @@ async fn the_same_settle_run_twice_counts_once() {
         .create_key(new_key(
             account.id,
             "k",
-            Some(Credits::from_nanos(500_000)),
+            limit.map(Credits::from_nanos),
             now,
         ))
         .await
         .expect("key");
     let cluster = Shared::connect(&redis.url, &db.url).await.expect("connect");
-    // A one-second lease that nothing renews (no background tick runs here).
     let budgets = SharedBudgets::new(
         cluster,
-        store.clone(),
+        store,
         Duration::from_secs(1),
         Duration::from_secs(3600),
         tollgate::clock::Clock::system(),
     );
+    OneKey {
+        redis,
+        _db: db,
+        account: account.id,
+        key,
+        budgets,
+    }
+}
+
+#[tokio::test]
+async fn the_same_settle_run_twice_counts_once() {
+    // (`_db` bound: the database lives as long as the test.)
+    let OneKey {
+        redis,
+        _db,
+        key,
+        budgets,
+        ..
+    } = one_key(Some(500_000)).await;
     let n = Credits::from_nanos;
     // The first reservation starts the epoch and waits out its grace window.
     let a = budgets.reserve(&key, n(1000), "req_a").await.expect("a");
@@ -102,28 +129,14 @@ async fn the_same_settle_run_twice_counts_once() {
 /// the first is lost. Counting both logged "lease ran out" for requests that were fine.
 #[tokio::test]
 async fn a_renewal_counts_only_leases_that_ran_out() {
-    let redis = PrivateRedis::start().await;
-    let db = Database::create().await;
-    let store = tollgate::store::open(&db.url).await.expect("store");
-    let now = tollgate::now();
-    let account = store.create_account("acme", now).await.expect("account");
-    store
-        .grant_credits(account.id, Credits::from_nanos(1_000_000), None, now)
-        .await
-        .expect("grant");
-    let key = store
-        .create_key(new_key(account.id, "k", None, now))
-        .await
-        .expect("key");
-    let cluster = Shared::connect(&redis.url, &db.url).await.expect("connect");
-    // A one-second lease that nothing renews until the test calls `tick`.
-    let budgets = SharedBudgets::new(
-        cluster,
-        store.clone(),
-        Duration::from_secs(1),
-        Duration::from_secs(3600),
-        tollgate::clock::Clock::system(),
-    );
+    // Nothing renews the one-second leases until the test calls `tick`.
+    let OneKey {
+        redis,
+        _db,
+        account,
+        key,
+        budgets,
+    } = one_key(None).await;
     let n = Credits::from_nanos;
     let ran_out = budgets
         .reserve(&key, n(1000), "req_out")
@@ -148,7 +161,7 @@ async fn a_renewal_counts_only_leases_that_ran_out() {
         .query_async(&mut conn)
         .await
         .expect("epoch");
-    let acct = account.id.0;
+    let acct = account.0;
     let _: i64 = redis::cmd("ZREM")
         .arg(budget_key(&epoch, "r", acct))
         .arg(&settled.id)
