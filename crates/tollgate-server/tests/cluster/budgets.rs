@@ -9,18 +9,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tollgate::billing::Credits;
-use tollgate::cluster::{budget_key, Cluster as Shared, SettleOutcome, SharedBudgets, EPOCH_KEY};
+use tollgate::cluster::{budget_key, Cluster as Shared, SettleOutcome, SharedBudgets};
 
 use crate::support::*;
 
 /// (charged, reserved) of account 1 and (usage, reserved) of key `key` in Redis.
 async fn shared(redis: &PrivateRedis, key: i64) -> [i64; 4] {
     let mut conn = redis.conn().await;
-    let epoch: String = redis::cmd("GET")
-        .arg(EPOCH_KEY)
-        .query_async(&mut conn)
-        .await
-        .expect("epoch");
+    let epoch = redis.epoch().await;
     let mut out = [0; 4];
     for (i, (hash, field)) in [
         (budget_key(&epoch, "a", 1), "charged"),
@@ -156,11 +152,7 @@ async fn a_renewal_counts_only_leases_that_ran_out() {
     // What a settle does in Redis, run after this replica listed what it holds: the
     // reservation's lease and data are gone while the replica still renews it.
     let mut conn = redis.conn().await;
-    let epoch: String = redis::cmd("GET")
-        .arg(EPOCH_KEY)
-        .query_async(&mut conn)
-        .await
-        .expect("epoch");
+    let epoch = redis.epoch().await;
     let acct = account.0;
     let _: i64 = redis::cmd("ZREM")
         .arg(budget_key(&epoch, "r", acct))

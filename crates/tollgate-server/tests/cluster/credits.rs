@@ -5,31 +5,10 @@
 use std::time::Duration;
 
 use tollgate::billing::Credits;
-use tollgate::cluster::{budget_key, Cluster as Shared, SharedBudgets, EPOCH_KEY};
+use tollgate::cluster::{budget_key, Cluster as Shared, SharedBudgets};
 use tollgate::store::{NewGrant, UsageRecord};
 
 use crate::support::*;
-
-/// (granted, charged, reserved) of the account's shared budget.
-async fn budget(redis: &PrivateRedis, account: i64) -> [i64; 3] {
-    let mut conn = redis.conn().await;
-    let epoch: String = redis::cmd("GET")
-        .arg(EPOCH_KEY)
-        .query_async(&mut conn)
-        .await
-        .expect("epoch");
-    let mut out = [0; 3];
-    for (i, field) in ["granted", "charged", "reserved"].into_iter().enumerate() {
-        out[i] = redis::cmd("HGET")
-            .arg(budget_key(&epoch, "a", account))
-            .arg(field)
-            .query_async::<Option<i64>>(&mut conn)
-            .await
-            .expect("hget")
-            .unwrap_or(0);
-    }
-    out
-}
 
 fn record(id: &str, account: i64, key: i64, cost: i64) -> UsageRecord {
     UsageRecord {
@@ -94,7 +73,7 @@ async fn an_expiry_lowers_the_shared_budget_and_the_check_agrees() {
         .await
         .expect("commit");
     budgets.settle(first, n(700)).await;
-    assert_eq!(budget(&redis, a).await, [10_500, 700, 0]);
+    assert_eq!(redis.account_budget(a).await, [10_500, 700, 0]);
 
     // In flight across the expiry.
     let across = budgets.reserve(&key, n(2_000), "req_b").await.expect("b");
@@ -104,7 +83,7 @@ async fn an_expiry_lowers_the_shared_budget_and_the_check_agrees() {
     budgets.refresh_grants().await.expect("refresh");
     // 10,000 − 700 consumed = 9,300 left; 2,000 kept for the request in flight; 7,300
     // expired. What can be reserved now is the grant without expiry, 500.
-    assert_eq!(budget(&redis, a).await, [3_200, 700, 2_000]);
+    assert_eq!(redis.account_budget(a).await, [3_200, 700, 2_000]);
     let denied = budgets.reserve(&key, n(501), "req_c").await;
     assert!(
         denied.is_err(),
@@ -121,7 +100,7 @@ async fn an_expiry_lowers_the_shared_budget_and_the_check_agrees() {
     budgets.settle(across, n(1_500)).await;
     budgets.settle(last, n(0)).await;
     budgets.refresh_grants().await.expect("refresh");
-    assert_eq!(budget(&redis, a).await, [2_700, 2_200, 0]);
+    assert_eq!(redis.account_budget(a).await, [2_700, 2_200, 0]);
     let settled = store
         .account(account.id)
         .await
@@ -134,14 +113,10 @@ async fn an_expiry_lowers_the_shared_budget_and_the_check_agrees() {
     // The periodic check reads the ledger and finds the same budget: nothing to repair.
     tokio::time::sleep(Duration::from_millis(5)).await;
     budgets.check_due().await;
-    assert_eq!(budget(&redis, a).await, [2_700, 2_200, 0]);
+    assert_eq!(redis.account_budget(a).await, [2_700, 2_200, 0]);
     // And it is what it loads from scratch: damage the grants in Redis, check, repaired.
     let mut conn = redis.conn().await;
-    let epoch: String = redis::cmd("GET")
-        .arg(EPOCH_KEY)
-        .query_async(&mut conn)
-        .await
-        .expect("epoch");
+    let epoch = redis.epoch().await;
     let _: i64 = redis::cmd("HSET")
         .arg(budget_key(&epoch, "a", a))
         .arg("granted")
@@ -151,5 +126,5 @@ async fn an_expiry_lowers_the_shared_budget_and_the_check_agrees() {
         .expect("hset");
     tokio::time::sleep(Duration::from_millis(5)).await;
     budgets.check_due().await;
-    assert_eq!(budget(&redis, a).await, [2_700, 2_200, 0]);
+    assert_eq!(redis.account_budget(a).await, [2_700, 2_200, 0]);
 }

@@ -175,6 +175,32 @@ impl PrivateRedis {
     pub async fn conn(&self) -> MultiplexedConnection {
         self.try_conn().await.expect("private redis")
     }
+
+    /// The shared budgets' current epoch.
+    pub async fn epoch(&self) -> String {
+        redis::cmd("GET")
+            .arg(tollgate::cluster::EPOCH_KEY)
+            .query_async(&mut self.conn().await)
+            .await
+            .expect("epoch")
+    }
+
+    /// (granted, charged, reserved) of the account's shared budget.
+    pub async fn account_budget(&self, account: i64) -> [i64; 3] {
+        let epoch = self.epoch().await;
+        let mut conn = self.conn().await;
+        let mut out = [0; 3];
+        for (i, field) in ["granted", "charged", "reserved"].into_iter().enumerate() {
+            out[i] = redis::cmd("HGET")
+                .arg(tollgate::cluster::budget_key(&epoch, "a", account))
+                .arg(field)
+                .query_async::<Option<i64>>(&mut conn)
+                .await
+                .expect("hget")
+                .unwrap_or(0);
+        }
+        out
+    }
 }
 
 impl Drop for PrivateRedis {

@@ -7,31 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tollgate::billing::Credits;
-use tollgate::cluster::{budget_key, Cluster as Shared, SharedBudgets, EPOCH_KEY};
+use tollgate::cluster::{Cluster as Shared, SharedBudgets};
 use tollgate::store::{AccountId, KeyId, NewGrant, UsageRecord};
 
 use crate::support::*;
-
-/// (granted, charged, reserved) of the account's shared budget.
-async fn budget(redis: &PrivateRedis, account: i64) -> [i64; 3] {
-    let mut conn = redis.conn().await;
-    let epoch: String = redis::cmd("GET")
-        .arg(EPOCH_KEY)
-        .query_async(&mut conn)
-        .await
-        .expect("epoch");
-    let mut out = [0; 3];
-    for (i, field) in ["granted", "charged", "reserved"].into_iter().enumerate() {
-        out[i] = redis::cmd("HGET")
-            .arg(budget_key(&epoch, "a", account))
-            .arg(field)
-            .query_async::<Option<i64>>(&mut conn)
-            .await
-            .expect("hget")
-            .unwrap_or(0);
-    }
-    out
-}
 
 fn record(id: &str, account: i64, key: i64, cost: i64) -> UsageRecord {
     UsageRecord {
@@ -85,7 +64,7 @@ async fn a_withheld_answer_is_settled_once_its_record_reaches_the_ledger() {
     ));
     let n = Credits::from_nanos;
     let reservation = budgets.reserve(&key, n(1_000), "req_w").await.expect("w");
-    assert_eq!(budget(&redis, a).await, [10_000, 0, 1_000]);
+    assert_eq!(redis.account_budget(a).await, [10_000, 0, 1_000]);
 
     // The answer was withheld: its record is still on its way to the ledger.
     let waiting = {
@@ -94,7 +73,7 @@ async fn a_withheld_answer_is_settled_once_its_record_reaches_the_ledger() {
     };
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
-        budget(&redis, a).await,
+        redis.account_budget(a).await,
         [10_000, 0, 1_000],
         "the worst case stays held while the ledger lacks the record"
     );
@@ -109,6 +88,6 @@ async fn a_withheld_answer_is_settled_once_its_record_reaches_the_ledger() {
         .expect("settled in time")
         .expect("task");
     println!("settled {:?} after the commit", committed.elapsed());
-    assert_eq!(budget(&redis, a).await, [10_000, 700, 0]);
+    assert_eq!(redis.account_budget(a).await, [10_000, 700, 0]);
     assert_eq!(budgets.in_flight(), (0, 0), "nothing is held any more");
 }
