@@ -1,15 +1,17 @@
 //! The shared budgets' own promises: a settle run twice counts once (also when its
 //! lease ran out before it came), a renewal counts lost only leases that ran out, the
 //! periodic check against the ledger repairs drift while never "repairing" a budget that
-//! is merely busy, and the first uses of many keys at once are loaded together.
+//! is merely busy (also when an account's keys are checked in chunks), and the first uses
+//! of many keys at once are loaded together.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use serde_json::json;
 use tollgate::billing::Credits;
-use tollgate::cluster::{budget_key, Cluster as Shared, SettleOutcome, SharedBudgets};
+use tollgate::cluster::{budget_key, Cluster as Shared, SettleOutcome, SharedBudgets, CHUNK_KEYS};
 
 use crate::support::*;
 
@@ -255,18 +257,175 @@ async fn the_periodic_check_repairs_drift_and_leaves_busy_budgets_alone() {
     let (key_id, key) = cluster.create_key(0, json!({"name": "busy"})).await;
     // Several seconds of concurrent requests on every replica: checks run every second
     // while settles race them.
+    let served = keep_busy(&cluster, &[key], Duration::from_secs(8)).await;
+    eprintln!("{served} requests during the checks");
+    assert!(served > 50);
+    wait_equal(&cluster, &[key_id]).await;
+    assert!(
+        !cluster.logs().contains("SHARED BUDGET DRIFT"),
+        "a check 'repaired' a budget that was only busy:\n{}",
+        cluster.logs()
+    );
+
+    let broken = damage(&cluster, key_id).await;
+    wait_equal(&cluster, &[key_id]).await;
+    eprintln!(
+        "repaired {} ms after the damage",
+        broken.elapsed().as_millis()
+    );
+    expect_repair_logged(&cluster).await;
+}
+
+/// An account with more keys than one script of a check sets is checked in chunks of
+/// keys, each script its own (so Redis is never held for long), and each chunk is exact
+/// while requests settle on keys of every chunk: no busy key is "repaired", and drift in
+/// the last chunk is.
+#[tokio::test]
+async fn the_check_of_many_keys_runs_in_chunks_each_exact_under_load() {
+    let cluster = start_cluster_with(Setup {
+        upstream_latency_ms: 50,
+        check_ms: 1000,
+        ..Setup::default()
+    })
+    .await;
+    let n = CHUNK_KEYS * 5 / 2;
+    let mut keys = Vec::new();
+    for i in 0..n {
+        keys.push(
+            cluster
+                .create_key(i % 3, json!({"name": format!("k{i}")}))
+                .await,
+        );
+    }
+    // Every key's first use loads it, so the checks cover them all.
+    let first_uses = keys.iter().enumerate().map(|(i, (_, key))| {
+        let url = format!("{}/v1/chat/completions", cluster.replicas[i % 3].base);
+        let (client, key) = (cluster.client.clone(), key.clone());
+        async move {
+            let r = client
+                .post(&url)
+                .bearer_auth(&key)
+                .json(&chat("first [[fake:words=3]]"))
+                .send()
+                .await
+                .expect("request");
+            assert_eq!(r.status(), 200);
+        }
+    });
+    futures_util::stream::iter(first_uses)
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+
+    let mut conn = cluster.redis.conn().await;
+    for (name, value) in [
+        ("slowlog-log-slower-than", "0"),
+        ("slowlog-max-len", "1000000"),
+    ] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async(&mut conn)
+            .await
+            .expect("config");
+    }
+    let _: () = redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async(&mut conn)
+        .await
+        .expect("slowlog");
+    // Busy keys in the first, second and last chunk of the checks.
+    let busy = [0, CHUNK_KEYS + 7, n - 1];
+    let busy_keys: Vec<String> = busy.iter().map(|&i| keys[i].1.clone()).collect();
+    let busy_ids: Vec<i64> = busy.iter().map(|&i| keys[i].0).collect();
+    let served = keep_busy(&cluster, &busy_keys, Duration::from_secs(6)).await;
+    eprintln!("{served} requests during the checks of {n} keys");
+    assert!(served > 50);
+    wait_equal(&cluster, &busy_ids).await;
+    assert!(
+        !cluster.logs().contains("SHARED BUDGET DRIFT"),
+        "a check 'repaired' a budget that was only busy:\n{}",
+        cluster.logs()
+    );
+
+    // The scripts Redis ran meanwhile (the log keeps at most 32 arguments of each and
+    // says how many more there were): a check's scripts carry four arguments per key.
+    let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("slowlog");
+    let sizes: Vec<usize> = entries.iter().filter_map(script_arguments).collect();
+    let chunked = sizes.iter().filter(|&&a| a > 4 * CHUNK_KEYS / 4).count();
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    eprintln!(
+        "{} scripts, {chunked} of them carrying over {} keys, the largest {largest} arguments",
+        sizes.len(),
+        CHUNK_KEYS / 4
+    );
+    assert!(
+        chunked >= 3,
+        "the checks of {n} keys ran ({chunked} large scripts)"
+    );
+    assert!(
+        largest <= 4 * CHUNK_KEYS + 400,
+        "one script carried {largest} arguments: more keys than a chunk"
+    );
+
+    let last = keys[n - 1].0;
+    let broken = damage(&cluster, last).await;
+    wait_equal(&cluster, &busy_ids).await;
+    eprintln!(
+        "repaired {} ms after the damage",
+        broken.elapsed().as_millis()
+    );
+    expect_repair_logged(&cluster).await;
+}
+
+/// The number of arguments of a `SLOWLOG GET` entry that ran a script, if it did.
+fn script_arguments(entry: &redis::Value) -> Option<usize> {
+    let redis::Value::Array(fields) = entry else {
+        return None;
+    };
+    let Some(redis::Value::Array(args)) = fields.get(3) else {
+        return None;
+    };
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        _ => String::new(),
+    };
+    if !text(args.first()?).eq_ignore_ascii_case("evalsha") {
+        return None;
+    }
+    // "... (N more arguments)" in place of the 32nd.
+    let more = text(args.last()?)
+        .strip_prefix("... (")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse::<usize>().ok());
+    Some(match more {
+        Some(more) => args.len() - 1 + more,
+        None => args.len(),
+    })
+}
+
+/// Sends requests from four clients per replica with `keys` in turn for `how_long`; all
+/// must be served. Answers how many were.
+async fn keep_busy(cluster: &Cluster, keys: &[String], how_long: Duration) -> usize {
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     for replica in &cluster.replicas {
-        for _ in 0..4 {
-            let (client, key, stop) = (cluster.client.clone(), key.clone(), stop.clone());
+        for w in 0..4 {
+            let (client, keys, stop) = (cluster.client.clone(), keys.to_vec(), stop.clone());
             let url = format!("{}/v1/chat/completions", replica.base);
             workers.push(tokio::spawn(async move {
                 let mut served = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let r = client
                         .post(&url)
-                        .bearer_auth(&key)
+                        .bearer_auth(&keys[(w + served) % keys.len()])
                         .json(&chat("busy [[fake:words=20]]"))
                         .send()
                         .await
@@ -279,28 +438,24 @@ async fn the_periodic_check_repairs_drift_and_leaves_busy_budgets_alone() {
             }));
         }
     }
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    tokio::time::sleep(how_long).await;
     stop.store(true, Ordering::Relaxed);
     let mut served = 0;
     for worker in workers {
         served += worker.await.expect("worker");
     }
-    eprintln!("{served} requests during the checks");
-    assert!(served > 50);
-    wait_equal(&cluster, key_id).await;
-    assert!(
-        !cluster.logs().contains("SHARED BUDGET DRIFT"),
-        "a check 'repaired' a budget that was only busy:\n{}",
-        cluster.logs()
-    );
+    served
+}
 
-    // Now Redis is wrong: charged too high, usage too low, a phantom reservation.
+/// Makes Redis wrong: the account charged too high, `key`'s usage too low, a phantom
+/// reservation. Answers when.
+async fn damage(cluster: &Cluster, key: i64) -> Instant {
     let epoch = cluster.epoch().await;
     let mut conn = cluster.redis.conn().await;
     for (hash, field, by) in [
         (budget_key(&epoch, "a", 1), "charged", 123_456),
         (budget_key(&epoch, "a", 1), "reserved", 999),
-        (budget_key(&epoch, "k", key_id), "usage", -654),
+        (budget_key(&epoch, "k", key), "usage", -654),
     ] {
         let _: i64 = redis::cmd("HINCRBY")
             .arg(hash)
@@ -310,20 +465,25 @@ async fn the_periodic_check_repairs_drift_and_leaves_busy_budgets_alone() {
             .await
             .expect("hincrby");
     }
-    let broken = Instant::now();
-    wait_equal(&cluster, key_id).await;
-    eprintln!(
-        "repaired {} ms after the damage",
-        broken.elapsed().as_millis()
-    );
-    // The replica logs the repair after the script that made it returns, so the log
-    // line can follow the repaired budget by a moment.
+    Instant::now()
+}
+
+/// The repair of [`damage`] is logged with its amounts. The replica logs after the script
+/// that repaired returns, so the lines can follow the repaired budget by a moment.
+async fn expect_repair_logged(cluster: &Cluster) {
     let expected = [
         "SHARED BUDGET DRIFT",
         "drift_nanos=-123456",
         "drift_nanos=654",
     ];
-    let logs = wait_logged(&cluster, &expected).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let logs = loop {
+        let logs = cluster.logs();
+        if expected.iter().all(|n| logs.contains(n)) || Instant::now() > deadline {
+            break logs;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     for line in expected {
         assert!(
             logs.contains(line),
@@ -332,37 +492,28 @@ async fn the_periodic_check_repairs_drift_and_leaves_busy_budgets_alone() {
     }
 }
 
-/// Waits up to five seconds until the replicas' logs hold every one of `needles`, and
-/// returns the logs either way.
-async fn wait_logged(cluster: &Cluster, needles: &[&str]) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let logs = cluster.logs();
-        if needles.iter().all(|n| logs.contains(n)) || Instant::now() > deadline {
-            return logs;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits until Redis holds exactly the ledger's totals and nothing in flight.
-async fn wait_equal(cluster: &Cluster, key: i64) {
+/// Waits until Redis holds exactly the ledger's totals for the account and `keys`, and
+/// nothing in flight.
+async fn wait_equal(cluster: &Cluster, keys: &[i64]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, charged, _) = cluster.ledger().await;
-        let (_, usage) = cluster.ledger_key(key).await;
         let account = cluster.shared_account(1).await;
-        let shared_key = cluster.shared_key(key).await;
-        if account.spent == charged
-            && account.reserved == 0
-            && shared_key.spent == usage
-            && shared_key.reserved == 0
-        {
+        let mut equal = account.spent == charged && account.reserved == 0;
+        let mut seen = vec![format!("account: redis {account:?}, ledger {charged}")];
+        for &key in keys {
+            let (_, usage) = cluster.ledger_key(key).await;
+            let shared_key = cluster.shared_key(key).await;
+            equal &= shared_key.spent == usage && shared_key.reserved == 0;
+            seen.push(format!("key {key}: redis {shared_key:?}, ledger {usage}"));
+        }
+        if equal {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "redis {account:?} / {shared_key:?} never equal to the ledger {charged} / {usage}"
+            "redis never equal to the ledger: {}",
+            seen.join("; ")
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

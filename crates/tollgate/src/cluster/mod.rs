@@ -27,6 +27,7 @@ use redis::aio::ConnectionManager;
 pub use budgets::{SettleOutcome, SharedBudgets, GRACE, TICK};
 pub use names::{budget_key, grace_key, EPOCH_KEY};
 pub use ratelimit::SharedRateLimiter;
+pub use sync::CHUNK_KEYS;
 
 use crate::auth::Authenticator;
 use crate::store::KeyId;

@@ -213,28 +213,38 @@ return r
 );
 
 /// KEYS: counter, account, data, markers, sync log, sync flag. ARGV: epoch, seen, sync
-/// id, key-hash prefix, granted, ledger charged, n, then n (key, ledger usage, limit, load 0/1)
-/// quads, then (request id, cost) pairs of the ids the ledger snapshot holds.
+/// id, key-hash prefix, granted, ledger charged, first (1: set the account too), last (1:
+/// end the sync), n, then n (key, ledger usage, limit, load 0/1) quads, then (request id,
+/// cost) pairs of the ids the ledger snapshot holds.
 /// Sets charged and usage to what they must be and reserved to the live reservations;
-/// answers `ok`, seq, whether the account was loaded, its drift, its reserved drift,
-/// then (key, loaded, drift, reserved drift) per key.
+/// answers `ok`, seq, whether the account was loaded, its drift, its reserved drift (`0`,
+/// 0, 0 when not `first`), then (key, loaded, drift, reserved drift) per key.
+///
+/// A sync of many keys runs this once per chunk of them (`sync::CHUNK_KEYS`), so Redis is
+/// never held for long. Each chunk computes its keys from the settle log and the data as
+/// they are when it runs: the sync flag stays up, so every settle since the sync began is
+/// in the log and in the counters alike, and the snapshot's answers cover every id that
+/// was in flight when it was read (any later one reached the ledger after the snapshot).
 pub const SYNC_APPLY: &str = concat!(
     prologue!(),
     r#"
 if redis.call('GET', KEYS[6]) ~= ARGV[3] then return {'lost', seq} end
+local first, last = ARGV[7] == '1', ARGV[8] == '1'
 local keys, order = {}, {}
-local n = tonumber(ARGV[7])
+local n = tonumber(ARGV[9])
 for i = 0, n - 1 do
-  local b = 8 + i * 4
+  local b = 10 + i * 4
   keys[ARGV[b]] = {usage = tonumber(ARGV[b + 1]), limit = ARGV[b + 2], load = ARGV[b + 3] == '1', live = 0}
   order[#order + 1] = ARGV[b]
 end
 local committed = {}
-for i = 8 + n * 4, #ARGV, 2 do committed[ARGV[i]] = tonumber(ARGV[i + 1]) end
+for i = 10 + n * 4, #ARGV, 2 do committed[ARGV[i]] = tonumber(ARGV[i + 1]) end
 -- Markers past their time go (here, not on the hot path: there are few of them).
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', clock(), 'LIMIT', 0, 1000)) do
-  redis.call('HDEL', KEYS[3], id)
-  redis.call('ZREM', KEYS[4], id)
+if first then
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', clock(), 'LIMIT', 0, 1000)) do
+    redis.call('HDEL', KEYS[3], id)
+    redis.call('ZREM', KEYS[4], id)
+  end
 end
 local expected = tonumber(ARGV[6])
 -- Settled since the check began but committed after the snapshot: the snapshot lacks them.
@@ -262,6 +272,8 @@ for i = 1, #data, 2 do
       expected = expected - c
       if keys[kid] then keys[kid].usage = keys[kid].usage - c end
     end
+  elseif not first then
+    -- The markers are the first chunk's.
   elseif c and st == 'x' then
     -- Its lease ran out after its charge reached the ledger: the ledger counts it,
     -- so a late settle must find nothing.
@@ -271,13 +283,16 @@ for i = 1, #data, 2 do
     redis.call('HSET', KEYS[3], id, 't ' .. kid .. ' 0')
   end
 end
-local a = redis.call('HMGET', KEYS[2], 'charged', 'reserved', 'granted')
-local drift = expected - tonumber(a[1] or 0)
-local rdrift = live - tonumber(a[2] or 0)
-redis.call('HINCRBY', KEYS[2], 'charged', int(drift))
-redis.call('HSET', KEYS[2], 'reserved', int(live), 'granted', ARGV[5], 'synced_at', int(clock()))
-redis.call('DEL', KEYS[5], KEYS[6])
-local out = {'ok', seq, a[3] and '1' or '0', int(drift), int(rdrift)}
+local out = {'ok', seq, '0', '0', '0'}
+if first then
+  local a = redis.call('HMGET', KEYS[2], 'charged', 'reserved', 'granted')
+  local drift = expected - tonumber(a[1] or 0)
+  local rdrift = live - tonumber(a[2] or 0)
+  redis.call('HINCRBY', KEYS[2], 'charged', int(drift))
+  redis.call('HSET', KEYS[2], 'reserved', int(live), 'granted', ARGV[5], 'synced_at', int(clock()))
+  out = {'ok', seq, a[3] and '1' or '0', int(drift), int(rdrift)}
+end
+if last then redis.call('DEL', KEYS[5], KEYS[6]) end
 for _, kid in ipairs(order) do
   local k = keys[kid]
   local h = ARGV[4] .. kid

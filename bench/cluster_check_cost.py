@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""How long the periodic check of one account's shared budget holds Redis, by the
+account's number of keys: Redis runs nothing else while a script runs, so every
+replica's requests wait for the longest one. Starts one replica (checks every second)
+with a redis-server of its own on a fresh database, makes N keys and one request with
+each (which loads its budget), then for a few seconds of checks reads every script's
+time from Redis' SLOWLOG and pings Redis from a client throughout (what a request's
+Redis call waits, at most). With several --bin, the binaries take turns per size, so
+their figures are from the same minutes. docs/cluster.md ("Bounds") holds its figures.
+
+    python3 bench/cluster_check_cost.py --bin target/release [--bin /tmp/base]
+                                        [--keys 1000,10000] [--pg postgres://...]
+"""
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+CHAT = json.dumps({
+    "model": "gpt-4o-mini",
+    "messages": [{"role": "user", "content": "Say hello"}],
+    "max_tokens": 16,
+}).encode()
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def call(url, key, body=None, method="POST"):
+    req = urllib.request.Request(url, data=body, method=method, headers={
+        "authorization": f"Bearer {key}", "content-type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        return r.status, r.read()
+
+
+def redis(port, *args):
+    return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def slowlog_scripts(port):
+    """(microseconds, arguments) of every EVALSHA in the slow log, oldest first."""
+    out = subprocess.run(["redis-cli", "-p", str(port), "--json", "SLOWLOG", "GET", "-1"],
+                         capture_output=True, text=True, check=True).stdout
+    scripts = []
+    for entry in json.loads(out):
+        args = entry[3]
+        if args and args[0].lower() == "evalsha":
+            n = len(args)
+            if args[-1].startswith("... ("):
+                n = len(args) - 1 + int(args[-1][5:].split(" ")[0])
+            scripts.append((int(entry[2]), n))
+    return list(reversed(scripts))
+
+
+class Pinger:
+    """Pings Redis one after another from its own connection; keeps the slowest."""
+
+    def __init__(self, port):
+        self.port, self.stop, self.times = port, False, []
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        s = socket.create_connection(("127.0.0.1", self.port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while not self.stop:
+            t0 = time.perf_counter()
+            s.sendall(b"PING\r\n")
+            buf = b""
+            while not buf.endswith(b"\r\n"):
+                buf += s.recv(64)
+            self.times.append(time.perf_counter() - t0)
+            time.sleep(0.0005)
+
+    def finish(self):
+        self.stop = True
+        self.thread.join()
+        return sorted(self.times)
+
+
+def measure(bin_dir, keys, pg):
+    work = tempfile.mkdtemp(prefix="tg-check-cost.")
+    procs = []
+    db = f"tg_check_{os.getpid()}_{keys}"
+    root = pg.rsplit("/", 1)[0]
+    try:
+        rport = free_port()
+        procs.append(subprocess.Popen(
+            ["redis-server", "--port", str(rport), "--save", "", "--appendonly", "no",
+             "--dir", work], stdout=subprocess.DEVNULL))
+        subprocess.run(["psql", pg, "-qc", f"CREATE DATABASE {db}"], check=True)
+        up = subprocess.Popen([os.path.join(bin_dir, "fake-upstream"), "--listen",
+                               "127.0.0.1:0", "--fast"], stdout=subprocess.PIPE, text=True)
+        procs.append(up)
+        up_addr = up.stdout.readline().strip()
+        cfg = os.path.join(work, "tollgate.toml")
+        with open(cfg, "w") as f:
+            f.write(f'''database_url = "{root}/{db}"
+redis_url = "redis://127.0.0.1:{rport}/0"
+data_dir = "{work}"
+
+[cluster]
+budget_check_interval_ms = 1000
+
+[[providers]]
+name = "fake"
+kind = "openai"
+base_url = "http://{up_addr}/v1"
+api_key_env = "BENCH_UPSTREAM_KEY"
+
+[[models]]
+id = "gpt-4o-mini"
+provider = "fake"
+endpoints = ["chat.completions"]
+max_output_tokens = 16384
+pricing = {{ input = "0.15", output = "0.60" }}
+''')
+        env = dict(os.environ, BENCH_UPSTREAM_KEY="sk-bench", RUST_LOG="warn")
+        port = free_port()
+        log = open(os.path.join(work, "tollgate.log"), "w")
+        procs.append(subprocess.Popen(
+            [os.path.join(bin_dir, "tollgate"), "serve", "--config", cfg, "--listen",
+             f"127.0.0.1:{port}"], env=env, cwd=work, stderr=log))
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if urllib.request.urlopen(base + "/readyz").status == 200:
+                    break
+            except Exception:
+                time.sleep(0.1)
+        subprocess.run([os.path.join(bin_dir, "tollgate"), "--config", cfg, "credits",
+                        "grant", "default", "1000000"], env=env, check=True,
+                       capture_output=True)
+        prov = open(os.path.join(work, "provisioning-key.txt")).read().strip()
+
+        def make(i):
+            _, body = call(base + "/v1/account/keys", prov,
+                           json.dumps({"name": f"k{i}", "credit_limit": 1000}).encode())
+            return json.loads(body)["key"]
+
+        with ThreadPoolExecutor(16) as ex:
+            made = list(ex.map(make, range(keys)))
+        with ThreadPoolExecutor(32) as ex:
+            statuses = list(ex.map(
+                lambda k: call(base + "/v1/chat/completions", k, CHAT)[0], made))
+        assert all(s == 200 for s in statuses), "every key served"
+        time.sleep(1.5)  # a check of all of them has run
+        redis(rport, "CONFIG", "SET", "slowlog-log-slower-than", "0")
+        redis(rport, "CONFIG", "SET", "slowlog-max-len", "1000000")
+        redis(rport, "SLOWLOG", "RESET")
+        pinger = Pinger(rport)
+        time.sleep(4)
+        pings = pinger.finish()
+        scripts = slowlog_scripts(rport)
+        # A check's last scripts carry four arguments per key; the few others are small.
+        check = [us for us, n in scripts if n > 40]
+        return {
+            "scripts": len(check),
+            "longest_us": max(check, default=0),
+            "total_us": sum(check),
+            "ping_p50_us": pings[len(pings) // 2] * 1e6,
+            "ping_max_us": pings[-1] * 1e6,
+            "pings": len(pings),
+        }
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        subprocess.run(["psql", pg, "-qc", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"],
+                       capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", action="append", required=True)
+    ap.add_argument("--keys", default="1000,10000")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--pg", default="postgres://postgres@127.0.0.1:5432/test")
+    args = ap.parse_args()
+    print("| binary | keys | check scripts in 4 s | longest script (ms) | their total (ms) "
+          "| Redis PING p50 / max (ms) |")
+    print("|---|---|---|---|---|---|")
+    for keys in [int(k) for k in args.keys.split(",")]:
+        for r in range(args.rounds):
+            order = args.bin if r % 2 == 0 else list(reversed(args.bin))
+            for b in order:
+                m = measure(os.path.abspath(b), keys, args.pg)
+                print(f"| {b} | {keys:,} | {m['scripts']} | {m['longest_us'] / 1000:.2f} | "
+                      f"{m['total_us'] / 1000:.1f} | {m['ping_p50_us'] / 1000:.2f} / "
+                      f"{m['ping_max_us'] / 1000:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
