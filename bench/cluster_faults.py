@@ -29,17 +29,11 @@ import tempfile
 import threading
 import time
 
+from cluster_parts import ENV, free_port, start_redis, start_replica, start_upstream, write_config
+
 CHAT = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}],
                    "max_tokens": 64})
 LEASE_MS = 3000
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 class Proxy:
@@ -210,57 +204,20 @@ def main():
     procs = []
     try:
         psql(args.pg, f"CREATE DATABASE {db}")
-        rport = free_port()
-        procs.append(subprocess.Popen(["redis-server", "--port", str(rport), "--save", "",
-                                       "--appendonly", "no", "--dir", work],
-                                      stdout=subprocess.DEVNULL))
-        up = subprocess.Popen([os.path.join(bin_dir, "fake-upstream"), "--listen", "127.0.0.1:0",
-                               "--fast", "--latency-ms", "20"], stdout=subprocess.PIPE, text=True)
+        redis_proc, rport = start_redis(work)
+        procs.append(redis_proc)
+        up, up_addr = start_upstream(bin_dir, "--latency-ms", "20")
         procs.append(up)
-        up_addr = up.stdout.readline().strip()
         redis_proxy, pg_proxy = Proxy(rport), Proxy(pg_port)
-        env = dict(os.environ, BENCH_UPSTREAM_KEY="sk-bench", RUST_LOG="warn")
 
         def config(i, pg, redis):
-            path = os.path.join(work, f"replica-{i}.toml")
-            with open(path, "w") as f:
-                f.write(f'''database_url = "{root.replace(str(pg_port), str(pg))}/{db}"
-redis_url = "redis://127.0.0.1:{redis}/0"
-data_dir = "{work}/data-{i}"
-
-[cluster]
-reservation_lease_ms = {LEASE_MS}
-
-[[providers]]
-name = "fake"
-kind = "openai"
-base_url = "http://{up_addr}/v1"
-api_key_env = "BENCH_UPSTREAM_KEY"
-
-[[models]]
-id = "gpt-4o-mini"
-provider = "fake"
-endpoints = ["chat.completions"]
-max_output_tokens = 16384
-pricing = {{ input = "0.15", output = "0.60" }}
-''')
-            return path
+            return write_config(os.path.join(work, f"replica-{i}.toml"),
+                                f"{root.replace(str(pg_port), str(pg))}/{db}", redis,
+                                f"{work}/data-{i}", up_addr,
+                                cluster=f"reservation_lease_ms = {LEASE_MS}")
 
         def start(i, cfg):
-            port = free_port()
-            p = subprocess.Popen([os.path.join(bin_dir, "tollgate"), "serve", "--config", cfg,
-                                  "--listen", f"127.0.0.1:{port}"], env=env, cwd=work,
-                                 stderr=open(os.path.join(work, f"replica-{i}.log"), "w"))
-            for _ in range(600):
-                try:
-                    c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-                    c.request("GET", "/readyz")
-                    if c.getresponse().status == 200:
-                        return p, port
-                except OSError:
-                    pass
-                time.sleep(0.05)
-            raise SystemExit(f"replica {i} did not start")
+            return start_replica(bin_dir, cfg, work, os.path.join(work, f"replica-{i}.log"))
 
         cfgs = [config(0, pg_proxy.port, redis_proxy.port), config(1, pg_port, rport),
                 config(2, pg_port, rport)]
@@ -270,7 +227,7 @@ pricing = {{ input = "0.15", output = "0.60" }}
         procs.extend(p for p, _ in others)
         ports = [p0] + [port for _, port in others]
         subprocess.run([os.path.join(bin_dir, "tollgate"), "--config", cfgs[1], "credits", "grant",
-                        "default", "1000"], env=env, check=True, capture_output=True)
+                        "default", "1000"], env=ENV, check=True, capture_output=True)
         prov = open(os.path.join(work, "data-0", "provisioning-key.txt")).read().strip()
         # Limits of 0.0005, 0.001, ... credits (about 45 answers of the fake upstream per
         # 0.0005): keys run out one after another, each raced for on every replica.
@@ -323,7 +280,6 @@ pricing = {{ input = "0.15", output = "0.60" }}
         c = http.client.HTTPConnection("127.0.0.1", ports[1])
         c.request("DELETE", f"/v1/account/keys/{victim_id}", headers={"authorization": f"Bearer {prov}"})
         assert c.getresponse().status == 204
-        deleted_at = time.time()
         time.sleep(args.phase)
         during = call(ports[0], victim)
         redis_proxy.restore()

@@ -23,19 +23,13 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+from cluster_parts import ENV, free_port, start_redis, start_replica, start_upstream, write_config
+
 CHAT = json.dumps({
     "model": "gpt-4o-mini",
     "messages": [{"role": "user", "content": "Say hello"}],
     "max_tokens": 64,
 }).encode()
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class PgCounter:
@@ -182,52 +176,20 @@ def main():
     server_url = args.pg
     root = server_url.rsplit("/", 1)[0]
     try:
-        rport = free_port()
-        procs.append(subprocess.Popen(
-            ["redis-server", "--port", str(rport), "--save", "", "--appendonly", "no",
-             "--dir", work], stdout=subprocess.DEVNULL))
+        redis_proc, rport = start_redis(work)
+        procs.append(redis_proc)
         pg_port = int(re.search(r":(\d+)/", server_url).group(1))
         proxy = PgCounter(pg_port)
         psql(server_url, f"CREATE DATABASE {db}")
         db_url = f"{root.replace(str(pg_port), str(proxy.port))}/{db}"
-        up = subprocess.Popen([os.path.join(bin_dir, "fake-upstream"), "--listen",
-                               "127.0.0.1:0", "--fast"], stdout=subprocess.PIPE, text=True)
+        up, up_addr = start_upstream(bin_dir)
         procs.append(up)
-        up_addr = up.stdout.readline().strip()
-        cfg = os.path.join(work, "tollgate.toml")
-        with open(cfg, "w") as f:
-            f.write(f'''database_url = "{db_url}"
-redis_url = "redis://127.0.0.1:{rport}/0"
-data_dir = "{work}"
-
-[[providers]]
-name = "fake"
-kind = "openai"
-base_url = "http://{up_addr}/v1"
-api_key_env = "BENCH_UPSTREAM_KEY"
-
-[[models]]
-id = "gpt-4o-mini"
-provider = "fake"
-endpoints = ["chat.completions"]
-max_output_tokens = 16384
-pricing = {{ input = "0.15", output = "0.60" }}
-''')
-        env = dict(os.environ, BENCH_UPSTREAM_KEY="sk-bench", RUST_LOG="warn")
-        port = free_port()
-        tg = subprocess.Popen([os.path.join(bin_dir, "tollgate"), "serve", "--config", cfg,
-                               "--listen", f"127.0.0.1:{port}"], env=env, cwd=work,
-                              stderr=open(os.path.join(work, "tollgate.log"), "w"))
+        cfg = write_config(os.path.join(work, "tollgate.toml"), db_url, rport, work, up_addr)
+        tg, port = start_replica(bin_dir, cfg, work, os.path.join(work, "tollgate.log"))
         procs.append(tg)
         base = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if urllib.request.urlopen(base + "/readyz").status == 200:
-                    break
-            except Exception:
-                time.sleep(0.1)
         subprocess.run([os.path.join(bin_dir, "tollgate"), "--config", cfg, "credits", "grant",
-                        "default", "1000000"], env=env, check=True, capture_output=True)
+                        "default", "1000000"], env=ENV, check=True, capture_output=True)
         prov = open(os.path.join(work, "provisioning-key.txt")).read().strip()
         req = urllib.request.Request(base + "/v1/account/keys", method="POST",
                                      data=json.dumps({"name": "hot"}).encode(),

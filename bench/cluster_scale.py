@@ -14,24 +14,16 @@ import json
 import os
 import re
 import shutil
-import socket
-import statistics
 import subprocess
 import tempfile
 import threading
 import time
 
+from cluster_parts import start_redis, start_replica, start_upstream, write_config
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHAT = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}],
                    "max_tokens": 64})
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def psql(url, *args):
@@ -97,52 +89,15 @@ def main():
                       "api_keys WHERE kind = 'inference'), (SELECT COUNT(*) FROM usage_records), "
                       "(SELECT COUNT(*) FROM usage_daily)")
         print(f"database {db}: accounts|keys|usage rows|roll-up rows = {counts}")
-        rport = free_port()
-        procs.append(subprocess.Popen(["redis-server", "--port", str(rport), "--save", "",
-                                       "--appendonly", "no", "--dir", work],
-                                      stdout=subprocess.DEVNULL))
-        up = subprocess.Popen([os.path.join(bin_dir, "fake-upstream"), "--listen", "127.0.0.1:0",
-                               "--fast"], stdout=subprocess.PIPE, text=True)
+        redis_proc, rport = start_redis(work)
+        procs.append(redis_proc)
+        up, up_addr = start_upstream(bin_dir)
         procs.append(up)
-        up_addr = up.stdout.readline().strip()
-        cfg = os.path.join(work, "tollgate.toml")
-        with open(cfg, "w") as f:
-            f.write(f'''database_url = "{db_url}"
-redis_url = "redis://127.0.0.1:{rport}/0"
-data_dir = "{work}"
-
-[[providers]]
-name = "fake"
-kind = "openai"
-base_url = "http://{up_addr}/v1"
-api_key_env = "BENCH_UPSTREAM_KEY"
-
-[[models]]
-id = "gpt-4o-mini"
-provider = "fake"
-endpoints = ["chat.completions"]
-max_output_tokens = 16384
-pricing = {{ input = "0.15", output = "0.60" }}
-''')
+        cfg = write_config(os.path.join(work, "tollgate.toml"), db_url, rport, work, up_addr)
         time.sleep(0.3)
-        port = free_port()
-        env = dict(os.environ, BENCH_UPSTREAM_KEY="sk-bench", RUST_LOG="warn")
         started = time.perf_counter()
-        tg = subprocess.Popen([os.path.join(bin_dir, "tollgate"), "serve", "--config", cfg,
-                               "--listen", f"127.0.0.1:{port}"], env=env, cwd=work,
-                              stderr=open(os.path.join(work, "tollgate.log"), "w"))
+        tg, port = start_replica(bin_dir, cfg, work, os.path.join(work, "tollgate.log"))
         procs.append(tg)
-        while True:
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-                c.request("GET", "/readyz")
-                if c.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.perf_counter() - started > 60:
-                raise SystemExit("not ready in 60 s: " + open(os.path.join(work, "tollgate.log")).read())
-            time.sleep(0.005)
         ready_ms = (time.perf_counter() - started) * 1e3
         print(f"start-up to ready: {ready_ms:.0f} ms; idle RSS {rss_mb(tg.pid):.1f} MB")
         time.sleep(4)  # past the new epoch's grace window (a fresh Redis)

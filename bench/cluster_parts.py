@@ -1,0 +1,81 @@
+"""What the cluster benchmarks (bench/cluster_*.py) start the same way: a redis-server of
+their own, the fake upstream, a replica's configuration and a replica, ready."""
+import http.client
+import os
+import socket
+import subprocess
+import time
+
+# The replicas' environment: the fake upstream's key, and warnings only.
+ENV = dict(os.environ, BENCH_UPSTREAM_KEY="sk-bench", RUST_LOG="warn")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def start_redis(work):
+    """A redis-server on a free port that keeps nothing on disk: (process, port)."""
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--save", "",
+                             "--appendonly", "no", "--dir", work], stdout=subprocess.DEVNULL)
+    return proc, port
+
+
+def start_upstream(bin_dir, *args):
+    """The fake upstream, answering at once unless `args` say otherwise: (process, address)."""
+    proc = subprocess.Popen([os.path.join(bin_dir, "fake-upstream"), "--listen", "127.0.0.1:0",
+                             "--fast", *args], stdout=subprocess.PIPE, text=True)
+    return proc, proc.stdout.readline().strip()
+
+
+def write_config(path, database_url, redis_port, data_dir, upstream, cluster=""):
+    """A replica's configuration: one model on the fake upstream; `cluster`, if given, is
+    the body of its [cluster] table."""
+    table = f"\n[cluster]\n{cluster}\n" if cluster else ""
+    with open(path, "w") as f:
+        f.write(f'''database_url = "{database_url}"
+redis_url = "redis://127.0.0.1:{redis_port}/0"
+data_dir = "{data_dir}"
+{table}
+[[providers]]
+name = "fake"
+kind = "openai"
+base_url = "http://{upstream}/v1"
+api_key_env = "BENCH_UPSTREAM_KEY"
+
+[[models]]
+id = "gpt-4o-mini"
+provider = "fake"
+endpoints = ["chat.completions"]
+max_output_tokens = 16384
+pricing = {{ input = "0.15", output = "0.60" }}
+''')
+    return path
+
+
+def start_replica(bin_dir, cfg, cwd, log_path, timeout=60):
+    """Starts `tollgate serve` on a free port and waits until /readyz answers 200:
+    (process, port). Gives up, with the replica's log, after `timeout` seconds."""
+    port = free_port()
+    proc = subprocess.Popen([os.path.join(bin_dir, "tollgate"), "serve", "--config", cfg,
+                             "--listen", f"127.0.0.1:{port}"], env=ENV, cwd=cwd,
+                            stderr=open(log_path, "w"))
+    started = time.perf_counter()
+    while True:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            c.request("GET", "/readyz")
+            if c.getresponse().status == 200:
+                return proc, port
+        except OSError:
+            pass
+        if time.perf_counter() - started > timeout or proc.poll() is not None:
+            proc.kill()
+            raise SystemExit(f"the replica was not ready in {timeout} s:\n"
+                             + open(log_path).read())
+        time.sleep(0.005)
