@@ -1,8 +1,10 @@
 //! Serving client connections (HTTP/1.1): every connection has a bounded time to send a
 //! whole request head (which also closes idle keep-alive connections) and a bounded pause
-//! between the chunks of a request body; the errors hyper answers by itself (a malformed
-//! request line or header, a URI or head too long) carry a JSON body in the API's shape
-//! instead of an empty one; shutdown stops accepting and lets open requests finish.
+//! between the chunks of a request body; a request refused before its body was read keeps
+//! its connection (the body is read and dropped after the answer); the errors hyper
+//! answers by itself (a malformed request line or header, a URI or head too long) carry a
+//! JSON body in the API's shape instead of an empty one; shutdown stops accepting and
+//! lets open requests finish.
 
 use std::future::Future;
 use std::io;
@@ -10,8 +12,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use axum::http::{Request, StatusCode};
 use axum::Router;
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -57,7 +63,15 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
+        let within = limits.body_timeout;
         let service = tower::ServiceBuilder::new()
+            .map_request(move |request: Request<Incoming>| {
+                request.map(|body| Unread {
+                    body: Some(body),
+                    within,
+                    ended: false,
+                })
+            })
             .layer(RequestBodyTimeoutLayer::new(limits.body_timeout))
             .service(app.clone());
         let connection = builder.serve_connection(
@@ -74,6 +88,78 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// How much of a request body that was not read is read (and dropped) after its answer.
+const DISCARD_LIMIT: u64 = 1 << 20;
+
+/// A request body that, dropped before its end, is read to its end and dropped by a task
+/// of its own (up to [`DISCARD_LIMIT`] bytes, for at most the body timeout). A request
+/// refused before its body is read (an unknown key, a rate limit, a database that cannot
+/// be reached) drops it unread, and hyper then closes the connection after the answer
+/// without saying so in it, so the client's next request on it failed with a broken pipe.
+/// Read after the answer, the body does not hold the answer back, and the connection
+/// carries the next request. A longer body is left unread: that connection closes.
+struct Unread {
+    body: Option<Incoming>,
+    within: Duration,
+    /// The body was read to its end (a chunked one does not say so by itself).
+    ended: bool,
+}
+
+impl HttpBody for Unread {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let Some(body) = this.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = std::task::ready!(Pin::new(body).poll_frame(cx));
+        this.ended |= !matches!(frame, Some(Ok(_)));
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.body.as_ref().is_none_or(HttpBody::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), HttpBody::size_hint)
+    }
+}
+
+impl Drop for Unread {
+    fn drop(&mut self) {
+        let Some(mut body) = self.body.take() else {
+            return;
+        };
+        if self.ended || body.is_end_stream() || body.size_hint().lower() > DISCARD_LIMIT {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let within = self.within;
+        runtime.spawn(async move {
+            let discard = async {
+                let mut read = 0;
+                while let Some(Ok(frame)) = body.frame().await {
+                    read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if read > DISCARD_LIMIT {
+                        return;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(within, discard).await;
+        });
+    }
 }
 
 /// How much of the start of a request is kept to tell which API an error belongs to.

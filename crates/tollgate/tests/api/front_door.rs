@@ -151,6 +151,98 @@ async fn the_http_layers_own_refusals_are_json() {
     assert_eq!(body["error"]["code"], "headers_too_large", "{body}");
 }
 
+/// Reads one answer (its head, then its body by `content-length`): its status, or `None`
+/// when the server closed the connection instead.
+async fn answer_on(stream: &mut TcpStream) -> Option<u16> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(at) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&seen[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while seen.len() < head_end + length {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    head.get(9..12).and_then(|s| s.parse().ok())
+}
+
+/// A request refused before its body is read (here an unknown key) leaves its connection
+/// open for the client's next request: the server reads the rest of the body and drops
+/// it. (hyper closes a connection whose request body was not read to its end, without
+/// saying so in the answer, so the client's next request on it failed: a broken pipe.)
+/// Also for a chunked body. A body past the bound is not read: the connection closes after
+/// the answer, as before.
+#[tokio::test]
+async fn a_refusal_before_the_body_is_read_keeps_the_connection_open() {
+    let app = spawn_app().await;
+    let timeout = Duration::from_secs(30);
+    let mut stream = connect(&app).await;
+    for size in [100, 300_000, 1_000_000] {
+        let body = format!(
+            "{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"{}\"}}]}}",
+            "a".repeat(size)
+        );
+        let request = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tg-inf-unknown\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let refused = tokio::time::timeout(timeout, answer_on(&mut stream)).await;
+        assert_eq!(
+            refused.expect("answered"),
+            Some(401),
+            "body of {size} bytes"
+        );
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap_or_else(|e| panic!("the connection closed after a {size}-byte body: {e}"));
+        let next = tokio::time::timeout(timeout, answer_on(&mut stream)).await;
+        assert_eq!(
+            next.expect("answered"),
+            Some(200),
+            "the next request on the connection, after a refused body of {size} bytes"
+        );
+    }
+
+    // A chunked body, whose length is not known until its last chunk.
+    let chunked = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tg-inf-unknown\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n3\r\n 1}\r\n0\r\n\r\n";
+    stream.write_all(chunked.as_bytes()).await.expect("write");
+    let refused = tokio::time::timeout(timeout, answer_on(&mut stream)).await;
+    assert_eq!(refused.expect("answered"), Some(401));
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("the connection is open after a refused chunked body");
+    let next = tokio::time::timeout(timeout, answer_on(&mut stream)).await;
+    assert_eq!(next.expect("answered"), Some(200));
+
+    let mut stream = connect(&app).await;
+    let body = "a".repeat(3 << 20);
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tg-inf-unknown\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let refused = tokio::time::timeout(timeout, answer_on(&mut stream)).await;
+    assert_eq!(refused.expect("answered"), Some(401));
+    closed_by_server(&mut stream, timeout).await;
+}
+
 #[tokio::test]
 async fn cors_is_off_by_default_and_answers_only_allowed_origins() {
     let preflight = |app: &TestApp, origin: &str| {
