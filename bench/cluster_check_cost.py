@@ -4,8 +4,9 @@ account's number of keys: Redis runs nothing else while a script runs, so every
 replica's requests wait for the longest one. Starts one replica (checks every second)
 with a redis-server of its own on a fresh database, makes N keys and one request with
 each (which loads its budget), then for a few seconds of checks reads every script's
-time from Redis' SLOWLOG and pings Redis from a client throughout (what a request's
-Redis call waits, at most). With several --bin, the binaries take turns per size, so
+time from Redis' SLOWLOG, pings Redis from a client throughout (what a request's Redis
+call waits, at most), and counts the replica's PostgreSQL round trips (through a
+counting proxy; an idle replica makes about 4 a second). With several --bin, the binaries take turns per size, so
 their figures are from the same minutes. docs/cluster.md ("Bounds") holds its figures.
 
     python3 bench/cluster_check_cost.py --bin target/release [--bin /tmp/base]
@@ -14,6 +15,7 @@ their figures are from the same minutes. docs/cluster.md ("Bounds") holds its fi
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -24,6 +26,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from cluster_parts import ENV, start_redis, start_replica, start_upstream, write_config
+from cluster_profile import PgCounter
 
 CHAT = json.dumps({
     "model": "gpt-4o-mini",
@@ -85,7 +88,7 @@ class Pinger:
         return sorted(self.times)
 
 
-def measure(bin_dir, keys, pg):
+def measure(bin_dir, keys, pg, reset):
     work = tempfile.mkdtemp(prefix="tg-check-cost.")
     procs = []
     db = f"tg_check_{os.getpid()}_{keys}"
@@ -96,7 +99,10 @@ def measure(bin_dir, keys, pg):
         subprocess.run(["psql", pg, "-qc", f"CREATE DATABASE {db}"], check=True)
         up, up_addr = start_upstream(bin_dir)
         procs.append(up)
-        cfg = write_config(os.path.join(work, "tollgate.toml"), f"{root}/{db}", rport, work,
+        pg_port = int(re.search(r":(\d+)/", pg).group(1))
+        counter = PgCounter(pg_port)
+        cfg = write_config(os.path.join(work, "tollgate.toml"),
+                           f"{root.replace(str(pg_port), str(counter.port))}/{db}", rport, work,
                            up_addr, cluster="budget_check_interval_ms = 1000")
         replica, port = start_replica(bin_dir, cfg, work, os.path.join(work, "tollgate.log"))
         procs.append(replica)
@@ -108,7 +114,8 @@ def measure(bin_dir, keys, pg):
 
         def make(i):
             _, body = call(base + "/v1/account/keys", prov,
-                           json.dumps({"name": f"k{i}", "credit_limit": 1000}).encode())
+                           json.dumps({"name": f"k{i}", "credit_limit": 1000,
+                                       "limit_reset": reset}).encode())
             return json.loads(body)["key"]
 
         with ThreadPoolExecutor(16) as ex:
@@ -122,12 +129,15 @@ def measure(bin_dir, keys, pg):
         redis(rport, "CONFIG", "SET", "slowlog-max-len", "1000000")
         redis(rport, "SLOWLOG", "RESET")
         pinger = Pinger(rport)
+        trips = counter.snapshot()[0]
         time.sleep(4)
+        trips = counter.snapshot()[0] - trips
         pings = pinger.finish()
         scripts = slowlog_scripts(rport)
         # A check's last scripts carry four arguments per key; the few others are small.
         check = [us for us, n in scripts if n > 40]
         return {
+            "pg_per_s": trips / 4,
             "scripts": len(check),
             "longest_us": max(check, default=0),
             "total_us": sum(check),
@@ -149,19 +159,21 @@ def main():
     ap.add_argument("--bin", action="append", required=True)
     ap.add_argument("--keys", default="1000,10000")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--limit-reset", choices=["daily", "weekly", "monthly"],
+                    help="the keys' limits reset (their budgets are summed from the roll-up)")
     ap.add_argument("--pg", default="postgres://postgres@127.0.0.1:5432/test")
     args = ap.parse_args()
     print("| binary | keys | check scripts in 4 s | longest script (ms) | their total (ms) "
-          "| Redis PING p50 / max (ms) |")
-    print("|---|---|---|---|---|---|")
+          "| Redis PING p50 / max (ms) | PostgreSQL round trips/s |")
+    print("|---|---|---|---|---|---|---|")
     for keys in [int(k) for k in args.keys.split(",")]:
         for r in range(args.rounds):
             order = args.bin if r % 2 == 0 else list(reversed(args.bin))
             for b in order:
-                m = measure(os.path.abspath(b), keys, args.pg)
+                m = measure(os.path.abspath(b), keys, args.pg, args.limit_reset)
                 print(f"| {b} | {keys:,} | {m['scripts']} | {m['longest_us'] / 1000:.2f} | "
                       f"{m['total_us'] / 1000:.1f} | {m['ping_p50_us'] / 1000:.2f} / "
-                      f"{m['ping_max_us'] / 1000:.2f} |", flush=True)
+                      f"{m['ping_max_us'] / 1000:.2f} | {m['pg_per_s']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

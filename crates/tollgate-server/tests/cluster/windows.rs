@@ -278,3 +278,94 @@ async fn windows_are_exact_across_replicas_and_start_again_at_their_boundaries()
     let logs = cluster.logs();
     assert!(!logs.contains("SHARED BUDGET DRIFT"), "{logs}");
 }
+
+/// A check reads the windows of all an account's keys in one query of the roll-up: each
+/// key's usage must be the days of its own window, not those of another key's longer one
+/// (a daily and a monthly key, both with usage earlier in the month).
+#[tokio::test]
+async fn a_check_counts_each_key_in_its_own_window() {
+    let cluster = start_cluster_with(Setup {
+        check_ms: 1000,
+        ..Setup::default()
+    })
+    .await;
+    set_clock(&cluster, "2028-02-27T12:00:00Z");
+    let limit = json!(1.0);
+    let mut keys = Vec::new();
+    for (name, reset) in [("d", "daily"), ("m", "monthly")] {
+        let made = cluster
+            .create_key(
+                0,
+                json!({"name": name, "credit_limit": limit, "limit_reset": reset}),
+            )
+            .await;
+        keys.push(made);
+    }
+    // Earlier days of the month, as the roll-up holds them; then one request per key,
+    // which loads its budget (each on its own) and makes the account's checks cover it.
+    let pool = cluster.db.pool().await;
+    for (id, _) in &keys {
+        for (day, cost) in [
+            ("2028-01-31", 500),
+            ("2028-02-25", 1000),
+            ("2028-02-26", 3000),
+        ] {
+            sqlx::query(
+                "INSERT INTO usage_daily (account_id, day, key_id, model, requests, cost, \
+                 input_tokens, output_tokens) VALUES (1, $1, $2, 'earlier', 1, $3, 0, 0)",
+            )
+            .bind(day)
+            .bind(id)
+            .bind(cost)
+            .execute(&pool)
+            .await
+            .expect("roll-up");
+        }
+    }
+    for (_, key) in &keys {
+        assert_eq!(status(&cluster, 0, key).await, 200);
+    }
+    // A check after the loads (each sync stamps the account's budget).
+    let synced_at = || async {
+        let name = format!("tg2:{}:a:1", cluster.epoch().await);
+        let mut conn = cluster.redis.conn().await;
+        redis::cmd("HGET")
+            .arg(name)
+            .arg("synced_at")
+            .query_async::<Option<i64>>(&mut conn)
+            .await
+            .expect("hget")
+    };
+    let loaded = synced_at().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while synced_at().await == loaded {
+        assert!(std::time::Instant::now() < deadline, "no check ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let today = spent(
+        &cluster,
+        keys[0].0,
+        "2028-02-27T00:00:00Z",
+        "2028-02-28T00:00:00Z",
+    )
+    .await;
+    assert_eq!(
+        window_budget(&cluster, keys[0].0, "d2028-02-27", "usage").await,
+        Some(today),
+        "the daily key counts its day only"
+    );
+    let month = spent(
+        &cluster,
+        keys[1].0,
+        "2028-02-01T00:00:00Z",
+        "2028-03-01T00:00:00Z",
+    )
+    .await;
+    assert_eq!(
+        window_budget(&cluster, keys[1].0, "m2028-02", "usage").await,
+        Some(month + 4000),
+        "the monthly key counts its month's days"
+    );
+    let logs = cluster.logs();
+    assert!(!logs.contains("SHARED BUDGET DRIFT"), "{logs}");
+}

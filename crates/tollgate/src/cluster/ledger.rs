@@ -38,6 +38,58 @@ fn ledger_error(e: sqlx::Error) -> ClusterError {
     ClusterError::Ledger(e.to_string())
 }
 
+/// Sets the usage of each key whose limit resets to its window's days of the roll-up (a
+/// record's day is its reservation's), in one statement for all of them: one query per
+/// key made a check of an account with 1,000 daily keys 1,000 round trips.
+async fn window_usage(
+    tx: &mut Transaction<'static, Postgres>,
+    account: AccountId,
+    keys: &mut [KeyTotals],
+) -> Result<(), ClusterError> {
+    let (mut ids, mut firsts, mut ends) = (Vec::new(), Vec::new(), Vec::new());
+    for k in keys.iter() {
+        if let Some(w) = &k.window {
+            ids.push(k.id.0);
+            firsts.push(w.first_day());
+            ends.push(w.end().to_string());
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    // One range of the roll-up's key (the account's days from the earliest window's
+    // first), summed per key and day once, then each day counted in its key's window.
+    let earliest = firsts.iter().min().cloned().unwrap_or_default();
+    let rows = sqlx::query(
+        "SELECT w.id, COALESCE(SUM(d.cost) FILTER (WHERE d.day >= w.first_day \
+         AND d.day < w.end_day), 0)::BIGINT \
+         FROM UNNEST($2::BIGINT[], $3::TEXT[], $4::TEXT[]) AS w(id, first_day, end_day) \
+         LEFT JOIN (SELECT key_id, day, SUM(cost) AS cost FROM usage_daily \
+           WHERE account_id = $1 AND day >= $5 AND key_id = ANY($2) GROUP BY key_id, day) d \
+         ON d.key_id = w.id \
+         GROUP BY w.id",
+    )
+    .bind(account.0)
+    .bind(&ids)
+    .bind(&firsts)
+    .bind(&ends)
+    .bind(earliest)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(ledger_error)?;
+    let mut sums = HashMap::with_capacity(rows.len());
+    for row in rows {
+        sums.insert(
+            row.try_get::<i64, _>(0).map_err(ledger_error)?,
+            row.try_get::<i64, _>(1).map_err(ledger_error)?,
+        );
+    }
+    for k in keys.iter_mut().filter(|k| k.window.is_some()) {
+        k.usage = sums.get(&k.id.0).copied().unwrap_or(0);
+    }
+    Ok(())
+}
+
 /// An open snapshot of the ledger.
 pub(super) struct Snapshot {
     tx: Transaction<'static, Postgres>,
@@ -96,29 +148,15 @@ impl Snapshot {
                 .as_deref()
                 .and_then(LimitReset::parse)
                 .map(|r| r.window_at(at));
-            let mut usage: i64 = row.try_get(1).map_err(ledger_error)?;
-            if let Some(w) = &window {
-                // The window's days of the roll-up (a record's day is its reservation's).
-                usage = sqlx::query_scalar(
-                    "SELECT COALESCE(SUM(cost), 0)::BIGINT FROM usage_daily \
-                     WHERE account_id = $1 AND key_id = $2 AND day >= $3 AND day < $4",
-                )
-                .bind(account.0)
-                .bind(id.0)
-                .bind(w.first_day())
-                .bind(w.end().to_string())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(ledger_error)?;
-            }
             keys.push(KeyTotals {
                 id,
                 budget: budget_name(id, window.as_ref()),
-                usage,
+                usage: row.try_get(1).map_err(ledger_error)?,
                 limit: row.try_get(2).map_err(ledger_error)?,
                 window,
             });
         }
+        window_usage(&mut tx, account, &mut keys).await?;
         Ok((
             Snapshot { tx },
             Some(Totals {
