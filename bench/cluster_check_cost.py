@@ -6,11 +6,12 @@ with a redis-server of its own on a fresh database, makes N keys and one request
 each (which loads its budget), then for a few seconds of checks reads every script's
 time from Redis' SLOWLOG, pings Redis from a client throughout (what a request's Redis
 call waits, at most), and counts the replica's PostgreSQL round trips (through a
-counting proxy; an idle replica makes about 4 a second). With several --bin, the binaries take turns per size, so
-their figures are from the same minutes. docs/cluster.md ("Bounds") holds its figures.
+counting proxy; an idle replica makes about 4 a second). With several --bin, the
+binaries take turns per size, so their figures are from the same minutes.
+docs/cluster.md ("How a budget is loaded and checked") holds its figures.
 
     python3 bench/cluster_check_cost.py --bin target/release [--bin /tmp/base]
-                                        [--keys 1000,10000] [--pg postgres://...]
+        [--keys 1000,10000] [--rounds 2] [--limit-reset daily] [--pg postgres://...]
 """
 import argparse
 import json
