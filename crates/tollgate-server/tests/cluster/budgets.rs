@@ -17,7 +17,6 @@ use crate::support::*;
 
 /// (charged, reserved) of account 1 and (usage, reserved) of key `key` in Redis.
 async fn shared(redis: &PrivateRedis, key: i64) -> [i64; 4] {
-    let mut conn = redis.conn().await;
     let epoch = redis.epoch().await;
     let mut out = [0; 4];
     for (i, (hash, field)) in [
@@ -29,13 +28,7 @@ async fn shared(redis: &PrivateRedis, key: i64) -> [i64; 4] {
     .into_iter()
     .enumerate()
     {
-        out[i] = redis::cmd("HGET")
-            .arg(hash)
-            .arg(field)
-            .query_async::<Option<i64>>(&mut conn)
-            .await
-            .expect("hget")
-            .unwrap_or(0);
+        out[i] = redis.field(&hash, field).await.unwrap_or(0);
     }
     out
 }
@@ -299,18 +292,8 @@ async fn the_check_of_many_keys_runs_in_chunks_each_exact_under_load() {
     }
     // Every key's first use loads it, so the checks cover them all.
     let first_uses = keys.iter().enumerate().map(|(i, (_, key))| {
-        let url = format!("{}/v1/chat/completions", cluster.replicas[i % 3].base);
-        let (client, key) = (cluster.client.clone(), key.clone());
-        async move {
-            let r = client
-                .post(&url)
-                .bearer_auth(&key)
-                .json(&chat("first [[fake:words=3]]"))
-                .send()
-                .await
-                .expect("request");
-            assert_eq!(r.status(), 200);
-        }
+        let cluster = &cluster;
+        async move { assert_eq!(status(cluster, i % 3, key).await, 200) }
     });
     futures_util::stream::iter(first_uses)
         .buffer_unordered(32)

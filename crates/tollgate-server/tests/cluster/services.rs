@@ -185,19 +185,22 @@ impl PrivateRedis {
             .expect("epoch")
     }
 
+    /// A number field of a hash, if set.
+    pub async fn field(&self, hash: &str, field: &str) -> Option<i64> {
+        redis::cmd("HGET")
+            .arg(hash)
+            .arg(field)
+            .query_async(&mut self.conn().await)
+            .await
+            .expect("hget")
+    }
+
     /// (granted, charged, reserved) of the account's shared budget.
     pub async fn account_budget(&self, account: i64) -> [i64; 3] {
-        let epoch = self.epoch().await;
-        let mut conn = self.conn().await;
+        let hash = tollgate::cluster::budget_key(&self.epoch().await, "a", account);
         let mut out = [0; 3];
         for (i, field) in ["granted", "charged", "reserved"].into_iter().enumerate() {
-            out[i] = redis::cmd("HGET")
-                .arg(tollgate::cluster::budget_key(&epoch, "a", account))
-                .arg(field)
-                .query_async::<Option<i64>>(&mut conn)
-                .await
-                .expect("hget")
-                .unwrap_or(0);
+            out[i] = self.field(&hash, field).await.unwrap_or(0);
         }
         out
     }

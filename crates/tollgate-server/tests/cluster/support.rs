@@ -326,25 +326,13 @@ impl Cluster {
 
     /// The epoch of the shared budgets' data in Redis.
     pub async fn epoch(&self) -> String {
-        let mut conn = self.redis.conn().await;
-        redis::cmd("GET")
-            .arg(tollgate::cluster::EPOCH_KEY)
-            .query_async::<Option<String>>(&mut conn)
-            .await
-            .expect("hget")
-            .expect("an epoch")
+        self.redis.epoch().await
     }
 
     /// A field of a budget hash (`a` account, `k` key) in the current epoch.
     pub async fn shared_field(&self, kind: &str, id: i64, field: &str) -> Option<i64> {
         let key = tollgate::cluster::budget_key(&self.epoch().await, kind, id);
-        let mut conn = self.redis.conn().await;
-        redis::cmd("HGET")
-            .arg(key)
-            .arg(field)
-            .query_async::<Option<i64>>(&mut conn)
-            .await
-            .expect("hget")
+        self.redis.field(&key, field).await
     }
 
     /// The account's budget in Redis.
@@ -397,6 +385,23 @@ pub fn new_key(
         allowed_models: None,
         clamp_max_tokens: false,
     }
+}
+
+/// One request's status on replica `replica`.
+pub async fn status(cluster: &Cluster, replica: usize, key: &str) -> u16 {
+    cluster
+        .client
+        .post(format!(
+            "{}/v1/chat/completions",
+            cluster.replicas[replica].base
+        ))
+        .bearer_auth(key)
+        .json(&chat("hi"))
+        .send()
+        .await
+        .expect("request")
+        .status()
+        .as_u16()
 }
 
 pub fn chat(text: &str) -> Value {

@@ -54,23 +54,6 @@ async fn exhaust(cluster: &Cluster, key: &str) {
     }
 }
 
-/// One request's status on replica `replica`.
-async fn status(cluster: &Cluster, replica: usize, key: &str) -> u16 {
-    cluster
-        .client
-        .post(format!(
-            "{}/v1/chat/completions",
-            cluster.replicas[replica].base
-        ))
-        .bearer_auth(key)
-        .json(&chat("hi"))
-        .send()
-        .await
-        .expect("request")
-        .status()
-        .as_u16()
-}
-
 /// The ledger's charges of `key` for requests reserved in [from, to).
 async fn spent(cluster: &Cluster, key: i64, from: &str, to: &str) -> i64 {
     let pool = cluster.db.pool().await;
@@ -90,13 +73,7 @@ async fn spent(cluster: &Cluster, key: i64, from: &str, to: &str) -> i64 {
 /// A field of a key's window budget in Redis.
 async fn window_budget(cluster: &Cluster, key: i64, tag: &str, field: &str) -> Option<i64> {
     let name = format!("tg2:{}:k:{key}@{tag}", cluster.epoch().await);
-    let mut conn = cluster.redis.conn().await;
-    redis::cmd("HGET")
-        .arg(name)
-        .arg(field)
-        .query_async::<Option<i64>>(&mut conn)
-        .await
-        .expect("hget")
+    cluster.redis.field(&name, field).await
 }
 
 /// The window was spent exactly: never past the limit, and refused only when less than
@@ -326,16 +303,7 @@ async fn a_check_counts_each_key_in_its_own_window() {
         assert_eq!(status(&cluster, 0, key).await, 200);
     }
     // A check after the loads (each sync stamps the account's budget).
-    let synced_at = || async {
-        let name = format!("tg2:{}:a:1", cluster.epoch().await);
-        let mut conn = cluster.redis.conn().await;
-        redis::cmd("HGET")
-            .arg(name)
-            .arg("synced_at")
-            .query_async::<Option<i64>>(&mut conn)
-            .await
-            .expect("hget")
-    };
+    let synced_at = || cluster.shared_field("a", 1, "synced_at");
     let loaded = synced_at().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while synced_at().await == loaded {
