@@ -1,5 +1,7 @@
 //! Fast mode: answers serialized once at start, and a byte search instead of a JSON
-//! parse, so the fake is never the bottleneck of a benchmark.
+//! parse, so the fake is never the bottleneck of a benchmark. A request whose output cap
+//! (`max_tokens`, `max_completion_tokens`, `max_output_tokens`) is below the canned
+//! answer's length gets the full path instead, which obeys the cap as the provider does.
 
 use std::sync::Arc;
 
@@ -28,6 +30,8 @@ pub(crate) struct Canned {
     embeddings_json: Bytes,
     messages_json: Bytes,
     messages_stream: Vec<Frame>,
+    /// Output tokens every canned answer reports.
+    output_tokens: u64,
 }
 
 fn turn(id: &str, model: &str, tier: &'static str) -> Turn {
@@ -93,8 +97,31 @@ impl Canned {
             ),
             messages_json: messages::render_message(&message),
             messages_stream: messages::render_events(&message, false, false),
+            output_tokens: chat_turn.plan.output_tokens(),
         }
     }
+
+    /// Whether a canned answer obeys the request's output cap: with a smaller cap the
+    /// full path answers (a real provider never reports more output than the cap allows).
+    pub(crate) fn fits(&self, body: &[u8]) -> bool {
+        ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+            .iter()
+            .all(|key| json_number(body, key).is_none_or(|cap| cap >= self.output_tokens))
+    }
+}
+
+/// The unsigned integer after the first `"key":` in the body, if there is one.
+fn json_number(body: &[u8], key: &str) -> Option<u64> {
+    let needle = format!("\"{key}\"");
+    let pos = body
+        .windows(needle.len())
+        .position(|w| w == needle.as_bytes())?;
+    let value = body[pos + needle.len()..]
+        .trim_ascii_start()
+        .strip_prefix(b":")?
+        .trim_ascii_start();
+    let digits = value.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&value[..digits]).ok()?.parse().ok()
 }
 
 /// True when `"key"` is followed by `: true` somewhere in the body.
@@ -166,7 +193,24 @@ pub(crate) async fn messages(s: &Arc<Shared>, c: &Canned, body: &[u8]) -> Respon
 
 #[cfg(test)]
 mod tests {
-    use super::json_true;
+    use super::{json_number, json_true, Canned};
+
+    #[test]
+    fn a_cap_below_the_canned_answer_takes_the_full_path() {
+        let canned = Canned::build();
+        let n = canned.output_tokens;
+        assert!(n > 1, "the canned answer has several tokens");
+        assert!(canned.fits(br#"{"model":"m","messages":[]}"#));
+        assert!(canned.fits(format!(r#"{{"max_tokens": {n}}}"#).as_bytes()));
+        assert!(!canned.fits(format!(r#"{{"max_tokens": {}}}"#, n - 1).as_bytes()));
+        assert!(!canned.fits(br#"{"max_completion_tokens":1}"#));
+        assert!(!canned.fits(br#"{"stream":true,"max_output_tokens" : 2}"#));
+        assert_eq!(
+            json_number(br#"{"max_tokens":64,"x":1}"#, "max_tokens"),
+            Some(64)
+        );
+        assert_eq!(json_number(br#"{"max_tokens":null}"#, "max_tokens"), None);
+    }
 
     #[test]
     fn finds_true_flags_only() {

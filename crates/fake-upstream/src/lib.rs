@@ -244,10 +244,12 @@
 //!
 //! # Fast mode
 //! [`Options::fast`] answers chat, Responses, embeddings and messages with bytes built
-//! once at start; only `"stream": true` and `"include_usage": true` are looked for in the
-//! body (a byte search), and requests are counted but not recorded in
-//! [`FakeUpstream::received`]. Other endpoints behave as usual. Faults work in fast
-//! mode too; directives do not (the text is not read).
+//! once at start; only `"stream": true`, `"include_usage": true` and an output cap are
+//! looked for in the body (a byte search), and requests are counted but not recorded in
+//! [`FakeUpstream::received`]. A cap (`max_tokens`, `max_completion_tokens`,
+//! `max_output_tokens`) below the canned answer's length gets the full path, which obeys
+//! it as a provider does. Other endpoints behave as usual. Faults work in fast mode too;
+//! directives do not (the text is not read).
 
 // Handlers return finished error responses through `?`; that path is cold, so the size
 // of `Response` in `Err` does not matter.

@@ -29,7 +29,7 @@ pub(crate) async fn handle(State(s): State<Arc<Shared>>, ctx: Ctx, body: Bytes) 
 /// The Messages API's answer to a request (Bedrock's and Vertex's Claude reuse it).
 pub(crate) async fn run(s: &Arc<Shared>, ctx: &Ctx, body: &Bytes) -> Result<Response, Response> {
     http::check_anthropic(s, ctx)?;
-    if let Some(canned) = &s.canned {
+    if let Some(canned) = s.canned.as_ref().filter(|c| c.fits(body)) {
         return Ok(fast::messages(s, canned, body).await);
     }
     let req = http::parse_json(Flavor::Anthropic, body)?;

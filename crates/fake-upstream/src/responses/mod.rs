@@ -30,7 +30,7 @@ pub(crate) async fn handle(State(s): State<Arc<Shared>>, ctx: Ctx, body: Bytes) 
 
 async fn run(s: &Arc<Shared>, ctx: &Ctx, body: &Bytes) -> Result<Response, Response> {
     http::check_openai_key(s, ctx)?;
-    if let Some(canned) = &s.canned {
+    if let Some(canned) = s.canned.as_ref().filter(|c| c.fits(body)) {
         return Ok(fast::responses(s, canned, body).await);
     }
     let req = http::parse_json(Flavor::OpenAi, body)?;

@@ -237,7 +237,7 @@ async fn fast_mode_serves_canned_answers() -> anyhow::Result<()> {
         .post(format!("{}/messages", up.base_url()))
         .header("x-api-key", "k")
         .header("anthropic-version", "2023-06-01")
-        .body(r#"{"model":"m","max_tokens":5,"stream": true,"messages":[]}"#)
+        .body(r#"{"model":"m","max_tokens":64,"stream": true,"messages":[]}"#)
         .send()
         .await?;
     assert!(resp.text().await?.contains("event: message_stop"));
@@ -249,5 +249,52 @@ async fn fast_mode_serves_canned_answers() -> anyhow::Result<()> {
 
     assert_eq!(up.stats().requests, 5);
     assert!(up.received().is_empty());
+    Ok(())
+}
+
+/// A real provider never reports more output than the request's cap allows: in fast
+/// mode too, a cap below the canned answer gets an answer that obeys it.
+#[tokio::test]
+async fn fast_mode_obeys_a_small_output_cap() -> anyhow::Result<()> {
+    let up = spawn_with(Options {
+        fast: true,
+        ..Options::default()
+    })
+    .await?;
+    let canned: Value = post(&up, "/chat/completions", chat_request("anything"))
+        .await?
+        .json()
+        .await?;
+    let full = canned["usage"]["completion_tokens"]
+        .as_u64()
+        .expect("tokens");
+    assert!(full > 3, "the canned answer is longer than the cap below");
+    for cap in ["max_tokens", "max_completion_tokens"] {
+        let mut body = chat_request("anything");
+        body[cap] = json!(3);
+        let v: Value = post(&up, "/chat/completions", body).await?.json().await?;
+        assert_eq!(v["usage"]["completion_tokens"], 3, "{cap}: {v}");
+        assert_eq!(v["choices"][0]["finish_reason"], "length", "{cap}");
+    }
+    let v: Value = post(
+        &up,
+        "/responses",
+        json!({"model": "gpt-4o-mini", "input": "hi", "max_output_tokens": 3}),
+    )
+    .await?
+    .json()
+    .await?;
+    assert_eq!(v["usage"]["output_tokens"], 3, "{v}");
+    let v: Value = client()
+        .post(format!("{}/messages", up.base_url()))
+        .header("x-api-key", "k")
+        .header("anthropic-version", "2023-06-01")
+        .body(r#"{"model":"claude-haiku-4-5","max_tokens":2,"messages":[{"role":"user","content":"hi"}]}"#)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(v["usage"]["output_tokens"], 2, "{v}");
+    assert_eq!(v["stop_reason"], "max_tokens");
     Ok(())
 }
