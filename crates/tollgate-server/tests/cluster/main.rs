@@ -6,6 +6,7 @@ mod budgets;
 mod credits;
 mod faults;
 mod feed;
+mod logs;
 mod services;
 mod support;
 mod windows;

@@ -55,6 +55,11 @@ pub async fn wait_ready(base: &str, log: &Path) {
 }
 
 pub fn start_replica(dir: &Path, config: &Path, index: usize) -> Replica {
+    start_replica_logging(dir, config, index, "warn")
+}
+
+/// `start_replica` with its log filtered by `rust_log` (`RUST_LOG`).
+pub fn start_replica_logging(dir: &Path, config: &Path, index: usize, rust_log: &str) -> Replica {
     let port = free_port();
     let home = dir.join(format!("replica-{index}"));
     std::fs::create_dir_all(&home).expect("dir");
@@ -68,7 +73,7 @@ pub fn start_replica(dir: &Path, config: &Path, index: usize) -> Replica {
             &format!("127.0.0.1:{port}"),
         ])
         .current_dir(&home)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", rust_log)
         .env("UP_KEY", "up-secret")
         // The replicas' shared test clock (the system's while the file does not exist).
         .env(tollgate::clock::CLOCK_FILE_ENV, clock_file(dir))

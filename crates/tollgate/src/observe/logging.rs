@@ -6,6 +6,7 @@
 
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::Layered;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -38,6 +39,12 @@ impl Drop for Telemetry {
     }
 }
 
+/// What the lines and the spans are layered on: `RUST_LOG`'s filter, global to the stack.
+/// (As a per-layer filter on the `Vec` of layers, tracing-subscriber 0.3 dropped lines it
+/// should keep once `RUST_LOG` had two directives, such as `info,tollgate::cluster=debug`,
+/// in a replica on PostgreSQL: tokio-rs/tracing#2929; test `cluster::logs`.)
+type Filtered = Layered<EnvFilter, Registry>;
+
 /// Installs the process's subscriber, writing lines to `writer`; `ansi` colours text.
 /// Fails if traces are asked for and the exporter cannot be built.
 pub fn init<W>(
@@ -50,7 +57,7 @@ where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let lines: Box<dyn Layer<Registry> + Send + Sync> = match config.log_format {
+    let lines: Box<dyn Layer<Filtered> + Send + Sync> = match config.log_format {
         LogFormat::Text => Box::new(
             tracing_subscriber::fmt::layer()
                 .with_ansi(ansi)
@@ -65,7 +72,7 @@ where
         ),
     };
     let mut telemetry = Telemetry::default();
-    let spans: Option<Box<dyn Layer<Registry> + Send + Sync>> =
+    let spans: Option<Box<dyn Layer<Filtered> + Send + Sync>> =
         match trace::export_endpoint(config, env) {
             Some(endpoint) => {
                 let provider = trace::provider(config, &endpoint)?;
@@ -76,10 +83,11 @@ where
             }
             None => None,
         };
-    let layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> =
+    let layers: Vec<Box<dyn Layer<Filtered> + Send + Sync>> =
         std::iter::once(lines).chain(spans).collect();
     let _ = tracing_subscriber::registry()
-        .with(layers.with_filter(filter))
+        .with(filter)
+        .with(layers)
         .try_init();
     Ok(telemetry)
 }
