@@ -281,6 +281,21 @@ pub(super) async fn shared(bench: &mut Bench, url: &str) -> anyhow::Result<Share
     })
 }
 
+/// `deployment` with no Redis: one process on the same database, its budgets in memory.
+fn without_redis(bench: &Bench, deployment: &Deployment) -> anyhow::Result<Deployment> {
+    let text = std::fs::read_to_string(&deployment.config)?;
+    let config = bench.work.join("tollgate-cluster-no-redis.toml");
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("redis_url"))
+        .collect();
+    std::fs::write(&config, kept.join("\n") + "\n")?;
+    Ok(Deployment {
+        config,
+        ..deployment.clone()
+    })
+}
+
 /// `n` replicas of `deployment` (numbered from `first`) behind nginx, round robin: the
 /// replicas, nginx, and nginx's address.
 pub(super) async fn behind_nginx(
@@ -336,6 +351,11 @@ pub(super) async fn cluster(bench: &mut Bench, server: &str) -> anyhow::Result<(
         let (one, addr) = replica(bench, &deployment, 0).await?;
         let single = measure(bench, &format!("http://{addr}{path}"), &keys, &[one.pid()], &WORKLOADS).await?;
         one.stop(Duration::from_secs(15));
+        // The same replica with no Redis (budgets held in the process, allowed for one
+        // replica): what the two Redis calls of each request cost, side by side.
+        let (alone, addr) = replica(bench, &without_redis(bench, &deployment)?, 0).await?;
+        let no_redis = measure(bench, &format!("http://{addr}{path}"), &keys, &[alone.pid()], &WORKLOADS).await?;
+        alone.stop(Duration::from_secs(15));
         // One, then three replicas behind nginx (one behind nginx tells the proxy's share
         // from the scale-out's).
         let mut proxied = Vec::new();
@@ -360,7 +380,7 @@ pub(super) async fn cluster(bench: &mut Bench, server: &str) -> anyhow::Result<(
             let mut t = Table::new(
                 format!("Cluster mode: {}", w.title),
                 format!(
-                    "One run, same fake upstream: direct; Tollgate on SQLite (one process); one replica on PostgreSQL + Redis, alone and behind nginx; three replicas behind nginx (round robin) on the same PostgreSQL + Redis. Open loop {OPEN_RATE} req/s for {} s (this crate's client); capacity: closed loop, {CAPACITY_CONNECTIONS} connections for {} s. Added latency is over the direct run (to the last byte); CPU is the Tollgate processes' (not Redis', PostgreSQL's or nginx's) per request of the open loop.",
+                    "One run, same fake upstream: direct; Tollgate on SQLite (one process); one replica on PostgreSQL + Redis, alone and behind nginx; the same replica on PostgreSQL with no Redis (its budgets in the process, as allowed for one replica: what Redis costs); three replicas behind nginx (round robin) on the same PostgreSQL + Redis. Open loop {OPEN_RATE} req/s for {} s (this crate's client); capacity: closed loop, {CAPACITY_CONNECTIONS} connections for {} s. Added latency is over the direct run (to the last byte); CPU is the Tollgate processes' (not Redis', PostgreSQL's or nginx's) per request of the open loop.",
                     bench.lengths.open.as_secs(),
                     bench.lengths.closed.as_secs()
                 ),
@@ -370,6 +390,7 @@ pub(super) async fn cluster(bench: &mut Bench, server: &str) -> anyhow::Result<(
                 ("direct", Some(&direct[i])),
                 ("SQLite, one process", Some(&sqlite[i])),
                 ("PostgreSQL + Redis, one replica", Some(&single[i])),
+                ("PostgreSQL, one process, no Redis", Some(&no_redis[i])),
                 ("PostgreSQL + Redis, one replica + nginx", one_proxied.map(|m| &m[i])),
                 ("PostgreSQL + Redis, three replicas + nginx", three.map(|m| &m[i])),
             ]
