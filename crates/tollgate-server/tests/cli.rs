@@ -145,6 +145,35 @@ async fn serve(dir: &Path, port: u16, log_name: &str, rust_log: &str) -> Running
     }
 }
 
+/// A `RUST_LOG` that cannot be read is not ignored in silence: the server logs at `info`
+/// and says why.
+#[tokio::test]
+async fn an_unreadable_rust_log_is_reported_and_info_is_used() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_upstream, _config) = upstream_and_config(dir.path()).await;
+    let port = free_port();
+    let running = serve(dir.path(), port, "log.txt", "warn,tollgate=loud").await;
+    let log_path = dir.path().join("log.txt");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.contains("tollgate listening") || Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    drop(running);
+    assert!(
+        log.contains("RUST_LOG cannot be read; logging at info")
+            && log.contains("rust_log=warn,tollgate=loud"),
+        "{log}"
+    );
+    assert!(
+        log.contains("INFO tollgate::cli: tollgate listening"),
+        "{log}"
+    );
+}
+
 /// First start on an empty database: a working provisioning key in a private file,
 /// and (at the most verbose log level) no key in the logs.
 #[tokio::test]

@@ -56,7 +56,14 @@ pub fn init<W>(
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // A `RUST_LOG` that cannot be read falls back to `info`, and says so once logging runs.
+    let (filter, refused) = match env("RUST_LOG").filter(|text| !text.trim().is_empty()) {
+        None => (EnvFilter::new("info"), None),
+        Some(text) => match EnvFilter::try_new(&text) {
+            Ok(filter) => (filter, None),
+            Err(e) => (EnvFilter::new("info"), Some((text, e.to_string()))),
+        },
+    };
     let lines: Box<dyn Layer<Filtered> + Send + Sync> = match config.log_format {
         LogFormat::Text => Box::new(
             tracing_subscriber::fmt::layer()
@@ -89,5 +96,8 @@ where
         .with(filter)
         .with(layers)
         .try_init();
+    if let Some((text, error)) = refused {
+        tracing::warn!(rust_log = %text, %error, "RUST_LOG cannot be read; logging at info");
+    }
     Ok(telemetry)
 }
