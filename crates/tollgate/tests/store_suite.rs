@@ -97,7 +97,7 @@ store_cases! {
             activity_is_consistent_under_writes,
             the_usage_writer_commits_concurrent_records_once_in_shared_batches,
         ],
-        migrations: [upgrade_keeps_the_daily_rollup],
+        migrations: [upgrade_keeps_the_daily_rollup, a_migration_of_a_newer_release_does_not_stop_this_one],
         admin: [
             operator_keys_create_list_revoke,
             grants_are_listed_per_account_in_order,

@@ -389,7 +389,9 @@ impl Store for PgStore {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(self.unbounded.clone())
             .await?;
-        let migrated = sqlx::migrate!("./migrations/postgres").run(&pool).await;
+        let migrated = super::migrator(sqlx::migrate!("./migrations/postgres"))
+            .run(&pool)
+            .await;
         pool.close().await;
         Ok(migrated?)
     }

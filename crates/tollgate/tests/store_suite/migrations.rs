@@ -4,6 +4,39 @@ use tollgate::store::{AccountId, ActivityRollup, KeyId, UsageTotals};
 
 use crate::harness::*;
 
+/// A database a newer release migrated (a migration this one does not know) opens: a
+/// release can be rolled back, or run beside its successor. sqlx refuses such a database
+/// by default, so the previous release could not start once one replica was upgraded.
+pub async fn a_migration_of_a_newer_release_does_not_stop_this_one(db: TestDb) {
+    let store = db.open().await;
+    let empty = if db.url().starts_with("sqlite:") {
+        "X''"
+    } else {
+        "''::BYTEA"
+    };
+    execute_sql(
+        &db,
+        &format!(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, \
+             execution_time) VALUES (99999, 'from a newer release', TRUE, {empty}, 0)"
+        ),
+    )
+    .await;
+    store
+        .migrate()
+        .await
+        .expect("migrate beside a newer release's migration");
+    let account = store.create_account("acme", 0).await.expect("account");
+    assert_eq!(
+        store
+            .account(account.id)
+            .await
+            .expect("read")
+            .map(|a| a.name),
+        Some("acme".into())
+    );
+}
+
 /// A database that ran only the first migration and holds a daily roll-up is upgraded when
 /// a store opens it (0002 rebuilds `usage_daily` on SQLite, its primary key on PostgreSQL):
 /// every row survives, the activity roll-ups read them, and new usage adds to the rows that

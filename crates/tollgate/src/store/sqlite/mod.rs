@@ -193,7 +193,9 @@ fn unique_violation(e: &sqlx::Error) -> bool {
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
-        let migrated = sqlx::migrate!("./migrations/sqlite").run(&self.pool).await;
+        let migrated = super::migrator(sqlx::migrate!("./migrations/sqlite"))
+            .run(&self.pool)
+            .await;
         match (migrated, &self.file) {
             (Err(e), Some(file)) => Err(open_error(file, e.into())),
             (migrated, _) => Ok(migrated?),
