@@ -8,6 +8,7 @@ mod faults;
 mod feed;
 mod logs;
 mod services;
+mod slices;
 mod support;
 mod windows;
 mod withheld;

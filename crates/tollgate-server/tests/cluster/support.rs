@@ -430,3 +430,22 @@ pub fn worst_case(body: &Value, max_tokens: i128) -> i64 {
 pub fn credits(nanos: i64) -> String {
     tollgate::billing::Credits::from_nanos(nanos).to_decimal_string(1)
 }
+
+/// A usage record of `cost` for key `key` of account `account`.
+pub fn record(id: &str, account: i64, key: i64, cost: i64) -> tollgate::store::UsageRecord {
+    tollgate::store::UsageRecord {
+        request_id: id.into(),
+        account_id: tollgate::store::AccountId(account),
+        key_id: tollgate::store::KeyId(key),
+        model: "gpt-test".into(),
+        endpoint: "/v1/chat/completions".into(),
+        input_tokens: 1,
+        cached_input_tokens: 0,
+        output_tokens: 1,
+        cost: tollgate::billing::Credits::from_nanos(cost),
+        status: 200,
+        latency_ms: 1,
+        created_at: tollgate::now(),
+        detail: Default::default(),
+    }
+}

@@ -8,27 +8,9 @@ use std::time::{Duration, Instant};
 
 use tollgate::billing::Credits;
 use tollgate::cluster::{Cluster as Shared, SharedBudgets};
-use tollgate::store::{AccountId, KeyId, NewGrant, UsageRecord};
+use tollgate::store::NewGrant;
 
 use crate::support::*;
-
-fn record(id: &str, account: i64, key: i64, cost: i64) -> UsageRecord {
-    UsageRecord {
-        request_id: id.into(),
-        account_id: AccountId(account),
-        key_id: KeyId(key),
-        model: "gpt-test".into(),
-        endpoint: "/v1/chat/completions".into(),
-        input_tokens: 1,
-        cached_input_tokens: 0,
-        output_tokens: 1,
-        cost: Credits::from_nanos(cost),
-        status: 200,
-        latency_ms: 1,
-        created_at: tollgate::now(),
-        detail: Default::default(),
-    }
-}
 
 #[tokio::test]
 async fn a_withheld_answer_is_settled_once_its_record_reaches_the_ledger() {

@@ -125,6 +125,15 @@ pub struct Reservation {
     pub at: i64,
     /// The window of the key's limit it is held in; `None` for a lifetime limit.
     pub window: Option<Window>,
+    /// In a cluster, the budget slice it was taken from (instead of Redis).
+    pub lease: Option<std::sync::Arc<crate::cluster::Slice>>,
+}
+
+impl Reservation {
+    /// The id of the budget slice it was taken from, if any.
+    pub fn lease_id(&self) -> Option<String> {
+        self.lease.as_ref().map(|s| s.id().to_string())
+    }
 }
 
 impl LocalBudgets {
@@ -257,6 +266,7 @@ impl LocalBudgets {
             amount,
             at,
             window: budget.reset.map(|r| r.window_at(at)),
+            lease: None,
         })
     }
 

@@ -11,7 +11,8 @@ use redis::{Script, ScriptInvocation};
 use super::flights::{Flight, Flights, Retry};
 use super::names::{budget_name, Names};
 use super::scripts::{self, with_constants};
-use super::sync::Synced;
+use super::slices::{is_slice, Admit, Slices, SLICE_LIFE};
+use super::sync::{Mode, Synced};
 use super::{timed, Cluster, ClusterError};
 use crate::billing::meter::{QuotaError, Reservation, ReserveError};
 use crate::billing::window::LimitReset;
@@ -121,6 +122,8 @@ pub struct SharedBudgets {
     /// What the change feed of credit grants has told (`grants.rs`).
     pub(super) grants: Mutex<super::grants::GrantFeed>,
     pub(super) scripts: Scripts,
+    /// This replica's slices of budgets (`slices.rs`).
+    pub(super) slices: Slices,
     /// The clock of budget windows.
     pub(super) clock: Clock,
 }
@@ -154,6 +157,7 @@ impl SharedBudgets {
             last_renewal: Mutex::new(None),
             grants: Mutex::new(Default::default()),
             scripts: Scripts::new(),
+            slices: Slices::new(),
         }
     }
 
@@ -178,14 +182,71 @@ impl SharedBudgets {
         Ok(reply)
     }
 
-    /// Holds `amount` for request `id` against the key's limit and the account's balance.
+    /// Holds `amount` for request `id` against the key's limit and the account's balance:
+    /// from this replica's slice of the key's budget if it has one (`slices.rs`), else
+    /// in Redis.
     pub async fn reserve(
         &self,
         key: &KeyRecord,
         amount: Credits,
         id: &str,
     ) -> Result<Reservation, ReserveError> {
+        let at = self.clock.now();
+        let window = key.limit_reset.map(|r| r.window_at(at));
+        let budget: Arc<str> = Arc::from(budget_name(key.id, window.as_ref()));
+        let member = |slice| Reservation {
+            id: id.to_string(),
+            account: key.account_id,
+            key: key.id,
+            amount,
+            at,
+            window,
+            lease: Some(slice),
+        };
+        match self
+            .slices
+            .admit(&budget, amount.nanos(), self.slice_life())
+        {
+            Admit::Served(slice) => return Ok(member(slice)),
+            Admit::Open(size) => {
+                let slice_id = format!("L:{}", uuid::Uuid::new_v4().simple());
+                let opened = self
+                    .reserve_in_redis(key, Credits::from_nanos(size), &slice_id)
+                    .await;
+                let opened = match opened {
+                    // Opened across a window's end: it belongs to the next window.
+                    Ok(r) if r.window != window => {
+                        self.settle(r, Credits::ZERO).await;
+                        None
+                    }
+                    Ok(r) => Some((r, amount.nanos())),
+                    Err(_) => None,
+                };
+                if let Some(slice) = self.slices.opened(&budget, opened) {
+                    return Ok(member(slice));
+                }
+            }
+            Admit::Alone => {}
+        }
+        self.reserve_in_redis(key, amount, id).await
+    }
+
+    /// How long a slice admits requests: never past a third of the lease, the longest a
+    /// renewal may be away (so a slice never admits once Redis may have let it go).
+    fn slice_life(&self) -> Duration {
+        SLICE_LIFE.min(self.lease / 3)
+    }
+
+    /// Holds `amount` for `id` (a request or a slice) in Redis.
+    async fn reserve_in_redis(
+        &self,
+        key: &KeyRecord,
+        amount: Credits,
+        id: &str,
+    ) -> Result<Reservation, ReserveError> {
         let deadline = Instant::now() + PATIENCE;
+        // A refusal while slices hold part of the budget waits for them to close.
+        let slices_close = Instant::now() + SLICE_LIFE + Duration::from_millis(250);
         loop {
             // The window is taken afresh on every try: a load may cross a boundary.
             let at = self.clock.now();
@@ -227,9 +288,27 @@ impl SharedBudgets {
                 }
             };
             let number = |i: usize| Credits::from_nanos(reply.number(i));
+            if reply.status() != "epoch" && reply.text(2) == "1" {
+                // A slice's lease ran out (its replica died or froze): it stays held
+                // until a check counts what its requests spent, so the check runs now.
+                let checked = self.sync(key.account_id, None, Mode::Check).await;
+                if !matches!(checked, Ok(Synced::Done)) {
+                    self.check_soon(key.account_id);
+                }
+            }
+            let sliced = match reply.status() {
+                "key" => reply.number(5),
+                "balance" => reply.number(4),
+                _ => 0,
+            };
+            if sliced > 0 && !is_slice(id) && Instant::now() < slices_close {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
             match reply.status() {
                 "ok" => {
                     self.touch(key.account_id);
+                    self.slices.note_room(&budget, reply.number(3));
                     if self.flights.hold(id, flight(true)) {
                         if let Err(e) = self.reregister().await {
                             tracing::warn!(error = %e, "registering a reservation in the new epoch failed; the next tick retries");
@@ -242,19 +321,20 @@ impl SharedBudgets {
                         amount,
                         at,
                         window,
+                        lease: None,
                     });
                 }
                 "key" => {
                     return Err(ReserveError::Quota(QuotaError::KeyLimit {
-                        limit: number(2),
-                        remaining: number(3).max(Credits::ZERO),
+                        limit: number(3),
+                        remaining: number(4).max(Credits::ZERO),
                         needed: amount,
                         resets_at: window.map(|w| w.resets_at()),
                     }))
                 }
                 "balance" => {
                     return Err(ReserveError::Quota(QuotaError::Balance {
-                        remaining: number(2).max(Credits::ZERO),
+                        remaining: number(3).max(Credits::ZERO),
                         needed: amount,
                     }))
                 }
@@ -281,7 +361,30 @@ impl SharedBudgets {
     /// Replaces a reservation by the actual cost. Call it after the cost is committed to
     /// the ledger (see docs/cluster.md). If Redis does not answer, the settle stays with
     /// this replica (its reservation still held and renewed) and is retried by `tick`.
+    /// A request served from a slice is settled in the slice; the slice itself once it
+    /// is closed and its last request settled.
     pub async fn settle(&self, reservation: Reservation, cost: Credits) {
+        match &reservation.lease {
+            Some(slice) => {
+                if let Some(spent) = slice.finish(reservation.amount.nanos(), cost.nanos()) {
+                    self.settle_in_redis(slice.own(), Credits::from_nanos(spent))
+                        .await;
+                }
+            }
+            None => self.settle_in_redis(reservation, cost).await,
+        }
+    }
+
+    /// Settles the closed slices with nothing in flight (the tick's).
+    pub(super) async fn settle_closed_slices(&self) {
+        for (slice, spent) in self.slices.sweep(self.slice_life()) {
+            self.settle_in_redis(slice.own(), Credits::from_nanos(spent))
+                .await;
+        }
+    }
+
+    /// `settle` of a reservation held in Redis.
+    async fn settle_in_redis(&self, reservation: Reservation, cost: Credits) {
         if self
             .flights
             .settling(&reservation.id, cost.nanos())
@@ -407,6 +510,18 @@ impl SharedBudgets {
         self.flights.counts()
     }
 
+    /// Makes the account's check due at the next tick (a slice's lease ran out and the
+    /// check run at once did not finish).
+    pub(super) fn check_soon(&self, account: AccountId) {
+        let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        touched.insert(account, Instant::now());
+    }
+
+    /// (open slices, closed ones waiting for their requests), for diagnostics.
+    pub fn slices(&self) -> (usize, usize) {
+        self.slices.counts()
+    }
+
     /// Notes an account used here, so that it gets checked against the ledger.
     pub(super) fn touch(&self, account: AccountId) {
         let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
@@ -417,6 +532,7 @@ impl SharedBudgets {
 
     /// Follows a key's new limit (also before the key is loaded: a load keeps it).
     pub async fn key_changed(&self, key: &KeyRecord) -> Result<(), ClusterError> {
+        self.slices.close_key(key.id);
         let limit = key
             .credit_limit
             .map_or_else(|| "none".to_string(), |l| l.nanos().to_string());
@@ -441,6 +557,7 @@ impl SharedBudgets {
 
     /// Forgets a deleted key's budget.
     pub async fn key_deleted(&self, id: KeyId) -> Result<(), ClusterError> {
+        self.slices.close_key(id);
         let (epoch, _) = self.flights.epoch();
         let names = Names::new(&epoch);
         let at = self.clock.now();

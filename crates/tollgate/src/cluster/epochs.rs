@@ -16,6 +16,10 @@ impl SharedBudgets {
     /// reservation it holds, then works in it.
     pub(super) async fn adopt(&self, target: &str) -> Result<(), ClusterError> {
         let _one = self.adopting.lock().await;
+        if *self.flights.epoch().0 != *target {
+            // Slices are registered in the new epoch with the rest, and admit no more.
+            self.slices.close_all();
+        }
         let moved = self.register_in(target).await;
         self.flights.registration_over();
         moved
@@ -105,6 +109,7 @@ impl SharedBudgets {
                 tracing::warn!(error = %e, "registering reservations in the new epoch failed");
             }
         }
+        self.settle_closed_slices().await;
         let due = self.flights.due(self.lease);
         for chunk in due.chunks(RETRY_CHUNK) {
             let attempts = chunk.iter().map(|(id, f)| async move {

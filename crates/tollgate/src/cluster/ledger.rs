@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use sqlx::{Postgres, Row, Transaction};
 
 use super::names::budget_name;
+use super::slices::is_slice;
 use super::ClusterError;
 use crate::billing::window::{LimitReset, Window};
 use crate::store::{AccountId, KeyId};
@@ -167,16 +168,22 @@ impl Snapshot {
         ))
     }
 
-    /// Which of `ids` the snapshot holds, with their cost; ends the snapshot. It wrote
+    /// Which of `ids` the snapshot holds, with their cost: a request's, or for a budget
+    /// slice (`L:...`) the sum of its records so far. Ends the snapshot. It wrote
     /// nothing, so it ends by being dropped: sqlx sends its `ROLLBACK` with the
     /// connection's next use, not as a round trip the sync waits for.
     pub async fn charged(mut self, ids: &[String]) -> Result<HashMap<String, i64>, ClusterError> {
         let mut found = HashMap::new();
         if !ids.is_empty() {
+            let (slices, requests): (Vec<&String>, Vec<&String>) =
+                ids.iter().partition(|id| is_slice(id));
             let rows = sqlx::query(
-                "SELECT request_id, cost FROM usage_records WHERE request_id = ANY($1)",
+                "SELECT request_id, cost FROM usage_records WHERE request_id = ANY($1) \
+                 UNION ALL SELECT lease_id, SUM(cost)::BIGINT FROM usage_records \
+                 WHERE lease_id = ANY($2) GROUP BY lease_id",
             )
-            .bind(ids)
+            .bind(requests)
+            .bind(slices)
             .fetch_all(&mut *self.tx)
             .await
             .map_err(ledger_error)?;

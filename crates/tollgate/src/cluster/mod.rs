@@ -16,6 +16,7 @@ mod ledger;
 mod names;
 mod ratelimit;
 mod scripts;
+mod slices;
 mod sync;
 mod withheld;
 
@@ -27,6 +28,7 @@ use redis::aio::ConnectionManager;
 pub use budgets::{SettleOutcome, SharedBudgets, GRACE, TICK};
 pub use names::{budget_key, grace_key, EPOCH_KEY};
 pub use ratelimit::SharedRateLimiter;
+pub use slices::{Slice, SLICE_LIFE, SLICE_REQUESTS};
 pub use sync::CHUNK_KEYS;
 
 use crate::auth::Authenticator;

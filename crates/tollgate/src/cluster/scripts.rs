@@ -14,6 +14,12 @@
 //! charges), `t` settled after being re-registered (a tombstone, so a replayed
 //! registration cannot hold it again). A settle deletes an `l`/`x` entry, so a settle that
 //! runs again finds nothing and counts nothing.
+//!
+//! A budget slice (an id starting `L:`, `slices.rs`) is a reservation that many requests
+//! of one replica spend; the budgets count what slices hold in `sliced` as well. Its
+//! lease running out does not give it back: what its requests spent is in the ledger but
+//! not yet here, so it stays held (`y`/`Y`) until a check counts that (`z`/`Z <counted>`,
+//! no longer held; a late settle adds its cost less what was counted).
 
 /// The start of every budget script. KEYS[1] is the write counter of the epoch the caller
 /// knows (`tg2:<epoch>:seq`), ARGV[1] that epoch and ARGV[2] the highest counter the
@@ -59,18 +65,27 @@ seq = tostring(seq)
 /// KEYS: counter, account, key budget, leases, data, markers. ARGV: epoch, seen,
 /// lease_ms, id, amount, key budget name (`17`, or `17@d2027-01-31` for a window),
 /// key-hash prefix. (No grace check: during an epoch's grace window no
-/// budget is loaded yet, and an unloaded one answers `load`.)
+/// budget is loaded yet, and an unloaded one answers `load`.) Every answer but `epoch`
+/// has, after the counter, `1` if a slice's lease ran out (its account's check is then
+/// due at once) or `0`; `ok` then the room left after it (the least of the key's and the
+/// account's); a refusal what is left and what slices hold of the budget that refused.
 pub const RESERVE: &str = concat!(
     prologue!(),
     r#"
 local now = clock()
 -- Leases that ran out give their amount back; a marker remembers them for a late settle.
 local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 256)
+local check = '0'
 for _, id in ipairs(expired) do
   local d = redis.call('HGET', KEYS[5], id)
   if d then
     local s, kid, amt = parse(d)
-    if s == 'l' or s == 'L' then
+    if (s == 'l' or s == 'L') and string.sub(id, 1, 2) == 'L:' then
+      -- A slice stays held until the account's check (asked for at once) counts its spend.
+      redis.call('HSET', KEYS[5], id, (s == 'L' and 'Y' or 'y') .. string.sub(d, 2))
+      redis.call('HSET', KEYS[2], 'synced_at', 0)
+      check = '1'
+    elseif s == 'l' or s == 'L' then
       redis.call('HINCRBY', KEYS[2], 'reserved', int(-amt))
       if redis.call('EXISTS', ARGV[7] .. kid) == 1 then
         redis.call('HINCRBY', ARGV[7] .. kid, 'reserved', int(-amt))
@@ -81,27 +96,33 @@ for _, id in ipairs(expired) do
   end
   redis.call('ZREM', KEYS[4], id)
 end
-local a = redis.call('HMGET', KEYS[2], 'granted', 'charged', 'reserved')
-local k = redis.call('HMGET', KEYS[3], 'usage', 'limit', 'reserved', 'loaded')
-if not a[1] or not k[4] then return {'load', seq} end
+local a = redis.call('HMGET', KEYS[2], 'granted', 'charged', 'reserved', 'sliced')
+local k = redis.call('HMGET', KEYS[3], 'usage', 'limit', 'reserved', 'loaded', 'sliced')
+if not a[1] or not k[4] then return {'load', seq, check} end
 local amount = tonumber(ARGV[5])
 local available = tonumber(a[1]) - tonumber(a[2] or 0) - tonumber(a[3] or 0)
+local room = available
 if k[2] ~= 'none' then
   local remaining = tonumber(k[2]) - tonumber(k[1] or 0) - tonumber(k[3] or 0)
-  if amount > remaining then return {'key', seq, k[2], int(remaining)} end
+  if amount > remaining then return {'key', seq, check, k[2], int(remaining), k[5] or '0'} end
+  room = math.min(room, remaining)
 end
-if amount > available then return {'balance', seq, int(available)} end
+if amount > available then return {'balance', seq, check, int(available), a[4] or '0'} end
 redis.call('HINCRBY', KEYS[2], 'reserved', ARGV[5])
 redis.call('HINCRBY', KEYS[3], 'reserved', ARGV[5])
+if string.sub(ARGV[4], 1, 2) == 'L:' then
+  redis.call('HINCRBY', KEYS[2], 'sliced', ARGV[5])
+  redis.call('HINCRBY', KEYS[3], 'sliced', ARGV[5])
+end
 redis.call('ZADD', KEYS[4], int(now + tonumber(ARGV[3])), ARGV[4])
 redis.call('HSET', KEYS[5], ARGV[4], 'l ' .. ARGV[6] .. ' ' .. ARGV[5])
-return {'ok', seq}
+return {'ok', seq, check, int(room - amount)}
 "#
 );
 
 /// KEYS: counter, account, key, leases, data, markers, sync flag, sync log. ARGV: epoch,
 /// seen, id, cost. Counts the cost once: a settle that finds no reservation (it ran
-/// before) is a no-op answered `dup`.
+/// before) is a no-op answered `dup`. A settle logged during a sync logs the whole cost.
 pub const SETTLE: &str = concat!(
     prologue!(),
     r#"
@@ -109,21 +130,28 @@ local d = redis.call('HGET', KEYS[5], ARGV[3])
 if not d or string.sub(d, 1, 1) == 't' then return {'dup', seq} end
 local s, kid, amt = parse(d)
 local has_key = redis.call('EXISTS', KEYS[3]) == 1
-if s == 'l' or s == 'L' then
+local cost = ARGV[4]
+if s == 'l' or s == 'L' or s == 'y' or s == 'Y' then
   redis.call('HINCRBY', KEYS[2], 'reserved', int(-amt))
   if has_key then redis.call('HINCRBY', KEYS[3], 'reserved', int(-amt)) end
+  if string.sub(ARGV[3], 1, 2) == 'L:' then
+    redis.call('HINCRBY', KEYS[2], 'sliced', int(-amt))
+    if has_key then redis.call('HINCRBY', KEYS[3], 'sliced', int(-amt)) end
+  end
   redis.call('ZREM', KEYS[4], ARGV[3])
 else
+  -- A slice a check counted (`z`): only what the check did not count is new.
+  if s == 'z' or s == 'Z' then cost = int(tonumber(cost) - amt) end
   redis.call('ZREM', KEYS[6], ARGV[3])
 end
-if s == 'L' or s == 'X' then
+if s == 'L' or s == 'X' or s == 'Y' or s == 'Z' then
   redis.call('HSET', KEYS[5], ARGV[3], 't ' .. kid .. ' 0')
   redis.call('ZADD', KEYS[6], int(clock() + MARKER_TTL_MS), ARGV[3])
 else
   redis.call('HDEL', KEYS[5], ARGV[3])
 end
-redis.call('HINCRBY', KEYS[2], 'charged', ARGV[4])
-if has_key then redis.call('HINCRBY', KEYS[3], 'usage', ARGV[4]) end
+redis.call('HINCRBY', KEYS[2], 'charged', cost)
+if has_key then redis.call('HINCRBY', KEYS[3], 'usage', cost) end
 if redis.call('EXISTS', KEYS[7]) == 1 then
   redis.call('HSET', KEYS[8], ARGV[3], kid .. ' ' .. ARGV[4])
 end
@@ -148,7 +176,7 @@ for i = 5, #ARGV, 2 do
   else
     local d = redis.call('HGET', ARGV[4] .. 'rd:' .. ARGV[i], ARGV[i + 1])
     local s = d and string.sub(d, 1, 1)
-    if s == 'x' or s == 'X' then lost = lost + 1 end
+    if s and string.find('xXyYzZ', s, 1, true) then lost = lost + 1 end
   end
 end
 return {'ok', seq, tostring(lost)}
@@ -172,6 +200,10 @@ for i = 5, #ARGV, 4 do
     redis.call('ZADD', p .. 'r:' .. acct, expiry, id)
     redis.call('HINCRBY', p .. 'a:' .. acct, 'reserved', amt)
     redis.call('HINCRBY', p .. 'k:' .. kid, 'reserved', amt)
+    if string.sub(id, 1, 2) == 'L:' then
+      redis.call('HINCRBY', p .. 'a:' .. acct, 'sliced', amt)
+      redis.call('HINCRBY', p .. 'k:' .. kid, 'sliced', amt)
+    end
     redis.call('DEL', p .. 'sa:' .. acct)
     added = added + 1
   end
@@ -234,7 +266,7 @@ local keys, order = {}, {}
 local n = tonumber(ARGV[9])
 for i = 0, n - 1 do
   local b = 10 + i * 4
-  keys[ARGV[b]] = {usage = tonumber(ARGV[b + 1]), limit = ARGV[b + 2], load = ARGV[b + 3] == '1', live = 0}
+  keys[ARGV[b]] = {usage = tonumber(ARGV[b + 1]), limit = ARGV[b + 2], load = ARGV[b + 3] == '1', live = 0, sliced = 0}
   order[#order + 1] = ARGV[b]
 end
 local committed = {}
@@ -247,18 +279,19 @@ if first then
   end
 end
 local expected = tonumber(ARGV[6])
--- Settled since the check began but committed after the snapshot: the snapshot lacks them.
+-- Settled since the check began: what of their cost the snapshot lacks (all of it for a
+-- request committed after the snapshot, none for one committed before; for a slice, its
+-- records committed after the snapshot).
 local logged = redis.call('HGETALL', KEYS[5])
 for i = 1, #logged, 2 do
-  if not committed[logged[i]] then
-    local v = logged[i + 1]
-    local sp = string.find(v, ' ', 1, true)
-    local kid, cost = string.sub(v, 1, sp - 1), tonumber(string.sub(v, sp + 1))
-    expected = expected + cost
-    if keys[kid] then keys[kid].usage = keys[kid].usage + cost end
-  end
+  local v = logged[i + 1]
+  local sp = string.find(v, ' ', 1, true)
+  local kid = string.sub(v, 1, sp - 1)
+  local cost = tonumber(string.sub(v, sp + 1)) - (committed[logged[i]] or 0)
+  expected = expected + cost
+  if keys[kid] then keys[kid].usage = keys[kid].usage + cost end
 end
-local live = 0
+local live, sliced = 0, 0
 local data = redis.call('HGETALL', KEYS[3])
 for i = 1, #data, 2 do
   local id, d = data[i], data[i + 1]
@@ -267,12 +300,23 @@ for i = 1, #data, 2 do
   if st == 'l' or st == 'L' then
     live = live + amt
     if keys[kid] then keys[kid].live = keys[kid].live + amt end
-    -- In the ledger already, its settle still to come: that settle will count it.
+    if string.sub(id, 1, 2) == 'L:' then
+      sliced = sliced + amt
+      if keys[kid] then keys[kid].sliced = keys[kid].sliced + amt end
+    end
+    -- In the ledger already (a slice: in part), its settle still to come: that settle
+    -- will count it.
     if c then
       expected = expected - c
       if keys[kid] then keys[kid].usage = keys[kid].usage - c end
     end
   elseif not first then
+  elseif st == 'y' or st == 'Y' or st == 'z' or st == 'Z' then
+    -- A slice whose lease ran out: the ledger counts what it spent so far (the expected
+    -- charge takes it from the snapshot), so it is held no longer; its owner, if only
+    -- frozen, settles later and adds what was not counted here.
+    redis.call('HSET', KEYS[3], id, ((st == 'Y' or st == 'Z') and 'Z ' or 'z ') .. kid .. ' ' .. int(c or 0))
+    redis.call('ZADD', KEYS[4], int(clock() + MARKER_TTL_MS), id)
     -- The markers are the first chunk's.
   elseif c and st == 'x' then
     -- Its lease ran out after its charge reached the ledger: the ledger counts it,
@@ -289,7 +333,7 @@ if first then
   local drift = expected - tonumber(a[1] or 0)
   local rdrift = live - tonumber(a[2] or 0)
   redis.call('HINCRBY', KEYS[2], 'charged', int(drift))
-  redis.call('HSET', KEYS[2], 'reserved', int(live), 'granted', ARGV[5], 'synced_at', int(clock()))
+  redis.call('HSET', KEYS[2], 'reserved', int(live), 'sliced', int(sliced), 'granted', ARGV[5], 'synced_at', int(clock()))
   out = {'ok', seq, a[3] and '1' or '0', int(drift), int(rdrift)}
 end
 if last then redis.call('DEL', KEYS[5], KEYS[6]) end
@@ -300,7 +344,7 @@ for _, kid in ipairs(order) do
   if cur[3] or k.load then
     local d = k.usage - tonumber(cur[1] or 0)
     redis.call('HINCRBY', h, 'usage', int(d))
-    redis.call('HSET', h, 'reserved', int(k.live), 'loaded', '1')
+    redis.call('HSET', h, 'reserved', int(k.live), 'sliced', int(k.sliced), 'loaded', '1')
     redis.call('HSETNX', h, 'limit', k.limit)
     out[#out + 1] = kid
     out[#out + 1] = cur[3] and '1' or '0'

@@ -34,7 +34,11 @@ impl SharedBudgets {
                     request_id = %reservation.id,
                     "a withheld answer's usage record is not in the ledger after 10 minutes; its reservation is let go (the periodic check counts the charge if it comes)"
                 );
-                self.flights.forget(&reservation.id);
+                match &reservation.lease {
+                    // Its slice spends nothing for it (the check counts it if it comes).
+                    Some(_) => self.settle(reservation, Credits::ZERO).await,
+                    None => self.flights.forget(&reservation.id),
+                }
                 return;
             }
             pause = (pause * 2).min(MAX_PAUSE);

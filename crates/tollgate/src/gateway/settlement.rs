@@ -163,6 +163,7 @@ impl Settlement {
                 attempts: i64::from(self.attempts),
                 estimated: self.estimated && self.delivered,
                 loss,
+                lease: self.reservation.as_ref().and_then(Reservation::lease_id),
             },
         };
         (cost, record)

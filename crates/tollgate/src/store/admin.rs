@@ -364,6 +364,7 @@ macro_rules! admin_store {
                                 attempts: row.try_get("attempts")?,
                                 estimated: row.try_get("estimated")?,
                                 loss: Credits::from_nanos(row.try_get("loss")?),
+                                lease: None,
                             },
                         },
                     });

@@ -362,6 +362,10 @@ pub struct UsageDetail {
     pub estimated: bool,
     /// What the provider reported beyond the reservation, not charged: the operator's loss.
     pub loss: Credits,
+    /// In a cluster, the budget slice the request was served from (docs/cluster.md,
+    /// "Budget leases"): the check of a budget sums a slice's records by it. Written to
+    /// the ledger, not read back (reads leave it `None`).
+    pub lease: Option<String>,
 }
 
 /// What one record adds to its row of the daily roll-up: requests, cost, input tokens,

@@ -210,6 +210,7 @@ fn usage_from_row(row: &PgRow) -> Result<UsageRecord, StoreError> {
             attempts: row.try_get("attempts")?,
             estimated: row.try_get("estimated")?,
             loss: Credits::from_nanos(row.try_get("loss")?),
+            lease: None,
         },
     })
 }
@@ -220,7 +221,7 @@ fn unique_violation(e: &sqlx::Error) -> bool {
 
 /// Writes the records (request ids distinct) in one round trip, with the account
 /// charges, key usage and daily roll-up of the new ones (the function of migrations 0010
-/// and 0012, one statement and so one transaction); returns the request ids that were new.
+/// to 0014, one statement and so one transaction); returns the request ids that were new.
 ///
 /// Rows are locked in one global order (request id, account id, key id, roll-up key), so
 /// two replicas writing overlapping batches wait on each other and cannot deadlock.
@@ -247,6 +248,7 @@ async fn write_records<'e>(
     let mut estimated = Vec::with_capacity(n);
     let mut losses = Vec::with_capacity(n);
     let mut days = Vec::with_capacity(n);
+    let mut leases = Vec::with_capacity(n);
     for r in records {
         request_ids.push(r.request_id.as_str());
         account_ids.push(r.account_id.0);
@@ -266,12 +268,13 @@ async fn write_records<'e>(
         estimated.push(r.detail.estimated);
         losses.push(r.detail.loss.nanos());
         days.push(day_of(r.created_at));
+        leases.push(r.detail.lease.as_deref());
     }
     let rows = sqlx::query(
         "SELECT tollgate_record_usage($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[], \
            $5::TEXT[], $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], \
            $11::BIGINT[], $12::BIGINT[], $13::TEXT[], $14::TEXT[], $15::BIGINT[], \
-           $16::BOOLEAN[], $17::BIGINT[], $18::TEXT[])",
+           $16::BOOLEAN[], $17::BIGINT[], $18::TEXT[], $19::TEXT[])",
     )
     .bind(&request_ids)
     .bind(&account_ids)
@@ -291,6 +294,7 @@ async fn write_records<'e>(
     .bind(&estimated)
     .bind(&losses)
     .bind(&days)
+    .bind(&leases)
     .fetch_all(db)
     .await?;
     rows.iter()

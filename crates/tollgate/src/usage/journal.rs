@@ -69,6 +69,8 @@ struct Entry {
     estimated: bool,
     #[serde(default)]
     loss_nanos: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lease: Option<String>,
 }
 
 fn one() -> i64 {
@@ -95,6 +97,7 @@ impl From<&UsageRecord> for Entry {
             attempts: r.detail.attempts,
             estimated: r.detail.estimated,
             loss_nanos: r.detail.loss.nanos(),
+            lease: r.detail.lease.clone(),
         }
     }
 }
@@ -120,6 +123,7 @@ impl From<Entry> for UsageRecord {
                 attempts: e.attempts,
                 estimated: e.estimated,
                 loss: Credits::from_nanos(e.loss_nanos),
+                lease: e.lease,
             },
         }
     }

@@ -532,6 +532,7 @@ impl Store for SqliteStore {
                     attempts: row.try_get("attempts")?,
                     estimated: row.try_get("estimated")?,
                     loss: Credits::from_nanos(row.try_get("loss")?),
+                    lease: None,
                 },
             })
         })
