@@ -189,6 +189,7 @@ async fn a_slice_whose_replica_died_stays_held_until_the_check_counts_it() {
     // dead slice's spend is counted and it is held no longer.
     assert!(usage < in_ledger(&s).await);
     assert_eq!(in_redis(&s).await, [in_ledger(&s).await, WORST, 0]);
+    assert_eq!(b.repairs(), 0, "counting a dead slice is no drift");
     finish(&b, &s, other, COST).await;
     assert_eq!(in_redis(&s).await, [in_ledger(&s).await, 0, 0]);
 }
@@ -212,6 +213,7 @@ async fn a_frozen_replicas_late_slice_settle_adds_only_what_the_check_did_not_co
         .expect("reserve");
     // Its check ran at once: what the slice committed is counted.
     assert_eq!(in_redis(&s).await, [in_ledger(&s).await, WORST, 0]);
+    assert_eq!(b.repairs(), 0, "counting a frozen slice is no drift");
 
     // The replica wakes: its request ends, and its closed slice is settled.
     finish(&a, &s, running, COST).await;
@@ -240,6 +242,7 @@ async fn the_check_leaves_a_live_slices_committed_part_to_its_settle() {
         before,
         "the check changed a live slice's budget"
     );
+    assert_eq!(a.repairs(), 0);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     a.tick().await;
     assert_eq!(in_redis(&s).await, [in_ledger(&s).await, 0, 0]);

@@ -118,6 +118,8 @@ pub struct SharedBudgets {
     pub(super) loads_run: std::sync::atomic::AtomicU64,
     /// Reservations of this replica found with their lease run out, for diagnostics.
     pub(super) leases_lost: std::sync::atomic::AtomicU64,
+    /// Checks here that found a loaded budget differing from the ledger, for diagnostics.
+    pub(super) repairs: std::sync::atomic::AtomicU64,
     pub(super) last_renewal: Mutex<Option<Instant>>,
     /// What the change feed of credit grants has told (`grants.rs`).
     pub(super) grants: Mutex<super::grants::GrantFeed>,
@@ -154,6 +156,7 @@ impl SharedBudgets {
             loads: Mutex::new(HashMap::new()),
             loads_run: Default::default(),
             leases_lost: Default::default(),
+            repairs: Default::default(),
             last_renewal: Mutex::new(None),
             grants: Mutex::new(Default::default()),
             scripts: Scripts::new(),
@@ -503,6 +506,12 @@ impl SharedBudgets {
     /// while their request ran), for diagnostics.
     pub fn leases_lost(&self) -> u64 {
         self.leases_lost.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Checks here that found a loaded budget differing from the ledger (and repaired it),
+    /// for diagnostics.
+    pub fn repairs(&self) -> u64 {
+        self.repairs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// (reservations held here, settles waiting for Redis), for diagnostics.

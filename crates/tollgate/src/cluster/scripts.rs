@@ -311,13 +311,28 @@ for i = 1, #data, 2 do
       if keys[kid] then keys[kid].usage = keys[kid].usage - c end
     end
   elseif not first then
+    -- The markers are the first chunk's.
   elseif st == 'y' or st == 'Y' or st == 'z' or st == 'Z' then
-    -- A slice whose lease ran out: the ledger counts what it spent so far (the expected
-    -- charge takes it from the snapshot), so it is held no longer; its owner, if only
-    -- frozen, settles later and adds what was not counted here.
+    -- A slice whose lease ran out: what it committed so far is counted now (moved into
+    -- charged and usage, so it is no drift) and it is held no longer (`y`); its owner,
+    -- if only frozen, settles later and adds what was not counted.
+    local held = st == 'y' or st == 'Y'
+    local add = int((c or 0) - (held and 0 or amt))
+    local h = ARGV[4] .. kid
+    redis.call('HINCRBY', KEYS[2], 'charged', add)
+    if held then
+      redis.call('HINCRBY', KEYS[2], 'reserved', int(-amt))
+      redis.call('HINCRBY', KEYS[2], 'sliced', int(-amt))
+    end
+    if redis.call('EXISTS', h) == 1 then
+      redis.call('HINCRBY', h, 'usage', add)
+      if held then
+        redis.call('HINCRBY', h, 'reserved', int(-amt))
+        redis.call('HINCRBY', h, 'sliced', int(-amt))
+      end
+    end
     redis.call('HSET', KEYS[3], id, ((st == 'Y' or st == 'Z') and 'Z ' or 'z ') .. kid .. ' ' .. int(c or 0))
     redis.call('ZADD', KEYS[4], int(clock() + MARKER_TTL_MS), id)
-    -- The markers are the first chunk's.
   elseif c and st == 'x' then
     -- Its lease ran out after its charge reached the ledger: the ledger counts it,
     -- so a late settle must find nothing.

@@ -280,7 +280,10 @@ impl SharedBudgets {
             if reply.status() != "ok" {
                 return Ok(Synced::Lost);
             }
-            report(account, mode, &reply);
+            if report(account, mode, &reply) {
+                self.repairs
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         self.expire_windows(epoch, &totals.keys).await;
         Ok(Synced::Done)
@@ -345,11 +348,13 @@ fn unavailable(e: ClusterError) -> ReserveError {
     ReserveError::Unavailable(e.to_string())
 }
 
-/// Logs what a sync had to repair: any difference on a loaded budget is a fault.
-fn report(account: AccountId, mode: Mode, reply: &Reply) {
+/// Logs what a sync had to repair (any difference on a loaded budget is a fault);
+/// answers whether there was any.
+fn report(account: AccountId, mode: Mode, reply: &Reply) -> bool {
     let loaded = reply.text(2) == "1";
     let (drift, reserved) = (reply.number(3), reply.number(4));
-    if loaded && (drift != 0 || reserved != 0) {
+    let mut repaired = loaded && (drift != 0 || reserved != 0);
+    if repaired {
         tracing::error!(
             account = account.0,
             drift_nanos = drift,
@@ -367,6 +372,7 @@ fn report(account: AccountId, mode: Mode, reply: &Reply) {
             reply.number(i + 3),
         );
         if key_loaded && (drift != 0 || reserved != 0) {
+            repaired = true;
             tracing::error!(
                 account = account.0,
                 key,
@@ -378,6 +384,7 @@ fn report(account: AccountId, mode: Mode, reply: &Reply) {
         }
         i += 4;
     }
+    repaired
 }
 
 #[cfg(test)]
