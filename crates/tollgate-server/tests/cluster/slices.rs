@@ -364,3 +364,63 @@ async fn three_replicas_serving_from_slices_never_overspend() {
         limit - charged
     );
 }
+
+/// The whole path on three real replicas: a key with steady traffic on each is served
+/// from slices (the gateway's records name them in the ledger), and once the slices are
+/// closed and settled Redis equals the ledger, with nothing held.
+#[tokio::test]
+async fn real_replicas_serve_a_hot_key_from_slices_and_the_ledger_names_them() {
+    let cluster = start_cluster(30_000, 0).await;
+    let (key_id, key) = cluster
+        .create_key(0, serde_json::json!({"name": "hot"}))
+        .await;
+    let mut tasks = Vec::new();
+    for client_no in 0..24 {
+        let client = cluster.client.clone();
+        let url = format!(
+            "{}/v1/chat/completions",
+            cluster.replicas[client_no % 3].base
+        );
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0;
+            for _ in 0..15 {
+                let r = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&chat("hot [[fake:words=5]]"))
+                    .send()
+                    .await
+                    .expect("request");
+                ok += usize::from(r.status() == 200);
+                let _ = r.bytes().await;
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.expect("client");
+    }
+    assert_eq!(ok, 360);
+    // Slices admit for a second; each replica's tick settles its closed ones.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pool = cluster.db.pool().await;
+    let (named, slices): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(lease_id), COUNT(DISTINCT lease_id) FROM usage_records WHERE key_id = $1",
+    )
+    .bind(key_id)
+    .fetch_one(&pool)
+    .await
+    .expect("leases");
+    assert!(named >= 180, "only {named} of 360 records name a slice");
+    assert!(slices >= 3, "{slices} slices for three replicas");
+    let (sum, usage) = cluster.ledger_key(key_id).await;
+    assert_eq!(sum, usage);
+    let shared = cluster.shared_key(key_id).await;
+    assert_eq!((shared.spent, shared.reserved), (sum, 0));
+    let (total, charged, _) = cluster.ledger().await;
+    assert_eq!(total, charged);
+    assert_eq!(cluster.shared_account(1).await.spent, charged);
+    assert_eq!(cluster.shared_account(1).await.reserved, 0);
+}
