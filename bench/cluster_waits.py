@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""What the ledger's PostgreSQL backends wait on while one replica, then three, serve one
+hot key at capacity: `pg_stat_activity` sampled every 20 ms by one `psql` (`\\watch`),
+each active backend of the test database counted under its wait event (`CPU` when it
+waits on nothing). Samples are shares, not timings, so they hold on a busy machine.
+docs/cluster.md ("Ninth look") holds its figures.
+
+    python3 bench/cluster_waits.py [--bin target/release] [--pg postgres://postgres@127.0.0.1:5432/test]
+                                   [--seconds 6] [--connections 32]
+Needs wrk, redis-server and psql.
+"""
+import argparse
+import collections
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+from cluster_parts import ENV, start_redis, start_replica, start_upstream, write_config
+
+BODY = json.dumps({
+    "model": "gpt-4o-mini",
+    "messages": [{"role": "user", "content": "Say hello"}],
+    "max_tokens": 64,
+})
+
+
+def psql(url, sql):
+    return subprocess.run(["psql", url, "-Atc", sql], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def measure(bin_dir, work, ports, key, db_url, seconds, connections):
+    """Runs wrk against each replica (the connections split among them) while sampling;
+    answers (requests/s, Counter of wait events, samples)."""
+    script = os.path.join(work, "post.lua")
+    with open(script, "w") as f:
+        f.write('wrk.method = "POST"\n'
+                f'wrk.body = {json.dumps(BODY)}\n'
+                f'wrk.headers["authorization"] = "Bearer {key}"\n'
+                'wrk.headers["content-type"] = "application/json"\n')
+    sampler = subprocess.Popen(
+        ["psql", db_url, "-At", "-F", " "], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True)
+    sampler.stdin.write(
+        "SELECT 'sample', COALESCE(wait_event_type, 'CPU') || ':' || COALESCE(wait_event, '-') "
+        "FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' "
+        "AND pid <> pg_backend_pid() UNION ALL SELECT 'tick', '' \\watch 0.02\n")
+    sampler.stdin.flush()
+    per = max(1, connections // len(ports))
+    loads = [subprocess.Popen(["wrk", "-t1", f"-c{per}", f"-d{seconds}s", "-s", script,
+                               f"http://127.0.0.1:{p}/v1/chat/completions"],
+                              stdout=subprocess.PIPE, text=True) for p in ports]
+    outputs = [l.communicate()[0] for l in loads]
+    sampler.terminate()
+    text = sampler.communicate()[0]
+    waits, ticks = collections.Counter(), 0
+    for line in text.splitlines():
+        if line.startswith("tick"):
+            ticks += 1
+        elif line.startswith("sample "):
+            waits[line.split(" ", 1)[1]] += 1
+    rate = sum(float(re.search(r"Requests/sec:\s+([\d.]+)", o).group(1)) for o in outputs)
+    return rate, waits, ticks
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default="target/release")
+    ap.add_argument("--pg", default="postgres://postgres@127.0.0.1:5432/test")
+    ap.add_argument("--seconds", type=int, default=6)
+    ap.add_argument("--connections", type=int, default=32)
+    args = ap.parse_args()
+    bin_dir = os.path.abspath(args.bin)
+    work = tempfile.mkdtemp(prefix="tg-cluster-waits.")
+    db = f"tg_waits_{os.getpid()}"
+    root = args.pg.rsplit("/", 1)[0]
+    db_url = f"{root}/{db}"
+    procs = []
+    try:
+        redis_proc, rport = start_redis(work)
+        procs.append(redis_proc)
+        psql(args.pg, f"CREATE DATABASE {db}")
+        up, up_addr = start_upstream(bin_dir)
+        procs.append(up)
+        cfg = write_config(os.path.join(work, "tollgate.toml"), db_url, rport, work, up_addr)
+        ports = []
+        for i in range(3):
+            tg, port = start_replica(bin_dir, cfg, work, os.path.join(work, f"tollgate{i}.log"))
+            procs.append(tg)
+            ports.append(port)
+        subprocess.run([os.path.join(bin_dir, "tollgate"), "--config", cfg, "credits", "grant",
+                        "default", "1000000"], env=ENV, check=True, capture_output=True)
+        prov = open(os.path.join(work, "provisioning-key.txt")).read().strip()
+        req = urllib.request.Request(f"http://127.0.0.1:{ports[0]}/v1/account/keys",
+                                     method="POST", data=json.dumps({"name": "hot"}).encode(),
+                                     headers={"authorization": f"Bearer {prov}",
+                                              "content-type": "application/json"})
+        key = json.loads(urllib.request.urlopen(req).read())["key"]
+        for name, targets in [("one replica", ports[:1]), ("three replicas", ports),
+                              ("one replica", ports[:1]), ("three replicas", ports)]:
+            rate, waits, ticks = measure(bin_dir, work, targets, key, db_url, args.seconds,
+                                         args.connections)
+            total = sum(waits.values())
+            print(f"== {name}: {rate:,.0f} req/s; {ticks} samples, "
+                  f"{total / max(ticks, 1):.2f} active backends on average")
+            for event, n in waits.most_common(8):
+                print(f"   {event:32} {n / max(ticks, 1):5.2f} backends ({100 * n / max(total, 1):4.1f} %)")
+            time.sleep(1)
+    finally:
+        for p in procs:
+            p.kill()
+        subprocess.run(["psql", args.pg, "-c", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"],
+                       capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
