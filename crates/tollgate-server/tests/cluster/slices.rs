@@ -423,4 +423,35 @@ async fn real_replicas_serve_a_hot_key_from_slices_and_the_ledger_names_them() {
     assert_eq!(total, charged);
     assert_eq!(cluster.shared_account(1).await.spent, charged);
     assert_eq!(cluster.shared_account(1).await.reserved, 0);
+
+    // An operator sees where reservations were taken (the counters follow every 5 s).
+    let counted = |text: &str, source: &str| -> u64 {
+        let prefix = format!("tollgate_shared_reservations_total{{source=\"{source}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map_or(0, |v| v.trim().parse().expect("a count"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let (from_slices, in_redis) = loop {
+        let mut both = (0, 0);
+        for replica in &cluster.replicas {
+            let text = cluster
+                .client
+                .get(format!("{}/metrics", replica.base))
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("text");
+            both.0 += counted(&text, "slice");
+            both.1 += counted(&text, "redis");
+        }
+        if both.0 + both.1 == 360 || Instant::now() > deadline {
+            break both;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(from_slices + in_redis, 360);
+    assert_eq!(from_slices as i64, named);
 }

@@ -120,6 +120,9 @@ pub struct SharedBudgets {
     pub(super) leases_lost: std::sync::atomic::AtomicU64,
     /// Checks here that found a loaded budget differing from the ledger, for diagnostics.
     pub(super) repairs: std::sync::atomic::AtomicU64,
+    /// Requests' reservations taken here from a slice, and in Redis.
+    from_slices: std::sync::atomic::AtomicU64,
+    in_redis: std::sync::atomic::AtomicU64,
     pub(super) last_renewal: Mutex<Option<Instant>>,
     /// What the change feed of credit grants has told (`grants.rs`).
     pub(super) grants: Mutex<super::grants::GrantFeed>,
@@ -157,6 +160,8 @@ impl SharedBudgets {
             loads_run: Default::default(),
             leases_lost: Default::default(),
             repairs: Default::default(),
+            from_slices: Default::default(),
+            in_redis: Default::default(),
             last_renewal: Mutex::new(None),
             grants: Mutex::new(Default::default()),
             scripts: Scripts::new(),
@@ -206,11 +211,20 @@ impl SharedBudgets {
             window,
             lease: Some(slice),
         };
+        let counted = |r: Reservation| {
+            let which = if r.lease.is_some() {
+                &self.from_slices
+            } else {
+                &self.in_redis
+            };
+            which.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            r
+        };
         match self
             .slices
             .admit(&budget, amount.nanos(), self.slice_life())
         {
-            Admit::Served(slice) => return Ok(member(slice)),
+            Admit::Served(slice) => return Ok(counted(member(slice))),
             Admit::Open(size) => {
                 let slice_id = format!("L:{}", uuid::Uuid::new_v4().simple());
                 let opened = self
@@ -226,12 +240,18 @@ impl SharedBudgets {
                     Err(_) => None,
                 };
                 if let Some(slice) = self.slices.opened(&budget, opened) {
-                    return Ok(member(slice));
+                    return Ok(counted(member(slice)));
                 }
             }
             Admit::Alone => {}
         }
-        self.reserve_in_redis(key, amount, id).await
+        self.reserve_in_redis(key, amount, id).await.map(counted)
+    }
+
+    /// Requests' reservations taken here so far: (from a slice, in Redis).
+    pub fn reservations(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.from_slices.load(Relaxed), self.in_redis.load(Relaxed))
     }
 
     /// How long a slice admits requests: never past a third of the lease, the longest a

@@ -51,12 +51,28 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Checks the database (and Redis, in a cluster) every few seconds for
-/// `tollgate_backend_up`.
+/// `tollgate_backend_up`, and brings `tollgate_shared_reservations` up to date.
 pub async fn watch_backends(state: AppState) {
-    use super::labels::{BackendLabel, Static};
+    use super::labels::{BackendLabel, SourceLabel, Static};
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    let mut counted = (0, 0);
     loop {
         tick.tick().await;
+        if let crate::billing::meter::Meter::Shared(shared) = &*state.meter {
+            let now = shared.reservations();
+            for (source, (was, is)) in
+                [("slice", (counted.0, now.0)), ("redis", (counted.1, now.1))]
+            {
+                state
+                    .metrics
+                    .shared_reservations
+                    .get_or_create(&SourceLabel {
+                        source: Static(source),
+                    })
+                    .inc_by(is - was);
+            }
+            counted = now;
+        }
         let bound = state.writer.wait_bound();
         let database = matches!(
             tokio::time::timeout(bound, state.store.ping()).await,

@@ -288,3 +288,9 @@ pub struct BuildLabels {
 pub struct BackendLabel {
     pub backend: Static,
 }
+
+/// Where a cluster reservation was taken: `slice` or `redis`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: Static,
+}

@@ -87,6 +87,7 @@ pub struct Metrics {
     pub open_streams: Gauge,
     pub disconnects: Family<EndpointLabel, Counter>,
     pub backend_up: Family<BackendLabel, Gauge>,
+    pub shared_reservations: Family<SourceLabel, Counter>,
     writer_backlog: Gauge,
     deployments: Family<DeploymentLabels, Gauge>,
     key_requests: Family<KeyLabel, Counter>,
@@ -117,6 +118,7 @@ impl Metrics {
             open_streams: Gauge::default(),
             disconnects: Family::default(),
             backend_up: Family::default(),
+            shared_reservations: Family::default(),
             writer_backlog: Gauge::default(),
             deployments: Family::default(),
             key_requests: Family::default(),
@@ -215,6 +217,11 @@ impl Metrics {
             "tollgate_backend_up",
             "Whether the database (and Redis, in a cluster) answered the last check (1) or not (0)",
             metrics.backend_up.clone(),
+        );
+        r.register(
+            "tollgate_shared_reservations",
+            "In a cluster, this replica's reservations by where they were taken: a budget slice held here (slice) or Redis (redis); counted every 5 s",
+            metrics.shared_reservations.clone(),
         );
         r.register(
             "tollgate_deployment_state",
