@@ -5,7 +5,8 @@
 //! the ledger: a hot key is charged exactly; a slice whose replica died stays held until
 //! the check counts what it spent; a frozen replica's late settle adds only what the
 //! check did not count; the check subtracts only what a live slice committed; a request
-//! refused while a slice holds the budget waits for it; and three replicas racing with
+//! refused while a slice holds the budget waits for it; a slice open when Redis loses its
+//! data is registered in the new epoch and counted once; and three replicas racing with
 //! slices never overspend.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -246,6 +247,66 @@ async fn the_check_leaves_a_live_slices_committed_part_to_its_settle() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     a.tick().await;
     assert_eq!(in_redis(&s).await, [in_ledger(&s).await, 0, 0]);
+}
+
+/// Redis loses its data while a slice is open, part of its requests in the ledger: the
+/// replica registers the slice in the new epoch (held, and counted as sliced), the
+/// rebuilt budget leaves the committed part to the slice's settle, and the settle counts
+/// the whole spend once; the slice admits no more after the move.
+#[tokio::test]
+async fn a_slice_open_when_redis_loses_its_data_is_registered_and_counted_once() {
+    let s = setup(100_000_000).await;
+    let a = Arc::new(replica(&s, Duration::from_secs(3), Duration::from_secs(3600)).await);
+    let member = open_slice(&a, &s, "a").await;
+    assert_eq!(serve(&a, &s, "b", 6).await, 6);
+    let epoch = s.redis.epoch().await;
+    let mut conn = s.redis.conn().await;
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut conn)
+        .await
+        .expect("flushall");
+    // The tick's heartbeat finds the data gone and moves to a new epoch, registering the
+    // slice there and closing it (and renews its lease there, every second); the next
+    // reservation waits out the grace window, and the budget is rebuilt from the ledger.
+    a.tick().await;
+    let ticking = Arc::new(AtomicBool::new(true));
+    let ticker = {
+        let (a, ticking) = (a.clone(), ticking.clone());
+        tokio::spawn(async move {
+            while ticking.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                a.tick().await;
+            }
+        })
+    };
+    let after = a
+        .reserve(&s.key, Credits::from_nanos(WORST), "req_after")
+        .await
+        .expect("reserve");
+    ticking.store(false, Ordering::Relaxed);
+    ticker.await.expect("ticker");
+    assert_ne!(s.redis.epoch().await, epoch);
+    // The old slice admits no more (a new one may open in the new epoch, with its checks).
+    let (old, new) = (member.lease.clone().expect("old"), after.lease.clone());
+    assert!(new.as_ref().is_none_or(|n| !Arc::ptr_eq(n, &old)));
+    let slice = SLICE_REQUESTS * WORST;
+    let slices = slice * (1 + i64::from(new.is_some()));
+    let alone = if new.is_some() { 0 } else { WORST };
+    let [usage, reserved, sliced] = in_redis(&s).await;
+    assert_eq!((reserved, sliced), (slices + alone, slices));
+    assert_eq!(
+        in_ledger(&s).await - usage,
+        6 * COST,
+        "the slice's committed part"
+    );
+    drop((old, new));
+    finish(&a, &s, member, COST).await;
+    finish(&a, &s, after, COST).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    a.tick().await;
+    assert_eq!(a.slices(), (0, 0));
+    assert_eq!(in_redis(&s).await, [in_ledger(&s).await, 0, 0]);
+    assert_eq!(a.repairs(), 0);
 }
 
 /// Replica A's slice holds part of a key's budget when replica B asks for more than is
