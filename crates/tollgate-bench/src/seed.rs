@@ -236,7 +236,7 @@ async fn seed_postgres(args: &SeedArgs, tag: &str) -> anyhow::Result<(usize, i64
          SELECT account_id, to_char(to_timestamp(created_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD'), \
            key_id, model, COUNT(*), SUM(cost), SUM(input_tokens), SUM(output_tokens) \
          FROM usage_records WHERE id > $1 GROUP BY 1, 2, 3, 4 \
-         ON CONFLICT (account_id, day, key_id, model) DO UPDATE SET \
+         ON CONFLICT (account_id, day, key_id, model, slot) DO UPDATE SET \
            requests = usage_daily.requests + excluded.requests, \
            cost = usage_daily.cost + excluded.cost, \
            input_tokens = usage_daily.input_tokens + excluded.input_tokens, \

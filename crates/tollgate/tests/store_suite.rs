@@ -110,6 +110,8 @@ store_cases! {
             replicas_start_at_once,
             the_usage_writer_reconnects_after_the_database_ends_its_connection,
             the_usage_writer_gives_up_a_connection_attempt_that_hangs,
+            commits_of_two_writers_for_one_account_do_not_wait_for_each_other,
+            the_previous_usage_function_counts_in_the_slots,
         ],
     }
 }

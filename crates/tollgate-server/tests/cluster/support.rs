@@ -301,11 +301,15 @@ impl Cluster {
             })
             .collect();
         let total = records.iter().map(|r| r.1).sum();
-        let charged: i64 = sqlx::query("SELECT charged FROM accounts WHERE name = 'default'")
-            .fetch_one(&pool)
-            .await
-            .expect("account")
-            .get(0);
+        // The base and the writers' slots (migration 0015).
+        let charged: i64 = sqlx::query(
+            "SELECT a.charged + COALESCE((SELECT SUM(c.charged) FROM account_charges c \
+             WHERE c.account_id = a.id), 0)::BIGINT FROM accounts a WHERE a.name = 'default'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("account")
+        .get(0);
         (total, charged, records)
     }
 
@@ -320,12 +324,15 @@ impl Cluster {
         .await
         .expect("sum")
         .get(0);
-        let usage: i64 = sqlx::query("SELECT usage FROM api_keys WHERE id = $1")
-            .bind(key)
-            .fetch_one(&pool)
-            .await
-            .expect("usage")
-            .get(0);
+        let usage: i64 = sqlx::query(
+            "SELECT k.usage + COALESCE((SELECT SUM(u.usage) FROM key_usage u \
+             WHERE u.key_id = k.id), 0)::BIGINT FROM api_keys k WHERE k.id = $1",
+        )
+        .bind(key)
+        .fetch_one(&pool)
+        .await
+        .expect("usage")
+        .get(0);
         (sum, usage)
     }
 

@@ -11,6 +11,7 @@ use super::names::budget_name;
 use super::slices::is_slice;
 use super::ClusterError;
 use crate::billing::window::{LimitReset, Window};
+use crate::store::counters::{account_charged, key_usage};
 use crate::store::{AccountId, KeyId};
 
 /// A key's totals in the snapshot.
@@ -111,10 +112,12 @@ impl Snapshot {
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .await
             .map_err(ledger_error)?;
-        let row = sqlx::query(
-            "SELECT a.charged, COALESCE((SELECT SUM(g.amount) FROM credit_grants g \
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            account_charged!("a"),
+            ", COALESCE((SELECT SUM(g.amount) FROM credit_grants g \
              WHERE g.account_id = a.id), 0)::BIGINT - a.expired FROM accounts a WHERE a.id = $1",
-        )
+        ))
         .bind(account.0)
         .fetch_optional(&mut *tx)
         .await
@@ -126,16 +129,20 @@ impl Snapshot {
         let granted: i64 = row.try_get(1).map_err(ledger_error)?;
         let rows = match keys {
             // Named keys by their primary key (an account may have 100,000 keys).
-            Some(keys) => sqlx::query(
-                "SELECT id, usage, credit_limit, limit_reset FROM api_keys WHERE id = ANY($2) \
+            Some(keys) => sqlx::query(concat!(
+                "SELECT id, ",
+                key_usage!("api_keys"),
+                ", credit_limit, limit_reset FROM api_keys WHERE id = ANY($2) \
                  AND account_id = $1 AND kind = 'inference' AND deleted_at IS NULL ORDER BY id",
-            )
+            ))
             .bind(account.0)
             .bind(keys.iter().map(|k| k.0).collect::<Vec<i64>>()),
-            None => sqlx::query(
-                "SELECT id, usage, credit_limit, limit_reset FROM api_keys WHERE account_id = $1 \
+            None => sqlx::query(concat!(
+                "SELECT id, ",
+                key_usage!("api_keys"),
+                ", credit_limit, limit_reset FROM api_keys WHERE account_id = $1 \
                  AND kind = 'inference' AND deleted_at IS NULL ORDER BY id",
-            )
+            ))
             .bind(account.0),
         }
         .fetch_all(&mut *tx)

@@ -1,7 +1,8 @@
 // The credit ledger's transactions (src/credits.rs), written once for both databases:
 // `credits_sqlite.rs` and `credits_pg.rs` include this file with their own `Db`, `begin`
-// (a transaction that holds the account against concurrent writers) and `LOCK`.
-// Included, not a module: each includer defines those three before `include!`.
+// (a transaction that holds the account against concurrent writers), `LOCK` and `CHARGED`
+// (the account's charge as its database counts it). Included, not a module: each
+// includer defines those four before `include!`.
 
 use sqlx::Row;
 
@@ -15,7 +16,7 @@ async fn load(
     account: AccountId,
 ) -> Result<Option<(CreditLedger, i64)>, StoreError> {
     let Some(row) = sqlx::query(&format!(
-        "SELECT charged, allocated FROM accounts WHERE id = $1{LOCK}"
+        "SELECT {CHARGED} AS charged, allocated FROM accounts WHERE id = $1{LOCK}"
     ))
     .bind(account.0)
     .fetch_optional(&mut **tx)

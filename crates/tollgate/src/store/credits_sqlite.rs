@@ -3,6 +3,7 @@
 
 type Db = sqlx::Sqlite;
 const LOCK: &str = "";
+const CHARGED: &str = "charged";
 
 async fn begin(pool: &sqlx::Pool<Db>) -> Result<sqlx::Transaction<'static, Db>, sqlx::Error> {
     pool.begin_with("BEGIN IMMEDIATE").await

@@ -2,6 +2,7 @@
 //! One implementation per database, chosen by the URL scheme.
 
 mod admin;
+pub(crate) mod counters;
 mod credits_pg;
 mod credits_sqlite;
 mod deadline;

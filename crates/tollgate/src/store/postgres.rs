@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Row};
 
+use super::counters::{account_charged, key_last_used, key_usage};
 use super::day_of;
 use super::*;
 use crate::billing::window::LimitReset;
@@ -39,18 +40,30 @@ const WRITER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// longer answers at all.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
-const KEY_COLUMNS: &str = "id, account_id, kind, name, hint, created_at, updated_at, expires_at, \
-     is_enabled, credit_limit, usage, last_used_at, deleted_at, rate_limit_rpm, \
+/// A key's columns; its usage and last use with its writers' slots ([`super::counters`]),
+/// for statements on `api_keys` without an alias.
+const KEY_COLUMNS: &str = concat!(
+    "id, account_id, kind, name, hint, created_at, updated_at, expires_at, \
+     is_enabled, credit_limit, ",
+    key_usage!("api_keys"),
+    " AS usage, ",
+    key_last_used!("api_keys"),
+    " AS last_used_at, deleted_at, rate_limit_rpm, \
      limit_reset, allowed_models, previous_key_expires_at, \
-     clamp_max_tokens";
+     clamp_max_tokens"
+);
 
 /// Sums held within BIGINT: a sum (NUMERIC) past it would make the cast, and with it
 /// every read of the account, fail.
-const ACCOUNT_SELECT: &str = "SELECT a.id, a.name, a.created_at, a.charged, a.expired, \
+const ACCOUNT_SELECT: &str = concat!(
+    "SELECT a.id, a.name, a.created_at, ",
+    account_charged!("a"),
+    " AS charged, a.expired, \
      COALESCE((SELECT SUM(g.amount) FROM credit_grants g WHERE g.account_id = a.id), 0)::BIGINT AS granted, \
      (SELECT MIN(g.expires_at) FROM credit_grants g WHERE g.account_id = a.id \
       AND g.amount > g.consumed + g.expired) AS next_expiry \
-     FROM accounts a";
+     FROM accounts a"
+);
 
 /// `SUM(column)` (a NUMERIC) held within BIGINT.
 macro_rules! bounded_sum {

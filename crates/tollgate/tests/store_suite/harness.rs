@@ -263,8 +263,11 @@ pub async fn execute_sql(db: &TestDb, sql: &str) {
 /// SQL: the store hands them out only grouped.
 pub async fn stored_daily_rows(db: &TestDb, account: AccountId) -> Vec<(DailyKey, DailyTotals)> {
     type Row = (String, i64, String, i64, i64, i64, i64);
-    const SQL: &str = "SELECT day, key_id, model, requests, cost, input_tokens, output_tokens \
-         FROM usage_daily WHERE account_id = $1";
+    // Summed over PostgreSQL's writer slots (migration 0015): one row per (day, key, model).
+    const SQL: &str = "SELECT day, key_id, model, CAST(SUM(requests) AS BIGINT), \
+         CAST(SUM(cost) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), \
+         CAST(SUM(output_tokens) AS BIGINT) FROM usage_daily WHERE account_id = $1 \
+         GROUP BY day, key_id, model";
     let rows: Vec<Row> = if db.url.starts_with("sqlite:") {
         let mut conn = SqliteConnection::connect(&db.url).await.expect("connect");
         sqlx::query_as(SQL)

@@ -144,3 +144,118 @@ pub async fn the_usage_writer_gives_up_a_connection_attempt_that_hangs(db: TestD
     task.await.expect("the writer ends");
     assert_counters_match(&db, &store, &[acme.id], &[first, next]).await;
 }
+
+/// Two replicas commit usage for the same account, key, day and model at the same time,
+/// and neither waits for the other (migration 0015, counters per writer): the first
+/// replica's commit is held open (a test trigger sleeps in its last statement, the
+/// roll-up's, after it has added to the account's and the key's counters), and the
+/// second's commit returns while the first is still open. With the counters in shared
+/// rows the second waited on the first's row locks until it ended. Both are counted once.
+pub async fn commits_of_two_writers_for_one_account_do_not_wait_for_each_other(db: TestDb) {
+    let replica_a = db.open().await;
+    let replica_b = db.open().await;
+    let acme = account(&replica_a, "acme").await;
+    let key = inference_key(&replica_a, acme.id, "k").await;
+    let mut admin = sqlx::PgConnection::connect(db.url())
+        .await
+        .expect("connect");
+    sqlx::raw_sql(
+        "CREATE FUNCTION held_commit() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_sleep(4); RETURN NEW; END $$; \
+         CREATE TRIGGER held_commit BEFORE INSERT ON usage_daily FOR EACH ROW \
+         WHEN (NEW.cost = 777) EXECUTE FUNCTION held_commit();",
+    )
+    .execute(&mut admin)
+    .await
+    .expect("trigger");
+    let held = record("held", acme.id, key, "m", 777, T0);
+    let quick = record("quick", acme.id, key, "m", 1_000, T0 + 1);
+    let first = {
+        let (store, held) = (replica_a.clone(), held.clone());
+        tokio::spawn(async move { store.record_usage(&[held]).await })
+    };
+    // Until the first commit is in its sleep, with the counters' rows in hand.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let sleeping: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' \
+             AND datname = current_database()",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .expect("activity");
+        if sleeping == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the held commit never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let second = tokio::time::timeout(
+        std::time::Duration::from_millis(2_500),
+        replica_b.record_usage(std::slice::from_ref(&quick)),
+    )
+    .await
+    .expect("the second writer waited for the first one's commit")
+    .expect("record");
+    assert_eq!(second, vec![true]);
+    assert!(
+        !first.is_finished(),
+        "the first commit ended before the check"
+    );
+    assert_eq!(first.await.expect("task").expect("record"), vec![true]);
+    assert_counters_match(&db, &replica_a, &[acme.id], &[held, quick]).await;
+}
+
+/// The usage function of the release before budget slices (migration 0013's arguments),
+/// kept for its replicas, adds to the writers' slots (migration 0015) like the current
+/// one: what it commits is in the account's charge, the key's usage and last use, and
+/// the roll-up, as this release reads them.
+pub async fn the_previous_usage_function_counts_in_the_slots(db: TestDb) {
+    let store = db.open().await;
+    let acme = account(&store, "acme").await;
+    let key = inference_key(&store, acme.id, "k").await;
+    let now_record = record("now", acme.id, key, "m", 1_000, T0);
+    assert_eq!(
+        store
+            .record_usage(std::slice::from_ref(&now_record))
+            .await
+            .expect("record"),
+        vec![true]
+    );
+    let mut conn = sqlx::PgConnection::connect(db.url())
+        .await
+        .expect("connect");
+    let written: Vec<String> = sqlx::query_scalar(
+        "SELECT tollgate_record_usage(ARRAY['old'], ARRAY[$1::BIGINT], ARRAY[$2::BIGINT], \
+         ARRAY['m'], ARRAY['/v1/chat/completions'], ARRAY[5::BIGINT], ARRAY[0::BIGINT], \
+         ARRAY[7::BIGINT], ARRAY[2500::BIGINT], ARRAY[200::BIGINT], ARRAY[3::BIGINT], \
+         ARRAY[$3::BIGINT], ARRAY[NULL::TEXT], ARRAY[NULL::TEXT], ARRAY[1::BIGINT], \
+         ARRAY[FALSE], ARRAY[0::BIGINT], ARRAY[$4::TEXT])",
+    )
+    .bind(acme.id.0)
+    .bind(key.0)
+    .bind(T0 + 60)
+    .bind(day(T0))
+    .fetch_all(&mut conn)
+    .await
+    .expect("the previous function");
+    assert_eq!(written, vec!["old".to_string()]);
+    let account = store
+        .account(acme.id)
+        .await
+        .expect("account")
+        .expect("exists");
+    assert_eq!(account.charged, nanos(3_500));
+    let keys = store
+        .list_keys(acme.id, tollgate::store::KeyKind::Inference)
+        .await
+        .expect("keys");
+    assert_eq!(keys[0].usage, nanos(3_500));
+    assert_eq!(keys[0].last_used_at, Some(T0 + 60));
+    let rows = stored_daily_rows(&db, acme.id).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!((rows[0].1 .0, rows[0].1 .1), (2, 3_500));
+}

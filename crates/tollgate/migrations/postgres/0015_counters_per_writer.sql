@@ -1,0 +1,173 @@
+-- Counters per writer (docs/cluster.md, "Counters per writer"). Each usage commit added
+-- to the account's `charged`, the key's `usage` and the day's roll-up row, and held those
+-- rows' locks through its flush: with three replicas writing for one account, their
+-- commits took turns, and 44 % of the database's time was spent waiting on another
+-- writer's row locks (bench/cluster_waits.py). Now each commit adds to rows of its own
+-- slot, a number it holds by an advisory lock for the length of its transaction, so two
+-- writers in flight never touch the same row.
+--
+-- `accounts.charged` and `api_keys.usage`/`last_used_at` stay, as the base every reader
+-- adds the slots to (src/store/counters.rs): nothing is migrated, and from now on no
+-- commit changes them. The roll-up gets the slot in its primary key; its readers already
+-- sum its rows.
+--
+-- Not a rolling upgrade: replicas of the previous release read the base only, so they
+-- would not see what is charged from now on. Stop them before the first replica of this
+-- release starts (docs/cluster.md, "Upgrading"). Their function signatures are kept and
+-- write the slots, so a record a previous replica commits meanwhile is counted.
+
+CREATE TABLE account_charges (
+    account_id BIGINT NOT NULL,
+    slot SMALLINT NOT NULL,
+    charged BIGINT NOT NULL,
+    PRIMARY KEY (account_id, slot)
+);
+
+CREATE TABLE key_usage (
+    key_id BIGINT NOT NULL,
+    slot SMALLINT NOT NULL,
+    usage BIGINT NOT NULL,
+    last_used_at BIGINT,
+    PRIMARY KEY (key_id, slot)
+);
+
+-- The key is rebuilt as in migration 0002 (an exclusive lock while the index is built).
+ALTER TABLE usage_daily ADD COLUMN slot SMALLINT NOT NULL DEFAULT 0;
+ALTER TABLE usage_daily
+    DROP CONSTRAINT usage_daily_pkey,
+    ADD CONSTRAINT usage_daily_pkey PRIMARY KEY (account_id, day, key_id, model, slot)
+        INCLUDE (requests, cost, input_tokens, output_tokens);
+
+-- The usage function of migration 0014, adding to this transaction's slot.
+CREATE OR REPLACE FUNCTION tollgate_record_usage(
+    r_request_id TEXT[], r_account_id BIGINT[], r_key_id BIGINT[], r_model TEXT[],
+    r_endpoint TEXT[], r_input_tokens BIGINT[], r_cached_input_tokens BIGINT[],
+    r_output_tokens BIGINT[], r_cost BIGINT[], r_status BIGINT[], r_latency_ms BIGINT[],
+    r_created_at BIGINT[], r_requested_model TEXT[], r_provider TEXT[], r_attempts BIGINT[],
+    r_estimated BOOLEAN[], r_loss BIGINT[], r_day TEXT[], r_lease_id TEXT[])
+RETURNS SETOF TEXT LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fn$
+DECLARE
+    written TEXT[];
+    w_slot SMALLINT;
+    s INT;
+    bad_account BIGINT;
+    bad_key BIGINT;
+BEGIN
+    WITH ins AS (
+        INSERT INTO usage_records (request_id, account_id, key_id, model, endpoint,
+            input_tokens, cached_input_tokens, output_tokens, cost, status, latency_ms,
+            created_at, requested_model, provider, attempts, estimated, loss, lease_id)
+        SELECT * FROM UNNEST(r_request_id, r_account_id, r_key_id, r_model, r_endpoint,
+            r_input_tokens, r_cached_input_tokens, r_output_tokens, r_cost, r_status,
+            r_latency_ms, r_created_at, r_requested_model, r_provider, r_attempts,
+            r_estimated, r_loss, r_lease_id)
+          AS v(request_id, account_id, key_id, model, endpoint, input_tokens,
+            cached_input_tokens, output_tokens, cost, status, latency_ms, created_at,
+            requested_model, provider, attempts, estimated, loss, lease_id)
+        ORDER BY request_id
+        ON CONFLICT (request_id) DO NOTHING
+        RETURNING request_id)
+    SELECT array_agg(request_id) INTO written FROM ins;
+    IF written IS NULL THEN
+        RETURN;
+    END IF;
+
+    -- Every record names an account and a key of that account (no foreign keys, migration
+    -- 0013; accounts and keys are never deleted, so a plain read is enough).
+    SELECT n.account_id INTO bad_account
+    FROM UNNEST(r_request_id, r_account_id) AS n(request_id, account_id)
+    WHERE n.request_id = ANY(written)
+      AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = n.account_id)
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'usage for account %, which does not exist', bad_account
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    SELECT n.key_id, n.account_id INTO bad_key, bad_account
+    FROM UNNEST(r_request_id, r_key_id, r_account_id) AS n(request_id, key_id, account_id)
+    WHERE n.request_id = ANY(written)
+      AND NOT EXISTS (SELECT 1 FROM api_keys k WHERE k.id = n.key_id
+                      AND k.account_id = n.account_id)
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'usage for key % of account %, which does not exist', bad_key, bad_account
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+
+    -- This transaction's slot: the first of 0..15 no other transaction holds. The lock is
+    -- held until this transaction ends (after its commit's flush, as its row locks are),
+    -- so no two writers in flight add to the same rows. More than 16 at once share the
+    -- last slot and take turns on its rows, as every writer did before.
+    FOR s IN 0..15 LOOP
+        IF pg_try_advisory_xact_lock(1953261415, s) THEN
+            w_slot := s;
+            EXIT;
+        END IF;
+    END LOOP;
+    w_slot := COALESCE(w_slot, 15);
+
+    INSERT INTO account_charges AS c (account_id, slot, charged)
+    SELECT n.account_id, w_slot, LEAST(GREATEST(SUM(n.cost), -9223372036854775808), 9223372036854775807)::BIGINT
+    FROM UNNEST(r_request_id, r_account_id, r_cost) AS n(request_id, account_id, cost)
+    WHERE n.request_id = ANY(written)
+    GROUP BY n.account_id ORDER BY n.account_id
+    ON CONFLICT (account_id, slot) DO UPDATE SET
+        charged = LEAST(GREATEST(c.charged::NUMERIC + excluded.charged, -9223372036854775808), 9223372036854775807)::BIGINT;
+
+    INSERT INTO key_usage AS u (key_id, slot, usage, last_used_at)
+    SELECT n.key_id, w_slot, LEAST(GREATEST(SUM(n.cost), -9223372036854775808), 9223372036854775807)::BIGINT, MAX(n.created_at)
+    FROM UNNEST(r_request_id, r_key_id, r_cost, r_created_at)
+      AS n(request_id, key_id, cost, created_at)
+    WHERE n.request_id = ANY(written)
+    GROUP BY n.key_id ORDER BY n.key_id
+    ON CONFLICT (key_id, slot) DO UPDATE SET
+        usage = LEAST(GREATEST(u.usage::NUMERIC + excluded.usage, -9223372036854775808), 9223372036854775807)::BIGINT,
+        last_used_at = GREATEST(u.last_used_at, excluded.last_used_at);
+
+    INSERT INTO usage_daily (account_id, day, key_id, model, slot, requests, cost, input_tokens,
+        output_tokens, estimated_requests, fallback_requests)
+    SELECT n.account_id, n.day, n.key_id, n.model, w_slot,
+        COUNT(*),
+        LEAST(SUM(n.cost), 9223372036854775807)::BIGINT,
+        LEAST(SUM(n.input_tokens), 9223372036854775807)::BIGINT,
+        LEAST(SUM(n.output_tokens), 9223372036854775807)::BIGINT,
+        SUM(n.estimated::INT), SUM((n.requested_model IS NOT NULL)::INT)
+    FROM UNNEST(r_request_id, r_account_id, r_day, r_key_id, r_model, r_cost,
+        r_input_tokens, r_output_tokens, r_estimated, r_requested_model)
+      AS n(request_id, account_id, day, key_id, model, cost, input_tokens, output_tokens,
+        estimated, requested_model)
+    WHERE n.request_id = ANY(written)
+    GROUP BY n.account_id, n.day, n.key_id, n.model
+    ORDER BY n.account_id, n.day, n.key_id, n.model
+    ON CONFLICT (account_id, day, key_id, model, slot) DO UPDATE SET
+        requests = LEAST(GREATEST(usage_daily.requests::NUMERIC + excluded.requests,
+            -9223372036854775808), 9223372036854775807)::BIGINT,
+        cost = LEAST(GREATEST(usage_daily.cost::NUMERIC + excluded.cost,
+            -9223372036854775808), 9223372036854775807)::BIGINT,
+        input_tokens = LEAST(GREATEST(usage_daily.input_tokens::NUMERIC + excluded.input_tokens,
+            -9223372036854775808), 9223372036854775807)::BIGINT,
+        output_tokens = LEAST(GREATEST(usage_daily.output_tokens::NUMERIC + excluded.output_tokens,
+            -9223372036854775808), 9223372036854775807)::BIGINT,
+        estimated_requests = LEAST(GREATEST(usage_daily.estimated_requests::NUMERIC
+            + excluded.estimated_requests, -9223372036854775808), 9223372036854775807)::BIGINT,
+        fallback_requests = LEAST(GREATEST(usage_daily.fallback_requests::NUMERIC
+            + excluded.fallback_requests, -9223372036854775808), 9223372036854775807)::BIGINT;
+
+    RETURN QUERY SELECT unnest(written);
+END
+$fn$;
+
+-- The function of migration 0013 (records without a slice), kept for the previous
+-- release's replicas: the same, with no slices named.
+CREATE OR REPLACE FUNCTION tollgate_record_usage(
+    r_request_id TEXT[], r_account_id BIGINT[], r_key_id BIGINT[], r_model TEXT[],
+    r_endpoint TEXT[], r_input_tokens BIGINT[], r_cached_input_tokens BIGINT[],
+    r_output_tokens BIGINT[], r_cost BIGINT[], r_status BIGINT[], r_latency_ms BIGINT[],
+    r_created_at BIGINT[], r_requested_model TEXT[], r_provider TEXT[], r_attempts BIGINT[],
+    r_estimated BOOLEAN[], r_loss BIGINT[], r_day TEXT[])
+RETURNS SETOF TEXT LANGUAGE sql AS $fn$
+    SELECT tollgate_record_usage(r_request_id, r_account_id, r_key_id, r_model, r_endpoint,
+        r_input_tokens, r_cached_input_tokens, r_output_tokens, r_cost, r_status,
+        r_latency_ms, r_created_at, r_requested_model, r_provider, r_attempts, r_estimated,
+        r_loss, r_day, ARRAY[]::TEXT[])
+$fn$;
