@@ -112,6 +112,7 @@ store_cases! {
             the_usage_writer_gives_up_a_connection_attempt_that_hangs,
             commits_of_two_writers_for_one_account_do_not_wait_for_each_other,
             the_previous_usage_function_counts_in_the_slots,
+            a_record_whose_key_is_another_accounts_is_refused,
         ],
     }
 }

@@ -72,28 +72,6 @@ BEGIN
         RETURN;
     END IF;
 
-    -- Every record names an account and a key of that account (no foreign keys, migration
-    -- 0013; accounts and keys are never deleted, so a plain read is enough).
-    SELECT n.account_id INTO bad_account
-    FROM UNNEST(r_request_id, r_account_id) AS n(request_id, account_id)
-    WHERE n.request_id = ANY(written)
-      AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = n.account_id)
-    LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'usage for account %, which does not exist', bad_account
-            USING ERRCODE = 'foreign_key_violation';
-    END IF;
-    SELECT n.key_id, n.account_id INTO bad_key, bad_account
-    FROM UNNEST(r_request_id, r_key_id, r_account_id) AS n(request_id, key_id, account_id)
-    WHERE n.request_id = ANY(written)
-      AND NOT EXISTS (SELECT 1 FROM api_keys k WHERE k.id = n.key_id
-                      AND k.account_id = n.account_id)
-    LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'usage for key % of account %, which does not exist', bad_key, bad_account
-            USING ERRCODE = 'foreign_key_violation';
-    END IF;
-
     -- This transaction's slot: the first of 0..15 no other transaction holds. The lock is
     -- held until this transaction ends (after its commit's flush, as its row locks are),
     -- so no two writers in flight add to the same rows. More than 16 at once share the
@@ -106,23 +84,49 @@ BEGIN
     END LOOP;
     w_slot := COALESCE(w_slot, 15);
 
-    INSERT INTO account_charges AS c (account_id, slot, charged)
-    SELECT n.account_id, w_slot, LEAST(GREATEST(SUM(n.cost), -9223372036854775808), 9223372036854775807)::BIGINT
-    FROM UNNEST(r_request_id, r_account_id, r_cost) AS n(request_id, account_id, cost)
-    WHERE n.request_id = ANY(written)
-    GROUP BY n.account_id ORDER BY n.account_id
-    ON CONFLICT (account_id, slot) DO UPDATE SET
-        charged = LEAST(GREATEST(c.charged::NUMERIC + excluded.charged, -9223372036854775808), 9223372036854775807)::BIGINT;
+    -- Added to the slot's rows, per account and per key. Each group also checks that its
+    -- account exists, and its key is that account's (no foreign keys, migration 0013;
+    -- accounts and keys are never deleted, so a plain read is enough); a group that does
+    -- not refuses the batch, naming it.
+    WITH g AS (
+        SELECT n.account_id AS id, SUM(n.cost) AS cost,
+            EXISTS (SELECT 1 FROM accounts a WHERE a.id = n.account_id) AS known
+        FROM UNNEST(r_request_id, r_account_id, r_cost) AS n(request_id, account_id, cost)
+        WHERE n.request_id = ANY(written)
+        GROUP BY n.account_id),
+    added AS (
+        INSERT INTO account_charges AS c (account_id, slot, charged)
+        SELECT g.id, w_slot, LEAST(GREATEST(g.cost, -9223372036854775808), 9223372036854775807)::BIGINT
+        FROM g WHERE g.known ORDER BY g.id
+        ON CONFLICT (account_id, slot) DO UPDATE SET
+            charged = LEAST(GREATEST(c.charged::NUMERIC + excluded.charged, -9223372036854775808), 9223372036854775807)::BIGINT)
+    SELECT g.id INTO bad_account FROM g WHERE NOT g.known LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'usage for account %, which does not exist', bad_account
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
 
-    INSERT INTO key_usage AS u (key_id, slot, usage, last_used_at)
-    SELECT n.key_id, w_slot, LEAST(GREATEST(SUM(n.cost), -9223372036854775808), 9223372036854775807)::BIGINT, MAX(n.created_at)
-    FROM UNNEST(r_request_id, r_key_id, r_cost, r_created_at)
-      AS n(request_id, key_id, cost, created_at)
-    WHERE n.request_id = ANY(written)
-    GROUP BY n.key_id ORDER BY n.key_id
-    ON CONFLICT (key_id, slot) DO UPDATE SET
-        usage = LEAST(GREATEST(u.usage::NUMERIC + excluded.usage, -9223372036854775808), 9223372036854775807)::BIGINT,
-        last_used_at = GREATEST(u.last_used_at, excluded.last_used_at);
+    WITH g AS (
+        SELECT n.key_id AS id, n.account_id AS account, SUM(n.cost) AS cost,
+            MAX(n.created_at) AS at,
+            EXISTS (SELECT 1 FROM api_keys k WHERE k.id = n.key_id
+                    AND k.account_id = n.account_id) AS known
+        FROM UNNEST(r_request_id, r_key_id, r_account_id, r_cost, r_created_at)
+          AS n(request_id, key_id, account_id, cost, created_at)
+        WHERE n.request_id = ANY(written)
+        GROUP BY n.key_id, n.account_id),
+    added AS (
+        INSERT INTO key_usage AS u (key_id, slot, usage, last_used_at)
+        SELECT g.id, w_slot, LEAST(GREATEST(g.cost, -9223372036854775808), 9223372036854775807)::BIGINT, g.at
+        FROM g WHERE g.known ORDER BY g.id
+        ON CONFLICT (key_id, slot) DO UPDATE SET
+            usage = LEAST(GREATEST(u.usage::NUMERIC + excluded.usage, -9223372036854775808), 9223372036854775807)::BIGINT,
+            last_used_at = GREATEST(u.last_used_at, excluded.last_used_at))
+    SELECT g.id, g.account INTO bad_key, bad_account FROM g WHERE NOT g.known LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'usage for key % of account %, which does not exist', bad_key, bad_account
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
 
     INSERT INTO usage_daily (account_id, day, key_id, model, slot, requests, cost, input_tokens,
         output_tokens, estimated_requests, fallback_requests)

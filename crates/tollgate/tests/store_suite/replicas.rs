@@ -259,3 +259,25 @@ pub async fn the_previous_usage_function_counts_in_the_slots(db: TestDb) {
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!((rows[0].1 .0, rows[0].1 .1), (2, 3_500));
 }
+
+/// A record whose key is another account's is refused with its batch (PostgreSQL's usage
+/// function checks each key's account, migration 0013; with the counters per writer of
+/// migration 0015 that check is its own read), and nothing of the batch is counted.
+pub async fn a_record_whose_key_is_another_accounts_is_refused(db: TestDb) {
+    let store = db.open().await;
+    let acme = account(&store, "acme").await;
+    let other = account(&store, "other").await;
+    let key = inference_key(&store, acme.id, "k").await;
+    let others_key = inference_key(&store, other.id, "theirs").await;
+    let good = record("req-good", acme.id, key, "m", 100, T0);
+    let crossed = record("req-crossed", acme.id, others_key, "m", 5, T0);
+    let refused = store.record_usage(&[good.clone(), crossed]).await;
+    let error = refused.expect_err("a key of another account was written");
+    assert!(!error.is_transient());
+    assert!(
+        error.to_string().contains("which does not exist"),
+        "{error}"
+    );
+    assert_eq!(store.usage_record("req-good").await.expect("lookup"), None);
+    assert_counters_match(&db, &store, &[acme.id, other.id], &[]).await;
+}
