@@ -226,7 +226,15 @@ pub(super) struct Shared {
     pub(super) keys: Vec<String>,
 }
 
-pub(super) async fn shared(bench: &mut Bench, url: &str) -> anyhow::Result<Shared> {
+/// A database `url` served by `bin`, its Redis (`--redis`, else one of its own), its keys
+/// and its config; `tag` names its files, so that two can run side by side (before and
+/// after a change of the database's schema or functions, each binary on its own).
+pub(super) async fn shared(
+    bench: &mut Bench,
+    url: &str,
+    bin: PathBuf,
+    tag: &str,
+) -> anyhow::Result<Shared> {
     let mut redis = None;
     let redis_url = match &bench.args.redis {
         Some(u) => u.clone(),
@@ -245,16 +253,16 @@ pub(super) async fn shared(bench: &mut Bench, url: &str) -> anyhow::Result<Share
             redis = Some(Proc::spawn(
                 "redis-server",
                 cmd,
-                &bench.path("redis.log"),
+                &bench.path(&format!("redis{tag}.log")),
                 false,
             )?);
             tokio::time::sleep(Duration::from_millis(200)).await;
             format!("redis://127.0.0.1:{port}/0")
         }
     };
-    let data_dir = bench.work.join("cluster-data");
+    let data_dir = bench.work.join(format!("cluster-data{tag}"));
     std::fs::create_dir_all(&data_dir)?;
-    let config = bench.work.join("tollgate-cluster.toml");
+    let config = bench.work.join(format!("tollgate-cluster{tag}.toml"));
     write_config(
         &config,
         url,
@@ -266,7 +274,7 @@ pub(super) async fn shared(bench: &mut Bench, url: &str) -> anyhow::Result<Share
     let text = std::fs::read_to_string(&config)?;
     std::fs::write(&config, format!("redis_url = \"{redis_url}\"\n{text}"))?;
     let deployment = Deployment {
-        bin: bench.bin_dir.join("tollgate"),
+        bin,
         name: "cluster",
         config,
         database_url: url.to_string(),
@@ -336,7 +344,7 @@ pub(super) async fn cluster(bench: &mut Bench, server: &str) -> anyhow::Result<(
     let name = format!("tollgate_bench_{}_cluster", std::process::id());
     let url = fresh_pg_database(server, &name).await?;
     let result = async {
-        let Shared { deployment, keys, _redis } = shared(bench, &url).await?;
+        let Shared { deployment, keys, _redis } = shared(bench, &url, bench.bin_dir.join("tollgate"), "").await?;
         let path = "/v1/chat/completions";
         // The direct baseline (added latency is against it).
         let direct = measure(bench, &bench.direct_url(path), &keys, &[bench.fast.pid()], &WORKLOADS).await?;

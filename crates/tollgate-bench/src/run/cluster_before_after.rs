@@ -1,9 +1,12 @@
 //! Cluster mode before and after (`--only cluster-before-after`, needs `--postgres` and
 //! `--baseline-bin`): the workload (chat completions, non-streamed, one key)
 //! against one replica and against three behind nginx, served by the baseline binary and
-//! by this one in turn on the same database and Redis, `ROUNDS` rounds; which binary goes
-//! first alternates from round to round, so a machine that slows down or speeds up during
-//! the run weighs on both. Medians over the rounds, each round's figures beside them.
+//! by this one in turn, `ROUNDS` rounds; which binary goes first alternates from round to
+//! round, so a machine that slows down or speeds up during the run weighs on both. Each
+//! binary has a PostgreSQL database and a Redis of its own, set up (migrated, provisioned)
+//! by it alone: a change of the database's schema or functions is then compared too (on
+//! one database, the baseline would run on what this binary migrated). Medians over the
+//! rounds, each round's figures beside them.
 
 #[allow(unused_imports)]
 use super::*;
@@ -41,27 +44,32 @@ pub(super) async fn cluster_before_after(bench: &mut Bench, server: &str) -> any
         println!("\n  cluster-before-after: needs --baseline-bin and nginx; skipped");
         return Ok(());
     };
-    let name = format!("tollgate_bench_{}_cluster_ab", std::process::id());
-    let url = fresh_pg_database(server, &name).await?;
+    if bench.args.redis.is_some() {
+        println!("\n  cluster-before-after: starts a Redis per binary; run it without --redis");
+        return Ok(());
+    }
+    let names = [0, 1].map(|i| format!("tollgate_bench_{}_cluster_ab{i}", std::process::id()));
     let result = async {
-        let Shared { deployment, keys, _redis } = shared(bench, &url).await?;
-        let before = Deployment { bin: baseline.clone(), ..deployment.clone() };
-        let sides = [("baseline", &before), ("this binary", &deployment)];
+        let before_url = fresh_pg_database(server, &names[0]).await?;
+        let after_url = fresh_pg_database(server, &names[1]).await?;
+        let before = shared(bench, &before_url, baseline.clone(), "-baseline").await?;
+        let after = shared(bench, &after_url, bench.bin_dir.join("tollgate"), "").await?;
+        let sides = [("baseline", &before), ("this binary", &after)];
         let path = "/v1/chat/completions";
         let workload = &WORKLOADS[..1];
         // [side][one replica, three replicas][round]
         let mut seen = vec![vec![Vec::new(), Vec::new()]; 2];
         for round in 0..ROUNDS {
-            let direct = measure(bench, &bench.direct_url(path), &keys, &[bench.fast.pid()], workload).await?;
+            let direct = measure(bench, &bench.direct_url(path), &after.keys, &[bench.fast.pid()], workload).await?;
             for turn in 0..2 {
                 let side = (turn + round) % 2;
-                let d = sides[side].1;
+                let Shared { deployment: d, keys, .. } = sides[side].1;
                 let (alone, addr) = replica(bench, d, 0).await?;
-                let one = measure(bench, &format!("http://{addr}{path}"), &keys, &[alone.pid()], workload).await?;
+                let one = measure(bench, &format!("http://{addr}{path}"), keys, &[alone.pid()], workload).await?;
                 alone.stop(Duration::from_secs(15));
                 let (replicas, proxy, addr) = behind_nginx(bench, &nginx, d, 3, 1).await?;
                 let pids: Vec<u32> = replicas.iter().map(Proc::pid).collect();
-                let three = measure(bench, &format!("http://{addr}{path}"), &keys, &pids, workload).await?;
+                let three = measure(bench, &format!("http://{addr}{path}"), keys, &pids, workload).await?;
                 proxy.stop(Duration::from_secs(5));
                 for p in replicas {
                     p.stop(Duration::from_secs(15));
@@ -73,7 +81,7 @@ pub(super) async fn cluster_before_after(bench: &mut Bench, server: &str) -> any
         let mut t = Table::new(
             "Cluster mode before and after: chat completions, non-streamed, one key",
             format!(
-                "The baseline is `{}`; this binary is the one built now; same PostgreSQL database and Redis. {ROUNDS} rounds, the binaries' order alternating; each round: the direct run, then per binary one replica alone and three replicas behind nginx (round robin), open loop {OPEN_RATE} req/s for {} s and capacity (closed loop, 32 connections, {} s). Medians over the rounds, and each round's figure. CPU is the Tollgate processes' per request of the open loop.",
+                "The baseline is `{}`; this binary is the one built now; each on a PostgreSQL database and a Redis of its own. {ROUNDS} rounds, the binaries' order alternating; each round: the direct run, then per binary one replica alone and three replicas behind nginx (round robin), open loop {OPEN_RATE} req/s for {} s and capacity (closed loop, 32 connections, {} s). Medians over the rounds, and each round's figure. CPU is the Tollgate processes' per request of the open loop.",
                 baseline.display(),
                 bench.lengths.open.as_secs(),
                 bench.lengths.closed.as_secs()
@@ -103,6 +111,8 @@ pub(super) async fn cluster_before_after(bench: &mut Bench, server: &str) -> any
         anyhow::Ok(())
     }
     .await;
-    drop_pg_database(server, &name).await;
+    for name in &names {
+        drop_pg_database(server, name).await;
+    }
     result
 }
