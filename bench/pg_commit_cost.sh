@@ -16,11 +16,12 @@ psql "$server/$db" -qc "INSERT INTO api_keys (account_id, kind, name, key_hash, 
 call=$(mktemp)
 own=$(mktemp)
 trap 'rm -f "$call" "$own"' EXIT
-# One record of account 1 and its key; `$own`: of the account and key numbered after the
+# One record of account 1 and its key (the function's arguments as the writer passes them,
+# migration 0014: no budget slice); `$own`: of the account and key numbered after the
 # pgbench client (clients 0-3: accounts 1-4), so that no two connections share a row.
 cat > "$call" <<'SQL'
 \set r random(1, 2000000000)
-SELECT tollgate_record_usage(ARRAY['q' || :r || '-' || :client_id], ARRAY[1::bigint], ARRAY[1::bigint], ARRAY['gpt'], ARRAY['chat'], ARRAY[10::bigint], ARRAY[0::bigint], ARRAY[20::bigint], ARRAY[1000::bigint], ARRAY[200::bigint], ARRAY[5::bigint], ARRAY[1764600000000::bigint], ARRAY['gpt'], ARRAY['openai'], ARRAY[1::bigint], ARRAY[false], ARRAY[0::bigint], ARRAY['2026-12-01']);
+SELECT tollgate_record_usage(ARRAY['q' || :r || '-' || :client_id], ARRAY[1::bigint], ARRAY[1::bigint], ARRAY['gpt'], ARRAY['chat'], ARRAY[10::bigint], ARRAY[0::bigint], ARRAY[20::bigint], ARRAY[1000::bigint], ARRAY[200::bigint], ARRAY[5::bigint], ARRAY[1764600000000::bigint], ARRAY['gpt'], ARRAY['openai'], ARRAY[1::bigint], ARRAY[false], ARRAY[0::bigint], ARRAY['2026-12-01'], ARRAY[NULL::text]);
 SQL
 sed 's/ARRAY\[1::bigint\], ARRAY\[1::bigint\]/ARRAY[(:client_id + 1)::bigint], ARRAY[(:client_id + 1)::bigint]/' "$call" > "$own"
 # CPU (clock ticks) of every process of the postgres user.

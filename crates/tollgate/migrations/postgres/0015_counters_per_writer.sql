@@ -26,10 +26,17 @@ CREATE TABLE account_charges (
 CREATE TABLE key_usage (
     key_id BIGINT NOT NULL,
     slot SMALLINT NOT NULL,
+    account_id BIGINT NOT NULL,
     usage BIGINT NOT NULL,
     last_used_at BIGINT,
     PRIMARY KEY (key_id, slot)
 );
+-- Reads of many keys of an account (listings, the budget check) sum their slots from one
+-- range of this index, in key order, merged with the keys (one lookup per key took 0.7 to
+-- 0.8 s for 100,000 keys, this 0.34 to 0.37 s, the keys alone 0.07 to 0.09 s). The sums
+-- are not carried in it (INCLUDE): that would make every commit's update of a slot's row
+-- write new index entries, where now it can update in place (HOT).
+CREATE INDEX key_usage_account ON key_usage (account_id, key_id);
 
 -- The key is rebuilt as in migration 0002 (an exclusive lock while the index is built).
 ALTER TABLE usage_daily ADD COLUMN slot SMALLINT NOT NULL DEFAULT 0;
@@ -116,8 +123,8 @@ BEGIN
         WHERE n.request_id = ANY(written)
         GROUP BY n.key_id, n.account_id),
     added AS (
-        INSERT INTO key_usage AS u (key_id, slot, usage, last_used_at)
-        SELECT g.id, w_slot, LEAST(GREATEST(g.cost, -9223372036854775808), 9223372036854775807)::BIGINT, g.at
+        INSERT INTO key_usage AS u (key_id, slot, account_id, usage, last_used_at)
+        SELECT g.id, w_slot, g.account, LEAST(GREATEST(g.cost, -9223372036854775808), 9223372036854775807)::BIGINT, g.at
         FROM g WHERE g.known ORDER BY g.id
         ON CONFLICT (key_id, slot) DO UPDATE SET
             usage = LEAST(GREATEST(u.usage::NUMERIC + excluded.usage, -9223372036854775808), 9223372036854775807)::BIGINT,

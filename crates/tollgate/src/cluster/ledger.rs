@@ -11,7 +11,7 @@ use super::names::budget_name;
 use super::slices::is_slice;
 use super::ClusterError;
 use crate::billing::window::{LimitReset, Window};
-use crate::store::counters::{account_charged, key_usage};
+use crate::store::counters::{account_charged, joined_usage, key_slots_join, key_usage};
 use crate::store::{AccountId, KeyId};
 
 /// A key's totals in the snapshot.
@@ -128,7 +128,8 @@ impl Snapshot {
         let charged: i64 = row.try_get(0).map_err(ledger_error)?;
         let granted: i64 = row.try_get(1).map_err(ledger_error)?;
         let rows = match keys {
-            // Named keys by their primary key (an account may have 100,000 keys).
+            // Named keys by their primary key (an account may have 100,000 keys), and
+            // their slots by theirs; every key of the account in one range of the slots.
             Some(keys) => sqlx::query(concat!(
                 "SELECT id, ",
                 key_usage!("api_keys"),
@@ -139,8 +140,10 @@ impl Snapshot {
             .bind(keys.iter().map(|k| k.0).collect::<Vec<i64>>()),
             None => sqlx::query(concat!(
                 "SELECT id, ",
-                key_usage!("api_keys"),
-                ", credit_limit, limit_reset FROM api_keys WHERE account_id = $1 \
+                joined_usage!("api_keys"),
+                ", credit_limit, limit_reset FROM api_keys",
+                key_slots_join!("api_keys"),
+                "WHERE account_id = $1 \
                  AND kind = 'inference' AND deleted_at IS NULL ORDER BY id",
             ))
             .bind(account.0),

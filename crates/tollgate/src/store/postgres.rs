@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Row};
 
-use super::counters::{account_charged, key_last_used, key_usage};
+use super::counters::{
+    account_charged, joined_last_used, joined_usage, key_last_used, key_slots_join, key_usage,
+};
 use super::day_of;
 use super::*;
 use crate::billing::window::LimitReset;
@@ -40,18 +42,29 @@ const WRITER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// longer answers at all.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A key's columns; its usage and last use with its writers' slots ([`super::counters`]),
-/// for statements on `api_keys` without an alias.
-const KEY_COLUMNS: &str = concat!(
-    "id, account_id, kind, name, hint, created_at, updated_at, expires_at, \
-     is_enabled, credit_limit, ",
-    key_usage!("api_keys"),
-    " AS usage, ",
-    key_last_used!("api_keys"),
-    " AS last_used_at, deleted_at, rate_limit_rpm, \
-     limit_reset, allowed_models, previous_key_expires_at, \
-     clamp_max_tokens"
-);
+/// A key's columns, with `$usage` and `$last` its usage and last use.
+macro_rules! key_columns {
+    ($usage:expr, $last:expr) => {
+        concat!(
+            "id, account_id, kind, name, hint, created_at, updated_at, expires_at, \
+             is_enabled, credit_limit, ",
+            $usage,
+            " AS usage, ",
+            $last,
+            " AS last_used_at, deleted_at, rate_limit_rpm, \
+             limit_reset, allowed_models, previous_key_expires_at, \
+             clamp_max_tokens"
+        )
+    };
+}
+
+/// A key's columns, its usage and last use with its writers' slots ([`super::counters`]),
+/// for statements on one row of `api_keys` (no alias).
+const KEY_COLUMNS: &str = key_columns!(key_usage!("api_keys"), key_last_used!("api_keys"));
+/// [`KEY_COLUMNS`] for the keys of the account `$1`, from `api_keys` and
+/// [`key_slots_join`].
+const ACCOUNT_KEY_COLUMNS: &str =
+    key_columns!(joined_usage!("api_keys"), joined_last_used!("api_keys"));
 
 /// Sums held within BIGINT: a sum (NUMERIC) past it would make the cast, and with it
 /// every read of the account, fail.
@@ -527,8 +540,9 @@ impl Store for PgStore {
         kind: KeyKind,
     ) -> Result<Vec<KeyRecord>, StoreError> {
         sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE account_id = $1 AND kind = $2 \
-             AND deleted_at IS NULL ORDER BY id"
+            "SELECT {ACCOUNT_KEY_COLUMNS} FROM api_keys{} WHERE account_id = $1 AND kind = $2 \
+             AND deleted_at IS NULL ORDER BY id",
+            key_slots_join!("api_keys")
         ))
         .bind(account.0)
         .bind(kind.as_str())
