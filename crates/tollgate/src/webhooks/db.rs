@@ -6,11 +6,14 @@ use crate::store::side_pool::SidePool;
 
 mod sqlite {
     type Db = sqlx::Sqlite;
+    const KEY_USAGE: &str = "k.usage";
     include!("sql.rs");
 }
 
 mod pg {
     type Db = sqlx::Postgres;
+    /// With the writers' slots (`store::counters`).
+    const KEY_USAGE: &str = crate::store::counters::key_usage!("k");
     include!("sql.rs");
 }
 

@@ -1,5 +1,6 @@
 // The webhooks' queries, written once for both databases: `db.rs` includes this file in
-// a module per database, each defining `Db` first. Times in milliseconds unless said.
+// a module per database, each defining `Db` and `KEY_USAGE` (a key's usage as that
+// database counts it, for `api_keys k`) first. Times in milliseconds unless said.
 
 use sqlx::Row;
 
@@ -254,7 +255,7 @@ pub async fn keys_used_since(pool: &P, since: i64) -> sqlx::Result<Vec<KeyUse>> 
             .collect::<Vec<_>>()
             .join(", ");
         let sql = format!(
-            "SELECT k.id, k.account_id, k.name, k.usage, k.credit_limit, k.limit_reset \
+            "SELECT k.id, k.account_id, k.name, {KEY_USAGE}, k.credit_limit, k.limit_reset \
              FROM api_keys k WHERE k.credit_limit IS NOT NULL AND k.credit_limit > 0 \
              AND k.deleted_at IS NULL AND k.id IN ({list})"
         );
