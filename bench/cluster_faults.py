@@ -318,7 +318,10 @@ def main():
         c.getresponse().read()
 
         url = f"{root}/{db}"
-        over = psql(url, "SELECT COUNT(*) FROM api_keys WHERE kind = 'inference' AND credit_limit IS NOT NULL AND usage > credit_limit")
+        # What each key was charged, from the ledger's records (the counters are kept per
+        # writer since migration 0015; the records are the truth either way).
+        over = psql(url, "SELECT COUNT(*) FROM api_keys k WHERE kind = 'inference' AND credit_limit IS NOT NULL "
+                         "AND (SELECT COALESCE(SUM(cost), 0) FROM usage_records r WHERE r.key_id = k.id) > credit_limit")
         ledger_ids = set(psql(url, "SELECT request_id FROM usage_records").split())
         delivered = [x for x in load.results if x[2] == 200]
         lost = [x for x in delivered if x[3] not in ledger_ids]
