@@ -103,10 +103,13 @@ impl Canned {
 
     /// Whether a canned answer obeys the request's output cap: with a smaller cap the
     /// full path answers (a real provider never reports more output than the cap allows).
+    /// A Responses cap below the API's minimum takes the full path too, which refuses it.
     pub(crate) fn fits(&self, body: &[u8]) -> bool {
         ["max_tokens", "max_completion_tokens", "max_output_tokens"]
             .iter()
             .all(|key| json_number(body, key).is_none_or(|cap| cap >= self.output_tokens))
+            && json_number(body, "max_output_tokens")
+                .is_none_or(|cap| cap >= crate::responses::MIN_OUTPUT_TOKENS)
     }
 }
 

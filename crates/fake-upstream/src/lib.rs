@@ -43,6 +43,10 @@
 //! - `thinking: {"type": "adaptive"}` on a model older than Opus / Sonnet 4.6 (the message is
 //!   the fake's own). Several betas may be sent comma-separated, in one header or several.
 //!
+//! # What OpenAI refuses
+//! `/responses` refuses `max_output_tokens` below 16 with OpenAI's 400 (`param:
+//! "max_output_tokens"`, `code: "integer_below_min_value"`), in fast mode too.
+//!
 //! `count_tokens` answers `{"input_tokens": T}` with `T` from the input formula below (the
 //! `input_tokens` of a `/messages` answer to the same body without cache directives).
 //! Outside fast mode, JSON requests get the provider's request id header

@@ -35,6 +35,7 @@ async fn run(s: &Arc<Shared>, ctx: &Ctx, body: &Bytes) -> Result<Response, Respo
     }
     let req = http::parse_json(Flavor::OpenAi, body)?;
     let model = http::require_model(Flavor::OpenAi, &req)?;
+    check_output_cap(req.get("max_output_tokens"))?;
     let tier = tier::openai(req.get("service_tier"))?;
     let input = req.get("input").unwrap_or(&Value::Null);
     let dirs = http::directives(Flavor::OpenAi, last_user_texts(input))?;
@@ -97,6 +98,26 @@ async fn run(s: &Arc<Shared>, ctx: &Ctx, body: &Bytes) -> Result<Response, Respo
         &dirs,
         answer_with(s, &dirs, answer, opts),
     ))
+}
+
+/// The smallest `max_output_tokens` the Responses API takes.
+pub(crate) const MIN_OUTPUT_TOKENS: u64 = 16;
+
+/// Refuses a `max_output_tokens` below the API's minimum, as OpenAI does (its 400 is
+/// quoted in other gateways' issues: "Invalid 'max_output_tokens': integer below minimum
+/// value. Expected a value >= 16, but got 10 instead.", `integer_below_min_value`).
+fn check_output_cap(cap: Option<&Value>) -> Result<(), Response> {
+    match cap.and_then(Value::as_i64) {
+        Some(n) if n < MIN_OUTPUT_TOKENS as i64 => Err(error::openai(
+            axum::http::StatusCode::BAD_REQUEST,
+            &format!(
+                "Invalid 'max_output_tokens': integer below minimum value. Expected a value >= {MIN_OUTPUT_TOKENS}, but got {n} instead."
+            ),
+            Some("max_output_tokens"),
+            Some("integer_below_min_value"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The answer: JSON, or the event stream when `opts` is set.

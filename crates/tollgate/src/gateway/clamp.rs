@@ -4,7 +4,8 @@
 //! The limit is the largest whose worst case, over every model the request may end up on,
 //! fits what the refusal said was left; the request is then served as if the client had
 //! asked for that limit (the upstream body carries it, the reservation and the stream's
-//! output cap follow from it). Nothing fits, not even one output token: the 402 stands.
+//! output cap follow from it). Nothing fits, not even one output token (16 on Responses,
+//! the least its API takes): the 402 stands.
 
 use bytes::Bytes;
 
@@ -21,6 +22,16 @@ use tollgate_formats::estimate::Profile;
 /// Header giving the output limit a clamped request was sent with.
 pub const MAX_TOKENS_HEADER: &str = "x-tollgate-max-tokens";
 
+/// The smallest output limit a request of an endpoint can carry: OpenAI's Responses API
+/// refuses a `max_output_tokens` below 16 (a 400, `integer_below_min_value`), so a
+/// clamp below it would turn the 402 into the provider's refusal.
+fn least_limit(endpoint: Endpoint) -> u64 {
+    match endpoint {
+        Endpoint::Responses => 16,
+        _ => 1,
+    }
+}
+
 /// Whether an endpoint's output can be limited by the client (and so clamped).
 pub(super) fn clampable(endpoint: Endpoint) -> bool {
     matches!(
@@ -33,7 +44,7 @@ pub(super) fn clampable(endpoint: Endpoint) -> bool {
 }
 
 /// The largest output limit below `above` whose worst case fits `available`; `None` when
-/// not even one token does. The input is counted once, exactly where the tokenizer is
+/// not even the endpoint's least limit (one token, 16 on Responses) does. The input is counted once, exactly where the tokenizer is
 /// public (as the reservation that follows will count it when the byte bound does not
 /// fit), at the limit asked for (signed thinking adds it: a bound for every lower one).
 pub(super) fn affordable(
@@ -61,11 +72,12 @@ pub(super) fn affordable(
         Ok(estimate::most_expensive_of(&asked, &inputs)? <= available)
     };
     // The worst case only grows with the limit: a binary search.
-    if above <= 1 || !fits(1)? {
+    let least = least_limit(asked.endpoint);
+    if above <= least || !fits(least)? {
         return Ok(None);
     }
     // Invariant: `lo` fits, `hi` does not.
-    let (mut lo, mut hi) = (1u64, above);
+    let (mut lo, mut hi) = (least, above);
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
         if fits(mid)? {

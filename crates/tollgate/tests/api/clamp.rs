@@ -242,3 +242,55 @@ async fn clamp_max_tokens_is_a_key_field() {
     )
     .await;
 }
+
+/// OpenAI's Responses API takes no `max_output_tokens` below 16: a budget that pays for
+/// fewer output tokens gets the 402, not a clamped request the provider refuses; one that
+/// pays for more is clamped as on any endpoint.
+#[tokio::test]
+async fn a_responses_request_is_never_clamped_below_what_the_api_takes() {
+    let (app, upstream) = app().await;
+    let body = json!({"model": "mini", "input": "hi", "max_output_tokens": 100});
+    let (_, probe) = app
+        .create_key(json!({"name": "probe", "credit_limit": 0.0002}))
+        .await;
+    let message = assert_error(
+        app.post("/v1/responses", &probe, &body).await,
+        402,
+        "insufficient_quota",
+        "credit_limit_exceeded",
+    )
+    .await;
+    let worst = crate::gateway::nanos(
+        message
+            .strip_prefix("This request could cost up to ")
+            .and_then(|m| m.split(' ').next())
+            .expect("the worst case in the message"),
+    );
+    let input = worst - 100 * 4_000;
+    // A limit that pays for the input and `tokens` output tokens at 4,000 nanos each.
+    let limit_for = |tokens: i64| -> Value {
+        serde_json::from_str(&format!("0.{:09}", input + tokens * 4_000)).expect("a number")
+    };
+
+    let (_, ten) = app
+        .create_key(json!({"name": "ten", "credit_limit": limit_for(10), "clamp_max_tokens": true}))
+        .await;
+    assert_error(
+        app.post("/v1/responses", &ten, &body).await,
+        402,
+        "insufficient_quota",
+        "credit_limit_exceeded",
+    )
+    .await;
+    assert_eq!(upstream.stats().requests, 0, "nothing was sent upstream");
+
+    let (_, twenty) = app
+        .create_key(
+            json!({"name": "twenty", "credit_limit": limit_for(20), "clamp_max_tokens": true}),
+        )
+        .await;
+    let served = app.post("/v1/responses", &twenty, &body).await;
+    assert_eq!(served.status(), 200);
+    assert_eq!(clamped_to(&served), Some(20));
+    assert_eq!(last_sent(&upstream)["max_output_tokens"].as_u64(), Some(20));
+}
