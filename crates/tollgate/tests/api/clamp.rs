@@ -50,6 +50,16 @@ fn last_sent(upstream: &FakeUpstream) -> Value {
         .expect("a JSON request upstream")
 }
 
+/// The worst case (nanos) a 402's message says the request could cost.
+fn worst_case_in(message: &str) -> i64 {
+    crate::gateway::nanos(
+        message
+            .strip_prefix("This request could cost up to ")
+            .and_then(|m| m.split(' ').next())
+            .expect("the worst case in the message"),
+    )
+}
+
 async fn usage_of(app: &TestApp, key: &str) -> String {
     let own: Value = app.get("/v1/key", key).await.json().await.expect("json");
     own["usage"].as_str().expect("usage").to_string()
@@ -75,12 +85,7 @@ async fn a_clamping_key_gets_the_output_its_budget_pays_for_and_never_more() {
     )
     .await;
     assert_eq!(upstream.stats().requests, 0);
-    let worst = crate::gateway::nanos(
-        message
-            .strip_prefix("This request could cost up to ")
-            .and_then(|m| m.split(' ').next())
-            .expect("the worst case in the message"),
-    );
+    let worst = worst_case_in(&message);
     let input = worst - 100 * 4_000;
     let affordable = ((200_000 - input) / 4_000) as u64;
     assert!(affordable > 0 && affordable < 100, "{affordable}");
@@ -260,12 +265,7 @@ async fn a_responses_request_is_never_clamped_below_what_the_api_takes() {
         "credit_limit_exceeded",
     )
     .await;
-    let worst = crate::gateway::nanos(
-        message
-            .strip_prefix("This request could cost up to ")
-            .and_then(|m| m.split(' ').next())
-            .expect("the worst case in the message"),
-    );
+    let worst = worst_case_in(&message);
     let input = worst - 100 * 4_000;
     // A limit that pays for the input and `tokens` output tokens at 4,000 nanos each.
     let limit_for = |tokens: i64| -> Value {
