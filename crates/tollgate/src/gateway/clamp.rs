@@ -44,9 +44,10 @@ pub(super) fn clampable(endpoint: Endpoint) -> bool {
 }
 
 /// The largest output limit below `above` whose worst case fits `available`; `None` when
-/// not even the endpoint's least limit (one token, 16 on Responses) does. The input is counted once, exactly where the tokenizer is
-/// public (as the reservation that follows will count it when the byte bound does not
-/// fit), at the limit asked for (signed thinking adds it: a bound for every lower one).
+/// not even the endpoint's least limit (one token, 16 on Responses) does. The input is
+/// counted once, exactly where the tokenizer is public (as the reservation that follows
+/// will count it when the byte bound does not fit), at the limit asked for (signed
+/// thinking adds it: a bound for every lower one).
 pub(super) fn affordable(
     asked: &Asked<'_>,
     targets: &[Target],
