@@ -1,11 +1,11 @@
--- A usage commit of one record, in a third of the database's time (docs/cluster.md, "A
+-- A usage commit of one record, in under half the database's time (docs/cluster.md, "A
 -- commit of one record"). Below a few thousand requests a second a replica's writer
 -- commits each record as it comes, so most commits carry one record, and the answer waits
 -- for each. Measured in one backend (a loop of calls, each its own transaction): the
 -- function of migration 0015 takes about 300 µs per one-record call, of which its
 -- statements' execution is about 100; the rest is starting their plans (the UNNEST of
 -- nineteen arrays, the groupings, the CTEs) and the memory they take and give back. The
--- same work on the record's fields, four plain statements, takes about 100 µs in all.
+-- same work on the record's fields in plain statements takes 120-160 µs in all.
 --
 -- The function of 0015 is kept, renamed, for batches of more than one record, where its
 -- cost is shared. The one-record path does what it does for one record: the record is
