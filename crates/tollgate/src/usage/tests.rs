@@ -1,3 +1,4 @@
+use super::writer::{Rate, RATE_WINDOW};
 use super::*;
 use crate::store::test_record as record;
 use crate::store::{AccountId, KeyId};

@@ -1,0 +1,304 @@
+//! The writer's thread: takes batches of records from the queue and commits them,
+//! retrying what fails.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, watch};
+
+use super::health::Health;
+use super::{Journal, Pending, MAX_BATCH};
+use crate::store::{OwnLedger, Store, StoreError, UsageRecord};
+
+/// The longest pause between two attempts at a commit that failed.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Above this many records per second, a batch may stay open up to `LINGER`.
+/// Every commit writes each page it touched (seven on SQLite for one record: the ledger
+/// row, its request-id index, the id sequence, the counters of the account and the key,
+/// the day's roll-up and its index) whatever the batch size, so under load, commits of
+/// one or two records each wrote 16 KB of WAL per request; a batch that waits for its
+/// neighbours writes those pages once for many.
+/// Below the rate (1,000 req/s is far below it) a record commits as soon as it arrives,
+/// or goes to the journal. Above it, records skip the journal: at capacity, a `write` per
+/// record on the requests' threads and a wake-up per response instead of one per batch
+/// cost 10-12 µs of CPU per request (17,260 req/s instead of 19,582, docs/benchmarks.md).
+pub(super) const BUSY_RATE: u64 = 5_000;
+/// How long a batch stays open under load, at most: it closes sooner when no record is
+/// on its way ([`Coming`]) or a step of `LINGER_STEP` brings none.
+const LINGER: Duration = Duration::from_micros(500);
+const LINGER_STEP: Duration = Duration::from_micros(100);
+/// How long a batch of journaled records (which no response waits for) stays open. A
+/// commit writes its pages whatever the batch size, so at 1,000 req/s this cuts the
+/// commits to two thirds or fewer (a test checks it), for less CPU and a smaller WAL; a read of the
+/// ledger waits for it at most this long more (see [`UsageWriter::flushed`]).
+const JOURNALED_LINGER: Duration = Duration::from_millis(2);
+/// The window over which the rate is counted.
+pub(super) const RATE_WINDOW: Duration = Duration::from_millis(20);
+
+/// Where the writer commits.
+pub(super) enum Ledger {
+    /// With [`Store::record_usage_blocking`]: on the store's synchronous connection
+    /// (SQLite), or on the main runtime.
+    Shared(Arc<dyn Store>, Handle),
+    /// On the store's [`Store::own_ledger`], on a runtime of the writer's thread.
+    Own(Box<dyn OwnLedger>, tokio::runtime::Runtime),
+}
+
+impl Ledger {
+    /// The store's own ledger on a current-thread runtime of the calling thread if it
+    /// has one (and the runtime can be made), the shared one on `rt` otherwise.
+    pub(super) fn on_this_thread(store: Arc<dyn Store>, rt: Handle) -> Ledger {
+        let Some(ledger) = store.own_ledger() else {
+            return Ledger::Shared(store, rt);
+        };
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(own) => Ledger::Own(ledger, own),
+            Err(e) => {
+                tracing::warn!(error = %e, "no runtime of its own for the usage writer; it commits on the main one");
+                Ledger::Shared(store, rt)
+            }
+        }
+    }
+
+    fn commit(&mut self, batch: &[UsageRecord]) -> Result<Vec<bool>, StoreError> {
+        match self {
+            Ledger::Shared(store, rt) => store.record_usage_blocking(rt, batch),
+            Ledger::Own(ledger, rt) => rt.block_on(ledger.record_usage(batch)),
+        }
+    }
+}
+
+/// How many times a transient failure is retried.
+#[derive(Clone, Copy)]
+pub(super) enum Attempts<'a> {
+    /// Until it passes (records of the running server are never dropped), unless the
+    /// function says the server has stopped serving: every request has then been
+    /// answered, so a record still waiting was withheld or is in the journal.
+    Unlimited(&'a dyn Fn() -> bool),
+    /// At most this many attempts in all (the journal's records at start-up).
+    AtMost(u32),
+}
+
+/// A write that failed: permanently (the database refuses the records), or transiently
+/// after the attempts allowed.
+enum WriteError {
+    Refused(StoreError),
+    GaveUp(StoreError),
+}
+
+/// Writes records, retrying transient failures with backoff (10 ms doubling up to
+/// `MAX_BACKOFF`), and tells `health` how each attempt went.
+fn write_with_retries(
+    ledger: &mut Ledger,
+    records: &[UsageRecord],
+    health: &Health,
+    attempts: Attempts,
+) -> Result<(), WriteError> {
+    let mut backoff = Duration::from_millis(10);
+    let mut made = 0;
+    loop {
+        made += 1;
+        match ledger.commit(records) {
+            Ok(_) => {
+                health.committed();
+                return Ok(());
+            }
+            Err(e) if e.is_transient() => {
+                health.failed(e.outage());
+                let give_up = match attempts {
+                    Attempts::AtMost(n) => made >= n,
+                    Attempts::Unlimited(stopped) => stopped(),
+                };
+                if give_up {
+                    return Err(WriteError::GaveUp(e));
+                }
+                tracing::warn!(error = %e, batch = records.len(), retry_in_ms = backoff.as_millis() as u64, "writing usage failed; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(e) => {
+                health.failed(None);
+                return Err(WriteError::Refused(e));
+            }
+        }
+    }
+}
+
+/// Records per second, counted over the last whole `RATE_WINDOW`.
+pub(super) struct Rate {
+    window_start: Instant,
+    in_window: u64,
+    last: u64,
+}
+
+impl Rate {
+    pub(super) fn new(now: Instant) -> Rate {
+        Rate {
+            window_start: now,
+            in_window: 0,
+            last: 0,
+        }
+    }
+
+    pub(super) fn add(&mut self, records: usize, now: Instant) {
+        self.in_window += records as u64;
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= RATE_WINDOW {
+            self.last = self.in_window * 1_000_000 / elapsed.as_micros().max(1) as u64;
+            self.in_window = 0;
+            self.window_start = now;
+        }
+    }
+
+    /// Whether the last whole window saw `BUSY_RATE` or more. A window that has stayed
+    /// open for two windows' time (no batch since) counts as quiet, so a burst that
+    /// ended does not keep the next batch waiting.
+    pub(super) fn busy(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.window_start) < RATE_WINDOW * 2 && self.last >= BUSY_RATE
+    }
+}
+
+fn drain(rx: &mut mpsc::UnboundedReceiver<Pending>, batch: &mut Vec<Pending>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(next) => batch.push(next),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Writes a batch, retrying transient failures; if the database refuses something in
+/// it, writes its records one by one so one bad record cannot hold back every other
+/// charge. Records are idempotent by request id, so retrying a batch whose commit may or
+/// may not have happened charges nothing twice. Fails only when `attempts` run out.
+pub(super) fn write_batch(
+    ledger: &mut Ledger,
+    records: &[UsageRecord],
+    health: &Health,
+    attempts: Attempts,
+) -> Result<(), StoreError> {
+    let e = match write_with_retries(ledger, records, health, attempts) {
+        Ok(()) => return Ok(()),
+        Err(WriteError::GaveUp(e)) => return Err(e),
+        Err(WriteError::Refused(e)) => e,
+    };
+    tracing::error!(error = %e, batch = records.len(), "a usage batch was refused; writing its records one by one");
+    for record in records {
+        match write_with_retries(ledger, std::slice::from_ref(record), health, attempts) {
+            Ok(()) => {}
+            Err(WriteError::GaveUp(e)) => return Err(e),
+            Err(WriteError::Refused(e)) => tracing::error!(
+                error = %e,
+                request_id = %record.request_id,
+                account = record.account_id.0,
+                key = record.key_id.0,
+                cost_nanos = record.cost.nanos(),
+                "a usage record was refused by the database and NOT written"
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Where the writer reports what it has done.
+pub(super) struct Ends<'a> {
+    pub(super) commits: &'a AtomicU64,
+    pub(super) busy: &'a AtomicBool,
+    pub(super) finished: &'a watch::Sender<u64>,
+    pub(super) journal: Option<&'a Journal>,
+    pub(super) health: &'a Health,
+    pub(super) metrics: &'a crate::observe::metrics::WriterMetrics,
+}
+
+pub(super) fn write_loop(
+    mut ledger: Ledger,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    coming: &AtomicU64,
+    ends: Ends<'_>,
+) {
+    let mut batch: Vec<Pending> = Vec::new();
+    let mut records: Vec<UsageRecord> = Vec::new();
+    let mut rate = Rate::new(Instant::now());
+    while let Some(first) = rx.blocking_recv() {
+        ends.health.batch_taken(Instant::now());
+        batch.push(first);
+        drain(&mut rx, &mut batch);
+        if batch.iter().all(|p| p.done.is_none()) {
+            // Nobody waits for this commit: let the records of the next moment share it.
+            std::thread::sleep(JOURNALED_LINGER);
+            drain(&mut rx, &mut batch);
+        } else if rate.busy(Instant::now()) {
+            let until = Instant::now() + LINGER;
+            while batch.len() < MAX_BATCH
+                && coming.load(Ordering::Relaxed) > 0
+                && Instant::now() < until
+            {
+                std::thread::sleep(LINGER_STEP);
+                let before = batch.len();
+                drain(&mut rx, &mut batch);
+                if batch.len() == before {
+                    break;
+                }
+            }
+        }
+        rate.add(batch.len(), Instant::now());
+        ends.busy
+            .store(rate.busy(Instant::now()), Ordering::Relaxed);
+        records.clear();
+        records.extend(batch.iter().map(|p| p.record.clone()));
+        // Retried until it passes: these records are never dropped (admission stops
+        // while it fails, so the queue behind it stays bounded). Only once the server
+        // has stopped serving does the writer give up, keeping the journal as it is.
+        let stopped = || rx.is_closed();
+        let commit_started = Instant::now();
+        let written = write_batch(
+            &mut ledger,
+            &records,
+            ends.health,
+            Attempts::Unlimited(&stopped),
+        );
+        if let Err(e) = written {
+            let journaled = batch.iter().filter(|p| p.journal_file.is_some()).count();
+            tracing::error!(
+                error = %e,
+                records = batch.len() + rx.len(),
+                journaled,
+                "stopping with usage records the ledger cannot take: those in the journal are written at the next start; the others' answers were withheld"
+            );
+            return;
+        }
+        ends.health.batch_done();
+        ends.commits.fetch_add(1, Ordering::Relaxed);
+        ends.metrics
+            .commit_seconds
+            .observe(commit_started.elapsed().as_secs_f64());
+        ends.metrics.records_per_commit.observe(batch.len() as f64);
+        let mut journaled = [0; 2];
+        for pending in batch.drain(..) {
+            if let Some(file) = pending.journal_file {
+                journaled[file] += 1;
+            }
+            if let Some(done) = pending.done {
+                let _ = done.send(());
+            }
+        }
+        ends.finished.send_modify(|n| *n += records.len() as u64);
+        if let Some(journal) = ends.journal {
+            if let Err(e) = journal.settled(journaled) {
+                tracing::warn!(error = %e, "emptying a usage journal file failed");
+            }
+        }
+    }
+    // Every record is in the ledger: the journal has nothing left to keep.
+    if let Some(journal) = ends.journal {
+        if let Err(e) = journal.clear() {
+            tracing::warn!(error = %e, "emptying the usage journal failed");
+        }
+    }
+}
