@@ -11,7 +11,8 @@
 //! [`writer::BUSY_RATE`]). The writer runs on a thread of its own (the runtime's blocking
 //! pool), so a store with a synchronous ledger connection commits a batch on it directly,
 //! and one over the network (PostgreSQL) on a connection of the writer's own, driven by a
-//! runtime of that thread ([`writer`]).
+//! runtime of that thread; there a second thread with a second connection commits the
+//! next batch while a large one is in flight ([`writer`]).
 //!
 //! Waits are bounded (`[limits] ledger_wait_ms`): a record not safe within the bound
 //! fails its request with [`LedgerError`] (it stays queued and is committed once the
@@ -34,7 +35,7 @@ pub use health::{LedgerError, WriterStatus, MAX_QUEUE};
 pub use journal::{Frame, Journal};
 
 use crate::store::{Outage, Store, StoreError, UsageRecord};
-use writer::{write_batch, write_loop, Attempts, Ends, Ledger};
+use writer::{write_batch, Attempts, Ends, Ledger};
 
 /// How long a request waits for its usage record to be safe, unless configured.
 pub const DEFAULT_LEDGER_WAIT: Duration = Duration::from_secs(5);
@@ -68,8 +69,11 @@ pub struct UsageWriter {
     busy: Arc<AtomicBool>,
     /// Records handed to the writer so far.
     sent: Arc<AtomicU64>,
-    /// Records the writer has committed (or given up on) so far.
+    /// Records the writer has committed (or given up on) so far, counted in the order
+    /// their batches were taken: every record sent before the count's `n`-th is in it.
     finished: watch::Receiver<u64>,
+    /// Records the writer has committed (or given up on) so far, in any order.
+    committed: Arc<AtomicU64>,
     /// Whether the ledger takes records in time (the admission flag).
     health: Arc<Health>,
     /// Commit time and records per commit (`tollgate_usage_*`).
@@ -141,6 +145,7 @@ impl UsageWriter {
         ledger_wait: Duration,
     ) -> (UsageWriter, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let closed = tx.downgrade();
         let (finished_tx, finished) = watch::channel(0);
         let rt = Handle::current();
         let writer = UsageWriter {
@@ -151,6 +156,7 @@ impl UsageWriter {
             busy: Arc::new(AtomicBool::new(false)),
             sent: Arc::new(AtomicU64::new(0)),
             finished,
+            committed: Arc::new(AtomicU64::new(0)),
             health: Arc::new(Health::new(ledger_wait)),
             metrics: Default::default(),
         };
@@ -160,24 +166,26 @@ impl UsageWriter {
             writer.busy.clone(),
             writer.health.clone(),
             writer.metrics.clone(),
+            writer.committed.clone(),
         );
         let task = tokio::task::spawn_blocking(move || {
             let ends = Ends {
                 commits: &counters.0,
                 busy: &counters.2,
                 finished: &finished_tx,
+                committed: &counters.5,
                 journal: journal.as_deref(),
                 health: &counters.3,
                 metrics: &counters.4,
             };
-            write_loop(Ledger::on_this_thread(store, rt), rx, &counters.1, ends);
+            writer::run(store, rt, rx, closed, &counters.1, ends);
             counters.3.end();
         });
         // The watchdog holds no sender: it does not keep the writer alive.
-        let (sent, finished) = (writer.sent.clone(), writer.finished.clone());
+        let (sent, committed) = (writer.sent.clone(), writer.committed.clone());
         tokio::spawn(writer.health.clone().watch(move || {
-            let finished = *finished.borrow();
-            sent.load(Ordering::Relaxed).saturating_sub(finished)
+            let committed = committed.load(Ordering::Relaxed);
+            sent.load(Ordering::Relaxed).saturating_sub(committed)
         }));
         (writer, task)
     }
@@ -289,8 +297,8 @@ impl UsageWriter {
 
     /// Records handed to the writer and not yet committed.
     fn backlog(&self) -> u64 {
-        let finished = *self.finished.borrow();
-        self.sent.load(Ordering::Relaxed).saturating_sub(finished)
+        let committed = self.committed.load(Ordering::Relaxed);
+        self.sent.load(Ordering::Relaxed).saturating_sub(committed)
     }
 
     fn send(&self, pending: Pending) -> bool {

@@ -26,6 +26,8 @@ mod overflow;
 mod replicas;
 #[path = "store_suite/usage.rs"]
 mod usage;
+#[path = "store_suite/writer_lanes.rs"]
+mod writer_lanes;
 
 /// Declares every case once per backend; `postgres_only` cases concern replicas sharing
 /// one database, which only PostgreSQL supports.
@@ -114,6 +116,7 @@ store_cases! {
             the_previous_usage_function_counts_in_the_slots,
             a_record_whose_key_is_another_accounts_is_refused,
         ],
+        writer_lanes: [a_large_commit_in_flight_does_not_hold_back_the_next],
     }
 }
 

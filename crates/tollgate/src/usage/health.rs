@@ -5,8 +5,8 @@
 //! The writer is *stuck* while any of these holds:
 //! - its last commit failed because the database cannot serve (a full disk, a lost or
 //!   timed-out connection, an I/O error): at once, from the writer's own thread;
-//! - the batch it is writing was taken longer ago than the bound (`ledger_wait_ms`): a
-//!   commit that hangs, or keeps failing for contention;
+//! - a batch it is writing (on any of its lanes) was taken longer ago than the bound
+//!   (`ledger_wait_ms`): a commit that hangs, or keeps failing for contention;
 //! - `MAX_QUEUE` records or more wait for their commit.
 //!
 //! A watchdog task re-evaluates the flag every `TICK` (and clears it once the writer
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::writer::LANES;
 use crate::store::Outage;
 
 /// Records waiting for their commit at which new model requests are refused. Each
@@ -61,9 +62,9 @@ pub struct WriterStatus {
 /// Shared between the writer's thread, its watchdog and every handle.
 pub(super) struct Health {
     stuck: AtomicBool,
-    /// When the batch being written was taken, in microseconds since `base`, plus one;
-    /// 0 while the writer waits for records.
-    batch_since: AtomicU64,
+    /// Per lane, when the batch it writes was taken, in microseconds since `base`, plus
+    /// one; 0 while the lane has none.
+    batch_since: [AtomicU64; LANES],
     failures: AtomicU32,
     /// The last failure's kind ([`Kind`] as a number).
     last_error: AtomicU8,
@@ -116,7 +117,7 @@ impl Health {
     pub(super) fn new(wait: Duration) -> Health {
         Health {
             stuck: AtomicBool::new(false),
-            batch_since: AtomicU64::new(0),
+            batch_since: Default::default(),
             failures: AtomicU32::new(0),
             last_error: AtomicU8::new(Kind::None as u8),
             base: Instant::now(),
@@ -139,15 +140,15 @@ impl Health {
         self.stuck.load(Ordering::Relaxed)
     }
 
-    /// The writer took a batch to write.
-    pub(super) fn batch_taken(&self, now: Instant) {
+    /// A lane of the writer took a batch to write.
+    pub(super) fn batch_taken(&self, lane: usize, now: Instant) {
         let since = now.saturating_duration_since(self.base).as_micros() as u64 + 1;
-        self.batch_since.store(since, Ordering::Relaxed);
+        self.batch_since[lane].store(since, Ordering::Relaxed);
     }
 
-    /// The writer is done with its batch.
-    pub(super) fn batch_done(&self) {
-        self.batch_since.store(0, Ordering::Relaxed);
+    /// A lane of the writer is done with its batch.
+    pub(super) fn batch_done(&self, lane: usize) {
+        self.batch_since[lane].store(0, Ordering::Relaxed);
     }
 
     /// A commit attempt failed. An outage of the database stops admission at once;
@@ -174,13 +175,15 @@ impl Health {
         self.ended.store(true, Ordering::Relaxed);
     }
 
+    /// The age of the oldest batch being written, on any lane.
     fn oldest_pending(&self, now: Instant) -> Duration {
-        match self.batch_since.load(Ordering::Relaxed) {
+        let age = |since: &AtomicU64| match since.load(Ordering::Relaxed) {
             0 => Duration::ZERO,
             since => now
                 .saturating_duration_since(self.base)
                 .saturating_sub(Duration::from_micros(since - 1)),
-        }
+        };
+        self.batch_since.iter().map(age).max().unwrap_or_default()
     }
 
     /// Re-evaluates the flag, given the records waiting for their commit.
@@ -242,7 +245,7 @@ mod tests {
         let start = health.base;
         assert_eq!(health.admit(), Ok(()));
         // Contention alone does not stop admission while the batch is young...
-        health.batch_taken(start);
+        health.batch_taken(0, start);
         health.failed(None);
         assert_eq!(health.admit(), Ok(()));
         assert!(!health.evaluate(0, start + Duration::from_secs(1)));
@@ -250,10 +253,10 @@ mod tests {
         assert!(health.evaluate(0, start + Duration::from_secs(3)));
         assert_eq!(health.admit(), Err(LedgerError::Stuck));
         health.committed();
-        health.batch_done();
+        health.batch_done(0);
         assert!(!health.evaluate(0, start + Duration::from_secs(3)));
         // A full disk stops admission at once, before any watchdog round.
-        health.batch_taken(start);
+        health.batch_taken(0, start);
         health.failed(Some(Outage::DiskFull));
         assert_eq!(health.admit(), Err(LedgerError::Stuck));
         let status = health.status(7, start + Duration::from_millis(500));
@@ -269,10 +272,31 @@ mod tests {
         );
         // Recovered: the next round admits again.
         health.committed();
-        health.batch_done();
+        health.batch_done(0);
         assert!(!health.evaluate(0, start + Duration::from_secs(1)));
         // A queue at its bound stops admission even while commits succeed.
         assert!(health.evaluate(MAX_QUEUE, start));
         assert!(!health.evaluate(MAX_QUEUE - 1, start));
+    }
+
+    #[test]
+    fn a_batch_hanging_on_one_lane_is_seen_while_the_other_lane_commits() {
+        let wait = Duration::from_secs(2);
+        let health = Health::new(wait);
+        let start = health.base;
+        health.batch_taken(0, start);
+        // The other lane takes and ends batches meanwhile: lane 0's age still counts.
+        for ms in [1_000, 2_000, 2_900] {
+            health.batch_taken(1, start + Duration::from_millis(ms));
+            health.batch_done(1);
+        }
+        health.batch_taken(1, start + Duration::from_millis(2_950));
+        let later = start + Duration::from_secs(3);
+        assert_eq!(health.status(0, later).oldest_pending_ms, 3_000);
+        assert!(health.evaluate(0, later));
+        // Once lane 0 is done, lane 1's young batch is the oldest.
+        health.batch_done(0);
+        assert_eq!(health.status(0, later).oldest_pending_ms, 50);
+        assert!(!health.evaluate(0, later));
     }
 }

@@ -1,4 +1,4 @@
-use super::writer::{Rate, RATE_WINDOW};
+use super::writer::{InOrder, Rate, RATE_WINDOW};
 use super::*;
 use crate::store::test_record as record;
 use crate::store::{AccountId, KeyId};
@@ -374,4 +374,18 @@ async fn with_a_journal_records_are_safe_while_stuck_but_admission_stops() {
     writer.flushed().await;
     eventually("admission resumes", || writer.admit().is_ok()).await;
     assert_eq!(charged(&store, account).await, 12);
+}
+
+#[test]
+fn batches_are_published_in_the_order_they_were_taken() {
+    let mut order = InOrder::default();
+    // Batch 1 ends before batch 0: nothing is published until 0 ends, then both.
+    assert_eq!(order.ended(1, 300), 0);
+    assert_eq!(order.ended(0, 5), 305);
+    assert_eq!(order.ended(2, 7), 7);
+    // Two later batches ending first are published together with the one before them.
+    assert_eq!(order.ended(4, 11), 0);
+    assert_eq!(order.ended(5, 13), 0);
+    assert_eq!(order.ended(3, 1), 25);
+    assert_eq!(order.ended(6, 2), 2);
 }
