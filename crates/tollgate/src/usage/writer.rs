@@ -215,9 +215,9 @@ pub(super) const LANES: usize = 2;
 /// commits; a smaller one keeps the queue until its commit ends, so at these sizes
 /// commits go one at a time as with one lane. Measured (docs/cluster.md, "Two commits in
 /// flight"): for commits of one record, a second in flight saves about as much waiting as
-/// it costs the database on two cores; batches of about 175 records settle as many per
-/// second with two lanes as with one; where batches reach 600 and more, two lanes settle
-/// 1.3-1.75 times as many.
+/// it costs the database on two cores; where batches hold about 160 records, two lanes
+/// settle about as many per second as one (within the noise, 9 % fewer by the median of
+/// one run); where they reach 600, 1.1-1.65 times as many.
 const SHARED_FROM: usize = 128;
 /// How long a batch taken while a large commit is in flight gathers records, at most,
 /// before it commits below `SHARED_FROM` (bounds a record's wait behind a commit that
