@@ -69,10 +69,12 @@ pub struct UsageWriter {
     busy: Arc<AtomicBool>,
     /// Records handed to the writer so far.
     sent: Arc<AtomicU64>,
-    /// Records the writer has committed (or given up on) so far, counted in the order
-    /// their batches were taken: every record sent before the count's `n`-th is in it.
+    /// Records the writer has committed (or given up on) so far, each counted only once
+    /// every batch taken before its own is committed too: a count of `n` means the first
+    /// `n` records taken are in the ledger ([`UsageWriter::flushed`]).
     finished: watch::Receiver<u64>,
-    /// Records the writer has committed (or given up on) so far, in any order.
+    /// Records the writer has committed (or given up on) so far, as their commits end
+    /// (the backlog).
     committed: Arc<AtomicU64>,
     /// Whether the ledger takes records in time (the admission flag).
     health: Arc<Health>,
