@@ -21,9 +21,8 @@ import shutil
 import subprocess
 import tempfile
 import time
-import urllib.request
 
-from cluster_parts import ENV, free_port, start_redis, start_replica, start_upstream, write_config
+from cluster_parts import free_port, hot_key, start_redis, start_replica, start_upstream, write_config
 
 BODY = json.dumps({
     "model": "gpt-4o-mini",
@@ -135,14 +134,7 @@ def main():
             proc, port = start_replica(bin_dir, cfg, work, os.path.join(work, f"tollgate{i}.log"))
             procs.append(proc)
             replicas.append((proc.pid, port))
-        subprocess.run([os.path.join(bin_dir, "tollgate"), "--config", cfg, "credits", "grant",
-                        "default", "1000000"], env=ENV, check=True, capture_output=True)
-        prov = open(os.path.join(work, "provisioning-key.txt")).read().strip()
-        req = urllib.request.Request(f"http://127.0.0.1:{replicas[0][1]}/v1/account/keys",
-                                     method="POST", data=json.dumps({"name": "hot"}).encode(),
-                                     headers={"authorization": f"Bearer {prov}",
-                                              "content-type": "application/json"})
-        key = json.loads(urllib.request.urlopen(req).read())["key"]
+        key = hot_key(bin_dir, cfg, work, replicas[0][1])
         script = os.path.join(work, "post.lua")
         with open(script, "w") as f:
             f.write('wrk.method = "POST"\n'

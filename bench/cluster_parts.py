@@ -1,10 +1,12 @@
 """What the cluster benchmarks (bench/cluster_*.py) start the same way: a redis-server of
 their own, the fake upstream, a replica's configuration and a replica, ready."""
 import http.client
+import json
 import os
 import socket
 import subprocess
 import time
+import urllib.request
 
 # The replicas' environment: the fake upstream's key, and warnings only.
 ENV = dict(os.environ, BENCH_UPSTREAM_KEY="sk-bench", RUST_LOG="warn")
@@ -79,3 +81,16 @@ def start_replica(bin_dir, cfg, cwd, log_path, timeout=60):
             raise SystemExit(f"the replica was not ready in {timeout} s:\n"
                              + open(log_path).read())
         time.sleep(0.005)
+
+
+def hot_key(bin_dir, cfg, work, port):
+    """Grants the default account credits (with `tollgate credits grant`) and makes it an
+    inference key named "hot" through the replica on `port`: the key's plaintext."""
+    subprocess.run([os.path.join(bin_dir, "tollgate"), "--config", cfg, "credits", "grant",
+                    "default", "1000000"], env=ENV, check=True, capture_output=True)
+    provisioning = open(os.path.join(work, "provisioning-key.txt")).read().strip()
+    made = urllib.request.Request(f"http://127.0.0.1:{port}/v1/account/keys", method="POST",
+                                  data=json.dumps({"name": "hot"}).encode(),
+                                  headers={"authorization": f"Bearer {provisioning}",
+                                           "content-type": "application/json"})
+    return json.loads(urllib.request.urlopen(made).read())["key"]

@@ -23,7 +23,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from cluster_parts import ENV, free_port, start_redis, start_replica, start_upstream, write_config
+from cluster_parts import free_port, hot_key, start_redis, start_replica, start_upstream, write_config
 
 CHAT = json.dumps({
     "model": "gpt-4o-mini",
@@ -188,14 +188,7 @@ def main():
         tg, port = start_replica(bin_dir, cfg, work, os.path.join(work, "tollgate.log"))
         procs.append(tg)
         base = f"http://127.0.0.1:{port}"
-        subprocess.run([os.path.join(bin_dir, "tollgate"), "--config", cfg, "credits", "grant",
-                        "default", "1000000"], env=ENV, check=True, capture_output=True)
-        prov = open(os.path.join(work, "provisioning-key.txt")).read().strip()
-        req = urllib.request.Request(base + "/v1/account/keys", method="POST",
-                                     data=json.dumps({"name": "hot"}).encode(),
-                                     headers={"authorization": f"Bearer {prov}",
-                                              "content-type": "application/json"})
-        key = json.loads(urllib.request.urlopen(req).read())["key"]
+        key = hot_key(bin_dir, cfg, work, port)
         url = base + "/v1/chat/completions"
         for _ in range(20):
             post(url, key, CHAT)

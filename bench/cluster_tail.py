@@ -20,10 +20,9 @@ import shutil
 import subprocess
 import tempfile
 import time
-import urllib.request
 
 import cluster_parts
-from cluster_parts import start_redis, start_replica, start_upstream, write_config
+from cluster_parts import hot_key, start_redis, start_replica, start_upstream, write_config
 
 BODY = json.dumps({"model": "gpt-4o-mini", "max_tokens": 64,
                    "messages": [{"role": "user", "content": "Say hello"}]})
@@ -66,16 +65,7 @@ def main():
         log = os.path.join(work, "tollgate.log")
         replica, port = start_replica(bin_dir, cfg, work, log)
         procs.append(replica)
-        subprocess.run([os.path.join(bin_dir, "tollgate"), "--config", cfg, "credits", "grant",
-                        "default", "1000000"], env=cluster_parts.ENV, check=True,
-                       capture_output=True)
-        provisioning = open(os.path.join(work, "provisioning-key.txt")).read().strip()
-        made = urllib.request.Request(
-            f"http://127.0.0.1:{port}/v1/account/keys", method="POST",
-            data=json.dumps({"name": "hot"}).encode(),
-            headers={"authorization": f"Bearer {provisioning}",
-                     "content-type": "application/json"})
-        key = json.loads(urllib.request.urlopen(made).read())["key"]
+        key = hot_key(bin_dir, cfg, work, port)
         headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
         conn = http.client.HTTPConnection("127.0.0.1", port)
         conn.request("POST", "/v1/chat/completions", BODY, headers)

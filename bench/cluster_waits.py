@@ -18,9 +18,8 @@ import shutil
 import subprocess
 import tempfile
 import time
-import urllib.request
 
-from cluster_parts import ENV, start_redis, start_replica, start_upstream, write_config
+from cluster_parts import hot_key, start_redis, start_replica, start_upstream, write_config
 
 BODY = json.dumps({
     "model": "gpt-4o-mini",
@@ -93,14 +92,7 @@ def main():
             tg, port = start_replica(bin_dir, cfg, work, os.path.join(work, f"tollgate{i}.log"))
             procs.append(tg)
             ports.append(port)
-        subprocess.run([os.path.join(bin_dir, "tollgate"), "--config", cfg, "credits", "grant",
-                        "default", "1000000"], env=ENV, check=True, capture_output=True)
-        prov = open(os.path.join(work, "provisioning-key.txt")).read().strip()
-        req = urllib.request.Request(f"http://127.0.0.1:{ports[0]}/v1/account/keys",
-                                     method="POST", data=json.dumps({"name": "hot"}).encode(),
-                                     headers={"authorization": f"Bearer {prov}",
-                                              "content-type": "application/json"})
-        key = json.loads(urllib.request.urlopen(req).read())["key"]
+        key = hot_key(bin_dir, cfg, work, ports[0])
         for name, targets in [("one replica", ports[:1]), ("three replicas", ports),
                               ("one replica", ports[:1]), ("three replicas", ports)]:
             rate, waits, ticks = measure(bin_dir, work, targets, key, db_url, args.seconds,
