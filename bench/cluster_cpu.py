@@ -17,12 +17,11 @@ import json
 import os
 import re
 import resource
-import shutil
 import subprocess
 import tempfile
 import time
 
-from cluster_parts import free_port, hot_key, start_redis, start_replica, start_upstream, write_config
+from cluster_parts import Cluster, free_port, wrk_script
 
 BODY = json.dumps({
     "model": "gpt-4o-mini",
@@ -118,33 +117,17 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     bin_dir = os.path.abspath(args.bin)
-    work = tempfile.mkdtemp(prefix="tg-cluster-cpu.")
-    db = f"tg_cpu_{os.getpid()}"
-    db_url = f"{args.pg.rsplit('/', 1)[0]}/{db}"
-    procs = []
+    cluster = Cluster(args.pg, tempfile.mkdtemp(prefix="tg-cluster-cpu."))
     try:
-        redis_proc, rport = start_redis(work)
-        procs.append(redis_proc)
-        psql(args.pg, f"CREATE DATABASE {db}")
-        upstream, up_addr = start_upstream(bin_dir)
-        procs.append(upstream)
-        cfg = write_config(os.path.join(work, "tollgate.toml"), db_url, rport, work, up_addr)
-        replicas = []
-        for i in range(3):
-            proc, port = start_replica(bin_dir, cfg, work, os.path.join(work, f"tollgate{i}.log"))
-            procs.append(proc)
-            replicas.append((proc.pid, port))
-        key = hot_key(bin_dir, cfg, work, replicas[0][1])
-        script = os.path.join(work, "post.lua")
-        with open(script, "w") as f:
-            f.write('wrk.method = "POST"\n'
-                    f'wrk.body = {json.dumps(BODY)}\n'
-                    f'wrk.headers["authorization"] = "Bearer {key}"\n'
-                    'wrk.headers["content-type"] = "application/json"\n')
+        cluster.start(bin_dir, 3)
+        work, key, db = cluster.work, cluster.key, cluster.db
+        replicas = [(proc.pid, port) for proc, port in cluster.replicas]
+        script = wrk_script(work, BODY, key)
         ports = [port for _, port in replicas]
         one_ng, one_port, one_pids = start_nginx(work, ports[:1])
+        cluster.procs.append(one_ng)
         three_ng, three_port, three_pids = start_nginx(work, ports)
-        procs += [one_ng, three_ng]
+        cluster.procs.append(three_ng)
         cases = [
             ("one replica", [ports[0]], [replicas[0][0]], []),
             ("one replica + nginx", [one_port], [replicas[0][0]], one_pids),
@@ -158,17 +141,18 @@ def main():
             for name, targets, tollgates, nginx_pids in (cases if rnd % 2 == 0 else cases[::-1]):
                 pg_pids = [int(p) for p in subprocess.run(
                     ["pgrep", "-u", "postgres"], capture_output=True, text=True).stdout.split()]
-                groups = {"tollgate": tollgates, "postgres": pg_pids, "redis": [redis_proc.pid],
-                          "upstream": [upstream.pid], "nginx": nginx_pids}
+                groups = {"tollgate": tollgates, "postgres": pg_pids,
+                          "redis": [cluster.redis.pid], "upstream": [cluster.upstream.pid],
+                          "nginx": nginx_pids}
                 commits = int(psql(args.pg, "SELECT xact_commit FROM pg_stat_database "
                                             f"WHERE datname = '{db}'"))
-                calls = redis_calls(rport)
+                calls = redis_calls(cluster.redis_port)
                 before = {g: sum(cpu_seconds(p) for p in pids) for g, pids in groups.items()}
                 rate, wrk_cpu = drive(key, script, targets, args.seconds)
                 after = {g: sum(cpu_seconds(p) for p in pids) for g, pids in groups.items()}
                 commits = int(psql(args.pg, "SELECT xact_commit FROM pg_stat_database "
                                             f"WHERE datname = '{db}'")) - commits
-                calls = redis_calls(rport) - calls
+                calls = redis_calls(cluster.redis_port) - calls
                 n = rate * args.seconds
                 spent = {g: after[g] - before[g] for g in groups}
                 spent["wrk"] = wrk_cpu
@@ -179,17 +163,7 @@ def main():
                       f"{calls / n:.2f} Redis commands per request", flush=True)
                 time.sleep(0.5)
     finally:
-        for p in procs:  # nginx's master ends its workers on TERM, not on KILL
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        subprocess.run(["psql", args.pg, "-c", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"],
-                       capture_output=True)
-        shutil.rmtree(work, ignore_errors=True)
-
+        cluster.stop()
 
 if __name__ == "__main__":
     main()

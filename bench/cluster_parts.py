@@ -3,6 +3,7 @@ their own, the fake upstream, a replica's configuration and a replica, ready."""
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -94,3 +95,56 @@ def hot_key(bin_dir, cfg, work, port):
                                   headers={"authorization": f"Bearer {provisioning}",
                                            "content-type": "application/json"})
     return json.loads(urllib.request.urlopen(made).read())["key"]
+
+
+
+class Cluster:
+    """A redis-server of its own, a new database on `pg`'s server, the fake upstream and
+    replicas sharing them, with a hot key (`key`). Call `stop` even when `start` failed
+    part way: it stops what was started."""
+
+    def __init__(self, pg, work):
+        self.pg, self.work = pg, work
+        self.db = f"tg_bench_{os.getpid()}"
+        self.db_url = f"{pg.rsplit('/', 1)[0]}/{self.db}"
+        self.procs, self.replicas = [], []
+
+    def start(self, bin_dir, count):
+        self.redis, self.redis_port = start_redis(self.work)
+        self.procs.append(self.redis)
+        subprocess.run(["psql", self.pg, "-c", f"CREATE DATABASE {self.db}"], check=True,
+                       capture_output=True)
+        self.upstream, upstream_addr = start_upstream(bin_dir)
+        self.procs.append(self.upstream)
+        cfg = write_config(os.path.join(self.work, "tollgate.toml"), self.db_url,
+                           self.redis_port, self.work, upstream_addr)
+        for i in range(count):
+            proc, port = start_replica(bin_dir, cfg, self.work,
+                                       os.path.join(self.work, f"tollgate{i}.log"))
+            self.procs.append(proc)
+            self.replicas.append((proc, port))
+        self.key = hot_key(bin_dir, cfg, self.work, self.replicas[0][1])
+
+    def stop(self):
+        """Stops every process started (TERM, then KILL after 10 s; nginx's master ends
+        its workers on TERM only), drops the database, removes the work directory."""
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        subprocess.run(["psql", self.pg, "-c", f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)"],
+                       capture_output=True)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+def wrk_script(work, body, key):
+    """A wrk script that POSTs `body` with `key`: its path."""
+    path = os.path.join(work, "post.lua")
+    with open(path, "w") as f:
+        f.write('wrk.method = "POST"\n'
+                f'wrk.body = {json.dumps(body)}\n'
+                f'wrk.headers["authorization"] = "Bearer {key}"\n'
+                'wrk.headers["content-type"] = "application/json"\n')
+    return path

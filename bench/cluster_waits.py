@@ -14,12 +14,11 @@ import collections
 import json
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 import time
 
-from cluster_parts import hot_key, start_redis, start_replica, start_upstream, write_config
+from cluster_parts import Cluster, wrk_script
 
 BODY = json.dumps({
     "model": "gpt-4o-mini",
@@ -33,15 +32,10 @@ def psql(url, sql):
                           text=True).stdout.strip()
 
 
-def measure(bin_dir, work, ports, key, db_url, seconds, connections):
+def measure(work, ports, key, db_url, seconds, connections):
     """Runs wrk against each replica (the connections split among them) while sampling;
     answers (requests/s, Counter of wait events, samples)."""
-    script = os.path.join(work, "post.lua")
-    with open(script, "w") as f:
-        f.write('wrk.method = "POST"\n'
-                f'wrk.body = {json.dumps(BODY)}\n'
-                f'wrk.headers["authorization"] = "Bearer {key}"\n'
-                'wrk.headers["content-type"] = "application/json"\n')
+    script = wrk_script(work, BODY, key)
     sampler = subprocess.Popen(
         ["psql", db_url, "-At", "-F", " "], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, text=True)
@@ -75,28 +69,14 @@ def main():
     ap.add_argument("--connections", type=int, default=32)
     args = ap.parse_args()
     bin_dir = os.path.abspath(args.bin)
-    work = tempfile.mkdtemp(prefix="tg-cluster-waits.")
-    db = f"tg_waits_{os.getpid()}"
-    root = args.pg.rsplit("/", 1)[0]
-    db_url = f"{root}/{db}"
-    procs = []
+    cluster = Cluster(args.pg, tempfile.mkdtemp(prefix="tg-cluster-waits."))
     try:
-        redis_proc, rport = start_redis(work)
-        procs.append(redis_proc)
-        psql(args.pg, f"CREATE DATABASE {db}")
-        up, up_addr = start_upstream(bin_dir)
-        procs.append(up)
-        cfg = write_config(os.path.join(work, "tollgate.toml"), db_url, rport, work, up_addr)
-        ports = []
-        for i in range(3):
-            tg, port = start_replica(bin_dir, cfg, work, os.path.join(work, f"tollgate{i}.log"))
-            procs.append(tg)
-            ports.append(port)
-        key = hot_key(bin_dir, cfg, work, ports[0])
+        cluster.start(bin_dir, 3)
+        ports = [port for _, port in cluster.replicas]
         for name, targets in [("one replica", ports[:1]), ("three replicas", ports),
                               ("one replica", ports[:1]), ("three replicas", ports)]:
-            rate, waits, ticks = measure(bin_dir, work, targets, key, db_url, args.seconds,
-                                         args.connections)
+            rate, waits, ticks = measure(cluster.work, targets, cluster.key, cluster.db_url,
+                                         args.seconds, args.connections)
             total = sum(waits.values())
             print(f"== {name}: {rate:,.0f} req/s; {ticks} samples, "
                   f"{total / max(ticks, 1):.2f} active backends on average")
@@ -104,11 +84,7 @@ def main():
                 print(f"   {event:32} {n / max(ticks, 1):5.2f} backends ({100 * n / max(total, 1):4.1f} %)")
             time.sleep(1)
     finally:
-        for p in procs:
-            p.kill()
-        subprocess.run(["psql", args.pg, "-c", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"],
-                       capture_output=True)
-        shutil.rmtree(work, ignore_errors=True)
+        cluster.stop()
 
 
 if __name__ == "__main__":
