@@ -1,5 +1,6 @@
 """What the cluster benchmarks (bench/cluster_*.py) start the same way: a redis-server of
-their own, the fake upstream, a replica's configuration and a replica, ready."""
+their own, the fake upstream, a replica's configuration and a replica, ready; a hot key;
+a whole cluster of replicas on a new database (`Cluster`); a wrk script."""
 import http.client
 import json
 import os
@@ -97,7 +98,6 @@ def hot_key(bin_dir, cfg, work, port):
     return json.loads(urllib.request.urlopen(made).read())["key"]
 
 
-
 class Cluster:
     """A redis-server of its own, a new database on `pg`'s server, the fake upstream and
     replicas sharing them, with a hot key (`key`). Call `stop` even when `start` failed
@@ -138,6 +138,7 @@ class Cluster:
         subprocess.run(["psql", self.pg, "-c", f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)"],
                        capture_output=True)
         shutil.rmtree(self.work, ignore_errors=True)
+
 
 def wrk_script(work, body, key):
     """A wrk script that POSTs `body` with `key`: its path."""
