@@ -5,7 +5,8 @@ behind nginx (round robin), on one PostgreSQL database and one Redis. wrk (32
 connections, one hot key) drives each case in turn, the order reversed every other round;
 CPU is read from /proc for each group of processes (PostgreSQL: every process of the
 server, background ones included) and from the rusage of wrk itself. Also per request:
-the database's committed transactions and Redis's commands. docs/cluster.md ("Tenth
+the database's committed transactions (PostgreSQL's statistics, which a backend may
+report up to a second late) and Redis's commands. docs/cluster.md ("Tenth
 look") holds its figures.
 
     python3 bench/cluster_cpu.py [--bin target/release] [--pg postgres://postgres@127.0.0.1:5432/test]
@@ -164,6 +165,7 @@ def main():
                 time.sleep(0.5)
     finally:
         cluster.stop()
+
 
 if __name__ == "__main__":
     main()
