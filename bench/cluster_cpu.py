@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import time
 
-from cluster_parts import Cluster, free_port, wrk_script
+from cluster_parts import Cluster, free_port, psql, run_wrk, wrk_script
 
 BODY = json.dumps({
     "model": "gpt-4o-mini",
@@ -40,11 +40,6 @@ def cpu_seconds(pid):
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def psql(url, sql):
-    return subprocess.run(["psql", url, "-Atc", sql], check=True, capture_output=True,
-                          text=True).stdout.strip()
 
 
 def redis_calls(port):
@@ -96,16 +91,11 @@ http {{
     raise SystemExit("nginx did not start its workers")
 
 
-def drive(key, script, ports, seconds):
+def drive(script, ports, seconds):
     """wrk against each port (the connections split among them): (requests/s, wrk's CPU s)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    per = max(1, CONNECTIONS // len(ports))
-    loads = [subprocess.Popen(["wrk", "-t1", f"-c{per}", f"-d{seconds}s", "-s", script,
-                               f"http://127.0.0.1:{p}/v1/chat/completions"],
-                              stdout=subprocess.PIPE, text=True) for p in ports]
-    outputs = [load.communicate()[0] for load in loads]
+    rate = run_wrk(script, ports, seconds, CONNECTIONS)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    rate = sum(float(re.search(r"Requests/sec:\s+([\d.]+)", o).group(1)) for o in outputs)
     wrk_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return rate, wrk_cpu
 
@@ -121,21 +111,25 @@ def main():
     cluster = Cluster(args.pg, tempfile.mkdtemp(prefix="tg-cluster-cpu."))
     try:
         cluster.start(bin_dir, 3)
-        work, key, db = cluster.work, cluster.key, cluster.db
-        replicas = [(proc.pid, port) for proc, port in cluster.replicas]
-        script = wrk_script(work, BODY, key)
-        ports = [port for _, port in replicas]
-        one_ng, one_port, one_pids = start_nginx(work, ports[:1])
+        script = wrk_script(cluster.work, BODY, cluster.key)
+        replica_pids = [proc.pid for proc, _ in cluster.replicas]
+        ports = [port for _, port in cluster.replicas]
+        one_ng, one_port, one_pids = start_nginx(cluster.work, ports[:1])
         cluster.procs.append(one_ng)
-        three_ng, three_port, three_pids = start_nginx(work, ports)
+        three_ng, three_port, three_pids = start_nginx(cluster.work, ports)
         cluster.procs.append(three_ng)
         cases = [
-            ("one replica", [ports[0]], [replicas[0][0]], []),
-            ("one replica + nginx", [one_port], [replicas[0][0]], one_pids),
-            ("three replicas, load split", ports, [pid for pid, _ in replicas], []),
-            ("three replicas + nginx", [three_port], [pid for pid, _ in replicas], three_pids),
+            ("one replica", ports[:1], replica_pids[:1], []),
+            ("one replica + nginx", [one_port], replica_pids[:1], one_pids),
+            ("three replicas, load split", ports, replica_pids, []),
+            ("three replicas + nginx", [three_port], replica_pids, three_pids),
         ]
-        drive(key, script, [three_port], 3)  # warm: every replica has the key and a slice
+
+        def commits():
+            return int(psql(args.pg, "SELECT xact_commit FROM pg_stat_database "
+                                     f"WHERE datname = '{cluster.db}'"))
+
+        drive(script, [three_port], 3)  # warm: every replica has the key and a slice
         print(f"wrk -c{CONNECTIONS}, {args.seconds} s per case; CPU in µs per request "
               "(PostgreSQL: the whole server)")
         for rnd in range(args.rounds):
@@ -145,14 +139,12 @@ def main():
                 groups = {"tollgate": tollgates, "postgres": pg_pids,
                           "redis": [cluster.redis.pid], "upstream": [cluster.upstream.pid],
                           "nginx": nginx_pids}
-                commits = int(psql(args.pg, "SELECT xact_commit FROM pg_stat_database "
-                                            f"WHERE datname = '{db}'"))
+                committed = commits()
                 calls = redis_calls(cluster.redis_port)
                 before = {g: sum(cpu_seconds(p) for p in pids) for g, pids in groups.items()}
-                rate, wrk_cpu = drive(key, script, targets, args.seconds)
+                rate, wrk_cpu = drive(script, targets, args.seconds)
                 after = {g: sum(cpu_seconds(p) for p in pids) for g, pids in groups.items()}
-                commits = int(psql(args.pg, "SELECT xact_commit FROM pg_stat_database "
-                                            f"WHERE datname = '{db}'")) - commits
+                committed = commits() - committed
                 calls = redis_calls(cluster.redis_port) - calls
                 n = rate * args.seconds
                 spent = {g: after[g] - before[g] for g in groups}
@@ -160,7 +152,7 @@ def main():
                 parts = ", ".join(f"{g} {1e6 * s / n:.0f}" for g, s in spent.items())
                 print(f"{name:27} {rate:7,.0f} req/s | {parts} | all {1e6 * sum(spent.values()) / n:.0f} "
                       f"({sum(spent.values()) / args.seconds:.2f} cores) | "
-                      f"{n / max(commits, 1):.1f} requests per database commit, "
+                      f"{n / max(committed, 1):.1f} requests per database commit, "
                       f"{calls / n:.2f} Redis commands per request", flush=True)
                 time.sleep(0.5)
     finally:

@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 
-from cluster_parts import ENV, free_port, start_redis, start_replica, start_upstream, write_config
+from cluster_parts import ENV, free_port, psql, start_redis, start_replica, start_upstream, write_config
 
 CHAT = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}],
                    "max_tokens": 64})
@@ -110,11 +110,6 @@ class Proxy:
                 s.close()
             except OSError:
                 pass
-
-
-def psql(url, sql):
-    return subprocess.run(["psql", url, "-Atqc", sql], capture_output=True, text=True,
-                          check=True).stdout.strip()
 
 
 class Load:

@@ -1,9 +1,10 @@
 """What the cluster benchmarks (bench/cluster_*.py) start the same way: a redis-server of
 their own, the fake upstream, a replica's configuration and a replica, ready; a hot key;
-a whole cluster of replicas on a new database (`Cluster`); a wrk script."""
+a whole cluster of replicas on a new database (`Cluster`); a wrk script and its runs."""
 import http.client
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -85,6 +86,12 @@ def start_replica(bin_dir, cfg, cwd, log_path, timeout=60):
         time.sleep(0.005)
 
 
+def psql(url, sql):
+    """One statement through psql: its output, unaligned, without headers."""
+    return subprocess.run(["psql", url, "-Atqc", sql], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
 def hot_key(bin_dir, cfg, work, port):
     """Grants the default account credits (with `tollgate credits grant`) and makes it an
     inference key named "hot" through the replica on `port`: the key's plaintext."""
@@ -149,3 +156,14 @@ def wrk_script(work, body, key):
                 f'wrk.headers["authorization"] = "Bearer {key}"\n'
                 'wrk.headers["content-type"] = "application/json"\n')
     return path
+
+
+def run_wrk(script, ports, seconds, connections):
+    """wrk with `script` against the chat endpoint of each port, the connections split
+    among them, all at once: the requests per second of all together."""
+    per = max(1, connections // len(ports))
+    loads = [subprocess.Popen(["wrk", "-t1", f"-c{per}", f"-d{seconds}s", "-s", script,
+                               f"http://127.0.0.1:{p}/v1/chat/completions"],
+                              stdout=subprocess.PIPE, text=True) for p in ports]
+    outputs = [load.communicate()[0] for load in loads]
+    return sum(float(re.search(r"Requests/sec:\s+([\d.]+)", o).group(1)) for o in outputs)

@@ -23,7 +23,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from cluster_parts import free_port, hot_key, start_redis, start_replica, start_upstream, write_config
+from cluster_parts import free_port, hot_key, psql, start_redis, start_replica, start_upstream, write_config
 
 CHAT = json.dumps({
     "model": "gpt-4o-mini",
@@ -147,11 +147,6 @@ def diff(a, b):
         if calls - c0:
             out[k] = (calls - c0, usec - u0)
     return out
-
-
-def psql(url, sql):
-    return subprocess.run(["psql", url, "-Atqc", sql], capture_output=True, text=True,
-                          check=True).stdout.strip()
 
 
 def post(url, key, body):

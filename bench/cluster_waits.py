@@ -13,23 +13,17 @@ import argparse
 import collections
 import json
 import os
-import re
 import subprocess
 import tempfile
 import time
 
-from cluster_parts import Cluster, wrk_script
+from cluster_parts import Cluster, run_wrk, wrk_script
 
 BODY = json.dumps({
     "model": "gpt-4o-mini",
     "messages": [{"role": "user", "content": "Say hello"}],
     "max_tokens": 64,
 })
-
-
-def psql(url, sql):
-    return subprocess.run(["psql", url, "-Atc", sql], check=True, capture_output=True,
-                          text=True).stdout.strip()
 
 
 def measure(work, ports, key, db_url, seconds, connections):
@@ -44,11 +38,7 @@ def measure(work, ports, key, db_url, seconds, connections):
         "FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' "
         "AND pid <> pg_backend_pid() UNION ALL SELECT 'tick', '' \\watch 0.02\n")
     sampler.stdin.flush()
-    per = max(1, connections // len(ports))
-    loads = [subprocess.Popen(["wrk", "-t1", f"-c{per}", f"-d{seconds}s", "-s", script,
-                               f"http://127.0.0.1:{p}/v1/chat/completions"],
-                              stdout=subprocess.PIPE, text=True) for p in ports]
-    outputs = [l.communicate()[0] for l in loads]
+    rate = run_wrk(script, ports, seconds, connections)
     sampler.terminate()
     text = sampler.communicate()[0]
     waits, ticks = collections.Counter(), 0
@@ -57,7 +47,6 @@ def measure(work, ports, key, db_url, seconds, connections):
             ticks += 1
         elif line.startswith("sample "):
             waits[line.split(" ", 1)[1]] += 1
-    rate = sum(float(re.search(r"Requests/sec:\s+([\d.]+)", o).group(1)) for o in outputs)
     return rate, waits, ticks
 
 
