@@ -117,6 +117,10 @@ class Cluster:
         self.procs, self.replicas = [], []
 
     def start(self, bin_dir, count):
+        for name in ("tollgate", "fake-upstream"):
+            if not os.access(os.path.join(bin_dir, name), os.X_OK):
+                raise SystemExit(f"no {name} in {bin_dir}: build it (cargo build --release) "
+                                 "or name its directory with --bin")
         self.redis, self.redis_port = start_redis(self.work)
         self.procs.append(self.redis)
         subprocess.run(["psql", self.pg, "-c", f"CREATE DATABASE {self.db}"], check=True,
