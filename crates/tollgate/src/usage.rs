@@ -8,7 +8,8 @@
 //!   share each commit and waiting for it costs less CPU than a `write` per record.
 //!
 //! Under load a batch stays open a little while records are still arriving (see
-//! [`writer::BUSY_RATE`]). The writer runs on a thread of its own (the runtime's blocking
+//! [`writer::BUSY_RATE`]; from [`writer::GATHER_RATE`], up to 2 ms for the records on
+//! their way). The writer runs on a thread of its own (the runtime's blocking
 //! pool), so a store with a synchronous ledger connection commits a batch on it directly,
 //! and one over the network (PostgreSQL) on a connection of the writer's own, driven by a
 //! runtime of that thread; there a second thread with a second connection commits the

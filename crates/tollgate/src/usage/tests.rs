@@ -1,4 +1,4 @@
-use super::writer::{InOrder, Rate, RATE_WINDOW};
+use super::writer::{InOrder, Rate, GATHER_RATE, RATE_WINDOW};
 use super::*;
 use crate::store::test_record as record;
 use crate::store::{AccountId, KeyId};
@@ -62,9 +62,18 @@ fn the_rate_is_busy_only_above_busy_rate_and_quiet_after_a_pause() {
     for ms in 1..=100 {
         rate.add(1, at(ms));
         assert!(!rate.busy(at(ms)), "busy at 1,000/s ({ms} ms)");
+        assert!(
+            !rate.at_least(GATHER_RATE, at(ms)),
+            "gathering at 1,000/s ({ms} ms)"
+        );
     }
+    // 2,000 records/s: gathering, not busy.
+    for ms in 101..=140 {
+        rate.add(2, at(ms));
+    }
+    assert!(rate.at_least(GATHER_RATE, at(140)) && !rate.busy(at(140)));
     // 10,000 records/s: busy once a whole window has been counted.
-    for ms in 101..=200 {
+    for ms in 141..=200 {
         rate.add(10, at(ms));
     }
     assert!(rate.busy(at(200)));
@@ -93,6 +102,24 @@ async fn under_load_a_batch_waits_for_its_neighbours() {
         .expect("read")
         .expect("account");
     assert_eq!(account.charged.nanos(), 4_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_a_moderate_rate_a_batch_gathers_the_records_on_their_way() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (store, account, key) = store_with_key(dir.path()).await;
+    // Without a journal (as on PostgreSQL), where each response waits for its commit.
+    let (writer, _task) = UsageWriter::spawn(store.clone(), None, WAIT);
+    // 2,500 records/s, between `GATHER_RATE` and `BUSY_RATE`, each announced before it
+    // comes: a batch stays open for them. Without it each record had a commit of its
+    // own (a commit here takes far less than the 400 µs between two records).
+    trickle(&writer, account, key, 2_000, Duration::from_micros(400)).await;
+    let commits = writer.commits();
+    assert!(
+        commits * 2 <= 2_000,
+        "2,000 records at 2,500/s took {commits} commits"
+    );
+    assert_eq!(charged(&store, account).await, 2_000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

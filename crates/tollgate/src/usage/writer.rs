@@ -23,15 +23,28 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// the day's roll-up and its index) whatever the batch size, so under load, commits of
 /// one or two records each wrote 16 KB of WAL per request; a batch that waits for its
 /// neighbours writes those pages once for many.
-/// Below the rate (1,000 req/s is far below it) a record commits as soon as it arrives,
-/// or goes to the journal. Above it, records skip the journal: at capacity, a `write` per
-/// record on the requests' threads and a wake-up per response instead of one per batch
-/// cost 10-12 µs of CPU per request (17,260 req/s instead of 19,582, docs/benchmarks.md).
+/// Below the rate (1,000 req/s is far below it) a record commits as soon as it arrives
+/// (from `GATHER_RATE`, with those on their way), or goes to the journal. Above it,
+/// records skip the journal: at capacity, a `write` per record on the requests' threads
+/// and a wake-up per response instead of one per batch cost 10-12 µs of CPU per request
+/// (17,260 req/s instead of 19,582, docs/benchmarks.md).
 pub(super) const BUSY_RATE: u64 = 5_000;
 /// How long a batch stays open under load, at most: it closes sooner when no record is
 /// on its way ([`Coming`]) or a step of `LINGER_STEP` brings none.
 const LINGER: Duration = Duration::from_micros(500);
 const LINGER_STEP: Duration = Duration::from_micros(100);
+/// From this many records per second (and below `BUSY_RATE`), a batch that responses
+/// wait for stays open up to `GATHER` while records are on their way ([`Coming`]), even
+/// through steps that bring none. A commit costs PostgreSQL about the same whatever its
+/// size (0.6-0.8 ms of its CPU here, docs/cluster.md, "Tenth look"), and each of three
+/// replicas sharing a machine sees a third of the traffic: their commits carried 3-4
+/// records where one replica's carried 12-14. With it, three replicas behind nginx served
+/// 12-23 % more in four paired runs (1 ms: no gain; docs/cluster.md, "Eleventh look").
+/// One replica at 1,000 req/s is below the rate and never waits; at 2,500 req/s its
+/// added p50 was the same. With slow upstreams records are always on their way, so at
+/// these rates a response waits up to `GATHER` more for its commit.
+pub(super) const GATHER_RATE: u64 = 1_500;
+const GATHER: Duration = Duration::from_millis(2);
 /// How long a batch of journaled records (which no response waits for) stays open. A
 /// commit writes its pages whatever the batch size, so at 1,000 req/s this cuts the
 /// commits to two thirds or fewer (a test checks it), for less CPU and a smaller WAL; a read of the
@@ -158,11 +171,17 @@ impl Rate {
         }
     }
 
-    /// Whether the last whole window saw `BUSY_RATE` or more. A window that has stayed
-    /// open for two windows' time (no batch since) counts as quiet, so a burst that
-    /// ended does not keep the next batch waiting.
+    /// Whether the last whole window saw `BUSY_RATE` or more.
     pub(super) fn busy(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.window_start) < RATE_WINDOW * 2 && self.last >= BUSY_RATE
+        self.at_least(BUSY_RATE, now)
+    }
+
+    /// Whether the last whole window saw `per_second` records a second or more. A window
+    /// that has stayed open for two windows' time (no batch since) counts as quiet, so a
+    /// burst that ended does not keep the next batch waiting.
+    pub(super) fn at_least(&self, per_second: u64, now: Instant) -> bool {
+        now.saturating_duration_since(self.window_start) < RATE_WINDOW * 2
+            && self.last >= per_second
     }
 }
 
@@ -450,6 +469,15 @@ impl Lane<'_> {
                 if batch.len() == before {
                     break;
                 }
+            }
+        } else if intake.rate.at_least(GATHER_RATE, Instant::now()) {
+            let until = Instant::now() + GATHER;
+            while batch.len() < MAX_BATCH
+                && self.coming.load(Ordering::Relaxed) > 0
+                && Instant::now() < until
+            {
+                std::thread::sleep(LINGER_STEP);
+                drain(&mut intake.rx, batch);
             }
         }
         // Behind a large commit in flight these records would wait for it with one lane:
