@@ -457,27 +457,31 @@ impl Lane<'_> {
             // Nobody waits for this commit: let the records of the next moment share it.
             std::thread::sleep(JOURNALED_LINGER);
             drain(&mut intake.rx, batch);
-        } else if intake.rate.busy(Instant::now()) {
-            let until = Instant::now() + LINGER;
-            while batch.len() < MAX_BATCH
-                && self.coming.load(Ordering::Relaxed) > 0
-                && Instant::now() < until
-            {
-                std::thread::sleep(LINGER_STEP);
-                let before = batch.len();
-                drain(&mut intake.rx, batch);
-                if batch.len() == before {
-                    break;
+        } else {
+            // While records are on their way: under load up to `LINGER`, as long as each
+            // step brings one; from `GATHER_RATE` up to `GATHER`, through steps that bring
+            // none.
+            let now = Instant::now();
+            let open = if intake.rate.busy(now) {
+                Some((LINGER, true))
+            } else if intake.rate.at_least(GATHER_RATE, now) {
+                Some((GATHER, false))
+            } else {
+                None
+            };
+            if let Some((longest, close_on_an_empty_step)) = open {
+                let until = now + longest;
+                while batch.len() < MAX_BATCH
+                    && self.coming.load(Ordering::Relaxed) > 0
+                    && Instant::now() < until
+                {
+                    std::thread::sleep(LINGER_STEP);
+                    let before = batch.len();
+                    drain(&mut intake.rx, batch);
+                    if close_on_an_empty_step && batch.len() == before {
+                        break;
+                    }
                 }
-            }
-        } else if intake.rate.at_least(GATHER_RATE, Instant::now()) {
-            let until = Instant::now() + GATHER;
-            while batch.len() < MAX_BATCH
-                && self.coming.load(Ordering::Relaxed) > 0
-                && Instant::now() < until
-            {
-                std::thread::sleep(LINGER_STEP);
-                drain(&mut intake.rx, batch);
             }
         }
         // Behind a large commit in flight these records would wait for it with one lane:
