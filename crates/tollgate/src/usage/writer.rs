@@ -39,7 +39,7 @@ const LINGER_STEP: Duration = Duration::from_micros(100);
 /// size (0.6-0.8 ms of its CPU here, docs/cluster.md, "Tenth look"), and each of three
 /// replicas sharing a machine sees a third of the traffic: their commits carried 3-4
 /// records where one replica's carried 12-14. With it, three replicas behind nginx served
-/// 6-23 % more in five paired runs (1 ms: no gain; docs/cluster.md, "Eleventh look").
+/// 6-23 % more in six paired runs (1 ms: no gain; docs/cluster.md, "Eleventh look").
 /// One replica at 1,000 req/s is below the rate and never waits; at 2,500 req/s its
 /// added p50 was the same. With slow upstreams records are always on their way, so at
 /// these rates a response waits up to `GATHER` more for its commit.
